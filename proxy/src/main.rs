@@ -1,1 +1,144 @@
-fn main() {}
+//! The `weft-proxy` binary: CLI, logging, signals and exit codes around the library.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use weft_proxy::config::ProxyConfig;
+
+/// Weft sidecar proxy.
+///
+/// Carries an app's traffic to peer proxies over mutual TLS (SPIFFE identities) and HTTP/2, and delivers
+/// traffic from peers to the local app.
+///
+/// Ports (defaults): tunnel 0.0.0.0:15008 (mTLS + HTTP/2 from peers), admin 127.0.0.1:15000 (/config,
+/// /identity, POST /shutdown), health 0.0.0.0:15020 (/ready, /live, /metrics).
+///
+/// Exit codes: 0 after a clean drain (SIGTERM, SIGINT or POST /shutdown); 1 when the drain deadline passed
+/// with work left, or on a runtime failure such as a port already in use; 2 for a bad command line,
+/// config file or identity file.
+#[derive(Parser)]
+#[command(name = "weft-proxy", version, about, long_about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with the given config file until SIGTERM/SIGINT, then drain and exit.
+    ///
+    /// Log levels come from WEFT_LOG (e.g. `info`, `weft_proxy=debug`); default `info`.
+    Run {
+        /// YAML config file: identity files, tunnel/admin/health addresses, outbound listeners, limits.
+        /// See docs/proxy-config.md.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and its identity files, print a summary, and exit (0 = valid, 2 = not).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<(ProxyConfig, weft_certs::Identity)> {
+    let cfg = ProxyConfig::load(path)?;
+    let identity = weft_proxy::load_identity(&cfg).context("cannot load the proxy's identity")?;
+    Ok((cfg, identity))
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match load(path) {
+        Ok((cfg, id)) => {
+            println!(
+                "{}: ok; identity {}; tunnel {}; {} outbound listener(s)",
+                path.display(),
+                id.id(),
+                cfg.tunnel.listen,
+                cfg.outbound.0.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let (cfg, identity) = match load(path) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(serve(cfg, identity)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(cfg: ProxyConfig, identity: weft_certs::Identity) -> anyhow::Result<bool> {
+    let running = weft_proxy::bind(cfg, identity).await?;
+    let shutdown = running.proxy.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; draining");
+        shutdown.cancel();
+    });
+    Ok(running.serve().await)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; only POST /shutdown stops the proxy");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

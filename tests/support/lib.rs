@@ -1,1 +1,10 @@
+//! Weft's end-to-end support library, shared by `tests/` and `examples/`.
+//!
+//! Each area lives in its own module; add new ones below.
 
+pub mod apps;
+pub mod bins;
+pub mod net;
+pub mod pki;
+pub mod proxy;
+pub mod pair;

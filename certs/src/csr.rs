@@ -1,0 +1,97 @@
+//! A workload's key pair and certificate signing request. The key is generated here and never leaves the
+//! process that made it; only the CSR goes to the control plane.
+
+use crate::ca::new_key;
+use crate::error::CertError;
+use crate::spiffe::SpiffeId;
+use rcgen::{CertificateParams, DistinguishedName, SanType};
+use std::fmt;
+
+/// A fresh ECDSA P-256 key and a CSR for one SPIFFE ID.
+pub struct KeyAndCsr {
+    id: SpiffeId,
+    csr_pem: String,
+    key_pem: String,
+}
+
+impl fmt::Debug for KeyAndCsr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("KeyAndCsr")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyAndCsr {
+    /// Generates a key and a CSR whose only requested SAN is the URI `id`.
+    pub fn generate(id: &SpiffeId) -> Result<KeyAndCsr, CertError> {
+        let key = new_key("a workload key")?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let uri = id
+            .as_str()
+            .try_into()
+            .map_err(|source| CertError::Generate {
+                what: "a CSR",
+                source,
+            })?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        let csr = params
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .map_err(|source| CertError::Generate {
+                what: "a CSR",
+                source,
+            })?;
+        Ok(KeyAndCsr {
+            id: id.clone(),
+            csr_pem: csr,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    /// The CSR, PEM `CERTIFICATE REQUEST`.
+    pub fn csr_pem(&self) -> &str {
+        &self.csr_pem
+    }
+
+    /// The private key, PEM PKCS#8 (`PRIVATE KEY`).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+
+    #[test]
+    fn csr_requests_exactly_the_id_and_is_self_signed() {
+        let id = SpiffeId::parse("spiffe://td/ns/a/sa/b").expect("id");
+        let req = KeyAndCsr::generate(&id).expect("generate");
+        assert!(req.key_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
+        let der = ::pem::parse(req.csr_pem()).expect("pem");
+        assert_eq!(der.tag(), "CERTIFICATE REQUEST");
+        let (_, csr) = X509CertificationRequest::from_der(der.contents()).expect("parse");
+        csr.verify_signature().expect("self-signature");
+        let names: Vec<_> = csr
+            .requested_extensions()
+            .expect("extension request")
+            .filter_map(|ext| match ext {
+                ParsedExtension::SubjectAlternativeName(san) => Some(san.general_names.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(names, vec![GeneralName::URI("spiffe://td/ns/a/sa/b")]);
+        assert!(!format!("{req:?}").contains("PRIVATE"));
+    }
+}

@@ -1,0 +1,349 @@
+//! The proxy's bootstrap file (`weft-proxy run --config FILE`): identity files, the ports it serves,
+//! explicit outbound listeners and limits. Parsed strictly (unknown fields refused) and then validated;
+//! every error names the file, line, field and reason.
+
+use serde::{de, Deserialize, Deserializer, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use weft_api::{Duration, OutboundListener};
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(#[from] weft_api::YamlError),
+    #[error("{file}: field `{field}`: {reason}")]
+    Invalid {
+        file: String,
+        field: String,
+        reason: String,
+    },
+}
+
+/// Files that make up the proxy's identity. Relative paths are relative to the config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFiles {
+    /// PEM: the leaf certificate followed by any intermediates.
+    pub cert: PathBuf,
+    /// PEM: the leaf's PKCS#8 private key.
+    pub key: PathBuf,
+    /// PEM: the trust bundle (one or more root certificates).
+    pub bundle: PathBuf,
+}
+
+/// The tunnel (server side of the peer hop).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// Where peers connect (mTLS + HTTP/2). Default `0.0.0.0:15008`.
+    #[serde(default = "default_tunnel_listen")]
+    pub listen: SocketAddr,
+    /// Host the tunnel delivers traffic to; the port comes from the peer's request. Default `127.0.0.1`.
+    #[serde(default = "default_app_host")]
+    pub app_host: std::net::IpAddr,
+    /// App ports peers may reach; empty means any port.
+    #[serde(default)]
+    pub allowed_ports: Vec<u16>,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            listen: default_tunnel_listen(),
+            app_host: default_app_host(),
+            allowed_ports: Vec::new(),
+        }
+    }
+}
+
+/// Limits that bound what one client or peer can make the proxy hold. Every limit hit is logged and
+/// counted in `weft_proxy_rejections_total`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections per listener (outbound listeners and the tunnel each); excess is closed at accept.
+    pub max_connections: usize,
+    /// Bytes of HTTP/1 request head (request line + headers); larger heads get 431.
+    pub max_header_bytes: usize,
+    /// Number of HTTP/1 request headers; more get 431.
+    pub max_headers: usize,
+    /// Time allowed to receive a complete HTTP/1 request head; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// HTTP/2 concurrent streams we accept per connection (from apps and from peers).
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 header list size in bytes we accept.
+    pub max_header_list_bytes: u32,
+    /// Time allowed for a peer's TLS handshake on the tunnel.
+    pub tls_handshake_timeout: Duration,
+    /// Time allowed to connect to a peer or to the local app.
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections are pinged at this interval and closed if no answer arrives.
+    pub keepalive_interval: Duration,
+    /// How long `auto` listeners wait for the client's first bytes before treating it as opaque TCP
+    /// (server-speaks-first protocols pay this once per connection).
+    pub detect_timeout: Duration,
+    /// Streams per peer connection before a second connection is opened.
+    pub max_streams_per_peer_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 1_000,
+            max_header_list_bytes: 64 * 1024,
+            tls_handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(30),
+            detect_timeout: Duration::from_millis(100),
+            max_streams_per_peer_connection: 1_000,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub identity: IdentityFiles,
+    #[serde(default)]
+    pub tunnel: TunnelConfig,
+    /// Admin endpoint (`/config`, `/identity`, `POST /shutdown`); loopback only. Default `127.0.0.1:15000`.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// Health endpoint (`/ready`, `/live`, `/metrics`). Default `0.0.0.0:15020`.
+    #[serde(default = "default_health")]
+    pub health: SocketAddr,
+    /// Explicit local listeners.
+    #[serde(default)]
+    pub outbound: OutboundList,
+    #[serde(default)]
+    pub limits: Limits,
+    /// On SIGTERM, how long in-flight requests and streams get to finish before the proxy exits.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: Duration,
+}
+
+fn default_tunnel_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15008))
+}
+fn default_app_host() -> std::net::IpAddr {
+    std::net::Ipv4Addr::LOCALHOST.into()
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+fn default_health() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15020))
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Outbound listeners; duplicate listen addresses are refused while parsing, so the error carries the
+/// line of the second one.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct OutboundList(pub Vec<OutboundListener>);
+
+impl<'de> Deserialize<'de> for OutboundList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = OutboundList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of outbound listeners")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OutboundList, A::Error> {
+                let mut seen = HashSet::new();
+                let mut out = Vec::new();
+                while let Some(l) = seq.next_element::<OutboundListener>()? {
+                    if !seen.insert(l.listen) {
+                        return Err(de::Error::custom(format!(
+                            "listen address {} is used by an earlier listener",
+                            l.listen
+                        )));
+                    }
+                    out.push(l);
+                }
+                Ok(OutboundList(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl ProxyConfig {
+    /// Reads, parses and validates `path`; relative identity paths are resolved against its directory.
+    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file = path.display().to_string();
+        let mut cfg: ProxyConfig = weft_api::yaml::from_str(&file, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.identity.cert, &mut cfg.identity.key, &mut cfg.identity.bundle] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate(&file)?;
+        Ok(cfg)
+    }
+
+    /// Rules that span fields: no two listeners on one address, limits that make sense.
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |field: String, reason: String| ConfigError::Invalid {
+            file: file.to_string(),
+            field,
+            reason,
+        };
+        let mut taken = vec![
+            ("tunnel.listen".to_string(), self.tunnel.listen),
+            ("admin".to_string(), self.admin),
+            ("health".to_string(), self.health),
+        ];
+        for (i, l) in self.outbound.0.iter().enumerate() {
+            taken.push((format!("outbound[{i}].listen"), l.listen));
+            if l.target_port == 0 {
+                return Err(invalid(format!("outbound[{i}].target_port"), "must be 1-65535".into()));
+            }
+        }
+        for (i, (field, addr)) in taken.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = taken[..i].iter().find(|(_, a)| same_port(*a, *addr)) {
+                return Err(invalid(field.clone(), format!("{addr} is already used by `{other}`")));
+            }
+        }
+        if !self.admin.ip().is_loopback() {
+            return Err(invalid(
+                "admin".into(),
+                format!("{} is not a loopback address; the admin endpoint can shut the proxy down", self.admin),
+            ));
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_header_bytes", l.max_header_bytes),
+            ("limits.max_headers", l.max_headers),
+            ("limits.max_streams_per_peer_connection", l.max_streams_per_peer_connection),
+        ] {
+            if v == 0 {
+                return Err(invalid(name.into(), "must be greater than 0".into()));
+            }
+        }
+        if l.max_header_bytes < 8192 {
+            return Err(invalid(
+                "limits.max_header_bytes".into(),
+                "must be at least 8192 (the HTTP/1 parser's minimum buffer)".into(),
+            ));
+        }
+        if l.max_concurrent_streams == 0 {
+            return Err(invalid("limits.max_concurrent_streams".into(), "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+}
+
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempdir::Dir, PathBuf) {
+        let dir = tempdir::Dir::new();
+        let p = dir.path.join("proxy.yaml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    /// A throwaway directory removed on drop (no extra crate for one test helper).
+    mod tempdir {
+        pub struct Dir {
+            pub path: std::path::PathBuf,
+        }
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                static N: AtomicUsize = AtomicUsize::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "weft-config-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir { path }
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+
+    const GOOD: &str = "identity:\n  cert: a.pem\n  key: a.key\n  bundle: ca.pem\ntunnel:\n  listen: 127.0.0.1:15008\nadmin: 127.0.0.1:15000\nhealth: 127.0.0.1:15020\noutbound:\n  - name: reviews\n    listen: 127.0.0.1:9080\n    peer: 127.0.0.1:15108\n    identity: spiffe://weft.local/ns/default/sa/reviews\n    target_port: 8080\n";
+
+    #[test]
+    fn good_file_resolves_relative_paths() {
+        let (dir, p) = write(GOOD);
+        let cfg = ProxyConfig::load(&p).unwrap();
+        assert_eq!(cfg.identity.cert, dir.path.join("a.pem"));
+        assert_eq!(cfg.outbound.0.len(), 1);
+        assert_eq!(cfg.outbound.0[0].target_port, 8080);
+        assert_eq!(cfg.limits.max_headers, 100);
+    }
+
+    #[test]
+    fn bad_identity_names_line_and_field() {
+        let (_d, p) = write(&GOOD.replace("spiffe://weft.local/ns/default/sa/reviews", "spiffe://Weft/x"));
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("proxy.yaml:13"), "{e}");
+        assert!(e.contains("outbound[0].identity"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_and_duplicate_listener() {
+        let (_d, p) = write(&GOOD.replace("    target_port: 8080\n", "    target_port: 8080\n    colour: red\n"));
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("outbound[0].colour") && e.contains(":15:"), "{e}");
+        let dup = format!(
+            "{GOOD}  - listen: 127.0.0.1:9080\n    peer: 127.0.0.1:1\n    identity: spiffe://weft.local/x\n    target_port: 1\n"
+        );
+        let (_d, p) = write(&dup);
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("used by an earlier listener"), "{e}");
+    }
+
+    #[test]
+    fn port_clash_and_public_admin_refused() {
+        let (_d, p) = write(&GOOD.replace("listen: 127.0.0.1:9080", "listen: 127.0.0.1:15000"));
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("outbound[0].listen") && e.contains("`admin`"), "{e}");
+        let (_d, p) = write(&GOOD.replace("admin: 127.0.0.1:15000", "admin: 0.0.0.0:15000"));
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = ProxyConfig::load(Path::new("/nonexistent/weft.yaml")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/weft.yaml"), "{e}");
+    }
+}

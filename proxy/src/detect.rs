@@ -1,0 +1,179 @@
+//! Protocol detection on the outbound side: read the client's first bytes (for at most the detection
+//! window) and decide HTTP/1, HTTP/2 (prior knowledge) or opaque TCP. Biased towards availability: anything
+//! not clearly HTTP, including a client that stays silent because the server speaks first, is carried as
+//! opaque TCP, which always works, just without HTTP features.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    Http1,
+    Http2,
+    Opaque,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const METHODS: [&[u8]; 9] = [
+    b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"CONNECT ", b"OPTIONS ", b"TRACE ", b"PATCH ",
+];
+/// Enough for the HTTP/2 preface and any method token; a few hundred bytes would not change a decision.
+const PEEK_BYTES: usize = 64;
+
+/// What the bytes so far say, or `None` when more bytes could still change the answer.
+fn classify(buf: &[u8]) -> Option<Detected> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if buf.len() >= H2_PREFACE.len() { Some(Detected::Http2) } else { None };
+    }
+    let mut could_be_method = false;
+    for m in METHODS {
+        let n = buf.len().min(m.len());
+        if buf[..n] == m[..n] {
+            if buf.len() >= m.len() {
+                return Some(Detected::Http1);
+            }
+            could_be_method = true;
+        }
+    }
+    if could_be_method {
+        None
+    } else {
+        Some(Detected::Opaque)
+    }
+}
+
+/// Reads from `io` until the protocol is clear, EOF, or `window` passes. The bytes read are handed back
+/// inside a [`Rewind`] so the next reader sees the stream from its first byte.
+pub async fn detect<IO>(mut io: IO, window: Duration) -> io::Result<(Detected, Rewind<IO>)>
+where
+    IO: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(PEEK_BYTES);
+    let deadline = tokio::time::Instant::now() + window;
+    let detected = loop {
+        if let Some(d) = classify(&buf) {
+            break d;
+        }
+        if buf.len() >= PEEK_BYTES {
+            break Detected::Opaque;
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break Detected::Opaque,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    };
+    Ok((detected, Rewind::new(buf.freeze(), io)))
+}
+
+pin_project_lite::pin_project! {
+    /// An IO that first replays bytes already read from it.
+    pub struct Rewind<IO> {
+        prefix: Bytes,
+        #[pin]
+        inner: IO,
+    }
+}
+
+impl<IO> Rewind<IO> {
+    pub fn new(prefix: Bytes, inner: IO) -> Self {
+        Rewind { prefix, inner }
+    }
+    pub fn get_ref(&self) -> &IO {
+        &self.inner
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Rewind<IO> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(out.remaining());
+            out.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, out)
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Rewind<IO> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
+        assert_eq!(classify(b"OPTIONS * HTTP/1.1"), Some(Detected::Http1));
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Detected::Opaque));
+        assert_eq!(classify(b"GETX"), Some(Detected::Opaque));
+        assert_eq!(classify(b"SSH-2.0-OpenSSH"), Some(Detected::Opaque));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_client_is_opaque_after_the_window() {
+        let (client, server) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        let (d, _io) = detect(server, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(d, Detected::Opaque);
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn bytes_are_replayed() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        drop(client);
+        let (d, mut io) = detect(server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(d, Detected::Http1);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn split_preface_waits_for_the_rest() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(detect(server, Duration::from_secs(5)));
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        tokio::task::yield_now().await;
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        let (d, _) = task.await.unwrap().unwrap();
+        assert_eq!(d, Detected::Http2);
+    }
+}

@@ -1,0 +1,281 @@
+//! Inbound: the tunnel port (15008). Peers connect with mutual TLS 1.3 and HTTP/2; the client's SPIFFE ID
+//! comes from its verified certificate. HTTP requests go to the local app as HTTP/1.1 or HTTP/2 (whichever
+//! the calling app spoke), CONNECT streams are spliced to the app port, and extended CONNECT (WebSocket)
+//! is replayed to the app as an HTTP/1.1 upgrade.
+
+use crate::body::{self, Body};
+use crate::errors::{error_response, ForwardError};
+use crate::headers::{self, ORIG_PROTO, TARGET_PORT, XFCC};
+use crate::local_app::AppHttp;
+use crate::metrics::{ActiveGuard, ConnLabels, Direction, RequestLabels};
+use crate::serve::{self, ConnLimiter};
+use crate::splice::splice;
+use crate::state::Proxy;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use weft_certs::SpiffeId;
+
+/// One accepted, verified peer connection.
+struct PeerConn {
+    proxy: Arc<Proxy>,
+    peer_addr: SocketAddr,
+    peer_id: SpiffeId,
+    /// `By=<our id>;URI=<peer id>`, computed once per connection.
+    xfcc: HeaderValue,
+}
+
+pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
+    let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
+    let p = proxy.clone();
+    serve::accept_loop(listener, &proxy, limiter, "tunnel", move |tcp, addr| {
+        let proxy = p.clone();
+        async move { handle_connection(tcp, addr, proxy).await }
+    })
+    .await;
+}
+
+async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Proxy>) {
+    let acceptor = TlsAcceptor::from(proxy.identity.server_config());
+    let timeout = proxy.config.limits.tls_handshake_timeout.get();
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Err(_) => {
+            proxy.metrics.reject("tunnel", "tls_handshake_timeout");
+            return tracing::info!(peer = %peer_addr, "tunnel connection refused: TLS handshake timed out");
+        }
+        Ok(Err(e)) => {
+            proxy.metrics.tls_failure("inbound", &e);
+            proxy.metrics.reject("tunnel", "tls_handshake");
+            return tracing::warn!(peer = %peer_addr, error = %e, "tunnel connection refused: TLS handshake failed");
+        }
+        Ok(Ok(tls)) => tls,
+    };
+    let conn = tls.get_ref().1;
+    let Some(peer_id) = weft_certs::tls::peer_id(conn) else {
+        proxy.metrics.reject("tunnel", "no_peer_identity");
+        return tracing::warn!(peer = %peer_addr, "tunnel connection refused: no verified peer identity");
+    };
+    if conn.alpn_protocol() != Some(b"h2") {
+        proxy.metrics.reject("tunnel", "alpn");
+        return tracing::warn!(peer = %peer_addr, %peer_id, "tunnel connection refused: ALPN h2 was not negotiated");
+    }
+    tracing::debug!(peer = %peer_addr, %peer_id, "tunnel connection accepted");
+    let _active = ActiveGuard::new(
+        &proxy.metrics,
+        ConnLabels {
+            direction: Direction::inbound,
+            protocol: "tunnel",
+        },
+    );
+    let xfcc = HeaderValue::from_str(&format!("By={};URI={}", proxy.identity.id(), peer_id))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    let ctx = Arc::new(PeerConn {
+        proxy: proxy.clone(),
+        peer_addr,
+        peer_id,
+        xfcc,
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle_request(req, &ctx).await) }
+    });
+    serve::http2_connection(TokioIo::new(tls), svc, &proxy, "tunnel", peer_addr).await;
+}
+
+async fn handle_request(req: Request<Incoming>, ctx: &PeerConn) -> Response<Body> {
+    let is_connect = req.method() == Method::CONNECT;
+    let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
+    let res = match target_port(&req, ctx) {
+        Err(e) => Err(e),
+        Ok(port) if is_connect && extended => upgrade_to_app(req, port, ctx).await,
+        Ok(port) if is_connect => tcp_to_app(req, port, ctx).await,
+        Ok(port) => http_to_app(req, port, ctx).await,
+    };
+    let resp = res.unwrap_or_else(|e| {
+        tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, error = %e, "inbound request failed");
+        error_response(&e)
+    });
+    ctx.proxy
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            direction: Direction::inbound,
+            status_code: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// The app port: a CONNECT's authority port, else the `weft-target-port` header. Only ports the config
+/// allows (all, when the list is empty).
+fn target_port(req: &Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardError> {
+    let port = if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
+        req.uri().port_u16()
+    } else {
+        req.headers().get(TARGET_PORT).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    };
+    let port = port.filter(|p| *p != 0).ok_or(ForwardError::BadTunnelRequest("no target port"))?;
+    let allowed = &ctx.proxy.config.tunnel.allowed_ports;
+    if !allowed.is_empty() && !allowed.contains(&port) {
+        return Err(ForwardError::PortNotAllowed { port });
+    }
+    Ok(port)
+}
+
+fn app_addr(ctx: &PeerConn, port: u16) -> SocketAddr {
+    SocketAddr::new(ctx.proxy.config.tunnel.app_host, port)
+}
+
+async fn connect_app(ctx: &PeerConn, port: u16) -> Result<TcpStream, ForwardError> {
+    let timeout = ctx.proxy.config.limits.connect_timeout.get();
+    match tokio::time::timeout(timeout, TcpStream::connect(app_addr(ctx, port))).await {
+        Err(_) => Err(ForwardError::AppConnectTimeout { port }),
+        Ok(Err(source)) => Err(ForwardError::AppConnect { port, source }),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+/// An HTTP request for the app, sent through the pooled client in the app's own HTTP version.
+async fn http_to_app(req: Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<Response<Body>, ForwardError> {
+    let (mut parts, body) = req.into_parts();
+    let which = match parts.headers.get(ORIG_PROTO) {
+        Some(v) if v == "1.1" => AppHttp::Http1,
+        _ => AppHttp::Http2,
+    };
+    prepare_for_app(&mut parts, port, which, ctx)?;
+    let req = Request::from_parts(parts, body::boxed(body));
+    let resp = ctx
+        .proxy
+        .apps
+        .client(which)
+        .request(req)
+        .await
+        .map_err(|e| app_request_error(port, e))?;
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_2;
+    Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+fn app_request_error(port: u16, e: hyper_util::client::legacy::Error) -> ForwardError {
+    if e.is_connect() {
+        let source = std::error::Error::source(&e)
+            .map(|s| std::io::Error::other(s.to_string()))
+            .unwrap_or_else(|| std::io::Error::other("connect failed"));
+        return ForwardError::AppConnect { port, source };
+    }
+    ForwardError::AppRequest {
+        port,
+        source: Box::new(e),
+    }
+}
+
+fn prepare_for_app(
+    parts: &mut http::request::Parts,
+    port: u16,
+    which: AppHttp,
+    ctx: &PeerConn,
+) -> Result<(), ForwardError> {
+    let authority = parts.uri.authority().map(|a| a.to_string());
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(app_addr(ctx, port).to_string())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ForwardError::BadTunnelRequest("request target is not a valid URI"))?;
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h);
+    headers::strip_mesh_headers(h);
+    h.insert(XFCC, ctx.xfcc.clone());
+    if which == AppHttp::Http1 {
+        parts.version = Version::HTTP_11;
+        if let Some(a) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            h.insert(header::HOST, a);
+        }
+    } else {
+        parts.version = Version::HTTP_2;
+    }
+    Ok(())
+}
+
+/// A CONNECT stream: connect to the app port first (so a refused port is a refused stream), answer 200,
+/// then copy bytes both ways.
+async fn tcp_to_app(mut req: Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<Response<Body>, ForwardError> {
+    let mut app = connect_app(ctx, port).await?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let metrics = ctx.proxy.metrics.clone();
+    let (peer_addr, peer_id) = (ctx.peer_addr, ctx.peer_id.clone());
+    ctx.proxy.tasks.spawn(async move {
+        let _active = ActiveGuard::new(
+            &metrics,
+            ConnLabels {
+                direction: Direction::inbound,
+                protocol: "tcp",
+            },
+        );
+        match on_upgrade.await {
+            Ok(stream) => {
+                let res = splice(&mut TokioIo::new(stream), &mut app, &metrics, Direction::inbound).await;
+                tracing::debug!(peer = %peer_addr, %peer_id, port, result = ?res, "inbound tcp stream done");
+            }
+            Err(e) => tracing::debug!(peer = %peer_addr, error = %e, "CONNECT stream did not open"),
+        }
+    });
+    Ok(Response::new(body::empty()))
+}
+
+/// Extended CONNECT (`:protocol`, e.g. websocket): replay it to the app as an HTTP/1.1 upgrade on a fresh
+/// connection, answer 200 with the app's 101 headers, then splice both upgraded streams.
+async fn upgrade_to_app(mut req: Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<Response<Body>, ForwardError> {
+    let proto = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let from_peer = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    prepare_for_app(&mut parts, port, AppHttp::Http1, ctx)?;
+    parts.method = Method::GET;
+    parts.extensions = Default::default();
+    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    parts.uri = pq.parse().map_err(|_| ForwardError::BadTunnelRequest("bad path"))?;
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let upgrade = HeaderValue::from_str(&proto).map_err(|_| ForwardError::BadTunnelRequest("bad :protocol"))?;
+    parts.headers.insert(header::UPGRADE, upgrade);
+
+    let app = connect_app(ctx, port).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(app))
+        .await
+        .map_err(|e| ForwardError::AppRequest { port, source: Box::new(e) })?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut resp = send
+        .send_request(Request::from_parts(parts, body::empty()))
+        .await
+        .map_err(|e| ForwardError::AppRequest { port, source: Box::new(e) })?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut p, b) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut p.headers);
+        return Ok(Response::from_parts(p, body::boxed(b)));
+    }
+    let from_app = hyper::upgrade::on(&mut resp);
+    let mut out = Response::new(body::empty());
+    *out.headers_mut() = std::mem::take(resp.headers_mut());
+    headers::strip_hop_by_hop(out.headers_mut());
+    let metrics = ctx.proxy.metrics.clone();
+    ctx.proxy.tasks.spawn(async move {
+        if let Ok((p, a)) = tokio::try_join!(from_peer, from_app) {
+            let _ = splice(&mut TokioIo::new(p), &mut TokioIo::new(a), &metrics, Direction::inbound).await;
+        }
+    });
+    Ok(out)
+}

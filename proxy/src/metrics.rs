@@ -1,0 +1,160 @@
+//! Prometheus metrics served on the health port's `/metrics`. Every rejection the proxy makes is counted
+//! here with a reason label, as well as logged.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    outbound,
+    inbound,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub direction: Direction,
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsLabels {
+    pub side: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub direction: Direction,
+    /// `sent` towards the far side, `received` from it.
+    pub flow: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_opened: Family<ConnLabels, Counter>,
+    pub connections_active: Family<ConnLabels, Gauge>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub rejections: Family<RejectLabels, Counter>,
+    pub tls_handshake_failures: Family<TlsLabels, Counter>,
+    pub tcp_bytes: Family<BytesLabels, Counter>,
+    pub peer_connections_opened: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("weft_proxy");
+        let m = Metrics {
+            connections_opened: Default::default(),
+            connections_active: Default::default(),
+            requests: Default::default(),
+            rejections: Default::default(),
+            tls_handshake_failures: Default::default(),
+            tcp_bytes: Default::default(),
+            peer_connections_opened: Default::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections_opened",
+            "Connections accepted, by direction (outbound listener or inbound tunnel) and detected protocol",
+            m.connections_opened.clone(),
+        );
+        registry.register("connections_active", "Connections open now", m.connections_active.clone());
+        registry.register("requests", "HTTP requests forwarded, by direction and response status", m.requests.clone());
+        registry.register(
+            "rejections",
+            "Connections or requests refused by a limit or a protocol check, by listener and reason",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the peer hop that failed, by side and reason",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register("tcp_bytes", "Bytes carried on opaque TCP streams", m.tcp_bytes.clone());
+        registry.register(
+            "peer_connections_opened",
+            "mTLS HTTP/2 connections opened to peer proxies",
+            m.peer_connections_opened.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn reject(&self, listener: &'static str, reason: &'static str) {
+        self.rejections.get_or_create(&RejectLabels { listener, reason }).inc();
+    }
+
+    pub fn tls_failure(&self, side: &'static str, err: &std::io::Error) {
+        let reason = tls_reason(err);
+        self.tls_handshake_failures.get_or_create(&TlsLabels { side, reason }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// A small, bounded set of label values for TLS failures (the error text itself goes to the log).
+fn tls_reason(err: &std::io::Error) -> &'static str {
+    let text = err.to_string();
+    let has = |s: &str| text.contains(s);
+    if has("peer sent no certificates") || has("CertificateRequired") {
+        "no_client_certificate"
+    } else if has("expected spiffe://") || has("identity") {
+        "identity_mismatch"
+    } else if has("Expired") || has("expired") {
+        "expired"
+    } else if has("NotValidYet") || has("not yet valid") {
+        "not_yet_valid"
+    } else if has("UnknownIssuer") || has("unknown issuer") || has("UnknownCA") {
+        "unknown_issuer"
+    } else if has("InvalidContentType") || has("corrupt message") || has("InvalidMessage") {
+        "not_tls"
+    } else if has("eof") || has("EOF") || has("reset") {
+        "closed"
+    } else {
+        "other"
+    }
+}
+
+/// Counts a connection as active until dropped, so every exit path is counted.
+pub struct ActiveGuard(Gauge);
+
+impl ActiveGuard {
+    pub fn new(m: &Metrics, labels: ConnLabels) -> ActiveGuard {
+        m.connections_opened.get_or_create(&labels).inc();
+        let g = m.connections_active.get_or_create(&labels).clone();
+        g.inc();
+        ActiveGuard(g)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,226 @@
+//! Outbound: the app's connections to an explicit local listener. Each connection is detected (HTTP/1,
+//! HTTP/2 or opaque), then carried to the listener's peer over the shared mTLS HTTP/2 connection:
+//! HTTP requests as HTTP/2 requests, upgrades (WebSocket) as extended CONNECT streams, opaque TCP as a
+//! CONNECT stream.
+
+use crate::body::{self, Body, Guarded};
+use crate::detect::{detect, Detected, Rewind};
+use crate::errors::{error_response, ForwardError};
+use crate::headers::{self, ORIG_PROTO, TARGET_PORT};
+use crate::metrics::{ActiveGuard, ConnLabels, Direction, RequestLabels};
+use crate::serve::{self, ConnLimiter};
+use crate::splice::splice;
+use crate::state::Proxy;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use weft_api::{AppProtocol, OutboundListener, Upstream};
+
+/// One outbound listener's view of the proxy.
+struct Listener {
+    name: String,
+    upstream: Upstream,
+    protocol: AppProtocol,
+    proxy: Arc<Proxy>,
+}
+
+/// Accepts connections until shutdown.
+pub async fn run(listener: TcpListener, spec: OutboundListener, proxy: Arc<Proxy>) {
+    let ctx = Arc::new(Listener {
+        name: spec.display_name(),
+        upstream: spec.upstream(),
+        protocol: spec.protocol,
+        proxy: proxy.clone(),
+    });
+    let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
+    serve::accept_loop(listener, &proxy, limiter, "outbound", move |tcp, client| {
+        let ctx = ctx.clone();
+        async move { handle_connection(tcp, client, ctx).await }
+    })
+    .await;
+}
+
+async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener>) {
+    let limits = &ctx.proxy.config.limits;
+    let (detected, io) = match ctx.protocol {
+        AppProtocol::Tcp => (Detected::Opaque, Rewind::new(Default::default(), tcp)),
+        AppProtocol::Auto => match detect(tcp, limits.detect_timeout.get()).await {
+            Ok(d) => d,
+            Err(e) => return tracing::debug!(%client, error = %e, "client went away during detection"),
+        },
+        AppProtocol::Http => match detect(tcp, limits.header_read_timeout.get()).await {
+            // Declared HTTP: let the HTTP/1 parser answer whatever arrived (400 for garbage).
+            Ok((Detected::Opaque, io)) => (Detected::Http1, io),
+            Ok(d) => d,
+            Err(e) => return tracing::debug!(%client, error = %e, "client went away during detection"),
+        },
+    };
+    let protocol = match detected {
+        Detected::Http1 => "http1",
+        Detected::Http2 => "http2",
+        Detected::Opaque => "tcp",
+    };
+    let _active = ActiveGuard::new(
+        &ctx.proxy.metrics,
+        ConnLabels {
+            direction: Direction::outbound,
+            protocol,
+        },
+    );
+    match detected {
+        Detected::Opaque => proxy_tcp(io, client, &ctx).await,
+        http => {
+            let svc_ctx = ctx.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = svc_ctx.clone();
+                async move { Ok::<_, std::convert::Infallible>(forward_http(req, client, &ctx).await) }
+            });
+            let io = TokioIo::new(io);
+            let proxy = &ctx.proxy;
+            if http == Detected::Http2 {
+                serve::http2_connection(io, svc, proxy, "outbound", client).await
+            } else {
+                serve::http1_connection(io, svc, proxy, "outbound", client).await
+            }
+        }
+    }
+}
+
+/// Opaque TCP: one CONNECT stream to the peer, bytes copied both ways until both sides are done.
+async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener) {
+    let up = &ctx.upstream;
+    match ctx.proxy.peers.connect_tcp(up).await {
+        Ok((mut stream, _slot)) => {
+            match splice(&mut io, &mut stream, &ctx.proxy.metrics, Direction::outbound).await {
+                Ok((sent, received)) => tracing::debug!(listener = %ctx.name, %client, sent, received, "tcp stream done"),
+                Err(e) => tracing::debug!(listener = %ctx.name, %client, error = %e, "tcp stream ended with an error"),
+            }
+        }
+        Err(e) => {
+            ctx.proxy.metrics.reject("outbound", e.kind());
+            tracing::warn!(listener = %ctx.name, %client, peer = %up.peer, expected = %up.identity, error = %e, "cannot open tcp stream to peer");
+        }
+    }
+}
+
+/// One HTTP request from the app, sent on as an HTTP/2 request to the peer.
+async fn forward_http(mut req: Request<Incoming>, client: SocketAddr, ctx: &Listener) -> Response<Body> {
+    let resp = match headers::upgrade_protocol(req.headers()) {
+        Some(proto) if req.version() == Version::HTTP_11 => forward_upgrade(&mut req, proto, client, ctx).await,
+        _ => forward_plain(req, client, ctx).await,
+    };
+    let resp = resp.unwrap_or_else(|e| {
+        tracing::warn!(listener = %ctx.name, %client, peer = %ctx.upstream.peer, expected = %ctx.upstream.identity, error = %e, "request failed");
+        error_response(&e)
+    });
+    ctx.proxy
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            direction: Direction::outbound,
+            status_code: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+async fn forward_plain(req: Request<Incoming>, client: SocketAddr, ctx: &Listener) -> Result<Response<Body>, ForwardError> {
+    if req.method() == Method::CONNECT {
+        return Ok(status_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not carried by weft-proxy listeners"));
+    }
+    let (mut parts, body) = req.into_parts();
+    let orig_h1 = parts.version != Version::HTTP_2;
+    prepare_for_peer(&mut parts, client, ctx)?;
+    if orig_h1 {
+        parts.headers.insert(ORIG_PROTO, HeaderValue::from_static("1.1"));
+    }
+    let resp = ctx.proxy.peers.send(&ctx.upstream, Request::from_parts(parts, body::boxed(body))).await?;
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// HTTP/1.1 Upgrade (WebSocket): carried as an extended CONNECT (RFC 8441) stream; the server side replays
+/// the upgrade to its app and both sides splice once it answers 101.
+async fn forward_upgrade(
+    req: &mut Request<Incoming>,
+    proto: String,
+    client: SocketAddr,
+    ctx: &Listener,
+) -> Result<Response<Body>, ForwardError> {
+    let downstream = hyper::upgrade::on(&mut *req);
+    let mut parts = Request::new(()).into_parts().0;
+    parts.uri = req.uri().clone();
+    parts.headers = std::mem::take(req.headers_mut());
+    prepare_for_peer(&mut parts, client, ctx)?;
+    parts.method = Method::CONNECT;
+    parts.extensions.insert(hyper::ext::Protocol::from(proto.as_str()));
+    let (mut resp, slot) = ctx.proxy.peers.send_raw(&ctx.upstream, Request::from_parts(parts, body::empty())).await?;
+    if resp.status() != StatusCode::OK {
+        // The app refused the upgrade: pass its answer on as a plain response.
+        return Ok(resp.map(|b| body::boxed(Guarded::new(b, slot))));
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    let mut out = Response::new(body::empty());
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *out.headers_mut() = std::mem::take(resp.headers_mut());
+    headers::strip_hop_by_hop(out.headers_mut());
+    out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&proto) {
+        out.headers_mut().insert(header::UPGRADE, v);
+    }
+    let metrics = ctx.proxy.metrics.clone();
+    let name = ctx.name.clone();
+    ctx.proxy.tasks.spawn(async move {
+        let _slot = slot;
+        match tokio::try_join!(downstream, upstream) {
+            Ok((d, u)) => {
+                let _ = splice(&mut TokioIo::new(d), &mut TokioIo::new(u), &metrics, Direction::outbound).await;
+            }
+            Err(e) => tracing::debug!(listener = %name, %client, error = %e, "upgrade did not complete"),
+        }
+    });
+    Ok(out)
+}
+
+/// Turns an app's request head into the head of an HTTP/2 request to the peer.
+fn prepare_for_peer(parts: &mut http::request::Parts, client: SocketAddr, ctx: &Listener) -> Result<(), ForwardError> {
+    let authority = authority_of(parts, &ctx.upstream);
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ForwardError::BadTunnelRequest("request target is not a valid URI"))?;
+    parts.version = Version::HTTP_2;
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h);
+    headers::strip_mesh_headers(h);
+    headers::set_forwarded_for(h, client.ip());
+    h.remove(header::HOST);
+    h.insert(TARGET_PORT, HeaderValue::from(ctx.upstream.target_port));
+    Ok(())
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form), else the Host header, else the target.
+fn authority_of(parts: &http::request::Parts, up: &Upstream) -> String {
+    if let Some(a) = parts.uri.authority() {
+        return a.to_string();
+    }
+    if let Some(h) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        if h.parse::<http::uri::Authority>().is_ok() {
+            return h.to_string();
+        }
+    }
+    format!("{}:{}", up.peer.ip(), up.target_port)
+}
+
+pub fn status_response(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(format!("weft-proxy: {text}\n")));
+    *r.status_mut() = status;
+    r
+}

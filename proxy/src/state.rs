@@ -1,0 +1,57 @@
+//! What every part of a running proxy shares: its config, identity, metrics, peer connections, app
+//! clients and the shutdown signal.
+
+use crate::config::ProxyConfig;
+use crate::local_app::AppClients;
+use crate::metrics::Metrics;
+use crate::tunnel::{PeerPool, PeerSettings};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_certs::Identity;
+
+pub struct Proxy {
+    pub config: ProxyConfig,
+    pub identity: Identity,
+    pub metrics: Arc<Metrics>,
+    pub peers: PeerPool,
+    pub apps: AppClients,
+    /// Cancelled when the proxy starts draining: listeners stop accepting, connections finish up.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so draining can wait for them.
+    pub tasks: TaskTracker,
+    ready: AtomicBool,
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, identity: Identity) -> Arc<Proxy> {
+        let metrics = Arc::new(Metrics::new());
+        let l = &config.limits;
+        let settings = PeerSettings {
+            connect_timeout: l.connect_timeout.get(),
+            handshake_timeout: l.tls_handshake_timeout.get(),
+            keepalive_interval: l.keepalive_interval.get(),
+            max_streams_per_connection: l.max_streams_per_peer_connection,
+        };
+        Arc::new(Proxy {
+            peers: PeerPool::new(identity.clone(), settings, metrics.clone()),
+            apps: AppClients::new(l.connect_timeout.get()),
+            identity,
+            metrics,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            ready: AtomicBool::new(false),
+            config,
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Ready when every listener is bound and the proxy is not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
+    }
+}

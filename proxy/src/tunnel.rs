@@ -1,0 +1,230 @@
+//! The client side of the peer hop: one mutual-TLS HTTP/2 connection per peer proxy, multiplexing every
+//! request and every opaque TCP stream. A second connection is opened only when every open one carries its
+//! stream limit; a closed or failed connection is dropped and the next request reconnects.
+
+use crate::body::{self, Body, Guarded};
+use crate::errors::ForwardError;
+use crate::metrics::Metrics;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_rustls::TlsConnector;
+use weft_api::Upstream;
+use weft_certs::{Identity, SpiffeId};
+
+/// Settings for peer connections.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub max_streams_per_connection: usize,
+}
+
+/// Flow-control windows for the peer hop. Loopback and pod networks have a large bandwidth-delay
+/// product; the 64 KiB HTTP/2 default caps a bulk stream at a few hundred Mbit/s.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PeerKey {
+    addr: SocketAddr,
+    identity: SpiffeId,
+}
+
+struct Peer {
+    key: PeerKey,
+    tls: TlsConnector,
+    conns: Mutex<Vec<PeerConn>>,
+}
+
+#[derive(Clone)]
+struct PeerConn {
+    send: http2::SendRequest<Body>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// A stream slot on one peer connection, released on drop (when the response body or tunnel ends).
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// All peer connections of one proxy.
+pub struct PeerPool {
+    identity: Identity,
+    settings: PeerSettings,
+    metrics: Arc<Metrics>,
+    peers: std::sync::RwLock<HashMap<PeerKey, Arc<Peer>>>,
+}
+
+impl PeerPool {
+    pub fn new(identity: Identity, settings: PeerSettings, metrics: Arc<Metrics>) -> PeerPool {
+        PeerPool {
+            identity,
+            settings,
+            metrics,
+            peers: Default::default(),
+        }
+    }
+
+    /// Sends an HTTP request to the peer and returns its response; the response body holds the stream
+    /// slot, so the slot is free again exactly when the response stream ends.
+    pub async fn send(&self, up: &Upstream, req: Request<Body>) -> Result<Response<Body>, ForwardError> {
+        let (resp, slot) = self.send_raw(up, req).await?;
+        Ok(resp.map(|b| body::boxed(Guarded::new(b, slot))))
+    }
+
+    /// Opens a CONNECT stream (or, with `protocol`, an extended CONNECT) and returns it as a byte stream.
+    pub async fn connect_tcp(&self, up: &Upstream) -> Result<(TokioIo<Upgraded>, StreamSlot), ForwardError> {
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("{}:{}", up.peer.ip(), up.target_port))
+            .body(body::empty())
+            .map_err(|_| ForwardError::BadTunnelRequest("cannot build CONNECT request"))?;
+        let (resp, slot) = self.send_raw(up, req).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(ForwardError::PeerRefused {
+                peer: up.peer,
+                status: resp.status(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|source| ForwardError::PeerRequest { peer: up.peer, source })?;
+        Ok((TokioIo::new(upgraded), slot))
+    }
+
+    /// A request that never reached a connection that then closed is sent again on a fresh one.
+    pub async fn send_raw(
+        &self,
+        up: &Upstream,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, StreamSlot), ForwardError> {
+        let peer = self.peer(up);
+        let mut retried = false;
+        loop {
+            let (mut conn, slot) = self.checkout(&peer).await?;
+            match conn.send.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, slot)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !retried => {
+                        tracing::debug!(peer = %up.peer, error = %e.into_error(), "peer connection closed before the request was sent; retrying on a new one");
+                        req = back;
+                        retried = true;
+                    }
+                    _ => {
+                        return Err(ForwardError::PeerRequest {
+                            peer: up.peer,
+                            source: e.into_error(),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    fn peer(&self, up: &Upstream) -> Arc<Peer> {
+        let key = PeerKey {
+            addr: up.peer,
+            identity: up.identity.clone(),
+        };
+        if let Some(p) = self.peers.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return p.clone();
+        }
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        peers
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Peer {
+                    tls: TlsConnector::from(self.identity.client_config(&key.identity)),
+                    key,
+                    conns: Mutex::new(Vec::new()),
+                })
+            })
+            .clone()
+    }
+
+    /// Picks an open connection with a free stream slot, connecting when there is none. The lock is held
+    /// while connecting so that concurrent requests share the one new connection.
+    async fn checkout(&self, peer: &Peer) -> Result<(PeerConn, StreamSlot), ForwardError> {
+        let mut conns = peer.conns.lock().await;
+        conns.retain(|c| !c.send.is_closed());
+        let max = self.settings.max_streams_per_connection;
+        for c in conns.iter() {
+            if c.streams.fetch_add(1, Ordering::Relaxed) < max {
+                return Ok((c.clone(), StreamSlot(c.streams.clone())));
+            }
+            c.streams.fetch_sub(1, Ordering::Relaxed);
+        }
+        let c = self.connect(peer).await?;
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        conns.push(c.clone());
+        let slot = StreamSlot(c.streams.clone());
+        Ok((c, slot))
+    }
+
+    async fn connect(&self, peer: &Peer) -> Result<PeerConn, ForwardError> {
+        let addr = peer.key.addr;
+        let s = &self.settings;
+        let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(ForwardError::PeerConnectTimeout { peer: addr }),
+            Ok(Err(source)) => return Err(ForwardError::PeerConnect { peer: addr, source }),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls_err = |reason: String| ForwardError::PeerTls {
+            peer: addr,
+            expected: peer.key.identity.clone(),
+            reason,
+        };
+        let tls = match tokio::time::timeout(s.handshake_timeout, peer.tls.connect(name, tcp)).await {
+            Err(_) => return Err(tls_err("handshake timed out".into())),
+            Ok(Err(e)) => {
+                self.metrics.tls_failure("outbound", &e);
+                return Err(tls_err(e.to_string()));
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(tls_err("peer did not negotiate ALPN h2".into()));
+        }
+        let (send, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(64 * 1024)
+            .keep_alive_interval(s.keepalive_interval)
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|source| ForwardError::PeerHandshake { peer: addr, source })?;
+        self.metrics.peer_connections_opened.inc();
+        let identity = peer.key.identity.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %addr, %identity, error = %e, "peer connection ended with an error");
+            }
+        });
+        tracing::debug!(peer = %addr, identity = %peer.key.identity, "peer connection established");
+        Ok(PeerConn {
+            send,
+            streams: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+}
+

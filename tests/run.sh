@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every Weft test on a fresh Debian machine with a Rust toolchain: installs what is missing
+# (idempotent), checks formatting and lints, builds the binaries, then runs the unit tests of every
+# crate and the end-to-end tests against the real binaries.
+#
+# Environment: WEFT_E2E_REQUIRE=1 turns a missing privilege or tool into a failure (CI sets it).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '\033[1m[tests]\033[0m %s\n' "$*" >&2; }
+
+# --- set-up ----------------------------------------------------------------------------------
+if ! command -v cargo > /dev/null; then
+    echo "cargo not found: install a Rust toolchain (https://rustup.rs) first" >&2
+    exit 1
+fi
+if command -v rustup > /dev/null; then
+    for c in rustfmt clippy; do
+        rustup component list --installed 2> /dev/null | grep -q "^$c" || rustup component add "$c"
+    done
+fi
+if ! cargo nextest --version > /dev/null 2>&1; then
+    say "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+# --- checks ----------------------------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+say "building binaries and examples"
+cargo build --workspace --bins --examples --quiet
+
+# --- tests -----------------------------------------------------------------------------------
+say "running every test"
+WEFT_SKIP_BUILD=1 cargo nextest run --workspace --all-features "$@"

@@ -1,0 +1,232 @@
+//! Running the real `weft-proxy` binary in tests: a builder that writes its config file, starts it,
+//! waits for `/ready`, and kills it on drop (so a panicking test leaves no process behind).
+
+use crate::bins::bin;
+use crate::net::{free_addr, http_get};
+use crate::pki::{IdentityFiles, TempDir};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use weft_certs::SpiffeId;
+
+pub struct Outbound {
+    pub listen: SocketAddr,
+    pub peer: SocketAddr,
+    pub identity: SpiffeId,
+    pub target_port: u16,
+    pub protocol: &'static str,
+}
+
+pub struct ProxyBuilder {
+    name: String,
+    identity: IdentityFiles,
+    tunnel: SocketAddr,
+    outbound: Vec<Outbound>,
+    extra: String,
+}
+
+impl ProxyBuilder {
+    pub fn new(name: &str, identity: &IdentityFiles) -> ProxyBuilder {
+        ProxyBuilder {
+            name: name.to_string(),
+            identity: identity.clone(),
+            tunnel: free_addr(),
+            outbound: Vec::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// Adds an outbound listener on a fresh loopback port.
+    pub fn outbound(mut self, peer: SocketAddr, identity: &SpiffeId, target_port: u16, protocol: &'static str) -> Self {
+        self.outbound.push(Outbound {
+            listen: free_addr(),
+            peer,
+            identity: identity.clone(),
+            target_port,
+            protocol,
+        });
+        self
+    }
+
+    /// Extra top-level YAML appended to the config (e.g. a `limits:` block or `drain_timeout: 5s`).
+    pub fn extra_yaml(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        if !yaml.ends_with('\n') {
+            self.extra.push('\n');
+        }
+        self
+    }
+
+    /// Listens for peers on `addr` instead of a fresh port (to restart a proxy in place).
+    pub fn with_tunnel(mut self, addr: SocketAddr) -> Self {
+        self.tunnel = addr;
+        self
+    }
+
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel
+    }
+
+    pub fn start(self) -> ProxyProc {
+        let dir = TempDir::new(&format!("proxy-{}", self.name));
+        let admin = free_addr();
+        let health = free_addr();
+        let mut yaml = format!(
+            "identity:\n  cert: {}\n  key: {}\n  bundle: {}\ntunnel:\n  listen: {}\nadmin: {admin}\nhealth: {health}\n",
+            self.identity.cert.display(),
+            self.identity.key.display(),
+            self.identity.bundle.display(),
+            self.tunnel
+        );
+        if !self.outbound.is_empty() {
+            yaml.push_str("outbound:\n");
+            for o in &self.outbound {
+                yaml.push_str(&format!(
+                    "  - listen: {}\n    peer: {}\n    identity: {}\n    target_port: {}\n    protocol: {}\n",
+                    o.listen, o.peer, o.identity, o.target_port, o.protocol
+                ));
+            }
+        }
+        yaml.push_str(&self.extra);
+        let config = dir.path().join("proxy.yaml");
+        std::fs::write(&config, &yaml).expect("write proxy config");
+        let log_path = dir.path().join("proxy.log");
+        let log = std::fs::File::create(&log_path).expect("create log");
+        let child = Command::new(bin("weft-proxy"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("WEFT_LOG", std::env::var("WEFT_TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn weft-proxy");
+        let mut p = ProxyProc {
+            name: self.name,
+            child,
+            tunnel: self.tunnel,
+            admin,
+            health,
+            outbound: self.outbound.iter().map(|o| o.listen).collect(),
+            id: self.identity.id.clone(),
+            log_path,
+            config,
+            _dir: dir,
+        };
+        p.wait_ready(Duration::from_secs(20));
+        p
+    }
+}
+
+pub struct ProxyProc {
+    pub name: String,
+    child: Child,
+    pub id: SpiffeId,
+    pub tunnel: SocketAddr,
+    pub admin: SocketAddr,
+    pub health: SocketAddr,
+    pub outbound: Vec<SocketAddr>,
+    pub log_path: PathBuf,
+    pub config: PathBuf,
+    _dir: TempDir,
+}
+
+impl ProxyProc {
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("weft-proxy {} exited during start-up ({status}):\n{}", self.name, self.log());
+            }
+            if matches!(http_get(self.health, "/ready"), Ok((200, _))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "weft-proxy {} not ready within {timeout:?}:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.health, "/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// Sum of every sample of `name` whose label set contains all of `labels` (e.g. `reason="max_connections"`).
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- weft-proxy {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
