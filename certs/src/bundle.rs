@@ -150,10 +150,16 @@ mod tests {
         let b = root("b.test");
         let mut bundle = TrustBundle::from_pem(&a.root_pem()).expect("bundle");
         assert_eq!(bundle.len(), 1);
-        bundle.add_pem(&(b.root_pem() + &a.root_pem())).expect("add");
+        bundle
+            .add_pem(&(b.root_pem() + &a.root_pem()))
+            .expect("add");
         assert_eq!(bundle.len(), 2, "duplicate root ignored");
         assert!(!bundle.is_empty());
-        let names: Vec<_> = bundle.trust_domains().iter().map(|td| td.as_str()).collect();
+        let names: Vec<_> = bundle
+            .trust_domains()
+            .iter()
+            .map(|td| td.as_str())
+            .collect();
         assert_eq!(names, vec!["a.test", "b.test"]);
         let again = TrustBundle::from_pem(&bundle.to_pem()).expect("round trip");
         assert_eq!(again.roots(), bundle.roots());
@@ -162,7 +168,10 @@ mod tests {
     #[test]
     fn refuses_empty_and_leaf_input() {
         let err = TrustBundle::from_pem("").expect_err("empty");
-        assert!(err.to_string().contains("no CERTIFICATE PEM block"), "{err}");
+        assert!(
+            err.to_string().contains("no CERTIFICATE PEM block"),
+            "{err}"
+        );
 
         let ca = root("a.test");
         let id = SpiffeId::parse("spiffe://a.test/ns/x/sa/y").expect("id");

@@ -70,7 +70,8 @@ pub struct CertificateAuthority {
     cert: CertificateDer<'static>,
     /// Own certificate and the intermediates above it; empty for a root, which is never sent.
     chain: Vec<CertificateDer<'static>>,
-    root: CertificateDer<'static>,
+    /// Unknown only for an intermediate loaded from a chain that stops below the root.
+    root: Option<CertificateDer<'static>>,
     validity: Validity,
     path_len: Option<u32>,
 }
@@ -91,14 +92,12 @@ impl CertificateAuthority {
         validity.check_not_empty()?;
         let key = new_key("the root CA key")?;
         let params = ca_params(td, &validity, "root", BasicConstraints::Unconstrained)?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|source| CertError::Sign {
-                what: format!("the root CA certificate of {td}"),
-                source,
-            })?;
+        let cert = params.self_signed(&key).map_err(|source| CertError::Sign {
+            what: format!("the root CA certificate of {td}"),
+            source,
+        })?;
         let der = cert.der().clone();
-        Self::assemble(Issuer::new(params, key), der.clone(), Vec::new(), der)
+        Self::assemble(Issuer::new(params, key), der.clone(), Vec::new(), Some(der))
     }
 
     /// An intermediate CA (pathlen 0) signed by this CA, in the same trust domain.
@@ -133,8 +132,9 @@ impl CertificateAuthority {
     /// Loads a CA from its certificate chain and PKCS#8 key.
     ///
     /// The chain starts with the CA's own certificate. A root is that one certificate alone; an
-    /// intermediate is followed by the CAs above it up to and including the self-signed root, which is
-    /// what [`full_chain_pem`](Self::full_chain_pem) writes.
+    /// intermediate is followed by the CAs above it, optionally up to and including the self-signed root
+    /// ([`full_chain_pem`](Self::full_chain_pem) writes it; [`chain_pem`](Self::chain_pem) does not). Each
+    /// certificate must be signed by the next.
     pub fn from_pem(cert_chain_pem: &str, key_pem: &str) -> Result<Self, CertError> {
         let certs = x509::certs_from_pem(cert_chain_pem, "CA certificate chain")?;
         check_chain_order(&certs)?;
@@ -166,7 +166,7 @@ impl CertificateAuthority {
         issuer: Issuer<'static, KeyPair>,
         cert: CertificateDer<'static>,
         chain: Vec<CertificateDer<'static>>,
-        root: CertificateDer<'static>,
+        root: Option<CertificateDer<'static>>,
     ) -> Result<Self, CertError> {
         let parsed = x509::parse(&cert, || "the CA certificate".to_owned())?;
         let td = x509::ca_trust_domain(&parsed)?;
@@ -202,12 +202,17 @@ impl CertificateAuthority {
         x509::certs_to_pem(&self.chain)
     }
 
-    /// The root at the top of this CA's chain (the CA itself for a root).
+    /// The root at the top of this CA's chain (the CA itself for a root). Empty only for an intermediate
+    /// loaded by [`from_pem`](Self::from_pem) from a chain without its root: keep the bundle separately then.
     pub fn root_pem(&self) -> String {
-        x509::cert_to_pem(&self.root)
+        self.root
+            .as_ref()
+            .map(x509::cert_to_pem)
+            .unwrap_or_default()
     }
 
-    /// Own certificate, intermediates and root: the chain [`from_pem`](Self::from_pem) reads back.
+    /// Own certificate, intermediates and (if known) the root: everything [`from_pem`](Self::from_pem)
+    /// can read back.
     pub fn full_chain_pem(&self) -> String {
         if self.chain.is_empty() {
             return self.root_pem();
@@ -336,13 +341,22 @@ fn ca_params(
     constraints: BasicConstraints,
 ) -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::default();
+    let serial = random_serial()?;
+    // Part of the serial in the name keeps two CAs of one trust domain apart: path building matches
+    // issuers by name, and a rotated root must not look like the one it replaces.
+    let tag: String = serial
+        .as_ref()
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Weft");
-    dn.push(DnType::CommonName, format!("Weft {role} CA for {td}"));
+    dn.push(DnType::CommonName, format!("Weft {role} CA for {td} {tag}"));
     params.distinguished_name = dn;
     params.not_before = validity.not_before.into();
     params.not_after = validity.not_after.into();
-    params.serial_number = Some(random_serial()?);
+    params.serial_number = Some(serial);
     params.is_ca = IsCa::Ca(constraints);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.use_authority_key_identifier_extension = true;
@@ -390,10 +404,11 @@ fn read_csr(csr_pem: &str, id: &SpiffeId) -> Result<rcgen::SubjectPublicKeyInfo,
     csr.verify_signature()
         .map_err(|_| CertError::CsrSignature)?;
     check_requested_names(&csr, id)?;
-    let spki = rcgen::SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
-        .map_err(|e| CertError::CsrKey {
-            detail: e.to_string(),
-        })?;
+    let spki =
+        rcgen::SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
+            .map_err(|e| CertError::CsrKey {
+                detail: e.to_string(),
+            })?;
     if spki.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
         return Err(CertError::CsrKey {
             detail: format!("{:?}", spki.algorithm()),
@@ -418,7 +433,10 @@ fn csr_der(csr_pem: &str) -> Result<CertificateSigningRequestDer<'static>, CertE
 
 /// A CSR may ask for `id` or for nothing; any other requested name is refused, not silently dropped, so a
 /// confused or hostile client learns why.
-fn check_requested_names(csr: &X509CertificationRequest<'_>, id: &SpiffeId) -> Result<(), CertError> {
+fn check_requested_names(
+    csr: &X509CertificationRequest<'_>,
+    id: &SpiffeId,
+) -> Result<(), CertError> {
     let Some(extensions) = csr.requested_extensions() else {
         return Ok(());
     };
@@ -469,25 +487,31 @@ fn check_chain_order(certs: &[CertificateDer<'static>]) -> Result<(), CertError>
     Ok(())
 }
 
-/// Splits a loaded chain into (own + intermediates, root).
+/// Splits a loaded chain into (own + intermediates, root if present).
 fn split_root(
     certs: &[CertificateDer<'static>],
     own_is_self_signed: bool,
-) -> Result<(Vec<CertificateDer<'static>>, CertificateDer<'static>), CertError> {
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        Option<CertificateDer<'static>>,
+    ),
+    CertError,
+> {
     match certs {
-        [root] if own_is_self_signed => Ok((Vec::new(), root.clone())),
-        [_, rest @ ..] if own_is_self_signed => Err(CertError::RootWithExtras { extra: rest.len() }),
-        [.., last] => {
-            let parsed = x509::parse(last, || "the last certificate of the CA chain".to_owned())?;
-            if certs.len() < 2 || !x509::is_self_signed(&parsed) {
-                return Err(CertError::ChainWithoutRoot { count: certs.len() });
-            }
-            Ok((certs[..certs.len() - 1].to_vec(), last.clone()))
+        [root] if own_is_self_signed => Ok((Vec::new(), Some(root.clone()))),
+        [_, rest @ ..] if own_is_self_signed => {
+            Err(CertError::RootWithExtras { extra: rest.len() })
         }
-        [] => Err(CertError::NoPem {
-            what: "CA certificate chain",
-            label: "CERTIFICATE",
-        }),
+        [below @ .., last] if !below.is_empty() => {
+            let parsed = x509::parse(last, || "the last certificate of the CA chain".to_owned())?;
+            if x509::is_self_signed(&parsed) {
+                Ok((below.to_vec(), Some(last.clone())))
+            } else {
+                Ok((certs.to_vec(), None))
+            }
+        }
+        _ => Ok((certs.to_vec(), None)),
     }
 }
 
@@ -526,7 +550,10 @@ mod tests {
         let cert = x509::parse(der, String::new).expect("parse");
         assert!(x509::is_ca(&cert));
         assert!(x509::is_self_signed(&cert));
-        assert_eq!(x509::uri_sans(&cert).expect("sans"), vec!["spiffe://weft.test"]);
+        assert_eq!(
+            x509::uri_sans(&cert).expect("sans"),
+            vec!["spiffe://weft.test"]
+        );
         let ku = cert.key_usage().expect("ku").expect("present").value;
         assert!(ku.key_cert_sign() && ku.crl_sign());
     }
@@ -560,7 +587,10 @@ mod tests {
             .new_intermediate(Validity::starting_now(60 * DAY))
             .expect_err("longer than root");
         assert!(matches!(err, CertError::ValidityOutsideCa { .. }), "{err}");
-        assert!(err.to_string().contains("outside the CA's own validity"), "{err}");
+        assert!(
+            err.to_string().contains("outside the CA's own validity"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -583,14 +613,21 @@ mod tests {
 
     fn assert_leaf_is_workload(leaf: &X509Certificate<'_>, id: &SpiffeId) {
         assert_eq!(x509::uri_sans(leaf).expect("sans"), vec![id.as_str()]);
-        let san = leaf.subject_alternative_name().expect("san").expect("present");
+        let san = leaf
+            .subject_alternative_name()
+            .expect("san")
+            .expect("present");
         assert_eq!(san.value.general_names.len(), 1, "only the URI SAN");
         assert!(!x509::is_ca(leaf));
         let bc = leaf.basic_constraints().expect("bc").expect("present");
         assert!(!bc.value.ca);
         let ku = leaf.key_usage().expect("ku").expect("present");
         assert!(ku.critical && ku.value.digital_signature());
-        let eku = leaf.extended_key_usage().expect("eku").expect("present").value;
+        let eku = leaf
+            .extended_key_usage()
+            .expect("eku")
+            .expect("present")
+            .value;
         assert!(eku.server_auth && eku.client_auth);
     }
 
@@ -637,14 +674,21 @@ mod tests {
             .expect_err("other identity");
         assert!(matches!(err, CertError::CsrOtherIdentity { .. }), "{err}");
         let message = err.to_string();
-        assert!(message.contains("spiffe://weft.test/ns/default/sa/admin"), "{message}");
+        assert!(
+            message.contains("spiffe://weft.test/ns/default/sa/admin"),
+            "{message}"
+        );
     }
 
     #[test]
     fn csr_asking_for_a_dns_name_is_refused() {
         let key = new_key("test key").expect("key");
         let params = CertificateParams::new(vec!["evil.example".to_owned()]).expect("params");
-        let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
         let err = root()
             .sign_csr(&csr, &workload("web"), Validity::starting_now(DAY))
             .expect_err("dns name");
@@ -672,17 +716,14 @@ mod tests {
         let req = KeyAndCsr::generate(&workload("web")).expect("csr");
         let der = csr_der(req.csr_pem()).expect("der");
         let mut bytes = der.as_ref().to_vec();
-        // Flip a bit inside the signed public key, keeping the DER well-formed.
-        let last = bytes.len() - 80;
+        // The last byte belongs to the signature's s value; changing it keeps the DER well formed.
+        let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
         let pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", bytes));
         let err = root()
             .sign_csr(&pem, &workload("web"), Validity::starting_now(DAY))
             .expect_err("tampered");
-        assert!(
-            matches!(err, CertError::CsrSignature | CertError::Parse { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, CertError::CsrSignature), "{err}");
     }
 
     #[test]
@@ -692,9 +733,24 @@ mod tests {
         let req = KeyAndCsr::generate(&id).expect("csr");
         let other_td = SpiffeId::parse("spiffe://other.test/ns/default/sa/web").expect("id");
         let cases: Vec<(&str, SpiffeId, Validity, &str)> = vec![
-            ("not pem", id.clone(), Validity::starting_now(DAY), "no CERTIFICATE REQUEST PEM block"),
-            (req.csr_pem(), other_td, Validity::starting_now(DAY), "another trust domain"),
-            (req.csr_pem(), id.clone(), Validity::starting_now(365 * DAY), "outside the CA's own validity"),
+            (
+                "not pem",
+                id.clone(),
+                Validity::starting_now(DAY),
+                "no CERTIFICATE REQUEST PEM block",
+            ),
+            (
+                req.csr_pem(),
+                other_td,
+                Validity::starting_now(DAY),
+                "another trust domain",
+            ),
+            (
+                req.csr_pem(),
+                id.clone(),
+                Validity::starting_now(365 * DAY),
+                "outside the CA's own validity",
+            ),
             (
                 req.csr_pem(),
                 id.clone(),
@@ -730,6 +786,13 @@ mod tests {
         assert_eq!(loaded.root_pem(), root.cert_pem());
         assert_eq!(loaded.validity(), int.validity());
 
+        // Without its root the intermediate still signs; only the root is unknown.
+        let rootless = CertificateAuthority::from_pem(&int.chain_pem(), &int.key_pem())
+            .expect("load intermediate without root");
+        assert_eq!(rootless.chain_pem(), int.chain_pem());
+        assert_eq!(rootless.root_pem(), "");
+        assert_eq!(rootless.full_chain_pem(), int.chain_pem());
+
         // A loaded CA signs leaves that chain like the original's.
         let id = workload("web");
         let req = KeyAndCsr::generate(&id).expect("csr");
@@ -748,10 +811,21 @@ mod tests {
             .expect("intermediate");
         let cases: Vec<(String, String, &str)> = vec![
             (root.cert_pem(), other.key_pem(), "does not match"),
-            (int.chain_pem(), int.key_pem(), "does not end with its self-signed root"),
-            (int.chain_pem() + &other.cert_pem(), int.key_pem(), "not signed by certificate 2"),
-            (root.cert_pem() + &other.cert_pem(), root.key_pem(), "not signed by certificate 2"),
-            (root.cert_pem(), "garbage".to_owned(), "private key of the CA"),
+            (
+                int.chain_pem() + &other.cert_pem(),
+                int.key_pem(),
+                "not signed by certificate 2",
+            ),
+            (
+                root.cert_pem() + &other.cert_pem(),
+                root.key_pem(),
+                "not signed by certificate 2",
+            ),
+            (
+                root.cert_pem(),
+                "garbage".to_owned(),
+                "private key of the CA",
+            ),
             (String::new(), root.key_pem(), "no CERTIFICATE PEM block"),
         ];
         for (chain, key, reason) in cases {

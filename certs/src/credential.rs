@@ -60,15 +60,16 @@ impl Credential {
 
     fn assemble(leaf: Leaf, key: PrivateKeyDer<'static>) -> Result<Credential, CertError> {
         let provider = x509::provider();
-        let certified = CertifiedKey::from_der(leaf.chain, key, &provider).map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => CertError::KeyMismatch {
-                what: format!("the leaf certificate for {}", leaf.id),
-            },
-            other => CertError::Key {
-                what: "credential",
-                detail: other.to_string(),
-            },
-        })?;
+        let certified =
+            CertifiedKey::from_der(leaf.chain, key, &provider).map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => CertError::KeyMismatch {
+                    what: format!("the leaf certificate for {}", leaf.id),
+                },
+                other => CertError::Key {
+                    what: "credential",
+                    detail: other.to_string(),
+                },
+            })?;
         Ok(Credential {
             id: leaf.id,
             not_before: leaf.not_before,
@@ -95,7 +96,7 @@ impl Credential {
         self.serial_hex.clone()
     }
 
-    /// Leaf first, then any intermediates; never the root.
+    /// The chain as loaded: leaf first, then the intermediates (a CA-issued chain never includes the root).
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.certified.cert
     }
@@ -170,15 +171,23 @@ mod tests {
     #[test]
     fn knows_its_id_validity_and_chain() {
         let ca = ca();
-        let int = ca.new_intermediate(Validity::starting_now(10 * DAY)).expect("int");
+        let int = ca
+            .new_intermediate(Validity::starting_now(10 * DAY))
+            .expect("int");
         let req = KeyAndCsr::generate(&id()).expect("csr");
         let validity = Validity::starting_now(DAY);
         let chain = int.sign_csr(req.csr_pem(), &id(), validity).expect("sign");
         let cred = Credential::from_pem(&chain, req.key_pem()).expect("credential");
         assert_eq!(cred.id(), &id());
         assert_eq!(cred.chain().len(), 2);
-        assert_eq!(x509::unix_secs(cred.not_before()), x509::unix_secs(validity.not_before));
-        assert_eq!(x509::unix_secs(cred.not_after()), x509::unix_secs(validity.not_after));
+        assert_eq!(
+            x509::unix_secs(cred.not_before()),
+            x509::unix_secs(validity.not_before)
+        );
+        assert_eq!(
+            x509::unix_secs(cred.not_after()),
+            x509::unix_secs(validity.not_after)
+        );
         assert!(format!("{cred:?}").contains("spiffe://weft.test/ns/default/sa/web"));
     }
 
@@ -203,10 +212,9 @@ mod tests {
         let ca = ca();
         let cases: Vec<(Vec<&str>, Matches)> = vec![
             (vec![], |e| matches!(e, VerifyError::NoUriSan)),
-            (
-                vec!["spiffe://weft.test/a", "spiffe://weft.test/b"],
-                |e| matches!(e, VerifyError::SeveralUriSans { count: 2 }),
-            ),
+            (vec!["spiffe://weft.test/a", "spiffe://weft.test/b"], |e| {
+                matches!(e, VerifyError::SeveralUriSans { count: 2 })
+            }),
             (vec!["https://weft.test/a"], |e| {
                 matches!(e, VerifyError::NotSpiffe { .. })
             }),
@@ -240,9 +248,13 @@ mod tests {
         std::fs::write(&key_path, "no key here").expect("write");
         let err = Credential::from_pem_files(&chain_path, &key_path).expect_err("bad key");
         let message = err.to_string();
-        assert!(message.contains("key.pem") && message.contains("PRIVATE KEY"), "{message}");
+        assert!(
+            message.contains("key.pem") && message.contains("PRIVATE KEY"),
+            "{message}"
+        );
 
-        let err = Credential::from_pem_files(&dir.join("absent.pem"), &key_path).expect_err("absent");
+        let err =
+            Credential::from_pem_files(&dir.join("absent.pem"), &key_path).expect_err("absent");
         assert!(err.to_string().contains("absent.pem"), "{err}");
 
         std::fs::write(&key_path, req.key_pem()).expect("write");

@@ -87,6 +87,11 @@ pub enum VerifyError {
     BadKeyUsage { detail: String },
     #[error("certificate does not chain to a root of the trust bundle (unknown issuer)")]
     UnknownIssuer,
+    #[error(
+        "certificate signature does not verify with its issuer's key \
+         (forged, or signed by another CA that has the same name as a trusted one)"
+    )]
+    BadSignature,
     #[error("certificate is a CA (basicConstraints CA:true) but was presented as a leaf")]
     IsCa,
     #[error("certificate refused: {0}")]
@@ -138,16 +143,11 @@ pub enum CertError {
     #[error("the system random number generator failed")]
     Random,
     #[error("cannot sign {what}: {source}")]
-    Sign {
-        what: String,
-        source: rcgen::Error,
-    },
+    Sign { what: String, source: rcgen::Error },
     #[error("{what} has no usable SPIFFE ID: {source}")]
     NoSpiffeId { what: String, source: VerifyError },
     #[error("CA certificate names no trust domain: {detail}")]
     NoTrustDomain { detail: String },
-    #[error("the CA chain does not end with its self-signed root (the last of {count} certificates is not self-signed)")]
-    ChainWithoutRoot { count: usize },
     #[error("the CA certificate is a self-signed root but {extra} more certificate(s) follow it")]
     RootWithExtras { extra: usize },
     #[error("certificate {index} of the CA chain is not signed by certificate {next}")]
@@ -156,7 +156,9 @@ pub enum CertError {
     PathLenExhausted { td: TrustDomain },
     #[error("CSR signature does not verify with the CSR's own public key")]
     CsrSignature,
-    #[error("CSR for {id} asks for a different identity ({requested}); only {id} may be requested")]
+    #[error(
+        "CSR for {id} asks for a different identity ({requested}); only {id} may be requested"
+    )]
     CsrOtherIdentity { id: SpiffeId, requested: String },
     #[error("CSR key is not ECDSA P-256 ({detail}); Weft issues only ECDSA P-256 leaves")]
     CsrKey { detail: String },
@@ -210,6 +212,9 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     let dt = time::OffsetDateTime::from(t);
     dt.replace_nanosecond(0)
         .ok()
-        .and_then(|dt| dt.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|dt| {
+            dt.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| format!("{dt}"))
 }

@@ -103,7 +103,10 @@ fn server_presenting(config: Arc<ServerConfig>, leaf: &(String, String)) -> Arc<
     Arc::new(config)
 }
 
-fn client_presenting(config: Arc<ClientConfig>, leaf: Option<&(String, String)>) -> Arc<ClientConfig> {
+fn client_presenting(
+    config: Arc<ClientConfig>,
+    leaf: Option<&(String, String)>,
+) -> Arc<ClientConfig> {
     let mut config = (*config).clone();
     config.client_auth_cert_resolver = Arc::new(Present(leaf.map(certified)));
     Arc::new(config)
@@ -137,7 +140,9 @@ impl Outcome {
             Side::Client => &self.client_err,
             Side::Server => &self.server_err,
         };
-        let err = err.as_ref().unwrap_or_else(|| panic!("{side:?} accepted the peer"));
+        let err = err
+            .as_ref()
+            .unwrap_or_else(|| panic!("{side:?} accepted the peer"));
         let reason = verify_error(err).unwrap_or_else(|| panic!("{side:?}: not a refusal: {err}"));
         (reason, err.to_string())
     }
@@ -231,7 +236,10 @@ fn a_bundle_with_two_roots_accepts_leaves_from_both() {
     // A peer still on the old root alone refuses the new leaf.
     let db = old.identity("db");
     let outcome = handshake(db.client_config(&api.id()), api.server_config());
-    assert!(matches!(outcome.refused_by(Side::Client).0, VerifyError::UnknownIssuer));
+    assert!(matches!(
+        outcome.refused_by(Side::Client).0,
+        VerifyError::UnknownIssuer
+    ));
 }
 
 // === refusals: a bad leaf, presented from either side ===
@@ -253,7 +261,10 @@ fn bad_leaf_cases() -> Vec<(&'static str, Break, Matches, &'static str)> {
         ),
         (
             "several URI SANs",
-            |s| s.uris.push("spiffe://weft.test/ns/default/sa/admin".to_owned()),
+            |s| {
+                s.uris
+                    .push("spiffe://weft.test/ns/default/sa/admin".to_owned())
+            },
             |e| matches!(e, VerifyError::SeveralUriSans { count: 2 }),
             "has 2 URI SANs",
         ),
@@ -321,7 +332,10 @@ fn client_refuses_bad_server_leaves_with_the_reason() {
         );
         let (err, message) = outcome.refused_by(Side::Client);
         assert!(matches(err), "{name}: unexpected refusal {err}");
-        assert!(message.contains(reason), "{name}: {message:?} lacks {reason:?}");
+        assert!(
+            message.contains(reason),
+            "{name}: {message:?} lacks {reason:?}"
+        );
         assert!(outcome.server_err.is_some(), "{name}: server saw no alert");
     }
 }
@@ -341,8 +355,15 @@ fn server_refuses_bad_client_leaves_with_the_reason() {
         );
         let (err, message) = outcome.refused_by(Side::Server);
         assert!(matches(err), "{name}: unexpected refusal {err}");
-        assert!(message.contains(reason), "{name}: {message:?} lacks {reason:?}");
-        assert_eq!(peer_id(&outcome.server), None, "{name}: refused peer has no id");
+        assert!(
+            message.contains(reason),
+            "{name}: {message:?} lacks {reason:?}"
+        );
+        assert_eq!(
+            peer_id(&outcome.server),
+            None,
+            "{name}: refused peer has no id"
+        );
     }
 }
 
@@ -361,7 +382,10 @@ fn extended_key_usage_must_fit_the_role() {
     );
     let (err, message) = outcome.refused_by(Side::Client);
     assert!(matches!(err, VerifyError::BadKeyUsage { .. }), "{err}");
-    assert!(message.contains("extended key usage lacks serverAuth"), "{message}");
+    assert!(
+        message.contains("extended key usage lacks serverAuth"),
+        "{message}"
+    );
 
     let mut server_only = LeafSpec::for_id(&web.id());
     server_only.client_auth = false;
@@ -372,7 +396,10 @@ fn extended_key_usage_must_fit_the_role() {
     );
     let (err, message) = outcome.refused_by(Side::Server);
     assert!(matches!(err, VerifyError::BadKeyUsage { .. }), "{err}");
-    assert!(message.contains("extended key usage lacks clientAuth"), "{message}");
+    assert!(
+        message.contains("extended key usage lacks clientAuth"),
+        "{message}"
+    );
 
     // The same serverAuth-only leaf is fine where a server is expected.
     let outcome = handshake(
@@ -393,9 +420,17 @@ fn a_chain_to_an_unknown_root_is_refused_both_ways() {
     let outcome = handshake(web.client_config(&api.id()), stranger.server_config());
     let (err, message) = outcome.refused_by(Side::Client);
     assert!(matches!(err, VerifyError::UnknownIssuer), "{err}");
-    assert!(message.contains("does not chain to a root of the trust bundle"), "{message}");
+    assert!(
+        message.contains("does not chain to a root of the trust bundle"),
+        "{message}"
+    );
 
-    let outcome = handshake(stranger.client_config(&api.id()), api.server_config());
+    // The client trusts the server, so it gets as far as presenting the stranger's leaf.
+    let stranger_leaf = issue(&stranger_mesh.ca, &LeafSpec::for_id(&web.id()));
+    let outcome = handshake(
+        client_presenting(web.client_config(&api.id()), Some(&stranger_leaf)),
+        api.server_config(),
+    );
     let (err, _) = outcome.refused_by(Side::Server);
     assert!(matches!(err, VerifyError::UnknownIssuer), "{err}");
 }
@@ -426,7 +461,10 @@ fn a_client_without_a_certificate_is_refused() {
         api.server_config(),
     );
     let err = outcome.server_err.as_ref().expect("server refused");
-    assert!(matches!(err, rustls::Error::NoCertificatesPresented), "{err}");
+    assert!(
+        matches!(err, rustls::Error::NoCertificatesPresented),
+        "{err}"
+    );
     assert_eq!(peer_id(&outcome.server), None);
 }
 
@@ -444,7 +482,10 @@ fn update_switches_the_leaf_for_new_handshakes_only() {
     let mut first = handshake(client_config.clone(), server_config.clone());
     first.assert_ok();
     let old_leaf = api.credential().chain()[0].clone();
-    assert_eq!(first.client.peer_certificates().expect("certs")[0], old_leaf);
+    assert_eq!(
+        first.client.peer_certificates().expect("certs")[0],
+        old_leaf
+    );
 
     let rotated = mesh.credential("api");
     let new_leaf = rotated.chain()[0].clone();
@@ -454,7 +495,10 @@ fn update_switches_the_leaf_for_new_handshakes_only() {
 
     let second = handshake(client_config, server_config);
     second.assert_ok();
-    assert_eq!(second.client.peer_certificates().expect("certs")[0], new_leaf);
+    assert_eq!(
+        second.client.peer_certificates().expect("certs")[0],
+        new_leaf
+    );
 
     // The connection made before the update still carries data.
     first.client.writer().write_all(b"ping").expect("write");
@@ -481,10 +525,20 @@ fn update_refuses_another_identity_or_an_untrusted_leaf() {
         .update(stranger.credential("api"), mesh.bundle())
         .expect_err("untrusted");
     assert!(
-        matches!(&err, CertError::NotTrusted { source: VerifyError::UnknownIssuer, .. }),
+        matches!(
+            &err,
+            CertError::NotTrusted {
+                source: VerifyError::UnknownIssuer,
+                ..
+            }
+        ),
         "{err}"
     );
-    assert_eq!(api.credential().serial_hex(), before, "failed update changes nothing");
+    assert_eq!(
+        api.credential().serial_hex(),
+        before,
+        "failed update changes nothing"
+    );
 }
 
 #[test]
@@ -492,7 +546,10 @@ fn identity_refuses_a_credential_outside_the_bundles_trust_domain() {
     let mesh = Mesh::new("weft.test");
     let other = Mesh::new("other.test");
     let err = Identity::new(other.credential("api"), mesh.bundle()).expect_err("other td");
-    assert!(matches!(err, CertError::TrustDomainMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, CertError::TrustDomainMismatch { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("weft.test"), "{err}");
 }
 
@@ -523,15 +580,63 @@ fn verification_follows_the_given_time() {
         expected: Some(cred.id()),
     };
     let at = |t: SystemTime| {
-        UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).expect("after epoch"))
+        UnixTime::since_unix_epoch(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after epoch"),
+        )
     };
     let check = |t: SystemTime| {
-        verify::verify_chain(&cred.chain()[0], &[], &bundle, &policy, at(t), &x509::provider())
+        verify::verify_chain(
+            &cred.chain()[0],
+            &[],
+            &bundle,
+            &policy,
+            at(t),
+            &x509::provider(),
+        )
     };
     assert_eq!(check(SystemTime::now()).expect("valid now"), *cred.id());
-    assert!(matches!(check(SystemTime::now() + 2 * HOUR), Err(VerifyError::Expired { .. })));
+    assert!(matches!(
+        check(SystemTime::now() + 2 * HOUR),
+        Err(VerifyError::Expired { .. })
+    ));
     assert!(matches!(
         check(SystemTime::now() - 2 * HOUR),
         Err(VerifyError::NotYetValid { .. })
     ));
+}
+
+#[test]
+fn a_tampered_signature_is_refused() {
+    let mesh = Mesh::new("weft.test");
+    let cred = mesh.credential("api");
+    let mut der = cred.chain()[0].as_ref().to_vec();
+    // The last byte belongs to the signature's s value; changing it keeps the DER well formed.
+    let last = der.len() - 1;
+    der[last] ^= 0x01;
+    let policy = Policy {
+        role: PeerRole::Server,
+        trust_domain: &mesh.td,
+        expected: None,
+    };
+    let now = UnixTime::now();
+    let err = verify::verify_chain(
+        &der.into(),
+        &[],
+        &mesh.bundle(),
+        &policy,
+        now,
+        &x509::provider(),
+    )
+    .expect_err("tampered");
+    assert!(matches!(err, VerifyError::BadSignature), "{err}");
+}
+
+#[test]
+fn identity_and_its_parts_can_cross_tasks() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<Identity>();
+    shareable::<Credential>();
+    shareable::<TrustBundle>();
+    shareable::<SpiffeId>();
 }

@@ -182,8 +182,21 @@ impl Serialize for SpiffeId {
 
 impl<'de> Deserialize<'de> for SpiffeId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        SpiffeId::parse(&s).map_err(serde::de::Error::custom)
+        deserializer.deserialize_str(ParseVisitor(SpiffeId::parse, "a SPIFFE ID"))
+    }
+}
+
+/// Validates inside `visit_str`, so the parser attributes an error to the value's own line and field
+/// rather than to the enclosing map.
+struct ParseVisitor<T, E>(fn(&str) -> Result<T, E>, &'static str);
+
+impl<'de, T, E: fmt::Display> serde::de::Visitor<'de> for ParseVisitor<T, E> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.1)
+    }
+    fn visit_str<Er: serde::de::Error>(self, v: &str) -> Result<T, Er> {
+        (self.0)(v).map_err(Er::custom)
     }
 }
 
@@ -195,8 +208,7 @@ impl Serialize for TrustDomain {
 
 impl<'de> Deserialize<'de> for TrustDomain {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        TrustDomain::new(&s).map_err(serde::de::Error::custom)
+        deserializer.deserialize_str(ParseVisitor(TrustDomain::new, "a SPIFFE trust domain"))
     }
 }
 
@@ -332,9 +344,17 @@ mod tests {
     fn parses_valid_ids() {
         let cases = [
             ("spiffe://example.org", "example.org", ""),
-            ("spiffe://example.org/ns/default/sa/web", "example.org", "/ns/default/sa/web"),
+            (
+                "spiffe://example.org/ns/default/sa/web",
+                "example.org",
+                "/ns/default/sa/web",
+            ),
             ("spiffe://a-b_c.9/x", "a-b_c.9", "/x"),
-            ("spiffe://td/Upper.Case-ok_9/..x/.y", "td", "/Upper.Case-ok_9/..x/.y"),
+            (
+                "spiffe://td/Upper.Case-ok_9/..x/.y",
+                "td",
+                "/Upper.Case-ok_9/..x/.y",
+            ),
         ];
         for (input, td, path) in cases {
             let id = SpiffeId::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -401,12 +421,30 @@ mod tests {
             ),
             (
                 "spiffe://Bad/x",
-                |e| matches!(e, SpiffeIdError::BadTrustDomainChar { ch: 'B', pos: 9, .. }),
+                |e| {
+                    matches!(
+                        e,
+                        SpiffeIdError::BadTrustDomainChar {
+                            ch: 'B',
+                            pos: 9,
+                            ..
+                        }
+                    )
+                },
                 "trust domain has character 'B' at 9",
             ),
             (
                 "spiffe://td/x?y=1",
-                |e| matches!(e, SpiffeIdError::QueryOrFragment { ch: '?', pos: 13, .. }),
+                |e| {
+                    matches!(
+                        e,
+                        SpiffeIdError::QueryOrFragment {
+                            ch: '?',
+                            pos: 13,
+                            ..
+                        }
+                    )
+                },
                 "query or fragment",
             ),
             (
@@ -441,7 +479,16 @@ mod tests {
             ),
             (
                 "spiffe://td/a/b%20c",
-                |e| matches!(e, SpiffeIdError::BadPathChar { ch: '%', pos: 15, .. }),
+                |e| {
+                    matches!(
+                        e,
+                        SpiffeIdError::BadPathChar {
+                            ch: '%',
+                            pos: 15,
+                            ..
+                        }
+                    )
+                },
                 "path has character '%' at 15",
             ),
             (
@@ -482,8 +529,8 @@ mod tests {
 
     #[test]
     fn workload_ids() {
-        let id = SpiffeId::for_workload(&td("cluster.local"), "default", "web")
-            .expect("valid workload");
+        let id =
+            SpiffeId::for_workload(&td("cluster.local"), "default", "web").expect("valid workload");
         assert_eq!(id.as_str(), "spiffe://cluster.local/ns/default/sa/web");
         assert_eq!(id.namespace(), Some("default"));
         assert_eq!(id.service_account(), Some("web"));
@@ -504,7 +551,13 @@ mod tests {
     fn workload_names_must_be_single_segments() {
         let td = td("td");
         let err = SpiffeId::for_workload(&td, "a/b", "web").expect_err("slash in namespace");
-        assert!(matches!(err, SpiffeIdError::BadWorkloadName { field: "namespace", .. }));
+        assert!(matches!(
+            err,
+            SpiffeIdError::BadWorkloadName {
+                field: "namespace",
+                ..
+            }
+        ));
         assert!(err.to_string().contains("character '/' at 1"), "{err}");
         let err = SpiffeId::for_workload(&td, "default", "").expect_err("empty sa");
         assert!(err.to_string().contains("service account"), "{err}");
@@ -521,11 +574,18 @@ mod tests {
         assert_eq!(td.id().path(), "");
         assert!(matches!(
             TrustDomain::new("a/b"),
-            Err(SpiffeIdError::BadTrustDomainChar { ch: '/', pos: 10, .. })
+            Err(SpiffeIdError::BadTrustDomainChar {
+                ch: '/',
+                pos: 10,
+                ..
+            })
         ));
         assert!(TrustDomain::new("Example").is_err());
         assert!(TrustDomain::new("").is_err());
-        assert_eq!("x.y".parse::<TrustDomain>().expect("valid"), TrustDomain::new("x.y").expect("valid"));
+        assert_eq!(
+            "x.y".parse::<TrustDomain>().expect("valid"),
+            TrustDomain::new("x.y").expect("valid")
+        );
     }
 
     #[test]
@@ -539,7 +599,10 @@ mod tests {
         assert!(err.to_string().contains("character 'B' at 9"), "{err}");
 
         let td: TrustDomain = serde_json::from_str("\"td.example\"").expect("deserialize td");
-        assert_eq!(serde_json::to_string(&td).expect("serialize td"), "\"td.example\"");
+        assert_eq!(
+            serde_json::to_string(&td).expect("serialize td"),
+            "\"td.example\""
+        );
         assert!(serde_json::from_str::<TrustDomain>("\"td:80\"").is_err());
     }
 

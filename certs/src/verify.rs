@@ -13,7 +13,9 @@ use crate::x509;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::fmt;
 use std::sync::Arc;
@@ -62,7 +64,14 @@ pub(crate) fn verify_chain(
     provider: &CryptoProvider,
 ) -> Result<SpiffeId, VerifyError> {
     // The chain first: nothing in an unauthenticated leaf is worth reading.
-    check_path(end_entity, intermediates, bundle, policy.role, now, provider)?;
+    check_path(
+        end_entity,
+        intermediates,
+        bundle,
+        policy.role,
+        now,
+        provider,
+    )?;
     let leaf = x509::parse(end_entity, || "the leaf certificate".to_owned())
         .map_err(|e| VerifyError::Other(e.to_string()))?;
     check_leaf_usage(&leaf)?;
@@ -144,6 +153,7 @@ fn from_webpki(e: webpki::Error, role: PeerRole) -> VerifyError {
         },
         webpki::Error::UnknownIssuer => VerifyError::UnknownIssuer,
         webpki::Error::CaUsedAsEndEntity => VerifyError::IsCa,
+        webpki::Error::InvalidSignatureForPublicKey => VerifyError::BadSignature,
         webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
             VerifyError::BadKeyUsage {
                 detail: format!("extended key usage lacks {}", role.eku_name()),
@@ -163,7 +173,9 @@ pub(crate) fn to_rustls(e: VerifyError) -> rustls::Error {
 }
 
 fn tls12_refused() -> rustls::Error {
-    rustls::Error::General("TLS 1.2 signatures are refused: the peer hop is TLS 1.3 only".to_owned())
+    rustls::Error::General(
+        "TLS 1.2 signatures are refused: the peer hop is TLS 1.3 only".to_owned(),
+    )
 }
 
 // === client side: verifying the server ===
@@ -200,8 +212,15 @@ impl ServerCertVerifier for ServerVerifier {
             expected: Some(&self.expected),
         };
         let bundle = self.shared.bundle();
-        verify_chain(end_entity, intermediates, &bundle, &policy, now, &self.provider)
-            .map_err(to_rustls)?;
+        verify_chain(
+            end_entity,
+            intermediates,
+            &bundle,
+            &policy,
+            now,
+            &self.provider,
+        )
+        .map_err(to_rustls)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -277,8 +296,15 @@ impl ClientCertVerifier for ClientVerifier {
             expected: None,
         };
         let bundle = self.shared.bundle();
-        verify_chain(end_entity, intermediates, &bundle, &policy, now, &self.provider)
-            .map_err(to_rustls)?;
+        verify_chain(
+            end_entity,
+            intermediates,
+            &bundle,
+            &policy,
+            now,
+            &self.provider,
+        )
+        .map_err(to_rustls)?;
         Ok(ClientCertVerified::assertion())
     }
 

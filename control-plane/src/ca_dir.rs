@@ -16,20 +16,34 @@ pub struct CaDir {
 impl CaDir {
     /// Creates a root CA (and, with `intermediate`, an intermediate that signs leaves) in `dir`.
     /// Refuses to overwrite an existing CA.
-    pub fn init(dir: &Path, td: &TrustDomain, validity: Duration, intermediate: bool) -> anyhow::Result<CaDir> {
+    pub fn init(
+        dir: &Path,
+        td: &TrustDomain,
+        validity: Duration,
+        intermediate: bool,
+    ) -> anyhow::Result<CaDir> {
         if dir.join("ca.key").exists() {
-            bail!("{} already holds a CA (ca.key exists); refusing to overwrite it", dir.display());
+            bail!(
+                "{} already holds a CA (ca.key exists); refusing to overwrite it",
+                dir.display()
+            );
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let root = CertificateAuthority::new_root(td, Validity::starting_now(validity))?;
         let bundle = root.cert_pem();
         let ca = if intermediate {
             // The intermediate's validity must sit inside the root's.
-            root.new_intermediate(Validity::starting_now(validity.saturating_sub(Duration::from_secs(3600))))?
+            root.new_intermediate(Validity::starting_now(
+                validity.saturating_sub(Duration::from_secs(3600)),
+            ))?
         } else {
             root
         };
-        let chain = if intermediate { ca.chain_pem() } else { ca.cert_pem() };
+        let chain = if intermediate {
+            ca.chain_pem()
+        } else {
+            ca.cert_pem()
+        };
         write_atomic(&dir.join("ca.crt"), chain.as_bytes(), 0o644)?;
         write_atomic(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
         write_atomic(&dir.join("bundle.crt"), bundle.as_bytes(), 0o644)?;
@@ -42,7 +56,9 @@ impl CaDir {
     pub fn open(dir: &Path) -> anyhow::Result<CaDir> {
         let read = |name: &str| {
             let p = dir.join(name);
-            std::fs::read_to_string(&p).with_context(|| format!("cannot read {} (run `weftctl ca init` first?)", p.display()))
+            std::fs::read_to_string(&p).with_context(|| {
+                format!("cannot read {} (run `weftctl ca init` first?)", p.display())
+            })
         };
         let ca = CertificateAuthority::from_pem(&read("ca.crt")?, &read("ca.key")?)
             .with_context(|| format!("CA in {} is not usable", dir.display()))?;
@@ -63,14 +79,17 @@ impl CaDir {
             );
         }
         let kc = KeyAndCsr::generate(id)?;
-        let chain = self.ca.sign_csr(kc.csr_pem(), id, Validity::starting_now(ttl))?;
+        let chain = self
+            .ca
+            .sign_csr(kc.csr_pem(), id, Validity::starting_now(ttl))?;
         let files = IssuedFiles {
             cert: with_suffix(out, ".crt"),
             key: with_suffix(out, ".key"),
             bundle: with_suffix(out, "-bundle.crt"),
         };
         if let Some(parent) = files.cert.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         write_atomic(&files.cert, chain.as_bytes(), 0o644)?;
         write_atomic(&files.key, kc.key_pem().as_bytes(), 0o600)?;

@@ -61,7 +61,9 @@ fn route(req: Request<Incoming>, proxy: &Proxy, port: Port) -> Response<Body> {
             let mut r = Response::new(body::full(proxy.metrics.encode()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -78,7 +80,11 @@ fn route(req: Request<Incoming>, proxy: &Proxy, port: Port) -> Response<Body> {
 
 fn identity_doc(proxy: &Proxy) -> serde_json::Value {
     let cred = proxy.identity.credential();
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
     let now = SystemTime::now();
     serde_json::json!({
         "spiffe_id": cred.id().to_string(),
@@ -100,8 +106,10 @@ fn json<T: serde::Serialize>(v: &T) -> Response<Body> {
     match serde_json::to_vec_pretty(v) {
         Ok(bytes) => {
             let mut r = Response::new(body::full(bytes));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             r
         }
         Err(e) => {

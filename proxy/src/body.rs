@@ -15,7 +15,9 @@ pub fn empty() -> Body {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Boxes any body whose errors convert into [`BoxError`] (hyper's `Incoming`, mostly).
@@ -50,7 +52,10 @@ impl<B: HttpBody, G> HttpBody for Guarded<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let res = this.inner.poll_frame(cx);
         if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = res {

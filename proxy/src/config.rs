@@ -16,7 +16,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Parse(#[from] weft_api::YamlError),
     #[error("{file}: field `{field}`: {reason}")]
     Invalid {
@@ -164,7 +164,10 @@ impl<'de> Deserialize<'de> for OutboundList {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a list of outbound listeners")
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OutboundList, A::Error> {
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OutboundList, A::Error> {
                 let mut seen = HashSet::new();
                 let mut out = Vec::new();
                 while let Some(l) = seq.next_element::<OutboundListener>()? {
@@ -193,7 +196,11 @@ impl ProxyConfig {
         let file = path.display().to_string();
         let mut cfg: ProxyConfig = weft_api::yaml::from_str(&file, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.identity.cert, &mut cfg.identity.key, &mut cfg.identity.bundle] {
+        for p in [
+            &mut cfg.identity.cert,
+            &mut cfg.identity.key,
+            &mut cfg.identity.bundle,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -217,7 +224,10 @@ impl ProxyConfig {
         for (i, l) in self.outbound.0.iter().enumerate() {
             taken.push((format!("outbound[{i}].listen"), l.listen));
             if l.target_port == 0 {
-                return Err(invalid(format!("outbound[{i}].target_port"), "must be 1-65535".into()));
+                return Err(invalid(
+                    format!("outbound[{i}].target_port"),
+                    "must be 1-65535".into(),
+                ));
             }
         }
         for (i, (field, addr)) in taken.iter().enumerate() {
@@ -225,13 +235,19 @@ impl ProxyConfig {
                 continue;
             }
             if let Some((other, _)) = taken[..i].iter().find(|(_, a)| same_port(*a, *addr)) {
-                return Err(invalid(field.clone(), format!("{addr} is already used by `{other}`")));
+                return Err(invalid(
+                    field.clone(),
+                    format!("{addr} is already used by `{other}`"),
+                ));
             }
         }
         if !self.admin.ip().is_loopback() {
             return Err(invalid(
                 "admin".into(),
-                format!("{} is not a loopback address; the admin endpoint can shut the proxy down", self.admin),
+                format!(
+                    "{} is not a loopback address; the admin endpoint can shut the proxy down",
+                    self.admin
+                ),
             ));
         }
         let l = &self.limits;
@@ -239,7 +255,10 @@ impl ProxyConfig {
             ("limits.max_connections", l.max_connections),
             ("limits.max_header_bytes", l.max_header_bytes),
             ("limits.max_headers", l.max_headers),
-            ("limits.max_streams_per_peer_connection", l.max_streams_per_peer_connection),
+            (
+                "limits.max_streams_per_peer_connection",
+                l.max_streams_per_peer_connection,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(name.into(), "must be greater than 0".into()));
@@ -252,7 +271,10 @@ impl ProxyConfig {
             ));
         }
         if l.max_concurrent_streams == 0 {
-            return Err(invalid("limits.max_concurrent_streams".into(), "must be greater than 0".into()));
+            return Err(invalid(
+                "limits.max_concurrent_streams".into(),
+                "must be greater than 0".into(),
+            ));
         }
         Ok(())
     }
@@ -312,7 +334,10 @@ mod tests {
 
     #[test]
     fn bad_identity_names_line_and_field() {
-        let (_d, p) = write(&GOOD.replace("spiffe://weft.local/ns/default/sa/reviews", "spiffe://Weft/x"));
+        let (_d, p) = write(&GOOD.replace(
+            "spiffe://weft.local/ns/default/sa/reviews",
+            "spiffe://Weft/x",
+        ));
         let e = ProxyConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("proxy.yaml:13"), "{e}");
         assert!(e.contains("outbound[0].identity"), "{e}");
@@ -320,9 +345,15 @@ mod tests {
 
     #[test]
     fn unknown_field_and_duplicate_listener() {
-        let (_d, p) = write(&GOOD.replace("    target_port: 8080\n", "    target_port: 8080\n    colour: red\n"));
+        let (_d, p) = write(&GOOD.replace(
+            "    target_port: 8080\n",
+            "    target_port: 8080\n    colour: red\n",
+        ));
         let e = ProxyConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("outbound[0].colour") && e.contains(":15:"), "{e}");
+        assert!(
+            e.contains("outbound[0].colour") && e.contains(":15:"),
+            "{e}"
+        );
         let dup = format!(
             "{GOOD}  - listen: 127.0.0.1:9080\n    peer: 127.0.0.1:1\n    identity: spiffe://weft.local/x\n    target_port: 1\n"
         );
@@ -335,7 +366,10 @@ mod tests {
     fn port_clash_and_public_admin_refused() {
         let (_d, p) = write(&GOOD.replace("listen: 127.0.0.1:9080", "listen: 127.0.0.1:15000"));
         let e = ProxyConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("outbound[0].listen") && e.contains("`admin`"), "{e}");
+        assert!(
+            e.contains("outbound[0].listen") && e.contains("`admin`"),
+            "{e}"
+        );
         let (_d, p) = write(&GOOD.replace("admin: 127.0.0.1:15000", "admin: 0.0.0.0:15000"));
         let e = ProxyConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("loopback"), "{e}");
@@ -343,7 +377,9 @@ mod tests {
 
     #[test]
     fn missing_file_is_named() {
-        let e = ProxyConfig::load(Path::new("/nonexistent/weft.yaml")).unwrap_err().to_string();
+        let e = ProxyConfig::load(Path::new("/nonexistent/weft.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/weft.yaml"), "{e}");
     }
 }

@@ -19,7 +19,15 @@ pub enum Detected {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const METHODS: [&[u8]; 9] = [
-    b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"CONNECT ", b"OPTIONS ", b"TRACE ", b"PATCH ",
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"CONNECT ",
+    b"OPTIONS ",
+    b"TRACE ",
+    b"PATCH ",
 ];
 /// Enough for the HTTP/2 preface and any method token; a few hundred bytes would not change a decision.
 const PEEK_BYTES: usize = 64;
@@ -31,7 +39,11 @@ fn classify(buf: &[u8]) -> Option<Detected> {
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
-        return if buf.len() >= H2_PREFACE.len() { Some(Detected::Http2) } else { None };
+        return if buf.len() >= H2_PREFACE.len() {
+            Some(Detected::Http2)
+        } else {
+            None
+        };
     }
     let mut could_be_method = false;
     for m in METHODS {
@@ -93,7 +105,11 @@ impl<IO> Rewind<IO> {
 }
 
 impl<IO: AsyncRead> AsyncRead for Rewind<IO> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(out.remaining());
@@ -106,7 +122,11 @@ impl<IO: AsyncRead> AsyncRead for Rewind<IO> {
 }
 
 impl<IO: AsyncWrite> AsyncWrite for Rewind<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -157,7 +177,10 @@ mod tests {
     #[tokio::test]
     async fn bytes_are_replayed() {
         let (mut client, server) = tokio::io::duplex(1024);
-        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         drop(client);
         let (d, mut io) = detect(server, Duration::from_secs(5)).await.unwrap();
         assert_eq!(d, Detected::Http1);

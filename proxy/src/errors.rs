@@ -11,7 +11,10 @@ pub enum ForwardError {
     #[error("connect to peer {peer} timed out")]
     PeerConnectTimeout { peer: SocketAddr },
     #[error("connect to peer {peer}: {source}")]
-    PeerConnect { peer: SocketAddr, source: std::io::Error },
+    PeerConnect {
+        peer: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS handshake with peer {peer} (expected identity {expected}) failed: {reason}")]
     PeerTls {
         peer: SocketAddr,
@@ -19,11 +22,20 @@ pub enum ForwardError {
         reason: String,
     },
     #[error("HTTP/2 handshake with peer {peer}: {source}")]
-    PeerHandshake { peer: SocketAddr, source: hyper::Error },
+    PeerHandshake {
+        peer: SocketAddr,
+        source: hyper::Error,
+    },
     #[error("request to peer {peer} failed: {source}")]
-    PeerRequest { peer: SocketAddr, source: hyper::Error },
+    PeerRequest {
+        peer: SocketAddr,
+        source: hyper::Error,
+    },
     #[error("peer {peer} refused the stream with status {status}")]
-    PeerRefused { peer: SocketAddr, status: StatusCode },
+    PeerRefused {
+        peer: SocketAddr,
+        status: StatusCode,
+    },
     #[error("connect to local app port {port}: {source}")]
     AppConnect { port: u16, source: std::io::Error },
     #[error("connect to local app port {port} timed out")]
@@ -50,9 +62,11 @@ impl ForwardError {
         match self {
             PeerConnectTimeout { .. } | AppConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             PeerConnect { .. } | AppConnect { .. } | Draining => StatusCode::SERVICE_UNAVAILABLE,
-            PeerTls { .. } | PeerHandshake { .. } | PeerRequest { .. } | AppRequest { .. } | Upgrade(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            PeerTls { .. }
+            | PeerHandshake { .. }
+            | PeerRequest { .. }
+            | AppRequest { .. }
+            | Upgrade(_) => StatusCode::BAD_GATEWAY,
             PeerRefused { status, .. } => *status,
             PortNotAllowed { .. } => StatusCode::FORBIDDEN,
             BadTunnelRequest(_) => StatusCode::BAD_REQUEST,
@@ -93,8 +107,11 @@ impl ForwardError {
 pub fn error_response(e: &ForwardError) -> Response<Body> {
     let mut resp = Response::new(body::full(format!("weft-proxy: {e}\n")));
     *resp.status_mut() = e.status();
-    resp.headers_mut().insert(PROXY_ERROR, HeaderValue::from_static(e.kind()));
     resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        .insert(PROXY_ERROR, HeaderValue::from_static(e.kind()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

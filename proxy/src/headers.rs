@@ -44,10 +44,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         h.remove(name);
     }
-    let te_trailers = h
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))).unwrap_or(false));
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false)
+    });
     h.remove(header::TE);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -76,11 +80,17 @@ pub fn upgrade_protocol(h: &HeaderMap) -> Option<String> {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
     if !conn_upgrade {
         return None;
     }
-    h.get(header::UPGRADE)?.to_str().ok().map(|s| s.trim().to_ascii_lowercase())
+    h.get(header::UPGRADE)?
+        .to_str()
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -90,13 +100,20 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
         h.insert("x-app", HeaderValue::from_static("kept"));
         strip_hop_by_hop(&mut h);
-        assert!(h.get("x-secret").is_none() && h.get(KEEP_ALIVE).is_none() && h.get(header::CONNECTION).is_none());
+        assert!(
+            h.get("x-secret").is_none()
+                && h.get(KEEP_ALIVE).is_none()
+                && h.get(header::CONNECTION).is_none()
+        );
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get("x-app").unwrap(), "kept");
     }
@@ -114,7 +131,10 @@ mod tests {
     #[test]
     fn mesh_headers_from_apps_are_dropped() {
         let mut h = HeaderMap::new();
-        h.insert(XFCC, HeaderValue::from_static("URI=spiffe://evil/ns/x/sa/y"));
+        h.insert(
+            XFCC,
+            HeaderValue::from_static("URI=spiffe://evil/ns/x/sa/y"),
+        );
         h.insert(TARGET_PORT, HeaderValue::from_static("22"));
         strip_mesh_headers(&mut h);
         assert!(h.is_empty());
@@ -125,7 +145,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
         assert_eq!(upgrade_protocol(&h), None);
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert_eq!(upgrade_protocol(&h).as_deref(), Some("websocket"));
     }
 }

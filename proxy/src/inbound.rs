@@ -113,12 +113,19 @@ async fn handle_request(req: Request<Incoming>, ctx: &PeerConn) -> Response<Body
 /// The app port: a CONNECT's authority port, else the `weft-target-port` header. Only ports the config
 /// allows (all, when the list is empty).
 fn target_port(req: &Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardError> {
-    let port = if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
+    let port = if req.method() == Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_none()
+    {
         req.uri().port_u16()
     } else {
-        req.headers().get(TARGET_PORT).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+        req.headers()
+            .get(TARGET_PORT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
     };
-    let port = port.filter(|p| *p != 0).ok_or(ForwardError::BadTunnelRequest("no target port"))?;
+    let port = port
+        .filter(|p| *p != 0)
+        .ok_or(ForwardError::BadTunnelRequest("no target port"))?;
     let allowed = &ctx.proxy.config.tunnel.allowed_ports;
     if !allowed.is_empty() && !allowed.contains(&port) {
         return Err(ForwardError::PortNotAllowed { port });
@@ -143,7 +150,11 @@ async fn connect_app(ctx: &PeerConn, port: u16) -> Result<TcpStream, ForwardErro
 }
 
 /// An HTTP request for the app, sent through the pooled client in the app's own HTTP version.
-async fn http_to_app(req: Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<Response<Body>, ForwardError> {
+async fn http_to_app(
+    req: Request<Incoming>,
+    port: u16,
+    ctx: &PeerConn,
+) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
     let which = match parts.headers.get(ORIG_PROTO) {
         Some(v) if v == "1.1" => AppHttp::Http1,
@@ -184,7 +195,11 @@ fn prepare_for_app(
     ctx: &PeerConn,
 ) -> Result<(), ForwardError> {
     let authority = parts.uri.authority().map(|a| a.to_string());
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     parts.uri = Uri::builder()
         .scheme("http")
         .authority(app_addr(ctx, port).to_string())
@@ -208,7 +223,11 @@ fn prepare_for_app(
 
 /// A CONNECT stream: connect to the app port first (so a refused port is a refused stream), answer 200,
 /// then copy bytes both ways.
-async fn tcp_to_app(mut req: Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<Response<Body>, ForwardError> {
+async fn tcp_to_app(
+    mut req: Request<Incoming>,
+    port: u16,
+    ctx: &PeerConn,
+) -> Result<Response<Body>, ForwardError> {
     let mut app = connect_app(ctx, port).await?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let metrics = ctx.proxy.metrics.clone();
@@ -234,7 +253,11 @@ async fn tcp_to_app(mut req: Request<Incoming>, port: u16, ctx: &PeerConn) -> Re
 
 /// Extended CONNECT (`:protocol`, e.g. websocket): replay it to the app as an HTTP/1.1 upgrade on a fresh
 /// connection, answer 200 with the app's 101 headers, then splice both upgraded streams.
-async fn upgrade_to_app(mut req: Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<Response<Body>, ForwardError> {
+async fn upgrade_to_app(
+    mut req: Request<Incoming>,
+    port: u16,
+    ctx: &PeerConn,
+) -> Result<Response<Body>, ForwardError> {
     let proto = req
         .extensions()
         .get::<hyper::ext::Protocol>()
@@ -245,23 +268,38 @@ async fn upgrade_to_app(mut req: Request<Incoming>, port: u16, ctx: &PeerConn) -
     prepare_for_app(&mut parts, port, AppHttp::Http1, ctx)?;
     parts.method = Method::GET;
     parts.extensions = Default::default();
-    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    parts.uri = pq.parse().map_err(|_| ForwardError::BadTunnelRequest("bad path"))?;
-    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let upgrade = HeaderValue::from_str(&proto).map_err(|_| ForwardError::BadTunnelRequest("bad :protocol"))?;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = pq
+        .parse()
+        .map_err(|_| ForwardError::BadTunnelRequest("bad path"))?;
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let upgrade = HeaderValue::from_str(&proto)
+        .map_err(|_| ForwardError::BadTunnelRequest("bad :protocol"))?;
     parts.headers.insert(header::UPGRADE, upgrade);
 
     let app = connect_app(ctx, port).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(app))
         .await
-        .map_err(|e| ForwardError::AppRequest { port, source: Box::new(e) })?;
+        .map_err(|e| ForwardError::AppRequest {
+            port,
+            source: Box::new(e),
+        })?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
     let mut resp = send
         .send_request(Request::from_parts(parts, body::empty()))
         .await
-        .map_err(|e| ForwardError::AppRequest { port, source: Box::new(e) })?;
+        .map_err(|e| ForwardError::AppRequest {
+            port,
+            source: Box::new(e),
+        })?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut p, b) = resp.into_parts();
         headers::strip_hop_by_hop(&mut p.headers);
@@ -274,7 +312,13 @@ async fn upgrade_to_app(mut req: Request<Incoming>, port: u16, ctx: &PeerConn) -
     let metrics = ctx.proxy.metrics.clone();
     ctx.proxy.tasks.spawn(async move {
         if let Ok((p, a)) = tokio::try_join!(from_peer, from_app) {
-            let _ = splice(&mut TokioIo::new(p), &mut TokioIo::new(a), &metrics, Direction::inbound).await;
+            let _ = splice(
+                &mut TokioIo::new(p),
+                &mut TokioIo::new(a),
+                &metrics,
+                Direction::inbound,
+            )
+            .await;
         }
     });
     Ok(out)

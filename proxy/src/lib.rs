@@ -50,7 +50,10 @@ enum Kind {
 pub async fn bind(cfg: ProxyConfig, identity: Identity) -> anyhow::Result<Running> {
     let mut listeners = Vec::new();
     let mut add = |kind: Kind, l: TcpListener| listeners.push((kind, l));
-    add(Kind::Tunnel, bind_one("tunnel.listen", cfg.tunnel.listen).await?);
+    add(
+        Kind::Tunnel,
+        bind_one("tunnel.listen", cfg.tunnel.listen).await?,
+    );
     add(Kind::Admin, bind_one("admin", cfg.admin).await?);
     add(Kind::Health, bind_one("health", cfg.health).await?);
     for (i, o) in cfg.outbound.0.iter().enumerate() {
@@ -64,7 +67,9 @@ pub async fn bind(cfg: ProxyConfig, identity: Identity) -> anyhow::Result<Runnin
 }
 
 async fn bind_one(field: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (`{field}`)"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (`{field}`)"))
 }
 
 impl Running {
@@ -100,11 +105,16 @@ impl Running {
         let deadline: Duration = proxy.config.drain_timeout.get();
         tracing::info!(active = proxy.tasks.len(), ?deadline, "draining");
         proxy.tasks.close();
-        let drained = tokio::time::timeout(deadline, proxy.tasks.wait()).await.is_ok();
+        let drained = tokio::time::timeout(deadline, proxy.tasks.wait())
+            .await
+            .is_ok();
         if drained {
             tracing::info!("drained");
         } else {
-            tracing::warn!(left = proxy.tasks.len(), "drain deadline passed; closing what is left");
+            tracing::warn!(
+                left = proxy.tasks.len(),
+                "drain deadline passed; closing what is left"
+            );
         }
         drained
     }

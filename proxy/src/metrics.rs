@@ -80,8 +80,16 @@ impl Metrics {
             "Connections accepted, by direction (outbound listener or inbound tunnel) and detected protocol",
             m.connections_opened.clone(),
         );
-        registry.register("connections_active", "Connections open now", m.connections_active.clone());
-        registry.register("requests", "HTTP requests forwarded, by direction and response status", m.requests.clone());
+        registry.register(
+            "connections_active",
+            "Connections open now",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "requests",
+            "HTTP requests forwarded, by direction and response status",
+            m.requests.clone(),
+        );
         registry.register(
             "rejections",
             "Connections or requests refused by a limit or a protocol check, by listener and reason",
@@ -92,7 +100,11 @@ impl Metrics {
             "TLS handshakes on the peer hop that failed, by side and reason",
             m.tls_handshake_failures.clone(),
         );
-        registry.register("tcp_bytes", "Bytes carried on opaque TCP streams", m.tcp_bytes.clone());
+        registry.register(
+            "tcp_bytes",
+            "Bytes carried on opaque TCP streams",
+            m.tcp_bytes.clone(),
+        );
         registry.register(
             "peer_connections_opened",
             "mTLS HTTP/2 connections opened to peer proxies",
@@ -102,12 +114,16 @@ impl Metrics {
     }
 
     pub fn reject(&self, listener: &'static str, reason: &'static str) {
-        self.rejections.get_or_create(&RejectLabels { listener, reason }).inc();
+        self.rejections
+            .get_or_create(&RejectLabels { listener, reason })
+            .inc();
     }
 
     pub fn tls_failure(&self, side: &'static str, err: &std::io::Error) {
         let reason = tls_reason(err);
-        self.tls_handshake_failures.get_or_create(&TlsLabels { side, reason }).inc();
+        self.tls_handshake_failures
+            .get_or_create(&TlsLabels { side, reason })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

@@ -49,13 +49,17 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
         AppProtocol::Tcp => (Detected::Opaque, Rewind::new(Default::default(), tcp)),
         AppProtocol::Auto => match detect(tcp, limits.detect_timeout.get()).await {
             Ok(d) => d,
-            Err(e) => return tracing::debug!(%client, error = %e, "client went away during detection"),
+            Err(e) => {
+                return tracing::debug!(%client, error = %e, "client went away during detection")
+            }
         },
         AppProtocol::Http => match detect(tcp, limits.header_read_timeout.get()).await {
             // Declared HTTP: let the HTTP/1 parser answer whatever arrived (400 for garbage).
             Ok((Detected::Opaque, io)) => (Detected::Http1, io),
             Ok(d) => d,
-            Err(e) => return tracing::debug!(%client, error = %e, "client went away during detection"),
+            Err(e) => {
+                return tracing::debug!(%client, error = %e, "client went away during detection")
+            }
         },
     };
     let protocol = match detected {
@@ -94,9 +98,20 @@ async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener
     let up = &ctx.upstream;
     match ctx.proxy.peers.connect_tcp(up).await {
         Ok((mut stream, _slot)) => {
-            match splice(&mut io, &mut stream, &ctx.proxy.metrics, Direction::outbound).await {
-                Ok((sent, received)) => tracing::debug!(listener = %ctx.name, %client, sent, received, "tcp stream done"),
-                Err(e) => tracing::debug!(listener = %ctx.name, %client, error = %e, "tcp stream ended with an error"),
+            match splice(
+                &mut io,
+                &mut stream,
+                &ctx.proxy.metrics,
+                Direction::outbound,
+            )
+            .await
+            {
+                Ok((sent, received)) => {
+                    tracing::debug!(listener = %ctx.name, %client, sent, received, "tcp stream done")
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %ctx.name, %client, error = %e, "tcp stream ended with an error")
+                }
             }
         }
         Err(e) => {
@@ -107,9 +122,15 @@ async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener
 }
 
 /// One HTTP request from the app, sent on as an HTTP/2 request to the peer.
-async fn forward_http(mut req: Request<Incoming>, client: SocketAddr, ctx: &Listener) -> Response<Body> {
+async fn forward_http(
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+    ctx: &Listener,
+) -> Response<Body> {
     let resp = match headers::upgrade_protocol(req.headers()) {
-        Some(proto) if req.version() == Version::HTTP_11 => forward_upgrade(&mut req, proto, client, ctx).await,
+        Some(proto) if req.version() == Version::HTTP_11 => {
+            forward_upgrade(&mut req, proto, client, ctx).await
+        }
         _ => forward_plain(req, client, ctx).await,
     };
     let resp = resp.unwrap_or_else(|e| {
@@ -127,17 +148,30 @@ async fn forward_http(mut req: Request<Incoming>, client: SocketAddr, ctx: &List
     resp
 }
 
-async fn forward_plain(req: Request<Incoming>, client: SocketAddr, ctx: &Listener) -> Result<Response<Body>, ForwardError> {
+async fn forward_plain(
+    req: Request<Incoming>,
+    client: SocketAddr,
+    ctx: &Listener,
+) -> Result<Response<Body>, ForwardError> {
     if req.method() == Method::CONNECT {
-        return Ok(status_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not carried by weft-proxy listeners"));
+        return Ok(status_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not carried by weft-proxy listeners",
+        ));
     }
     let (mut parts, body) = req.into_parts();
     let orig_h1 = parts.version != Version::HTTP_2;
     prepare_for_peer(&mut parts, client, ctx)?;
     if orig_h1 {
-        parts.headers.insert(ORIG_PROTO, HeaderValue::from_static("1.1"));
+        parts
+            .headers
+            .insert(ORIG_PROTO, HeaderValue::from_static("1.1"));
     }
-    let resp = ctx.proxy.peers.send(&ctx.upstream, Request::from_parts(parts, body::boxed(body))).await?;
+    let resp = ctx
+        .proxy
+        .peers
+        .send(&ctx.upstream, Request::from_parts(parts, body::boxed(body)))
+        .await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))
@@ -157,8 +191,14 @@ async fn forward_upgrade(
     parts.headers = std::mem::take(req.headers_mut());
     prepare_for_peer(&mut parts, client, ctx)?;
     parts.method = Method::CONNECT;
-    parts.extensions.insert(hyper::ext::Protocol::from(proto.as_str()));
-    let (mut resp, slot) = ctx.proxy.peers.send_raw(&ctx.upstream, Request::from_parts(parts, body::empty())).await?;
+    parts
+        .extensions
+        .insert(hyper::ext::Protocol::from(proto.as_str()));
+    let (mut resp, slot) = ctx
+        .proxy
+        .peers
+        .send_raw(&ctx.upstream, Request::from_parts(parts, body::empty()))
+        .await?;
     if resp.status() != StatusCode::OK {
         // The app refused the upgrade: pass its answer on as a plain response.
         return Ok(resp.map(|b| body::boxed(Guarded::new(b, slot))));
@@ -168,7 +208,8 @@ async fn forward_upgrade(
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = std::mem::take(resp.headers_mut());
     headers::strip_hop_by_hop(out.headers_mut());
-    out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    out.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Ok(v) = HeaderValue::from_str(&proto) {
         out.headers_mut().insert(header::UPGRADE, v);
     }
@@ -178,18 +219,34 @@ async fn forward_upgrade(
         let _slot = slot;
         match tokio::try_join!(downstream, upstream) {
             Ok((d, u)) => {
-                let _ = splice(&mut TokioIo::new(d), &mut TokioIo::new(u), &metrics, Direction::outbound).await;
+                let _ = splice(
+                    &mut TokioIo::new(d),
+                    &mut TokioIo::new(u),
+                    &metrics,
+                    Direction::outbound,
+                )
+                .await;
             }
-            Err(e) => tracing::debug!(listener = %name, %client, error = %e, "upgrade did not complete"),
+            Err(e) => {
+                tracing::debug!(listener = %name, %client, error = %e, "upgrade did not complete")
+            }
         }
     });
     Ok(out)
 }
 
 /// Turns an app's request head into the head of an HTTP/2 request to the peer.
-fn prepare_for_peer(parts: &mut http::request::Parts, client: SocketAddr, ctx: &Listener) -> Result<(), ForwardError> {
+fn prepare_for_peer(
+    parts: &mut http::request::Parts,
+    client: SocketAddr,
+    ctx: &Listener,
+) -> Result<(), ForwardError> {
     let authority = authority_of(parts, &ctx.upstream);
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     parts.uri = Uri::builder()
         .scheme("http")
         .authority(authority)
@@ -211,7 +268,11 @@ fn authority_of(parts: &http::request::Parts, up: &Upstream) -> String {
     if let Some(a) = parts.uri.authority() {
         return a.to_string();
     }
-    if let Some(h) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+    if let Some(h) = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
         if h.parse::<http::uri::Authority>().is_ok() {
             return h.to_string();
         }

@@ -70,10 +70,17 @@ pub async fn accept_loop<F, Fut>(
 }
 
 /// Serves one HTTP/1 connection (with upgrades) until it closes or the proxy drains.
-pub async fn http1_connection<I, S>(io: I, svc: S, proxy: &Arc<Proxy>, listener: &'static str, client: SocketAddr)
-where
+pub async fn http1_connection<I, S>(
+    io: I,
+    svc: S,
+    proxy: &Arc<Proxy>,
+    listener: &'static str,
+    client: SocketAddr,
+) where
     I: Read + Write + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = std::convert::Infallible> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     let l = &proxy.config.limits;
@@ -98,10 +105,17 @@ where
 }
 
 /// Serves one HTTP/2 connection until it closes or the proxy drains (GOAWAY, then in-flight streams finish).
-pub async fn http2_connection<I, S>(io: I, svc: S, proxy: &Arc<Proxy>, listener: &'static str, client: SocketAddr)
-where
+pub async fn http2_connection<I, S>(
+    io: I,
+    svc: S,
+    proxy: &Arc<Proxy>,
+    listener: &'static str,
+    client: SocketAddr,
+) where
     I: Read + Write + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = std::convert::Infallible> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     let conn = http2_builder(proxy).serve_connection(io, svc);

@@ -9,7 +9,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 const BUF: usize = 64 * 1024;
 
 /// Copies until both directions are done. Returns (bytes a→b, bytes b→a).
-pub async fn splice<A, B>(a: &mut A, b: &mut B, metrics: &Metrics, direction: Direction) -> std::io::Result<(u64, u64)>
+pub async fn splice<A, B>(
+    a: &mut A,
+    b: &mut B,
+    metrics: &Metrics,
+    direction: Direction,
+) -> std::io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -21,7 +26,10 @@ where
             flow,
         };
         metrics.tcp_bytes.get_or_create(&flow("sent")).inc_by(sent);
-        metrics.tcp_bytes.get_or_create(&flow("received")).inc_by(received);
+        metrics
+            .tcp_bytes
+            .get_or_create(&flow("received"))
+            .inc_by(received);
     }
     res
 }

@@ -82,13 +82,20 @@ impl PeerPool {
 
     /// Sends an HTTP request to the peer and returns its response; the response body holds the stream
     /// slot, so the slot is free again exactly when the response stream ends.
-    pub async fn send(&self, up: &Upstream, req: Request<Body>) -> Result<Response<Body>, ForwardError> {
+    pub async fn send(
+        &self,
+        up: &Upstream,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, ForwardError> {
         let (resp, slot) = self.send_raw(up, req).await?;
         Ok(resp.map(|b| body::boxed(Guarded::new(b, slot))))
     }
 
     /// Opens a CONNECT stream (or, with `protocol`, an extended CONNECT) and returns it as a byte stream.
-    pub async fn connect_tcp(&self, up: &Upstream) -> Result<(TokioIo<Upgraded>, StreamSlot), ForwardError> {
+    pub async fn connect_tcp(
+        &self,
+        up: &Upstream,
+    ) -> Result<(TokioIo<Upgraded>, StreamSlot), ForwardError> {
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri(format!("{}:{}", up.peer.ip(), up.target_port))
@@ -101,9 +108,13 @@ impl PeerPool {
                 status: resp.status(),
             });
         }
-        let upgraded = hyper::upgrade::on(resp)
-            .await
-            .map_err(|source| ForwardError::PeerRequest { peer: up.peer, source })?;
+        let upgraded =
+            hyper::upgrade::on(resp)
+                .await
+                .map_err(|source| ForwardError::PeerRequest {
+                    peer: up.peer,
+                    source,
+                })?;
         Ok((TokioIo::new(upgraded), slot))
     }
 
@@ -141,7 +152,12 @@ impl PeerPool {
             addr: up.peer,
             identity: up.identity.clone(),
         };
-        if let Some(p) = self.peers.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(p) = self
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return p.clone();
         }
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
@@ -191,7 +207,8 @@ impl PeerPool {
             expected: peer.key.identity.clone(),
             reason,
         };
-        let tls = match tokio::time::timeout(s.handshake_timeout, peer.tls.connect(name, tcp)).await {
+        let tls = match tokio::time::timeout(s.handshake_timeout, peer.tls.connect(name, tcp)).await
+        {
             Err(_) => return Err(tls_err("handshake timed out".into())),
             Ok(Err(e)) => {
                 self.metrics.tls_failure("outbound", &e);
@@ -227,4 +244,3 @@ impl PeerPool {
         })
     }
 }
-

@@ -32,7 +32,8 @@ pub fn bin(name: &str) -> PathBuf {
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root()).args(["build", "--quiet", "--bins", "--workspace"]);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--quiet", "--bins", "--workspace"]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
@@ -45,9 +46,17 @@ pub fn bin(name: &str) -> PathBuf {
     if let Err(e) = built {
         panic!("{e}");
     }
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let p = target_dir().join(profile).join(name);
-    assert!(exists(&p), "{} not found; run `cargo build --bins` first", p.display());
+    assert!(
+        exists(&p),
+        "{} not found; run `cargo build --bins` first",
+        p.display()
+    );
     p
 }
 

@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod bins;
 pub mod net;
+pub mod pair;
 pub mod pki;
 pub mod proxy;
-pub mod pair;
+pub mod tls_probe;

@@ -54,7 +54,11 @@ impl Pair {
         let server_b = ProxyBuilder::new("server", &server_id).extra_yaml(&opts.server_yaml);
         let tunnel = server_b.tunnel_addr();
         let server = spawn_blocking(move || server_b.start()).await;
-        let proto = if opts.http_protocol.is_empty() { "auto" } else { opts.http_protocol };
+        let proto = if opts.http_protocol.is_empty() {
+            "auto"
+        } else {
+            opts.http_protocol
+        };
         let client_b = ProxyBuilder::new("client", &client_id)
             .outbound(tunnel, &server_id.id, http_app.addr().port(), proto)
             .outbound(tunnel, &server_id.id, tcp_app.addr().port(), "auto")
@@ -85,7 +89,9 @@ impl Pair {
 }
 
 pub async fn bind() -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind app port")
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind app port")
 }
 
 /// Runs blocking start-up (process spawn and readiness polling) off the async runtime.

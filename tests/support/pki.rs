@@ -52,7 +52,11 @@ pub struct Pki {
 impl Pki {
     pub fn new(trust_domain: &str) -> Pki {
         let td: TrustDomain = trust_domain.parse().expect("trust domain");
-        let ca = CertificateAuthority::new_root(&td, Validity::starting_now(Duration::from_secs(86_400))).expect("root CA");
+        let ca = CertificateAuthority::new_root(
+            &td,
+            Validity::starting_now(Duration::from_secs(86_400)),
+        )
+        .expect("root CA");
         let dir = TempDir::new("pki");
         std::fs::write(dir.path().join("bundle.pem"), ca.root_pem()).expect("write bundle");
         Pki {
@@ -76,7 +80,11 @@ impl Pki {
         let kc = KeyAndCsr::generate(&id).expect("key and CSR");
         let chain = self
             .ca
-            .sign_csr(kc.csr_pem(), &id, Validity::starting_now(Duration::from_secs(3600)))
+            .sign_csr(
+                kc.csr_pem(),
+                &id,
+                Validity::starting_now(Duration::from_secs(3600)),
+            )
             .expect("sign CSR");
         self.write(&format!("{ns}-{sa}"), id, &chain, kc.key_pem())
     }

@@ -23,6 +23,7 @@ pub struct ProxyBuilder {
     identity: IdentityFiles,
     tunnel: SocketAddr,
     outbound: Vec<Outbound>,
+    allowed_ports: Vec<u16>,
     extra: String,
 }
 
@@ -33,12 +34,19 @@ impl ProxyBuilder {
             identity: identity.clone(),
             tunnel: free_addr(),
             outbound: Vec::new(),
+            allowed_ports: Vec::new(),
             extra: String::new(),
         }
     }
 
     /// Adds an outbound listener on a fresh loopback port.
-    pub fn outbound(mut self, peer: SocketAddr, identity: &SpiffeId, target_port: u16, protocol: &'static str) -> Self {
+    pub fn outbound(
+        mut self,
+        peer: SocketAddr,
+        identity: &SpiffeId,
+        target_port: u16,
+        protocol: &'static str,
+    ) -> Self {
         self.outbound.push(Outbound {
             listen: free_addr(),
             peer,
@@ -55,6 +63,12 @@ impl ProxyBuilder {
         if !yaml.ends_with('\n') {
             self.extra.push('\n');
         }
+        self
+    }
+
+    /// App ports peers may reach through the tunnel (all when never called).
+    pub fn allowed_ports(mut self, ports: &[u16]) -> Self {
+        self.allowed_ports = ports.to_vec();
         self
     }
 
@@ -79,6 +93,18 @@ impl ProxyBuilder {
             self.identity.bundle.display(),
             self.tunnel
         );
+        if !self.allowed_ports.is_empty() {
+            let list: Vec<String> = self.allowed_ports.iter().map(|p| p.to_string()).collect();
+            yaml = yaml.replacen(
+                &format!("  listen: {}\n", self.tunnel),
+                &format!(
+                    "  listen: {}\n  allowed_ports: [{}]\n",
+                    self.tunnel,
+                    list.join(", ")
+                ),
+                1,
+            );
+        }
         if !self.outbound.is_empty() {
             yaml.push_str("outbound:\n");
             for o in &self.outbound {
@@ -96,7 +122,10 @@ impl ProxyBuilder {
         let child = Command::new(bin("weft-proxy"))
             .args(["run", "--config"])
             .arg(&config)
-            .env("WEFT_LOG", std::env::var("WEFT_TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "WEFT_LOG",
+                std::env::var("WEFT_TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -137,12 +166,21 @@ impl ProxyProc {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("weft-proxy {} exited during start-up ({status}):\n{}", self.name, self.log());
+                panic!(
+                    "weft-proxy {} exited during start-up ({status}):\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             if matches!(http_get(self.health, "/ready"), Ok((200, _))) {
                 return;
             }
-            assert!(Instant::now() < deadline, "weft-proxy {} not ready within {timeout:?}:\n{}", self.name, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "weft-proxy {} not ready within {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -168,7 +206,9 @@ impl ProxyProc {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.health, "/metrics").map(|(_, b)| b).unwrap_or_default()
+        http_get(self.health, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 
     /// Sum of every sample of `name` whose label set contains all of `labels` (e.g. `reason="max_connections"`).
@@ -182,7 +222,8 @@ impl ProxyProc {
     }
 
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))

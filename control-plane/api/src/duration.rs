@@ -40,9 +40,13 @@ impl FromStr for Duration {
             reason,
         };
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| err("missing unit"))?;
+        let split = t
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| err("missing unit"))?;
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| err("missing or too large number"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| err("missing or too large number"))?;
         let ms_per = match unit {
             "ms" => 1,
             "s" => 1_000,
@@ -59,8 +63,13 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        for (unit, per) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms != 0 && ms % per == 0 {
+        for (unit, per) in [
+            ("d", 86_400_000u128),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms != 0 && ms.is_multiple_of(per) {
                 return write!(f, "{}{unit}", ms / per);
             }
         }
@@ -76,8 +85,18 @@ impl Serialize for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 250ms, 10s, 5m or 1h")
+            }
+            // Parsing inside visit_str lets the YAML parser locate the error at the value itself.
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -87,7 +106,12 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for (text, ms, shown) in [("250ms", 250, "250ms"), ("10s", 10_000, "10s"), ("90s", 90_000, "90s"), ("2h", 7_200_000, "2h")] {
+        for (text, ms, shown) in [
+            ("250ms", 250, "250ms"),
+            ("10s", 10_000, "10s"),
+            ("90s", 90_000, "90s"),
+            ("2h", 7_200_000, "2h"),
+        ] {
             let d: Duration = text.parse().unwrap();
             assert_eq!(d.0.as_millis(), ms);
             assert_eq!(d.to_string(), shown);

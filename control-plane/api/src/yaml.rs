@@ -133,8 +133,11 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let e = from_str::<Doc>("y.yaml", "items:\n  - listen: 127.0.0.1:1\n    port: 1\n    colour: red\n")
-            .unwrap_err();
+        let e = from_str::<Doc>(
+            "y.yaml",
+            "items:\n  - listen: 127.0.0.1:1\n    port: 1\n    colour: red\n",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "items[0].colour");
         assert_eq!(e.line, Some(4));
     }
@@ -143,7 +146,8 @@ mod tests {
     fn missing_and_out_of_range() {
         let e = from_str::<Doc>("z", "items:\n  - listen: 127.0.0.1:1\n").unwrap_err();
         assert!(e.reason.contains("missing field `port`"), "{e}");
-        let e = from_str::<Doc>("z", "items:\n  - listen: 127.0.0.1:1\n    port: 70000\n").unwrap_err();
+        let e =
+            from_str::<Doc>("z", "items:\n  - listen: 127.0.0.1:1\n    port: 70000\n").unwrap_err();
         assert_eq!(e.field, "items[0].port");
         assert_eq!(e.line, Some(3));
     }

@@ -98,12 +98,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "created CA for trust domain {} in {} ({})",
                 ca.ca.trust_domain(),
                 dir.display(),
-                if intermediate { "root + intermediate" } else { "root" }
+                if intermediate {
+                    "root + intermediate"
+                } else {
+                    "root"
+                }
             );
         }
-        Command::Cert(CertCommand::Issue { ca_dir, id, ttl, out }) => {
+        Command::Cert(CertCommand::Issue {
+            ca_dir,
+            id,
+            ttl,
+            out,
+        }) => {
             let ca = CaDir::open(&ca_dir)?;
-            let files = ca.issue(&id, ttl.get(), &out).with_context(|| format!("cannot issue a certificate for {id}"))?;
+            let files = ca
+                .issue(&id, ttl.get(), &out)
+                .with_context(|| format!("cannot issue a certificate for {id}"))?;
             println!(
                 "issued {id} (valid {ttl}): {} {} {}",
                 files.cert.display(),
