@@ -7,6 +7,7 @@ pub mod body;
 pub mod config;
 pub mod detect;
 pub mod errors;
+pub mod h1_guard;
 pub mod headers;
 pub mod inbound;
 pub mod local_app;

@@ -6,6 +6,7 @@
 use crate::body::{self, Body, Guarded};
 use crate::detect::{detect, Detected, Rewind};
 use crate::errors::{error_response, ForwardError};
+use crate::h1_guard::{ConflictFlag, H1Guard};
 use crate::headers::{self, ORIG_PROTO, TARGET_PORT};
 use crate::metrics::{ActiveGuard, ConnLabels, Direction, RequestLabels};
 use crate::serve::{self, ConnLimiter};
@@ -76,21 +77,40 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
     );
     match detected {
         Detected::Opaque => proxy_tcp(io, client, &ctx).await,
-        http => {
+        Detected::Http2 => {
             let svc_ctx = ctx.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = svc_ctx.clone();
                 async move { Ok::<_, std::convert::Infallible>(forward_http(req, client, &ctx).await) }
             });
-            let io = TokioIo::new(io);
-            let proxy = &ctx.proxy;
-            if http == Detected::Http2 {
-                serve::http2_connection(io, svc, proxy, "outbound", client).await
-            } else {
-                serve::http1_connection(io, svc, proxy, "outbound", client).await
-            }
+            serve::http2_connection(TokioIo::new(io), svc, &ctx.proxy, "outbound", client).await
+        }
+        Detected::Http1 => {
+            let conflict = ConflictFlag::default();
+            let io = TokioIo::new(H1Guard::new(io, conflict.clone()));
+            let svc_ctx = ctx.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = svc_ctx.clone();
+                let conflict = conflict.clone();
+                async move {
+                    if conflict.is_set() && req.headers().contains_key(header::TRANSFER_ENCODING) {
+                        return Ok(refuse_conflicting_framing(&ctx, client));
+                    }
+                    Ok::<_, std::convert::Infallible>(forward_http(req, client, &ctx).await)
+                }
+            });
+            serve::http1_connection(io, svc, &ctx.proxy, "outbound", client).await
         }
     }
+}
+
+/// A request with both Content-Length and Transfer-Encoding: answered 400 and the connection closed.
+fn refuse_conflicting_framing(ctx: &Listener, client: SocketAddr) -> Response<Body> {
+    ctx.proxy.metrics.reject("outbound", "bad_request");
+    tracing::info!(listener = %ctx.name, %client, reason = "bad_request", "request refused: both Content-Length and Transfer-Encoding");
+    let mut r = status_response(StatusCode::BAD_REQUEST, "both Content-Length and Transfer-Encoding");
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Opaque TCP: one CONNECT stream to the peer, bytes copied both ways until both sides are done.
