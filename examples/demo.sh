@@ -25,7 +25,7 @@ if ! command -v curl > /dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl > /dev/null
 fi
 echo "building weft-proxy, weftctl and the demo apps (release)..." >&2
-cargo build --release --quiet --bins --examples
+cargo build --release --quiet --workspace --bins --examples
 bin=$root/target/release
 proxy=$bin/weft-proxy weftctl=$bin/weftctl app=$bin/examples/demo-app
 
@@ -118,10 +118,14 @@ bold "7. Raw TCP with half-close, and a server-speaks-first service"
 "$app" banner-read 127.0.0.1:$FE_BANNER | sed 's/^/   /'
 sleep 0.2
 note "backend sidecar saw these TCP streams from:"
-grep -ho 'peer_id=[^ ]*.*port=[0-9]*' "$work/backend-proxy.log" | sed 's/\x1b\[[0-9;]*m//g' | sort | uniq -c | sed 's/^/   /' || true
+grep -h 'inbound tcp stream done' "$work/backend-proxy.log" | grep -o 'peer_id=[^ ]* port=[0-9]*' | sed 's/^/   /' || true
 
 bold "8. A listener that expects another identity is refused before any byte reaches the backend"
-"$app" get 127.0.0.1:$FE_WRONG /info | sed 's/^/   /' || true
+curl -s -w '   (HTTP %{http_code})\n' "http://127.0.0.1:$FE_WRONG/info" | sed 's/^/   /'
+note "frontend sidecar log:"
+grep -h 'request failed' "$work/frontend-proxy.log" | tail -1 | fold -w 140 | sed 's/^/   /'
+note "backend sidecar log (the refused handshake):"
+grep -h 'TLS handshake failed' "$work/backend-proxy.log" | tail -1 | fold -w 140 | sed 's/^/   /' || true
 
 bold "9. Everything above crossed one multiplexed mTLS connection"
 curl -fs "http://127.0.0.1:$FE_HEALTH/metrics" | grep -E '^weft_proxy_peer_connections_opened_total' | sed 's/^/   frontend: /'

@@ -212,7 +212,7 @@ impl PeerPool {
             Err(_) => return Err(tls_err("handshake timed out".into())),
             Ok(Err(e)) => {
                 self.metrics.tls_failure("outbound", &e);
-                return Err(tls_err(e.to_string()));
+                return Err(tls_err(tls_reason(&e)));
             }
             Ok(Ok(tls)) => tls,
         };
@@ -243,4 +243,14 @@ impl PeerPool {
             streams: Arc::new(AtomicUsize::new(0)),
         })
     }
+}
+
+/// The verifier's own words when it refused the peer (e.g. "identity mismatch: expected A but peer
+/// presented B"), otherwise the TLS error as rustls reports it.
+fn tls_reason(e: &std::io::Error) -> String {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(weft_certs::verify_error)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| e.to_string())
 }
