@@ -103,7 +103,11 @@ impl<IO> H1Guard<IO> {
 }
 
 impl<IO: AsyncRead> AsyncRead for H1Guard<IO> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
@@ -115,7 +119,11 @@ impl<IO: AsyncRead> AsyncRead for H1Guard<IO> {
 }
 
 impl<IO: AsyncWrite> AsyncWrite for H1Guard<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -162,13 +170,19 @@ mod tests {
 
     #[test]
     fn ordinary_heads_are_not() {
-        assert!(!scan(&[b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\nabcdef"]));
-        assert!(!scan(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n"]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\nabcdef"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n"
+        ]));
         // The two names in different requests on one connection.
         assert!(!scan(&[
             b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
         ]));
         // A value mentioning the other name is not a header line.
-        assert!(!scan(&[b"GET / HTTP/1.1\r\nX-Note: transfer-encoding: chunked\r\nContent-Length: 0\r\n\r\n"]));
+        assert!(!scan(&[
+            b"GET / HTTP/1.1\r\nX-Note: transfer-encoding: chunked\r\nContent-Length: 0\r\n\r\n"
+        ]));
     }
 }

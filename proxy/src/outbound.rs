@@ -108,8 +108,12 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
 fn refuse_conflicting_framing(ctx: &Listener, client: SocketAddr) -> Response<Body> {
     ctx.proxy.metrics.reject("outbound", "bad_request");
     tracing::info!(listener = %ctx.name, %client, reason = "bad_request", "request refused: both Content-Length and Transfer-Encoding");
-    let mut r = status_response(StatusCode::BAD_REQUEST, "both Content-Length and Transfer-Encoding");
-    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let mut r = status_response(
+        StatusCode::BAD_REQUEST,
+        "both Content-Length and Transfer-Encoding",
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
