@@ -31,9 +31,17 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub type ClientBody = UnsyncBoxBody<Bytes, BoxError>;
 
 async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(TIMEOUT, fut)
+    bounded_by(TIMEOUT, what, fut).await
+}
+
+async fn bounded_by<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, fut)
         .await
-        .map_err(|_| anyhow!("{what}: no answer within {TIMEOUT:?}"))?
+        .map_err(|_| anyhow!("{what}: no answer within {limit:?}"))?
 }
 
 fn full_body(body: Bytes) -> ClientBody {
@@ -115,6 +123,7 @@ pub struct Http1Conn {
     local_addr: SocketAddr,
     sender: http1::SendRequest<ClientBody>,
     conn: JoinHandle<()>,
+    timeout: Duration,
 }
 
 impl Http1Conn {
@@ -136,6 +145,7 @@ impl Http1Conn {
                 local_addr,
                 sender,
                 conn,
+                timeout: TIMEOUT,
             })
         })
         .await
@@ -171,7 +181,7 @@ impl Http1Conn {
             req.headers_mut().insert(header::HOST, host);
         }
         let what = format!("HTTP/1.1 {} {}", req.method(), req.uri());
-        bounded(&what.clone(), async {
+        bounded_by(self.timeout, &what.clone(), async {
             self.sender
                 .ready()
                 .await
@@ -215,6 +225,17 @@ pub async fn upload(
     total_bytes: u64,
     chunk: usize,
 ) -> Result<ResponseSummary> {
+    upload_within(addr, path, total_bytes, chunk, TIMEOUT).await
+}
+
+/// [`upload`] with its own time limit, for bodies too large for [`TIMEOUT`].
+pub async fn upload_within(
+    addr: SocketAddr,
+    path: &str,
+    total_bytes: u64,
+    chunk: usize,
+    limit: Duration,
+) -> Result<ResponseSummary> {
     ensure!(chunk > 0, "upload chunk size must be positive");
     // One chunk's worth of pattern, sliced per frame: `Bytes::slice` shares it instead of copying.
     let pattern: Bytes = (0..chunk).map(|i| b'a' + (i % 26) as u8).collect();
@@ -233,7 +254,9 @@ pub async fn upload(
     });
     let body = StreamBody::new(frames).boxed_unsync();
     let req = build_request(path.to_owned(), Method::POST, &[], body)?;
-    Http1Conn::connect(addr).await?.send_request(req).await
+    let mut conn = Http1Conn::connect(addr).await?;
+    conn.timeout = limit;
+    conn.send_request(req).await
 }
 
 // === HTTP/2 ===
