@@ -54,13 +54,22 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
         }
         Ok(Ok(tls)) => tls,
     };
-    let conn = tls.get_ref().1;
-    let Some(peer_id) = weft_certs::tls::peer_id(conn) else {
+    let (peer_id, alpn_h2) = {
+        let conn = tls.get_ref().1;
+        (
+            weft_certs::tls::peer_id(conn),
+            conn.alpn_protocol() == Some(b"h2"),
+        )
+    };
+    let Some(peer_id) = peer_id else {
         proxy.metrics.reject("tunnel", "no_peer_identity");
         return tracing::warn!(peer = %peer_addr, "tunnel connection refused: no verified peer identity");
     };
-    if conn.alpn_protocol() != Some(b"h2") {
+    if !alpn_h2 {
         proxy.metrics.reject("tunnel", "alpn");
+        // Close with close_notify, so a TLS client (or a health check) sees an orderly refusal.
+        let mut tls = tls;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
         return tracing::warn!(peer = %peer_addr, %peer_id, "tunnel connection refused: ALPN h2 was not negotiated");
     }
     tracing::debug!(peer = %peer_addr, %peer_id, "tunnel connection accepted");

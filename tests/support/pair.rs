@@ -51,7 +51,11 @@ impl Pair {
         let http_app = apps::http::serve(bind().await, "backend");
         let tcp_app = apps::tcp::echo(bind().await);
         let banner_app = apps::tcp::banner(bind().await, apps::tcp::DEFAULT_BANNER);
-        let server_b = ProxyBuilder::new("server", &server_id).extra_yaml(&opts.server_yaml);
+        // The server side runs the single-threaded scheduler and the client side the multi-threaded one,
+        // so every pair test covers both.
+        let server_b = ProxyBuilder::new("server", &server_id)
+            .worker_threads(1)
+            .extra_yaml(&opts.server_yaml);
         let tunnel = server_b.tunnel_addr();
         let server = spawn_blocking(move || server_b.start()).await;
         let proto = if opts.http_protocol.is_empty() {

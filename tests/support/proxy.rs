@@ -25,6 +25,7 @@ pub struct ProxyBuilder {
     outbound: Vec<Outbound>,
     allowed_ports: Vec<u16>,
     extra: String,
+    worker_threads: Option<usize>,
 }
 
 impl ProxyBuilder {
@@ -36,6 +37,7 @@ impl ProxyBuilder {
             outbound: Vec::new(),
             allowed_ports: Vec::new(),
             extra: String::new(),
+            worker_threads: None,
         }
     }
 
@@ -63,6 +65,12 @@ impl ProxyBuilder {
         if !yaml.ends_with('\n') {
             self.extra.push('\n');
         }
+        self
+    }
+
+    /// Runs the proxy with `--worker-threads n` (1 selects the single-threaded scheduler).
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.worker_threads = Some(n);
         self
     }
 
@@ -119,9 +127,12 @@ impl ProxyBuilder {
         std::fs::write(&config, &yaml).expect("write proxy config");
         let log_path = dir.path().join("proxy.log");
         let log = std::fs::File::create(&log_path).expect("create log");
-        let child = Command::new(bin("weft-proxy"))
-            .args(["run", "--config"])
-            .arg(&config)
+        let mut cmd = Command::new(bin("weft-proxy"));
+        cmd.args(["run", "--config"]).arg(&config);
+        if let Some(n) = self.worker_threads {
+            cmd.arg("--worker-threads").arg(n.to_string());
+        }
+        let child = cmd
             .env(
                 "WEFT_LOG",
                 std::env::var("WEFT_TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),
