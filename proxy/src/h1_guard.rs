@@ -5,7 +5,7 @@
 //! as a proxy that sits in front of other parsers should.
 //!
 //! The watch scans header lines as they are read, without buffering: a line that starts with one of the two
-//! names (any case) sets a bit for the current head; a blank line ends the head. Body bytes go through the
+//! names (any case) sets a bit for the current head; a blank line (empty or a lone `\r`) ends the head. Body bytes go through the
 //! same scan, so a body that itself looks like such a head could raise the flag; the flag is only acted on
 //! for requests that carry `Transfer-Encoding`, and hyper closes the connection after a conflicting request,
 //! so at worst a chunked request on a connection that also carried a forged head is refused.
@@ -32,43 +32,58 @@ impl ConflictFlag {
 
 #[derive(Default)]
 struct Scan {
-    /// Bytes of the current line so far, up to the longest name we look for.
+    /// The current line's first bytes, lowercased, up to the longest name we look for.
     prefix: [u8; 18],
     len: usize,
+    /// Bytes in the current line so far (excluding its `\n`).
     line_bytes: usize,
+    /// The current line so far is exactly `\r`.
+    only_cr: bool,
     saw_cl: bool,
     saw_te: bool,
-    prev_cr: bool,
 }
 
 impl Scan {
-    fn feed(&mut self, data: &[u8], flag: &ConflictFlag) {
-        for &b in data {
-            if b == b'\n' {
+    /// Jumps from line end to line end (memchr), looking only at the first bytes of each line, so a
+    /// large body costs a vectorised search rather than a per-byte loop.
+    fn feed(&mut self, mut data: &[u8], flag: &ConflictFlag) {
+        while !data.is_empty() {
+            let (line, rest, ended) = match memchr::memchr(b'\n', data) {
+                Some(i) => (&data[..i], &data[i + 1..], true),
+                None => (data, &data[data.len()..], false),
+            };
+            self.take(line);
+            if ended {
                 self.end_line(flag);
-                continue;
             }
-            if b == b'\r' {
-                self.prev_cr = true;
-                continue;
-            }
-            self.prev_cr = false;
-            if self.len < self.prefix.len() {
-                self.prefix[self.len] = b.to_ascii_lowercase();
-                self.len += 1;
-                let p = &self.prefix[..self.len];
-                if p == CL {
-                    self.saw_cl = true;
-                } else if p == TE {
-                    self.saw_te = true;
-                }
-            }
-            self.line_bytes += 1;
+            data = rest;
+        }
+    }
+
+    fn take(&mut self, part: &[u8]) {
+        if part.is_empty() {
+            return;
+        }
+        self.only_cr = self.line_bytes == 0 && part == b"\r";
+        self.line_bytes += part.len();
+        let room = self.prefix.len() - self.len;
+        if room == 0 {
+            return;
+        }
+        for &b in &part[..part.len().min(room)] {
+            self.prefix[self.len] = b.to_ascii_lowercase();
+            self.len += 1;
+        }
+        let p = &self.prefix[..self.len];
+        if p.starts_with(CL) {
+            self.saw_cl = true;
+        } else if p.starts_with(TE) {
+            self.saw_te = true;
         }
     }
 
     fn end_line(&mut self, flag: &ConflictFlag) {
-        if self.line_bytes == 0 {
+        if self.line_bytes == 0 || self.only_cr {
             // Blank line: the end of a head.
             if self.saw_cl && self.saw_te {
                 flag.0.store(true, Ordering::Relaxed);
@@ -78,7 +93,7 @@ impl Scan {
         }
         self.len = 0;
         self.line_bytes = 0;
-        self.prev_cr = false;
+        self.only_cr = false;
     }
 }
 

@@ -34,6 +34,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including those the `Connection` header names. `TE: trailers` survives:
 /// gRPC servers require it and it is the one TE value HTTP/2 allows.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none of these, and each removal by name hashes.
+    if !h.keys().any(|k| *k == header::TE || HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -60,7 +64,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// Removes what only the mesh may set, whatever an app (or a peer's app) put there.
 pub fn strip_mesh_headers(h: &mut HeaderMap) {
-    for name in [TARGET_PORT, ORIG_PROTO, PROXY_ERROR, XFCC] {
+    const MESH: [HeaderName; 4] = [TARGET_PORT, ORIG_PROTO, PROXY_ERROR, XFCC];
+    if !h.keys().any(|k| MESH.contains(k)) {
+        return;
+    }
+    for name in MESH {
         h.remove(name);
     }
 }
@@ -68,8 +76,8 @@ pub fn strip_mesh_headers(h: &mut HeaderMap) {
 /// Replaces any client-supplied `x-forwarded-for`/`forwarded` with the address the socket saw.
 pub fn set_forwarded_for(h: &mut HeaderMap, client: IpAddr) {
     h.remove(FORWARDED);
-    h.remove(XFF);
     if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+        // insert replaces every earlier value.
         h.insert(XFF, v);
     }
 }

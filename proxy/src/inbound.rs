@@ -7,7 +7,7 @@ use crate::body::{self, Body};
 use crate::errors::{error_response, ForwardError};
 use crate::headers::{self, ORIG_PROTO, TARGET_PORT, XFCC};
 use crate::local_app::AppHttp;
-use crate::metrics::{ActiveGuard, ConnLabels, Direction, RequestLabels};
+use crate::metrics::{ActiveGuard, ConnLabels, Direction};
 use crate::serve::{self, ConnLimiter};
 use crate::splice::splice;
 use crate::state::Proxy;
@@ -70,6 +70,15 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
         // Close with close_notify, so a TLS client (or a health check) sees an orderly refusal.
         let mut tls = tls;
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        // Wait (briefly) for the client's own close, so our close does not race its last bytes into a
+        // reset that it would report as an unexpected EOF.
+        let mut sink = [0u8; 256];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while matches!(tokio::io::AsyncReadExt::read(&mut tls, &mut sink).await, Ok(n) if n > 0)
+            {
+            }
+        })
+        .await;
         return tracing::warn!(peer = %peer_addr, %peer_id, "tunnel connection refused: ALPN h2 was not negotiated");
     }
     tracing::debug!(peer = %peer_addr, %peer_id, "tunnel connection accepted");
@@ -100,8 +109,10 @@ async fn handle_request(req: Request<Incoming>, ctx: &PeerConn) -> Response<Body
     let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
     let res = match target_port(&req, ctx) {
         Err(e) => Err(e),
-        Ok(port) if is_connect && extended => upgrade_to_app(req, port, ctx).await,
-        Ok(port) if is_connect => tcp_to_app(req, port, ctx).await,
+        // Boxed: these branches' futures are large and rare; unboxed they would grow every request's
+        // task, which is copied when hyper spawns it.
+        Ok(port) if is_connect && extended => Box::pin(upgrade_to_app(req, port, ctx)).await,
+        Ok(port) if is_connect => Box::pin(tcp_to_app(req, port, ctx)).await,
         Ok(port) => http_to_app(req, port, ctx).await,
     };
     let resp = res.unwrap_or_else(|e| {
@@ -110,12 +121,7 @@ async fn handle_request(req: Request<Incoming>, ctx: &PeerConn) -> Response<Body
     });
     ctx.proxy
         .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            direction: Direction::inbound,
-            status_code: resp.status().as_u16(),
-        })
-        .inc();
+        .count_request(Direction::inbound, resp.status());
     resp
 }
 

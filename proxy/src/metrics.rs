@@ -7,7 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Direction {
     outbound,
@@ -54,6 +54,9 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<TlsLabels, Counter>,
     pub tcp_bytes: Family<BytesLabels, Counter>,
     pub peer_connections_opened: Counter,
+    /// `requests{status_code="200"}` per direction, looked up once: the family's map hashes its labels
+    /// on every access, and 200 is nearly every request.
+    ok: [Counter; 2],
 }
 
 impl Default for Metrics {
@@ -74,6 +77,7 @@ impl Metrics {
             tcp_bytes: Default::default(),
             peer_connections_opened: Default::default(),
             registry: Registry::default(),
+            ok: Default::default(),
         };
         registry.register(
             "connections_opened",
@@ -110,7 +114,28 @@ impl Metrics {
             "mTLS HTTP/2 connections opened to peer proxies",
             m.peer_connections_opened.clone(),
         );
-        Metrics { registry, ..m }
+        let ok = [Direction::outbound, Direction::inbound].map(|direction| {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    direction,
+                    status_code: 200,
+                })
+                .clone()
+        });
+        Metrics { registry, ok, ..m }
+    }
+
+    pub fn count_request(&self, direction: Direction, status: http::StatusCode) {
+        if status == http::StatusCode::OK {
+            self.ok[direction as usize].inc();
+        } else {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    direction,
+                    status_code: status.as_u16(),
+                })
+                .inc();
+        }
     }
 
     pub fn reject(&self, listener: &'static str, reason: &'static str) {

@@ -8,7 +8,7 @@ use crate::detect::{detect, Detected, Rewind};
 use crate::errors::{error_response, ForwardError};
 use crate::h1_guard::{ConflictFlag, H1Guard};
 use crate::headers::{self, ORIG_PROTO, TARGET_PORT};
-use crate::metrics::{ActiveGuard, ConnLabels, Direction, RequestLabels};
+use crate::metrics::{ActiveGuard, ConnLabels, Direction};
 use crate::serve::{self, ConnLimiter};
 use crate::splice::splice;
 use crate::state::Proxy;
@@ -153,7 +153,7 @@ async fn forward_http(
 ) -> Response<Body> {
     let resp = match headers::upgrade_protocol(req.headers()) {
         Some(proto) if req.version() == Version::HTTP_11 => {
-            forward_upgrade(&mut req, proto, client, ctx).await
+            Box::pin(forward_upgrade(&mut req, proto, client, ctx)).await
         }
         _ => forward_plain(req, client, ctx).await,
     };
@@ -163,12 +163,7 @@ async fn forward_http(
     });
     ctx.proxy
         .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            direction: Direction::outbound,
-            status_code: resp.status().as_u16(),
-        })
-        .inc();
+        .count_request(Direction::outbound, resp.status());
     resp
 }
 

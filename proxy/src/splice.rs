@@ -21,10 +21,7 @@ where
 {
     let res = tokio::io::copy_bidirectional_with_sizes(a, b, BUF, BUF).await;
     if let Ok((sent, received)) = res {
-        let flow = |flow| BytesLabels {
-            direction: direction.clone(),
-            flow,
-        };
+        let flow = |flow| BytesLabels { direction, flow };
         metrics.tcp_bytes.get_or_create(&flow("sent")).inc_by(sent);
         metrics
             .tcp_bytes

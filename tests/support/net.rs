@@ -3,8 +3,20 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-/// A loopback address with a port that was free a moment ago (the kernel picks it).
+/// A loopback address with a port that was free a moment ago. Ports come from 20000-32767, below the
+/// kernel's ephemeral range, so the outgoing connections of tests running alongside (a flood test opens
+/// a thousand) cannot take the port between this check and the proxy's bind.
 pub fn free_addr() -> SocketAddr {
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0u64..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_768) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("local_addr");
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr")
 }
