@@ -1,0 +1,258 @@
+//! The proxy ↔ control plane protocol on port 15010 (see `docs/control-protocol.md`).
+//!
+//! Two HTTP/2 endpoints over TLS that pins the mesh CA:
+//! * `POST /v1/certificate`: a CSR, authenticated by a join token (first start) or by the proxy's
+//!   current certificate (renewal). The answer is the signed chain and the trust bundle.
+//! * `POST /v1/stream`: one long-lived bidirectional stream per proxy, mutual TLS required. Both bodies
+//!   are sequences of frames: a 4-byte big-endian length, then that many bytes of JSON. The proxy sends
+//!   [`FromProxy`] messages, the control plane [`FromControl`] messages.
+//!
+//! A framed protocol over hyper rather than gRPC: both ends are ours, the messages are few and small, and
+//! it keeps protobuf code generation (and `protoc`) out of the build. JSON frames can be read in a packet
+//! capture or produced by a test client in a few lines.
+
+use crate::resources::{
+    AuthorizationPolicySpec, Document, HttpRouteSpec, Labels, MeshConfigSpec, ServicePort,
+};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::net::IpAddr;
+use weft_certs::SpiffeId;
+
+pub const PATH_CERTIFICATE: &str = "/v1/certificate";
+pub const PATH_STREAM: &str = "/v1/stream";
+/// Bumped on incompatible changes; a control plane refuses a `Hello` with a protocol it does not speak.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 16 << 20;
+
+// === certificates ===
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertificateRequest {
+    pub csr_pem: String,
+    /// The join token; absent on renewal, where the client certificate authenticates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertificateResponse {
+    /// Leaf first, then intermediates (root excluded).
+    pub chain_pem: String,
+    pub bundle_pem: String,
+}
+
+/// The body of every non-2xx answer on either port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// What was wrong, for a human.
+    pub error: String,
+    /// Several problems at once (e.g. every bad document of an apply).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+// === the config stream ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum FromProxy {
+    /// First message on a stream.
+    Hello(Hello),
+    /// The snapshot with this version is applied.
+    Ack { version: u64 },
+    /// The snapshot with this version was refused; the proxy keeps what it had.
+    Nack { version: u64, reason: String },
+    /// The app's readiness changed.
+    Ready { ready: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Hello {
+    pub protocol: u32,
+    pub proxy_version: String,
+    pub workload: Registration,
+    /// The version the proxy is serving (from its cache), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_version: Option<u64>,
+}
+
+/// What a proxy says about its workload. Namespace and service account come from its certificate, never
+/// from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Registration {
+    /// Unique within the namespace (a pod name).
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    pub address: IpAddr,
+    pub tunnel_port: u16,
+    /// The app's ports.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// The app's readiness probe passed.
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum FromControl {
+    Snapshot(Snapshot),
+}
+
+/// A versioned view of the mesh for one proxy. Sections left out are unchanged from the last snapshot the
+/// proxy acknowledged; the first snapshot on a stream carries every section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Snapshot {
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshConfigSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceView>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<Document<HttpRouteSpec>>>,
+    /// The policies that apply to this proxy's workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<Document<AuthorizationPolicySpec>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle_pem: Option<String>,
+}
+
+/// A service as a proxy sees it: its ports and its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceView {
+    pub name: String,
+    pub namespace: String,
+    pub ports: Vec<ServicePort>,
+    /// Stable virtual address, once allocated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<IpAddr>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Endpoint {
+    /// The registered proxy's workload name, or the static `Workload`'s name.
+    pub workload: String,
+    pub address: IpAddr,
+    /// The peer proxy's tunnel port; absent for a plaintext endpoint outside the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_port: Option<u16>,
+    /// The identity the endpoint must present (always set when `tunnelPort` is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
+    #[serde(default)]
+    pub labels: Labels,
+    pub ready: bool,
+}
+
+// === framing ===
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("stream ended inside a frame ({0} bytes left over)")]
+    Truncated(usize),
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// One message as a frame: length prefix + JSON.
+pub fn encode<T: Serialize>(msg: &T) -> Bytes {
+    let json = serde_json::to_vec(msg).expect("protocol messages always serialize");
+    let mut out = BytesMut::with_capacity(4 + json.len());
+    out.put_u32(json.len() as u32);
+    out.extend_from_slice(&json);
+    out.freeze()
+}
+
+/// Reassembles frames from body chunks of any size.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete message, if one is buffered.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        self.buf.advance(4);
+        let frame = self.buf.split_to(len);
+        Ok(Some(serde_json::from_slice(&frame)?))
+    }
+
+    /// Call when the body ends: leftover bytes mean the peer stopped mid-frame.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        match self.buf.len() {
+            0 => Ok(()),
+            n => Err(FrameError::Truncated(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_any_chunking() {
+        let msgs = vec![
+            FromProxy::Ack { version: 7 },
+            FromProxy::Nack {
+                version: 8,
+                reason: "bad".into(),
+            },
+            FromProxy::Ready { ready: true },
+        ];
+        let wire: Vec<u8> = msgs.iter().flat_map(|m| encode(m).to_vec()).collect();
+        for chunk in [1, 3, 5, wire.len()] {
+            let mut d = FrameDecoder::default();
+            let mut got = Vec::new();
+            for c in wire.chunks(chunk) {
+                d.push(c);
+                while let Some(m) = d.next::<FromProxy>().unwrap() {
+                    got.push(m);
+                }
+            }
+            d.finish().unwrap();
+            assert_eq!(got, msgs);
+        }
+    }
+
+    #[test]
+    fn oversized_and_truncated_frames_are_errors() {
+        let mut d = FrameDecoder::default();
+        d.push(&(MAX_FRAME as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            d.next::<FromProxy>(),
+            Err(FrameError::TooLarge(_))
+        ));
+        let mut d = FrameDecoder::default();
+        d.push(&encode(&FromProxy::Ack { version: 1 })[..6]);
+        assert!(d.next::<FromProxy>().unwrap().is_none());
+        assert!(matches!(d.finish(), Err(FrameError::Truncated(6))));
+    }
+}

@@ -1,0 +1,159 @@
+//! The operator HTTP API on port 15014 that `weftctl` speaks (see `docs/control-protocol.md`).
+//!
+//! Every `/v1/...` request carries `Authorization: Bearer <operator token>`; without it the answer is 401.
+//! Errors use [`crate::control::ErrorBody`].
+//!
+//! | method | path | body / answer |
+//! |---|---|---|
+//! | POST | `/v1/apply?dryRun=&wait=` | [`ApplyRequest`] → [`ApplyResponse`] |
+//! | GET | `/v1/resources/{kind}[/{namespace}[/{name}]]` | → `[resource JSON]` |
+//! | DELETE | `/v1/resources/{kind}/{namespace}/{name}?wait=` | → [`ApplyResponse`] |
+//! | POST | `/v1/tokens` | [`TokenRequest`] → [`TokenCreated`] |
+//! | GET | `/v1/tokens` | → `[TokenInfo]` |
+//! | DELETE | `/v1/tokens/{id}` | → [`TokenInfo`] |
+//! | GET | `/v1/status` | → [`Status`] |
+
+use crate::resources::ResourceKey;
+use serde::{Deserialize, Serialize};
+use weft_certs::SpiffeId;
+
+/// YAML documents as the operator wrote them: the server parses them so its errors name file and line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyRequest {
+    pub files: Vec<SourceFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    /// As the operator named it (`-` for stdin).
+    pub name: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeAction {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub key: ResourceKey,
+    pub action: ChangeAction,
+    /// Unified-style diff of the YAML (`-` old, `+` new lines); empty when unchanged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub diff: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResponse {
+    pub dry_run: bool,
+    /// The store revision this change produced (unchanged on a dry run or a no-op).
+    pub revision: u64,
+    pub changes: Vec<Change>,
+    /// Present when the caller asked to wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// How a change reached the proxies it affects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    pub revision: u64,
+    /// Every proxy whose view changed, with where it stands.
+    pub proxies: Vec<ProxyRollout>,
+    /// True when every affected proxy acked before the deadline.
+    pub complete: bool,
+    pub waited_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRollout {
+    /// `namespace/name`.
+    pub proxy: String,
+    pub version: u64,
+    pub state: RolloutState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum RolloutState {
+    Acked,
+    Nacked { reason: String },
+    Pending,
+    Disconnected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TokenRequest {
+    pub namespace: String,
+    pub service_account: String,
+    /// Seconds until the token expires.
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenCreated {
+    /// The secret: shown once, never stored in clear.
+    pub token: String,
+    pub info: TokenInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub id: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub identity: SpiffeId,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub revoked: bool,
+    /// Certificates issued with it.
+    pub uses: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub revision: u64,
+    pub proxies: Vec<ProxyStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    /// `namespace/name`.
+    pub proxy: String,
+    pub identity: SpiffeId,
+    pub address: std::net::IpAddr,
+    pub connected: bool,
+    pub ready: bool,
+    /// The last version sent to it, and the last it acked.
+    pub sent_version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_nack: Option<Nack>,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_not_after: Option<u64>,
+    /// Milliseconds since the control plane last heard from it.
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nack {
+    pub version: u64,
+    pub reason: String,
+}
