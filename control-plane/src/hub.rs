@@ -326,7 +326,7 @@ impl Hub {
             }
             match e.sent.front() {
                 Some((v, digests)) if *v == version => {
-                    e.acked = Some((version, digests.clone()));
+                    e.acked = Some((version, *digests));
                     e.sent.pop_front();
                     true
                 }
