@@ -370,6 +370,16 @@ impl Hub {
         }
     }
 
+    /// Ends every config stream (shutdown): proxies reconnect to the next control plane.
+    pub fn close_all(&self) {
+        let st = lock(&self.state);
+        for e in st.proxies.values() {
+            if let Some((_, ob)) = &e.conn {
+                ob.close();
+            }
+        }
+    }
+
     pub fn status(&self) -> Status {
         let st = lock(&self.state);
         let now = Instant::now();

@@ -2,8 +2,14 @@
 //! connected proxies and the config push (`weft-control`), and the operator CLI (`weftctl`).
 
 pub mod ca_dir;
+pub mod http_util;
 pub mod hub;
+pub mod issuer;
 pub mod metrics;
+pub mod operator_api;
 pub mod persist;
+pub mod proxy_api;
+pub mod server;
+pub mod state_dir;
 pub mod tokens;
 pub mod view;

@@ -1,0 +1,132 @@
+//! Wiring: opens the state directory, builds the parts, binds both ports and runs until shutdown.
+
+use crate::hub::{Hub, HubSettings, Registered};
+use crate::issuer::Issuer;
+use crate::metrics::Metrics;
+use crate::state_dir::StateDir;
+use crate::tokens::TokenStore;
+use crate::view::MeshResources;
+use crate::{operator_api, persist, proxy_api};
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_certs::TrustDomain;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub state_dir: PathBuf,
+    pub trust_domain: Option<TrustDomain>,
+    pub config_dir: Option<PathBuf>,
+    pub api_listen: SocketAddr,
+    pub operator_listen: SocketAddr,
+    pub debounce: Duration,
+    pub grace_period: Duration,
+}
+
+/// What every handler shares.
+pub struct ControlPlane {
+    pub hub: Arc<Hub>,
+    pub issuer: Issuer,
+    pub metrics: Arc<Metrics>,
+    pub operator_token: String,
+    pub proxy_tls: Arc<rustls::ServerConfig>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+pub struct Bound {
+    pub cp: Arc<ControlPlane>,
+    api: TcpListener,
+    operator: TcpListener,
+}
+
+/// Opens (or creates) the state and binds both ports; nothing is served yet.
+pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
+    let state = StateDir::open_or_init(&opts.state_dir, opts.trust_domain.as_ref())?;
+    let metrics = Arc::new(Metrics::new());
+    let tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
+    let registry_path = state.path("registry.json");
+    let restored: Vec<Registered> = persist::read_json(&registry_path)?.unwrap_or_default();
+    if !restored.is_empty() {
+        tracing::info!(
+            workloads = restored.len(),
+            "restored the workload registry; entries not reclaimed within the grace period are removed"
+        );
+    }
+    let proxy_tls = proxy_api::tls_config(&state)?;
+    let hub = Hub::new(
+        MeshResources::default(),
+        0,
+        state.bundle_pem.clone(),
+        restored,
+        HubSettings {
+            debounce: opts.debounce,
+            grace_period: opts.grace_period,
+            registry_path: Some(registry_path),
+            trust_domain: state.trust_domain.clone(),
+        },
+        metrics.clone(),
+    );
+    let StateDir {
+        ca,
+        bundle_pem,
+        operator_token,
+        ..
+    } = state;
+    let issuer = Issuer::new(ca.ca, bundle_pem, tokens, metrics.clone());
+    let api = TcpListener::bind(opts.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--api-listen)", opts.api_listen))?;
+    let operator = TcpListener::bind(opts.operator_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--operator-listen)",
+                opts.operator_listen
+            )
+        })?;
+    let cp = Arc::new(ControlPlane {
+        hub,
+        issuer,
+        metrics,
+        operator_token,
+        proxy_tls,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    Ok(Bound { cp, api, operator })
+}
+
+impl Bound {
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.local_addr().ok()
+    }
+
+    /// Serves until the shutdown token is cancelled, then closes every stream and waits briefly.
+    pub async fn serve(self) {
+        let Bound { cp, api, operator } = self;
+        tracing::info!(addr = ?api.local_addr().ok(), trust_domain = %cp.issuer.trust_domain(), "proxy API listening (TLS, HTTP/2)");
+        tracing::info!(addr = ?operator.local_addr().ok(), "operator API listening (HTTP)");
+        tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
+        tokio::spawn(proxy_api::run(api, cp.clone()));
+        tokio::spawn(operator_api::run(operator, cp.clone()));
+        cp.shutdown.cancelled().await;
+        tracing::info!("shutting down: closing proxy streams");
+        cp.hub.close_all();
+        cp.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), cp.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = cp.tasks.len(),
+                "some connections did not close in time"
+            );
+        }
+    }
+}
