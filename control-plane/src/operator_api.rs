@@ -64,8 +64,8 @@ async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<Body>
             r
         }
         (_, p) if p.starts_with("/v1/") => {
-            if let Err(resp) = authorize(&req, cp) {
-                return resp;
+            if let Some(refusal) = unauthorized(&req, cp) {
+                return refusal;
             }
             v1(req, cp, &path).await
         }
@@ -77,7 +77,8 @@ async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<Body>
     }
 }
 
-fn authorize(req: &Request<Incoming>, cp: &ControlPlane) -> Result<(), Response<Body>> {
+/// The 401 to answer with, unless the request carries the operator token.
+fn unauthorized(req: &Request<Incoming>, cp: &ControlPlane) -> Option<Response<Body>> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -85,7 +86,7 @@ fn authorize(req: &Request<Incoming>, cp: &ControlPlane) -> Result<(), Response<
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), cp.operator_token.as_bytes()) => Ok(()),
+        Some(t) if constant_time_eq(t.as_bytes(), cp.operator_token.as_bytes()) => None,
         other => {
             let why = if other.is_some() {
                 "the operator token is not valid"
@@ -98,7 +99,7 @@ fn authorize(req: &Request<Incoming>, cp: &ControlPlane) -> Result<(), Response<
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"weft\""),
             );
-            Err(r)
+            Some(r)
         }
     }
 }
