@@ -4,6 +4,8 @@
 
 pub mod apps;
 pub mod bins;
+pub mod control;
+pub mod control_sim;
 pub mod net;
 pub mod pair;
 pub mod pki;

@@ -1,0 +1,189 @@
+//! The real `weft-control` process: its state directory, the operator API's authentication, identity
+//! issuance and the config stream, observed through simulated proxies that speak the real protocol.
+
+use std::time::Duration;
+use weft::control::ControlProc;
+use weft::control_sim::{Reply, SimProxy};
+use weft_api::control::Registration;
+
+fn registration(name: &str, app: &str, ip: &str) -> Registration {
+    Registration {
+        name: name.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        address: ip.parse().unwrap(),
+        tunnel_port: 15008,
+        ports: vec![9080],
+        ready: true,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn operator_api_requires_the_operator_token() {
+    let cp = ControlProc::start("auth");
+    let (status, body) = cp.request("GET", "/v1/status", None, false).unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("operator.token"), "{body}");
+    let mut s = std::net::TcpStream::connect(cp.operator).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "GET /v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        "0".repeat(64)
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert_eq!(cp.request("GET", "/v1/status", None, true).unwrap().0, 200);
+    // Health and metrics stay open for probes and Prometheus.
+    assert_eq!(cp.request("GET", "/ready", None, false).unwrap().0, 200);
+    let (status, metrics) = cp.request("GET", "/metrics", None, false).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("weft_control_proxies_connected"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn state_is_reused_across_restarts_and_damage_stops_start_up() {
+    let mut cp = ControlProc::start("state");
+    let bundle = std::fs::read_to_string(cp.bundle_path()).unwrap();
+    let token = cp.operator_token();
+    let _join = cp.token("default", "reviews", 3600);
+    cp.restart();
+    assert_eq!(std::fs::read_to_string(cp.bundle_path()).unwrap(), bundle);
+    assert_eq!(cp.operator_token(), token);
+    let tokens = cp.api("GET", "/v1/tokens", None);
+    assert_eq!(tokens.as_array().unwrap().len(), 1, "{tokens}");
+
+    // A damaged state file is reported with its path; the control plane does not start on it.
+    cp.kill9();
+    let path = cp.state_dir().join("tokens.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = std::process::Command::new(weft::bins::bin("weft-control"))
+        .arg("--state-dir")
+        .arg(cp.state_dir())
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--operator-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("tokens.json") && log.contains("damaged"),
+        "{log}"
+    );
+}
+
+#[test]
+fn proxies_register_receive_snapshots_and_their_nacks_are_reported() {
+    let cp = ControlProc::start("stream");
+    let rt = runtime();
+    rt.block_on(async {
+        let reviews = cp.offline_identity("default", "reviews", Duration::from_secs(600));
+        let ratings = cp.offline_identity("default", "ratings", Duration::from_secs(600));
+        let mut a = SimProxy::connect(
+            cp.api,
+            &reviews,
+            &cp.control_id(),
+            registration("reviews-1", "reviews", "198.18.0.2"),
+            Reply::Ack,
+        )
+        .await
+        .unwrap();
+        let mut b = SimProxy::connect(
+            cp.api,
+            &ratings,
+            &cp.control_id(),
+            registration("ratings-1", "ratings", "198.18.0.3"),
+            Reply::Nack("route regex too large for this proxy".into()),
+        )
+        .await
+        .unwrap();
+        assert!(a.wait_snapshots(1, Duration::from_secs(5)).await);
+        assert!(b.wait_snapshots(1, Duration::from_secs(5)).await);
+        let (_, first) = a.last().unwrap();
+        // The first snapshot on a stream carries every section.
+        assert!(first.mesh.is_some() && first.services.is_some() && first.routes.is_some());
+        assert!(first
+            .trust_bundle_pem
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+    });
+    let status = cp.wait_status(Duration::from_secs(5), |s| {
+        let p = s["proxies"].as_array().unwrap();
+        p.len() == 2
+            && p.iter()
+                .any(|x| x["proxy"] == "default/reviews-1" && x["ackedVersion"].is_u64())
+            && p.iter().any(|x| x["lastNack"]["reason"].as_str().is_some())
+    });
+    let proxies = status["proxies"].as_array().unwrap();
+    let b = proxies
+        .iter()
+        .find(|x| x["proxy"] == "default/ratings-1")
+        .unwrap();
+    assert_eq!(b["identity"], "spiffe://mesh.test/ns/default/sa/ratings");
+    assert!(b["ackedVersion"].is_null(), "{b}");
+    assert!(
+        b["lastNack"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("regex too large"),
+        "{b}"
+    );
+    assert!(b["certNotAfter"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_name_held_by_another_identity_is_refused_and_a_lost_proxy_leaves_after_the_grace_period() {
+    let cp = ControlProc::start_with("grace", None, &["--grace-period", "1s"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let reviews = cp.offline_identity("default", "reviews", Duration::from_secs(600));
+        let intruder = cp.offline_identity("default", "intruder", Duration::from_secs(600));
+        let a = SimProxy::connect(
+            cp.api,
+            &reviews,
+            &cp.control_id(),
+            registration("reviews-1", "reviews", "198.18.0.2"),
+            Reply::Ack,
+        )
+        .await
+        .unwrap();
+        let err = SimProxy::connect(
+            cp.api,
+            &intruder,
+            &cp.control_id(),
+            registration("reviews-1", "reviews", "198.18.0.9"),
+            Reply::Ack,
+        )
+        .await
+        .err()
+        .expect("a second identity cannot take the name");
+        assert!(err.to_string().contains("already registered"), "{err}");
+        drop(a);
+    });
+    // The runtime owns the connection; dropping it closes the socket.
+    drop(rt);
+    cp.wait_status(Duration::from_secs(10), |s| {
+        s["proxies"].as_array().unwrap().is_empty()
+    });
+    assert!(cp
+        .log()
+        .contains("disconnected for longer than the grace period"));
+}
