@@ -34,13 +34,27 @@ fn main() {
     );
     println!(
         "{:>8} {:>14} {:>14} {:>16} {:>16} {:>12} {:>12} {:>14}",
-        "proxies", "deliver p50", "deliver p99", "all acked p50", "all acked p99", "RSS MiB", "HWM MiB", "CPU ms/change"
+        "proxies",
+        "deliver p50",
+        "deliver p99",
+        "all acked p50",
+        "all acked p99",
+        "RSS MiB",
+        "HWM MiB",
+        "CPU ms/change"
     );
     for n in sizes {
         let r = rt.block_on(run(n, rounds));
         println!(
             "{:>8} {:>11.1} ms {:>11.1} ms {:>13.1} ms {:>13.1} ms {:>12.1} {:>12.1} {:>14.1}",
-            n, r.deliver_p50, r.deliver_p99, r.acked_p50, r.acked_p99, r.rss_mib, r.hwm_mib, r.cpu_ms_per_change
+            n,
+            r.deliver_p50,
+            r.deliver_p99,
+            r.acked_p50,
+            r.acked_p99,
+            r.rss_mib,
+            r.hwm_mib,
+            r.cpu_ms_per_change
         );
     }
 }
@@ -97,10 +111,15 @@ async fn run(n: usize, rounds: usize) -> Result {
             name: format!("svc-{svc}-{i}"),
             labels: [
                 ("app".to_string(), format!("svc-{svc}")),
-                ("version".to_string(), if i % 2 == 0 { "v1" } else { "v2" }.to_string()),
+                (
+                    "version".to_string(),
+                    if i % 2 == 0 { "v1" } else { "v2" }.to_string(),
+                ),
             ]
             .into(),
-            address: format!("198.18.{}.{}", i / 250, 1 + i % 250).parse().expect("ip"),
+            address: format!("198.18.{}.{}", i / 250, 1 + i % 250)
+                .parse()
+                .expect("ip"),
             tunnel_port: 15008,
             ports: vec![9080],
             ready: true,
@@ -124,12 +143,18 @@ async fn run(n: usize, rounds: usize) -> Result {
             .await
             .expect("apply");
         let rollout_done = t0.elapsed();
-        assert_eq!(resp["rollout"]["complete"], true, "rollout incomplete: {resp:#}");
+        assert_eq!(
+            resp["rollout"]["complete"], true,
+            "rollout incomplete: {resp:#}"
+        );
         let affected = resp["rollout"]["proxies"].as_array().map_or(0, |a| a.len());
         assert_eq!(affected, n, "every proxy sees routes: {resp:#}");
         for (s, before) in sims.iter().zip(&counts) {
             let seen = s.seen.lock().expect("lock");
-            let (at, _) = seen.snapshots.get(*before).expect("each proxy got the change");
+            let (at, _) = seen
+                .snapshots
+                .get(*before)
+                .expect("each proxy got the change");
             deliveries.push(at.duration_since(t0).as_secs_f64() * 1000.0);
         }
         acked.push(rollout_done.as_secs_f64() * 1000.0);
