@@ -96,7 +96,11 @@ impl ProxyEntry {
             acked_version: self.acked.as_ref().map(|(v, _)| *v),
             last_nack: self.last_nack.clone(),
             cert_not_after: self.cert_not_after,
-            last_seen_ms: now.duration_since(self.last_seen).as_millis() as u64,
+            // A connected proxy is seen continuously (HTTP/2 keep-alive pings on its stream).
+            last_seen_ms: match self.conn {
+                Some(_) => 0,
+                None => now.duration_since(self.last_seen).as_millis() as u64,
+            },
         }
     }
 
@@ -294,6 +298,7 @@ impl Hub {
             ob.close();
         }
         e.disconnected_at = Some(Instant::now());
+        e.last_seen = Instant::now();
         self.metrics.set_connected(count_connected(&st));
         drop(st);
         self.bump_progress();
