@@ -17,6 +17,15 @@ fn registration(name: &str, app: &str, ip: &str) -> Registration {
     }
 }
 
+async fn sim(
+    cp: &ControlProc,
+    identity: &weft_certs::Identity,
+    reg: Registration,
+    reply: Reply,
+) -> anyhow::Result<SimProxy> {
+    SimProxy::connect(cp.api, identity, &cp.control_id(), reg, reply).await
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,19 +106,17 @@ fn proxies_register_receive_snapshots_and_their_nacks_are_reported() {
     rt.block_on(async {
         let reviews = cp.offline_identity("default", "reviews", Duration::from_secs(600));
         let ratings = cp.offline_identity("default", "ratings", Duration::from_secs(600));
-        let mut a = SimProxy::connect(
-            cp.api,
+        let mut a = sim(
+            &cp,
             &reviews,
-            &cp.control_id(),
             registration("reviews-1", "reviews", "198.18.0.2"),
             Reply::Ack,
         )
         .await
         .unwrap();
-        let mut b = SimProxy::connect(
-            cp.api,
+        let mut b = sim(
+            &cp,
             &ratings,
-            &cp.control_id(),
             registration("ratings-1", "ratings", "198.18.0.3"),
             Reply::Nack("route regex too large for this proxy".into()),
         )
@@ -156,19 +163,17 @@ fn a_name_held_by_another_identity_is_refused_and_a_lost_proxy_leaves_after_the_
     rt.block_on(async {
         let reviews = cp.offline_identity("default", "reviews", Duration::from_secs(600));
         let intruder = cp.offline_identity("default", "intruder", Duration::from_secs(600));
-        let a = SimProxy::connect(
-            cp.api,
+        let a = sim(
+            &cp,
             &reviews,
-            &cp.control_id(),
             registration("reviews-1", "reviews", "198.18.0.2"),
             Reply::Ack,
         )
         .await
         .unwrap();
-        let err = SimProxy::connect(
-            cp.api,
+        let err = sim(
+            &cp,
             &intruder,
-            &cp.control_id(),
             registration("reviews-1", "reviews", "198.18.0.9"),
             Reply::Ack,
         )

@@ -14,33 +14,33 @@ use weft_api::operator::{TokenCreated, TokenRequest};
 
 const MAX_REQUEST: usize = 8 << 20;
 
+/// Operator connections at once (weftctl, dashboards and Prometheus need a handful).
+const MAX_CONNECTIONS: usize = 256;
+
 pub async fn run(listener: TcpListener, cp: Arc<ControlPlane>) {
-    loop {
-        let (tcp, addr) = tokio::select! {
-            _ = cp.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed on the operator API");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let cp2 = cp.clone();
-        cp.tasks.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let cp = cp2.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, &cp).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %addr, error = %e, "operator connection ended");
-            }
-        });
+    crate::server::accept_loop(
+        listener,
+        &cp,
+        "operator API",
+        MAX_CONNECTIONS,
+        |tcp, addr| connection(tcp, addr, cp.clone()),
+    )
+    .await
+}
+
+async fn connection(tcp: tokio::net::TcpStream, addr: std::net::SocketAddr, cp: Arc<ControlPlane>) {
+    let svc_cp = cp.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let cp = svc_cp.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(req, &cp).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 << 10)
+        .serve_connection(TokioIo::new(tcp), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(peer = %addr, error = %e, "operator connection ended");
     }
 }
 

@@ -37,30 +37,10 @@ struct Peer {
 
 pub async fn run(listener: TcpListener, cp: Arc<ControlPlane>) {
     let acceptor = TlsAcceptor::from(cp.proxy_tls.clone());
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (tcp, addr) = tokio::select! {
-            _ = cp.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed on the proxy API");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %addr, "proxy API connection refused: connection limit reached");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let (cp, acceptor) = (cp.clone(), acceptor.clone());
-        cp.tasks.clone().spawn(async move {
-            connection(tcp, addr, acceptor, cp).await;
-            drop(permit);
-        });
-    }
+    crate::server::accept_loop(listener, &cp, "proxy API", MAX_CONNECTIONS, |tcp, addr| {
+        connection(tcp, addr, acceptor.clone(), cp.clone())
+    })
+    .await
 }
 
 async fn connection(

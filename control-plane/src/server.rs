@@ -130,3 +130,41 @@ impl Bound {
         }
     }
 }
+
+/// Accepts connections until shutdown, at most `max_connections` at once (the rest are closed at once and
+/// logged), each handled by `handle` in a tracked task.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    cp: &ControlPlane,
+    what: &'static str,
+    max_connections: usize,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = cp.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the {what}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %addr, limit = max_connections, "{what} connection refused: connection limit reached");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let fut = handle(tcp, addr);
+        cp.tasks.spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+    }
+}
