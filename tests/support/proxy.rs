@@ -314,6 +314,12 @@ impl ProxyProc {
         let _ = self.child.wait();
     }
 
+    /// Takes the proxy's directory (config, cache, log) so it outlives this process, e.g. to start the
+    /// proxy again in place.
+    pub fn take_dir(&mut self) -> TempDir {
+        std::mem::replace(&mut self._dir, TempDir::new("spent"))
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
