@@ -2,6 +2,7 @@
 //! The routes are listed in `weft_api::operator`.
 
 use crate::http_util::{self, Body};
+use crate::resources_api;
 use crate::server::ControlPlane;
 use crate::tokens::{constant_time_eq, CreateError};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -112,6 +113,15 @@ async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Respo
         .collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["status"]) => http_util::json(StatusCode::OK, &cp.hub.status()),
+        (Method::POST, ["apply"]) => resources_api::apply(req, cp).await,
+        (Method::GET, ["resources", kind]) => resources_api::get(cp, kind, None, None),
+        (Method::GET, ["resources", kind, ns]) => resources_api::get(cp, kind, Some(ns), None),
+        (Method::GET, ["resources", kind, ns, name]) => {
+            resources_api::get(cp, kind, Some(ns), Some(name))
+        }
+        (Method::DELETE, ["resources", kind, ns, name]) => {
+            resources_api::delete(req, cp, kind, ns, name).await
+        }
         (Method::GET, ["tokens"]) => http_util::json(StatusCode::OK, &cp.issuer.tokens().list()),
         (Method::POST, ["tokens"]) => create_token(req, cp).await,
         (Method::DELETE, ["tokens", id]) => match cp.issuer.tokens().revoke(id) {

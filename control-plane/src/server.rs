@@ -4,9 +4,10 @@ use crate::hub::{Hub, HubSettings, Registered};
 use crate::issuer::Issuer;
 use crate::metrics::Metrics;
 use crate::state_dir::StateDir;
+use crate::store::Store;
 use crate::tokens::TokenStore;
 use crate::view::MeshResources;
-use crate::{operator_api, persist, proxy_api};
+use crate::{operator_api, persist, proxy_api, resources_api};
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,29 @@ pub struct ControlPlane {
     pub proxy_tls: Arc<rustls::ServerConfig>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    store: std::sync::Mutex<Store>,
+    config_dir: Option<PathBuf>,
+}
+
+impl ControlPlane {
+    pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the resources in force to the push (and the certificate lifetime to the issuer).
+    pub fn publish(&self) {
+        let (resources, revision) = {
+            let store = self.store();
+            (store.mesh_resources(), store.revision())
+        };
+        let ttl = resources
+            .mesh
+            .certificate_ttl
+            .map(|d| d.get())
+            .unwrap_or(crate::issuer::DEFAULT_TTL);
+        self.issuer.set_ttl(ttl);
+        self.hub.set_resources(resources, revision);
+    }
 }
 
 pub struct Bound {
@@ -59,6 +83,15 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         );
     }
     let proxy_tls = proxy_api::tls_config(&state)?;
+    let mut store = Store::open(state.path("resources.json"))?;
+    if let Some(dir) = &opts.config_dir {
+        // The directory is read before anything is served, so no proxy ever sees a state without it.
+        let files = crate::config_dir::read_all(dir)
+            .with_context(|| format!("cannot read --config-dir {}", dir.display()))?;
+        if let Err(e) = store.reload_dir(&files) {
+            anyhow::bail!("--config-dir {} refused: {e}", dir.display());
+        }
+    }
     let hub = Hub::new(
         MeshResources::default(),
         0,
@@ -98,7 +131,10 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         proxy_tls,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        store: std::sync::Mutex::new(store),
+        config_dir: opts.config_dir.clone(),
     });
+    cp.publish();
     Ok(Bound { cp, api, operator })
 }
 
@@ -112,6 +148,16 @@ impl Bound {
         let Bound { cp, api, operator } = self;
         tracing::info!(addr = ?api.local_addr().ok(), trust_domain = %cp.issuer.trust_domain(), "proxy API listening (TLS, HTTP/2)");
         tracing::info!(addr = ?operator.local_addr().ok(), "operator API listening (HTTP)");
+        let _watcher = match &cp.config_dir {
+            Some(dir) => match resources_api::watch_dir(&cp, dir.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot watch the config directory; changes to it need a restart");
+                    None
+                }
+            },
+            None => None,
+        };
         tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
         tokio::spawn(proxy_api::run(api, cp.clone()));
         tokio::spawn(operator_api::run(operator, cp.clone()));
