@@ -25,4 +25,4 @@ pub use credential::Credential;
 pub use csr::KeyAndCsr;
 pub use error::{CertError, SpiffeIdError, VerifyError};
 pub use spiffe::{SpiffeId, TrustDomain};
-pub use tls::{peer_id, verify_error, Identity};
+pub use tls::{bootstrap_client_config, peer_id, verify_error, Identity};

@@ -253,33 +253,3 @@ async fn read_message(
         }
     }
 }
-
-/// The TLS configuration of this port: the control plane's certificate (leaf, chain, root); a client
-/// certificate is optional (a proxy without one can only present a join token), and verified against the
-/// mesh CA when present. Handlers read the client's SPIFFE ID and check it themselves.
-pub fn tls_config(
-    serving: &crate::state_dir::StateDir,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for root in serving.serving.bundle().roots() {
-        roots.add(root.clone())?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
-    let chain = CertificateDer::pem_slice_iter(serving.serving_chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(serving.serving_key_pem.as_bytes())?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}

@@ -82,7 +82,8 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
             "restored the workload registry; entries not reclaimed within the grace period are removed"
         );
     }
-    let proxy_tls = proxy_api::tls_config(&state)?;
+    // A client certificate is optional on this port: a proxy without one can only present a join token.
+    let proxy_tls = state.serving.server_config_optional_client();
     let mut store = Store::open(state.path("resources.json"))?;
     if let Some(dir) = &opts.config_dir {
         // The directory is read before anything is served, so no proxy ever sees a state without it.

@@ -35,8 +35,6 @@ pub struct StateDir {
     pub operator_token: String,
     /// Serving credential: leaf, CA chain and the root (so a proxy pinning the root's fingerprint finds it).
     pub serving: Identity,
-    pub serving_chain_pem: String,
-    pub serving_key_pem: String,
 }
 
 impl StateDir {
@@ -76,8 +74,6 @@ impl StateDir {
             bundle,
         )?;
         Ok(StateDir {
-            serving_chain_pem,
-            serving_key_pem,
             dir: dir.to_path_buf(),
             ca,
             trust_domain,
