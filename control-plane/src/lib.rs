@@ -8,7 +8,7 @@ pub mod hub;
 pub mod issuer;
 pub mod metrics;
 pub mod operator_api;
-pub mod persist;
+pub use weft_api::persist;
 pub mod proxy_api;
 pub mod resources_api;
 pub mod server;
