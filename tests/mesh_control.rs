@@ -434,3 +434,74 @@ async fn rotation_of_ten_second_leaves_under_continuous_traffic_fails_no_request
     assert!(ok > 500, "too little traffic to judge: {ok}");
     assert_eq!(failed, 0, "failed requests during rotation: {why:?}");
 }
+
+fn weftctl(cp: &ControlProc, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(weft::bins::bin("weftctl"))
+        .args(args)
+        .env("WEFT_SERVER", format!("http://{}", cp.operator))
+        .env("WEFT_TOKEN_FILE", cp.state_dir().join("operator.token"))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftctl_names_a_proxy_that_refuses_a_change_and_that_proxy_keeps_its_config() {
+    let cp = ControlProc::start("e2e-nack");
+    let backend_app = app("backend");
+    apply(&cp, "mesh.yaml", &services(backend_app.addr().port()), 0);
+    let _backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
+        .token(&cp.token("default", "backend", 600))
+        .app_port(backend_app.addr().port())
+        .start();
+    // This proxy accepts only small regular expressions.
+    let frontend = MeshProxyBuilder::new(&cp, "frontend-1", "default", "frontend")
+        .token(&cp.token("default", "frontend", 600))
+        .service("backend", 9080, "http")
+        .extra_yaml("limits:\n  max_regex_bytes: 2000")
+        .start();
+    wait_ok(frontend.outbound[0]).await;
+    let route = "apiVersion: weft.dev/v1
+kind: HTTPRoute
+metadata:
+  name: backend
+spec:
+  parentRefs:
+    - name: backend
+  rules:
+    - matches:
+        - path: {type: RegularExpression, value: \"/[a-z]{300}\"}
+      backendRefs:
+        - name: backend
+";
+    let dir = TempDir::new("nack-route");
+    let file = dir.path().join("route.yaml");
+    std::fs::write(&file, route).unwrap();
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        weftctl(
+            &cp,
+            &["apply", "-f", file.to_str().unwrap(), "--timeout", "10s"],
+        )
+    });
+    assert_eq!(code, Some(3), "{out}\n{err}");
+    assert!(out.contains("httproute default/backend created"), "{out}");
+    assert!(out.contains("NOT confirmed: acked by 1/2"), "{out}");
+    assert!(
+        out.contains("default/frontend-1: NACK:") && out.contains("regex"),
+        "{out}"
+    );
+    // The refusing proxy kept its config: still no route there, traffic still flows.
+    let (_, config) = weft::net::http_get(frontend.admin, "/config").unwrap();
+    assert!(!config.contains("[a-z]{300}"), "{config}");
+    wait_ok(frontend.outbound[0]).await;
+    let (code, out, _) = tokio::task::block_in_place(|| weftctl(&cp, &["status"]));
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("default/frontend-1") && out.contains("regex"),
+        "{out}"
+    );
+}
