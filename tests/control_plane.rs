@@ -192,3 +192,29 @@ fn a_name_held_by_another_identity_is_refused_and_a_lost_proxy_leaves_after_the_
         .log()
         .contains("disconnected for longer than the grace period"));
 }
+
+#[test]
+fn the_shipped_example_resources_apply_cleanly() {
+    let cp = ControlProc::start("examples");
+    let dir = weft::bins::workspace_root().join("examples/resources");
+    let files: Vec<serde_json::Value> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            serde_json::json!({
+                "name": p.display().to_string(),
+                "text": std::fs::read_to_string(&p).unwrap(),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "files": files }).to_string();
+    let resp = cp.api("POST", "/v1/apply?wait=1000", Some(&body));
+    let changes = resp["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 6, "{resp:#}");
+    assert!(changes.iter().all(|c| c["action"] == "created"), "{resp:#}");
+    let routes = cp.api("GET", "/v1/resources/httproute", None);
+    assert_eq!(
+        routes[0]["spec"]["rules"][1]["backendRefs"][1]["weight"],
+        10
+    );
+}

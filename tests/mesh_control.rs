@@ -505,3 +505,39 @@ spec:
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_can_pin_the_mesh_ca_by_fingerprint() {
+    let cp = ControlProc::start("e2e-pin");
+    let backend_app = app("backend");
+    apply(&cp, "mesh.yaml", &services(backend_app.addr().port()), 0);
+    let fingerprint = std::fs::read_to_string(cp.state_dir().join("ca/fingerprint"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let bundle = weft_certs::TrustBundle::from_pem_file(&cp.bundle_path()).unwrap();
+    assert_eq!(
+        fingerprint,
+        weft_certs::pin::fingerprint(bundle.roots()[0].as_ref())
+    );
+    let _backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
+        .token(&cp.token("default", "backend", 600))
+        .ca_fingerprint(&fingerprint)
+        .app_port(backend_app.addr().port())
+        .start();
+    let frontend = MeshProxyBuilder::new(&cp, "frontend-1", "default", "frontend")
+        .token(&cp.token("default", "frontend", 600))
+        .ca_fingerprint(&fingerprint)
+        .service("backend", 9080, "http")
+        .start();
+    wait_ok(frontend.outbound[0]).await;
+    // Another fingerprint: the control plane is not trusted, nothing is sent, the proxy says why.
+    let wrong = format!("sha256:{}", ["AB"; 32].join(":"));
+    let mut p = MeshProxyBuilder::new(&cp, "stranger", "default", "frontend")
+        .token(&cp.token("default", "frontend", 600))
+        .ca_fingerprint(&wrong)
+        .launch();
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(20)));
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{}", p.log());
+    assert!(p.log().contains("pinned fingerprint"), "{}", p.log());
+}

@@ -150,6 +150,7 @@ pub struct Hub {
 #[derive(Debug, Clone)]
 pub struct HubSettings {
     pub debounce: Duration,
+    /// How long a disconnected proxy stays registered, unless MeshConfig `proxyGracePeriod` says otherwise.
     pub grace_period: Duration,
     /// Where the registry is persisted.
     pub registry_path: Option<std::path::PathBuf>,
@@ -419,7 +420,14 @@ impl Hub {
 
     /// Removes proxies disconnected for longer than the grace period. True if any went.
     fn expire_disconnected(&self) -> bool {
-        let grace = self.settings.grace_period;
+        let grace = {
+            let st = lock(&self.state);
+            st.resources
+                .mesh
+                .proxy_grace_period
+                .map(|g| g.get())
+                .unwrap_or(self.settings.grace_period)
+        };
         let mut st = lock(&self.state);
         let before = st.proxies.len();
         st.proxies.retain(|key, e| {

@@ -75,6 +75,41 @@ pub async fn connect(
     Ok(send)
 }
 
+/// The certificate chain the control plane presents, from a handshake that is failed on purpose once
+/// the chain is seen (nothing is sent): for finding the root a fingerprint pins.
+pub async fn probe_chain(
+    addr: SocketAddr,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConnError> {
+    let tcp =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                return Err(ConnError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(ConnError::Connect {
+                    addr,
+                    reason: "timed out".into(),
+                })
+            }
+        };
+    let (config, slot) = weft_certs::pin::chain_probe();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let _ = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await;
+    let chain = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    chain.ok_or_else(|| ConnError::Tls {
+        addr,
+        reason: "the control plane presented no certificate".into(),
+    })
+}
+
 fn tls_reason(e: &std::io::Error) -> String {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
