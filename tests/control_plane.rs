@@ -218,3 +218,63 @@ fn the_shipped_example_resources_apply_cleanly() {
         10
     );
 }
+
+#[test]
+fn a_change_is_pushed_only_to_the_proxies_whose_view_it_changes() {
+    let cp = ControlProc::start("scoped");
+    let rt = runtime();
+    rt.block_on(async {
+        let reviews = cp.offline_identity("default", "reviews", Duration::from_secs(600));
+        let ratings = cp.offline_identity("default", "ratings", Duration::from_secs(600));
+        let mut a = sim(&cp, &reviews, registration("reviews-1", "reviews", "198.18.0.2"), Reply::Ack)
+            .await
+            .unwrap();
+        let mut b = sim(&cp, &ratings, registration("ratings-1", "ratings", "198.18.0.3"), Reply::Ack)
+            .await
+            .unwrap();
+        assert!(a.wait_snapshots(1, Duration::from_secs(5)).await);
+        assert!(b.wait_snapshots(1, Duration::from_secs(5)).await);
+        // Let the registrations' pushes settle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (na, nb) = (a.snapshot_count(), b.snapshot_count());
+        // A policy selecting only `app: ratings` changes only that proxy's view.
+        let policy = "apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: ratings-only\nspec:\n  selector:\n    matchLabels:\n      app: ratings\n  action: DENY\n";
+        let body = serde_json::json!({"files": [{"name": "p.yaml", "text": policy}]}).to_string();
+        let resp = tokio::task::spawn_blocking({
+            let api = cp.operator;
+            let token = cp.operator_token();
+            move || post_apply(api, &token, &body)
+        })
+        .await
+        .unwrap();
+        let pushed: Vec<&str> = resp["rollout"]["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["proxy"].as_str().unwrap())
+            .collect();
+        assert_eq!(pushed, ["default/ratings-1"], "{resp:#}");
+        assert!(b.wait_snapshots(nb + 1, Duration::from_secs(5)).await);
+        let (_, s) = b.last().unwrap();
+        // Only the changed section travels.
+        assert!(s.policies.is_some() && s.services.is_none() && s.routes.is_none(), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(a.snapshot_count(), na, "an unaffected proxy was sent a snapshot");
+    });
+}
+
+/// `POST /v1/apply?wait=5000` from a blocking context.
+fn post_apply(api: std::net::SocketAddr, token: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    write!(
+        s,
+        "POST /v1/apply?wait=5000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let json = out.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"))
+}

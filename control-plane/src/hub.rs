@@ -9,7 +9,6 @@
 //! Versions are cycle numbers seeded from the clock, so they keep increasing across restarts.
 
 use crate::view::{self, MeshResources, SectionDigests};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,13 +26,13 @@ pub type ProxyKey = String;
 /// an unsent older one (both are relative to what the proxy acknowledged).
 #[derive(Default)]
 pub struct Outbox {
-    slot: Mutex<Option<Bytes>>,
+    slot: Mutex<Option<view::Frame>>,
     notify: Notify,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Outbox {
-    fn put(&self, frame: Bytes) {
+    fn put(&self, frame: view::Frame) {
         *lock(&self.slot) = Some(frame);
         self.notify.notify_one();
     }
@@ -44,7 +43,7 @@ impl Outbox {
     }
 
     /// The next frame to send; `None` once the hub dropped this connection.
-    pub async fn next(&self) -> Option<Bytes> {
+    pub async fn next(&self) -> Option<view::Frame> {
         loop {
             if self.closed.load(Ordering::Relaxed) {
                 return None;

@@ -25,11 +25,14 @@ pub enum Reply {
     Nack(String),
 }
 
-/// What the simulated proxy has seen.
+/// What the simulated proxy has seen. Only the newest snapshot is kept whole (a thousand simulated
+/// proxies keeping every one would hold gigabytes).
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
-    /// Every snapshot, in order, with when it arrived.
-    pub snapshots: Vec<(Instant, Snapshot)>,
+    /// When each snapshot arrived, in order.
+    pub arrivals: Vec<Instant>,
+    /// The newest snapshot.
+    pub last: Option<(Instant, Snapshot)>,
     /// Why the stream ended, once it has.
     pub ended: Option<String>,
 }
@@ -117,11 +120,11 @@ impl SimProxy {
     }
 
     pub fn snapshot_count(&self) -> usize {
-        self.seen.lock().unwrap().snapshots.len()
+        self.seen.lock().unwrap().arrivals.len()
     }
 
     pub fn last(&self) -> Option<(Instant, Snapshot)> {
-        self.seen.lock().unwrap().snapshots.last().cloned()
+        self.seen.lock().unwrap().last.clone()
     }
 
     /// Waits until at least `n` snapshots arrived (or the stream ended, or `timeout` passed).
@@ -157,7 +160,12 @@ async fn receive(
             Err(e) => break e.to_string(),
             Ok(Some(FromControl::Snapshot(s))) => {
                 let version = s.version;
-                seen.lock().unwrap().snapshots.push((Instant::now(), s));
+                {
+                    let now = Instant::now();
+                    let mut seen = seen.lock().unwrap();
+                    seen.arrivals.push(now);
+                    seen.last = Some((now, s));
+                }
                 let answer = match &reply {
                     Reply::Ack => FromProxy::Ack { version },
                     Reply::Nack(reason) => FromProxy::Nack {
