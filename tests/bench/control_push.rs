@@ -126,7 +126,7 @@ async fn run(n: usize, rounds: usize) -> Result {
                 ports: vec![9080],
                 ready: true,
             };
-            SimProxy::connect(cp.api, &identities[svc], &control_id, reg, Reply::Ack)
+            SimProxy::connect_with(cp.api, &identities[svc], &control_id, reg, Reply::Ack, true)
         });
         for sim in futures_util::future::join_all(connects).await {
             sims.push(sim.expect("connect a simulated proxy"));
