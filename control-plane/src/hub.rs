@@ -529,25 +529,44 @@ impl Hub {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut progress = self.progress.subscribe();
         loop {
-            let now = self.rollout_now(revision, started);
-            if let Some((r, true)) = now {
-                return r;
+            if self.settled(revision) {
+                break;
             }
             if tokio::time::timeout_at(deadline, progress.changed())
                 .await
                 .is_err()
             {
-                return match self.rollout_now(revision, started) {
-                    Some((r, _)) => r,
-                    None => Rollout {
-                        revision,
-                        proxies: Vec::new(),
-                        complete: false,
-                        waited_ms: started.elapsed().as_millis() as u64,
-                    },
-                };
+                break;
             }
+            // A thousand acks arrive within milliseconds: look once per burst, not once per ack.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            progress.borrow_and_update();
         }
+        match self.rollout_now(revision, started) {
+            Some((r, _)) => r,
+            None => Rollout {
+                revision,
+                proxies: Vec::new(),
+                complete: false,
+                waited_ms: started.elapsed().as_millis() as u64,
+            },
+        }
+    }
+
+    /// True once a push cycle included `revision` and no proxy it went to is still pending.
+    fn settled(&self, revision: u64) -> bool {
+        let st = lock(&self.state);
+        if st.covered < revision {
+            return false;
+        }
+        let Some(cycle) = st.cycles.iter().find(|c| c.revision >= revision) else {
+            return false;
+        };
+        cycle.pushed.iter().all(|key| {
+            st.proxies
+                .get(key)
+                .is_none_or(|e| !matches!(e.rollout_state(cycle.version), RolloutState::Pending))
+        })
     }
 
     /// Where the rollout of `revision` stands, and whether it is settled (no proxy still pending);
