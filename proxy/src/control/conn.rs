@@ -28,22 +28,7 @@ pub async fn connect(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<http2::SendRequest<ReqBody>, ConnError> {
-    let tcp =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                return Err(ConnError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(ConnError::Connect {
-                    addr,
-                    reason: "timed out".into(),
-                })
-            }
-        };
+    let tcp = tcp_connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let tls = tokio::time::timeout(
@@ -80,22 +65,7 @@ pub async fn connect(
 pub async fn probe_chain(
     addr: SocketAddr,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConnError> {
-    let tcp =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                return Err(ConnError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(ConnError::Connect {
-                    addr,
-                    reason: "timed out".into(),
-                })
-            }
-        };
+    let tcp = tcp_connect(addr).await?;
     let (config, slot) = weft_certs::pin::chain_probe();
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let _ = tokio::time::timeout(
@@ -108,6 +78,16 @@ pub async fn probe_chain(
         addr,
         reason: "the control plane presented no certificate".into(),
     })
+}
+
+async fn tcp_connect(addr: SocketAddr) -> Result<tokio::net::TcpStream, ConnError> {
+    let reason =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(t)) => return Ok(t),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".into(),
+        };
+    Err(ConnError::Connect { addr, reason })
 }
 
 fn tls_reason(e: &std::io::Error) -> String {
