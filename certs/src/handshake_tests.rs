@@ -468,6 +468,56 @@ fn a_client_without_a_certificate_is_refused() {
     assert_eq!(peer_id(&outcome.server), None);
 }
 
+#[test]
+fn an_optional_client_certificate_is_verified_when_presented() {
+    let mesh = Mesh::new("weft.test");
+    let control = mesh.identity("control");
+    let web = mesh.identity("web");
+    // Without a certificate: the handshake completes and there is no peer identity.
+    let bootstrap = crate::tls::bootstrap_client_config(mesh.bundle(), &control.id());
+    let outcome = handshake(bootstrap, control.server_config_optional_client());
+    outcome.assert_ok();
+    assert_eq!(peer_id(&outcome.server), None);
+    // With one: verified as usual, and the identity is seen.
+    let outcome = handshake(
+        web.client_config(&control.id()),
+        control.server_config_optional_client(),
+    );
+    outcome.assert_ok();
+    assert_eq!(peer_id(&outcome.server), Some(web.id()));
+    // A certificate from another CA is still refused.
+    let other = Mesh::new("weft.test");
+    let outcome = handshake(
+        client_presenting(
+            web.client_config(&control.id()),
+            Some(&issue(&other.ca, &LeafSpec::for_id(&other.id("web")))),
+        ),
+        control.server_config_optional_client(),
+    );
+    let (err, _) = outcome.refused_by(Side::Server);
+    assert!(matches!(err, VerifyError::UnknownIssuer), "{err}");
+}
+
+#[test]
+fn bootstrap_checks_the_server_chain_and_identity() {
+    let mesh = Mesh::new("weft.test");
+    let control = mesh.identity("control");
+    let impostor = mesh.identity("impostor");
+    let outcome = handshake(
+        crate::tls::bootstrap_client_config(mesh.bundle(), &control.id()),
+        impostor.server_config_optional_client(),
+    );
+    let (err, _) = outcome.refused_by(Side::Client);
+    assert!(matches!(err, VerifyError::IdentityMismatch { .. }), "{err}");
+    let other = Mesh::new("weft.test");
+    let outcome = handshake(
+        crate::tls::bootstrap_client_config(other.bundle(), &control.id()),
+        control.server_config_optional_client(),
+    );
+    let (err, _) = outcome.refused_by(Side::Client);
+    assert!(matches!(err, VerifyError::UnknownIssuer), "{err}");
+}
+
 // === rotation ===
 
 #[test]

@@ -9,6 +9,7 @@ pub mod ca;
 pub mod credential;
 pub mod csr;
 pub mod error;
+pub mod pin;
 pub mod spiffe;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -25,4 +26,4 @@ pub use credential::Credential;
 pub use csr::KeyAndCsr;
 pub use error::{CertError, SpiffeIdError, VerifyError};
 pub use spiffe::{SpiffeId, TrustDomain};
-pub use tls::{peer_id, verify_error, Identity};
+pub use tls::{bootstrap_client_config, peer_id, verify_error, Identity};

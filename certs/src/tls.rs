@@ -8,7 +8,7 @@ use crate::bundle::TrustBundle;
 use crate::credential::Credential;
 use crate::error::{CertError, VerifyError};
 use crate::spiffe::{SpiffeId, TrustDomain};
-use crate::verify::{self, ClientVerifier, PeerRole, Policy, ServerVerifier};
+use crate::verify::{self, ClientVerifier, PeerRole, Policy, ServerVerifier, Trust};
 use crate::x509;
 use arc_swap::ArcSwap;
 use rustls::client::{ResolvesClientCert, Resumption};
@@ -119,7 +119,7 @@ impl Identity {
     pub fn client_config(&self, expected: &SpiffeId) -> Arc<ClientConfig> {
         let provider = x509::provider();
         let verifier = ServerVerifier {
-            shared: self.shared.clone(),
+            trust: Trust::Live(self.shared.clone()),
             expected: expected.clone(),
             provider: provider.clone(),
         };
@@ -139,10 +139,23 @@ impl Identity {
     /// clientAuth) with exactly one URI SAN, a SPIFFE ID in our trust domain; presents our current leaf.
     /// TLS 1.3, ALPN h2. Read the client's identity with [`peer_id`].
     pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server_config_with(true)
+    }
+
+    /// As [`server_config`](Self::server_config), but a client certificate is optional: when one is
+    /// presented it is verified exactly as there; without one the handshake completes and
+    /// [`peer_id`] is `None`. For an endpoint that also serves callers without an identity yet (the
+    /// control plane's certificate signing).
+    pub fn server_config_optional_client(&self) -> Arc<ServerConfig> {
+        self.server_config_with(false)
+    }
+
+    fn server_config_with(&self, mandatory: bool) -> Arc<ServerConfig> {
         let provider = x509::provider();
         let verifier = ClientVerifier {
             shared: self.shared.clone(),
             provider: provider.clone(),
+            mandatory,
         };
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -155,6 +168,30 @@ impl Identity {
         config.send_tls13_tickets = 0;
         Arc::new(config)
     }
+}
+
+/// Client configuration for a caller without an identity of its own (a proxy fetching its first
+/// certificate): presents no certificate; accepts only a server whose chain reaches `bundle` (EKU
+/// serverAuth) and whose SPIFFE ID is exactly `expected`. TLS 1.3, ALPN h2.
+pub fn bootstrap_client_config(bundle: TrustBundle, expected: &SpiffeId) -> Arc<ClientConfig> {
+    let provider = x509::provider();
+    let verifier = ServerVerifier {
+        trust: Trust::Fixed {
+            bundle: Arc::new(bundle),
+            trust_domain: expected.to_trust_domain(),
+        },
+        expected: expected.clone(),
+        provider: provider.clone(),
+    };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("the aws-lc-rs provider supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = Resumption::disabled();
+    Arc::new(config)
 }
 
 /// The verified peer identity of an established connection: the SPIFFE ID of its leaf.

@@ -180,9 +180,35 @@ fn tls12_refused() -> rustls::Error {
 
 // === client side: verifying the server ===
 
-/// Checks the server against the current bundle and one expected identity.
+/// What a verifier trusts: the live bundle of an identity (follows rotation), or a fixed bundle (a proxy
+/// bootstrapping, before it has an identity of its own).
+pub(crate) enum Trust {
+    Live(Arc<Shared>),
+    Fixed {
+        bundle: Arc<TrustBundle>,
+        trust_domain: TrustDomain,
+    },
+}
+
+impl Trust {
+    fn bundle(&self) -> Arc<TrustBundle> {
+        match self {
+            Trust::Live(shared) => shared.bundle(),
+            Trust::Fixed { bundle, .. } => bundle.clone(),
+        }
+    }
+
+    fn trust_domain(&self) -> &TrustDomain {
+        match self {
+            Trust::Live(shared) => &shared.trust_domain,
+            Trust::Fixed { trust_domain, .. } => trust_domain,
+        }
+    }
+}
+
+/// Checks the server against the bundle and one expected identity.
 pub(crate) struct ServerVerifier {
-    pub shared: Arc<Shared>,
+    pub trust: Trust,
     pub expected: SpiffeId,
     pub provider: Arc<CryptoProvider>,
 }
@@ -190,7 +216,7 @@ pub(crate) struct ServerVerifier {
 impl fmt::Debug for ServerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerVerifier")
-            .field("ours", &self.shared.id)
+            .field("trust_domain", self.trust.trust_domain())
             .field("expected", &self.expected)
             .finish()
     }
@@ -208,10 +234,10 @@ impl ServerCertVerifier for ServerVerifier {
         // The SPIFFE ID replaces the server name: the peer's address says nothing about who it is.
         let policy = Policy {
             role: PeerRole::Server,
-            trust_domain: &self.shared.trust_domain,
+            trust_domain: self.trust.trust_domain(),
             expected: Some(&self.expected),
         };
-        let bundle = self.shared.bundle();
+        let bundle = self.trust.bundle();
         verify_chain(
             end_entity,
             intermediates,
@@ -256,10 +282,12 @@ impl ServerCertVerifier for ServerVerifier {
 
 // === server side: verifying the client ===
 
-/// Requires a client certificate from the current bundle naming a SPIFFE ID in our trust domain.
+/// Requires a client certificate from the current bundle naming a SPIFFE ID in our trust domain (or, when
+/// not `mandatory`, verifies one only if it is presented).
 pub(crate) struct ClientVerifier {
     pub shared: Arc<Shared>,
     pub provider: Arc<CryptoProvider>,
+    pub mandatory: bool,
 }
 
 impl fmt::Debug for ClientVerifier {
@@ -276,7 +304,7 @@ impl ClientCertVerifier for ClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -2,8 +2,8 @@
 //! 0600) and `bundle.crt` (the trust bundle proxies are given). Files are written atomically (temp file,
 //! fsync, rename) so a crash never leaves a torn CA behind.
 
+use crate::persist::with_suffix;
 use anyhow::{bail, Context as _};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use weft_certs::{CertificateAuthority, KeyAndCsr, SpiffeId, TrustDomain, Validity};
@@ -106,31 +106,7 @@ pub struct IssuedFiles {
     pub bundle: PathBuf,
 }
 
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix.
+/// Writes `bytes` to `path` atomically (see [`crate::persist::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = with_suffix(path, ".tmp");
-    let ctx = || format!("cannot write {}", path.display());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(ctx)?;
-    f.write_all(bytes).with_context(ctx)?;
-    f.sync_all().with_context(ctx)?;
-    std::fs::rename(&tmp, path).with_context(ctx)?;
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    Ok(crate::persist::write_atomic(path, bytes, mode)?)
 }

@@ -1,5 +1,19 @@
-//! Weft control plane. For now it holds the offline certificate tooling behind `weftctl ca` and
-//! `weftctl cert`: a mesh CA kept in a directory, and workload certificates issued from it for proxies
-//! run in explicit mode. The control-plane server (`weft-control`) builds on the same CA directory.
+//! Weft control plane: the mesh CA and workload identity issuance, the resource store, the registry of
+//! connected proxies and the config push (`weft-control`), and the operator CLI (`weftctl`).
 
 pub mod ca_dir;
+pub mod cli;
+pub mod config_dir;
+pub mod http_util;
+pub mod hub;
+pub mod issuer;
+pub mod metrics;
+pub mod operator_api;
+pub use weft_api::persist;
+pub mod proxy_api;
+pub mod resources_api;
+pub mod server;
+pub mod state_dir;
+pub mod store;
+pub mod tokens;
+pub mod view;

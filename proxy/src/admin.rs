@@ -67,7 +67,7 @@ fn route(req: Request<Incoming>, proxy: &Proxy, port: Port) -> Response<Body> {
             );
             r
         }
-        (Port::Admin, &Method::GET, "/config") => json(&proxy.config),
+        (Port::Admin, &Method::GET, "/config") => json(&config_doc(proxy)),
         (Port::Admin, &Method::GET, "/identity") => json(&identity_doc(proxy)),
         (Port::Admin, &Method::POST, "/shutdown") => {
             tracing::info!("shutdown requested on the admin port");
@@ -76,6 +76,18 @@ fn route(req: Request<Incoming>, proxy: &Proxy, port: Port) -> Response<Body> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The bootstrap config, plus (with a control plane) the mesh view in force under `mesh`.
+fn config_doc(proxy: &Proxy) -> serde_json::Value {
+    let mut doc = serde_json::to_value(&proxy.config).unwrap_or_default();
+    if proxy.config.control.is_some() {
+        if let Some(obj) = doc.as_object_mut() {
+            let mesh = serde_json::to_value(proxy.mesh().to_snapshot()).unwrap_or_default();
+            obj.insert("mesh".into(), mesh);
+        }
+    }
+    doc
 }
 
 fn identity_doc(proxy: &Proxy) -> serde_json::Value {

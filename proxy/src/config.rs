@@ -38,6 +38,94 @@ pub struct IdentityFiles {
     pub bundle: PathBuf,
 }
 
+/// Where identity and config come from when a control plane runs the mesh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The control plane's proxy API (TLS).
+    pub address: SocketAddr,
+    /// PEM bundle of the mesh CA: pins who the control plane may be. This, or `ca_fingerprint`.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// SHA-256 fingerprint of the mesh CA's root certificate (`sha256:AB:CD:...`, as weft-control logs
+    /// it at start): the root is taken from the control plane's chain only if it matches.
+    #[serde(default)]
+    pub ca_fingerprint: Option<String>,
+    /// The identity the control plane must present; default
+    /// `spiffe://<trust domain>/ns/weft-system/sa/weft-control`.
+    #[serde(default)]
+    pub server_identity: Option<weft_certs::SpiffeId>,
+    /// A file holding the join token (or set `WEFT_JOIN_TOKEN`); needed only without a cached certificate.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Where the key (0600), certificate, bundle and the last good config are kept across restarts.
+    pub state_dir: PathBuf,
+}
+
+/// The workload this proxy sits beside, as registered with the control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// Unique in its namespace (a pod name).
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The identity asked for: `spiffe://<trust domain>/ns/<namespace>/sa/<service_account>`.
+    pub service_account: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The address peers reach this proxy's tunnel on.
+    pub address: std::net::IpAddr,
+    /// The app's ports.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// How the app's readiness is checked; without one the app counts as ready.
+    #[serde(default)]
+    pub readiness: Option<ReadinessProbe>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+/// An HTTP GET (2xx/3xx = ready) or a TCP connect to the app, every `period`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessProbe {
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+    #[serde(default)]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default = "default_probe_period")]
+    pub period: Duration,
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    pub port: u16,
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    pub port: u16,
+}
+
+fn default_probe_period() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_probe_path() -> String {
+    "/".into()
+}
+
 /// The tunnel (server side of the peer hop).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +179,8 @@ pub struct Limits {
     pub detect_timeout: Duration,
     /// Streams per peer connection before a second connection is opened.
     pub max_streams_per_peer_connection: usize,
+    /// Largest compiled regular expression a pushed route may use; a route over it is refused (NACK).
+    pub max_regex_bytes: usize,
 }
 
 impl Default for Limits {
@@ -107,6 +197,7 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(30),
             detect_timeout: Duration::from_millis(100),
             max_streams_per_peer_connection: 1_000,
+            max_regex_bytes: 64 * 1024,
         }
     }
 }
@@ -115,7 +206,15 @@ impl Default for Limits {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
-    pub identity: IdentityFiles,
+    /// Identity from files (explicit mode). Exactly one of `identity` and `control`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityFiles>,
+    /// Identity and config from a control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlConfig>,
+    /// The workload registered with the control plane (with `control`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadConfig>,
     #[serde(default)]
     pub tunnel: TunnelConfig,
     /// Admin endpoint (`/config`, `/identity`, `POST /shutdown`); loopback only. Default `127.0.0.1:15000`.
@@ -196,11 +295,16 @@ impl ProxyConfig {
         let file = path.display().to_string();
         let mut cfg: ProxyConfig = weft_api::yaml::from_str(&file, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut cfg.identity.cert,
-            &mut cfg.identity.key,
-            &mut cfg.identity.bundle,
-        ] {
+        let mut paths: Vec<&mut PathBuf> = Vec::new();
+        if let Some(id) = cfg.identity.as_mut() {
+            paths.extend([&mut id.cert, &mut id.key, &mut id.bundle]);
+        }
+        if let Some(c) = cfg.control.as_mut() {
+            paths.push(&mut c.state_dir);
+            paths.extend(c.ca_bundle.as_mut());
+            paths.extend(c.token_file.as_mut());
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -221,13 +325,78 @@ impl ProxyConfig {
             ("admin".to_string(), self.admin),
             ("health".to_string(), self.health),
         ];
+        match (&self.identity, &self.control, &self.workload) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            (None, None, _) => {
+                return Err(invalid(
+                    "identity".into(),
+                    "give `identity` (certificate files) or `control` (a control plane)".into(),
+                ))
+            }
+            (Some(_), Some(_), _) => {
+                return Err(invalid(
+                    "control".into(),
+                    "`identity` and `control` exclude each other".into(),
+                ))
+            }
+            (None, Some(_), None) => {
+                return Err(invalid(
+                    "workload".into(),
+                    "with `control`, `workload` says what to register".into(),
+                ))
+            }
+            (Some(_), None, Some(_)) => {
+                return Err(invalid(
+                    "workload".into(),
+                    "`workload` is registered with a control plane; add `control`".into(),
+                ))
+            }
+        }
+        if let Some(c) = &self.control {
+            match (&c.ca_bundle, &c.ca_fingerprint) {
+                (Some(_), None) => {}
+                (None, Some(fp)) => {
+                    if let Err(e) = weft_certs::pin::parse_fingerprint(fp) {
+                        return Err(invalid("control.ca_fingerprint".into(), e.to_string()));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        "control".into(),
+                        "pin the mesh CA with exactly one of `ca_bundle` and `ca_fingerprint`"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        if let Some(w) = &self.workload {
+            if let Some(p) = &w.readiness {
+                if p.http.is_some() == p.tcp.is_some() {
+                    return Err(invalid(
+                        "workload.readiness".into(),
+                        "give exactly one of `http` and `tcp`".into(),
+                    ));
+                }
+            }
+        }
         for (i, l) in self.outbound.0.iter().enumerate() {
             taken.push((format!("outbound[{i}].listen"), l.listen));
-            if l.target_port == 0 {
-                return Err(invalid(
-                    format!("outbound[{i}].target_port"),
-                    "must be 1-65535".into(),
-                ));
+            match l.target() {
+                Err(reason) => return Err(invalid(format!("outbound[{i}]"), reason)),
+                Ok(weft_api::Target::Fixed(up)) if up.target_port == 0 => {
+                    return Err(invalid(
+                        format!("outbound[{i}].target_port"),
+                        "must be 1-65535".into(),
+                    ))
+                }
+                Ok(weft_api::Target::Service { .. }) if self.control.is_none() => {
+                    return Err(invalid(
+                        format!("outbound[{i}].service"),
+                        "a service listener needs `control` (its endpoints come from the control plane)"
+                            .into(),
+                    ))
+                }
+                Ok(_) => {}
             }
         }
         for (i, (field, addr)) in taken.iter().enumerate() {
@@ -326,10 +495,71 @@ mod tests {
     fn good_file_resolves_relative_paths() {
         let (dir, p) = write(GOOD);
         let cfg = ProxyConfig::load(&p).unwrap();
-        assert_eq!(cfg.identity.cert, dir.path.join("a.pem"));
+        assert_eq!(cfg.identity.unwrap().cert, dir.path.join("a.pem"));
         assert_eq!(cfg.outbound.0.len(), 1);
-        assert_eq!(cfg.outbound.0[0].target_port, 8080);
+        assert_eq!(cfg.outbound.0[0].target_port, Some(8080));
         assert_eq!(cfg.limits.max_headers, 100);
+    }
+
+    const CONTROL: &str = "control:\n  address: 127.0.0.1:15010\n  ca_bundle: mesh-ca.pem\n  state_dir: cache\nworkload:\n  name: reviews-1\n  service_account: reviews\n  address: 127.0.0.1\n  readiness: {tcp: {port: 9080}}\noutbound:\n  - listen: 127.0.0.1:9081\n    service: ratings\n    port: 9080\n";
+
+    #[test]
+    fn control_mode_with_service_listeners() {
+        let (dir, p) = write(CONTROL);
+        let cfg = ProxyConfig::load(&p).unwrap();
+        let c = cfg.control.as_ref().unwrap();
+        assert_eq!(c.state_dir, dir.path.join("cache"));
+        assert_eq!(cfg.workload.as_ref().unwrap().namespace, "default");
+        assert_eq!(
+            cfg.outbound.0[0].target(),
+            Ok(weft_api::Target::Service {
+                namespace: "default".into(),
+                name: "ratings".into(),
+                port: 9080
+            })
+        );
+    }
+
+    #[test]
+    fn identity_sources_and_listener_targets_must_make_sense() {
+        let both = format!(
+            "{GOOD}{}",
+            CONTROL.replace(
+                "outbound:\n  - listen: 127.0.0.1:9081\n    service: ratings\n    port: 9080\n",
+                ""
+            )
+        );
+        let (_d, p) = write(&both);
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("exclude each other"), "{e}");
+        let (_d, p) = write(&CONTROL.replace("workload:", "workloads:"));
+        assert!(ProxyConfig::load(&p).is_err());
+        let no_workload =
+            "control:\n  address: 127.0.0.1:15010\n  ca_bundle: ca.pem\n  state_dir: c\n";
+        let (_d, p) = write(no_workload);
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("workload"), "{e}");
+        let mixed = GOOD.replace(
+            "    target_port: 8080\n",
+            "    target_port: 8080\n    service: x\n",
+        );
+        let (_d, p) = write(&mixed);
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("outbound[0]") && e.contains("either"), "{e}");
+        let service_without_control = GOOD.replace(
+            "    peer: 127.0.0.1:15108\n    identity: spiffe://weft.local/ns/default/sa/reviews\n    target_port: 8080\n",
+            "    service: reviews\n    port: 9080\n",
+        );
+        let (_d, p) = write(&service_without_control);
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("needs `control`"), "{e}");
+        let two_probes = CONTROL.replace(
+            "{tcp: {port: 9080}}",
+            "{tcp: {port: 9080}, http: {port: 1}}",
+        );
+        let (_d, p) = write(&two_probes);
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("exactly one"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub enum ForwardError {
     Upgrade(String),
     #[error("the proxy is shutting down")]
     Draining,
+    #[error("no endpoint for {0}")]
+    NoEndpoint(String),
 }
 
 pub type BoxedSource = Box<dyn std::error::Error + Send + Sync>;
@@ -61,7 +63,9 @@ impl ForwardError {
         use ForwardError::*;
         match self {
             PeerConnectTimeout { .. } | AppConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            PeerConnect { .. } | AppConnect { .. } | Draining => StatusCode::SERVICE_UNAVAILABLE,
+            PeerConnect { .. } | AppConnect { .. } | Draining | NoEndpoint(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             PeerTls { .. }
             | PeerHandshake { .. }
             | PeerRequest { .. }
@@ -90,6 +94,7 @@ impl ForwardError {
             BadTunnelRequest(_) => "bad_tunnel_request",
             Upgrade(_) => "upgrade",
             Draining => "draining",
+            NoEndpoint(_) => "no_endpoint",
         }
     }
 

@@ -5,12 +5,14 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod errors;
 pub mod h1_guard;
 pub mod headers;
 pub mod inbound;
 pub mod local_app;
+pub mod mesh;
 pub mod metrics;
 pub mod outbound;
 pub mod serve;
@@ -26,9 +28,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use weft_certs::{Credential, Identity, TrustBundle};
 
-/// Loads the identity files named in the config.
+/// Loads the identity files named in the config (explicit mode).
 pub fn load_identity(cfg: &ProxyConfig) -> anyhow::Result<Identity> {
-    let f = &cfg.identity;
+    let Some(f) = &cfg.identity else {
+        anyhow::bail!("no `identity` files in the config");
+    };
     let cred = Credential::from_pem_files(&f.cert, &f.key)?;
     let bundle = TrustBundle::from_pem_file(&f.bundle)?;
     Ok(Identity::new(cred, bundle)?)
@@ -44,7 +48,7 @@ enum Kind {
     Tunnel,
     Admin,
     Health,
-    Outbound(weft_api::OutboundListener),
+    Outbound(Box<(weft_api::OutboundListener, weft_api::Target)>),
 }
 
 /// Binds every listener (so a port clash fails start-up with a clear error) before serving any.
@@ -59,7 +63,10 @@ pub async fn bind(cfg: ProxyConfig, identity: Identity) -> anyhow::Result<Runnin
     add(Kind::Health, bind_one("health", cfg.health).await?);
     for (i, o) in cfg.outbound.0.iter().enumerate() {
         let l = bind_one(&format!("outbound[{i}].listen"), o.listen).await?;
-        add(Kind::Outbound(o.clone()), l);
+        let target = o
+            .target()
+            .map_err(|e| anyhow::anyhow!("outbound[{i}]: {e}"))?;
+        add(Kind::Outbound(Box::new((o.clone(), target))), l);
     }
     Ok(Running {
         proxy: Proxy::new(cfg, identity),
@@ -94,9 +101,10 @@ impl Running {
                     tracing::info!(?addr, "health listening");
                     tokio::spawn(admin::run_health(l, p));
                 }
-                Kind::Outbound(o) => {
-                    tracing::info!(?addr, peer = %o.peer, identity = %o.identity, target_port = o.target_port, protocol = ?o.protocol, "outbound listener");
-                    tokio::spawn(outbound::run(l, o, p));
+                Kind::Outbound(spec) => {
+                    let (o, target) = *spec;
+                    tracing::info!(?addr, ?target, protocol = ?o.protocol, "outbound listener");
+                    tokio::spawn(outbound::run(l, o, target, p));
                 }
             }
         }

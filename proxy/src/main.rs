@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use weft_proxy::config::ProxyConfig;
+use weft_proxy::control::{bootstrap, Settings};
 
 /// Weft sidecar proxy.
 ///
@@ -88,22 +89,38 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<(ProxyConfig, weft_certs::Identity)> {
-    let cfg = ProxyConfig::load(path)?;
-    let identity = weft_proxy::load_identity(&cfg).context("cannot load the proxy's identity")?;
-    Ok((cfg, identity))
+/// A start-up failure and the exit code it maps to: 2 for configuration and credentials (nothing will
+/// change by retrying), 1 for the rest.
+struct Failure(u8, anyhow::Error);
+
+fn config_problem(e: impl Into<anyhow::Error>) -> Failure {
+    Failure(2, e.into())
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match load(path) {
-        Ok((cfg, id)) => {
-            println!(
-                "{}: ok; identity {}; tunnel {}; {} outbound listener(s)",
-                path.display(),
-                id.id(),
-                cfg.tunnel.listen,
-                cfg.outbound.0.len()
-            );
+    let summary = || -> anyhow::Result<String> {
+        let cfg = ProxyConfig::load(path)?;
+        let who = match (&cfg.control, &cfg.workload) {
+            (Some(c), Some(w)) => format!(
+                "identity ns/{}/sa/{} from the control plane at {}",
+                w.namespace, w.service_account, c.address
+            ),
+            _ => {
+                let id =
+                    weft_proxy::load_identity(&cfg).context("cannot load the proxy's identity")?;
+                format!("identity {}", id.id())
+            }
+        };
+        Ok(format!(
+            "{}: ok; {who}; tunnel {}; {} outbound listener(s)",
+            path.display(),
+            cfg.tunnel.listen,
+            cfg.outbound.0.len()
+        ))
+    };
+    match summary() {
+        Ok(line) => {
+            println!("{line}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -114,8 +131,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path, worker_threads: Option<usize>) -> ExitCode {
-    let (cfg, identity) = match load(path) {
-        Ok(v) => v,
+    let cfg = match ProxyConfig::load(path) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!("{e:#}");
             return ExitCode::from(2);
@@ -128,14 +145,71 @@ fn run(path: &std::path::Path, worker_threads: Option<usize>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(serve(cfg, identity)) {
+    match rt.block_on(start(cfg)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
-        Err(e) => {
+        Err(Failure(code, e)) => {
             tracing::error!("{e:#}");
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
+}
+
+/// How long a first start waits for an unreachable control plane before giving up.
+const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn start(cfg: ProxyConfig) -> Result<bool, Failure> {
+    let settings = Settings::load(&cfg, JOIN_PATIENCE).await.map_err(|e| {
+        let code = if e
+            .downcast_ref::<weft_proxy::control::conn::ConnError>()
+            .is_some()
+        {
+            1
+        } else {
+            2
+        };
+        Failure(code, e)
+    })?;
+    let Some(settings) = settings else {
+        let identity = weft_proxy::load_identity(&cfg)
+            .context("cannot load the proxy's identity")
+            .map_err(config_problem)?;
+        return serve(cfg, identity, None).await.map_err(|e| Failure(1, e));
+    };
+    let (identity, _) = bootstrap::identity(&settings, JOIN_PATIENCE)
+        .await
+        .map_err(|e| {
+            let refused = e
+                .downcast_ref::<bootstrap::BootstrapError>()
+                .is_some_and(|b| matches!(b, bootstrap::BootstrapError::Refused { .. }));
+            let code = if refused || e.downcast_ref::<weft_certs::CertError>().is_some() {
+                2
+            } else {
+                1
+            };
+            Failure(code, e.context("cannot obtain the proxy's identity"))
+        })?;
+    serve(cfg, identity, Some(settings))
+        .await
+        .map_err(|e| Failure(1, e))
+}
+
+async fn serve(
+    cfg: ProxyConfig,
+    identity: weft_certs::Identity,
+    control: Option<Settings>,
+) -> anyhow::Result<bool> {
+    let running = weft_proxy::bind(cfg, identity).await?;
+    if let Some(settings) = control {
+        weft_proxy::control::start(&running.proxy, settings);
+    }
+    let shutdown = running.proxy.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; draining");
+        shutdown.cancel();
+    });
+    Ok(running.serve().await)
 }
 
 /// One worker: the current-thread scheduler (no cross-thread wake-ups or work stealing, measurably less
@@ -156,17 +230,6 @@ fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Run
             .enable_all()
             .build()
     }
-}
-
-async fn serve(cfg: ProxyConfig, identity: weft_certs::Identity) -> anyhow::Result<bool> {
-    let running = weft_proxy::bind(cfg, identity).await?;
-    let shutdown = running.proxy.shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received; draining");
-        shutdown.cancel();
-    });
-    Ok(running.serve().await)
 }
 
 async fn wait_for_signal() {

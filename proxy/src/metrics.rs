@@ -39,6 +39,11 @@ pub struct TlsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
     pub direction: Direction,
     /// `sent` towards the far side, `received` from it.
@@ -54,6 +59,11 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<TlsLabels, Counter>,
     pub tcp_bytes: Family<BytesLabels, Counter>,
     pub peer_connections_opened: Counter,
+    config_version: Gauge,
+    config_updates: Family<ResultLabels, Counter>,
+    cert_expiry: Gauge,
+    cert_renewals: Family<ResultLabels, Counter>,
+    control_connected: Gauge,
     /// `requests{status_code="200"}` per direction, looked up once: the family's map hashes its labels
     /// on every access, and 200 is nearly every request.
     ok: [Counter; 2],
@@ -76,6 +86,11 @@ impl Metrics {
             tls_handshake_failures: Default::default(),
             tcp_bytes: Default::default(),
             peer_connections_opened: Default::default(),
+            config_version: Default::default(),
+            config_updates: Default::default(),
+            cert_expiry: Default::default(),
+            cert_renewals: Default::default(),
+            control_connected: Default::default(),
             registry: Registry::default(),
             ok: Default::default(),
         };
@@ -114,6 +129,31 @@ impl Metrics {
             "mTLS HTTP/2 connections opened to peer proxies",
             m.peer_connections_opened.clone(),
         );
+        registry.register(
+            "config_version",
+            "Version of the config from the control plane in force",
+            m.config_version.clone(),
+        );
+        registry.register(
+            "config_updates",
+            "Snapshots from the control plane, by result (ack, nack)",
+            m.config_updates.clone(),
+        );
+        registry.register(
+            "cert_expiry_timestamp_seconds",
+            "When the proxy's certificate expires (Unix time)",
+            m.cert_expiry.clone(),
+        );
+        registry.register(
+            "cert_renewals",
+            "Certificate renewals, by result (ok, failed, unusable)",
+            m.cert_renewals.clone(),
+        );
+        registry.register(
+            "control_connected",
+            "1 while the config stream to the control plane is open",
+            m.control_connected.clone(),
+        );
         let ok = [Direction::outbound, Direction::inbound].map(|direction| {
             m.requests
                 .get_or_create(&RequestLabels {
@@ -149,6 +189,36 @@ impl Metrics {
         self.tls_handshake_failures
             .get_or_create(&TlsLabels { side, reason })
             .inc();
+    }
+
+    pub fn set_config_version(&self, v: u64) {
+        self.config_version
+            .set(i64::try_from(v).unwrap_or(i64::MAX));
+    }
+
+    pub fn config_update(&self, result: &'static str) {
+        self.config_updates
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn set_cert_expiry(&self, t: std::time::SystemTime) {
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.cert_expiry
+            .set(i64::try_from(secs).unwrap_or(i64::MAX));
+    }
+
+    pub fn cert_renewal(&self, result: &'static str) {
+        self.cert_renewals
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn set_control_connected(&self, up: bool) {
+        self.control_connected.set(i64::from(up));
     }
 
     pub fn encode(&self) -> String {

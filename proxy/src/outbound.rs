@@ -18,21 +18,36 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
-use weft_api::{AppProtocol, OutboundListener, Upstream};
+use weft_api::{AppProtocol, OutboundListener, Target, Upstream};
 
 /// One outbound listener's view of the proxy.
 struct Listener {
     name: String,
-    upstream: Upstream,
+    target: Target,
     protocol: AppProtocol,
     proxy: Arc<Proxy>,
 }
 
+impl Listener {
+    /// Where this request or connection goes: the fixed peer, or a ready endpoint of the service in the
+    /// current mesh view.
+    fn upstream(&self) -> Result<Upstream, ForwardError> {
+        match &self.target {
+            Target::Fixed(up) => Ok(up.clone()),
+            Target::Service {
+                namespace,
+                name,
+                port,
+            } => self.proxy.mesh().resolve(namespace, name, *port),
+        }
+    }
+}
+
 /// Accepts connections until shutdown.
-pub async fn run(listener: TcpListener, spec: OutboundListener, proxy: Arc<Proxy>) {
+pub async fn run(listener: TcpListener, spec: OutboundListener, target: Target, proxy: Arc<Proxy>) {
     let ctx = Arc::new(Listener {
         name: spec.display_name(),
-        upstream: spec.upstream(),
+        target,
         protocol: spec.protocol,
         proxy: proxy.clone(),
     });
@@ -119,7 +134,14 @@ fn refuse_conflicting_framing(ctx: &Listener, client: SocketAddr) -> Response<Bo
 
 /// Opaque TCP: one CONNECT stream to the peer, bytes copied both ways until both sides are done.
 async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener) {
-    let up = &ctx.upstream;
+    let up = match ctx.upstream() {
+        Ok(up) => up,
+        Err(e) => {
+            ctx.proxy.metrics.reject("outbound", e.kind());
+            return tracing::warn!(listener = %ctx.name, %client, error = %e, "tcp connection closed");
+        }
+    };
+    let up = &up;
     match ctx.proxy.peers.connect_tcp(up).await {
         Ok((mut stream, _slot)) => {
             match splice(
@@ -158,7 +180,7 @@ async fn forward_http(
         _ => forward_plain(req, client, ctx).await,
     };
     let resp = resp.unwrap_or_else(|e| {
-        tracing::warn!(listener = %ctx.name, %client, peer = %ctx.upstream.peer, expected = %ctx.upstream.identity, error = %e, "request failed");
+        tracing::warn!(listener = %ctx.name, %client, error = %e, "request failed");
         error_response(&e)
     });
     ctx.proxy
@@ -178,9 +200,10 @@ async fn forward_plain(
             "CONNECT is not carried by weft-proxy listeners",
         ));
     }
+    let up = ctx.upstream()?;
     let (mut parts, body) = req.into_parts();
     let orig_h1 = parts.version != Version::HTTP_2;
-    prepare_for_peer(&mut parts, client, ctx)?;
+    prepare_for_peer(&mut parts, client, &up)?;
     if orig_h1 {
         parts
             .headers
@@ -189,7 +212,7 @@ async fn forward_plain(
     let resp = ctx
         .proxy
         .peers
-        .send(&ctx.upstream, Request::from_parts(parts, body::boxed(body)))
+        .send(&up, Request::from_parts(parts, body::boxed(body)))
         .await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -204,11 +227,12 @@ async fn forward_upgrade(
     client: SocketAddr,
     ctx: &Listener,
 ) -> Result<Response<Body>, ForwardError> {
+    let up = ctx.upstream()?;
     let downstream = hyper::upgrade::on(&mut *req);
     let mut parts = Request::new(()).into_parts().0;
     parts.uri = req.uri().clone();
     parts.headers = std::mem::take(req.headers_mut());
-    prepare_for_peer(&mut parts, client, ctx)?;
+    prepare_for_peer(&mut parts, client, &up)?;
     parts.method = Method::CONNECT;
     parts
         .extensions
@@ -216,7 +240,7 @@ async fn forward_upgrade(
     let (mut resp, slot) = ctx
         .proxy
         .peers
-        .send_raw(&ctx.upstream, Request::from_parts(parts, body::empty()))
+        .send_raw(&up, Request::from_parts(parts, body::empty()))
         .await?;
     if resp.status() != StatusCode::OK {
         // The app refused the upgrade: pass its answer on as a plain response.
@@ -258,9 +282,9 @@ async fn forward_upgrade(
 fn prepare_for_peer(
     parts: &mut http::request::Parts,
     client: SocketAddr,
-    ctx: &Listener,
+    up: &Upstream,
 ) -> Result<(), ForwardError> {
-    let authority = authority_of(parts, &ctx.upstream);
+    let authority = authority_of(parts, up);
     let pq = parts
         .uri
         .path_and_query()
@@ -278,7 +302,7 @@ fn prepare_for_peer(
     headers::strip_mesh_headers(h);
     headers::set_forwarded_for(h, client.ip());
     h.remove(header::HOST);
-    h.insert(TARGET_PORT, HeaderValue::from(ctx.upstream.target_port));
+    h.insert(TARGET_PORT, HeaderValue::from(up.target_port));
     Ok(())
 }
 

@@ -3,8 +3,10 @@
 
 use crate::config::ProxyConfig;
 use crate::local_app::AppClients;
+use crate::mesh::MeshView;
 use crate::metrics::Metrics;
 use crate::tunnel::{PeerPool, PeerSettings};
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +24,8 @@ pub struct Proxy {
     /// Every connection task, so draining can wait for them.
     pub tasks: TaskTracker,
     ready: AtomicBool,
+    /// The mesh as the control plane last described it (empty in explicit mode).
+    mesh: ArcSwap<MeshView>,
 }
 
 impl Proxy {
@@ -42,8 +46,18 @@ impl Proxy {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             ready: AtomicBool::new(false),
+            mesh: ArcSwap::from_pointee(MeshView::default()),
             config,
         })
+    }
+
+    /// The current mesh view; a request keeps the `Arc` it got for as long as it needs it.
+    pub fn mesh(&self) -> Arc<MeshView> {
+        self.mesh.load_full()
+    }
+
+    pub fn set_mesh(&self, view: MeshView) {
+        self.mesh.store(Arc::new(view));
     }
 
     pub fn set_ready(&self, ready: bool) {

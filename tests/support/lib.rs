@@ -4,6 +4,9 @@
 
 pub mod apps;
 pub mod bins;
+pub mod control;
+pub mod control_sim;
+pub mod mesh;
 pub mod net;
 pub mod pair;
 pub mod pki;

@@ -125,37 +125,72 @@ impl ProxyBuilder {
         yaml.push_str(&self.extra);
         let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, &yaml).expect("write proxy config");
-        let log_path = dir.path().join("proxy.log");
-        let log = std::fs::File::create(&log_path).expect("create log");
-        let mut cmd = Command::new(bin("weft-proxy"));
-        cmd.args(["run", "--config"]).arg(&config);
-        if let Some(n) = self.worker_threads {
-            cmd.arg("--worker-threads").arg(n.to_string());
-        }
-        let child = cmd
-            .env(
-                "WEFT_LOG",
-                std::env::var("WEFT_TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn weft-proxy");
-        let mut p = ProxyProc {
+        let mut p = launch(Launch {
             name: self.name,
-            child,
+            config,
+            dir,
             tunnel: self.tunnel,
             admin,
             health,
             outbound: self.outbound.iter().map(|o| o.listen).collect(),
             id: self.identity.id.clone(),
-            log_path,
-            config,
-            _dir: dir,
-        };
+            worker_threads: self.worker_threads,
+            env: Vec::new(),
+        });
         p.wait_ready(Duration::from_secs(20));
         p
+    }
+}
+
+/// Everything needed to start a proxy from a config file already written into `dir`.
+pub struct Launch {
+    pub name: String,
+    pub config: PathBuf,
+    pub dir: TempDir,
+    pub tunnel: SocketAddr,
+    pub admin: SocketAddr,
+    pub health: SocketAddr,
+    pub outbound: Vec<SocketAddr>,
+    pub id: SpiffeId,
+    pub worker_threads: Option<usize>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Starts `weft-proxy run` (without waiting for it to be ready); its log goes to `proxy.log` in the dir.
+pub fn launch(l: Launch) -> ProxyProc {
+    let log_path = l.dir.path().join("proxy.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("create log");
+    let mut cmd = Command::new(bin("weft-proxy"));
+    cmd.args(["run", "--config"]).arg(&l.config);
+    if let Some(n) = l.worker_threads {
+        cmd.arg("--worker-threads").arg(n.to_string());
+    }
+    let child = cmd
+        .env(
+            "WEFT_LOG",
+            std::env::var("WEFT_TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .envs(l.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn weft-proxy");
+    ProxyProc {
+        name: l.name,
+        child,
+        tunnel: l.tunnel,
+        admin: l.admin,
+        health: l.health,
+        outbound: l.outbound,
+        id: l.id,
+        log_path,
+        config: l.config,
+        _dir: l.dir,
     }
 }
 
@@ -173,7 +208,8 @@ pub struct ProxyProc {
 }
 
 impl ProxyProc {
-    fn wait_ready(&mut self, timeout: Duration) {
+    /// Waits until `/ready` answers 200; panics with the log if the proxy exits or time runs out.
+    pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -276,6 +312,12 @@ impl ProxyProc {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Takes the proxy's directory (config, cache, log) so it outlives this process, e.g. to start the
+    /// proxy again in place.
+    pub fn take_dir(&mut self) -> TempDir {
+        std::mem::replace(&mut self._dir, TempDir::new("spent"))
     }
 
     pub fn is_running(&mut self) -> bool {

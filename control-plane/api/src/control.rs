@@ -188,6 +188,8 @@ impl FrameDecoder {
     }
 
     /// The next complete message, if one is buffered.
+    // Not an Iterator: each call may fail and picks its message type.
+    #[allow(clippy::should_implement_trait)]
     pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         if self.buf.len() < 4 {
             return Ok(None);

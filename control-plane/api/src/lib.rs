@@ -6,9 +6,10 @@ pub mod control;
 pub mod duration;
 pub mod operator;
 pub mod outbound;
+pub mod persist;
 pub mod resources;
 pub mod yaml;
 
 pub use duration::Duration;
-pub use outbound::{AppProtocol, OutboundListener, Upstream};
+pub use outbound::{AppProtocol, OutboundListener, Target, Upstream};
 pub use yaml::YamlError;

@@ -79,6 +79,7 @@ pub struct ProxyRollout {
     /// `namespace/name`.
     pub proxy: String,
     pub version: u64,
+    #[serde(flatten)]
     pub state: RolloutState,
 }
 

@@ -32,7 +32,9 @@ pub struct Upstream {
     pub target_port: u16,
 }
 
-/// One explicit local listener: `listen -> upstream`.
+/// One explicit local listener: `listen -> upstream`, named either directly (`peer`, `identity`,
+/// `target_port`) or as a mesh service (`service`, `port`) resolved from the control plane's config on each
+/// connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundListener {
@@ -42,22 +44,75 @@ pub struct OutboundListener {
     /// Local address the app connects to.
     pub listen: SocketAddr,
     /// The peer proxy's tunnel address (mTLS + HTTP/2).
-    pub peer: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
     /// The SPIFFE ID the peer must present.
-    pub identity: SpiffeId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
     /// The app port on the peer's side.
-    pub target_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+    /// A mesh service (with a control plane): its endpoints come from the pushed config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The service's namespace (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The service port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// `auto` (default), `http` or `tcp`.
     #[serde(default)]
     pub protocol: AppProtocol,
 }
 
+/// Where a listener's traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Fixed(Upstream),
+    Service {
+        namespace: String,
+        name: String,
+        port: u16,
+    },
+}
+
 impl OutboundListener {
-    pub fn upstream(&self) -> Upstream {
-        Upstream {
-            peer: self.peer,
-            identity: self.identity.clone(),
-            target_port: self.target_port,
+    /// The listener's target, or why its fields do not name one.
+    pub fn target(&self) -> Result<Target, String> {
+        match (self, &self.service) {
+            (
+                OutboundListener {
+                    peer: Some(peer),
+                    identity: Some(identity),
+                    target_port: Some(target_port),
+                    service: None,
+                    port: None,
+                    ..
+                },
+                _,
+            ) => Ok(Target::Fixed(Upstream {
+                peer: *peer,
+                identity: identity.clone(),
+                target_port: *target_port,
+            })),
+            (
+                OutboundListener {
+                    peer: None,
+                    identity: None,
+                    target_port: None,
+                    port: Some(port),
+                    ..
+                },
+                Some(name),
+            ) => Ok(Target::Service {
+                namespace: self.namespace.clone().unwrap_or_else(|| "default".into()),
+                name: name.clone(),
+                port: *port,
+            }),
+            _ => Err(
+                "give either `peer`, `identity` and `target_port`, or `service` and `port`".into(),
+            ),
         }
     }
 

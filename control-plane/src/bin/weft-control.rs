@@ -1,0 +1,137 @@
+//! `weft-control`: the Weft control plane server.
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use weft_api::Duration;
+use weft_certs::TrustDomain;
+use weft_control::server::{self, Options};
+
+/// Weft control plane.
+///
+/// Issues workload certificates from the mesh CA, keeps the resources (Service, Workload, HTTPRoute,
+/// AuthorizationPolicy, MeshConfig) and the registry of connected proxies, and pushes each proxy the
+/// config it needs the moment anything changes.
+///
+/// On first start it creates, in the state directory: the mesh CA, the operator credential
+/// (`operator.token`, for weftctl) and its own serving certificate; later starts reuse them.
+///
+/// Ports (defaults): 0.0.0.0:15010 proxy API (TLS: certificate signing, registration, config stream);
+/// 127.0.0.1:15014 operator API (weftctl; bearer token) plus /metrics, /ready, /live.
+///
+/// Exit codes: 0 after SIGTERM/SIGINT and a clean shutdown; 1 on a runtime failure (e.g. a port in use);
+/// 2 for a bad command line or a damaged state directory.
+#[derive(Parser)]
+#[command(name = "weft-control", version, about, long_about)]
+struct Cli {
+    /// Where the CA, tokens, applied resources and the registry live.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// Trust domain of a new mesh (default: a MeshConfig trustDomain in --config-dir, else cluster.local);
+    /// must match an existing state directory.
+    #[arg(long)]
+    trust_domain: Option<TrustDomain>,
+    /// A directory of resource YAML files, watched: changes apply within a second.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// Proxy API address (TLS).
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    api_listen: SocketAddr,
+    /// Operator API, metrics and health address (plain HTTP; keep it on loopback or a trusted network).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    operator_listen: SocketAddr,
+    /// How long changes are gathered before a push.
+    #[arg(long, default_value = "100ms")]
+    debounce: Duration,
+    /// How long a disconnected proxy's workload stays registered (MeshConfig proxyGracePeriod overrides).
+    #[arg(long, default_value = "30s")]
+    grace_period: Duration,
+    /// Log format on stderr (levels from WEFT_LOG, default info).
+    #[arg(long, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let opts = Options {
+        state_dir: cli.state_dir,
+        trust_domain: cli.trust_domain,
+        config_dir: cli.config_dir,
+        api_listen: cli.api_listen,
+        operator_listen: cli.operator_listen,
+        debounce: cli.debounce.get(),
+        grace_period: cli.grace_period.get(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(run(opts))
+}
+
+async fn run(opts: Options) -> ExitCode {
+    let bound = match server::bind(&opts).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            let is_bind = e.to_string().starts_with("cannot listen");
+            return ExitCode::from(if is_bind { 1 } else { 2 });
+        }
+    };
+    let stop = bound.cp.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received");
+        stop.cancel();
+    });
+    bound.serve().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}

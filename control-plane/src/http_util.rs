@@ -1,0 +1,71 @@
+//! Small pieces both API ports share: JSON answers, error bodies, bounded request bodies.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use serde::{de::DeserializeOwned, Serialize};
+use std::convert::Infallible;
+use weft_api::control::ErrorBody;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("API types always serialize");
+    bytes.push(b'\n');
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn error(status: StatusCode, error: impl Into<String>, details: Vec<String>) -> Response<Body> {
+    json(
+        status,
+        &ErrorBody {
+            error: error.into(),
+            details,
+        },
+    )
+}
+
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r
+}
+
+/// Reads a JSON request body of at most `limit` bytes; the error is the answer to send.
+pub async fn read_json<T: DeserializeOwned>(
+    body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<T, Response<Body>> {
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let status = if e.is::<http_body_util::LengthLimitError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return Err(error(
+                status,
+                format!("cannot read the request body (limit {limit} bytes): {e}"),
+                vec![],
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request: {e}"),
+            vec![],
+        )
+    })
+}

@@ -1,0 +1,613 @@
+//! The registry of connected proxies and the config push.
+//!
+//! Every change (resources applied, a proxy registering, readiness, a disconnect) marks the hub dirty. A
+//! single push task waits a short debounce, then computes each proxy's view as sections (mesh config,
+//! services with endpoints, routes, the policies for its workload, trust bundle). Each section is encoded
+//! once per cycle and compared by digest: a proxy whose view did not change is not sent anything; one whose
+//! view changed gets a snapshot with the sections that differ from what it last acknowledged.
+//!
+//! Versions are cycle numbers seeded from the clock, so they keep increasing across restarts.
+
+use crate::view::{self, MeshResources, SectionDigests};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use weft_api::control::Registration;
+use weft_api::operator::{Nack, ProxyRollout, ProxyStatus, Rollout, RolloutState, Status};
+use weft_certs::SpiffeId;
+
+/// `namespace/name` of a registered proxy.
+pub type ProxyKey = String;
+
+/// Where frames for one connected proxy wait to be written. Holds only the newest: a snapshot supersedes
+/// an unsent older one (both are relative to what the proxy acknowledged).
+#[derive(Default)]
+pub struct Outbox {
+    slot: Mutex<Option<view::Frame>>,
+    notify: Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Outbox {
+    fn put(&self, frame: view::Frame) {
+        *lock(&self.slot) = Some(frame);
+        self.notify.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// The next frame to send; `None` once the hub dropped this connection.
+    pub async fn next(&self) -> Option<view::Frame> {
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(f) = lock(&self.slot).take() {
+                return Some(f);
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving rather than cascade.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A registration as persisted, so a restarted control plane keeps endpoints while proxies reconnect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub namespace: String,
+    pub identity: SpiffeId,
+    pub registration: Registration,
+}
+
+struct ProxyEntry {
+    reg: Registered,
+    conn: Option<(u64, Arc<Outbox>)>,
+    /// Since when it is disconnected; removed after the grace period.
+    disconnected_at: Option<Instant>,
+    last_seen: Instant,
+    cert_not_after: Option<u64>,
+    /// The full view each unacknowledged version carries, by version.
+    sent: VecDeque<(u64, SectionDigests)>,
+    sent_version: u64,
+    acked: Option<(u64, SectionDigests)>,
+    last_nack: Option<Nack>,
+}
+
+impl ProxyEntry {
+    fn status(&self, key: &str, now: Instant) -> ProxyStatus {
+        ProxyStatus {
+            proxy: key.to_string(),
+            identity: self.reg.identity.clone(),
+            address: self.reg.registration.address,
+            connected: self.conn.is_some(),
+            ready: self.reg.registration.ready,
+            sent_version: self.sent_version,
+            acked_version: self.acked.as_ref().map(|(v, _)| *v),
+            last_nack: self.last_nack.clone(),
+            cert_not_after: self.cert_not_after,
+            // A connected proxy is seen continuously (HTTP/2 keep-alive pings on its stream).
+            last_seen_ms: match self.conn {
+                Some(_) => 0,
+                None => now.duration_since(self.last_seen).as_millis() as u64,
+            },
+        }
+    }
+
+    fn rollout_state(&self, version: u64) -> RolloutState {
+        match (&self.acked, &self.last_nack) {
+            (Some((v, _)), _) if *v >= version => RolloutState::Acked,
+            (_, Some(n)) if n.version >= version => RolloutState::Nacked {
+                reason: n.reason.clone(),
+            },
+            _ if self.conn.is_none() => RolloutState::Disconnected,
+            _ => RolloutState::Pending,
+        }
+    }
+}
+
+/// What one push cycle did, kept for rollout queries.
+struct Cycle {
+    /// The highest store revision the cycle included.
+    revision: u64,
+    version: u64,
+    pushed: Vec<ProxyKey>,
+}
+
+struct State {
+    resources: Arc<MeshResources>,
+    /// Revision of `resources`.
+    revision: u64,
+    /// Highest revision a finished cycle included.
+    covered: u64,
+    bundle_pem: Arc<str>,
+    proxies: BTreeMap<ProxyKey, ProxyEntry>,
+    cycles: VecDeque<Cycle>,
+    registry_dirty: bool,
+}
+
+pub struct Hub {
+    state: Mutex<State>,
+    dirty: Notify,
+    /// Bumped on every ack, nack, disconnect and finished cycle; rollout waiters watch it.
+    progress: watch::Sender<u64>,
+    next_conn: AtomicU64,
+    last_version: AtomicU64,
+    pub settings: HubSettings,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub debounce: Duration,
+    /// How long a disconnected proxy stays registered, unless MeshConfig `proxyGracePeriod` says otherwise.
+    pub grace_period: Duration,
+    /// Where the registry is persisted.
+    pub registry_path: Option<std::path::PathBuf>,
+    pub trust_domain: weft_certs::TrustDomain,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("workload {key} is already registered by {holder}; {presented} cannot take its name")]
+    NameTaken {
+        key: String,
+        holder: SpiffeId,
+        presented: SpiffeId,
+    },
+}
+
+const CYCLES_KEPT: usize = 256;
+
+impl Hub {
+    pub fn new(
+        resources: MeshResources,
+        revision: u64,
+        bundle_pem: String,
+        restored: Vec<Registered>,
+        settings: HubSettings,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Hub> {
+        let now = Instant::now();
+        let proxies = restored
+            .into_iter()
+            .map(|reg| {
+                let key = format!("{}/{}", reg.namespace, reg.registration.name);
+                let entry = ProxyEntry {
+                    reg,
+                    conn: None,
+                    disconnected_at: Some(now),
+                    last_seen: now,
+                    cert_not_after: None,
+                    sent: VecDeque::new(),
+                    sent_version: 0,
+                    acked: None,
+                    last_nack: None,
+                };
+                (key, entry)
+            })
+            .collect();
+        Arc::new(Hub {
+            state: Mutex::new(State {
+                resources: Arc::new(resources),
+                revision,
+                covered: revision,
+                bundle_pem: bundle_pem.into(),
+                proxies,
+                cycles: VecDeque::new(),
+                registry_dirty: false,
+            }),
+            dirty: Notify::new(),
+            progress: watch::channel(0).0,
+            next_conn: AtomicU64::new(1),
+            last_version: AtomicU64::new(0),
+            settings,
+            metrics,
+        })
+    }
+
+    fn mark_dirty(&self) {
+        self.dirty.notify_one();
+    }
+
+    fn bump_progress(&self) {
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// New resources (already validated and stored) at `revision`.
+    pub fn set_resources(&self, resources: MeshResources, revision: u64) {
+        let mut st = lock(&self.state);
+        st.resources = Arc::new(resources);
+        st.revision = revision;
+        drop(st);
+        self.mark_dirty();
+    }
+
+    pub fn set_bundle(&self, bundle_pem: String) {
+        lock(&self.state).bundle_pem = bundle_pem.into();
+        self.mark_dirty();
+    }
+
+    pub fn revision(&self) -> u64 {
+        lock(&self.state).revision
+    }
+
+    /// A proxy's stream opened. Replaces an older connection of the same workload (a restarted proxy).
+    pub fn connect(
+        &self,
+        reg: Registered,
+        cert_not_after: Option<u64>,
+    ) -> Result<(u64, Arc<Outbox>), RegisterError> {
+        let key = format!("{}/{}", reg.namespace, reg.registration.name);
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::default());
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        if let Some(old) = st.proxies.get(&key) {
+            if old.reg.identity != reg.identity && old.conn.is_some() {
+                return Err(RegisterError::NameTaken {
+                    key,
+                    holder: old.reg.identity.clone(),
+                    presented: reg.identity,
+                });
+            }
+            if let Some((_, ob)) = &old.conn {
+                ob.close();
+            }
+        }
+        st.proxies.insert(
+            key,
+            ProxyEntry {
+                reg,
+                conn: Some((conn_id, outbox.clone())),
+                disconnected_at: None,
+                last_seen: now,
+                cert_not_after,
+                sent: VecDeque::new(),
+                sent_version: 0,
+                acked: None,
+                last_nack: None,
+            },
+        );
+        st.registry_dirty = true;
+        self.metrics.set_connected(count_connected(&st));
+        drop(st);
+        self.mark_dirty();
+        Ok((conn_id, outbox))
+    }
+
+    /// The stream `conn_id` of `key` ended.
+    pub fn disconnect(&self, key: &str, conn_id: u64) {
+        let mut st = lock(&self.state);
+        let Some(e) = st.proxies.get_mut(key) else {
+            return;
+        };
+        if e.conn.as_ref().map(|(id, _)| *id) != Some(conn_id) {
+            return; // A newer connection already replaced it.
+        }
+        if let Some((_, ob)) = e.conn.take() {
+            ob.close();
+        }
+        e.disconnected_at = Some(Instant::now());
+        e.last_seen = Instant::now();
+        self.metrics.set_connected(count_connected(&st));
+        drop(st);
+        self.bump_progress();
+        // Endpoints stay for the grace period; the push task removes them when it expires.
+        self.mark_dirty();
+    }
+
+    fn with_live<R>(
+        &self,
+        key: &str,
+        conn_id: u64,
+        f: impl FnOnce(&mut ProxyEntry) -> R,
+    ) -> Option<R> {
+        let mut st = lock(&self.state);
+        let e = st.proxies.get_mut(key)?;
+        if e.conn.as_ref().map(|(id, _)| *id) != Some(conn_id) {
+            return None;
+        }
+        e.last_seen = Instant::now();
+        Some(f(e))
+    }
+
+    pub fn ack(&self, key: &str, conn_id: u64, version: u64) {
+        let known = self.with_live(key, conn_id, |e| {
+            while let Some((v, _)) = e.sent.front() {
+                if *v >= version {
+                    break;
+                }
+                e.sent.pop_front();
+            }
+            match e.sent.front() {
+                Some((v, digests)) if *v == version => {
+                    e.acked = Some((version, *digests));
+                    e.sent.pop_front();
+                    true
+                }
+                _ => false,
+            }
+        });
+        match known {
+            Some(true) => {
+                self.metrics.ack("ack");
+                self.bump_progress();
+            }
+            Some(false) => {
+                tracing::warn!(proxy = key, version, "ack for a version that was not sent")
+            }
+            None => {}
+        }
+    }
+
+    pub fn nack(&self, key: &str, conn_id: u64, version: u64, reason: String) {
+        tracing::warn!(proxy = key, version, %reason, "proxy refused a snapshot (NACK)");
+        let found = self.with_live(key, conn_id, |e| {
+            e.sent.retain(|(v, _)| *v != version);
+            e.last_nack = Some(Nack { version, reason });
+        });
+        if found.is_some() {
+            self.metrics.ack("nack");
+            self.bump_progress();
+        }
+    }
+
+    pub fn set_ready(&self, key: &str, conn_id: u64, ready: bool) {
+        let changed = self.with_live(key, conn_id, |e| {
+            let changed = e.reg.registration.ready != ready;
+            e.reg.registration.ready = ready;
+            changed
+        });
+        if changed == Some(true) {
+            tracing::info!(proxy = key, ready, "workload readiness changed");
+            lock(&self.state).registry_dirty = true;
+            self.mark_dirty();
+        }
+    }
+
+    /// Ends every config stream (shutdown): proxies reconnect to the next control plane.
+    pub fn close_all(&self) {
+        let st = lock(&self.state);
+        for e in st.proxies.values() {
+            if let Some((_, ob)) = &e.conn {
+                ob.close();
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let st = lock(&self.state);
+        let now = Instant::now();
+        Status {
+            revision: st.revision,
+            proxies: st.proxies.iter().map(|(k, e)| e.status(k, now)).collect(),
+        }
+    }
+
+    /// Runs push cycles until `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut grace_tick = tokio::time::interval(Duration::from_millis(500));
+        grace_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.dirty.notified() => {}
+                _ = grace_tick.tick() => {
+                    if !self.expire_disconnected() {
+                        continue;
+                    }
+                }
+            }
+            // Changes arriving in the window join this cycle.
+            tokio::time::sleep(self.settings.debounce).await;
+            let started = Instant::now();
+            self.cycle();
+            self.metrics.observe_cycle(started.elapsed());
+            self.persist_registry();
+        }
+    }
+
+    /// Removes proxies disconnected for longer than the grace period. True if any went.
+    fn expire_disconnected(&self) -> bool {
+        let grace = {
+            let st = lock(&self.state);
+            st.resources
+                .mesh
+                .proxy_grace_period
+                .map(|g| g.get())
+                .unwrap_or(self.settings.grace_period)
+        };
+        let mut st = lock(&self.state);
+        let before = st.proxies.len();
+        st.proxies.retain(|key, e| {
+            let keep = e.disconnected_at.is_none_or(|t| t.elapsed() < grace);
+            if !keep {
+                tracing::info!(proxy = %key, "workload removed: disconnected for longer than the grace period");
+            }
+            keep
+        });
+        let removed = st.proxies.len() != before;
+        if removed {
+            st.registry_dirty = true;
+        }
+        removed
+    }
+
+    fn next_version(&self) -> u64 {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let prev = self.last_version.load(Ordering::Relaxed);
+        let v = clock.max(prev + 1);
+        self.last_version.store(v, Ordering::Relaxed);
+        v
+    }
+
+    /// One push: compute every proxy's view, send what changed.
+    fn cycle(&self) {
+        let mut st = lock(&self.state);
+        let version = self.next_version();
+        let shared = {
+            let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
+            let td = &self.settings.trust_domain;
+            view::SharedSections::build(&st.resources, &registered, td, &st.bundle_pem)
+        };
+        let mut policy_cache = view::PolicyCache::default();
+        let resources = st.resources.clone();
+        let mut pushed = Vec::new();
+        for (key, e) in st.proxies.iter_mut() {
+            let Some((_, outbox)) = &e.conn else {
+                continue;
+            };
+            let policies = policy_cache.for_workload(&resources, &e.reg);
+            let digests = shared.digests(&policies);
+            let last_sent = e
+                .sent
+                .back()
+                .map(|(_, d)| d)
+                .or(e.acked.as_ref().map(|(_, d)| d));
+            if last_sent == Some(&digests) {
+                continue;
+            }
+            let base = e.acked.as_ref().map(|(_, d)| d);
+            let frame = shared.frame(version, &policies, base);
+            outbox.put(frame);
+            e.sent.push_back((version, digests));
+            e.sent_version = version;
+            pushed.push(key.clone());
+        }
+        let revision = st.revision;
+        st.covered = revision;
+        if !pushed.is_empty() {
+            tracing::info!(version, revision, proxies = pushed.len(), "pushed config");
+            self.metrics.pushed(pushed.len());
+        }
+        st.cycles.push_back(Cycle {
+            revision,
+            version,
+            pushed,
+        });
+        while st.cycles.len() > CYCLES_KEPT {
+            st.cycles.pop_front();
+        }
+        drop(st);
+        self.bump_progress();
+    }
+
+    fn persist_registry(&self) {
+        let Some(path) = &self.settings.registry_path else {
+            return;
+        };
+        let regs: Vec<Registered> = {
+            let mut st = lock(&self.state);
+            if !st.registry_dirty {
+                return;
+            }
+            st.registry_dirty = false;
+            st.proxies.values().map(|e| e.reg.clone()).collect()
+        };
+        if let Err(e) = crate::persist::write_json(path, &regs, 0o600) {
+            tracing::warn!(error = %e, "cannot persist the workload registry");
+        }
+    }
+
+    /// Waits until the change that produced `revision` reached every proxy it affects (each acked,
+    /// nacked or disconnected), or `timeout` passes.
+    pub async fn rollout(&self, revision: u64, timeout: Duration) -> Rollout {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut progress = self.progress.subscribe();
+        loop {
+            if self.settled(revision) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            // A thousand acks arrive within milliseconds: look once per burst, not once per ack.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            progress.borrow_and_update();
+        }
+        match self.rollout_now(revision, started) {
+            Some((r, _)) => r,
+            None => Rollout {
+                revision,
+                proxies: Vec::new(),
+                complete: false,
+                waited_ms: started.elapsed().as_millis() as u64,
+            },
+        }
+    }
+
+    /// True once a push cycle included `revision` and no proxy it went to is still pending.
+    fn settled(&self, revision: u64) -> bool {
+        let st = lock(&self.state);
+        if st.covered < revision {
+            return false;
+        }
+        let Some(cycle) = st.cycles.iter().find(|c| c.revision >= revision) else {
+            return false;
+        };
+        cycle.pushed.iter().all(|key| {
+            st.proxies
+                .get(key)
+                .is_none_or(|e| !matches!(e.rollout_state(cycle.version), RolloutState::Pending))
+        })
+    }
+
+    /// Where the rollout of `revision` stands, and whether it is settled (no proxy still pending);
+    /// `None` until a push cycle included it.
+    fn rollout_now(&self, revision: u64, started: Instant) -> Option<(Rollout, bool)> {
+        let st = lock(&self.state);
+        if st.covered < revision {
+            return None;
+        }
+        let cycle = st.cycles.iter().find(|c| c.revision >= revision)?;
+        let proxies: Vec<ProxyRollout> = cycle
+            .pushed
+            .iter()
+            .map(|key| {
+                let state = match st.proxies.get(key) {
+                    Some(e) => e.rollout_state(cycle.version),
+                    None => RolloutState::Disconnected,
+                };
+                ProxyRollout {
+                    proxy: key.clone(),
+                    version: cycle.version,
+                    state,
+                }
+            })
+            .collect();
+        let complete = proxies
+            .iter()
+            .all(|p| matches!(p.state, RolloutState::Acked));
+        let settled = proxies
+            .iter()
+            .all(|p| !matches!(p.state, RolloutState::Pending));
+        let rollout = Rollout {
+            revision,
+            complete,
+            proxies,
+            waited_ms: started.elapsed().as_millis() as u64,
+        };
+        Some((rollout, settled))
+    }
+}
+
+fn count_connected(st: &State) -> usize {
+    st.proxies.values().filter(|e| e.conn.is_some()).count()
+}

@@ -1,0 +1,167 @@
+//! Port 15014: health and metrics (open), and the operator API under `/v1` (bearer token required).
+//! The routes are listed in `weft_api::operator`.
+
+use crate::http_util::{self, Body};
+use crate::resources_api;
+use crate::server::ControlPlane;
+use crate::tokens::{constant_time_eq, CreateError};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use weft_api::operator::{TokenCreated, TokenRequest};
+
+const MAX_REQUEST: usize = 8 << 20;
+
+/// Operator connections at once (weftctl, dashboards and Prometheus need a handful).
+const MAX_CONNECTIONS: usize = 256;
+
+pub async fn run(listener: TcpListener, cp: Arc<ControlPlane>) {
+    crate::server::accept_loop(
+        listener,
+        &cp,
+        "operator API",
+        MAX_CONNECTIONS,
+        |tcp, addr| connection(tcp, addr, cp.clone()),
+    )
+    .await
+}
+
+async fn connection(tcp: tokio::net::TcpStream, addr: std::net::SocketAddr, cp: Arc<ControlPlane>) {
+    let svc_cp = cp.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let cp = svc_cp.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(req, &cp).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 << 10)
+        .serve_connection(TokioIo::new(tcp), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(peer = %addr, error = %e, "operator connection ended");
+    }
+}
+
+async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/live") => http_util::text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") => {
+            if cp.shutdown.is_cancelled() {
+                http_util::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else {
+                http_util::text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(http_util::full(cp.metrics.encode()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (_, p) if p.starts_with("/v1/") => {
+            if let Some(refusal) = unauthorized(&req, cp) {
+                return refusal;
+            }
+            v1(req, cp, &path).await
+        }
+        _ => http_util::error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+            vec![],
+        ),
+    }
+}
+
+/// The 401 to answer with, unless the request carries the operator token.
+fn unauthorized(req: &Request<Incoming>, cp: &ControlPlane) -> Option<Response<Body>> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), cp.operator_token.as_bytes()) => None,
+        other => {
+            let why = if other.is_some() {
+                "the operator token is not valid"
+            } else {
+                "the operator API requires `Authorization: Bearer <operator token>` (the token is in <state-dir>/operator.token)"
+            };
+            tracing::warn!(path = %req.uri().path(), "operator request refused: {why}");
+            let mut r = http_util::error(StatusCode::UNAUTHORIZED, why, vec![]);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"weft\""),
+            );
+            Some(r)
+        }
+    }
+}
+
+async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Response<Body> {
+    let segments: Vec<&str> = path
+        .trim_start_matches("/v1/")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::GET, ["status"]) => http_util::json(StatusCode::OK, &cp.hub.status()),
+        (Method::POST, ["apply"]) => resources_api::apply(req, cp).await,
+        (Method::GET, ["resources", kind]) => resources_api::get(cp, kind, None, None),
+        (Method::GET, ["resources", kind, ns]) => resources_api::get(cp, kind, Some(ns), None),
+        (Method::GET, ["resources", kind, ns, name]) => {
+            resources_api::get(cp, kind, Some(ns), Some(name))
+        }
+        (Method::DELETE, ["resources", kind, ns, name]) => {
+            resources_api::delete(req, cp, kind, ns, name).await
+        }
+        (Method::GET, ["tokens"]) => http_util::json(StatusCode::OK, &cp.issuer.tokens().list()),
+        (Method::POST, ["tokens"]) => create_token(req, cp).await,
+        (Method::DELETE, ["tokens", id]) => match cp.issuer.tokens().revoke(id) {
+            Ok(info) => {
+                tracing::info!(id, identity = %info.identity, "join token revoked");
+                http_util::json(StatusCode::OK, &info)
+            }
+            Err(e) => create_error(e),
+        },
+        _ => http_util::error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {} {path}", req.method()),
+            vec![],
+        ),
+    }
+}
+
+async fn create_token(req: Request<Incoming>, cp: &ControlPlane) -> Response<Body> {
+    let body: TokenRequest = match http_util::read_json(req.into_body(), MAX_REQUEST).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let res = cp
+        .issuer
+        .tokens()
+        .create(&body.namespace, &body.service_account, body.ttl_secs);
+    match res {
+        Ok((token, info)) => {
+            tracing::info!(id = %info.id, identity = %info.identity, ttl_secs = body.ttl_secs, "join token created");
+            http_util::json(StatusCode::CREATED, &TokenCreated { token, info })
+        }
+        Err(e) => create_error(e),
+    }
+}
+
+fn create_error(e: CreateError) -> Response<Body> {
+    let status = match e {
+        CreateError::Identity(_) => StatusCode::BAD_REQUEST,
+        CreateError::NotFound(_) => StatusCode::NOT_FOUND,
+        CreateError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    http_util::error(status, e.to_string(), vec![])
+}

@@ -1,0 +1,242 @@
+//! Wiring: opens the state directory, builds the parts, binds both ports and runs until shutdown.
+
+use crate::hub::{Hub, HubSettings, Registered};
+use crate::issuer::Issuer;
+use crate::metrics::Metrics;
+use crate::state_dir::StateDir;
+use crate::store::Store;
+use crate::tokens::TokenStore;
+use crate::view::MeshResources;
+use crate::{operator_api, persist, proxy_api, resources_api};
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_certs::TrustDomain;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub state_dir: PathBuf,
+    pub trust_domain: Option<TrustDomain>,
+    pub config_dir: Option<PathBuf>,
+    pub api_listen: SocketAddr,
+    pub operator_listen: SocketAddr,
+    pub debounce: Duration,
+    pub grace_period: Duration,
+}
+
+/// What every handler shares.
+pub struct ControlPlane {
+    pub hub: Arc<Hub>,
+    pub issuer: Issuer,
+    pub metrics: Arc<Metrics>,
+    pub operator_token: String,
+    pub proxy_tls: Arc<rustls::ServerConfig>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    store: std::sync::Mutex<Store>,
+    config_dir: Option<PathBuf>,
+}
+
+impl ControlPlane {
+    pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the resources in force to the push (and the certificate lifetime to the issuer).
+    pub fn publish(&self) {
+        let (resources, revision) = {
+            let store = self.store();
+            (store.mesh_resources(), store.revision())
+        };
+        let ttl = resources
+            .mesh
+            .certificate_ttl
+            .map(|d| d.get())
+            .unwrap_or(crate::issuer::DEFAULT_TTL);
+        self.issuer.set_ttl(ttl);
+        self.hub.set_resources(resources, revision);
+    }
+}
+
+pub struct Bound {
+    pub cp: Arc<ControlPlane>,
+    api: TcpListener,
+    operator: TcpListener,
+}
+
+/// Opens (or creates) the state and binds both ports; nothing is served yet.
+pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
+    let dir_files = match &opts.config_dir {
+        Some(dir) => crate::config_dir::read_all(dir)
+            .with_context(|| format!("cannot read --config-dir {}", dir.display()))?,
+        None => Vec::new(),
+    };
+    // The trust domain: the flag, else a MeshConfig in the watched directory (for a new mesh).
+    let td = match (
+        &opts.trust_domain,
+        crate::store::trust_domain_in(&dir_files),
+    ) {
+        (Some(td), _) => Some(td.clone()),
+        (None, Some(td)) => Some(
+            TrustDomain::new(&td)
+                .with_context(|| format!("MeshConfig trustDomain {td:?} in --config-dir"))?,
+        ),
+        (None, None) => None,
+    };
+    let state = StateDir::open_or_init(&opts.state_dir, td.as_ref())?;
+    if let Some(root) = state.serving.bundle().roots().first() {
+        // Proxies may pin the mesh CA by this instead of a bundle file (control.ca_fingerprint).
+        let fp = weft_certs::pin::fingerprint(root.as_ref());
+        tracing::info!(fingerprint = %fp, "mesh CA");
+        let _ = persist::write_atomic(
+            &state.path("ca/fingerprint"),
+            format!("{fp}\n").as_bytes(),
+            0o644,
+        );
+    }
+    let metrics = Arc::new(Metrics::new());
+    let tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
+    let registry_path = state.path("registry.json");
+    let restored: Vec<Registered> = persist::read_json(&registry_path)?.unwrap_or_default();
+    if !restored.is_empty() {
+        tracing::info!(
+            workloads = restored.len(),
+            "restored the workload registry; entries not reclaimed within the grace period are removed"
+        );
+    }
+    // A client certificate is optional on this port: a proxy without one can only present a join token.
+    let proxy_tls = state.serving.server_config_optional_client();
+    let mut store = Store::open(state.path("resources.json"), state.trust_domain.as_str())?;
+    if let Some(dir) = &opts.config_dir {
+        // The directory is read before anything is served, so no proxy ever sees a state without it.
+        if let Err(e) = store.reload_dir(&dir_files) {
+            anyhow::bail!("--config-dir {} refused: {e}", dir.display());
+        }
+    }
+    let hub = Hub::new(
+        MeshResources::default(),
+        0,
+        state.bundle_pem.clone(),
+        restored,
+        HubSettings {
+            debounce: opts.debounce,
+            grace_period: opts.grace_period,
+            registry_path: Some(registry_path),
+            trust_domain: state.trust_domain.clone(),
+        },
+        metrics.clone(),
+    );
+    let StateDir {
+        ca,
+        bundle_pem,
+        operator_token,
+        ..
+    } = state;
+    let issuer = Issuer::new(ca.ca, bundle_pem, tokens, metrics.clone());
+    let api = TcpListener::bind(opts.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--api-listen)", opts.api_listen))?;
+    let operator = TcpListener::bind(opts.operator_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--operator-listen)",
+                opts.operator_listen
+            )
+        })?;
+    let cp = Arc::new(ControlPlane {
+        hub,
+        issuer,
+        metrics,
+        operator_token,
+        proxy_tls,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        store: std::sync::Mutex::new(store),
+        config_dir: opts.config_dir.clone(),
+    });
+    cp.publish();
+    Ok(Bound { cp, api, operator })
+}
+
+impl Bound {
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.local_addr().ok()
+    }
+
+    /// Serves until the shutdown token is cancelled, then closes every stream and waits briefly.
+    pub async fn serve(self) {
+        let Bound { cp, api, operator } = self;
+        tracing::info!(addr = ?api.local_addr().ok(), trust_domain = %cp.issuer.trust_domain(), "proxy API listening (TLS, HTTP/2)");
+        tracing::info!(addr = ?operator.local_addr().ok(), "operator API listening (HTTP)");
+        let _watcher = match &cp.config_dir {
+            Some(dir) => match resources_api::watch_dir(&cp, dir.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot watch the config directory; changes to it need a restart");
+                    None
+                }
+            },
+            None => None,
+        };
+        tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
+        tokio::spawn(proxy_api::run(api, cp.clone()));
+        tokio::spawn(operator_api::run(operator, cp.clone()));
+        cp.shutdown.cancelled().await;
+        tracing::info!("shutting down: closing proxy streams");
+        cp.hub.close_all();
+        cp.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), cp.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = cp.tasks.len(),
+                "some connections did not close in time"
+            );
+        }
+    }
+}
+
+/// Accepts connections until shutdown, at most `max_connections` at once (the rest are closed at once and
+/// logged), each handled by `handle` in a tracked task.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    cp: &ControlPlane,
+    what: &'static str,
+    max_connections: usize,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = cp.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the {what}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %addr, limit = max_connections, "{what} connection refused: connection limit reached");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let fut = handle(tcp, addr);
+        cp.tasks.spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,176 @@
+//! The control plane's state directory: created on first start, reused by every later one.
+//!
+//! ```text
+//! DIR/ca/ca.crt, ca.key, bundle.crt   mesh CA (root, or intermediate + root)
+//! DIR/operator.token                  bearer credential for the operator API (0600)
+//! DIR/control.crt, control.key        the control plane's own serving certificate
+//! DIR/tokens.json                     join tokens (secrets hashed)
+//! DIR/resources.json                  resources applied through the API
+//! DIR/registry.json                   registered workloads, kept across restarts
+//! ```
+//! JSON state files are checksummed (see [`crate::persist`]); a damaged one stops start-up with its path.
+
+use crate::ca_dir::CaDir;
+use crate::persist;
+use anyhow::{bail, Context as _};
+use rand::RngCore as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use weft_certs::{Credential, Identity, KeyAndCsr, SpiffeId, TrustBundle, TrustDomain, Validity};
+
+/// The control plane's own identity, under the trust domain: `spiffe://<td>/ns/weft-system/sa/weft-control`.
+pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
+    SpiffeId::for_workload(td, "weft-system", "weft-control")
+        .expect("fixed, valid namespace and service account")
+}
+
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const SERVING_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+pub struct StateDir {
+    pub dir: PathBuf,
+    pub ca: CaDir,
+    pub trust_domain: TrustDomain,
+    pub bundle_pem: String,
+    pub operator_token: String,
+    /// Serving credential: leaf, CA chain and the root (so a proxy pinning the root's fingerprint finds it).
+    pub serving: Identity,
+}
+
+impl StateDir {
+    /// Opens `dir`, creating what is missing. `td` (from the flag or MeshConfig) must match the CA's
+    /// trust domain when the CA already exists.
+    pub fn open_or_init(dir: &Path, td: Option<&TrustDomain>) -> anyhow::Result<StateDir> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        let ca_dir = dir.join("ca");
+        let ca = if ca_dir.join("ca.key").exists() {
+            let ca = CaDir::open(&ca_dir)?;
+            if let Some(td) = td {
+                if td != ca.ca.trust_domain() {
+                    bail!(
+                        "trust domain {td} was asked for, but the CA in {} is for {}; the trust domain is fixed when the state directory is created",
+                        ca_dir.display(),
+                        ca.ca.trust_domain()
+                    );
+                }
+            }
+            ca
+        } else {
+            let td = td.cloned().unwrap_or_else(default_trust_domain);
+            tracing::info!(trust_domain = %td, dir = %ca_dir.display(), "creating the mesh CA");
+            CaDir::init(&ca_dir, &td, CA_VALIDITY, false)?
+        };
+        let trust_domain = ca.ca.trust_domain().clone();
+        let bundle_path = ca_dir.join("bundle.crt");
+        let bundle_pem = std::fs::read_to_string(&bundle_path)
+            .with_context(|| format!("cannot read {}", bundle_path.display()))?;
+        let bundle = TrustBundle::from_pem(&bundle_pem)
+            .with_context(|| format!("{} is damaged", bundle_path.display()))?;
+        let operator_token = operator_token(&dir.join("operator.token"))?;
+        let (serving_chain_pem, serving_key_pem) = serving_credential(dir, &ca)?;
+        let serving = Identity::new(
+            Credential::from_pem(&serving_chain_pem, &serving_key_pem)?,
+            bundle,
+        )?;
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+            ca,
+            trust_domain,
+            bundle_pem,
+            operator_token,
+            serving,
+        })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+pub fn default_trust_domain() -> TrustDomain {
+    TrustDomain::new("cluster.local").expect("valid trust domain")
+}
+
+fn operator_token(path: &Path) -> anyhow::Result<String> {
+    if path.exists() {
+        let t = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let t = t.trim().to_string();
+        if t.len() < 32 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!(
+                "{} is damaged (expected 64 hex digits); move it away to have a new one made",
+                path.display()
+            );
+        }
+        return Ok(t);
+    }
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let token = hex::encode(raw);
+    persist::write_atomic(path, format!("{token}\n").as_bytes(), 0o600)?;
+    tracing::info!(path = %path.display(), "created the operator credential");
+    Ok(token)
+}
+
+/// The serving certificate (chain PEM, key PEM), reused while more than a third of its life is left.
+fn serving_credential(dir: &Path, ca: &CaDir) -> anyhow::Result<(String, String)> {
+    let (crt, key) = (dir.join("control.crt"), dir.join("control.key"));
+    if crt.exists() && key.exists() {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let (chain_pem, key_pem) = (read(&crt)?, read(&key)?);
+        let cred = Credential::from_pem(&chain_pem, &key_pem)
+            .with_context(|| format!("{} or {} is damaged", crt.display(), key.display()))?;
+        let life = cred
+            .not_after()
+            .duration_since(cred.not_before())
+            .unwrap_or_default();
+        let left = cred
+            .not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if left > life / 3 {
+            return Ok((chain_pem, key_pem));
+        }
+        tracing::info!("serving certificate is near its expiry; issuing a new one");
+    }
+    let id = control_plane_id(ca.ca.trust_domain());
+    let kc = KeyAndCsr::generate(&id)?;
+    let chain = ca
+        .ca
+        .sign_csr(kc.csr_pem(), &id, Validity::starting_now(SERVING_VALIDITY))?;
+    let chain = chain + &ca.ca.root_pem();
+    persist::write_atomic(&key, kc.key_pem().as_bytes(), 0o600)?;
+    persist::write_atomic(&crt, chain.as_bytes(), 0o644)?;
+    Ok((chain, kc.key_pem().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_creates_and_later_starts_reuse() {
+        let dir = std::env::temp_dir().join(format!("weft-statedir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let td = TrustDomain::new("mesh.test").unwrap();
+        let a = StateDir::open_or_init(&dir, Some(&td)).unwrap();
+        let b = StateDir::open_or_init(&dir, None).unwrap();
+        assert_eq!(a.operator_token, b.operator_token);
+        assert_eq!(a.bundle_pem, b.bundle_pem);
+        assert_eq!(
+            a.serving.credential().serial_hex(),
+            b.serving.credential().serial_hex()
+        );
+        assert_eq!(b.serving.id(), control_plane_id(&td));
+        let other = TrustDomain::new("other.test").unwrap();
+        let e = StateDir::open_or_init(&dir, Some(&other)).err().unwrap();
+        assert!(e.to_string().contains("fixed"), "{e}");
+        std::fs::write(dir.join("operator.token"), "x").unwrap();
+        let e = StateDir::open_or_init(&dir, None).err().unwrap();
+        assert!(e.to_string().contains("operator.token"), "{e:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,389 @@
+//! The resources in force: what the watched directory holds plus what operators applied through the API,
+//! validated as a whole before anything changes, persisted, and handed to the push.
+//!
+//! Every change is all-or-nothing: a batch (an apply, a delete, a reload of the directory) is checked
+//! against the state it would produce; if any document is refused, nothing changes and every problem is
+//! reported with file, line and field.
+
+use crate::persist::{self, StateError};
+use crate::view::MeshResources;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use weft_api::operator::{Change, ChangeAction, SourceFile};
+use weft_api::resources::{self, Kind, Parsed, Resource, ResourceKey};
+
+/// Where a resource came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Origin {
+    /// `weftctl apply` (persisted in the state directory).
+    Api,
+    /// A file of the watched directory (read again at start).
+    Dir { file: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    origin: Origin,
+    resource: serde_json::Value,
+}
+
+pub struct Store {
+    path: PathBuf,
+    /// The mesh's trust domain, fixed by the CA; a MeshConfig naming another is refused.
+    trust_domain: String,
+    resources: BTreeMap<ResourceKey, (Origin, Resource)>,
+    revision: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+struct Persisted {
+    revision: u64,
+    resources: Vec<Stored>,
+}
+
+/// A refused change: every problem, each naming file, line and field where it can.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s): {}", .0.len(), .0.join("; "))]
+pub struct Refused(pub Vec<String>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0} not found")]
+    NotFound(ResourceKey),
+}
+
+impl Store {
+    /// Loads the API-applied resources from `path` (a damaged file is an error, never an empty start).
+    pub fn open(path: PathBuf, trust_domain: &str) -> Result<Store, StoreError> {
+        let persisted: Persisted = persist::read_json(&path)?.unwrap_or_default();
+        let mut resources = BTreeMap::new();
+        for s in persisted.resources {
+            let r = Resource::from_json(s.resource).map_err(|e| StateError::Corrupt {
+                path: path.clone(),
+                reason: format!("a stored resource does not parse: {e}"),
+            })?;
+            resources.insert(r.key(), (s.origin, r));
+        }
+        Ok(Store {
+            path,
+            trust_domain: trust_domain.to_string(),
+            resources,
+            revision: persisted.revision,
+        })
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn save(&self) -> Result<(), StateError> {
+        let resources = self
+            .resources
+            .values()
+            .filter(|(o, _)| *o == Origin::Api)
+            .map(|(o, r)| Stored {
+                origin: o.clone(),
+                resource: r.to_json(),
+            })
+            .collect();
+        persist::write_json(
+            &self.path,
+            &Persisted {
+                revision: self.revision,
+                resources,
+            },
+            0o600,
+        )
+    }
+
+    /// The resources by kind, for the push.
+    pub fn mesh_resources(&self) -> MeshResources {
+        let mut m = MeshResources::default();
+        for (_, r) in self.resources.values() {
+            match r {
+                Resource::Service(d) => m.services.push(d.clone()),
+                Resource::Workload(d) => m.workloads.push(d.clone()),
+                Resource::HttpRoute(d) => m.routes.push(d.clone()),
+                Resource::AuthorizationPolicy(d) => m.policies.push(d.clone()),
+                Resource::MeshConfig(d) => m.mesh = d.spec.clone(),
+            }
+        }
+        m
+    }
+
+    pub fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Vec<&Resource> {
+        self.resources
+            .iter()
+            .filter(|(k, _)| k.kind == kind)
+            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .filter(|(k, _)| name.is_none_or(|n| k.name == n))
+            .map(|(_, (_, r))| r)
+            .collect()
+    }
+
+    /// Applies documents through the API (or checks them, with `dry_run`). Returns what changed.
+    pub fn apply(
+        &mut self,
+        files: &[SourceFile],
+        dry_run: bool,
+    ) -> Result<Vec<Change>, StoreError> {
+        let incoming = parse_all(files)?;
+        let mut next = self.resources.clone();
+        for d in &incoming {
+            if let Some((Origin::Dir { file }, _)) = self.resources.get(&d.resource.key()) {
+                let e = d.error(
+                    "metadata.name",
+                    format!(
+                        "{} comes from the watched file {file}; change it there",
+                        d.resource.key()
+                    ),
+                );
+                return Err(Refused(vec![e.to_string()]).into());
+            }
+            next.insert(d.resource.key(), (Origin::Api, d.resource.clone()));
+        }
+        let changes = self.commit(next, &incoming, dry_run)?;
+        // The answer covers the documents sent, changed or not.
+        Ok(changes
+            .into_iter()
+            .filter(|c| incoming.iter().any(|d| d.resource.key() == c.key))
+            .collect())
+    }
+
+    /// Deletes one resource (refused if another still refers to it).
+    pub fn delete(&mut self, key: &ResourceKey, dry_run: bool) -> Result<Vec<Change>, StoreError> {
+        if !self.resources.contains_key(key) {
+            return Err(StoreError::NotFound(key.clone()));
+        }
+        let mut next = self.resources.clone();
+        next.remove(key);
+        let changes = self.commit(next, &[], dry_run)?;
+        Ok(changes
+            .into_iter()
+            .filter(|c| c.action == ChangeAction::Deleted)
+            .collect())
+    }
+
+    /// Replaces everything that came from the watched directory with `files` (all or nothing).
+    pub fn reload_dir(&mut self, files: &[SourceFile]) -> Result<Vec<Change>, StoreError> {
+        let incoming = parse_all(files)?;
+        let mut next: BTreeMap<_, _> = self
+            .resources
+            .iter()
+            .filter(|(_, (o, _))| *o == Origin::Api)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut problems = Vec::new();
+        for d in &incoming {
+            let key = d.resource.key();
+            if let Some((Origin::Api, _)) = next.get(&key) {
+                let e = d.error(
+                    "metadata.name",
+                    format!("{key} is also applied through the API; delete one of them"),
+                );
+                problems.push(e.to_string());
+                continue;
+            }
+            let origin = Origin::Dir {
+                file: d.file.clone(),
+            };
+            next.insert(key, (origin, d.resource.clone()));
+        }
+        if !problems.is_empty() {
+            return Err(Refused(problems).into());
+        }
+        let changes = self.commit(next, &incoming, false)?;
+        Ok(changes
+            .into_iter()
+            .filter(|c| c.action != ChangeAction::Unchanged)
+            .collect())
+    }
+
+    /// Validates the state `next` would be; if it holds, adopts it (unless `dry_run`).
+    fn commit(
+        &mut self,
+        next: BTreeMap<ResourceKey, (Origin, Resource)>,
+        incoming: &[Parsed],
+        dry_run: bool,
+    ) -> Result<Vec<Change>, StoreError> {
+        check_duplicates(incoming)?;
+        check_references(&next, incoming)?;
+        self.check_trust_domain(incoming)?;
+        let changes = diff_states(&self.resources, &next);
+        let changed = changes.iter().any(|c| c.action != ChangeAction::Unchanged);
+        if !dry_run && changed {
+            let previous = std::mem::replace(&mut self.resources, next);
+            self.revision += 1;
+            if let Err(e) = self.save() {
+                self.resources = previous;
+                self.revision -= 1;
+                return Err(e.into());
+            }
+        }
+        Ok(changes)
+    }
+}
+
+impl Store {
+    fn check_trust_domain(&self, incoming: &[Parsed]) -> Result<(), Refused> {
+        let problems: Vec<String> = incoming
+            .iter()
+            .filter_map(|d| match &d.resource {
+                Resource::MeshConfig(m) => m.spec.trust_domain.as_ref().filter(|td| **td != self.trust_domain).map(|td| {
+                    d.error(
+                        "spec.trustDomain",
+                        format!(
+                            "{td} differs from the mesh's trust domain {} (fixed when the control plane's state was created)",
+                            self.trust_domain
+                        ),
+                    )
+                    .to_string()
+                }),
+                _ => None,
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Refused(problems))
+        }
+    }
+}
+
+/// The trust domain a MeshConfig among `files` asks for, if any (to create a new mesh with it).
+pub fn trust_domain_in(files: &[SourceFile]) -> Option<String> {
+    files.iter().find_map(|f| {
+        resources::parse_documents(&f.name, &f.text)
+            .ok()?
+            .into_iter()
+            .find_map(|d| match d.resource {
+                Resource::MeshConfig(m) => m.spec.trust_domain,
+                _ => None,
+            })
+    })
+}
+
+fn parse_all(files: &[SourceFile]) -> Result<Vec<Parsed>, Refused> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for f in files {
+        match resources::parse_documents(&f.name, &f.text) {
+            Ok(docs) => {
+                for d in docs {
+                    let errs = d.validate();
+                    if errs.is_empty() {
+                        out.push(d);
+                    } else {
+                        problems.extend(errs.iter().map(|e| e.to_string()));
+                    }
+                }
+            }
+            Err(errs) => problems.extend(errs.iter().map(|e| e.to_string())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(Refused(problems))
+    }
+}
+
+fn check_duplicates(incoming: &[Parsed]) -> Result<(), Refused> {
+    let mut seen: BTreeMap<ResourceKey, &Parsed> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for d in incoming {
+        if let Some(first) = seen.insert(d.resource.key(), d) {
+            let e = d.error(
+                "metadata.name",
+                format!(
+                    "duplicate name: {} is also defined at {}:{}",
+                    d.resource.key(),
+                    first.file,
+                    first.line
+                ),
+            );
+            problems.push(e.to_string());
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Refused(problems))
+    }
+}
+
+/// Every reference in the resulting state must resolve. A problem in a document of this change is
+/// located in its file; one in a resource already in force (its target is being removed) is named.
+fn check_references(
+    next: &BTreeMap<ResourceKey, (Origin, Resource)>,
+    incoming: &[Parsed],
+) -> Result<(), Refused> {
+    let all: Vec<&Resource> = next.values().map(|(_, r)| r).collect();
+    let mut problems = Vec::new();
+    for (key, (origin, r)) in next {
+        for (field, reason) in resources::dangling_references(r, &all) {
+            let msg = match incoming.iter().find(|d| &d.resource.key() == key) {
+                Some(d) => d.error(&field, reason).to_string(),
+                None => {
+                    let from = match origin {
+                        Origin::Api => "applied earlier".to_string(),
+                        Origin::Dir { file } => format!("from {file}"),
+                    };
+                    format!("{key} ({from}): field `{field}`: {reason}")
+                }
+            };
+            problems.push(msg);
+        }
+    }
+    let meshes = next.keys().filter(|k| k.kind == Kind::MeshConfig).count();
+    if meshes > 1 {
+        problems.push(format!(
+            "{meshes} MeshConfig resources; a mesh has one, named `default`"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Refused(problems))
+    }
+}
+
+fn diff_states(
+    old: &BTreeMap<ResourceKey, (Origin, Resource)>,
+    new: &BTreeMap<ResourceKey, (Origin, Resource)>,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (k, (_, r)) in new {
+        let before = old.get(k).map(|(_, r)| r);
+        let action = match before {
+            None => ChangeAction::Created,
+            Some(b) if b == r => ChangeAction::Unchanged,
+            Some(_) => ChangeAction::Configured,
+        };
+        changes.push(Change {
+            key: k.clone(),
+            action,
+            diff: if action == ChangeAction::Unchanged {
+                String::new()
+            } else {
+                resources::diff(before, Some(r))
+            },
+        });
+    }
+    for (k, (_, r)) in old {
+        if !new.contains_key(k) {
+            changes.push(Change {
+                key: k.clone(),
+                action: ChangeAction::Deleted,
+                diff: resources::diff(Some(r), None),
+            });
+        }
+    }
+    changes
+}

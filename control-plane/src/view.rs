@@ -1,0 +1,359 @@
+//! What a proxy sees: the sections of its snapshot, built from the resources and the registry.
+//!
+//! Sections every proxy shares (mesh config, services with endpoints, routes, trust bundle) are encoded
+//! once per push cycle; only the authorization policies depend on the workload, and those are cached per
+//! (namespace, labels). Snapshot frames are assembled from the pre-encoded JSON, so a cycle costs one
+//! encoding of each section however many proxies receive it.
+
+use crate::hub::Registered;
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use weft_api::control::{Endpoint, ServiceView};
+use weft_api::resources::{
+    AuthorizationPolicySpec, Document, HttpRouteSpec, Labels, MeshConfigSpec, ServiceSpec,
+    WorkloadSpec,
+};
+use weft_certs::{SpiffeId, TrustDomain};
+
+/// The resources in force, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct MeshResources {
+    pub mesh: MeshConfigSpec,
+    pub services: Vec<Document<ServiceSpec>>,
+    pub workloads: Vec<Document<WorkloadSpec>>,
+    pub routes: Vec<Document<HttpRouteSpec>>,
+    pub policies: Vec<Document<AuthorizationPolicySpec>>,
+}
+
+pub const DEFAULT_ROOT_NAMESPACE: &str = "weft-system";
+
+impl MeshResources {
+    pub fn root_namespace(&self) -> &str {
+        self.mesh
+            .root_namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_ROOT_NAMESPACE)
+    }
+}
+
+/// Digests of every section of one proxy's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectionDigests {
+    mesh: u64,
+    services: u64,
+    routes: u64,
+    policies: u64,
+    bundle: u64,
+}
+
+struct Section {
+    json: Bytes,
+    digest: u64,
+}
+
+impl Section {
+    fn encode<T: serde::Serialize>(value: &T) -> Section {
+        let json = Bytes::from(serde_json::to_vec(value).expect("views always serialize"));
+        let mut h = DefaultHasher::new();
+        json.hash(&mut h);
+        Section {
+            digest: h.finish(),
+            json,
+        }
+    }
+}
+
+/// The policies for one kind of workload, encoded.
+pub struct WorkloadPolicies(Section);
+
+pub struct SharedSections {
+    mesh: Section,
+    services: Section,
+    routes: Section,
+    bundle: Section,
+}
+
+impl SharedSections {
+    pub fn build(
+        res: &MeshResources,
+        registered: &[&Registered],
+        td: &TrustDomain,
+        bundle_pem: &str,
+    ) -> SharedSections {
+        SharedSections {
+            mesh: Section::encode(&res.mesh),
+            services: Section::encode(&services_view(res, registered, td)),
+            routes: Section::encode(&res.routes),
+            bundle: Section::encode(&bundle_pem),
+        }
+    }
+
+    pub fn digests(&self, policies: &WorkloadPolicies) -> SectionDigests {
+        SectionDigests {
+            mesh: self.mesh.digest,
+            services: self.services.digest,
+            routes: self.routes.digest,
+            policies: policies.0.digest,
+            bundle: self.bundle.digest,
+        }
+    }
+
+    /// A snapshot frame carrying the sections that differ from `base` (all of them without one), as
+    /// pieces to write in order: the shared sections are not copied per proxy, only referenced.
+    pub fn frame(
+        &self,
+        version: u64,
+        policies: &WorkloadPolicies,
+        base: Option<&SectionDigests>,
+    ) -> Frame {
+        let mine = self.digests(policies);
+        let differs = |f: fn(&SectionDigests) -> u64| base.is_none_or(|b| f(b) != f(&mine));
+        let sections: [(&str, &Section, bool); 5] = [
+            ("mesh", &self.mesh, differs(|d| d.mesh)),
+            ("services", &self.services, differs(|d| d.services)),
+            ("routes", &self.routes, differs(|d| d.routes)),
+            ("policies", &policies.0, differs(|d| d.policies)),
+            ("trustBundlePem", &self.bundle, differs(|d| d.bundle)),
+        ];
+        let mut pieces = vec![Bytes::from(format!(
+            "{{\"type\":\"snapshot\",\"version\":{version}"
+        ))];
+        for (name, section, include) in sections {
+            if include {
+                pieces.push(Bytes::from(format!(",\"{name}\":")));
+                pieces.push(section.json.clone());
+            }
+        }
+        pieces.push(Bytes::from_static(b"}"));
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let mut prefix = BytesMut::with_capacity(4);
+        prefix.put_u32(len as u32);
+        pieces.insert(0, prefix.freeze());
+        Frame(pieces)
+    }
+}
+
+/// One length-prefixed frame in pieces; concatenated they are exactly what `weft_api::control::encode`
+/// would produce.
+#[derive(Debug, Clone)]
+pub struct Frame(pub Vec<Bytes>);
+
+impl Frame {
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.0.iter().map(|p| p.len()).sum());
+        for p in &self.0 {
+            out.put_slice(p);
+        }
+        out.freeze()
+    }
+}
+
+/// Policies that apply to a workload: its namespace's policies whose selector matches its labels, and
+/// the root namespace's (mesh-wide) ones.
+#[derive(Default)]
+pub struct PolicyCache {
+    by_workload: HashMap<(String, Labels), Arc<WorkloadPolicies>>,
+}
+
+impl PolicyCache {
+    pub fn for_workload(&mut self, res: &MeshResources, reg: &Registered) -> Arc<WorkloadPolicies> {
+        let key = (reg.namespace.clone(), reg.registration.labels.clone());
+        self.by_workload
+            .entry(key)
+            .or_insert_with(|| {
+                let root = res.root_namespace();
+                let applicable: Vec<&Document<AuthorizationPolicySpec>> =
+                    res.policies
+                        .iter()
+                        .filter(|p| {
+                            let ns = &p.metadata.namespace;
+                            if ns == root {
+                                return true;
+                            }
+                            ns == &reg.namespace
+                                && p.spec.selector.as_ref().is_none_or(|s| {
+                                    selects(&s.match_labels, &reg.registration.labels)
+                                })
+                        })
+                        .collect();
+                Arc::new(WorkloadPolicies(Section::encode(&applicable)))
+            })
+            .clone()
+    }
+}
+
+/// A selector matches labels that include every one of its pairs. An empty selector matches nothing
+/// (a service without a selector has only the endpoints given to it explicitly).
+fn selects(selector: &Labels, labels: &Labels) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Every service with its endpoints: registered proxies and static workloads its selector matches.
+pub fn services_view(
+    res: &MeshResources,
+    registered: &[&Registered],
+    td: &TrustDomain,
+) -> Vec<ServiceView> {
+    let mut out: Vec<ServiceView> = res
+        .services
+        .iter()
+        .map(|svc| {
+            let ns = &svc.metadata.namespace;
+            let sel = &svc.spec.selector;
+            let mut endpoints: Vec<Endpoint> = registered
+                .iter()
+                .filter(|r| &r.namespace == ns && selects(sel, &r.registration.labels))
+                .map(|r| Endpoint {
+                    workload: r.registration.name.clone(),
+                    address: r.registration.address,
+                    tunnel_port: Some(r.registration.tunnel_port),
+                    identity: Some(r.identity.clone()),
+                    labels: r.registration.labels.clone(),
+                    ready: r.registration.ready,
+                })
+                .collect();
+            endpoints.extend(
+                res.workloads
+                    .iter()
+                    .filter(|w| &w.metadata.namespace == ns && selects(sel, &w.metadata.labels))
+                    .map(|w| static_endpoint(w, td)),
+            );
+            endpoints.sort_by(|a, b| (a.address, &a.workload).cmp(&(b.address, &b.workload)));
+            ServiceView {
+                name: svc.metadata.name.clone(),
+                namespace: ns.clone(),
+                ports: svc.spec.ports.clone(),
+                vip: None,
+                endpoints,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
+fn static_endpoint(w: &Document<WorkloadSpec>, td: &TrustDomain) -> Endpoint {
+    let identity = w.spec.service_account.as_ref().and_then(|sa| {
+        SpiffeId::for_workload(td, &w.metadata.namespace, sa)
+            .map_err(|e| tracing::warn!(workload = %w.metadata.name, error = %e, "static workload has no valid identity"))
+            .ok()
+    });
+    Endpoint {
+        workload: w.metadata.name.clone(),
+        address: w.spec.address,
+        tunnel_port: w.spec.tunnel_port.filter(|_| identity.is_some()),
+        identity,
+        labels: w.metadata.labels.clone(),
+        ready: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::control::{FrameDecoder, FromControl, Registration};
+    use weft_api::resources::{Kind, Metadata, ServicePort, API_VERSION};
+
+    fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> Metadata {
+        Metadata {
+            name: name.into(),
+            namespace: ns.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: Labels::new(),
+        }
+    }
+
+    fn reg(ns: &str, name: &str, app: &str, ip: &str) -> Registered {
+        let td = TrustDomain::new("t.local").unwrap();
+        Registered {
+            namespace: ns.into(),
+            identity: SpiffeId::for_workload(&td, ns, app).unwrap(),
+            registration: Registration {
+                name: name.into(),
+                labels: meta(ns, name, &[("app", app)]).labels,
+                address: ip.parse().unwrap(),
+                tunnel_port: 15008,
+                ports: vec![9080],
+                ready: true,
+            },
+        }
+    }
+
+    fn resources() -> MeshResources {
+        MeshResources {
+            services: vec![Document {
+                api_version: API_VERSION.into(),
+                kind: Kind::Service,
+                metadata: meta("default", "reviews", &[]),
+                spec: ServiceSpec {
+                    ports: vec![ServicePort {
+                        name: None,
+                        port: 9080,
+                        target_port: None,
+                        protocol: Default::default(),
+                    }],
+                    selector: meta("", "", &[("app", "reviews")]).labels,
+                },
+            }],
+            workloads: vec![Document {
+                api_version: API_VERSION.into(),
+                kind: Kind::Workload,
+                metadata: meta("default", "legacy", &[("app", "reviews")]),
+                spec: WorkloadSpec {
+                    address: "198.18.9.9".parse().unwrap(),
+                    service_account: None,
+                    tunnel_port: None,
+                },
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoints_come_from_matching_registrations_and_static_workloads() {
+        let td = TrustDomain::new("t.local").unwrap();
+        let a = reg("default", "reviews-1", "reviews", "198.18.0.2");
+        let b = reg("default", "ratings-1", "ratings", "198.18.0.3");
+        let c = reg("other", "reviews-x", "reviews", "198.18.0.4");
+        let view = services_view(&resources(), &[&a, &b, &c], &td);
+        let eps: Vec<String> = view[0]
+            .endpoints
+            .iter()
+            .map(|e| e.workload.clone())
+            .collect();
+        assert_eq!(eps, ["reviews-1", "legacy"]);
+        assert!(view[0].endpoints[1].identity.is_none());
+    }
+
+    #[test]
+    fn frames_decode_and_carry_only_changed_sections() {
+        let td = TrustDomain::new("t.local").unwrap();
+        let a = reg("default", "reviews-1", "reviews", "198.18.0.2");
+        let res = resources();
+        let shared = SharedSections::build(&res, &[&a], &td, "PEM");
+        let pol = PolicyCache::default().for_workload(&res, &a);
+        let full = shared.frame(7, &pol, None).to_bytes();
+        let mut d = FrameDecoder::default();
+        d.push(&full);
+        let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
+        assert_eq!(s.version, 7);
+        assert_eq!(s.services.unwrap()[0].endpoints.len(), 2);
+        assert_eq!(s.trust_bundle_pem.as_deref(), Some("PEM"));
+        assert!(s.policies.unwrap().is_empty());
+
+        let base = shared.digests(&pol);
+        let b = reg("default", "reviews-2", "reviews", "198.18.0.5");
+        let shared2 = SharedSections::build(&res, &[&a, &b], &td, "PEM");
+        let delta = shared2.frame(8, &pol, Some(&base)).to_bytes();
+        d.push(&delta);
+        let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
+        assert!(s.services.is_some());
+        assert!(s.mesh.is_none() && s.routes.is_none() && s.trust_bundle_pem.is_none());
+    }
+}

@@ -1,0 +1,144 @@
+//! The proxy's first identity: from the cache when a usable certificate is there, else a join token and
+//! a CSR sent to the control plane over TLS that pins the mesh CA. The key is made here and never sent.
+
+use super::cache::Cache;
+use super::conn::{self, ConnError};
+use super::Settings;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use weft_api::control::{CertificateRequest, CertificateResponse, ErrorBody, PATH_CERTIFICATE};
+use weft_certs::{Credential, Identity, KeyAndCsr, SpiffeId, TrustBundle};
+
+/// Why a certificate was not obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// The control plane said no; retrying with the same credential will not help.
+    #[error("the control plane refused the certificate request ({status}): {reason}")]
+    Refused { status: StatusCode, reason: String },
+    #[error(transparent)]
+    Unreachable(#[from] ConnError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where the identity came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Joined,
+}
+
+/// The identity to start with. Without a cached certificate and with the control plane unreachable,
+/// keeps trying (with backoff) until `give_up` passes; a refusal is final.
+pub async fn identity(
+    settings: &Settings,
+    give_up: Duration,
+) -> anyhow::Result<(Identity, Source)> {
+    let id = settings.workload_id()?;
+    let cache = Cache::new(&settings.control.state_dir);
+    match cache.credential() {
+        Ok(Some((cred, bundle))) if cred.id() == &id && cred.not_after() > SystemTime::now() => {
+            tracing::info!(%id, serial = %cred.serial_hex(), "identity from the cache");
+            return Ok((Identity::new(cred, bundle)?, Source::Cache));
+        }
+        Ok(Some((cred, _))) if cred.id() != &id => {
+            tracing::warn!(cached = %cred.id(), wanted = %id, "cached certificate is for another identity; joining again")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cached certificate is not usable; joining again"),
+    }
+    let token = join_token(settings)?;
+    let deadline = tokio::time::Instant::now() + give_up;
+    let mut attempt = 0;
+    loop {
+        match join(settings, &id, &token, &cache).await {
+            Ok(identity) => return Ok((identity, Source::Joined)),
+            Err(BootstrapError::Unreachable(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "waiting for the control plane");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(super::backoff(attempt, Duration::from_secs(5))).await;
+        attempt += 1;
+    }
+}
+
+fn join_token(settings: &Settings) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var("WEFT_JOIN_TOKEN") {
+        return Ok(t.trim().to_string());
+    }
+    match &settings.control.token_file {
+        Some(path) => Ok(std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the join token {}: {e}", path.display()))?
+            .trim()
+            .to_string()),
+        None => anyhow::bail!(
+            "no cached certificate and no join token: set control.token_file or WEFT_JOIN_TOKEN"
+        ),
+    }
+}
+
+async fn join(
+    settings: &Settings,
+    id: &SpiffeId,
+    token: &str,
+    cache: &Cache,
+) -> Result<Identity, BootstrapError> {
+    let tls = weft_certs::bootstrap_client_config(settings.pinned.clone(), &settings.server_id);
+    let (cred, bundle) = request(settings, tls, id, Some(token), cache).await?;
+    tracing::info!(%id, serial = %cred.serial_hex(), "joined the mesh: certificate issued by the control plane");
+    Identity::new(cred, bundle).map_err(|e| BootstrapError::Other(e.to_string()))
+}
+
+/// Generates a key, sends its CSR (with `token` on join; the TLS client certificate authenticates a
+/// renewal), caches and returns the issued credential.
+pub async fn request(
+    settings: &Settings,
+    tls: Arc<rustls::ClientConfig>,
+    id: &SpiffeId,
+    token: Option<&str>,
+    cache: &Cache,
+) -> Result<(Credential, TrustBundle), BootstrapError> {
+    let other = |e: &dyn std::fmt::Display| BootstrapError::Other(e.to_string());
+    let key = KeyAndCsr::generate(id).map_err(|e| other(&e))?;
+    let body = CertificateRequest {
+        csr_pem: key.csr_pem().to_string(),
+        token: token.map(str::to_string),
+    };
+    let mut send = conn::connect(settings.control.address, tls).await?;
+    let req = Request::post(format!(
+        "https://{}{PATH_CERTIFICATE}",
+        settings.control.address
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(conn::full(
+        serde_json::to_vec(&body).map_err(|e| other(&e))?,
+    ))
+    .map_err(|e| other(&e))?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| BootstrapError::Unreachable(ConnError::Http(e, settings.control.address)))?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| BootstrapError::Unreachable(ConnError::Http(e, settings.control.address)))?
+        .to_bytes();
+    if !status.is_success() {
+        let reason = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(BootstrapError::Refused { status, reason });
+    }
+    let cert: CertificateResponse = serde_json::from_slice(&bytes).map_err(|e| other(&e))?;
+    let cred = Credential::from_pem(&cert.chain_pem, key.key_pem()).map_err(|e| other(&e))?;
+    let bundle = TrustBundle::from_pem(&cert.bundle_pem).map_err(|e| other(&e))?;
+    if let Err(e) = cache.save_credential(&cert.chain_pem, key.key_pem(), &cert.bundle_pem) {
+        tracing::warn!(error = %e, "cannot cache the certificate; a restart will need the control plane");
+    }
+    Ok((cred, bundle))
+}

@@ -1,0 +1,69 @@
+//! What the proxy keeps on disk so a restart needs no control plane: its key (0600), certificate chain,
+//! trust bundle, and the last snapshot it applied (checksummed; a damaged copy is reported, not used).
+
+use std::path::{Path, PathBuf};
+use weft_api::control::Snapshot;
+use weft_api::persist;
+use weft_certs::{Credential, TrustBundle};
+
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    pub fn new(dir: &Path) -> Cache {
+        Cache {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The cached credential and bundle, if all three files are there.
+    pub fn credential(&self) -> anyhow::Result<Option<(Credential, TrustBundle)>> {
+        let (cert, key, bundle) = (
+            self.path("cert.pem"),
+            self.path("key.pem"),
+            self.path("bundle.pem"),
+        );
+        if !(cert.exists() && key.exists() && bundle.exists()) {
+            return Ok(None);
+        }
+        let cred = Credential::from_pem_files(&cert, &key)?;
+        let bundle = TrustBundle::from_pem_file(&bundle)?;
+        Ok(Some((cred, bundle)))
+    }
+
+    pub fn save_credential(
+        &self,
+        chain_pem: &str,
+        key_pem: &str,
+        bundle_pem: &str,
+    ) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        persist::write_atomic(&self.path("key.pem"), key_pem.as_bytes(), 0o600)?;
+        persist::write_atomic(&self.path("cert.pem"), chain_pem.as_bytes(), 0o644)?;
+        persist::write_atomic(&self.path("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    pub fn save_bundle(&self, bundle_pem: &str) -> anyhow::Result<()> {
+        persist::write_atomic(&self.path("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    pub fn snapshot(&self) -> Result<Option<Snapshot>, persist::StateError> {
+        persist::read_json(&self.path("snapshot.json"))
+    }
+
+    pub fn save_snapshot(&self, s: &Snapshot) -> Result<(), persist::StateError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| persist::StateError::Io {
+            action: "create",
+            path: self.dir.clone(),
+            source,
+        })?;
+        persist::write_json(&self.path("snapshot.json"), s, 0o600)
+    }
+}

@@ -1,0 +1,205 @@
+//! The config stream: registers the workload, applies snapshots (ACK) or refuses them with the reason
+//! (NACK, nothing changes), reports readiness, and reconnects with capped backoff when the control plane
+//! goes away. The proxy keeps serving with what it has meanwhile.
+
+use super::cache::Cache;
+use super::conn::{self, ReqBody};
+use super::Settings;
+use crate::mesh::MeshView;
+use crate::state::Proxy;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use weft_api::control::{
+    encode, FrameDecoder, FromControl, FromProxy, Hello, Registration, Snapshot, PATH_STREAM,
+    PROTOCOL_VERSION,
+};
+
+const RECONNECT_CAP: Duration = Duration::from_secs(10);
+
+pub async fn run(proxy: Arc<Proxy>, settings: Settings, mut ready: watch::Receiver<bool>) {
+    let cache = Cache::new(&settings.control.state_dir);
+    let mut attempt = 0u32;
+    let mut last_error = String::new();
+    loop {
+        let connected_at = std::time::Instant::now();
+        let result = session(&proxy, &settings, &cache, &mut ready).await;
+        proxy.metrics.set_control_connected(false);
+        if proxy.shutdown.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok(()) => tracing::info!("config stream closed by the control plane; reconnecting"),
+            Err(e) if e != last_error => {
+                tracing::warn!(error = %e, "config stream unavailable; serving the last good config and retrying");
+                last_error = e;
+            }
+            Err(e) => tracing::debug!(error = %e, "config stream still unavailable"),
+        }
+        if connected_at.elapsed() > Duration::from_secs(30) {
+            attempt = 0;
+        }
+        let pause = super::backoff(attempt, RECONNECT_CAP);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = proxy.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One connection's worth of stream; returns when it ends.
+async fn session(
+    proxy: &Arc<Proxy>,
+    settings: &Settings,
+    cache: &Cache,
+    ready: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let tls = proxy.identity.client_config(&settings.server_id);
+    let mut send = conn::connect(settings.control.address, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let body: ReqBody = StreamBody::new(Box::pin(futures_util::stream::unfold(
+        rx,
+        |mut rx| async move {
+            let b = rx.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(b)), rx))
+        },
+    )))
+    .boxed();
+    let applied = proxy.mesh().version;
+    let hello = FromProxy::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+        workload: registration(settings, *ready.borrow() && !proxy.shutdown.is_cancelled()),
+        applied_version: (applied > 0).then_some(applied),
+    });
+    let send_msg = |m: &FromProxy| {
+        let frame = encode(m);
+        let tx = tx.clone();
+        async move {
+            tx.send(frame)
+                .await
+                .map_err(|_| "stream closed".to_string())
+        }
+    };
+    send_msg(&hello).await?;
+    let req = Request::post(format!("https://{}{PATH_STREAM}", settings.control.address))
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(format!(
+            "the control plane refused the stream ({status}): {}",
+            text.trim()
+        ));
+    }
+    tracing::info!(control = %settings.control.address, "config stream open");
+    proxy.metrics.set_control_connected(true);
+    let mut body = resp.into_body();
+    let mut decoder = FrameDecoder::default();
+    loop {
+        while let Some(msg) = decoder.next::<FromControl>().map_err(|e| e.to_string())? {
+            let FromControl::Snapshot(s) = msg;
+            let reply = apply(proxy, settings, cache, s);
+            send_msg(&reply).await?;
+        }
+        tokio::select! {
+            frame = body.frame() => match frame {
+                None => return decoder.finish().map_err(|e| e.to_string()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        decoder.push(&data);
+                    }
+                }
+            },
+            changed = ready.changed() => {
+                if changed.is_ok() {
+                    let r = *ready.borrow();
+                    send_msg(&FromProxy::Ready { ready: r }).await?;
+                }
+            }
+            _ = proxy.shutdown.cancelled() => {
+                // Draining: stop receiving new traffic before the listeners close.
+                let _ = send_msg(&FromProxy::Ready { ready: false }).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn registration(settings: &Settings, ready: bool) -> Registration {
+    let w = &settings.workload;
+    Registration {
+        name: w.name.clone(),
+        labels: w.labels.clone(),
+        address: w.address,
+        tunnel_port: settings.tunnel_port,
+        ports: w.ports.clone(),
+        ready,
+    }
+}
+
+/// Merges, checks and swaps in one snapshot; the answer to send back.
+fn apply(proxy: &Proxy, settings: &Settings, cache: &Cache, s: Snapshot) -> FromProxy {
+    let version = s.version;
+    let view = match proxy
+        .mesh()
+        .merge(s, &settings.trust_domain, settings.max_regex_bytes)
+    {
+        Ok(v) => v,
+        Err(reason) => {
+            proxy.metrics.config_update("nack");
+            tracing::warn!(version, %reason, "snapshot refused (NACK); keeping the current config");
+            return FromProxy::Nack { version, reason };
+        }
+    };
+    if let Err(reason) = adopt_bundle(proxy, cache, &view) {
+        proxy.metrics.config_update("nack");
+        tracing::warn!(version, %reason, "snapshot refused (NACK); keeping the current config");
+        return FromProxy::Nack { version, reason };
+    }
+    if let Err(e) = cache.save_snapshot(&view.to_snapshot()) {
+        tracing::warn!(error = %e, "cannot cache the config; a restart without the control plane would start empty");
+    }
+    let services = view.services.len();
+    proxy.set_mesh(view);
+    proxy.metrics.config_update("ack");
+    proxy.metrics.set_config_version(version);
+    tracing::info!(version, services, "config applied");
+    FromProxy::Ack { version }
+}
+
+/// A pushed trust bundle replaces ours, if our own certificate still chains to it.
+fn adopt_bundle(proxy: &Proxy, cache: &Cache, view: &MeshView) -> Result<(), String> {
+    let Some(pem) = &view.trust_bundle_pem else {
+        return Ok(());
+    };
+    if proxy.identity.bundle().to_pem().trim() == pem.trim() {
+        return Ok(());
+    }
+    let bundle = weft_certs::TrustBundle::from_pem(pem).map_err(|e| e.to_string())?;
+    let cred = (*proxy.identity.credential()).clone();
+    proxy.identity.update(cred, bundle).map_err(|e| {
+        format!("the pushed trust bundle does not cover this proxy's certificate: {e}")
+    })?;
+    if let Err(e) = cache.save_bundle(pem) {
+        tracing::warn!(error = %e, "cannot cache the trust bundle");
+    }
+    Ok(())
+}

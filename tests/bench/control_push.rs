@@ -1,0 +1,229 @@
+//! Config-push benchmark: N simulated proxies (real protocol clients in this process, each with its own
+//! mutual-TLS connection and identity) on a real `weft-control`; one route change applied at a time;
+//! time until each proxy has the change, and until every proxy has acknowledged it.
+//!
+//! `cargo bench -p weft --bench control_push` (env: `PROXIES=100,1000`, `ROUNDS=5`). Prints p50/p99 of
+//! the per-proxy delivery time, the control plane's own rollout time (apply → last ACK), and the control
+//! plane's RSS and CPU.
+
+use std::time::{Duration, Instant};
+use weft::control::ControlProc;
+use weft::control_sim::{Reply, SimProxy};
+use weft_api::control::Registration;
+
+const SERVICES: usize = 100;
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("PROXIES")
+        .unwrap_or_else(|_| "100,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "control-plane push benchmark: {SERVICES} services, {rounds} route changes per size, debounce 100ms, {} CPUs",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!(
+        "{:>8} {:>14} {:>14} {:>16} {:>16} {:>12} {:>12} {:>14}",
+        "proxies",
+        "deliver p50",
+        "deliver p99",
+        "all acked p50",
+        "all acked p99",
+        "RSS MiB",
+        "HWM MiB",
+        "CPU ms/change"
+    );
+    for n in sizes {
+        let r = rt.block_on(run(n, rounds));
+        println!(
+            "{:>8} {:>11.1} ms {:>11.1} ms {:>13.1} ms {:>13.1} ms {:>12.1} {:>12.1} {:>14.1}",
+            n,
+            r.deliver_p50,
+            r.deliver_p99,
+            r.acked_p50,
+            r.acked_p99,
+            r.rss_mib,
+            r.hwm_mib,
+            r.cpu_ms_per_change
+        );
+    }
+}
+
+struct Result {
+    deliver_p50: f64,
+    deliver_p99: f64,
+    acked_p50: f64,
+    acked_p99: f64,
+    rss_mib: f64,
+    hwm_mib: f64,
+    cpu_ms_per_change: f64,
+}
+
+fn services_yaml() -> String {
+    let mut y = String::new();
+    for i in 0..SERVICES {
+        y.push_str(&format!(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  ports:\n    - port: 9080\n      protocol: http\n  selector:\n    app: svc-{i}\n---\n"
+        ));
+    }
+    y
+}
+
+fn route_yaml(canary: u32) -> String {
+    format!(
+        "apiVersion: weft.dev/v1\nkind: HTTPRoute\nmetadata:\n  name: svc-0\nspec:\n  parentRefs:\n    - name: svc-0\n  rules:\n    - backendRefs:\n        - name: svc-0\n          subset: v1\n          weight: {}\n        - name: svc-0\n          subset: v2\n          weight: {canary}\n",
+        100 - canary
+    )
+}
+
+fn apply(cp: &ControlProc, name: &str, text: &str, wait_ms: u64) -> serde_json::Value {
+    let body = serde_json::json!({ "files": [{ "name": name, "text": text }] }).to_string();
+    cp.api("POST", &format!("/v1/apply?wait={wait_ms}"), Some(&body))
+}
+
+async fn run(n: usize, rounds: usize) -> Result {
+    let cp = ControlProc::start_with("bench", None, &["--grace-period", "60s"]);
+    let cp = std::sync::Arc::new(cp);
+    {
+        let cp = cp.clone();
+        tokio::task::spawn_blocking(move || apply(&cp, "services.yaml", &services_yaml(), 0))
+            .await
+            .expect("apply services");
+    }
+    let identities: Vec<_> = (0..SERVICES)
+        .map(|i| cp.offline_identity("default", &format!("svc-{i}"), Duration::from_secs(3600)))
+        .collect();
+    let control_id = cp.control_id();
+    // Connected a hundred at a time, as a fleet rolling out would (and so registrations share pushes).
+    let mut sims = Vec::with_capacity(n);
+    for batch in (0..n).collect::<Vec<_>>().chunks(100) {
+        let connects = batch.iter().map(|&i| {
+            let svc = i % SERVICES;
+            let reg = Registration {
+                name: format!("svc-{svc}-{i}"),
+                labels: [
+                    ("app".to_string(), format!("svc-{svc}")),
+                    (
+                        "version".to_string(),
+                        if i % 2 == 0 { "v1" } else { "v2" }.to_string(),
+                    ),
+                ]
+                .into(),
+                address: format!("198.18.{}.{}", i / 250, 1 + i % 250)
+                    .parse()
+                    .expect("ip"),
+                tunnel_port: 15008,
+                ports: vec![9080],
+                ready: true,
+            };
+            SimProxy::connect_with(cp.api, &identities[svc], &control_id, reg, Reply::Ack, true)
+        });
+        for sim in futures_util::future::join_all(connects).await {
+            sims.push(sim.expect("connect a simulated proxy"));
+        }
+    }
+    settle(&sims).await;
+    let pid = cp.pid().expect("control plane running");
+    let cpu_before = cpu_ms(pid);
+    let mut deliveries = Vec::new();
+    let mut acked = Vec::new();
+    for round in 0..rounds {
+        let counts: Vec<usize> = sims.iter().map(|s| s.snapshot_count()).collect();
+        let t0 = Instant::now();
+        let text = route_yaml(10 + (round as u32 % 2) * 40);
+        let cp2 = cp.clone();
+        let resp = tokio::task::spawn_blocking(move || apply(&cp2, "route.yaml", &text, 30_000))
+            .await
+            .expect("apply");
+        let rollout_done = t0.elapsed();
+        assert_eq!(
+            resp["rollout"]["complete"], true,
+            "rollout incomplete: {resp:#}"
+        );
+        let affected = resp["rollout"]["proxies"].as_array().map_or(0, |a| a.len());
+        assert_eq!(affected, n, "every proxy sees routes: {resp:#}");
+        for (s, before) in sims.iter().zip(&counts) {
+            let seen = s.seen.lock().expect("lock");
+            let at = seen
+                .arrivals
+                .get(*before)
+                .expect("each proxy got the change");
+            deliveries.push(at.duration_since(t0).as_secs_f64() * 1000.0);
+        }
+        acked.push(rollout_done.as_secs_f64() * 1000.0);
+    }
+    let cpu = cpu_ms(pid) - cpu_before;
+    let (rss, hwm) = memory_mib(pid);
+    drop(sims);
+    Result {
+        deliver_p50: percentile(&mut deliveries, 0.50),
+        deliver_p99: percentile(&mut deliveries, 0.99),
+        acked_p50: percentile(&mut acked, 0.50),
+        acked_p99: percentile(&mut acked, 0.99),
+        rss_mib: rss,
+        hwm_mib: hwm,
+        cpu_ms_per_change: cpu / rounds as f64,
+    }
+}
+
+/// Waits until no proxy has received anything for half a second (the registrations' pushes are over).
+async fn settle(sims: &[SimProxy]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last: usize = 0;
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        let total: usize = sims.iter().map(|s| s.snapshot_count()).sum();
+        let all = sims.iter().all(|s| s.snapshot_count() > 0);
+        if total != last || !all {
+            last = total;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() > Duration::from_millis(500) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("proxies never settled");
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i]
+}
+
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1000.0 / hz
+}
+
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

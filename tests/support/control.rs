@@ -1,0 +1,256 @@
+//! Running the real `weft-control` binary in tests: start on fresh ports with a temporary state
+//! directory, talk to its operator API, kill it (gracefully or with SIGKILL) and restart it in place.
+
+use crate::bins::bin;
+use crate::net::free_addr;
+use crate::pki::TempDir;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use weft_certs::{Credential, Identity, KeyAndCsr, SpiffeId, TrustBundle, Validity};
+
+pub struct ControlProc {
+    child: Option<Child>,
+    pub api: SocketAddr,
+    pub operator: SocketAddr,
+    pub state: TempDir,
+    pub config_dir: Option<PathBuf>,
+    pub log_path: PathBuf,
+    pub extra_args: Vec<String>,
+    starts: usize,
+}
+
+impl ControlProc {
+    pub fn start(tag: &str) -> ControlProc {
+        Self::start_with(tag, None, &[])
+    }
+
+    pub fn start_with(tag: &str, config_dir: Option<PathBuf>, args: &[&str]) -> ControlProc {
+        let state = TempDir::new(&format!("control-{tag}"));
+        let log_path = state.path().join("control.log");
+        let mut cp = ControlProc {
+            child: None,
+            api: free_addr(),
+            operator: free_addr(),
+            state,
+            config_dir,
+            log_path,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+        };
+        cp.spawn();
+        cp
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open control log");
+        let mut cmd = Command::new(bin("weft-control"));
+        cmd.arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--trust-domain", "mesh.test"])
+            .arg("--api-listen")
+            .arg(self.api.to_string())
+            .arg("--operator-listen")
+            .arg(self.operator.to_string())
+            .args(&self.extra_args);
+        if let Some(d) = &self.config_dir {
+            cmd.arg("--config-dir").arg(d);
+        }
+        let child = cmd
+            .env("WEFT_LOG", "info,weft_control=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn weft-control");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(20));
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "weft-control exited during start-up ({status}):\n{}",
+                    self.log()
+                );
+            }
+            if matches!(self.request("GET", "/ready", None, false), Ok((200, _))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weft-control not ready within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn operator_token(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("operator.token"))
+            .expect("operator token")
+            .trim()
+            .to_string()
+    }
+
+    pub fn bundle_path(&self) -> PathBuf {
+        self.state_dir().join("ca/bundle.crt")
+    }
+
+    /// One operator API request; `auth` adds the operator token. Returns status and body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        auth: bool,
+    ) -> std::io::Result<(u16, String)> {
+        let mut s = std::net::TcpStream::connect_timeout(&self.operator, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let body = body.unwrap_or("");
+        let auth = if auth {
+            format!("Authorization: Bearer {}\r\n", self.operator_token())
+        } else {
+            String::new()
+        };
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.operator,
+            body.len()
+        )?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// An authenticated request whose answer must be 2xx; returns the JSON.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+        let (status, text) = self
+            .request(method, path, body, true)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} -> {status}: {text}"
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    }
+
+    /// A join token for `ns/sa`.
+    pub fn token(&self, ns: &str, sa: &str, ttl_secs: u64) -> String {
+        let body =
+            format!(r#"{{"namespace":"{ns}","serviceAccount":"{sa}","ttlSecs":{ttl_secs}}}"#);
+        self.api("POST", "/v1/tokens", Some(&body))["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    }
+
+    pub fn control_id(&self) -> SpiffeId {
+        SpiffeId::parse("spiffe://mesh.test/ns/weft-system/sa/weft-control").expect("valid id")
+    }
+
+    /// A workload identity signed offline by this control plane's CA (as an operator could with
+    /// `weftctl cert issue`), for simulated proxies.
+    pub fn offline_identity(&self, ns: &str, sa: &str, ttl: Duration) -> Identity {
+        let ca_dir = weft_control::ca_dir::CaDir::open(&self.state_dir().join("ca")).expect("CA");
+        let id = SpiffeId::parse(&format!("spiffe://mesh.test/ns/{ns}/sa/{sa}")).expect("id");
+        let kc = KeyAndCsr::generate(&id).expect("csr");
+        let chain = ca_dir
+            .ca
+            .sign_csr(kc.csr_pem(), &id, Validity::starting_now(ttl))
+            .expect("sign");
+        let bundle = TrustBundle::from_pem_file(&self.bundle_path()).expect("bundle");
+        Identity::new(
+            Credential::from_pem(&chain, kc.key_pem()).expect("cred"),
+            bundle,
+        )
+        .expect("identity")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Starts again on the same state directory and ports.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Waits (bounded) until `f` holds for the operator API's `/v1/status`.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.api("GET", "/v1/status", None);
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "status never matched: {s:#}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ControlProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
