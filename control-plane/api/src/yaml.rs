@@ -170,20 +170,31 @@ fn locate(file: &str, e: &serde_yaml::Error) -> YamlError {
     }
 }
 
-/// Drops serde_yaml's ` at line L column C` (the location is reported separately), keeping any parser
-/// context that follows it (`, while parsing a flow node`).
+/// Drops every ` at line L column C` from serde_yaml's message: the location is reported separately, and
+/// inside a multi-document file these lines are the document's, not the file's. Parser context that
+/// follows (`, while parsing a flow node`) stays.
 fn strip_location_suffix(text: &str) -> String {
-    let Some(i) = text.rfind(" at line ") else {
-        return text.to_string();
-    };
-    let tail = &text[i + " at line ".len()..];
+    const AT: &str = " at line ";
     let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-    let line_len = digits(tail);
-    let Some(after_column) = tail[line_len..].strip_prefix(" column ") else {
-        return text.to_string();
-    };
-    let rest = &after_column[digits(after_column)..];
-    format!("{}{rest}", &text[..i])
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(AT) {
+        let tail = &rest[i + AT.len()..];
+        let line_len = digits(tail);
+        let column = tail[line_len..].strip_prefix(" column ");
+        match column {
+            Some(after) if line_len > 0 && digits(after) > 0 => {
+                out.push_str(&rest[..i]);
+                rest = &after[digits(after)..];
+            }
+            _ => {
+                out.push_str(&rest[..i + AT.len()]);
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// serde_yaml prefixes messages with the field path (`a.b[2].c: reason`).
@@ -318,5 +329,12 @@ mod tests {
         );
         assert_eq!(strip_location_suffix("bad at line 3 column 9"), "bad");
         assert_eq!(strip_location_suffix("at line four"), "at line four");
+        assert_eq!(
+            strip_location_suffix(
+                "did not find ',' at line 11 column 53, while parsing a flow mapping at line 11 column 9"
+            ),
+            "did not find ',', while parsing a flow mapping"
+        );
+        assert_eq!(strip_location_suffix("x at line 1 y"), "x at line 1 y");
     }
 }

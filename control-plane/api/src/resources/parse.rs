@@ -362,6 +362,16 @@ spec:
         let text = format!("{SERVICE}---\nkind: [\n");
         let e = one_error(&text);
         assert_eq!(e.line, Some(9));
+        let text = format!(
+            "{SERVICE}---\n{}",
+            SERVICE.replace("  - port: 9080", "  - {port: [}")
+        );
+        let e = one_error(&text);
+        assert_eq!(e.line, Some(15));
+        assert!(
+            !e.reason.contains("line"),
+            "document-relative line left in {e}"
+        );
     }
 
     #[test]

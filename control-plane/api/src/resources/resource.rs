@@ -228,4 +228,84 @@ mod tests {
         assert_eq!(Kind::from_document("HTTPRoute"), Some(Kind::HttpRoute));
         assert_eq!(Kind::from_document("httproute"), None);
     }
+
+    const ALL_KINDS: &str = "\
+apiVersion: weft.dev/v1
+kind: MeshConfig
+metadata: {name: default}
+spec: {trustDomain: weft.local, certificateTtl: 12h, mtlsMode: PERMISSIVE, proxyGracePeriod: 45s}
+---
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: reviews, namespace: shop, labels: {app: reviews}, annotations: {note: x}}
+spec:
+  ports: [{name: http, port: 9080, targetPort: 8080, protocol: http}, {port: 9090, protocol: grpc}]
+  selector: {app: reviews}
+---
+apiVersion: weft.dev/v1
+kind: Workload
+metadata: {name: db-1, namespace: shop, labels: {app: db}}
+spec: {address: \"fd00::1\", serviceAccount: db, tunnelPort: 15008}
+---
+apiVersion: weft.dev/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  parentRefs: [{name: reviews, port: 9080}]
+  hostnames: [reviews.example]
+  rules:
+  - name: canary
+    matches:
+    - path: {type: RegularExpression, value: \"^/api/v[0-9]+\"}
+      headers: [{name: x-user, value: jason}]
+      queryParams: [{type: RegularExpression, name: q, value: a.*}]
+      method: POST
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-served-by, value: weft}], remove: [server]}
+    backendRefs: [{name: reviews, subset: v1, weight: 3}, {name: reviews, namespace: shop, port: 9090}]
+    timeouts: {request: 1500ms, backendRequest: 1s}
+    retry: {attempts: 2, backoff: 25ms, codes: [503]}
+---
+apiVersion: weft.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: readers, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  mode: audit
+  rules:
+  - from: [{principals: [\"spiffe://weft.local/ns/shop/sa/a\"], namespaces: [\"*\"], serviceAccounts: [shop/b]}]
+    to: [{ports: [9080], methods: [DELETE], paths: [\"/admin/*\"], headers: [{name: x-a, value: b}]}]
+";
+
+    fn all_kinds() -> Vec<Resource> {
+        let parsed = crate::resources::parse_documents("all.yaml", ALL_KINDS).unwrap();
+        assert!(parsed.iter().all(|p| p.validate().is_empty()));
+        parsed.into_iter().map(|p| p.resource).collect()
+    }
+
+    #[test]
+    fn yaml_to_json_and_back_for_every_kind() {
+        let all = all_kinds();
+        let kinds: Vec<Kind> = all.iter().map(Resource::kind).collect();
+        assert_eq!(kinds, Kind::ALL);
+        for r in all {
+            let json = r.to_json();
+            assert_eq!(json["kind"], r.kind().as_str());
+            let text = serde_json::to_string(&json).unwrap();
+            let back = Resource::from_json(serde_json::from_str(&text).unwrap()).unwrap();
+            assert_eq!(back, r, "{text}");
+        }
+    }
+
+    #[test]
+    fn yaml_output_reads_back_as_the_same_resource() {
+        for r in all_kinds() {
+            let text = r.to_yaml();
+            let back = crate::resources::parse_documents("out.yaml", &text).unwrap();
+            assert_eq!(back.len(), 1);
+            assert_eq!(back[0].resource, r, "{text}");
+        }
+    }
 }
