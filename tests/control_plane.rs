@@ -278,3 +278,21 @@ fn post_apply(api: std::net::SocketAddr, token: &str, body: &str) -> serde_json:
     let json = out.split_once("\r\n\r\n").unwrap().1;
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
+
+#[test]
+fn sigterm_stops_the_control_plane_cleanly_and_help_explains_it() {
+    let mut cp = ControlProc::start("sigterm");
+    assert_eq!(cp.terminate(), Some(0), "{}", cp.log());
+    assert!(cp.log().contains("stopped"), "{}", cp.log());
+    for bin in ["weft-control", "weftctl"] {
+        let out = std::process::Command::new(weft::bins::bin(bin))
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && help.contains("Exit codes"),
+            "{bin}: {help}"
+        );
+    }
+}
