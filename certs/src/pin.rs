@@ -75,14 +75,10 @@ pub fn chain_probe() -> (Arc<ClientConfig>, ChainSlot) {
         slot: slot.clone(),
         provider: provider.clone(),
     };
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("the aws-lc-rs provider supports TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![crate::tls::ALPN_H2.to_vec()];
-    (Arc::new(config), slot)
+    (
+        crate::tls::client_config_with(provider, Arc::new(verifier), None),
+        slot,
+    )
 }
 
 #[derive(Debug)]

@@ -123,16 +123,11 @@ impl Identity {
             expected: expected.clone(),
             provider: provider.clone(),
         };
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("the aws-lc-rs provider supports TLS 1.3")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_cert_resolver(Arc::new(CurrentLeaf(self.shared.clone())));
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        // A resumed session skips certificate checks; every connection must meet the current bundle.
-        config.resumption = Resumption::disabled();
-        Arc::new(config)
+        client_config_with(
+            provider,
+            Arc::new(verifier),
+            Some(Arc::new(CurrentLeaf(self.shared.clone()))),
+        )
     }
 
     /// Server side of the peer hop. Requires a client certificate that reaches the current bundle (EKU
@@ -183,12 +178,25 @@ pub fn bootstrap_client_config(bundle: TrustBundle, expected: &SpiffeId) -> Arc<
         expected: expected.clone(),
         provider: provider.clone(),
     };
-    let mut config = ClientConfig::builder_with_provider(provider)
+    client_config_with(provider, Arc::new(verifier), None)
+}
+
+/// TLS 1.3, ALPN h2, no resumption (a resumed session skips certificate checks; every connection must
+/// meet the current bundle), with `verifier` and, if given, a client certificate from `leaf`.
+pub(crate) fn client_config_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    leaf: Option<Arc<dyn ResolvesClientCert>>,
+) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("the aws-lc-rs provider supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match leaf {
+        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.resumption = Resumption::disabled();
     Arc::new(config)
