@@ -192,3 +192,107 @@ fn a_name_held_by_another_identity_is_refused_and_a_lost_proxy_leaves_after_the_
         .log()
         .contains("disconnected for longer than the grace period"));
 }
+
+#[test]
+fn the_shipped_example_resources_apply_cleanly() {
+    let cp = ControlProc::start("examples");
+    let dir = weft::bins::workspace_root().join("examples/resources");
+    let files: Vec<serde_json::Value> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            serde_json::json!({
+                "name": p.display().to_string(),
+                "text": std::fs::read_to_string(&p).unwrap(),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "files": files }).to_string();
+    let resp = cp.api("POST", "/v1/apply?wait=1000", Some(&body));
+    let changes = resp["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 6, "{resp:#}");
+    assert!(changes.iter().all(|c| c["action"] == "created"), "{resp:#}");
+    let routes = cp.api("GET", "/v1/resources/httproute", None);
+    assert_eq!(
+        routes[0]["spec"]["rules"][1]["backendRefs"][1]["weight"],
+        10
+    );
+}
+
+#[test]
+fn a_change_is_pushed_only_to_the_proxies_whose_view_it_changes() {
+    let cp = ControlProc::start("scoped");
+    let rt = runtime();
+    rt.block_on(async {
+        let reviews = cp.offline_identity("default", "reviews", Duration::from_secs(600));
+        let ratings = cp.offline_identity("default", "ratings", Duration::from_secs(600));
+        let mut a = sim(&cp, &reviews, registration("reviews-1", "reviews", "198.18.0.2"), Reply::Ack)
+            .await
+            .unwrap();
+        let mut b = sim(&cp, &ratings, registration("ratings-1", "ratings", "198.18.0.3"), Reply::Ack)
+            .await
+            .unwrap();
+        assert!(a.wait_snapshots(1, Duration::from_secs(5)).await);
+        assert!(b.wait_snapshots(1, Duration::from_secs(5)).await);
+        // Let the registrations' pushes settle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (na, nb) = (a.snapshot_count(), b.snapshot_count());
+        // A policy selecting only `app: ratings` changes only that proxy's view.
+        let policy = "apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: ratings-only\nspec:\n  selector:\n    matchLabels:\n      app: ratings\n  action: DENY\n";
+        let body = serde_json::json!({"files": [{"name": "p.yaml", "text": policy}]}).to_string();
+        let resp = tokio::task::spawn_blocking({
+            let api = cp.operator;
+            let token = cp.operator_token();
+            move || post_apply(api, &token, &body)
+        })
+        .await
+        .unwrap();
+        let pushed: Vec<&str> = resp["rollout"]["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["proxy"].as_str().unwrap())
+            .collect();
+        assert_eq!(pushed, ["default/ratings-1"], "{resp:#}");
+        assert!(b.wait_snapshots(nb + 1, Duration::from_secs(5)).await);
+        let (_, s) = b.last().unwrap();
+        // Only the changed section travels.
+        assert!(s.policies.is_some() && s.services.is_none() && s.routes.is_none(), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(a.snapshot_count(), na, "an unaffected proxy was sent a snapshot");
+    });
+}
+
+/// `POST /v1/apply?wait=5000` from a blocking context.
+fn post_apply(api: std::net::SocketAddr, token: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    write!(
+        s,
+        "POST /v1/apply?wait=5000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let json = out.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn sigterm_stops_the_control_plane_cleanly_and_help_explains_it() {
+    let mut cp = ControlProc::start("sigterm");
+    assert_eq!(cp.terminate(), Some(0), "{}", cp.log());
+    assert!(cp.log().contains("stopped"), "{}", cp.log());
+    for bin in ["weft-control", "weftctl"] {
+        let out = std::process::Command::new(weft::bins::bin(bin))
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && help.contains("Exit codes"),
+            "{bin}: {help}"
+        );
+    }
+}

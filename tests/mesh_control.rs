@@ -505,3 +505,94 @@ spec:
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_can_pin_the_mesh_ca_by_fingerprint() {
+    let cp = ControlProc::start("e2e-pin");
+    let backend_app = app("backend");
+    apply(&cp, "mesh.yaml", &services(backend_app.addr().port()), 0);
+    let fingerprint = std::fs::read_to_string(cp.state_dir().join("ca/fingerprint"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let bundle = weft_certs::TrustBundle::from_pem_file(&cp.bundle_path()).unwrap();
+    assert_eq!(
+        fingerprint,
+        weft_certs::pin::fingerprint(bundle.roots()[0].as_ref())
+    );
+    let _backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
+        .token(&cp.token("default", "backend", 600))
+        .ca_fingerprint(&fingerprint)
+        .app_port(backend_app.addr().port())
+        .start();
+    let frontend = MeshProxyBuilder::new(&cp, "frontend-1", "default", "frontend")
+        .token(&cp.token("default", "frontend", 600))
+        .ca_fingerprint(&fingerprint)
+        .service("backend", 9080, "http")
+        .start();
+    wait_ok(frontend.outbound[0]).await;
+    // Another fingerprint: the control plane is not trusted, nothing is sent, the proxy says why.
+    let wrong = format!("sha256:{}", ["AB"; 32].join(":"));
+    let mut p = MeshProxyBuilder::new(&cp, "stranger", "default", "frontend")
+        .token(&cp.token("default", "frontend", 600))
+        .ca_fingerprint(&wrong)
+        .launch();
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(20)));
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{}", p.log());
+    assert!(p.log().contains("pinned fingerprint"), "{}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_follows_its_apps_readiness_probe() {
+    let Mesh {
+        cp,
+        backend_app,
+        backend: _backend,
+        frontend,
+    } = Mesh::start("e2e-ready", &[], None).await;
+    let port = backend_app.addr().port();
+    // The app goes away: its proxy's probe fails, the endpoint is withdrawn, callers get a clear 503.
+    drop(backend_app);
+    let status = tokio::task::block_in_place(|| {
+        cp.wait_status(Duration::from_secs(10), |s| {
+            s["proxies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["proxy"] == "default/backend-1" && p["ready"] == false)
+        })
+    });
+    assert!(status["proxies"].as_array().unwrap().len() == 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client::http1(
+            frontend.outbound[0],
+            Method::GET,
+            "/info",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+        // Until the frontend has the new endpoints, the backend's proxy answers that its app is gone.
+        if r.headers
+            .get("weft-proxy-error")
+            .is_some_and(|v| v == "no_endpoint")
+        {
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(r.text().contains("no ready endpoint"), "{}", r.text());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still routed to a failing app: {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back again on the same port: ready, routed.
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let _again = http_app::serve(tokio::net::TcpListener::from_std(l).unwrap(), "backend");
+    wait_ok(frontend.outbound[0]).await;
+}

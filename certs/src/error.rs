@@ -107,6 +107,14 @@ impl fmt::Debug for VerifyError {
 /// PEM, parse, sign and I/O errors of the CA, CSR, bundle and credential code.
 #[derive(thiserror::Error, Debug)]
 pub enum CertError {
+    #[error("invalid CA fingerprint {input:?}: {reason}")]
+    BadFingerprint { input: String, reason: String },
+    #[error("no certificate the server presented has the pinned fingerprint (it presented {presented:?})")]
+    PinMismatch { presented: Vec<String> },
+    #[error(
+        "the certificate with the pinned fingerprint is not a self-signed CA (pin the mesh's root)"
+    )]
+    PinNotRoot,
     #[error("cannot read {}: {source}", .path.display())]
     Read {
         path: PathBuf,

@@ -9,6 +9,7 @@ pub mod ca;
 pub mod credential;
 pub mod csr;
 pub mod error;
+pub mod pin;
 pub mod spiffe;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -9,7 +9,6 @@
 //! Versions are cycle numbers seeded from the clock, so they keep increasing across restarts.
 
 use crate::view::{self, MeshResources, SectionDigests};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,13 +26,13 @@ pub type ProxyKey = String;
 /// an unsent older one (both are relative to what the proxy acknowledged).
 #[derive(Default)]
 pub struct Outbox {
-    slot: Mutex<Option<Bytes>>,
+    slot: Mutex<Option<view::Frame>>,
     notify: Notify,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Outbox {
-    fn put(&self, frame: Bytes) {
+    fn put(&self, frame: view::Frame) {
         *lock(&self.slot) = Some(frame);
         self.notify.notify_one();
     }
@@ -44,7 +43,7 @@ impl Outbox {
     }
 
     /// The next frame to send; `None` once the hub dropped this connection.
-    pub async fn next(&self) -> Option<Bytes> {
+    pub async fn next(&self) -> Option<view::Frame> {
         loop {
             if self.closed.load(Ordering::Relaxed) {
                 return None;
@@ -150,6 +149,7 @@ pub struct Hub {
 #[derive(Debug, Clone)]
 pub struct HubSettings {
     pub debounce: Duration,
+    /// How long a disconnected proxy stays registered, unless MeshConfig `proxyGracePeriod` says otherwise.
     pub grace_period: Duration,
     /// Where the registry is persisted.
     pub registry_path: Option<std::path::PathBuf>,
@@ -419,7 +419,14 @@ impl Hub {
 
     /// Removes proxies disconnected for longer than the grace period. True if any went.
     fn expire_disconnected(&self) -> bool {
-        let grace = self.settings.grace_period;
+        let grace = {
+            let st = lock(&self.state);
+            st.resources
+                .mesh
+                .proxy_grace_period
+                .map(|g| g.get())
+                .unwrap_or(self.settings.grace_period)
+        };
         let mut st = lock(&self.state);
         let before = st.proxies.len();
         st.proxies.retain(|key, e| {
@@ -522,25 +529,44 @@ impl Hub {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut progress = self.progress.subscribe();
         loop {
-            let now = self.rollout_now(revision, started);
-            if let Some((r, true)) = now {
-                return r;
+            if self.settled(revision) {
+                break;
             }
             if tokio::time::timeout_at(deadline, progress.changed())
                 .await
                 .is_err()
             {
-                return match self.rollout_now(revision, started) {
-                    Some((r, _)) => r,
-                    None => Rollout {
-                        revision,
-                        proxies: Vec::new(),
-                        complete: false,
-                        waited_ms: started.elapsed().as_millis() as u64,
-                    },
-                };
+                break;
             }
+            // A thousand acks arrive within milliseconds: look once per burst, not once per ack.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            progress.borrow_and_update();
         }
+        match self.rollout_now(revision, started) {
+            Some((r, _)) => r,
+            None => Rollout {
+                revision,
+                proxies: Vec::new(),
+                complete: false,
+                waited_ms: started.elapsed().as_millis() as u64,
+            },
+        }
+    }
+
+    /// True once a push cycle included `revision` and no proxy it went to is still pending.
+    fn settled(&self, revision: u64) -> bool {
+        let st = lock(&self.state);
+        if st.covered < revision {
+            return false;
+        }
+        let Some(cycle) = st.cycles.iter().find(|c| c.revision >= revision) else {
+            return false;
+        };
+        cycle.pushed.iter().all(|key| {
+            st.proxies
+                .get(key)
+                .is_none_or(|e| !matches!(e.rollout_state(cycle.version), RolloutState::Pending))
+        })
     }
 
     /// Where the rollout of `revision` stands, and whether it is settled (no proxy still pending);

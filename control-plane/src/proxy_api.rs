@@ -6,7 +6,7 @@
 
 use crate::http_util::{self, Body};
 use crate::server::ControlPlane;
-use futures_util::stream;
+use futures_util::{stream, StreamExt as _};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -182,14 +182,17 @@ async fn config_stream(
         tracing::info!(proxy = %key, peer = %addr, %reason, "proxy disconnected");
         hub.disconnect(&key, conn_id);
     });
+    // Each snapshot goes out as its pieces; the shared sections are written from one copy for all.
     let frames = stream::unfold(outbox, |outbox| async move {
         let frame = outbox.next().await?;
-        Some((
-            Ok::<_, std::convert::Infallible>(Frame::data(frame)),
-            outbox,
-        ))
-    });
-    Response::new(StreamBody::new(frames).boxed())
+        let pieces = frame
+            .0
+            .into_iter()
+            .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
+        Some((stream::iter(pieces), outbox))
+    })
+    .flatten();
+    Response::new(BodyExt::boxed(StreamBody::new(frames)))
 }
 
 fn registration(

@@ -71,7 +71,34 @@ pub struct Bound {
 
 /// Opens (or creates) the state and binds both ports; nothing is served yet.
 pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
-    let state = StateDir::open_or_init(&opts.state_dir, opts.trust_domain.as_ref())?;
+    let dir_files = match &opts.config_dir {
+        Some(dir) => crate::config_dir::read_all(dir)
+            .with_context(|| format!("cannot read --config-dir {}", dir.display()))?,
+        None => Vec::new(),
+    };
+    // The trust domain: the flag, else a MeshConfig in the watched directory (for a new mesh).
+    let td = match (
+        &opts.trust_domain,
+        crate::store::trust_domain_in(&dir_files),
+    ) {
+        (Some(td), _) => Some(td.clone()),
+        (None, Some(td)) => Some(
+            TrustDomain::new(&td)
+                .with_context(|| format!("MeshConfig trustDomain {td:?} in --config-dir"))?,
+        ),
+        (None, None) => None,
+    };
+    let state = StateDir::open_or_init(&opts.state_dir, td.as_ref())?;
+    if let Some(root) = state.serving.bundle().roots().first() {
+        // Proxies may pin the mesh CA by this instead of a bundle file (control.ca_fingerprint).
+        let fp = weft_certs::pin::fingerprint(root.as_ref());
+        tracing::info!(fingerprint = %fp, "mesh CA");
+        let _ = persist::write_atomic(
+            &state.path("ca/fingerprint"),
+            format!("{fp}\n").as_bytes(),
+            0o644,
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
     let registry_path = state.path("registry.json");
@@ -84,12 +111,10 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     }
     // A client certificate is optional on this port: a proxy without one can only present a join token.
     let proxy_tls = state.serving.server_config_optional_client();
-    let mut store = Store::open(state.path("resources.json"))?;
+    let mut store = Store::open(state.path("resources.json"), state.trust_domain.as_str())?;
     if let Some(dir) = &opts.config_dir {
         // The directory is read before anything is served, so no proxy ever sees a state without it.
-        let files = crate::config_dir::read_all(dir)
-            .with_context(|| format!("cannot read --config-dir {}", dir.display()))?;
-        if let Err(e) = store.reload_dir(&files) {
+        if let Err(e) = store.reload_dir(&dir_files) {
             anyhow::bail!("--config-dir {} refused: {e}", dir.display());
         }
     }

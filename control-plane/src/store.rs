@@ -31,6 +31,8 @@ struct Stored {
 
 pub struct Store {
     path: PathBuf,
+    /// The mesh's trust domain, fixed by the CA; a MeshConfig naming another is refused.
+    trust_domain: String,
     resources: BTreeMap<ResourceKey, (Origin, Resource)>,
     revision: u64,
 }
@@ -58,7 +60,7 @@ pub enum StoreError {
 
 impl Store {
     /// Loads the API-applied resources from `path` (a damaged file is an error, never an empty start).
-    pub fn open(path: PathBuf) -> Result<Store, StoreError> {
+    pub fn open(path: PathBuf, trust_domain: &str) -> Result<Store, StoreError> {
         let persisted: Persisted = persist::read_json(&path)?.unwrap_or_default();
         let mut resources = BTreeMap::new();
         for s in persisted.resources {
@@ -70,6 +72,7 @@ impl Store {
         }
         Ok(Store {
             path,
+            trust_domain: trust_domain.to_string(),
             resources,
             revision: persisted.revision,
         })
@@ -211,6 +214,7 @@ impl Store {
     ) -> Result<Vec<Change>, StoreError> {
         check_duplicates(incoming)?;
         check_references(&next, incoming)?;
+        self.check_trust_domain(incoming)?;
         let changes = diff_states(&self.resources, &next);
         let changed = changes.iter().any(|c| c.action != ChangeAction::Unchanged);
         if !dry_run && changed {
@@ -224,6 +228,45 @@ impl Store {
         }
         Ok(changes)
     }
+}
+
+impl Store {
+    fn check_trust_domain(&self, incoming: &[Parsed]) -> Result<(), Refused> {
+        let problems: Vec<String> = incoming
+            .iter()
+            .filter_map(|d| match &d.resource {
+                Resource::MeshConfig(m) => m.spec.trust_domain.as_ref().filter(|td| **td != self.trust_domain).map(|td| {
+                    d.error(
+                        "spec.trustDomain",
+                        format!(
+                            "{td} differs from the mesh's trust domain {} (fixed when the control plane's state was created)",
+                            self.trust_domain
+                        ),
+                    )
+                    .to_string()
+                }),
+                _ => None,
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Refused(problems))
+        }
+    }
+}
+
+/// The trust domain a MeshConfig among `files` asks for, if any (to create a new mesh with it).
+pub fn trust_domain_in(files: &[SourceFile]) -> Option<String> {
+    files.iter().find_map(|f| {
+        resources::parse_documents(&f.name, &f.text)
+            .ok()?
+            .into_iter()
+            .find_map(|d| match d.resource {
+                Resource::MeshConfig(m) => m.spec.trust_domain,
+                _ => None,
+            })
+    })
 }
 
 fn parse_all(files: &[SourceFile]) -> Result<Vec<Parsed>, Refused> {

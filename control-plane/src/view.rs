@@ -101,13 +101,14 @@ impl SharedSections {
         }
     }
 
-    /// A snapshot frame carrying the sections that differ from `base` (all of them without one).
+    /// A snapshot frame carrying the sections that differ from `base` (all of them without one), as
+    /// pieces to write in order: the shared sections are not copied per proxy, only referenced.
     pub fn frame(
         &self,
         version: u64,
         policies: &WorkloadPolicies,
         base: Option<&SectionDigests>,
-    ) -> Bytes {
+    ) -> Frame {
         let mine = self.digests(policies);
         let differs = |f: fn(&SectionDigests) -> u64| base.is_none_or(|b| f(b) != f(&mine));
         let sections: [(&str, &Section, bool); 5] = [
@@ -117,25 +118,36 @@ impl SharedSections {
             ("policies", &policies.0, differs(|d| d.policies)),
             ("trustBundlePem", &self.bundle, differs(|d| d.bundle)),
         ];
-        let mut json = BytesMut::with_capacity(
-            64 + sections
-                .iter()
-                .filter(|s| s.2)
-                .map(|s| s.1.json.len() + 20)
-                .sum::<usize>(),
-        );
-        json.put_slice(format!("{{\"type\":\"snapshot\",\"version\":{version}").as_bytes());
+        let mut pieces = vec![Bytes::from(format!(
+            "{{\"type\":\"snapshot\",\"version\":{version}"
+        ))];
         for (name, section, include) in sections {
             if include {
-                json.put_slice(format!(",\"{name}\":").as_bytes());
-                json.put_slice(&section.json);
+                pieces.push(Bytes::from(format!(",\"{name}\":")));
+                pieces.push(section.json.clone());
             }
         }
-        json.put_u8(b'}');
-        let mut frame = BytesMut::with_capacity(4 + json.len());
-        frame.put_u32(json.len() as u32);
-        frame.put_slice(&json);
-        frame.freeze()
+        pieces.push(Bytes::from_static(b"}"));
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let mut prefix = BytesMut::with_capacity(4);
+        prefix.put_u32(len as u32);
+        pieces.insert(0, prefix.freeze());
+        Frame(pieces)
+    }
+}
+
+/// One length-prefixed frame in pieces; concatenated they are exactly what `weft_api::control::encode`
+/// would produce.
+#[derive(Debug, Clone)]
+pub struct Frame(pub Vec<Bytes>);
+
+impl Frame {
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.0.iter().map(|p| p.len()).sum());
+        for p in &self.0 {
+            out.put_slice(p);
+        }
+        out.freeze()
     }
 }
 
@@ -326,7 +338,7 @@ mod tests {
         let res = resources();
         let shared = SharedSections::build(&res, &[&a], &td, "PEM");
         let pol = PolicyCache::default().for_workload(&res, &a);
-        let full = shared.frame(7, &pol, None);
+        let full = shared.frame(7, &pol, None).to_bytes();
         let mut d = FrameDecoder::default();
         d.push(&full);
         let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
@@ -338,7 +350,7 @@ mod tests {
         let base = shared.digests(&pol);
         let b = reg("default", "reviews-2", "reviews", "198.18.0.5");
         let shared2 = SharedSections::build(&res, &[&a, &b], &td, "PEM");
-        let delta = shared2.frame(8, &pol, Some(&base));
+        let delta = shared2.frame(8, &pol, Some(&base)).to_bytes();
         d.push(&delta);
         let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
         assert!(s.services.is_some());

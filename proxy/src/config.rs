@@ -44,8 +44,13 @@ pub struct IdentityFiles {
 pub struct ControlConfig {
     /// The control plane's proxy API (TLS).
     pub address: SocketAddr,
-    /// PEM bundle of the mesh CA: pins who the control plane may be.
-    pub ca_bundle: PathBuf,
+    /// PEM bundle of the mesh CA: pins who the control plane may be. This, or `ca_fingerprint`.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// SHA-256 fingerprint of the mesh CA's root certificate (`sha256:AB:CD:...`, as weft-control logs
+    /// it at start): the root is taken from the control plane's chain only if it matches.
+    #[serde(default)]
+    pub ca_fingerprint: Option<String>,
     /// The identity the control plane must present; default
     /// `spiffe://<trust domain>/ns/weft-system/sa/weft-control`.
     #[serde(default)]
@@ -295,7 +300,8 @@ impl ProxyConfig {
             paths.extend([&mut id.cert, &mut id.key, &mut id.bundle]);
         }
         if let Some(c) = cfg.control.as_mut() {
-            paths.extend([&mut c.ca_bundle, &mut c.state_dir]);
+            paths.push(&mut c.state_dir);
+            paths.extend(c.ca_bundle.as_mut());
             paths.extend(c.token_file.as_mut());
         }
         for p in paths {
@@ -344,6 +350,23 @@ impl ProxyConfig {
                     "workload".into(),
                     "`workload` is registered with a control plane; add `control`".into(),
                 ))
+            }
+        }
+        if let Some(c) = &self.control {
+            match (&c.ca_bundle, &c.ca_fingerprint) {
+                (Some(_), None) => {}
+                (None, Some(fp)) => {
+                    if let Err(e) = weft_certs::pin::parse_fingerprint(fp) {
+                        return Err(invalid("control.ca_fingerprint".into(), e.to_string()));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        "control".into(),
+                        "pin the mesh CA with exactly one of `ca_bundle` and `ca_fingerprint`"
+                            .into(),
+                    ))
+                }
             }
         }
         if let Some(w) = &self.workload {

@@ -100,13 +100,12 @@ fn config_problem(e: impl Into<anyhow::Error>) -> Failure {
 fn check(path: &std::path::Path) -> ExitCode {
     let summary = || -> anyhow::Result<String> {
         let cfg = ProxyConfig::load(path)?;
-        let who = match Settings::from_config(&cfg)? {
-            Some(s) => format!(
-                "identity {} from the control plane at {}",
-                s.workload_id()?,
-                s.control.address
+        let who = match (&cfg.control, &cfg.workload) {
+            (Some(c), Some(w)) => format!(
+                "identity ns/{}/sa/{} from the control plane at {}",
+                w.namespace, w.service_account, c.address
             ),
-            None => {
+            _ => {
                 let id =
                     weft_proxy::load_identity(&cfg).context("cannot load the proxy's identity")?;
                 format!("identity {}", id.id())
@@ -160,7 +159,18 @@ fn run(path: &std::path::Path, worker_threads: Option<usize>) -> ExitCode {
 const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn start(cfg: ProxyConfig) -> Result<bool, Failure> {
-    let Some(settings) = Settings::from_config(&cfg).map_err(config_problem)? else {
+    let settings = Settings::load(&cfg, JOIN_PATIENCE).await.map_err(|e| {
+        let code = if e
+            .downcast_ref::<weft_proxy::control::conn::ConnError>()
+            .is_some()
+        {
+            1
+        } else {
+            2
+        };
+        Failure(code, e)
+    })?;
+    let Some(settings) = settings else {
         let identity = weft_proxy::load_identity(&cfg)
             .context("cannot load the proxy's identity")
             .map_err(config_problem)?;

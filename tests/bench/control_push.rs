@@ -104,30 +104,33 @@ async fn run(n: usize, rounds: usize) -> Result {
         .map(|i| cp.offline_identity("default", &format!("svc-{i}"), Duration::from_secs(3600)))
         .collect();
     let control_id = cp.control_id();
+    // Connected a hundred at a time, as a fleet rolling out would (and so registrations share pushes).
     let mut sims = Vec::with_capacity(n);
-    for i in 0..n {
-        let svc = i % SERVICES;
-        let reg = Registration {
-            name: format!("svc-{svc}-{i}"),
-            labels: [
-                ("app".to_string(), format!("svc-{svc}")),
-                (
-                    "version".to_string(),
-                    if i % 2 == 0 { "v1" } else { "v2" }.to_string(),
-                ),
-            ]
-            .into(),
-            address: format!("198.18.{}.{}", i / 250, 1 + i % 250)
-                .parse()
-                .expect("ip"),
-            tunnel_port: 15008,
-            ports: vec![9080],
-            ready: true,
-        };
-        let sim = SimProxy::connect(cp.api, &identities[svc], &control_id, reg, Reply::Ack)
-            .await
-            .expect("connect a simulated proxy");
-        sims.push(sim);
+    for batch in (0..n).collect::<Vec<_>>().chunks(100) {
+        let connects = batch.iter().map(|&i| {
+            let svc = i % SERVICES;
+            let reg = Registration {
+                name: format!("svc-{svc}-{i}"),
+                labels: [
+                    ("app".to_string(), format!("svc-{svc}")),
+                    (
+                        "version".to_string(),
+                        if i % 2 == 0 { "v1" } else { "v2" }.to_string(),
+                    ),
+                ]
+                .into(),
+                address: format!("198.18.{}.{}", i / 250, 1 + i % 250)
+                    .parse()
+                    .expect("ip"),
+                tunnel_port: 15008,
+                ports: vec![9080],
+                ready: true,
+            };
+            SimProxy::connect_with(cp.api, &identities[svc], &control_id, reg, Reply::Ack, true)
+        });
+        for sim in futures_util::future::join_all(connects).await {
+            sims.push(sim.expect("connect a simulated proxy"));
+        }
     }
     settle(&sims).await;
     let pid = cp.pid().expect("control plane running");
@@ -151,8 +154,8 @@ async fn run(n: usize, rounds: usize) -> Result {
         assert_eq!(affected, n, "every proxy sees routes: {resp:#}");
         for (s, before) in sims.iter().zip(&counts) {
             let seen = s.seen.lock().expect("lock");
-            let (at, _) = seen
-                .snapshots
+            let at = seen
+                .arrivals
                 .get(*before)
                 .expect("each proxy got the change");
             deliveries.push(at.duration_since(t0).as_secs_f64() * 1000.0);

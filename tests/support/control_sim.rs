@@ -25,11 +25,14 @@ pub enum Reply {
     Nack(String),
 }
 
-/// What the simulated proxy has seen.
+/// What the simulated proxy has seen. Only the newest snapshot is kept whole (a thousand simulated
+/// proxies keeping every one would hold gigabytes).
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
-    /// Every snapshot, in order, with when it arrived.
-    pub snapshots: Vec<(Instant, Snapshot)>,
+    /// When each snapshot arrived, in order.
+    pub arrivals: Vec<Instant>,
+    /// The newest snapshot.
+    pub last: Option<(Instant, Snapshot)>,
     /// Why the stream ended, once it has.
     pub ended: Option<String>,
 }
@@ -60,6 +63,20 @@ impl SimProxy {
         control_id: &SpiffeId,
         registration: Registration,
         reply: Reply,
+    ) -> anyhow::Result<SimProxy> {
+        Self::connect_with(api, identity, control_id, registration, reply, false).await
+    }
+
+    /// As [`connect`](Self::connect); with `light`, snapshots are only read for their version (for
+    /// benchmarks with many simulated proxies in one process, where decoding every endpoint list of every
+    /// snapshot would measure this process rather than the control plane).
+    pub async fn connect_with(
+        api: SocketAddr,
+        identity: &Identity,
+        control_id: &SpiffeId,
+        registration: Registration,
+        reply: Reply,
+        light: bool,
     ) -> anyhow::Result<SimProxy> {
         let tcp = tokio::net::TcpStream::connect(api).await?;
         let _ = tcp.set_nodelay(true);
@@ -102,6 +119,7 @@ impl SimProxy {
             changed_tx,
             tx.clone(),
             reply,
+            light,
         ));
         Ok(SimProxy {
             seen,
@@ -117,11 +135,11 @@ impl SimProxy {
     }
 
     pub fn snapshot_count(&self) -> usize {
-        self.seen.lock().unwrap().snapshots.len()
+        self.seen.lock().unwrap().arrivals.len()
     }
 
     pub fn last(&self) -> Option<(Instant, Snapshot)> {
-        self.seen.lock().unwrap().snapshots.last().cloned()
+        self.seen.lock().unwrap().last.clone()
     }
 
     /// Waits until at least `n` snapshots arrived (or the stream ended, or `timeout` passed).
@@ -150,14 +168,32 @@ async fn receive(
     changed: watch::Sender<u64>,
     tx: mpsc::Sender<Bytes>,
     reply: Reply,
+    light: bool,
 ) {
     let mut decoder = FrameDecoder::default();
     let reason = loop {
-        match decoder.next::<FromControl>() {
+        let next = if light {
+            decoder.next::<VersionOnly>().map(|m| {
+                m.map(|v| {
+                    FromControl::Snapshot(Snapshot {
+                        version: v.version,
+                        ..empty()
+                    })
+                })
+            })
+        } else {
+            decoder.next::<FromControl>()
+        };
+        match next {
             Err(e) => break e.to_string(),
             Ok(Some(FromControl::Snapshot(s))) => {
                 let version = s.version;
-                seen.lock().unwrap().snapshots.push((Instant::now(), s));
+                {
+                    let now = Instant::now();
+                    let mut seen = seen.lock().unwrap();
+                    seen.arrivals.push(now);
+                    seen.last = Some((now, s));
+                }
                 let answer = match &reply {
                     Reply::Ack => FromProxy::Ack { version },
                     Reply::Nack(reason) => FromProxy::Nack {
@@ -183,4 +219,21 @@ async fn receive(
     };
     seen.lock().unwrap().ended = Some(reason);
     changed.send_modify(|n| *n += 1);
+}
+
+/// A snapshot read for its version only; serde skips the rest without building it.
+#[derive(serde::Deserialize)]
+struct VersionOnly {
+    version: u64,
+}
+
+fn empty() -> Snapshot {
+    Snapshot {
+        version: 0,
+        mesh: None,
+        services: None,
+        routes: None,
+        policies: None,
+        trust_bundle_pem: None,
+    }
 }

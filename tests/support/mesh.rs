@@ -25,6 +25,7 @@ pub struct MeshProxyBuilder {
     readiness: Option<String>,
     extra: String,
     dir: Option<TempDir>,
+    fingerprint: Option<String>,
 }
 
 impl MeshProxyBuilder {
@@ -44,6 +45,7 @@ impl MeshProxyBuilder {
             readiness: None,
             extra: String::new(),
             dir: None,
+            fingerprint: None,
         }
     }
 
@@ -85,6 +87,12 @@ impl MeshProxyBuilder {
         self
     }
 
+    /// Pins the mesh CA by this fingerprint instead of the bundle file.
+    pub fn ca_fingerprint(mut self, fingerprint: &str) -> Self {
+        self.fingerprint = Some(fingerprint.to_string());
+        self
+    }
+
     pub fn with_tunnel(mut self, addr: SocketAddr) -> Self {
         self.tunnel = addr;
         self
@@ -116,9 +124,12 @@ impl MeshProxyBuilder {
             .collect();
         let ports: Vec<String> = self.app_ports.iter().map(|p| p.to_string()).collect();
         let mut yaml = format!(
-            "control:\n  address: {control}\n  ca_bundle: {bundle}\n  token_file: {token}\n  state_dir: {state}\nworkload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: 127.0.0.1\n  ports: [{ports}]\n",
+            "control:\n  address: {control}\n  {pin}\n  token_file: {token}\n  state_dir: {state}\nworkload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: 127.0.0.1\n  ports: [{ports}]\n",
             control = self.control,
-            bundle = self.bundle.display(),
+            pin = match &self.fingerprint {
+                Some(fp) => format!("ca_fingerprint: \"{fp}\""),
+                None => format!("ca_bundle: {}", self.bundle.display()),
+            },
             token = token_file.display(),
             state = dir.path().join("cache").display(),
             name = self.name,

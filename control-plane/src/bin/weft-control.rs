@@ -28,7 +28,8 @@ struct Cli {
     /// Where the CA, tokens, applied resources and the registry live.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
-    /// Trust domain of a new mesh (default cluster.local); must match an existing state directory.
+    /// Trust domain of a new mesh (default: a MeshConfig trustDomain in --config-dir, else cluster.local);
+    /// must match an existing state directory.
     #[arg(long)]
     trust_domain: Option<TrustDomain>,
     /// A directory of resource YAML files, watched: changes apply within a second.
@@ -43,7 +44,7 @@ struct Cli {
     /// How long changes are gathered before a push.
     #[arg(long, default_value = "100ms")]
     debounce: Duration,
-    /// How long a disconnected proxy's workload stays registered.
+    /// How long a disconnected proxy's workload stays registered (MeshConfig proxyGracePeriod overrides).
     #[arg(long, default_value = "30s")]
     grace_period: Duration,
     /// Log format on stderr (levels from WEFT_LOG, default info).

@@ -28,22 +28,7 @@ pub async fn connect(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<http2::SendRequest<ReqBody>, ConnError> {
-    let tcp =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                return Err(ConnError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(ConnError::Connect {
-                    addr,
-                    reason: "timed out".into(),
-                })
-            }
-        };
+    let tcp = tcp_connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let tls = tokio::time::timeout(
@@ -73,6 +58,36 @@ pub async fn connect(
         }
     });
     Ok(send)
+}
+
+/// The certificate chain the control plane presents, from a handshake that is failed on purpose once
+/// the chain is seen (nothing is sent): for finding the root a fingerprint pins.
+pub async fn probe_chain(
+    addr: SocketAddr,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConnError> {
+    let tcp = tcp_connect(addr).await?;
+    let (config, slot) = weft_certs::pin::chain_probe();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let _ = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await;
+    let chain = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    chain.ok_or_else(|| ConnError::Tls {
+        addr,
+        reason: "the control plane presented no certificate".into(),
+    })
+}
+
+async fn tcp_connect(addr: SocketAddr) -> Result<tokio::net::TcpStream, ConnError> {
+    let reason =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(t)) => return Ok(t),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".into(),
+        };
+    Err(ConnError::Connect { addr, reason })
 }
 
 fn tls_reason(e: &std::io::Error) -> String {

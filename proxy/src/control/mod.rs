@@ -30,17 +30,22 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(cfg: &ProxyConfig) -> anyhow::Result<Option<Settings>> {
+    /// The control-plane settings of `cfg` (none in explicit mode). With a CA fingerprint and no cached
+    /// bundle, asks the control plane for its chain (waiting up to `patience`) to find the pinned root.
+    pub async fn load(cfg: &ProxyConfig, patience: Duration) -> anyhow::Result<Option<Settings>> {
         let (Some(control), Some(workload)) = (&cfg.control, &cfg.workload) else {
             return Ok(None);
         };
-        let pinned = TrustBundle::from_pem_file(&control.ca_bundle)?;
+        let pinned = match (&control.ca_bundle, &control.ca_fingerprint) {
+            (Some(path), _) => TrustBundle::from_pem_file(path)?,
+            (None, Some(fp)) => pinned_root(control, fp, patience).await?,
+            (None, None) => anyhow::bail!("no ca_bundle or ca_fingerprint"),
+        };
         let trust_domain = match (&control.server_identity, pinned.trust_domains().first()) {
             (Some(id), _) => id.to_trust_domain(),
             (None, Some(td)) => td.clone(),
             (None, None) => anyhow::bail!(
-                "{} names no trust domain; set control.server_identity",
-                control.ca_bundle.display()
+                "the pinned mesh CA names no trust domain; set control.server_identity"
             ),
         };
         let server_id = match &control.server_identity {
@@ -65,6 +70,38 @@ impl Settings {
             &self.workload.namespace,
             &self.workload.service_account,
         )?)
+    }
+}
+
+/// The root the fingerprint pins: from the cached bundle when it holds it, else from the control plane's
+/// chain (a probing handshake that sends nothing).
+async fn pinned_root(
+    control: &ControlConfig,
+    fingerprint: &str,
+    patience: Duration,
+) -> anyhow::Result<TrustBundle> {
+    let pin = weft_certs::pin::parse_fingerprint(fingerprint)?;
+    if let Ok(Some((_, cached))) = cache::Cache::new(&control.state_dir).credential() {
+        if let Ok(b) = weft_certs::pin::bundle_from_chain(cached.roots(), &pin) {
+            return Ok(b);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut attempt = 0;
+    loop {
+        match conn::probe_chain(control.address).await {
+            Ok(chain) => {
+                let bundle = weft_certs::pin::bundle_from_chain(&chain, &pin)?;
+                tracing::info!(fingerprint, "mesh CA found by its fingerprint");
+                return Ok(bundle);
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "waiting for the control plane to read its CA")
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(backoff(attempt, Duration::from_secs(5))).await;
+        attempt += 1;
     }
 }
 

@@ -1,12 +1,26 @@
 //! Mesh resources: their types, how they are read from YAML (with file, line and field in every error),
-//! the checks within and across documents, and diffs for dry runs. See `docs/resources.md`.
+//! the checks within one document and across a set of them, and diffs for dry runs. The operator's
+//! reference is `docs/resources.md`.
+//!
+//! The flow: [`parse_documents`] reads a file into [`Parsed`] documents (or every error, located);
+//! [`Parsed::validate`] checks one document; a [`ResourceSet`] checks a whole change against the
+//! resources in force and adopts it or refuses it as a whole.
 
 mod diff;
+mod locate;
 mod parse;
+mod refs;
+mod resource;
+mod set;
 mod types;
 mod validate;
 
 pub use diff::diff;
+pub use locate::{DocSource, Position};
 pub use parse::{parse_documents, Parsed};
+pub use refs::dangling_references;
+pub use resource::ResourceJsonError;
+pub use set::{Origin, Referrer, RemoveError, ResourceSet, Stored};
 pub use types::*;
-pub use validate::{dangling_references, dns_label, REGEX_SIZE_LIMIT};
+pub use validate::names::{dns_label, REGEX_SIZE_LIMIT};
+pub use validate::{problems, Problem};

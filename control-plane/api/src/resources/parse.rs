@@ -1,453 +1,404 @@
-//! Reading resource documents from YAML: several documents per file, each error located at its line in
-//! the file (not in the document), with the field path and the reason.
+//! Reading resource files: several documents per file, every error with the file's own line.
+//!
+//! Each document is read twice. A lenient first pass reads only `apiVersion` and `kind`, and checks that
+//! `metadata` and `spec` are there, so an unknown kind is reported as such (with the valid ones) rather
+//! than as a confusing type error. The second pass deserializes the typed document for that kind, with
+//! unknown fields refused, so the parser itself locates wrong types and typos.
 
-use super::types::*;
-use crate::yaml::{self, YamlError};
+use super::locate::DocSource;
+use super::resource::kind_list;
+use super::types::{Document, Kind, Resource, API_VERSION};
+use crate::yaml::{self, YamlDocument, YamlError};
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 
-/// One document read from a file, with what is needed to locate its fields later.
-#[derive(Debug, Clone)]
+/// One document read from a file.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Parsed {
     pub resource: Resource,
+    /// The file as the caller named it.
     pub file: String,
-    /// 1-based line in the file where the document starts.
+    /// 1-based line where the document's content starts.
     pub line: usize,
-    text: String,
+    /// The document's text, to locate fields in errors found after parsing.
+    pub source: DocSource,
 }
 
 impl Parsed {
-    /// A located error about `field` (a path such as `spec.rules[0].backendRefs[1].weight`).
+    /// A resource that did not come from YAML text (JSON, a state file): errors point at `file:line`.
+    pub fn detached(resource: Resource, file: &str, line: usize) -> Parsed {
+        Parsed {
+            resource,
+            file: file.to_string(),
+            line,
+            source: DocSource::detached(line),
+        }
+    }
+
+    /// An error about `field` of this document, at the line where the field is written.
     pub fn error(&self, field: &str, reason: impl Into<String>) -> YamlError {
+        let at = self.source.locate(field);
         YamlError {
             file: self.file.clone(),
-            line: Some(self.line + locate(&self.text, field)),
-            column: None,
+            line: Some(at.line),
+            column: Some(at.column),
             field: field.to_string(),
             reason: reason.into(),
         }
     }
 
-    /// Checks within this document (names, ports, weights, regexes, ...); empty when valid.
-    pub fn validate(&self) -> Vec<YamlError> {
-        super::validate::document(&self.resource)
-            .into_iter()
-            .map(|(field, reason)| self.error(&field, reason))
-            .collect()
+    /// `file:line`, for messages that name where a document came from.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file, self.line)
     }
 }
 
-/// The parts of a document needed to pick its type.
+/// What the first pass reads. Not `deny_unknown_fields`: the typed pass reports those.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Header {
+    #[serde(rename = "apiVersion")]
     api_version: Option<String>,
     kind: Option<String>,
+    metadata: Option<IgnoredAny>,
+    spec: Option<IgnoredAny>,
 }
 
-/// Reads every document of `text` (from `file`). All documents are read; every problem is returned.
+/// Reads every document of `text` (the contents of `file`). Documents are separated by `---`; empty
+/// ones are skipped. Either every document is good, or the answer is every error of every document.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Parsed>, Vec<YamlError>> {
-    let mut docs = Vec::new();
+    let mut parsed = Vec::new();
     let mut errors = Vec::new();
-    for (start, chunk) in split_documents(text) {
-        if chunk
-            .lines()
-            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-        {
+    for doc in yaml::split_documents(text) {
+        if doc.is_empty() {
             continue;
         }
-        match parse_one(file, start, &chunk) {
-            Ok(resource) => docs.push(Parsed {
-                resource,
-                file: file.to_string(),
-                line: start,
-                text: chunk,
-            }),
-            Err(e) => errors.push(e),
+        match parse_one(file, &doc) {
+            Ok(p) => parsed.push(p),
+            Err(mut e) => errors.append(&mut e),
         }
     }
     if errors.is_empty() {
-        Ok(docs)
+        Ok(parsed)
     } else {
         Err(errors)
     }
 }
 
-fn parse_one(file: &str, start: usize, chunk: &str) -> Result<Resource, YamlError> {
-    let shift = |mut e: YamlError| {
-        e.line = Some(e.line.map_or(start, |l| l + start - 1));
-        e
-    };
-    let at = |field: &str, reason: String| YamlError {
+fn parse_one(file: &str, doc: &YamlDocument<'_>) -> Result<Parsed, Vec<YamlError>> {
+    let source = DocSource::new(doc);
+    let header: Header = yaml::from_document(file, doc).map_err(|e| vec![humanize(e)])?;
+    let kind = check_header(file, &source, &header)?;
+    let resource = read_typed(file, doc, kind).map_err(|e| vec![humanize(e)])?;
+    Ok(Parsed {
+        resource,
         file: file.to_string(),
-        line: Some(start + locate(chunk, field)),
-        column: None,
-        field: field.to_string(),
-        reason,
+        line: source.start().line,
+        source,
+    })
+}
+
+/// Every problem with the header at once; the kind when there is none.
+fn check_header(file: &str, source: &DocSource, h: &Header) -> Result<Kind, Vec<YamlError>> {
+    let error = |field: &str, reason: String| {
+        let at = source.locate(field);
+        YamlError {
+            file: file.to_string(),
+            line: Some(at.line),
+            column: Some(at.column),
+            field: field.to_string(),
+            reason,
+        }
     };
-    let header: Header = yaml::from_str(file, chunk).map_err(shift)?;
-    match header.api_version.as_deref() {
+    let mut errors = Vec::new();
+    match h.api_version.as_deref() {
         Some(API_VERSION) => {}
-        Some(other) => {
-            return Err(at(
-                "apiVersion",
-                format!("unsupported apiVersion {other:?}; this release reads {API_VERSION}"),
-            ))
+        Some(other) => errors.push(error(
+            "apiVersion",
+            format!("apiVersion `{other}` is not supported; expected `{API_VERSION}`"),
+        )),
+        None => errors.push(error(
+            "apiVersion",
+            format!("missing; every document needs `apiVersion: {API_VERSION}`"),
+        )),
+    }
+    let kind = match h.kind.as_deref() {
+        Some(name) => {
+            let kind = Kind::from_document(name);
+            if kind.is_none() {
+                errors.push(error("kind", unknown_kind(name)));
+            }
+            kind
         }
         None => {
-            return Err(at(
-                "apiVersion",
-                format!("missing; write apiVersion: {API_VERSION}"),
-            ))
+            let reason = format!(
+                "missing; every document needs a kind, one of {}",
+                kind_list()
+            );
+            errors.push(error("kind", reason));
+            None
         }
-    }
-    let kind = header
-        .kind
-        .ok_or_else(|| at("kind", "missing field `kind`".into()))?;
-    let typed = |k: Kind| -> Result<Resource, YamlError> {
-        Ok(match k {
-            Kind::Service => Resource::Service(yaml::from_str(file, chunk).map_err(shift)?),
-            Kind::Workload => Resource::Workload(yaml::from_str(file, chunk).map_err(shift)?),
-            Kind::HttpRoute => Resource::HttpRoute(yaml::from_str(file, chunk).map_err(shift)?),
-            Kind::AuthorizationPolicy => {
-                Resource::AuthorizationPolicy(yaml::from_str(file, chunk).map_err(shift)?)
-            }
-            Kind::MeshConfig => Resource::MeshConfig(yaml::from_str(file, chunk).map_err(shift)?),
-        })
     };
-    match Kind::ALL.iter().find(|k| k.as_str() == kind) {
-        Some(k) => typed(*k),
-        None => {
-            let valid: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-            Err(at(
-                "kind",
-                format!("unknown kind {kind:?}; valid kinds: {}", valid.join(", ")),
-            ))
+    for (field, present) in [
+        ("metadata", h.metadata.is_some()),
+        ("spec", h.spec.is_some()),
+    ] {
+        if !present {
+            errors.push(error(
+                field,
+                format!("missing or empty; every document needs `{field}`"),
+            ));
         }
+    }
+    match kind {
+        Some(kind) if errors.is_empty() => Ok(kind),
+        _ => Err(errors),
     }
 }
 
-/// Splits at `---` lines; yields (1-based start line of the document's first line, its text).
-fn split_documents(text: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut start = 1;
-    let mut cur = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim_end();
-        if t == "---" || t.starts_with("--- ") {
-            out.push((start, std::mem::take(&mut cur)));
-            start = i + 2;
-            continue;
-        }
-        if t == "..." {
-            continue;
-        }
-        cur.push_str(line);
-        cur.push('\n');
-    }
-    out.push((start, cur));
-    out
+fn unknown_kind(name: &str) -> String {
+    let hint = Kind::ALL
+        .into_iter()
+        .find(|k| k.as_str().eq_ignore_ascii_case(name))
+        .map(|k| format!(" (kinds are case-sensitive: did you mean `{k}`?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown kind `{name}`; expected one of {}{hint}",
+        kind_list()
+    )
 }
 
-enum Step<'a> {
-    Key(&'a str),
-    Index(usize),
+fn read_typed(file: &str, doc: &YamlDocument<'_>, kind: Kind) -> Result<Resource, YamlError> {
+    Ok(match kind {
+        Kind::Service => Resource::Service(typed(file, doc)?),
+        Kind::Workload => Resource::Workload(typed(file, doc)?),
+        Kind::HttpRoute => Resource::HttpRoute(typed(file, doc)?),
+        Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(typed(file, doc)?),
+        Kind::MeshConfig => Resource::MeshConfig(typed(file, doc)?),
+    })
 }
 
-fn steps(path: &str) -> Vec<Step<'_>> {
-    let mut out = Vec::new();
-    for part in path.split('.') {
-        let (key, mut rest) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        if !key.is_empty() {
-            out.push(Step::Key(key));
-        }
-        while let Some(close) = rest.find(']') {
-            if let Ok(n) = rest[1..close].parse() {
-                out.push(Step::Index(n));
-            }
-            rest = &rest[close + 1..];
-        }
-    }
-    out
+fn typed<S: DeserializeOwned>(
+    file: &str,
+    doc: &YamlDocument<'_>,
+) -> Result<Document<S>, YamlError> {
+    yaml::from_document(file, doc)
 }
 
-/// A content line's key column and text after any `- ` item markers; `None` for blank and comment lines.
-fn content(line: &str) -> Option<(usize, &str)> {
-    let mut col = line.len() - line.trim_start().len();
-    let mut t = line.trim_start();
-    if t.is_empty() || t.starts_with('#') {
-        return None;
-    }
-    while let Some(rest) = t.strip_prefix("- ") {
-        let rest_trimmed = rest.trim_start();
-        col += t.len() - rest_trimmed.len();
-        t = rest_trimmed;
-    }
-    Some((col, t))
-}
-
-/// The 0-based line (within `doc`) of the field at `path`, for block-style YAML; stops at the deepest
-/// part it can find (a value in flow style `{...}` is located at its key).
-fn locate(doc: &str, path: &str) -> usize {
-    let lines: Vec<&str> = doc.lines().collect();
-    // The node found so far: its line, the column its children must be right of (None: document root),
-    // and whether its own line holds its first field (a `- key: value` item).
-    let (mut at, mut depth, mut inclusive) = (0usize, None::<usize>, true);
-    for step in steps(path) {
-        let hit = match step {
-            Step::Key(k) => find_key(&lines, at, depth, inclusive, k),
-            Step::Index(n) => find_item(&lines, at, depth, n),
-        };
-        match (hit, step) {
-            (Some((line, col)), Step::Key(_)) => (at, depth, inclusive) = (line, Some(col), false),
-            (Some((line, col)), Step::Index(_)) => (at, depth, inclusive) = (line, Some(col), true),
-            (None, _) => break,
+/// serde names Rust types in its messages (`expected struct RouteMatch`, `expected u16`); operators
+/// think in YAML shapes and ranges.
+fn humanize(mut e: YamlError) -> YamlError {
+    let mut reason = e.reason.replace(
+        "expected struct Header",
+        "expected a mapping with apiVersion, kind, metadata and spec",
+    );
+    for (rust, shown) in [
+        ("u16", "an integer from 0 to 65535"),
+        ("u32", "an integer from 0 to 4294967295"),
+        ("a borrowed string", "a string"),
+    ] {
+        if let Some(head) = reason.strip_suffix(&format!("expected {rust}")) {
+            reason = format!("{head}expected {shown}");
         }
     }
-    at
-}
-
-fn find_key(
-    lines: &[&str],
-    at: usize,
-    depth: Option<usize>,
-    inclusive: bool,
-    key: &str,
-) -> Option<(usize, usize)> {
-    let start = if inclusive { at } else { at + 1 };
-    let mut level = None;
-    for (i, line) in lines.iter().enumerate().skip(start) {
-        let Some((col, text)) = content(line) else {
-            continue;
-        };
-        if depth.is_some_and(|d| col <= d) {
-            return None;
-        }
-        // The next item of the same sequence ends this one.
-        let indent = line.len() - line.trim_start().len();
-        if i > at
-            && inclusive
-            && line.trim_start().starts_with("- ")
-            && depth.is_some_and(|d| indent <= d)
-        {
-            return None;
-        }
-        let level = *level.get_or_insert(col);
-        if col < level {
-            return None;
-        }
-        if col == level && text.split(':').next() == Some(key) && text[key.len()..].starts_with(':')
-        {
-            return Some((i, col));
-        }
+    if let Some(i) = reason.find("expected struct ") {
+        reason.truncate(i);
+        reason.push_str("expected a mapping");
     }
-    None
-}
-
-fn find_item(lines: &[&str], at: usize, depth: Option<usize>, n: usize) -> Option<(usize, usize)> {
-    let mut seen = 0;
-    let mut dash_col = None;
-    for (i, line) in lines.iter().enumerate().skip(at + 1) {
-        let Some((col, _)) = content(line) else {
-            continue;
-        };
-        let indent = line.len() - line.trim_start().len();
-        let is_item = line.trim_start().starts_with("- ");
-        if !is_item {
-            if depth.is_some_and(|d| col <= d) {
-                return None;
-            }
-            continue;
-        }
-        // Sequences may sit at their key's own indentation.
-        if depth.is_some_and(|d| indent < d) {
-            return None;
-        }
-        let dc = *dash_col.get_or_insert(indent);
-        if indent != dc {
-            continue;
-        }
-        if seen == n {
-            return Some((i, indent));
-        }
-        seen += 1;
-    }
-    None
-}
-
-impl Resource {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Resource::Service(_) => Kind::Service,
-            Resource::Workload(_) => Kind::Workload,
-            Resource::HttpRoute(_) => Kind::HttpRoute,
-            Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
-            Resource::MeshConfig(_) => Kind::MeshConfig,
-        }
-    }
-
-    pub fn metadata(&self) -> &Metadata {
-        match self {
-            Resource::Service(d) => &d.metadata,
-            Resource::Workload(d) => &d.metadata,
-            Resource::HttpRoute(d) => &d.metadata,
-            Resource::AuthorizationPolicy(d) => &d.metadata,
-            Resource::MeshConfig(d) => &d.metadata,
-        }
-    }
-
-    pub fn key(&self) -> ResourceKey {
-        let m = self.metadata();
-        ResourceKey {
-            kind: self.kind(),
-            namespace: m.namespace.clone(),
-            name: m.name.clone(),
-        }
-    }
-
-    /// The document as JSON (with `kind`), as the operator API and the state file carry it.
-    pub fn to_json(&self) -> serde_json::Value {
-        let v = match self {
-            Resource::Service(d) => serde_json::to_value(d),
-            Resource::Workload(d) => serde_json::to_value(d),
-            Resource::HttpRoute(d) => serde_json::to_value(d),
-            Resource::AuthorizationPolicy(d) => serde_json::to_value(d),
-            Resource::MeshConfig(d) => serde_json::to_value(d),
-        };
-        v.expect("resources always serialize")
-    }
-
-    pub fn from_json(v: serde_json::Value) -> Result<Resource, serde_json::Error> {
-        use serde::de::Error as _;
-        let kind = v
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .and_then(|k| Kind::ALL.iter().find(|x| x.as_str() == k).copied())
-            .ok_or_else(|| serde_json::Error::custom("missing or unknown `kind`"))?;
-        Ok(match kind {
-            Kind::Service => Resource::Service(serde_json::from_value(v)?),
-            Kind::Workload => Resource::Workload(serde_json::from_value(v)?),
-            Kind::HttpRoute => Resource::HttpRoute(serde_json::from_value(v)?),
-            Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(serde_json::from_value(v)?),
-            Kind::MeshConfig => Resource::MeshConfig(serde_json::from_value(v)?),
-        })
-    }
-
-    /// The document as YAML, for display and diffs.
-    pub fn to_yaml(&self) -> String {
-        let r = match self {
-            Resource::Service(d) => yaml::to_string(d),
-            Resource::Workload(d) => yaml::to_string(d),
-            Resource::HttpRoute(d) => yaml::to_string(d),
-            Resource::AuthorizationPolicy(d) => yaml::to_string(d),
-            Resource::MeshConfig(d) => yaml::to_string(d),
-        };
-        r.unwrap_or_else(|e| format!("# cannot render: {e}\n"))
-    }
+    e.reason = reason;
+    e
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TWO: &str = "apiVersion: weft.dev/v1
+    const SERVICE: &str = "\
+apiVersion: weft.dev/v1
 kind: Service
 metadata:
   name: reviews
 spec:
   ports:
-    - port: 9080
-  selector:
-    app: reviews
----
-apiVersion: weft.dev/v1
-kind: HTTPRoute
-metadata:
-  name: reviews
-spec:
-  parentRefs:
-    - name: reviews
-  rules:
-    - backendRefs:
-        - name: reviews
-          subset: v1
-          weight: 90
-        - name: reviews
-          subset: v2
-          weight: 10
+  - port: 9080
 ";
 
-    #[test]
-    fn reads_several_documents_with_their_start_lines() {
-        let docs = parse_documents("r.yaml", TWO).unwrap();
-        assert_eq!(docs.len(), 2);
-        assert_eq!(docs[0].line, 1);
-        assert_eq!(docs[1].line, 11);
-        assert_eq!(docs[1].resource.kind(), Kind::HttpRoute);
-        assert_eq!(docs[1].resource.key().namespace, "default");
+    fn errors(text: &str) -> Vec<YamlError> {
+        parse_documents("f.yaml", text).unwrap_err()
+    }
+
+    fn one_error(text: &str) -> YamlError {
+        let mut e = errors(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        e.remove(0)
     }
 
     #[test]
-    fn errors_carry_the_line_in_the_file() {
-        let bad = TWO.replace("weight: 10", "weight: ten");
-        let e = &parse_documents("r.yaml", &bad).unwrap_err()[0];
-        assert_eq!(e.line, Some(25), "{e}");
-        assert!(e.field.contains("weight"), "{e}");
-        let bad = TWO.replace("  selector:", "  selektor:");
-        let e = &parse_documents("r.yaml", &bad).unwrap_err()[0];
-        assert_eq!(e.line, Some(8), "{e}");
-        assert!(e.to_string().contains("selektor"), "{e}");
+    fn reads_a_document() {
+        let parsed = parse_documents("f.yaml", SERVICE).unwrap();
+        assert_eq!(parsed.len(), 1);
+        let p = &parsed[0];
+        assert_eq!((p.file.as_str(), p.line), ("f.yaml", 1));
+        assert_eq!(p.resource.key().to_string(), "Service default/reviews");
     }
 
     #[test]
-    fn unknown_kind_and_api_version_are_named() {
-        let e = &parse_documents(
-            "k.yaml",
-            "apiVersion: weft.dev/v1\nkind: Gateway\nmetadata: {name: x}\nspec: {}\n",
-        )
-        .unwrap_err()[0];
-        assert_eq!(e.line, Some(2));
+    fn several_documents_and_empty_ones() {
+        let text = format!("# header\n---\n{SERVICE}---\n---\n# nothing\n---\n{SERVICE}");
+        let parsed = parse_documents("f.yaml", &text).unwrap();
+        let lines: Vec<_> = parsed.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [3, 14]);
+    }
+
+    #[test]
+    fn an_empty_file_holds_no_documents() {
+        assert_eq!(parse_documents("f", "").unwrap(), []);
+        assert_eq!(parse_documents("f", "# only\n---\n").unwrap(), []);
+    }
+
+    #[test]
+    fn unknown_kind_lists_the_valid_ones() {
+        let e = one_error(&SERVICE.replace("kind: Service", "kind: Gateway"));
+        assert_eq!((e.line, e.field.as_str()), (Some(2), "kind"));
+        assert!(e.reason.contains("unknown kind `Gateway`"), "{e}");
+        assert!(e.reason.contains("HTTPRoute, AuthorizationPolicy"), "{e}");
+    }
+
+    #[test]
+    fn kind_in_the_wrong_case_gets_a_hint() {
+        let e = one_error(&SERVICE.replace("kind: Service", "kind: service"));
+        assert!(e.reason.contains("did you mean `Service`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_api_version() {
+        let e = one_error(&SERVICE.replace("weft.dev/v1", "weft.dev/v2"));
+        assert_eq!((e.line, e.field.as_str()), (Some(1), "apiVersion"));
+        assert!(e.reason.contains("`weft.dev/v2` is not supported"), "{e}");
+    }
+
+    #[test]
+    fn missing_header_fields_are_all_reported() {
+        let e = errors("apiVersion: weft.dev/v1\n\nfoo: 1\n");
+        let fields: Vec<_> = e.iter().map(|e| (e.field.as_str(), e.line)).collect();
+        assert_eq!(
+            fields,
+            [("kind", Some(1)), ("metadata", Some(1)), ("spec", Some(1))]
+        );
+    }
+
+    #[test]
+    fn missing_api_version() {
+        let e = one_error(&SERVICE.replace("apiVersion: weft.dev/v1\n", ""));
+        assert_eq!(e.field, "apiVersion");
+        assert!(e.reason.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn document_that_is_not_a_mapping() {
+        let e = one_error("- a\n- b\n");
         assert!(
-            e.reason.contains("Gateway") && e.reason.contains("HTTPRoute"),
+            e.reason.contains("expected a mapping with apiVersion"),
             "{e}"
         );
-        let e = &parse_documents("k.yaml", "apiVersion: v9\nkind: Service\n").unwrap_err()[0];
-        assert_eq!(e.line, Some(1));
-        assert!(e.reason.contains("v9"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_located_by_the_parser() {
+        let e = one_error(&SERVICE.replace("  - port: 9080", "  - port: 9080\n    colour: red"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(8), "spec.ports[0].colour")
+        );
+        assert!(e.reason.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_located_by_the_parser() {
+        let e = one_error(&SERVICE.replace("port: 9080", "port: http"));
+        assert_eq!((e.line, e.field.as_str()), (Some(7), "spec.ports[0].port"));
+        assert!(
+            e.reason.contains("expected an integer from 0 to 65535"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("f.yaml:7:11: field `spec.ports[0].port`: {}", e.reason)
+        );
+    }
+
+    #[test]
+    fn out_of_range_port() {
+        let e = one_error(&SERVICE.replace("port: 9080", "port: 70000"));
+        assert_eq!((e.line, e.field.as_str()), (Some(7), "spec.ports[0].port"));
+    }
+
+    #[test]
+    fn struct_names_do_not_leak() {
+        let e = one_error(&SERVICE.replace("  - port: 9080", "  - 9080"));
+        assert!(e.reason.ends_with("expected a mapping"), "{e}");
+    }
+
+    #[test]
+    fn errors_in_the_third_document_carry_file_lines() {
+        let bad = SERVICE.replace("name: reviews", "name: reviews\n  colour: red");
+        let text = format!("{SERVICE}---\n{SERVICE}---\n{bad}");
+        let e = one_error(&text);
+        assert_eq!((e.line, e.field.as_str()), (Some(21), "metadata.colour"));
     }
 
     #[test]
     fn every_bad_document_is_reported() {
         let text = format!(
-            "{}---\napiVersion: weft.dev/v1\nkind: Nope\n---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: a}}\nspec: {{ports: [{{port: x}}]}}\n",
-            TWO.replace("weight: 10", "weight: -1")
+            "{}---\n{SERVICE}---\n{}",
+            SERVICE.replace("kind: Service", "kind: Nope"),
+            SERVICE.replace("port: 9080", "port: -1"),
         );
-        let errs = parse_documents("m.yaml", &text).unwrap_err();
-        assert_eq!(errs.len(), 3, "{errs:?}");
+        let lines: Vec<_> = errors(&text).iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(2), Some(23)]);
     }
 
     #[test]
-    fn fields_are_located_for_later_checks() {
-        let docs = parse_documents("r.yaml", TWO).unwrap();
-        let e = docs[1].error("spec.rules[0].backendRefs[1].weight", "x");
-        assert_eq!(e.line, Some(25), "{e}");
-        let e = docs[1].error("spec.rules[0].backendRefs[1].name", "x");
-        assert_eq!(e.line, Some(23), "{e}");
-        let e = docs[1].error("spec.rules[0].backendRefs[0].subset", "x");
-        assert_eq!(e.line, Some(21), "{e}");
-        let e = docs[1].error("spec.parentRefs[0].name", "x");
-        assert_eq!(e.line, Some(17), "{e}");
-        let e = docs[0].error("metadata.name", "x");
-        assert_eq!(e.line, Some(4), "{e}");
+    fn syntax_errors_are_located() {
+        let text = format!("{SERVICE}---\nkind: [\n");
+        let e = one_error(&text);
+        assert_eq!(e.line, Some(9));
+        let text = format!(
+            "{SERVICE}---\n{}",
+            SERVICE.replace("  - port: 9080", "  - {port: [}")
+        );
+        let e = one_error(&text);
+        assert_eq!(e.line, Some(15));
+        assert!(
+            !e.reason.contains("line"),
+            "document-relative line left in {e}"
+        );
     }
 
     #[test]
-    fn json_round_trip() {
-        for d in parse_documents("r.yaml", TWO).unwrap() {
-            let back = Resource::from_json(d.resource.to_json()).unwrap();
-            assert_eq!(back, d.resource);
+    fn each_kind_reads_into_its_variant() {
+        for (kind, spec) in [
+            ("Service", "{ports: [{port: 80}]}"),
+            ("Workload", "{address: 10.0.0.1}"),
+            (
+                "HTTPRoute",
+                "{parentRefs: [{name: a}], rules: [{backendRefs: [{name: a}]}]}",
+            ),
+            ("AuthorizationPolicy", "{action: ALLOW}"),
+            ("MeshConfig", "{}"),
+        ] {
+            let text = format!(
+                "apiVersion: weft.dev/v1\nkind: {kind}\nmetadata: {{name: x}}\nspec: {spec}\n"
+            );
+            let p = parse_documents("f", &text).unwrap();
+            assert_eq!(p[0].resource.kind().as_str(), kind);
         }
+    }
+
+    #[test]
+    fn detached_errors_point_at_their_line() {
+        let p = parse_documents("f", SERVICE).unwrap().remove(0);
+        let d = Parsed::detached(p.resource, "api", 4);
+        let e = d.error("spec.ports[0].port", "bad");
+        assert_eq!(e.to_string(), "api:4:1: field `spec.ports[0].port`: bad");
     }
 }
