@@ -1,5 +1,11 @@
-//! `weftctl`'s operator side: a client for the control plane's operator API and how its answers are
-//! shown.
+//! `weftctl`: its command line, the operator API client, the resource files `apply` sends, the commands,
+//! and how answers are shown. The binary (`src/bin/weftctl.rs`) wires these together and keeps the
+//! offline `ca` / `cert` commands.
 
+pub mod args;
 pub mod client;
+pub mod commands;
+pub mod files;
 pub mod render;
+#[cfg(test)]
+mod testing;

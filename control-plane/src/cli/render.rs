@@ -1,142 +1,234 @@
-//! How weftctl shows what the control plane answered: change lines, rollouts, tables.
+//! How weftctl shows what the control plane answered: change lines and rollouts, resource tables per
+//! kind, proxy status, join tokens, and times ("3m ago", "in 23h"). Pure functions of their inputs
+//! (the current time is a parameter), so each is tested on its own.
 
+use serde::Serialize;
 use std::fmt::Write as _;
-use weft_api::operator::{ApplyResponse, ChangeAction, ProxyStatus, RolloutState, TokenInfo};
+use weft_api::operator::{
+    ApplyResponse, Change, ChangeAction, ProxyStatus, Rollout, RolloutState, TokenInfo,
+};
+use weft_api::resources::{
+    AuthorizationPolicySpec, Document, HttpRouteSpec, Kind, Labels, MeshConfigSpec, Resource,
+    ServiceSpec, WorkloadSpec,
+};
 
-/// One line per change, the diffs on a dry run, then how the rollout went.
+// === apply and delete ===
+
+/// One line per change (with its diff on a dry run), then how the rollout went.
 pub fn apply(resp: &ApplyResponse) -> String {
     let mut out = String::new();
     for c in &resp.changes {
-        let action = match c.action {
-            ChangeAction::Created => "created",
-            ChangeAction::Configured => "configured",
-            ChangeAction::Unchanged => "unchanged",
-            ChangeAction::Deleted => "deleted",
-        };
-        let suffix = if resp.dry_run { " (dry run)" } else { "" };
-        let _ = writeln!(
-            out,
-            "{} {}/{} {action}{suffix}",
-            c.key.kind.as_str().to_ascii_lowercase(),
-            c.key.namespace,
-            c.key.name
-        );
-        if resp.dry_run && !c.diff.is_empty() {
-            for line in c.diff.lines() {
-                let _ = writeln!(out, "    {line}");
-            }
-        }
+        out.push_str(&change(c, resp.dry_run));
+    }
+    if resp.dry_run {
+        out.push_str("dry run: nothing was changed\n");
     }
     if let Some(r) = &resp.rollout {
-        let acked = r
-            .proxies
-            .iter()
-            .filter(|p| matches!(p.state, RolloutState::Acked))
-            .count();
-        if r.proxies.is_empty() {
-            let _ = writeln!(out, "no proxy's config changed");
-        } else if r.complete {
-            let _ = writeln!(
-                out,
-                "acked by {acked}/{} proxies in {} ms",
-                r.proxies.len(),
-                r.waited_ms
-            );
-        } else {
-            let _ = writeln!(
-                out,
-                "NOT confirmed: acked by {acked}/{} proxies after {} ms",
-                r.proxies.len(),
-                r.waited_ms
-            );
-            for p in &r.proxies {
-                let state = match &p.state {
-                    RolloutState::Acked => continue,
-                    RolloutState::Nacked { reason } => format!("NACK: {reason}"),
-                    RolloutState::Pending => "no answer yet".to_string(),
-                    RolloutState::Disconnected => "disconnected".to_string(),
-                };
-                let _ = writeln!(out, "  {}: {state}", p.proxy);
-            }
+        out.push_str(&rollout(r));
+    }
+    out
+}
+
+/// `service default/reviews configured`, and on a dry run the indented diff.
+pub fn change(c: &Change, dry_run: bool) -> String {
+    let action = match c.action {
+        ChangeAction::Created => "created",
+        ChangeAction::Configured => "configured",
+        ChangeAction::Unchanged => "unchanged",
+        ChangeAction::Deleted => "deleted",
+    };
+    let mut out = format!(
+        "{} {}/{} {action}{}\n",
+        c.key.kind.as_str().to_ascii_lowercase(),
+        c.key.namespace,
+        c.key.name,
+        if dry_run { " (dry run)" } else { "" }
+    );
+    if dry_run {
+        for line in c.diff.lines() {
+            let _ = writeln!(out, "    {line}");
         }
     }
     out
 }
 
-/// Columns padded to their widest cell.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// `acked by 3/3 proxies in 120 ms`, or what stands in the way, proxy by proxy.
+pub fn rollout(r: &Rollout) -> String {
+    let total = r.proxies.len();
+    let acked = r
+        .proxies
+        .iter()
+        .filter(|p| p.state == RolloutState::Acked)
+        .count();
+    if total == 0 {
+        return "no proxy's configuration changed\n".into();
+    }
+    if r.complete {
+        return format!("acked by {acked}/{total} proxies in {} ms\n", r.waited_ms);
+    }
+    let mut out = format!(
+        "NOT confirmed: acked by {acked}/{total} proxies after {} ms\n",
+        r.waited_ms
+    );
+    for p in &r.proxies {
+        let state = match &p.state {
+            RolloutState::Acked => continue,
+            RolloutState::Nacked { reason } => format!("NACK: {}", one_line(reason)),
+            RolloutState::Pending => "pending (no answer yet)".into(),
+            RolloutState::Disconnected => "disconnected".into(),
+        };
+        let _ = writeln!(out, "  {}: {state}", p.proxy);
+    }
+    out
+}
+
+// === tables ===
+
+/// Columns padded to their widest cell (counted in characters); no trailing spaces.
+pub fn table<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.len());
-            }
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.as_ref().chars().count());
         }
     }
     let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
         let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
-            }
+        for (c, w) in cells.zip(&widths) {
+            let _ = write!(l, "{c:<w$}  ");
         }
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(header.to_vec());
+    line(&mut header.iter().copied());
     for r in rows {
-        line(r.iter().map(String::as_str).collect());
+        line(&mut r.iter().map(AsRef::as_ref));
     }
     out
 }
 
-/// "3s", "4m", "2h", "5d".
-pub fn ago(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86_399 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
+/// Resources of one kind: NAMESPACE, NAME and a few columns of their spec.
+pub fn resources(kind: Kind, items: &[Resource]) -> String {
+    let rows: Vec<Vec<String>> = items.iter().map(resource_row).collect();
+    table(&resource_header(kind), &rows)
 }
 
-/// Time from now until `unix` seconds, or how long ago it passed.
-pub fn until(unix: u64, now: u64) -> String {
-    if unix >= now {
-        format!("in {}", ago((unix - now) * 1000))
-    } else {
-        format!("{} ago", ago((now - unix) * 1000))
-    }
+fn resource_header(kind: Kind) -> Vec<&'static str> {
+    let spec: &[&str] = match kind {
+        Kind::Service => &["PORTS", "SELECTOR"],
+        Kind::Workload => &["ADDRESS", "LABELS", "SERVICE-ACCOUNT", "TUNNEL-PORT"],
+        Kind::HttpRoute => &["PARENTS", "HOSTNAMES", "RULES", "BACKENDS"],
+        Kind::AuthorizationPolicy => &["ACTION", "MODE", "SELECTOR", "RULES"],
+        Kind::MeshConfig => &["TRUST-DOMAIN", "MTLS", "OUTBOUND", "CERT-TTL"],
+    };
+    let mut h = vec!["NAMESPACE", "NAME"];
+    h.extend_from_slice(spec);
+    h
 }
 
-pub fn status(proxies: &[ProxyStatus], now: u64) -> String {
-    let rows: Vec<Vec<String>> = proxies
+fn resource_row(r: &Resource) -> Vec<String> {
+    let m = r.metadata();
+    let mut row = vec![m.namespace.clone(), m.name.clone()];
+    row.extend(match r {
+        Resource::Service(d) => service_cells(&d.spec),
+        Resource::Workload(d) => workload_cells(d),
+        Resource::HttpRoute(d) => route_cells(&d.spec),
+        Resource::AuthorizationPolicy(d) => policy_cells(&d.spec),
+        Resource::MeshConfig(d) => mesh_cells(&d.spec),
+    });
+    row
+}
+
+/// `9080/http`, or `80:8080/tcp` when the workload listens on another port.
+fn service_cells(s: &ServiceSpec) -> Vec<String> {
+    let ports: Vec<String> = s
+        .ports
         .iter()
-        .map(|p| {
-            vec![
-                p.proxy.clone(),
-                p.identity.to_string(),
-                p.address.to_string(),
-                yes_no(p.ready),
-                yes_no(p.connected),
-                p.sent_version.to_string(),
-                p.acked_version.map_or("-".into(), |v| v.to_string()),
-                p.last_nack
-                    .as_ref()
-                    .map_or("-".into(), |n| format!("{}: {}", n.version, n.reason)),
-                p.cert_not_after.map_or("-".into(), |t| until(t, now)),
-                if p.connected {
-                    "now".into()
-                } else {
-                    format!("{} ago", ago(p.last_seen_ms))
-                },
-            ]
+        .map(|p| match p.target_port.filter(|t| *t != p.port) {
+            Some(t) => format!("{}:{t}/{}", p.port, wire(&p.protocol)),
+            None => format!("{}/{}", p.port, wire(&p.protocol)),
         })
         .collect();
+    vec![ports.join(","), labels(&s.selector)]
+}
+
+fn workload_cells(d: &Document<WorkloadSpec>) -> Vec<String> {
+    vec![
+        d.spec.address.to_string(),
+        labels(&d.metadata.labels),
+        d.spec.service_account.clone().unwrap_or_else(|| "-".into()),
+        d.spec
+            .tunnel_port
+            .map_or_else(|| "- (plaintext)".into(), |p| p.to_string()),
+    ]
+}
+
+/// Backends per rule as `name[/subset]=weight`, rules separated by `; `.
+fn route_cells(s: &HttpRouteSpec) -> Vec<String> {
+    let parents: Vec<String> = s
+        .parent_refs
+        .iter()
+        .map(|p| {
+            let name = qualified(p.namespace.as_deref(), &p.name);
+            p.port.map_or(name.clone(), |port| format!("{name}:{port}"))
+        })
+        .collect();
+    let backends: Vec<String> = s
+        .rules
+        .iter()
+        .map(|rule| {
+            let b: Vec<String> = rule
+                .backend_refs
+                .iter()
+                .map(|b| {
+                    let mut s = qualified(b.namespace.as_deref(), &b.name);
+                    if let Some(subset) = &b.subset {
+                        let _ = write!(s, "/{subset}");
+                    }
+                    if rule.backend_refs.len() > 1 {
+                        let _ = write!(s, "={}", b.weight);
+                    }
+                    s
+                })
+                .collect();
+            b.join(",")
+        })
+        .collect();
+    vec![
+        parents.join(","),
+        or_dash(s.hostnames.join(",")),
+        s.rules.len().to_string(),
+        backends.join("; "),
+    ]
+}
+
+fn policy_cells(s: &AuthorizationPolicySpec) -> Vec<String> {
+    let selector = s
+        .selector
+        .as_ref()
+        .map_or_else(|| "<all workloads>".into(), |sel| labels(&sel.match_labels));
+    vec![
+        wire(&s.action),
+        wire(&s.mode),
+        selector,
+        s.rules.len().to_string(),
+    ]
+}
+
+fn mesh_cells(s: &MeshConfigSpec) -> Vec<String> {
+    vec![
+        s.trust_domain.clone().unwrap_or_else(|| "-".into()),
+        wire(&s.mtls_mode),
+        wire(&s.outbound_traffic_policy),
+        s.certificate_ttl
+            .map_or_else(|| "24h (default)".into(), |t| t.to_string()),
+    ]
+}
+
+/// Proxies as `weftctl status` shows them.
+pub fn status(proxies: &[ProxyStatus], now: u64) -> String {
+    let rows: Vec<Vec<String>> = proxies.iter().map(|p| status_row(p, now)).collect();
     table(
         &[
             "PROXY",
@@ -154,93 +246,438 @@ pub fn status(proxies: &[ProxyStatus], now: u64) -> String {
     )
 }
 
+fn status_row(p: &ProxyStatus, now: u64) -> Vec<String> {
+    vec![
+        p.proxy.clone(),
+        p.identity.to_string(),
+        p.address.to_string(),
+        yes_no(p.ready),
+        yes_no(p.connected),
+        p.sent_version.to_string(),
+        p.acked_version
+            .map_or_else(|| "-".into(), |v| v.to_string()),
+        p.last_nack.as_ref().map_or_else(
+            || "-".into(),
+            |n| format!("{}: {}", n.version, one_line(&n.reason)),
+        ),
+        p.cert_not_after
+            .map_or_else(|| "-".into(), |t| relative(t, now)),
+        ago(p.last_seen_ms),
+    ]
+}
+
+/// Join tokens, never their secrets.
 pub fn tokens(tokens: &[TokenInfo], now: u64) -> String {
     let rows: Vec<Vec<String>> = tokens
         .iter()
         .map(|t| {
             let state = if t.revoked {
-                "revoked".to_string()
+                "revoked"
             } else if t.expires_at <= now {
-                "expired".to_string()
+                "expired"
             } else {
-                "valid".to_string()
+                "valid"
             };
             vec![
                 t.id.clone(),
                 t.identity.to_string(),
-                state,
-                until(t.expires_at, now),
+                state.to_string(),
+                relative(t.expires_at, now),
                 t.uses.to_string(),
+                relative(t.created_at, now),
             ]
         })
         .collect();
-    table(&["ID", "IDENTITY", "STATE", "EXPIRES", "USES"], &rows)
+    table(
+        &["ID", "IDENTITY", "STATE", "EXPIRES", "USES", "CREATED"],
+        &rows,
+    )
+}
+
+// === times ===
+
+/// A span in its largest whole unit: `45s`, `3m`, `2h`, `5d`.
+pub fn span(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// How long ago something happened, given in milliseconds: `just now`, `3m ago`.
+pub fn ago(ms: u64) -> String {
+    if ms < 1000 {
+        "just now".into()
+    } else {
+        format!("{} ago", span(ms / 1000))
+    }
+}
+
+/// A moment (Unix seconds) relative to `now`: `in 23h` or `5m ago`.
+pub fn relative(unix: u64, now: u64) -> String {
+    if unix > now {
+        format!("in {}", span(unix - now))
+    } else if unix == now {
+        "now".into()
+    } else {
+        format!("{} ago", span(now - unix))
+    }
+}
+
+/// A moment as `2026-11-23 14:05:00 UTC`.
+pub fn utc(unix: u64) -> String {
+    let Ok(t) = i64::try_from(unix)
+        .map_err(|_| ())
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).map_err(|_| ()))
+    else {
+        return format!("{unix} (Unix time)");
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+// === small pieces ===
+
+/// An enum as it is written in documents (`STRICT`, `ALLOW_ANY`, `http`).
+fn wire<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+fn labels(l: &Labels) -> String {
+    or_dash(
+        l.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+fn qualified(namespace: Option<&str>, name: &str) -> String {
+    namespace.map_or_else(|| name.to_string(), |ns| format!("{ns}/{name}"))
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s
+    }
 }
 
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
 
+/// Table cells and summary lines stay on one line whatever a reason contains.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_api::operator::{Change, ProxyRollout, Rollout};
-    use weft_api::resources::{Kind, ResourceKey};
+    use weft_api::operator::{Nack, ProxyRollout};
+    use weft_api::resources::{parse_documents, ResourceKey};
 
-    fn key() -> ResourceKey {
+    fn key(kind: Kind, name: &str) -> ResourceKey {
         ResourceKey {
-            kind: Kind::HttpRoute,
+            kind,
             namespace: "default".into(),
-            name: "reviews".into(),
+            name: name.into(),
+        }
+    }
+
+    fn proxy(name: &str, state: RolloutState) -> ProxyRollout {
+        ProxyRollout {
+            proxy: format!("default/{name}"),
+            version: 7,
+            state,
+        }
+    }
+
+    fn rollout_of(complete: bool, proxies: Vec<ProxyRollout>) -> Rollout {
+        Rollout {
+            revision: 3,
+            proxies,
+            complete,
+            waited_ms: 120,
         }
     }
 
     #[test]
-    fn apply_lines_and_rollout_summary() {
-        let resp = ApplyResponse {
-            dry_run: false,
-            revision: 3,
-            changes: vec![Change {
-                key: key(),
-                action: ChangeAction::Configured,
-                diff: String::new(),
-            }],
-            rollout: Some(Rollout {
-                revision: 3,
-                complete: false,
-                waited_ms: 10_000,
-                proxies: vec![
-                    ProxyRollout {
-                        proxy: "default/a".into(),
-                        version: 1,
-                        state: RolloutState::Acked,
-                    },
-                    ProxyRollout {
-                        proxy: "default/b".into(),
-                        version: 1,
-                        state: RolloutState::Nacked {
-                            reason: "regex too large".into(),
-                        },
-                    },
-                ],
-            }),
+    fn change_lines() {
+        let c = Change {
+            key: key(Kind::Service, "reviews"),
+            action: ChangeAction::Configured,
+            diff: " spec:\n-  a: 1\n+  a: 2\n".into(),
         };
-        let text = apply(&resp);
-        assert!(
-            text.contains("httproute default/reviews configured"),
-            "{text}"
+        assert_eq!(change(&c, false), "service default/reviews configured\n");
+        assert_eq!(
+            change(&c, true),
+            "service default/reviews configured (dry run)\n     spec:\n    -  a: 1\n    +  a: 2\n"
         );
-        assert!(text.contains("NOT confirmed: acked by 1/2"), "{text}");
-        assert!(text.contains("default/b: NACK: regex too large"), "{text}");
+        let c = Change {
+            key: key(Kind::HttpRoute, "r"),
+            action: ChangeAction::Deleted,
+            diff: String::new(),
+        };
+        assert_eq!(change(&c, false), "httproute default/r deleted\n");
     }
 
     #[test]
-    fn tables_align_and_times_read_well() {
-        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
-        assert_eq!(t, "A    BB\nxxx  y\n");
-        assert_eq!(ago(59_000), "59s");
-        assert_eq!(ago(3_600_000), "1h");
-        assert_eq!(until(100, 40), "in 1m");
-        assert_eq!(until(40, 100), "1m ago");
+    fn rollout_summaries() {
+        let all = rollout_of(
+            true,
+            vec![
+                proxy("a", RolloutState::Acked),
+                proxy("b", RolloutState::Acked),
+                proxy("c", RolloutState::Acked),
+            ],
+        );
+        assert_eq!(rollout(&all), "acked by 3/3 proxies in 120 ms\n");
+        assert_eq!(
+            rollout(&rollout_of(true, vec![])),
+            "no proxy's configuration changed\n"
+        );
+        let some = rollout_of(
+            false,
+            vec![
+                proxy("a", RolloutState::Acked),
+                proxy(
+                    "b",
+                    RolloutState::Nacked {
+                        reason: "regex too\nlarge".into(),
+                    },
+                ),
+                proxy("c", RolloutState::Pending),
+                proxy("d", RolloutState::Disconnected),
+            ],
+        );
+        assert_eq!(
+            rollout(&some),
+            "NOT confirmed: acked by 1/4 proxies after 120 ms\n  \
+             default/b: NACK: regex too large\n  \
+             default/c: pending (no answer yet)\n  \
+             default/d: disconnected\n"
+        );
+    }
+
+    #[test]
+    fn apply_puts_it_together() {
+        let resp = ApplyResponse {
+            dry_run: false,
+            revision: 4,
+            changes: vec![
+                Change {
+                    key: key(Kind::Service, "a"),
+                    action: ChangeAction::Created,
+                    diff: "+x".into(),
+                },
+                Change {
+                    key: key(Kind::Service, "b"),
+                    action: ChangeAction::Unchanged,
+                    diff: String::new(),
+                },
+            ],
+            rollout: Some(rollout_of(true, vec![proxy("a", RolloutState::Acked)])),
+        };
+        assert_eq!(
+            apply(&resp),
+            "service default/a created\nservice default/b unchanged\nacked by 1/1 proxies in 120 ms\n"
+        );
+        let dry = ApplyResponse {
+            dry_run: true,
+            rollout: None,
+            ..resp
+        };
+        assert_eq!(
+            apply(&dry),
+            "service default/a created (dry run)\n    +x\nservice default/b unchanged (dry run)\n\
+             dry run: nothing was changed\n"
+        );
+    }
+
+    #[test]
+    fn tables_align_by_characters() {
+        let t = table(&["A", "BB"], &[vec!["xxx", "y"], vec!["é", ""]]);
+        assert_eq!(t, "A    BB\nxxx  y\né\n");
+        assert_eq!(table::<String>(&["ONLY"], &[]), "ONLY\n");
+    }
+
+    const DOCS: &str = "apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: reviews}
+spec:
+  ports:
+    - {port: 9080, protocol: http}
+    - {port: 80, targetPort: 8080, protocol: tcp}
+  selector: {app: reviews}
+---
+apiVersion: weft.dev/v1
+kind: Workload
+metadata: {name: legacy-db, namespace: shop, labels: {app: db}}
+spec: {address: 10.0.0.9}
+---
+apiVersion: weft.dev/v1
+kind: HTTPRoute
+metadata: {name: reviews}
+spec:
+  parentRefs: [{name: reviews, port: 9080}]
+  rules:
+    - matches: [{path: {value: /api}}]
+      backendRefs:
+        - {name: reviews, subset: v1, weight: 90}
+        - {name: reviews, subset: v2, weight: 10}
+    - backendRefs: [{name: fallback, namespace: other}]
+---
+apiVersion: weft.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all}
+spec: {action: DENY, mode: audit}
+---
+apiVersion: weft.dev/v1
+kind: MeshConfig
+metadata: {name: default, namespace: weft-system}
+spec: {mtlsMode: PERMISSIVE, certificateTtl: 12h}
+";
+
+    fn parsed() -> Vec<Resource> {
+        parse_documents("t.yaml", DOCS)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.resource)
+            .collect()
+    }
+
+    #[test]
+    fn resource_tables_show_each_kinds_essentials() {
+        let r = parsed();
+        assert_eq!(
+            resources(Kind::Service, &r[0..1]),
+            "NAMESPACE  NAME     PORTS                  SELECTOR\n\
+             default    reviews  9080/http,80:8080/tcp  app=reviews\n"
+        );
+        assert_eq!(
+            resources(Kind::Workload, &r[1..2]),
+            "NAMESPACE  NAME       ADDRESS   LABELS  SERVICE-ACCOUNT  TUNNEL-PORT\n\
+             shop       legacy-db  10.0.0.9  app=db  -                - (plaintext)\n"
+        );
+        assert_eq!(
+            resources(Kind::HttpRoute, &r[2..3]),
+            "NAMESPACE  NAME     PARENTS       HOSTNAMES  RULES  BACKENDS\n\
+             default    reviews  reviews:9080  -          2      reviews/v1=90,reviews/v2=10; other/fallback\n"
+        );
+        assert_eq!(
+            resources(Kind::AuthorizationPolicy, &r[3..4]),
+            "NAMESPACE  NAME      ACTION  MODE   SELECTOR         RULES\n\
+             default    deny-all  DENY    audit  <all workloads>  0\n"
+        );
+        assert_eq!(
+            resources(Kind::MeshConfig, &r[4..5]),
+            "NAMESPACE    NAME     TRUST-DOMAIN  MTLS        OUTBOUND   CERT-TTL\n\
+             weft-system  default  -             PERMISSIVE  ALLOW_ANY  12h\n"
+        );
+    }
+
+    fn proxy_status(connected: bool) -> ProxyStatus {
+        ProxyStatus {
+            proxy: "default/reviews-1".into(),
+            identity: "spiffe://weft.local/ns/default/sa/reviews".parse().unwrap(),
+            address: "10.0.0.7".parse().unwrap(),
+            connected,
+            ready: true,
+            sent_version: 12,
+            acked_version: Some(11),
+            last_nack: Some(Nack {
+                version: 12,
+                reason: "bad regex".into(),
+            }),
+            cert_not_after: Some(1_000 + 23 * 3600),
+            last_seen_ms: 185_000,
+        }
+    }
+
+    #[test]
+    fn status_table() {
+        let mut fresh = proxy_status(true);
+        fresh.proxy = "default/ratings-1".into();
+        fresh.acked_version = None;
+        fresh.last_nack = None;
+        fresh.cert_not_after = None;
+        fresh.last_seen_ms = 20;
+        let t = status(&[proxy_status(false), fresh], 1_000);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "PROXY              IDENTITY                                   ADDRESS   READY  CONNECTED  SENT  ACKED  LAST-NACK      CERT-EXPIRES  SEEN"
+        );
+        assert_eq!(
+            lines[1],
+            "default/reviews-1  spiffe://weft.local/ns/default/sa/reviews  10.0.0.7  yes    no         12    11     12: bad regex  in 23h        3m ago"
+        );
+        assert_eq!(
+            lines[2],
+            "default/ratings-1  spiffe://weft.local/ns/default/sa/reviews  10.0.0.7  yes    yes        12    -      -              -             just now"
+        );
+    }
+
+    #[test]
+    fn token_table() {
+        let t = |id: &str, expires_at, revoked| TokenInfo {
+            id: id.into(),
+            namespace: "shop".into(),
+            service_account: "cart".into(),
+            identity: "spiffe://weft.local/ns/shop/sa/cart".parse().unwrap(),
+            created_at: 400,
+            expires_at,
+            revoked,
+            uses: 2,
+        };
+        let out = tokens(
+            &[
+                t("a1", 4_600, false),
+                t("b2", 900, false),
+                t("c3", 4_600, true),
+            ],
+            1_000,
+        );
+        assert_eq!(
+            out,
+            "ID  IDENTITY                             STATE    EXPIRES  USES  CREATED\n\
+             a1  spiffe://weft.local/ns/shop/sa/cart  valid    in 1h    2     10m ago\n\
+             b2  spiffe://weft.local/ns/shop/sa/cart  expired  1m ago   2     10m ago\n\
+             c3  spiffe://weft.local/ns/shop/sa/cart  revoked  in 1h    2     10m ago\n"
+        );
+    }
+
+    #[test]
+    fn times_read_well() {
+        assert_eq!(span(59), "59s");
+        assert_eq!(span(60), "1m");
+        assert_eq!(span(3_599), "59m");
+        assert_eq!(span(3_600), "1h");
+        assert_eq!(span(86_400 * 3 + 5), "3d");
+        assert_eq!(ago(999), "just now");
+        assert_eq!(ago(3_000), "3s ago");
+        assert_eq!(ago(180_000), "3m ago");
+        assert_eq!(relative(100, 40), "in 1m");
+        assert_eq!(relative(40, 100), "1m ago");
+        assert_eq!(relative(40, 40), "now");
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_795_000_000), "2026-11-18 11:06:40 UTC");
+        assert_eq!(utc(u64::MAX), format!("{} (Unix time)", u64::MAX));
     }
 }

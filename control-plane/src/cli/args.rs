@@ -1,0 +1,648 @@
+//! weftctl's command line (clap derive). Values are checked here, so a bad kind, name, URL or duration is
+//! a usage error (exit 2) before anything is sent.
+
+use super::client::{ServerUrl, TokenOrigin};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use weft_api::resources::{dns_label, Kind};
+use weft_api::Duration;
+use weft_certs::{SpiffeId, TrustDomain};
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:15014";
+pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/weft/operator.token";
+/// The control plane waits at most this long for a rollout; asking for more would be cut short silently.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+const ABOUT_LONG: &str = "\
+Weft operator CLI.
+
+Talks to weft-control's operator API (--server) with the operator token the control plane writes to
+<state-dir>/operator.token (--token-file): apply, get and delete resources, create and revoke join
+tokens, see every proxy's status. `ca` and `cert` work offline on a CA directory, for proxies run in
+explicit mode with certificate files.";
+
+const EXAMPLES: &str = "\
+Examples:
+  weftctl apply -f examples/resources/       # every *.yaml / *.yml in the directory
+  weftctl apply -f route.yaml --dry-run      # validate and show the diff; change nothing
+  weftctl get services -A
+  weftctl token create --namespace default --service-account reviews --ttl 1h
+  weftctl status
+
+Exit codes:
+  0  done (and, when waiting, every affected proxy acknowledged the change)
+  1  refused or failed: bad input, an error from the control plane, the control plane unreachable
+  2  bad usage (unknown command, flag, kind or value)
+  3  applied, but not confirmed by every affected proxy (a NACK, a disconnect or the timeout)";
+
+#[derive(Debug, Parser)]
+#[command(name = "weftctl", version, about = "Weft operator CLI", long_about = ABOUT_LONG, after_long_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the control plane is and how to prove we are its operator.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// The control plane's operator API (plain HTTP), e.g. http://10.0.0.5:15014.
+    #[arg(long, global = true, env = "WEFT_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
+    pub server: ServerUrl,
+    /// The operator token; weft-control writes it to <state-dir>/operator.token (mode 0600).
+    #[arg(long, global = true, env = "WEFT_TOKEN_FILE", default_value = DEFAULT_TOKEN_FILE, value_name = "PATH")]
+    pub token_file: PathBuf,
+    /// Where `token_file` came from, for error messages.
+    #[arg(skip)]
+    pub token_origin: TokenOrigin,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Remote(RemoteCommand),
+    /// Manage an offline mesh certificate authority kept in a directory.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Issue workload certificates from an offline CA directory.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// The commands that talk to the control plane.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Create or update resources from YAML files, directories or stdin.
+    #[command(long_about = APPLY_LONG, after_long_help = APPLY_EXAMPLES)]
+    Apply(ApplyArgs),
+    /// Show resources as a table, YAML or JSON.
+    #[command(long_about = GET_LONG, after_long_help = GET_EXAMPLES)]
+    Get(GetArgs),
+    /// Delete one resource.
+    #[command(long_about = DELETE_LONG, after_long_help = DELETE_EXAMPLES)]
+    Delete(DeleteArgs),
+    /// Create, list and revoke join tokens (how a proxy gets its first certificate).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Every proxy the control plane knows: identity, readiness, config versions, last NACK, certificate.
+    #[command(long_about = STATUS_LONG, after_long_help = STATUS_EXAMPLES)]
+    Status(StatusArgs),
+}
+
+const APPLY_LONG: &str = "\
+Create or update resources from YAML files, directories or stdin.
+
+A directory contributes every *.yaml and *.yml file directly inside it (not in subdirectories), in
+name order; `-` reads stdin. A file named twice is sent once. The control plane parses and validates the
+whole batch and changes nothing if any document is refused; every problem is printed with its file and
+line.
+
+Unless --no-wait, weftctl then waits (up to --timeout, at most 5m) until every proxy whose configuration
+changed has acknowledged it, and names each proxy that refused it (NACK, with the reason), has not
+answered yet, or is disconnected.";
+
+const APPLY_EXAMPLES: &str = "\
+Examples:
+  weftctl apply -f reviews.yaml
+  weftctl apply -f examples/resources/ -f extra.yaml
+  cat route.yaml | weftctl apply -f -
+  weftctl apply -f route.yaml --dry-run       # show the diff, change nothing
+  weftctl apply -f route.yaml --timeout 30s   # wait longer for acknowledgements
+
+Exit codes: 0 applied (and acknowledged by every affected proxy), 1 refused or failed, 2 bad usage,
+3 applied but not acknowledged by every affected proxy.";
+
+const GET_LONG: &str = "\
+Show resources as a table, YAML or JSON.
+
+KIND is Service, Workload, HTTPRoute, AuthorizationPolicy or MeshConfig; lower-case, plural and short
+forms work (svc, wl, route, policy). Without NAME, every resource of the kind in the namespace (-n,
+default `default`; MeshConfig: every namespace) or in all namespaces (-A) is listed as a table. With
+NAME, that one resource is printed as YAML.";
+
+const GET_EXAMPLES: &str = "\
+Examples:
+  weftctl get services
+  weftctl get svc -n shop
+  weftctl get routes -A
+  weftctl get route reviews -o json
+  weftctl get meshconfig -o yaml";
+
+const DELETE_LONG: &str = "\
+Delete one resource.
+
+The control plane refuses to delete a resource another one refers to (e.g. a Service named by an
+HTTPRoute). Unless --no-wait, weftctl waits until every affected proxy has acknowledged the change, as
+`apply` does.";
+
+const DELETE_EXAMPLES: &str = "\
+Examples:
+  weftctl delete route reviews
+  weftctl delete svc ratings -n shop --no-wait
+
+Exit codes: 0 deleted (and acknowledged by every affected proxy), 1 refused or failed, 2 bad usage,
+3 deleted but not acknowledged by every affected proxy.";
+
+const STATUS_LONG: &str = "\
+Every proxy the control plane knows, connected or within its grace period: PROXY (namespace/name),
+IDENTITY, ADDRESS, READY (the app's readiness probe), CONNECTED, SENT and ACKED (the config version last
+sent to it and the last it acknowledged), LAST-NACK (version and reason), CERT-EXPIRES and SEEN (when the
+control plane last heard from it).";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  weftctl status
+  weftctl status -o json | jq '.proxies[] | select(.lastNack)'";
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// A YAML file, a directory of them, or `-` for stdin; repeatable.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        value_name = "FILE|DIR|-"
+    )]
+    pub files: Vec<PathBuf>,
+    /// Validate and print what would change, with diffs; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Do not wait for the affected proxies to acknowledge the change.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for acknowledgements (at most 5m).
+    #[arg(long, default_value = "10s", value_parser = wait_timeout, conflicts_with = "no_wait")]
+    pub timeout: Duration,
+}
+
+impl WaitArgs {
+    /// How long to ask the control plane to wait, if at all.
+    pub fn wait(&self) -> Option<Duration> {
+        (!self.no_wait).then_some(self.timeout)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// Service, Workload, HTTPRoute, AuthorizationPolicy or MeshConfig (plural and short forms work).
+    #[arg(value_parser = kind)]
+    pub kind: Kind,
+    /// One resource; without it, every resource of the kind.
+    #[arg(value_parser = name)]
+    pub name: Option<String>,
+    /// The namespace [default: default; for MeshConfig: every namespace].
+    #[arg(short = 'n', long, value_parser = name)]
+    pub namespace: Option<String>,
+    /// List the kind in every namespace.
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "name"])]
+    pub all_namespaces: bool,
+    /// Output format [default: table for lists, yaml for one resource].
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Format>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeleteArgs {
+    /// Service, Workload, HTTPRoute, AuthorizationPolicy or MeshConfig (plural and short forms work).
+    #[arg(value_parser = kind)]
+    pub kind: Kind,
+    #[arg(value_parser = name)]
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default", value_parser = name)]
+    pub namespace: String,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: ListFormat,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token bound to one service account.
+    #[command(
+        long_about = "Create a join token bound to one service account.\n\nThe token alone is printed on \
+                      stdout, so it can be captured by a script; its id, identity and expiry go to stderr. \
+                      The secret is shown only this once.",
+        after_long_help = "Examples:\n  weftctl token create --namespace default --service-account reviews\n  \
+                           TOKEN=$(weftctl token create --namespace shop --service-account cart --ttl 10m)"
+    )]
+    Create {
+        #[arg(long, value_parser = name)]
+        namespace: String,
+        #[arg(long, value_parser = name)]
+        service_account: String,
+        /// How long the token can be used to join (e.g. 10m, 1h, 7d).
+        #[arg(long, default_value = "1h", value_parser = token_ttl)]
+        ttl: Duration,
+    },
+    /// List join tokens with their identity, state, expiry and use count (never their secrets).
+    #[command(after_long_help = "Examples:\n  weftctl token list\n  weftctl token list -o json")]
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: ListFormat,
+    },
+    /// Revoke a join token by id: the control plane refuses it from now on.
+    #[command(after_long_help = "Examples:\n  weftctl token revoke 3f9c2a17")]
+    Revoke {
+        /// The token's id, as `token list` shows it.
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a self-signed root CA (ECDSA P-256) in DIR: ca.crt, ca.key (0600), bundle.crt.
+    #[command(
+        after_long_help = "Examples:\n  weftctl ca init --dir ca --trust-domain weft.local\n  \
+                                 weftctl ca init --dir ca --intermediate --validity 365d"
+    )]
+    Init {
+        /// Directory for the CA files; must not already hold a CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Trust domain of the mesh, e.g. `weft.local`.
+        #[arg(long, default_value = "weft.local")]
+        trust_domain: TrustDomain,
+        /// Lifetime of the CA certificate (e.g. `365d`).
+        #[arg(long, default_value = "3650d")]
+        validity: Duration,
+        /// Sign leaves with an intermediate under the root (the root's key is then only used once).
+        #[arg(long)]
+        intermediate: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Issue a workload certificate for a SPIFFE ID: writes OUT.crt (leaf + chain), OUT.key, OUT-bundle.crt.
+    ///
+    /// The key and CSR are generated here and the CSR is signed by the CA in --ca-dir.
+    #[command(
+        after_long_help = "Examples:\n  weftctl cert issue --ca-dir ca --id spiffe://weft.local/ns/default/sa/backend --out backend"
+    )]
+    Issue {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The workload's SPIFFE ID, e.g. spiffe://weft.local/ns/default/sa/reviews.
+        #[arg(long)]
+        id: SpiffeId,
+        /// Certificate lifetime (e.g. `24h`).
+        #[arg(long, default_value = "24h")]
+        ttl: Duration,
+        /// Output path prefix.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Parses the command line, noting where the token file's path came from.
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    cli.remote.token_origin = match matches.value_source("token_file") {
+        Some(ValueSource::CommandLine) => TokenOrigin::Flag,
+        Some(ValueSource::EnvVariable) => TokenOrigin::Env,
+        _ => TokenOrigin::Default,
+    };
+    Ok(cli)
+}
+
+fn kind(s: &str) -> Result<Kind, String> {
+    Kind::parse(s).ok_or_else(|| {
+        let valid: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("unknown kind; valid kinds: {}", valid.join(", "))
+    })
+}
+
+/// Names and namespaces follow the resources' own rule, so they are also safe as URL path segments.
+fn name(s: &str) -> Result<String, String> {
+    dns_label(s).map(|()| s.to_string())
+}
+
+fn wait_timeout(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.get().is_zero() {
+        return Err("must be more than zero (use --no-wait not to wait)".into());
+    }
+    if d > MAX_WAIT {
+        return Err(format!(
+            "at most {MAX_WAIT}: the control plane waits no longer"
+        ));
+    }
+    Ok(d)
+}
+
+fn token_ttl(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.get().as_secs() == 0 {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn ok(args: &[&str]) -> Cli {
+        parse(std::iter::once("weftctl").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn usage_error(args: &[&str]) -> clap::Error {
+        match parse(std::iter::once("weftctl").chain(args.iter().copied())) {
+            Ok(cli) => panic!("{args:?} parsed: {cli:?}"),
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+                e
+            }
+        }
+    }
+
+    fn remote(cli: Cli) -> RemoteCommand {
+        match cli.command {
+            Command::Remote(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn apply_takes_several_sources_and_wait_options() {
+        let RemoteCommand::Apply(a) =
+            remote(ok(&["apply", "-f", "a.yaml", "-f", "dir", "-f", "-"]))
+        else {
+            panic!()
+        };
+        assert_eq!(a.files, [PathBuf::from("a.yaml"), "dir".into(), "-".into()]);
+        assert!(!a.dry_run);
+        assert_eq!(a.wait.wait(), Some(Duration::from_secs(10)));
+
+        let RemoteCommand::Apply(a) = remote(ok(&[
+            "apply",
+            "--filename",
+            "a.yaml",
+            "--dry-run",
+            "--timeout",
+            "250ms",
+        ])) else {
+            panic!()
+        };
+        assert!(a.dry_run);
+        assert_eq!(a.wait.wait(), Some(Duration::from_millis(250)));
+
+        let RemoteCommand::Apply(a) = remote(ok(&["apply", "-f", "a.yaml", "--no-wait"])) else {
+            panic!()
+        };
+        assert_eq!(a.wait.wait(), None);
+    }
+
+    #[test]
+    fn apply_refuses_bad_usage() {
+        usage_error(&["apply"]);
+        usage_error(&["apply", "-f", "a", "--timeout", "10"]);
+        usage_error(&["apply", "-f", "a", "--timeout", "0s"]);
+        let e = usage_error(&["apply", "-f", "a", "--timeout", "6m"]);
+        assert!(e.to_string().contains("at most 5m"), "{e}");
+        let e = usage_error(&["apply", "-f", "a", "--no-wait", "--timeout", "5s"]);
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn get_accepts_kind_forms_and_scopes() {
+        for (word, want) in [
+            ("svc", Kind::Service),
+            ("services", Kind::Service),
+            ("HTTPRoute", Kind::HttpRoute),
+            ("routes", Kind::HttpRoute),
+            ("policies", Kind::AuthorizationPolicy),
+            ("wl", Kind::Workload),
+            ("meshconfig", Kind::MeshConfig),
+        ] {
+            let RemoteCommand::Get(g) = remote(ok(&["get", word])) else {
+                panic!()
+            };
+            assert_eq!(g.kind, want, "{word}");
+            assert_eq!(
+                (g.name, g.namespace, g.all_namespaces, g.output),
+                (None, None, false, None)
+            );
+        }
+        let RemoteCommand::Get(g) =
+            remote(ok(&["get", "route", "reviews", "-n", "shop", "-o", "json"]))
+        else {
+            panic!()
+        };
+        assert_eq!(g.name.as_deref(), Some("reviews"));
+        assert_eq!(g.namespace.as_deref(), Some("shop"));
+        assert_eq!(g.output, Some(Format::Json));
+        let RemoteCommand::Get(g) = remote(ok(&["get", "svc", "-A", "-o", "yaml"])) else {
+            panic!()
+        };
+        assert!(g.all_namespaces);
+    }
+
+    #[test]
+    fn get_refuses_unknown_kinds_bad_names_and_conflicts() {
+        let e = usage_error(&["get", "pods"]);
+        assert!(
+            e.to_string().contains("valid kinds: MeshConfig, Service"),
+            "{e}"
+        );
+        let e = usage_error(&["get", "svc", "Reviews"]);
+        assert!(e.to_string().contains("lowercase"), "{e}");
+        usage_error(&["get", "svc", "a/b"]);
+        usage_error(&["get", "svc", "-n", "x?y"]);
+        usage_error(&["get", "svc", "-A", "-n", "shop"]);
+        usage_error(&["get", "svc", "reviews", "-A"]);
+        usage_error(&["get", "svc", "-o", "xml"]);
+    }
+
+    #[test]
+    fn delete_defaults_to_the_default_namespace() {
+        let RemoteCommand::Delete(d) = remote(ok(&["delete", "svc", "reviews"])) else {
+            panic!()
+        };
+        assert_eq!(
+            (d.kind, d.name.as_str(), d.namespace.as_str()),
+            (Kind::Service, "reviews", "default")
+        );
+        assert_eq!(d.wait.wait(), Some(Duration::from_secs(10)));
+        usage_error(&["delete", "svc"]);
+        usage_error(&["delete", "gadget", "x"]);
+    }
+
+    #[test]
+    fn token_commands() {
+        let RemoteCommand::Token(TokenCommand::Create {
+            namespace,
+            service_account,
+            ttl,
+        }) = remote(ok(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+        ]))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (namespace.as_str(), service_account.as_str()),
+            ("shop", "cart")
+        );
+        assert_eq!(ttl, Duration::from_secs(3600));
+        usage_error(&["token", "create", "--namespace", "shop"]);
+        usage_error(&[
+            "token",
+            "create",
+            "--namespace",
+            "s",
+            "--service-account",
+            "c",
+            "--ttl",
+            "500ms",
+        ]);
+        let RemoteCommand::Token(TokenCommand::List { output }) =
+            remote(ok(&["token", "list", "-o", "json"]))
+        else {
+            panic!()
+        };
+        assert_eq!(output, ListFormat::Json);
+        usage_error(&["token", "list", "-o", "yaml"]);
+        let RemoteCommand::Token(TokenCommand::Revoke { id }) =
+            remote(ok(&["token", "revoke", "abc"]))
+        else {
+            panic!()
+        };
+        assert_eq!(id, "abc");
+    }
+
+    #[test]
+    fn server_and_token_file_come_from_flags_anywhere_with_their_origin() {
+        let cli = ok(&["status"]);
+        // Defaults, unless the test runner's environment sets the variables.
+        if std::env::var_os("WEFT_TOKEN_FILE").is_none() {
+            assert_eq!(cli.remote.token_file, PathBuf::from(DEFAULT_TOKEN_FILE));
+            assert_eq!(cli.remote.token_origin, TokenOrigin::Default);
+        }
+        if std::env::var_os("WEFT_SERVER").is_none() {
+            assert_eq!(cli.remote.server.to_string(), DEFAULT_SERVER);
+        }
+        // Global flags work before or after the subcommand.
+        for args in [
+            &["--server", "10.0.0.5:9000", "--token-file", "/t", "status"][..],
+            &[
+                "status",
+                "--server",
+                "http://10.0.0.5:9000/",
+                "--token-file",
+                "/t",
+            ][..],
+        ] {
+            let cli = ok(args);
+            assert_eq!(
+                cli.remote.server.to_string(),
+                "http://10.0.0.5:9000",
+                "{args:?}"
+            );
+            assert_eq!(cli.remote.token_file, PathBuf::from("/t"));
+            assert_eq!(cli.remote.token_origin, TokenOrigin::Flag, "{args:?}");
+        }
+        let e = usage_error(&["--server", "https://cp:15014", "status"]);
+        assert!(e.to_string().contains("plain HTTP"), "{e}");
+    }
+
+    #[test]
+    fn offline_commands_keep_their_flags() {
+        let cli = ok(&["ca", "init", "--dir", "ca", "--intermediate"]);
+        assert!(matches!(
+            cli.command,
+            Command::Ca(CaCommand::Init {
+                intermediate: true,
+                ..
+            })
+        ));
+        let cli = ok(&[
+            "cert",
+            "issue",
+            "--ca-dir",
+            "ca",
+            "--id",
+            "spiffe://weft.local/ns/default/sa/backend",
+            "--out",
+            "backend",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Command::Cert(CertCommand::Issue { .. })
+        ));
+    }
+
+    #[test]
+    fn every_help_page_renders_with_examples() {
+        let mut root = Cli::command();
+        root.build();
+        let help = root.render_long_help().to_string();
+        assert!(
+            help.contains("Exit codes") && help.contains("Examples"),
+            "{help}"
+        );
+        for sub in root
+            .get_subcommands_mut()
+            .filter(|s| s.get_name() != "help")
+        {
+            let name = sub.get_name().to_string();
+            if sub.has_subcommands() {
+                for leaf in sub.get_subcommands_mut().filter(|l| l.get_name() != "help") {
+                    let text = leaf.render_long_help().to_string();
+                    assert!(
+                        text.contains("Examples"),
+                        "{name} {}: {text}",
+                        leaf.get_name()
+                    );
+                }
+            } else {
+                let text = sub.render_long_help().to_string();
+                assert!(text.contains("Examples"), "{name}: {text}");
+            }
+        }
+    }
+}
