@@ -760,6 +760,51 @@ mod tests {
     }
 
     #[test]
+    fn dns_section_is_optional_with_defaults() {
+        let (_d, p) = write(GOOD);
+        assert!(ProxyConfig::load(&p).unwrap().dns.is_none());
+        let (_d, p) = write(&format!("{CONTROL}dns: {{}}\n"));
+        let d = ProxyConfig::load(&p).unwrap().dns.unwrap();
+        assert_eq!(d.listen, "127.0.0.1:15053".parse().unwrap());
+        assert_eq!(d.cluster_domain, "cluster.local");
+        assert!(d.upstreams.is_empty());
+        assert_eq!(d.ttl.get(), std::time::Duration::from_secs(5));
+        let (_d, p) = write(&format!(
+            "{CONTROL}dns:\n  listen: 127.0.0.1:5353\n  upstreams: [10.0.0.2:53, \"[fd00::2]:53\"]\n  cluster_domain: mesh.example.\n  mark: 1337\n"
+        ));
+        let d = ProxyConfig::load(&p).unwrap().dns.unwrap();
+        assert_eq!(d.upstreams.len(), 2);
+        assert_eq!(d.mark, Some(1337));
+    }
+
+    #[test]
+    fn bad_dns_fields_are_named() {
+        for (yaml, want) in [
+            (
+                "dns:\n  upstreams: [10.0.0.2]\n",
+                "proxy.yaml:16:15: field `dns.upstreams[0]`",
+            ),
+            ("dns:\n  colour: red\n", "dns.colour"),
+            ("dns:\n  upstreams: [0.0.0.0:53]\n", "dns.upstreams[0]"),
+            (
+                "dns:\n  listen: 127.0.0.1:5353\n  upstreams: [127.0.0.1:5353]\n",
+                "own address",
+            ),
+            ("dns:\n  cluster_domain: bad_domain\n", "dns.cluster_domain"),
+            ("dns:\n  cluster_domain: a..b\n", "dns.cluster_domain"),
+            ("dns:\n  ttl: 1500ms\n", "dns.ttl"),
+            ("dns:\n  max_forwards: 0\n", "dns.max_forwards"),
+            ("dns:\n  tcp_idle_timeout: 0s\n", "dns.tcp_idle_timeout"),
+            ("dns:\n  mark: 0\n", "dns.mark"),
+            ("dns:\n  listen: 127.0.0.1:15000\n", "`admin`"),
+        ] {
+            let (_d, p) = write(&format!("{GOOD}{yaml}"));
+            let e = ProxyConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
     fn missing_file_is_named() {
         let e = ProxyConfig::load(Path::new("/nonexistent/weft.yaml"))
             .unwrap_err()

@@ -607,6 +607,68 @@ async fn forwarded_questions_in_flight_are_capped() {
     first.abort();
 }
 
+// === in the proxy ===
+
+/// `weft_proxy::bind` with a `dns:` section starts the responder, and it answers from the mesh view the
+/// proxy holds at each question (a snapshot applied later is seen by the next question).
+#[tokio::test]
+async fn the_proxy_answers_from_the_mesh_view_it_holds_now() {
+    use weft_certs::{testing, CertificateAuthority, Credential, Identity, SpiffeId, TrustBundle};
+    use weft_certs::{TrustDomain, Validity};
+    let td = TrustDomain::new("weft.local").unwrap();
+    let ca = CertificateAuthority::new_root(&td, Validity::starting_now(Duration::from_secs(3600)))
+        .unwrap();
+    let id = SpiffeId::parse("spiffe://weft.local/ns/shop/sa/web").unwrap();
+    let (chain, key) = testing::issue(&ca, &testing::LeafSpec::for_id(&id));
+    let identity = Identity::new(
+        Credential::from_pem(&chain, &key).unwrap(),
+        TrustBundle::from_pem(&ca.root_pem()).unwrap(),
+    )
+    .unwrap();
+    let yaml = "identity: {cert: a, key: b, bundle: c}\ntunnel: {listen: 127.0.0.1:0}\n\
+                admin: 127.0.0.1:0\nhealth: 127.0.0.1:0\ndns: {listen: 127.0.0.1:0}\n";
+    let cfg: crate::config::ProxyConfig = weft_api::yaml::from_str("proxy.yaml", yaml).unwrap();
+    let running = crate::bind(cfg, identity).await.unwrap();
+    let addr = running
+        .listeners
+        .iter()
+        .find(|(k, _)| matches!(k, crate::Kind::Dns(_)))
+        .map(|(_, l)| l.local_addr().unwrap())
+        .expect("a dns listener");
+    let proxy = running.proxy.clone();
+    let serving = tokio::spawn(running.serve());
+
+    // No snapshot yet: nothing in the mesh, and no upstreams.
+    let r = ask_udp(addr, &query("reviews.", RecordType::A)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+
+    let snapshot = weft_api::control::Snapshot {
+        version: 1,
+        mesh: None,
+        services: Some(mesh()),
+        routes: None,
+        policies: None,
+        trust_bundle_pem: None,
+    };
+    proxy.set_mesh(proxy.mesh().merge(snapshot, &td, 1 << 16).unwrap());
+    // Without a workload, relative names are relative to `default`.
+    let r = ask_udp(addr, &query("reviews.", RecordType::A)).await;
+    assert_eq!(a_records(&r), vec![VIP]);
+    let r = ask_udp(
+        addr,
+        &query("reviews.default.svc.cluster.local.", RecordType::A),
+    )
+    .await;
+    assert_eq!(a_records(&r), vec![VIP]);
+    assert!(proxy
+        .metrics
+        .encode()
+        .contains("weft_proxy_dns_queries_total{result=\"answered\"} 2"));
+
+    proxy.shutdown.cancel();
+    assert!(serving.await.unwrap(), "drained");
+}
+
 // === with a real resolver tool ===
 
 /// `dig` against the responder, when dig is installed (Debian: dnsutils); skipped otherwise.
