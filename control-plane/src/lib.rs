@@ -17,3 +17,4 @@ pub mod state_dir;
 pub mod store;
 pub mod tokens;
 pub mod view;
+pub mod vips;

@@ -27,6 +27,8 @@ pub struct Options {
     pub operator_listen: SocketAddr,
     pub debounce: Duration,
     pub grace_period: Duration,
+    /// Where service virtual IPs come from.
+    pub vip_range: crate::vips::Ipv4Range,
 }
 
 /// What every handler shares.
@@ -128,6 +130,8 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
             grace_period: opts.grace_period,
             registry_path: Some(registry_path),
             trust_domain: state.trust_domain.clone(),
+            vip_range: opts.vip_range,
+            vips_path: Some(state.path("vips.json")),
         },
         metrics.clone(),
     );

@@ -226,11 +226,47 @@ pub struct ProxyConfig {
     /// Explicit local listeners.
     #[serde(default)]
     pub outbound: OutboundList,
+    /// Transparent mode: listeners for the app's traffic that `weft-proxy init` redirects here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interception: Option<InterceptionConfig>,
     #[serde(default)]
     pub limits: Limits,
     /// On SIGTERM, how long in-flight requests and streams get to finish before the proxy exits.
     #[serde(default = "default_drain")]
     pub drain_timeout: Duration,
+}
+
+/// Transparent interception in a pod (see docs/interception.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptionConfig {
+    /// Where the app's redirected outgoing TCP arrives. Default `0.0.0.0:15001`.
+    #[serde(default = "default_intercept_outbound")]
+    pub outbound: SocketAddr,
+    /// Where redirected incoming TCP from outside the mesh arrives. Default `0.0.0.0:15006`.
+    #[serde(default = "default_intercept_inbound")]
+    pub inbound: SocketAddr,
+    /// SO_MARK on every socket the proxy opens to the network, so `init`'s rules let it through
+    /// unredirected. Must match `weft-proxy init --mark`. Default 1337.
+    #[serde(default = "default_mark")]
+    pub mark: u32,
+    /// Overrides the mesh's `mtlsMode` for this workload: `STRICT` refuses plaintext on `inbound`,
+    /// `PERMISSIVE` delivers it to the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls_mode: Option<weft_api::resources::MtlsMode>,
+}
+
+/// The socket mark `weft-proxy init` exempts by default.
+pub const DEFAULT_MARK: u32 = 1337;
+
+fn default_intercept_outbound() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15001))
+}
+fn default_intercept_inbound() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15006))
+}
+fn default_mark() -> u32 {
+    DEFAULT_MARK
 }
 
 fn default_tunnel_listen() -> SocketAddr {
@@ -378,6 +414,23 @@ impl ProxyConfig {
                     ));
                 }
             }
+        }
+        if let Some(i) = &self.interception {
+            if self.control.is_none() {
+                return Err(invalid(
+                    "interception".into(),
+                    "transparent mode needs `control` (destinations are resolved from the mesh)"
+                        .into(),
+                ));
+            }
+            if i.mark == 0 {
+                return Err(invalid(
+                    "interception.mark".into(),
+                    "must be non-zero (0 is every unmarked socket)".into(),
+                ));
+            }
+            taken.push(("interception.outbound".into(), i.outbound));
+            taken.push(("interception.inbound".into(), i.inbound));
         }
         for (i, l) in self.outbound.0.iter().enumerate() {
             taken.push((format!("outbound[{i}].listen"), l.listen));

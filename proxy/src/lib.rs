@@ -11,11 +11,14 @@ pub mod errors;
 pub mod h1_guard;
 pub mod headers;
 pub mod inbound;
+pub mod inbound_plain;
 pub mod local_app;
 pub mod mesh;
 pub mod metrics;
 pub mod outbound;
+pub mod route;
 pub mod serve;
+pub mod socket;
 pub mod splice;
 pub mod state;
 pub mod tunnel;
@@ -49,6 +52,10 @@ enum Kind {
     Admin,
     Health,
     Outbound(Box<(weft_api::OutboundListener, weft_api::Target)>),
+    /// The app's redirected outgoing TCP (transparent mode).
+    InterceptedOutbound,
+    /// Redirected incoming plaintext (transparent mode).
+    InterceptedInbound,
 }
 
 /// Binds every listener (so a port clash fails start-up with a clear error) before serving any.
@@ -67,6 +74,17 @@ pub async fn bind(cfg: ProxyConfig, identity: Identity) -> anyhow::Result<Runnin
             .target()
             .map_err(|e| anyhow::anyhow!("outbound[{i}]: {e}"))?;
         add(Kind::Outbound(Box::new((o.clone(), target))), l);
+    }
+    if let Some(i) = &cfg.interception {
+        socket::set_mark(i.mark);
+        add(
+            Kind::InterceptedOutbound,
+            bind_one("interception.outbound", i.outbound).await?,
+        );
+        add(
+            Kind::InterceptedInbound,
+            bind_one("interception.inbound", i.inbound).await?,
+        );
     }
     Ok(Running {
         proxy: Proxy::new(cfg, identity),
@@ -105,6 +123,14 @@ impl Running {
                     let (o, target) = *spec;
                     tracing::info!(?addr, ?target, protocol = ?o.protocol, "outbound listener");
                     tokio::spawn(outbound::run(l, o, target, p));
+                }
+                Kind::InterceptedOutbound => {
+                    tracing::info!(?addr, "intercepted outbound listening");
+                    tokio::spawn(outbound::run_intercepted(l, p));
+                }
+                Kind::InterceptedInbound => {
+                    tracing::info!(?addr, "intercepted inbound listening");
+                    tokio::spawn(inbound_plain::run(l, p));
                 }
             }
         }

@@ -159,6 +159,10 @@ fn run(path: &std::path::Path, worker_threads: Option<usize>) -> ExitCode {
 const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn start(cfg: ProxyConfig) -> Result<bool, Failure> {
+    if let Some(i) = &cfg.interception {
+        // Before the first connection to the control plane: in a pod, unmarked sockets are redirected.
+        weft_proxy::socket::set_mark(i.mark);
+    }
     let settings = Settings::load(&cfg, JOIN_PATIENCE).await.map_err(|e| {
         let code = if e
             .downcast_ref::<weft_proxy::control::conn::ConnError>()

@@ -47,6 +47,9 @@ struct Cli {
     /// How long a disconnected proxy's workload stays registered (MeshConfig proxyGracePeriod overrides).
     #[arg(long, default_value = "30s")]
     grace_period: Duration,
+    /// IPv4 range that services' virtual IPs are allocated from (stable per service, persisted).
+    #[arg(long, default_value = "198.19.0.0/16")]
+    vip_range: weft_control::vips::Ipv4Range,
     /// Log format on stderr (levels from WEFT_LOG, default info).
     #[arg(long, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
     log_format: LogFormat,
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let opts = Options {
+        vip_range: cli.vip_range,
         state_dir: cli.state_dir,
         trust_domain: cli.trust_domain,
         config_dir: cli.config_dir,
