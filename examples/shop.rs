@@ -27,7 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "shop", about = "Mesh-unaware demo services: frontend -> reviews (-> ratings)")]
+#[command(
+    name = "shop",
+    about = "Mesh-unaware demo services: frontend -> reviews (-> ratings)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -246,6 +246,23 @@ impl Hub {
         self.mark_dirty();
     }
 
+    /// Every service that has a virtual IP.
+    pub fn service_addresses(&self) -> Vec<weft_api::operator::ServiceAddress> {
+        let st = lock(&self.state);
+        st.resources
+            .services
+            .iter()
+            .filter_map(|s| {
+                let (ns, name) = (&s.metadata.namespace, &s.metadata.name);
+                Some(weft_api::operator::ServiceAddress {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    vip: st.vips.get(ns, name)?.into(),
+                })
+            })
+            .collect()
+    }
+
     pub fn revision(&self) -> u64 {
         lock(&self.state).revision
     }

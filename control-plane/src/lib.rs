@@ -10,6 +10,8 @@ pub mod issuer;
 pub mod metrics;
 pub mod operator_api;
 pub use weft_api::persist;
+pub mod netns;
+pub mod pod;
 pub mod proxy_api;
 pub mod resources_api;
 pub mod server;

@@ -113,6 +113,11 @@ async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Respo
         .collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["status"]) => http_util::json(StatusCode::OK, &cp.hub.status()),
+        (Method::GET, ["mesh"]) => {
+            let mut info = cp.mesh_info.clone();
+            info.services = cp.hub.service_addresses();
+            http_util::json(StatusCode::OK, &info)
+        }
         (Method::POST, ["apply"]) => resources_api::apply(req, cp).await,
         (Method::GET, ["resources", kind]) => resources_api::get(cp, kind, None, None),
         (Method::GET, ["resources", kind, ns]) => resources_api::get(cp, kind, Some(ns), None),

@@ -12,6 +12,7 @@ pub mod h1_guard;
 pub mod headers;
 pub mod inbound;
 pub mod inbound_plain;
+pub mod intercept;
 pub mod local_app;
 pub mod mesh;
 pub mod metrics;

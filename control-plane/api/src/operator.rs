@@ -158,3 +158,25 @@ pub struct Nack {
     pub version: u64,
     pub reason: String,
 }
+
+/// `GET /v1/mesh`: what a pod runner needs to start a sidecar, and the services' virtual IPs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshInfo {
+    pub trust_domain: String,
+    /// The root CA's fingerprint, for `control.ca_fingerprint` (format `sha256:AB:CD:...`).
+    pub ca_fingerprint: String,
+    pub bundle_pem: String,
+    /// Where proxies reach the proxy API.
+    pub proxy_address: std::net::SocketAddr,
+    #[serde(default)]
+    pub services: Vec<ServiceAddress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAddress {
+    pub namespace: String,
+    pub name: String,
+    pub vip: std::net::IpAddr,
+}
