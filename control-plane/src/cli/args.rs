@@ -20,8 +20,9 @@ Weft operator CLI.
 
 Talks to weft-control's operator API (--server) with the operator token the control plane writes to
 <state-dir>/operator.token (--token-file): apply, get and delete resources, create and revoke join
-tokens, see every proxy's status. `ca` and `cert` work offline on a CA directory, for proxies run in
-explicit mode with certificate files.";
+tokens, see every proxy's status. `pod` and `network` run apps in local pods (network namespaces with a
+sidecar; root needed) and join them to the mesh. `ca` and `cert` work offline on a CA directory, for
+proxies run in explicit mode with certificate files.";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -86,6 +87,9 @@ pub enum PodCommand {
     #[command(after_long_help = POD_RUN_EXAMPLES)]
     Run(Box<PodRunArgs>),
     /// The pods on this machine.
+    #[command(
+        after_long_help = "Examples:\n  weftctl pod list\n  weftctl pod list --network demo"
+    )]
     List {
         #[arg(long)]
         network: Option<String>,
@@ -94,6 +98,9 @@ pub enum PodCommand {
     },
     /// Stop a pod (its app gets SIGTERM, the sidecar drains) and remove it; cleans up after a runner
     /// that is gone.
+    #[command(
+        after_long_help = "Examples:\n  weftctl pod delete reviews-v2\n  weftctl pod delete client --network demo"
+    )]
     Delete {
         name: String,
         #[arg(long)]
@@ -157,6 +164,9 @@ pub struct PodRunArgs {
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
     /// Create a pod network (idempotent).
+    #[command(
+        after_long_help = "Examples:\n  weftctl network create demo\n  weftctl network create lab --cidr 198.18.0.0/20\n\nThen run the control plane's proxy API in it:\n  weft-control --api-netns weft-demo --api-listen 198.18.0.1:15010"
+    )]
     Create {
         name: String,
         #[arg(long, default_value = crate::pod::runner::DEFAULT_CIDR)]
@@ -165,6 +175,9 @@ pub enum NetworkCommand {
         run_dir: PathBuf,
     },
     /// Delete a pod network (refused while it has pods, unless --force).
+    #[command(
+        after_long_help = "Examples:\n  weftctl network delete demo\n  weftctl network delete demo --force   # deletes its pods first"
+    )]
     Delete {
         name: String,
         #[arg(long)]
@@ -173,6 +186,7 @@ pub enum NetworkCommand {
         run_dir: PathBuf,
     },
     /// The pod networks on this machine.
+    #[command(after_long_help = "Examples:\n  weftctl network list")]
     List {
         #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
