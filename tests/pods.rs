@@ -319,3 +319,120 @@ fn app_starts_after_its_sidecar_and_teardown_leaves_nothing_behind() {
         .join(&long.netns)
         .exists());
 }
+
+/// A bare namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("weft-{tag}{}", std::process::id() % 100_000);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip netns add");
+        assert!(out.status.success(), "{}", text(&out));
+        Netns(name)
+    }
+
+    fn run(&self, program: &str, args: &[&str], env_path: Option<&str>) -> std::process::Output {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]).args(args);
+        if let Some(p) = env_path {
+            c.env("PATH", p);
+        }
+        c.output().expect("ip netns exec")
+    }
+
+    fn rules(&self) -> String {
+        let out = self.run("iptables-save", &["-t", "nat"], None);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn init_is_idempotent_cleans_up_and_names_what_is_missing() {
+    if !available("pods") {
+        return;
+    }
+    let proxy = weft::bins::bin("weft-proxy").display().to_string();
+    let ns = Netns::new("init");
+    let before = ns.rules();
+
+    let dry = ns.run(
+        &proxy,
+        &["init", "--dry-run", "--exclude-outbound-ports", "5432"],
+        None,
+    );
+    assert!(dry.status.success(), "{}", text(&dry));
+    let printed = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        printed.contains("-A WEFT_OUTPUT -p tcp --dport 5432 -j RETURN"),
+        "{printed}"
+    );
+    assert!(printed.contains("REDIRECT --to-ports 15001"), "{printed}");
+    assert_eq!(ns.rules(), before, "--dry-run changed the rules");
+
+    let first = ns.run(&proxy, &["init"], None);
+    assert!(first.status.success(), "{}", text(&first));
+    let installed = ns.rules();
+    assert!(
+        installed.contains("-A OUTPUT -j WEFT_OUTPUT"),
+        "{installed}"
+    );
+    assert!(
+        installed.contains("-A PREROUTING -p tcp -j WEFT_INBOUND"),
+        "{installed}"
+    );
+    let again = ns.run(&proxy, &["init"], None);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(ns.rules(), installed, "a second init changed the rules");
+
+    for _ in 0..2 {
+        let clean = ns.run(&proxy, &["init", "--cleanup"], None);
+        assert!(clean.status.success(), "{}", text(&clean));
+        assert!(!ns.rules().contains("WEFT"), "{}", ns.rules());
+    }
+
+    let no_tools = ns.run(&proxy, &["init"], Some("/nonexistent"));
+    assert_eq!(no_tools.status.code(), Some(3), "{}", text(&no_tools));
+    assert!(
+        text(&no_tools).contains("install iptables"),
+        "{}",
+        text(&no_tools)
+    );
+    let unprivileged = ns.run(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            &proxy,
+            "init",
+        ],
+        None,
+    );
+    assert_eq!(
+        unprivileged.status.code(),
+        Some(4),
+        "{}",
+        text(&unprivileged)
+    );
+    assert!(
+        text(&unprivileged).contains("CAP_NET_ADMIN"),
+        "{}",
+        text(&unprivileged)
+    );
+}

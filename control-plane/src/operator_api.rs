@@ -149,10 +149,12 @@ async fn create_token(req: Request<Incoming>, cp: &ControlPlane) -> Response<Bod
         Ok(b) => b,
         Err(r) => return r,
     };
-    let res = cp
-        .issuer
-        .tokens()
-        .create(&body.namespace, &body.service_account, body.ttl_secs);
+    let res = cp.issuer.tokens().create(
+        &body.namespace,
+        &body.service_account,
+        body.ttl_secs,
+        body.max_uses,
+    );
     match res {
         Ok((token, info)) => {
             tracing::info!(id = %info.id, identity = %info.identity, ttl_secs = body.ttl_secs, "join token created");

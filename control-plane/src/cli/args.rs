@@ -375,6 +375,10 @@ pub enum TokenCommand {
         /// How long the token can be used to join (e.g. 10m, 1h, 7d).
         #[arg(long, default_value = "1h", value_parser = token_ttl)]
         ttl: Duration,
+        /// How many certificates the token may obtain (default: any number until it expires, so the
+        /// replicas of a workload can share it); 1 makes it single-use.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max_uses: Option<u64>,
     },
     /// List join tokens with their identity, state, expiry and use count (never their secrets).
     #[command(after_long_help = "Examples:\n  weftctl token list\n  weftctl token list -o json")]
@@ -641,6 +645,7 @@ mod tests {
             namespace,
             service_account,
             ttl,
+            max_uses,
         }) = remote(ok(&[
             "token",
             "create",
@@ -657,7 +662,18 @@ mod tests {
             ("shop", "cart")
         );
         assert_eq!(ttl, Duration::from_secs(3600));
+        assert_eq!(max_uses, None);
         usage_error(&["token", "create", "--namespace", "shop"]);
+        usage_error(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+            "--max-uses",
+            "0",
+        ]);
         usage_error(&[
             "token",
             "create",

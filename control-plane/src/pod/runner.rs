@@ -136,6 +136,7 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
                 namespace: o.namespace.clone(),
                 service_account: sa.clone(),
                 ttl_secs: 600,
+                max_uses: Some(1),
             },
             Duration::from_secs(10),
         )
