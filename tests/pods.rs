@@ -336,10 +336,12 @@ impl Netns {
 
     fn run(&self, program: &str, args: &[&str], env_path: Option<&str>) -> std::process::Output {
         let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]).args(args);
+        c.args(["netns", "exec", &self.0]);
         if let Some(p) = env_path {
-            c.env("PATH", p);
+            // The program's PATH only (`ip` itself must still be found).
+            c.arg("env").arg(format!("PATH={p}"));
         }
+        c.arg(program).args(args);
         c.output().expect("ip netns exec")
     }
 
