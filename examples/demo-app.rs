@@ -89,7 +89,8 @@ enum Command {
         /// Address to connect to (host:port).
         addr: String,
     },
-    /// Connects without sending anything and prints the first line the server sends.
+    /// Connects without sending anything and prints the first line the server sends, with the time
+    /// from the start of the connect to that line.
     BannerRead {
         /// Address to connect to (host:port).
         addr: String,
@@ -153,8 +154,11 @@ async fn run(command: Command) -> Result<()> {
         Command::Ws { addr } => ws(resolve(&addr).await?).await,
         Command::Tcp { addr } => tcp(resolve(&addr).await?).await,
         Command::BannerRead { addr } => {
-            let line = client::read_banner(resolve(&addr).await?, Duration::from_secs(5)).await?;
-            println!("banner: {line:?}");
+            let addr = resolve(&addr).await?;
+            let started = std::time::Instant::now();
+            let line = client::read_banner(addr, Duration::from_secs(5)).await?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            println!("banner: {line:?} after {ms:.1} ms");
             Ok(())
         }
     }

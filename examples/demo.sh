@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Weft demo: two mesh-unaware apps talk through a pair of weft-proxy sidecars over mutual TLS.
+# Weft demo: the whole mesh on one machine, with zero change to the apps.
 #
-#   demo-app client --> frontend proxy (outbound listeners) ==mTLS HTTP/2==> backend proxy (tunnel) --> backend apps
+#   client pod ──▶ frontend pod ──▶ reviews pods (v1, v2) ──▶ ratings pod
 #
-# It builds what it needs, makes a mesh CA and two workload identities, starts the apps and proxies on
-# loopback, sends HTTP/1.1, HTTP/2, gRPC-style, WebSocket and raw TCP traffic through them, prints what
-# each hop saw (including the peer's SPIFFE ID), and stops everything on exit or Ctrl-C.
+# Every pod is a network namespace whose sidecar intercepts its traffic (iptables); every hop is mutual
+# TLS with SPIFFE identities issued by the control plane. The apps (examples/shop.rs) are plain HTTP
+# programs that call each other by name (http://reviews:9080). The script builds what it needs, starts
+# the control plane on its own state directory (target/demo/), starts the pods, shows each hop's
+# identity, shifts reviews traffic 100/0 -> 90/10 -> 50/50 -> 0/100 printing the split observed after each
+# step, and removes every namespace, rule and process on exit or Ctrl-C.
 #
-# Options: --keep   keep everything running after the narration until Ctrl-C
+# Needs root (namespaces and iptables). Options: --keep   keep the mesh running until Ctrl-C
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -19,120 +22,107 @@ note() { printf '   %s\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 # --- set-up (idempotent) ---------------------------------------------------------------------
+[[ $(id -u) -eq 0 ]] || die "run as root: pods are network namespaces with iptables rules"
 command -v cargo > /dev/null || die "cargo not found: install a Rust toolchain (https://rustup.rs) first"
-if ! command -v curl > /dev/null; then
-    echo "installing curl" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl > /dev/null
+missing=()
+for tool in ip:iproute2 iptables:iptables curl:curl; do
+    command -v "${tool%%:*}" > /dev/null || missing+=("${tool#*:}")
+done
+if ((${#missing[@]})); then
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
 fi
-echo "building weft-proxy, weftctl and the demo apps (release)..." >&2
+echo "building weft-control, weft-proxy, weftctl and the shop apps (release)..." >&2
 cargo build --release --quiet --workspace --bins --examples
 bin=$root/target/release
-proxy=$bin/weft-proxy weftctl=$bin/weftctl app=$bin/examples/demo-app
+shop=$bin/examples/shop
+work=$root/target/demo
+export WEFT_SERVER=http://127.0.0.1:15014 WEFT_TOKEN_FILE=$work/state/operator.token WEFT_RUN_DIR=$work/run
+weftctl() { "$bin/weftctl" "$@"; }
+net=demo
 
-# Fixed loopback ports keep the narration readable; refuse to start if one is taken.
-HTTP_APP=18080 TCP_APP=18090 BANNER_APP=18091
-FE_HTTP=19080 FE_TCP=19090 FE_BANNER=19091 FE_WRONG=19081
-BE_TUNNEL=15008 BE_ADMIN=15000 BE_HEALTH=15020
-FE_TUNNEL=15108 FE_ADMIN=15100 FE_HEALTH=15120
-for p in $HTTP_APP $TCP_APP $BANNER_APP $FE_HTTP $FE_TCP $FE_BANNER $FE_WRONG $BE_TUNNEL $BE_ADMIN $BE_HEALTH \
-    $FE_TUNNEL $FE_ADMIN $FE_HEALTH; do
-    if (exec 3<> "/dev/tcp/127.0.0.1/$p") 2> /dev/null; then die "port 127.0.0.1:$p is in use; stop what listens there"; fi
-done
+if (exec 3<> /dev/tcp/127.0.0.1/15014) 2> /dev/null; then
+    die "127.0.0.1:15014 is in use (another weft-control?); stop it first"
+fi
+# A previous run killed hard may have left its pods: remove them before starting afresh.
+weftctl network delete $net --force > /dev/null 2>&1 || true
+rm -rf "$work"
+mkdir -p "$work/logs"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/weft-demo.XXXXXX")
-pids=()
+cp_pid=
+runners=()
 cleanup() {
     trap - EXIT INT TERM
-    if ((${#pids[@]})); then
-        kill -TERM "${pids[@]}" 2> /dev/null || true
-        wait "${pids[@]}" 2> /dev/null || true
-    fi
-    rm -rf "$work"
-    echo "demo: stopped everything and removed $work" >&2
+    echo >&2
+    echo "demo: stopping pods (each app gets SIGTERM, its sidecar drains) and the control plane" >&2
+    weftctl network delete $net --force > /dev/null 2>&1 || true
+    if ((${#runners[@]})); then wait "${runners[@]}" 2> /dev/null || true; fi
+    [[ -n $cp_pid ]] && kill -TERM "$cp_pid" 2> /dev/null && wait "$cp_pid" 2> /dev/null || true
+    left=$(ip netns list | grep -c "^weft-$net" || true)
+    echo "demo: done; network namespaces left: $left (state and logs in $work)" >&2
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# --- control plane ---------------------------------------------------------------------------
+bold "1. A pod network and the control plane"
+weftctl network create $net | sed 's/^/   /'
+"$bin/weft-control" --state-dir "$work/state" --trust-domain shop.local \
+    --api-netns weft-$net --api-listen 198.18.0.1:15010 > "$work/logs/control.log" 2>&1 &
+cp_pid=$!
+for _ in $(seq 100); do curl -fs http://127.0.0.1:15014/ready > /dev/null && break; sleep 0.1; done
+curl -fs http://127.0.0.1:15014/ready > /dev/null || { tail "$work/logs/control.log"; die "weft-control did not start"; }
+note "weft-control: proxy API 198.18.0.1:15010 (inside the pod network), operator API 127.0.0.1:15014"
+note "mesh CA $(cat "$work/state/ca/fingerprint")"
+weftctl apply -f examples/shop/services.yaml | sed 's/^/   /'
+examples/shop/reviews-route.sh 100 0 | weftctl apply -f - | sed 's/^/   /'
+
+# --- pods ------------------------------------------------------------------------------------
+bold "2. Pods: each gets a namespace, an address, interception rules and a sidecar before its app starts"
+pod() {
+    local name=$1
+    shift
+    weftctl pod run --network $net --name "$name" "$@" > "$work/logs/pod-$name.log" 2>&1 &
+    runners+=($!)
+}
+pod ratings --service ratings --port 9080 -- "$shop" ratings
+pod reviews-v1 --service reviews --label version=v1 --port 9080 -- "$shop" reviews --version v1
+pod reviews-v2 --service reviews --label version=v2 --port 9080 -- "$shop" reviews --version v2 --ratings http://ratings:9080
+pod frontend --service frontend --port 8080 -- "$shop" frontend
+pod client -- sleep infinity
+for _ in $(seq 300); do
+    ready=$(weftctl status -o json 2> /dev/null | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin)["proxies"] if p["ready"] and p["connected"]))' 2> /dev/null || echo 0)
+    [[ $ready -ge 5 ]] && break
+    sleep 0.1
+done
+[[ $ready -ge 5 ]] || { tail -n 5 "$work"/logs/pod-*.log; die "the pods did not all become ready"; }
+sleep 0.5
+weftctl pod list --network $net | column -t -s $'\t' | sed 's/^/   /'
+echo
+weftctl status 2>&1 | cut -c1-110 | sed 's/^/   /'
+
+in_client() { ip netns exec weft-$net-client "$@"; }
+
 # --- identities ------------------------------------------------------------------------------
-bold "1. A mesh CA and two workload identities (keys made locally, CSRs signed by the CA)"
-"$weftctl" ca init --dir "$work/ca" --trust-domain weft.local | sed 's/^/   /'
-for sa in frontend backend; do
-    "$weftctl" cert issue --ca-dir "$work/ca" --id "spiffe://weft.local/ns/demo/sa/$sa" --ttl 1h --out "$work/$sa" | sed 's/^/   /'
+bold "3. One request from the client pod: who called whom, as each app saw it (mTLS identities)"
+note "the client app runs: shop call --url http://frontend:8080/   (a plain name, plain HTTP)"
+in_client getent hosts frontend | sed 's/^/   frontend resolves to the service address /'
+in_client "$shop" call --url http://frontend:8080/ | sed 's/^/ /'
+note "(the route sends every reviews call to v1, which does not call ratings; v2 does: step 5)"
+
+# --- traffic shift ---------------------------------------------------------------------------
+bold "4. Traffic shift of reviews: each step is one apply, acknowledged by every proxy before it returns"
+for step in "100 0" "90 10" "50 50" "0 100"; do
+    set -- $step
+    printf '   \033[1mv1=%s v2=%s\033[0m  ' "$1" "$2"
+    examples/shop/reviews-route.sh "$1" "$2" | weftctl apply -f - | tail -1
+    in_client "$shop" load --url http://frontend:8080/ --count 200 2> /dev/null | head -1 | sed 's/^/      observed: /'
 done
 
-# --- apps and proxies ------------------------------------------------------------------------
-bold "2. Starting the backend apps (they know nothing of the mesh) and the two sidecars"
-"$app" http --listen 127.0.0.1:$HTTP_APP --name backend > "$work/app-http.log" 2>&1 & pids+=($!)
-"$app" tcp-echo --listen 127.0.0.1:$TCP_APP > "$work/app-tcp.log" 2>&1 & pids+=($!)
-"$app" banner --listen 127.0.0.1:$BANNER_APP --text "220 backend.demo ESMTP ready" > "$work/app-banner.log" 2>&1 & pids+=($!)
-
-cat > "$work/backend.yaml" << YAML
-identity: { cert: backend.crt, key: backend.key, bundle: backend-bundle.crt }
-tunnel: { listen: 127.0.0.1:$BE_TUNNEL, allowed_ports: [$HTTP_APP, $TCP_APP, $BANNER_APP] }
-admin: 127.0.0.1:$BE_ADMIN
-health: 127.0.0.1:$BE_HEALTH
-YAML
-backend_id=spiffe://weft.local/ns/demo/sa/backend
-cat > "$work/frontend.yaml" << YAML
-identity: { cert: frontend.crt, key: frontend.key, bundle: frontend-bundle.crt }
-tunnel: { listen: 127.0.0.1:$FE_TUNNEL }
-admin: 127.0.0.1:$FE_ADMIN
-health: 127.0.0.1:$FE_HEALTH
-outbound:
-  - { name: backend-http, listen: 127.0.0.1:$FE_HTTP, peer: 127.0.0.1:$BE_TUNNEL, identity: $backend_id, target_port: $HTTP_APP }
-  - { name: backend-tcp, listen: 127.0.0.1:$FE_TCP, peer: 127.0.0.1:$BE_TUNNEL, identity: $backend_id, target_port: $TCP_APP }
-  - { name: backend-smtp, listen: 127.0.0.1:$FE_BANNER, peer: 127.0.0.1:$BE_TUNNEL, identity: $backend_id, target_port: $BANNER_APP }
-  # Expects another identity than the backend presents: every connection through it is refused.
-  - { name: payments, listen: 127.0.0.1:$FE_WRONG, peer: 127.0.0.1:$BE_TUNNEL, identity: spiffe://weft.local/ns/demo/sa/payments, target_port: $HTTP_APP }
-YAML
-WEFT_LOG=info,weft_proxy::inbound=debug "$proxy" run --config "$work/backend.yaml" > "$work/backend-proxy.log" 2>&1 & pids+=($!)
-WEFT_LOG=info "$proxy" run --config "$work/frontend.yaml" > "$work/frontend-proxy.log" 2>&1 & pids+=($!)
-for h in $BE_HEALTH $FE_HEALTH; do
-    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$h/ready" > /dev/null && break; sleep 0.1; done
-    curl -fs "http://127.0.0.1:$h/ready" > /dev/null || { tail "$work"/*-proxy.log; die "a proxy did not become ready"; }
-done
-note "backend apps: http 127.0.0.1:$HTTP_APP, tcp echo :$TCP_APP, banner :$BANNER_APP"
-note "backend sidecar: tunnel 127.0.0.1:$BE_TUNNEL (mTLS + HTTP/2), admin :$BE_ADMIN, health :$BE_HEALTH"
-note "frontend sidecar: listeners :$FE_HTTP (http) :$FE_TCP (tcp) :$FE_BANNER (banner) -> backend tunnel"
-for port in $FE_ADMIN $BE_ADMIN; do
-    curl -fs "http://127.0.0.1:$port/identity" |
-        python3 -c 'import json,sys; d=json.load(sys.stdin); print("   identity", d["spiffe_id"], "expires in", d["expires_in_seconds"], "s")'
-done
-
-# --- traffic ---------------------------------------------------------------------------------
-bold "3. HTTP/1.1 from the frontend's client to its local listener (the app sees who called)"
-"$app" get 127.0.0.1:$FE_HTTP /info -H "x-forwarded-for:6.6.6.6" | sed 's/^/   /'
-note "(the client's forged x-forwarded-for was replaced by the address the proxy saw)"
-
-bold "4. HTTP/2 prior knowledge, carried as HTTP/2 to the app"
-"$app" get --h2 127.0.0.1:$FE_HTTP /info | sed 's/^/   /'
-
-bold "5. gRPC-style calls: unary, an error status in trailers, bidirectional streaming"
-"$app" grpc 127.0.0.1:$FE_HTTP | sed 's/^/   /'
-
-bold "6. WebSocket over the HTTP/1.1 upgrade"
-"$app" ws 127.0.0.1:$FE_HTTP | sed 's/^/   /'
-
-bold "7. Raw TCP with half-close, and a server-speaks-first service"
-"$app" tcp 127.0.0.1:$FE_TCP | sed 's/^/   /'
-"$app" banner-read 127.0.0.1:$FE_BANNER | sed 's/^/   /'
-sleep 0.2
-note "backend sidecar saw these TCP streams from:"
-grep -h 'inbound tcp stream done' "$work/backend-proxy.log" | grep -o 'peer_id=[^ ]* port=[0-9]*' | sed 's/^/   /' || true
-
-bold "8. A listener that expects another identity is refused before any byte reaches the backend"
-curl -s -w '   (HTTP %{http_code})\n' "http://127.0.0.1:$FE_WRONG/info" | sed 's/^/   /'
-note "frontend sidecar log:"
-grep -h 'request failed' "$work/frontend-proxy.log" | tail -1 | fold -w 140 | sed 's/^/   /'
-note "backend sidecar log (the refused handshake):"
-grep -h 'TLS handshake failed' "$work/backend-proxy.log" | tail -1 | fold -w 140 | sed 's/^/   /' || true
-
-bold "9. Everything above crossed one multiplexed mTLS connection"
-curl -fs "http://127.0.0.1:$FE_HEALTH/metrics" | grep -E '^weft_proxy_peer_connections_opened_total' | sed 's/^/   frontend: /'
-curl -fs "http://127.0.0.1:$BE_HEALTH/metrics" | grep -E '^weft_proxy_connections_opened_total.*tunnel' | sed 's/^/   backend:  /'
+bold "5. Now every call goes frontend -> reviews v2 -> ratings:"
+in_client "$shop" call --url http://frontend:8080/ | sed 's/^/ /'
 
 if ((keep)); then
-    bold "Running; try: $app get 127.0.0.1:$FE_HTTP /info   (Ctrl-C stops everything)"
-    wait
+    bold "Running; try: ip netns exec weft-$net-client $shop call --url http://frontend:8080/   (Ctrl-C stops everything)"
+    wait "$cp_pid"
 fi
-bold "Done: stopping the proxies (SIGTERM: drain, then exit 0) and the apps"

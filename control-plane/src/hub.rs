@@ -133,6 +133,8 @@ struct State {
     proxies: BTreeMap<ProxyKey, ProxyEntry>,
     cycles: VecDeque<Cycle>,
     registry_dirty: bool,
+    /// Service virtual IPs, kept in step with `resources`.
+    vips: crate::vips::Vips,
 }
 
 pub struct Hub {
@@ -154,6 +156,9 @@ pub struct HubSettings {
     /// Where the registry is persisted.
     pub registry_path: Option<std::path::PathBuf>,
     pub trust_domain: weft_certs::TrustDomain,
+    /// Where service virtual IPs come from, and where their table is persisted.
+    pub vip_range: crate::vips::Ipv4Range,
+    pub vips_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,8 +201,11 @@ impl Hub {
                 (key, entry)
             })
             .collect();
+        let mut vips = crate::vips::Vips::load(settings.vip_range, settings.vips_path.clone());
+        vips.sync(service_names(&resources));
         Arc::new(Hub {
             state: Mutex::new(State {
+                vips,
                 resources: Arc::new(resources),
                 revision,
                 covered: revision,
@@ -226,6 +234,7 @@ impl Hub {
     /// New resources (already validated and stored) at `revision`.
     pub fn set_resources(&self, resources: MeshResources, revision: u64) {
         let mut st = lock(&self.state);
+        st.vips.sync(service_names(&resources));
         st.resources = Arc::new(resources);
         st.revision = revision;
         drop(st);
@@ -235,6 +244,23 @@ impl Hub {
     pub fn set_bundle(&self, bundle_pem: String) {
         lock(&self.state).bundle_pem = bundle_pem.into();
         self.mark_dirty();
+    }
+
+    /// Every service that has a virtual IP.
+    pub fn service_addresses(&self) -> Vec<weft_api::operator::ServiceAddress> {
+        let st = lock(&self.state);
+        st.resources
+            .services
+            .iter()
+            .filter_map(|s| {
+                let (ns, name) = (&s.metadata.namespace, &s.metadata.name);
+                Some(weft_api::operator::ServiceAddress {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    vip: st.vips.get(ns, name)?.into(),
+                })
+            })
+            .collect()
     }
 
     pub fn revision(&self) -> u64 {
@@ -461,7 +487,7 @@ impl Hub {
         let shared = {
             let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
             let td = &self.settings.trust_domain;
-            view::SharedSections::build(&st.resources, &registered, td, &st.bundle_pem)
+            view::SharedSections::build(&st.resources, &registered, td, &st.bundle_pem, &st.vips)
         };
         let mut policy_cache = view::PolicyCache::default();
         let resources = st.resources.clone();
@@ -606,6 +632,12 @@ impl Hub {
         };
         Some((rollout, settled))
     }
+}
+
+fn service_names(res: &MeshResources) -> impl Iterator<Item = (&str, &str)> {
+    res.services
+        .iter()
+        .map(|s| (s.metadata.namespace.as_str(), s.metadata.name.as_str()))
 }
 
 fn count_connected(st: &State) -> usize {

@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn token_binds_the_identity() {
         let iss = issuer("bind");
-        let (tok, info) = iss.tokens().create("default", "reviews", 60).unwrap();
+        let (tok, info) = iss.tokens().create("default", "reviews", 60, None).unwrap();
         let good = KeyAndCsr::generate(&info.identity).unwrap();
         let cert = iss.join(&tok, good.csr_pem()).unwrap();
         assert!(cert.chain_pem.contains("BEGIN CERTIFICATE"));

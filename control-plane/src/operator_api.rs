@@ -113,6 +113,11 @@ async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Respo
         .collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["status"]) => http_util::json(StatusCode::OK, &cp.hub.status()),
+        (Method::GET, ["mesh"]) => {
+            let mut info = cp.mesh_info.clone();
+            info.services = cp.hub.service_addresses();
+            http_util::json(StatusCode::OK, &info)
+        }
         (Method::POST, ["apply"]) => resources_api::apply(req, cp).await,
         (Method::GET, ["resources", kind]) => resources_api::get(cp, kind, None, None),
         (Method::GET, ["resources", kind, ns]) => resources_api::get(cp, kind, Some(ns), None),
@@ -144,10 +149,12 @@ async fn create_token(req: Request<Incoming>, cp: &ControlPlane) -> Response<Bod
         Ok(b) => b,
         Err(r) => return r,
     };
-    let res = cp
-        .issuer
-        .tokens()
-        .create(&body.namespace, &body.service_account, body.ttl_secs);
+    let res = cp.issuer.tokens().create(
+        &body.namespace,
+        &body.service_account,
+        body.ttl_secs,
+        body.max_uses,
+    );
     match res {
         Ok((token, info)) => {
             tracing::info!(id = %info.id, identity = %info.identity, ttl_secs = body.ttl_secs, "join token created");

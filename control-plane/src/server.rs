@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use weft_api::operator::MeshInfo;
 use weft_certs::TrustDomain;
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,12 @@ pub struct Options {
     pub operator_listen: SocketAddr,
     pub debounce: Duration,
     pub grace_period: Duration,
+    /// Where service virtual IPs come from.
+    pub vip_range: crate::vips::Ipv4Range,
+    /// Open the proxy API listener inside this network namespace (a pod network).
+    pub api_netns: Option<String>,
+    /// The proxy API address proxies are told to use (default: `api_listen`).
+    pub api_advertise: Option<SocketAddr>,
 }
 
 /// What every handler shares.
@@ -40,6 +47,8 @@ pub struct ControlPlane {
     pub tasks: TaskTracker,
     store: std::sync::Mutex<Store>,
     config_dir: Option<PathBuf>,
+    /// What `GET /v1/mesh` answers (services filled in per request).
+    pub mesh_info: MeshInfo,
 }
 
 impl ControlPlane {
@@ -128,9 +137,24 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
             grace_period: opts.grace_period,
             registry_path: Some(registry_path),
             trust_domain: state.trust_domain.clone(),
+            vip_range: opts.vip_range,
+            vips_path: Some(state.path("vips.json")),
         },
         metrics.clone(),
     );
+    let mesh_info = MeshInfo {
+        trust_domain: state.trust_domain.to_string(),
+        ca_fingerprint: state
+            .serving
+            .bundle()
+            .roots()
+            .first()
+            .map(|r| weft_certs::pin::fingerprint(r.as_ref()))
+            .unwrap_or_default(),
+        bundle_pem: state.bundle_pem.clone(),
+        proxy_address: opts.api_advertise.unwrap_or(opts.api_listen),
+        services: Vec::new(),
+    };
     let StateDir {
         ca,
         bundle_pem,
@@ -138,9 +162,17 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         ..
     } = state;
     let issuer = Issuer::new(ca.ca, bundle_pem, tokens, metrics.clone());
-    let api = TcpListener::bind(opts.api_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--api-listen)", opts.api_listen))?;
+    let api = match &opts.api_netns {
+        None => TcpListener::bind(opts.api_listen).await,
+        Some(ns) => crate::netns::bind_in(ns, opts.api_listen),
+    }
+    .with_context(|| match &opts.api_netns {
+        None => format!("cannot listen on {} (--api-listen)", opts.api_listen),
+        Some(ns) => format!(
+            "cannot listen on {} in network namespace {ns} (--api-listen, --api-netns)",
+            opts.api_listen
+        ),
+    })?;
     let operator = TcpListener::bind(opts.operator_listen)
         .await
         .with_context(|| {
@@ -159,6 +191,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         tasks: TaskTracker::new(),
         store: std::sync::Mutex::new(store),
         config_dir: opts.config_dir.clone(),
+        mesh_info,
     });
     cp.publish();
     Ok(Bound { cp, api, operator })

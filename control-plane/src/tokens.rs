@@ -1,7 +1,8 @@
 //! Join tokens: a bootstrap credential bound to one service account, with an expiry, revocable.
 //!
 //! A token reads `wjt.<id>.<secret>`. Only the SHA-256 of the secret is stored; a token may be used by
-//! every replica of a workload until it expires or is revoked (the count of uses is kept for audit).
+//! every replica of a workload until it expires or is revoked (the count of uses is kept for audit), unless
+//! it was created with a use limit (the pod runner's tokens are single-use).
 
 use crate::persist::{self, StateError};
 use rand::RngCore as _;
@@ -34,6 +35,8 @@ pub enum TokenError {
     Revoked(String),
     #[error("join token {id} expired {ago}s ago")]
     Expired { id: String, ago: u64 },
+    #[error("join token {id} was already used {uses} time(s), its limit")]
+    UsedUp { id: String, uses: u64 },
 }
 
 impl TokenError {
@@ -45,6 +48,7 @@ impl TokenError {
             TokenError::BadSecret(_) => "bad_secret",
             TokenError::Revoked(_) => "revoked",
             TokenError::Expired { .. } => "expired",
+            TokenError::UsedUp { .. } => "used_up",
         }
     }
 }
@@ -76,12 +80,14 @@ impl TokenStore {
         persist::write_json(&self.path, &self.records, 0o600)
     }
 
-    /// Creates a token for `ns/sa`. Returns the secret token (shown once) and its record.
+    /// Creates a token for `ns/sa`, good for `max_uses` certificates (None: any number). Returns the
+    /// secret token (shown once) and its record.
     pub fn create(
         &mut self,
         namespace: &str,
         service_account: &str,
         ttl_secs: u64,
+        max_uses: Option<u64>,
     ) -> Result<(String, TokenInfo), CreateError> {
         check_name("namespace", namespace)?;
         check_name("service account", service_account)?;
@@ -103,6 +109,7 @@ impl TokenStore {
             expires_at: now.saturating_add(ttl_secs),
             revoked: false,
             uses: 0,
+            max_uses,
         };
         self.records.insert(
             id.clone(),
@@ -138,6 +145,14 @@ impl TokenStore {
                 id: id.to_string(),
                 ago: now - rec.info.expires_at,
             });
+        }
+        if let Some(max) = rec.info.max_uses {
+            if rec.info.uses >= max {
+                return Err(TokenError::UsedUp {
+                    id: id.to_string(),
+                    uses: rec.info.uses,
+                });
+            }
         }
         rec.info.uses += 1;
         let info = rec.info.clone();
@@ -219,7 +234,7 @@ mod tests {
     #[test]
     fn create_redeem_revoke_and_persist() {
         let mut s = store("crr");
-        let (tok, info) = s.create("default", "reviews", 3600).unwrap();
+        let (tok, info) = s.create("default", "reviews", 3600, None).unwrap();
         assert_eq!(
             info.identity.as_str(),
             "spiffe://t.local/ns/default/sa/reviews"
@@ -234,7 +249,7 @@ mod tests {
     #[test]
     fn refusals_say_why() {
         let mut s = store("why");
-        let (tok, info) = s.create("default", "a", 0).unwrap();
+        let (tok, info) = s.create("default", "a", 0, None).unwrap();
         assert!(matches!(s.redeem(&tok), Err(TokenError::Expired { .. })));
         assert_eq!(s.redeem("nonsense"), Err(TokenError::Malformed));
         assert_eq!(
@@ -243,6 +258,20 @@ mod tests {
         );
         let forged = format!("wjt.{}.{}", info.id, "0".repeat(48));
         assert_eq!(s.redeem(&forged), Err(TokenError::BadSecret(info.id)));
-        assert!(s.create("Bad_NS", "a", 10).is_err());
+        assert!(s.create("Bad_NS", "a", 10, None).is_err());
+    }
+
+    #[test]
+    fn a_single_use_token_works_once() {
+        let mut s = store("once");
+        let (tok, info) = s.create("default", "pod", 60, Some(1)).unwrap();
+        assert_eq!(s.redeem(&tok).unwrap().max_uses, Some(1));
+        assert_eq!(
+            s.redeem(&tok),
+            Err(TokenError::UsedUp {
+                id: info.id,
+                uses: 1
+            })
+        );
     }
 }

@@ -6,10 +6,12 @@
 //! encoding of each section however many proxies receive it.
 
 use crate::hub::Registered;
+use crate::vips::Vips;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::Arc;
 use weft_api::control::{Endpoint, ServiceView};
 use weft_api::resources::{
@@ -82,10 +84,11 @@ impl SharedSections {
         registered: &[&Registered],
         td: &TrustDomain,
         bundle_pem: &str,
+        vips: &Vips,
     ) -> SharedSections {
         SharedSections {
             mesh: Section::encode(&res.mesh),
-            services: Section::encode(&services_view(res, registered, td)),
+            services: Section::encode(&services_view(res, registered, td, vips)),
             routes: Section::encode(&res.routes),
             bundle: Section::encode(&bundle_pem),
         }
@@ -196,6 +199,7 @@ pub fn services_view(
     res: &MeshResources,
     registered: &[&Registered],
     td: &TrustDomain,
+    vips: &Vips,
 ) -> Vec<ServiceView> {
     let mut out: Vec<ServiceView> = res
         .services
@@ -226,7 +230,7 @@ pub fn services_view(
                 name: svc.metadata.name.clone(),
                 namespace: ns.clone(),
                 ports: svc.spec.ports.clone(),
-                vip: None,
+                vip: vips.get(ns, &svc.metadata.name).map(IpAddr::V4),
                 endpoints,
             }
         })
@@ -254,6 +258,10 @@ fn static_endpoint(w: &Document<WorkloadSpec>, td: &TrustDomain) -> Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_vips() -> Vips {
+        Vips::load("198.19.0.0/16".parse().unwrap(), None)
+    }
     use weft_api::control::{FrameDecoder, FromControl, Registration};
     use weft_api::resources::{Kind, Metadata, ServicePort, API_VERSION};
 
@@ -321,7 +329,7 @@ mod tests {
         let a = reg("default", "reviews-1", "reviews", "198.18.0.2");
         let b = reg("default", "ratings-1", "ratings", "198.18.0.3");
         let c = reg("other", "reviews-x", "reviews", "198.18.0.4");
-        let view = services_view(&resources(), &[&a, &b, &c], &td);
+        let view = services_view(&resources(), &[&a, &b, &c], &td, &no_vips());
         let eps: Vec<String> = view[0]
             .endpoints
             .iter()
@@ -336,7 +344,7 @@ mod tests {
         let td = TrustDomain::new("t.local").unwrap();
         let a = reg("default", "reviews-1", "reviews", "198.18.0.2");
         let res = resources();
-        let shared = SharedSections::build(&res, &[&a], &td, "PEM");
+        let shared = SharedSections::build(&res, &[&a], &td, "PEM", &no_vips());
         let pol = PolicyCache::default().for_workload(&res, &a);
         let full = shared.frame(7, &pol, None).to_bytes();
         let mut d = FrameDecoder::default();
@@ -349,7 +357,7 @@ mod tests {
 
         let base = shared.digests(&pol);
         let b = reg("default", "reviews-2", "reviews", "198.18.0.5");
-        let shared2 = SharedSections::build(&res, &[&a, &b], &td, "PEM");
+        let shared2 = SharedSections::build(&res, &[&a, &b], &td, "PEM", &no_vips());
         let delta = shared2.frame(8, &pol, Some(&base)).to_bytes();
         d.push(&delta);
         let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();

@@ -235,11 +235,6 @@ pub struct DnsConfig {
     /// A TCP connection with no complete question for this long is closed. Default 10s.
     #[serde(default = "default_dns_idle")]
     pub tcp_idle_timeout: Duration,
-    /// SO_MARK on the sockets to upstreams, so the pod's own DNS redirect lets the proxy's questions
-    /// out: set it to `weft-proxy init --mark` (1337) when upstreams are used in a pod. Setting a mark
-    /// needs CAP_NET_ADMIN. Default: no mark.
-    #[serde(default)]
-    pub mark: Option<u32>,
 }
 
 impl Default for DnsConfig {
@@ -253,7 +248,6 @@ impl Default for DnsConfig {
             max_forwards: default_max_forwards(),
             max_tcp_connections: default_dns_max_tcp(),
             tcp_idle_timeout: default_dns_idle(),
-            mark: None,
         }
     }
 }
@@ -304,6 +298,9 @@ pub struct ProxyConfig {
     /// Explicit local listeners.
     #[serde(default)]
     pub outbound: OutboundList,
+    /// Transparent mode: listeners for the app's traffic that `weft-proxy init` redirects here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interception: Option<InterceptionConfig>,
     #[serde(default)]
     pub limits: Limits,
     /// On SIGTERM, how long in-flight requests and streams get to finish before the proxy exits.
@@ -312,6 +309,39 @@ pub struct ProxyConfig {
     /// The DNS responder; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
+}
+
+/// Transparent interception in a pod (see docs/interception.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptionConfig {
+    /// Where the app's redirected outgoing TCP arrives. Default `0.0.0.0:15001`.
+    #[serde(default = "default_intercept_outbound")]
+    pub outbound: SocketAddr,
+    /// Where redirected incoming TCP from outside the mesh arrives. Default `0.0.0.0:15006`.
+    #[serde(default = "default_intercept_inbound")]
+    pub inbound: SocketAddr,
+    /// SO_MARK on every socket the proxy opens to the network, so `init`'s rules let it through
+    /// unredirected. Must match `weft-proxy init --mark`. Default 1337.
+    #[serde(default = "default_mark")]
+    pub mark: u32,
+    /// Overrides the mesh's `mtlsMode` for this workload: `STRICT` refuses plaintext on `inbound`,
+    /// `PERMISSIVE` delivers it to the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls_mode: Option<weft_api::resources::MtlsMode>,
+}
+
+/// The socket mark `weft-proxy init` exempts by default.
+pub const DEFAULT_MARK: u32 = 1337;
+
+fn default_intercept_outbound() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15001))
+}
+fn default_intercept_inbound() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15006))
+}
+fn default_mark() -> u32 {
+    DEFAULT_MARK
 }
 
 fn default_tunnel_listen() -> SocketAddr {
@@ -460,6 +490,23 @@ impl ProxyConfig {
                 }
             }
         }
+        if let Some(i) = &self.interception {
+            if self.control.is_none() {
+                return Err(invalid(
+                    "interception".into(),
+                    "transparent mode needs `control` (destinations are resolved from the mesh)"
+                        .into(),
+                ));
+            }
+            if i.mark == 0 {
+                return Err(invalid(
+                    "interception.mark".into(),
+                    "must be non-zero (0 is every unmarked socket)".into(),
+                ));
+            }
+            taken.push(("interception.outbound".into(), i.outbound));
+            taken.push(("interception.inbound".into(), i.inbound));
+        }
         for (i, l) in self.outbound.0.iter().enumerate() {
             taken.push((format!("outbound[{i}].listen"), l.listen));
             match l.target() {
@@ -572,9 +619,6 @@ impl DnsConfig {
             if v.get().is_zero() {
                 return Err((name.into(), "must be longer than 0".into()));
             }
-        }
-        if self.mark == Some(0) {
-            return Err(("mark".into(), "0 means no mark; leave the field out".into()));
         }
         Ok(())
     }
@@ -770,11 +814,10 @@ mod tests {
         assert!(d.upstreams.is_empty());
         assert_eq!(d.ttl.get(), std::time::Duration::from_secs(5));
         let (_d, p) = write(&format!(
-            "{CONTROL}dns:\n  listen: 127.0.0.1:5353\n  upstreams: [10.0.0.2:53, \"[fd00::2]:53\"]\n  cluster_domain: mesh.example.\n  mark: 1337\n"
+            "{CONTROL}dns:\n  listen: 127.0.0.1:5353\n  upstreams: [10.0.0.2:53, \"[fd00::2]:53\"]\n  cluster_domain: mesh.example.\n"
         ));
         let d = ProxyConfig::load(&p).unwrap().dns.unwrap();
         assert_eq!(d.upstreams.len(), 2);
-        assert_eq!(d.mark, Some(1337));
     }
 
     #[test]
@@ -795,7 +838,6 @@ mod tests {
             ("dns:\n  ttl: 1500ms\n", "dns.ttl"),
             ("dns:\n  max_forwards: 0\n", "dns.max_forwards"),
             ("dns:\n  tcp_idle_timeout: 0s\n", "dns.tcp_idle_timeout"),
-            ("dns:\n  mark: 0\n", "dns.mark"),
             ("dns:\n  listen: 127.0.0.1:15000\n", "`admin`"),
         ] {
             let (_d, p) = write(&format!("{GOOD}{yaml}"));

@@ -1,7 +1,9 @@
 //! Protocol detection on the outbound side: read the client's first bytes (for at most the detection
-//! window) and decide HTTP/1, HTTP/2 (prior knowledge) or opaque TCP. Biased towards availability: anything
-//! not clearly HTTP, including a client that stays silent because the server speaks first, is carried as
-//! opaque TCP, which always works, just without HTTP features.
+//! window) and decide HTTP/1, HTTP/2 (prior knowledge), TLS (the app's own; carried opaque, its SNI
+//! recorded) or opaque TCP. Biased towards availability: anything not clearly HTTP, including a client
+//! that stays silent because the server speaks first, is carried as opaque TCP, which always works, just
+//! without HTTP features. The cost for a server-first protocol is the window (`limits.detect_timeout`,
+//! 100 ms by default) added before its first byte.
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
@@ -14,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 pub enum Detected {
     Http1,
     Http2,
+    /// A TLS ClientHello: the app's own TLS, carried opaque.
+    Tls,
     Opaque,
 }
 
@@ -31,11 +35,18 @@ const METHODS: [&[u8]; 9] = [
 ];
 /// Enough for the HTTP/2 preface and any method token; a few hundred bytes would not change a decision.
 const PEEK_BYTES: usize = 64;
+/// A TLS record header: handshake content type, then major version 3.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// The largest TLS record (header + 16 KiB), the most read to see a whole ClientHello.
+const TLS_PEEK_BYTES: usize = 5 + (1 << 14);
 
 /// What the bytes so far say, or `None` when more bytes could still change the answer.
 fn classify(buf: &[u8]) -> Option<Detected> {
     if buf.is_empty() {
         return None;
+    }
+    if buf[0] == TLS_HANDSHAKE {
+        return classify_tls(buf);
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
@@ -62,6 +73,43 @@ fn classify(buf: &[u8]) -> Option<Detected> {
     }
 }
 
+/// TLS once the first record (the ClientHello, for its SNI) is complete.
+fn classify_tls(buf: &[u8]) -> Option<Detected> {
+    match buf.get(1) {
+        None => return None,
+        Some(3) => {}
+        Some(_) => return Some(Detected::Opaque),
+    }
+    if buf.len() < 5 {
+        return None;
+    }
+    let record = 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+    if buf.len() >= record.min(TLS_PEEK_BYTES) {
+        Some(Detected::Tls)
+    } else {
+        None
+    }
+}
+
+fn looks_tls(buf: &[u8]) -> bool {
+    buf.first() == Some(&TLS_HANDSHAKE) && buf.get(1).is_none_or(|v| *v == 3)
+}
+
+/// The server name a ClientHello asks for, if `prefix` holds one that parses.
+pub fn sni(prefix: &[u8]) -> Option<String> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = prefix;
+    while !rest.is_empty() {
+        if acceptor.read_tls(&mut rest).ok()? == 0 {
+            break;
+        }
+    }
+    match acceptor.accept() {
+        Ok(Some(hello)) => hello.client_hello().server_name().map(str::to_string),
+        _ => None,
+    }
+}
+
 /// Reads from `io` until the protocol is clear, EOF, or `window` passes. The bytes read are handed back
 /// inside a [`Rewind`] so the next reader sees the stream from its first byte.
 pub async fn detect<IO>(mut io: IO, window: Duration) -> io::Result<(Detected, Rewind<IO>)>
@@ -74,10 +122,11 @@ where
         if let Some(d) = classify(&buf) {
             break d;
         }
-        if buf.len() >= PEEK_BYTES {
+        if buf.len() >= PEEK_BYTES && !looks_tls(&buf) {
             break Detected::Opaque;
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) if looks_tls(&buf) => break Detected::Tls,
             Ok(Ok(0)) | Err(_) => break Detected::Opaque,
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
@@ -101,6 +150,10 @@ impl<IO> Rewind<IO> {
     }
     pub fn get_ref(&self) -> &IO {
         &self.inner
+    }
+    /// The bytes read during detection and not yet replayed.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
     }
 }
 
@@ -159,7 +212,9 @@ mod tests {
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
-        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Detected::Opaque));
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), None);
+        assert_eq!(classify(b"\x16\x03\x01\x00\x01\x01"), Some(Detected::Tls));
+        assert_eq!(classify(b"\x16\x07"), Some(Detected::Opaque));
         assert_eq!(classify(b"GETX"), Some(Detected::Opaque));
         assert_eq!(classify(b"SSH-2.0-OpenSSH"), Some(Detected::Opaque));
     }
@@ -172,6 +227,31 @@ mod tests {
         assert_eq!(d, Detected::Opaque);
         assert_eq!(started.elapsed(), Duration::from_millis(100));
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn tls_client_hello_is_detected_with_its_sni() {
+        use std::sync::Arc;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("db.example.internal").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        // Dribbled in two writes: detection waits for the whole record.
+        client.write_all(&hello[..7]).await.unwrap();
+        let task = tokio::spawn(detect(server, Duration::from_secs(5)));
+        tokio::task::yield_now().await;
+        client.write_all(&hello[7..]).await.unwrap();
+        let (d, io) = task.await.unwrap().unwrap();
+        assert_eq!(d, Detected::Tls);
+        assert_eq!(sni(io.prefix()).as_deref(), Some("db.example.internal"));
+        assert_eq!(sni(b"\x16\x03\x01\x00\x02\x01\x00"), None);
     }
 
     #[tokio::test]

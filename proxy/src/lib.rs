@@ -12,11 +12,15 @@ pub mod errors;
 pub mod h1_guard;
 pub mod headers;
 pub mod inbound;
+pub mod inbound_plain;
+pub mod intercept;
 pub mod local_app;
 pub mod mesh;
 pub mod metrics;
 pub mod outbound;
+pub mod route;
 pub mod serve;
+pub mod socket;
 pub mod splice;
 pub mod state;
 pub mod tunnel;
@@ -52,6 +56,10 @@ enum Kind {
     Outbound(Box<(weft_api::OutboundListener, weft_api::Target)>),
     /// The DNS responder: its UDP socket here, its TCP listener beside it.
     Dns(Box<tokio::net::UdpSocket>),
+    /// The app's redirected outgoing TCP (transparent mode).
+    InterceptedOutbound,
+    /// Redirected incoming plaintext (transparent mode).
+    InterceptedInbound,
 }
 
 /// Binds every listener (so a port clash fails start-up with a clear error) before serving any.
@@ -76,6 +84,17 @@ pub async fn bind(cfg: ProxyConfig, identity: Identity) -> anyhow::Result<Runnin
             .await
             .with_context(|| format!("cannot listen on {} (`dns.listen`)", d.listen))?;
         add(Kind::Dns(Box::new(udp)), tcp);
+    }
+    if let Some(i) = &cfg.interception {
+        socket::set_mark(i.mark);
+        add(
+            Kind::InterceptedOutbound,
+            bind_one("interception.outbound", i.outbound).await?,
+        );
+        add(
+            Kind::InterceptedInbound,
+            bind_one("interception.inbound", i.inbound).await?,
+        );
     }
     Ok(Running {
         proxy: Proxy::new(cfg, identity),
@@ -118,6 +137,14 @@ impl Running {
                 Kind::Dns(udp) => {
                     tracing::info!(?addr, "dns responder listening (udp, tcp)");
                     tokio::spawn(dns::run(*udp, l, p));
+                }
+                Kind::InterceptedOutbound => {
+                    tracing::info!(?addr, "intercepted outbound listening");
+                    tokio::spawn(outbound::run_intercepted(l, p));
+                }
+                Kind::InterceptedInbound => {
+                    tracing::info!(?addr, "intercepted inbound listening");
+                    tokio::spawn(inbound_plain::run(l, p));
                 }
             }
         }

@@ -61,6 +61,54 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Install the iptables (nat table, IPv4) rules that send a pod's traffic through its sidecar, in the
+    /// network namespace this runs in (e.g. `ip netns exec POD weft-proxy init`).
+    ///
+    /// The app's outgoing TCP goes to --outbound-port, incoming TCP to --inbound-port, the app's DNS
+    /// (port 53) to --dns-port. Never redirected: sockets with the proxy's --mark (and --proxy-uid's),
+    /// loopback, ports 15008/15020 (and 15000 inbound), excluded ports and ranges. Rules live in chains
+    /// WEFT_OUTPUT and WEFT_INBOUND; running init again replaces them (idempotent).
+    ///
+    /// Exit codes: 0 done; 2 bad flags; 3 iptables not installed; 4 not permitted (needs root /
+    /// CAP_NET_ADMIN); 1 another failure (iptables' message is printed).
+    Init(InitArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Where the proxy's intercepted-outbound listener is (`interception.outbound`).
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Where the proxy's intercepted-inbound listener is (`interception.inbound`).
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// SO_MARK the proxy sets on its own sockets (`interception.mark`); never redirected.
+    #[arg(long, default_value_t = weft_proxy::config::DEFAULT_MARK)]
+    mark: u32,
+    /// Also exempt every socket of this user (for proxies run as their own user).
+    #[arg(long)]
+    proxy_uid: Option<u32>,
+    /// The proxy's DNS responder port; the app's port-53 traffic (UDP and TCP) goes there.
+    #[arg(long, default_value_t = 15053, conflicts_with = "no_dns")]
+    dns_port: u16,
+    /// Leave the app's DNS alone.
+    #[arg(long)]
+    no_dns: bool,
+    /// Destination ports the app reaches directly, e.g. `5432,6379`.
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// Ports that reach the app directly from outside, e.g. `22`.
+    #[arg(long, value_delimiter = ',')]
+    exclude_inbound_ports: Vec<u16>,
+    /// Destination ranges the app reaches directly, e.g. `10.0.0.0/8,192.168.1.5`.
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<weft_proxy::intercept::Cidr>,
+    /// Print the rules and the commands that would install them; change nothing.
+    #[arg(long, conflicts_with = "cleanup")]
+    dry_run: bool,
+    /// Remove the rules and chains (fine when none are installed).
+    #[arg(long)]
+    cleanup: bool,
 }
 
 fn main() -> ExitCode {
@@ -68,10 +116,53 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Init(args) => init(args),
         Command::Run {
             config,
             worker_threads,
         } => run(&config, worker_threads),
+    }
+}
+
+fn init(a: InitArgs) -> ExitCode {
+    use weft_proxy::intercept::{self, Action, Settings};
+    let zero = [
+        ("--outbound-port", a.outbound_port),
+        ("--inbound-port", a.inbound_port),
+        ("--dns-port", a.dns_port),
+    ];
+    if let Some((flag, _)) = zero.iter().find(|(_, p)| *p == 0) {
+        eprintln!("error: {flag} must be 1-65535");
+        return ExitCode::from(2);
+    }
+    if a.mark == 0 {
+        eprintln!("error: --mark must be non-zero (0 is every unmarked socket)");
+        return ExitCode::from(2);
+    }
+    let settings = Settings {
+        outbound_port: a.outbound_port,
+        inbound_port: a.inbound_port,
+        mark: a.mark,
+        proxy_uid: a.proxy_uid,
+        dns_port: (!a.no_dns).then_some(a.dns_port),
+        exclude_outbound_ports: a.exclude_outbound_ports,
+        exclude_inbound_ports: a.exclude_inbound_ports,
+        exclude_outbound_cidrs: a.exclude_outbound_cidrs,
+    };
+    let action = match (a.dry_run, a.cleanup) {
+        (true, _) => Action::DryRun,
+        (_, true) => Action::Cleanup,
+        _ => Action::Install,
+    };
+    match intercept::run(action, &settings) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 
@@ -160,6 +251,10 @@ fn run(path: &std::path::Path, worker_threads: Option<usize>) -> ExitCode {
 const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn start(cfg: ProxyConfig) -> Result<bool, Failure> {
+    if let Some(i) = &cfg.interception {
+        // Before the first connection to the control plane: in a pod, unmarked sockets are redirected.
+        weft_proxy::socket::set_mark(i.mark);
+    }
     let settings = Settings::load(&cfg, JOIN_PATIENCE).await.map_err(|e| {
         let code = if e
             .downcast_ref::<weft_proxy::control::conn::ConnError>()

@@ -3,13 +3,13 @@
 //! requests in flight keep the view they started with.
 
 use crate::errors::ForwardError;
-use regex::RegexBuilder;
+use crate::route::{Backend, Choice, RequestView, RouteTable};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use weft_api::control::{ServiceView, Snapshot};
+use weft_api::control::{Endpoint, ServiceView, Snapshot};
 use weft_api::resources::{
-    AuthorizationPolicySpec, Document, HttpRouteSpec, MeshConfigSpec, PathMatchType, ValueMatchType,
+    AuthorizationPolicySpec, Document, HttpRouteSpec, MeshConfigSpec, PortProtocol,
 };
 use weft_api::Upstream;
 use weft_certs::TrustDomain;
@@ -23,8 +23,29 @@ pub struct MeshView {
     pub policies: Vec<Document<AuthorizationPolicySpec>>,
     pub trust_bundle_pem: Option<String>,
     index: HashMap<(String, String), usize>,
+    /// Service by virtual IP.
+    vips: HashMap<IpAddr, usize>,
+    /// A meshed endpoint (one with a proxy) by its address.
+    pods: HashMap<IpAddr, (usize, usize)>,
+    route_table: RouteTable,
     /// Round-robin position; endpoint choice by load comes with the balancing work.
     next: AtomicUsize,
+}
+
+/// What an intercepted connection's original destination is, as far as the mesh knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A service's virtual IP and one of its ports.
+    Service {
+        namespace: String,
+        name: String,
+        port: u16,
+        protocol: PortProtocol,
+    },
+    /// A workload with a proxy, addressed directly: tunnelled to it, still with its identity checked.
+    Pod(Upstream),
+    /// Not in the registry.
+    Outside,
 }
 
 impl MeshView {
@@ -45,15 +66,15 @@ impl MeshView {
                 .trust_bundle_pem
                 .or_else(|| self.trust_bundle_pem.clone()),
             index: HashMap::new(),
+            vips: HashMap::new(),
+            pods: HashMap::new(),
+            route_table: RouteTable::default(),
             next: AtomicUsize::new(0),
         };
-        v.check(trust_domain, max_regex_bytes)?;
-        v.index = v
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ((s.namespace.clone(), s.name.clone()), i))
-            .collect();
+        v.check(trust_domain)?;
+        v.route_table =
+            RouteTable::compile(&v.routes, max_regex_bytes).map_err(|e| e.to_string())?;
+        v.build_indexes();
         Ok(v)
     }
 
@@ -70,7 +91,7 @@ impl MeshView {
     }
 
     /// What this proxy can serve; anything else is a NACK with the reason.
-    fn check(&self, td: &TrustDomain, max_regex_bytes: usize) -> Result<(), String> {
+    fn check(&self, td: &TrustDomain) -> Result<(), String> {
         for s in &self.services {
             for e in &s.endpoints {
                 match (&e.tunnel_port, &e.identity) {
@@ -90,9 +111,6 @@ impl MeshView {
                 }
             }
         }
-        for r in &self.routes {
-            check_route_regexes(r, max_regex_bytes)?;
-        }
         if let Some(pem) = &self.trust_bundle_pem {
             weft_certs::TrustBundle::from_pem(pem)
                 .map_err(|e| format!("the trust bundle does not parse: {e}"))?;
@@ -100,27 +118,103 @@ impl MeshView {
         Ok(())
     }
 
-    /// A ready endpoint of `namespace/name` on service port `port`, as the tunnel target to send to.
+    fn build_indexes(&mut self) {
+        for (i, s) in self.services.iter().enumerate() {
+            self.index.insert((s.namespace.clone(), s.name.clone()), i);
+            if let Some(vip) = s.vip {
+                self.vips.insert(vip, i);
+            }
+            for (j, e) in s.endpoints.iter().enumerate() {
+                if e.tunnel_port.is_some() && e.identity.is_some() {
+                    self.pods.entry(e.address).or_insert((i, j));
+                }
+            }
+        }
+    }
+
+    fn service(&self, namespace: &str, name: &str) -> Option<&ServiceView> {
+        self.index
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|&i| &self.services[i])
+    }
+
+    /// Classifies an intercepted connection's original destination.
+    pub fn destination(&self, dst: SocketAddr) -> Destination {
+        if let Some(&i) = self.vips.get(&dst.ip()) {
+            let s = &self.services[i];
+            if let Some(p) = s.ports.iter().find(|p| p.port == dst.port()) {
+                return Destination::Service {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    port: p.port,
+                    protocol: p.protocol,
+                };
+            }
+            return Destination::Outside;
+        }
+        if let Some(&(i, j)) = self.pods.get(&dst.ip()) {
+            if let Some(up) = upstream(&self.services[i].endpoints[j], dst.port()) {
+                return Destination::Pod(up);
+            }
+        }
+        Destination::Outside
+    }
+
+    /// A ready endpoint for a request (or, with `req` absent, a TCP connection) to service
+    /// `namespace/name` on port `port`, chosen by the service's routes.
     pub fn resolve(
         &self,
         namespace: &str,
         name: &str,
         port: u16,
+        req: Option<&RequestView<'_>>,
     ) -> Result<Upstream, ForwardError> {
-        let what = || format!("{namespace}/{name}:{port}");
+        match self.route_table.choose(namespace, name, port, req) {
+            Choice::Default => self.pick(namespace, name, port, None),
+            Choice::Backend(Backend {
+                namespace,
+                name,
+                subset,
+                port: backend_port,
+            }) => self.pick(
+                &namespace,
+                &name,
+                backend_port.unwrap_or(port),
+                subset.as_deref(),
+            ),
+            Choice::NoWeight => Err(ForwardError::NoEndpoint(format!(
+                "{namespace}/{name}:{port} (the matching route rule's backends all weigh 0)"
+            ))),
+        }
+    }
+
+    /// A ready endpoint of `namespace/name:port`, limited to `version: subset` when given.
+    fn pick(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Result<Upstream, ForwardError> {
+        let what = || match subset {
+            Some(v) => format!("{namespace}/{name}:{port} version {v}"),
+            None => format!("{namespace}/{name}:{port}"),
+        };
         let svc = self
-            .index
-            .get(&(namespace.to_string(), name.to_string()))
-            .map(|&i| &self.services[i])
+            .service(namespace, name)
             .ok_or_else(|| ForwardError::NoEndpoint(format!("{} (no such service)", what())))?;
         let sp = svc.ports.iter().find(|p| p.port == port).ok_or_else(|| {
             ForwardError::NoEndpoint(format!("{} (the service has no such port)", what()))
         })?;
         let target_port = sp.target_port.unwrap_or(sp.port);
-        let ready: Vec<_> = svc
+        let ready: Vec<Upstream> = svc
             .endpoints
             .iter()
-            .filter(|e| e.ready && e.tunnel_port.is_some() && e.identity.is_some())
+            .filter(|e| e.ready)
+            .filter(|e| {
+                subset.is_none_or(|v| e.labels.get("version").map(String::as_str) == Some(v))
+            })
+            .filter_map(|e| upstream(e, target_port))
             .collect();
         if ready.is_empty() {
             return Err(ForwardError::NoEndpoint(format!(
@@ -128,44 +222,19 @@ impl MeshView {
                 what()
             )));
         }
-        let e = ready[self.next.fetch_add(1, Ordering::Relaxed) % ready.len()];
-        match (e.tunnel_port, &e.identity) {
-            (Some(tp), Some(id)) => Ok(Upstream {
-                peer: SocketAddr::new(e.address, tp),
-                identity: id.clone(),
-                target_port,
-            }),
-            _ => Err(ForwardError::NoEndpoint(what())),
-        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % ready.len();
+        Ok(ready[i].clone())
     }
 }
 
-fn check_route_regexes(r: &Document<HttpRouteSpec>, limit: usize) -> Result<(), String> {
-    let compile = |pattern: &str, field: String| {
-        RegexBuilder::new(pattern)
-            .size_limit(limit)
-            .build()
-            .map(|_| ())
-            .map_err(|e| {
-                format!(
-                    "route {}/{} {field}: regex not accepted by this proxy (limit {limit} bytes): {e}",
-                    r.metadata.namespace, r.metadata.name
-                )
-            })
-    };
-    for (i, rule) in r.spec.rules.iter().enumerate() {
-        for (j, m) in rule.matches.iter().enumerate() {
-            if let Some(p) = &m.path {
-                if p.kind == PathMatchType::RegularExpression {
-                    compile(&p.value, format!("rules[{i}].matches[{j}].path"))?;
-                }
-            }
-            for (k, h) in m.headers.iter().chain(&m.query_params).enumerate() {
-                if h.kind == ValueMatchType::RegularExpression {
-                    compile(&h.value, format!("rules[{i}].matches[{j}] value {k}"))?;
-                }
-            }
-        }
+/// The tunnel target for an endpoint that runs a proxy.
+fn upstream(e: &Endpoint, target_port: u16) -> Option<Upstream> {
+    match (e.tunnel_port, &e.identity) {
+        (Some(tp), Some(id)) => Some(Upstream {
+            peer: SocketAddr::new(e.address, tp),
+            identity: id.clone(),
+            target_port,
+        }),
+        _ => None,
     }
-    Ok(())
 }

@@ -1,14 +1,18 @@
-//! Outbound: the app's connections to an explicit local listener. Each connection is detected (HTTP/1,
-//! HTTP/2 or opaque), then carried to the listener's peer over the shared mTLS HTTP/2 connection:
-//! HTTP requests as HTTP/2 requests, upgrades (WebSocket) as extended CONNECT streams, opaque TCP as a
-//! CONNECT stream.
+//! Outbound: the app's connections, from an explicit local listener or intercepted (redirected by
+//! `weft-proxy init` to the transparent listener, where the original destination says where they were
+//! going). Each connection is detected (HTTP/1, HTTP/2, TLS or opaque), then carried to a peer over the
+//! shared mTLS HTTP/2 connection: HTTP requests as HTTP/2 requests (each routed on its own), upgrades
+//! (WebSocket) as extended CONNECT streams, opaque TCP as a CONNECT stream. Intercepted connections to
+//! destinations outside the mesh pass through, or are refused under `REGISTRY_ONLY`.
 
 use crate::body::{self, Body, Guarded};
 use crate::detect::{detect, Detected, Rewind};
 use crate::errors::{error_response, ForwardError};
 use crate::h1_guard::{ConflictFlag, H1Guard};
 use crate::headers::{self, ORIG_PROTO, TARGET_PORT};
+use crate::mesh::Destination;
 use crate::metrics::{ActiveGuard, ConnLabels, Direction};
+use crate::route::RequestView;
 use crate::serve::{self, ConnLimiter};
 use crate::splice::splice;
 use crate::state::Proxy;
@@ -18,9 +22,10 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
+use weft_api::resources::{OutboundTrafficPolicy, PortProtocol};
 use weft_api::{AppProtocol, OutboundListener, Target, Upstream};
 
-/// One outbound listener's view of the proxy.
+/// Where one connection's traffic goes: an explicit listener's, or an intercepted connection's.
 struct Listener {
     name: String,
     target: Target,
@@ -29,16 +34,16 @@ struct Listener {
 }
 
 impl Listener {
-    /// Where this request or connection goes: the fixed peer, or a ready endpoint of the service in the
-    /// current mesh view.
-    fn upstream(&self) -> Result<Upstream, ForwardError> {
+    /// Where this request (or, with `req` absent, this connection) goes: the fixed peer, or a ready
+    /// endpoint of the service in the current mesh view, chosen by its routes.
+    fn upstream(&self, req: Option<&RequestView<'_>>) -> Result<Upstream, ForwardError> {
         match &self.target {
             Target::Fixed(up) => Ok(up.clone()),
             Target::Service {
                 namespace,
                 name,
                 port,
-            } => self.proxy.mesh().resolve(namespace, name, *port),
+            } => self.proxy.mesh().resolve(namespace, name, *port, req),
         }
     }
 }
@@ -57,6 +62,113 @@ pub async fn run(listener: TcpListener, spec: OutboundListener, target: Target, 
         async move { handle_connection(tcp, client, ctx).await }
     })
     .await;
+}
+
+/// The transparent listener: accepts the app's redirected connections until shutdown.
+pub async fn run_intercepted(listener: TcpListener, proxy: Arc<Proxy>) {
+    let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
+    let p = proxy.clone();
+    serve::accept_loop(listener, &proxy, limiter, "outbound", move |tcp, client| {
+        let proxy = p.clone();
+        async move { intercepted_connection(tcp, client, proxy).await }
+    })
+    .await;
+}
+
+async fn intercepted_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>) {
+    let dst = match crate::socket::original_dst(&tcp) {
+        Ok(d) => d,
+        Err(e) => {
+            proxy.metrics.reject("outbound", "no_original_dst");
+            return tracing::warn!(%client, error = %e, "connection closed: no original destination (was it redirected by `weft-proxy init`?)");
+        }
+    };
+    if is_own_listener(&proxy, dst) {
+        proxy.metrics.reject("outbound", "loop");
+        return tracing::warn!(%client, %dst, "connection closed: it was addressed to the proxy's own listener");
+    }
+    let mesh = proxy.mesh();
+    let (target, protocol) = match mesh.destination(dst) {
+        Destination::Service {
+            namespace,
+            name,
+            port,
+            protocol,
+        } => (
+            Target::Service {
+                namespace,
+                name,
+                port,
+            },
+            declared(protocol),
+        ),
+        Destination::Pod(up) => (Target::Fixed(up), AppProtocol::Auto),
+        Destination::Outside => {
+            let policy = mesh.mesh.outbound_traffic_policy;
+            drop(mesh);
+            return pass_through(tcp, client, dst, policy, &proxy).await;
+        }
+    };
+    drop(mesh);
+    let ctx = Arc::new(Listener {
+        name: dst.to_string(),
+        target,
+        protocol,
+        proxy,
+    });
+    handle_connection(tcp, client, ctx).await
+}
+
+/// A `Service` port that declares its protocol skips detection.
+fn declared(p: PortProtocol) -> AppProtocol {
+    match p {
+        PortProtocol::Auto => AppProtocol::Auto,
+        PortProtocol::Http | PortProtocol::Http2 | PortProtocol::Grpc => AppProtocol::Http,
+        PortProtocol::Tcp => AppProtocol::Tcp,
+    }
+}
+
+/// A connection to one of the proxy's own intercept ports would loop back into it forever.
+fn is_own_listener(proxy: &Proxy, dst: SocketAddr) -> bool {
+    proxy.config.interception.as_ref().is_some_and(|i| {
+        (dst.port() == i.outbound.port() || dst.port() == i.inbound.port())
+            && (dst.ip().is_loopback() || dst.ip().is_unspecified())
+    })
+}
+
+/// A destination outside the mesh: connected to directly (plain TCP, the proxy's mark set so it is not
+/// redirected again), unless the mesh allows only registry destinations.
+async fn pass_through(
+    mut tcp: TcpStream,
+    client: SocketAddr,
+    dst: SocketAddr,
+    policy: OutboundTrafficPolicy,
+    proxy: &Proxy,
+) {
+    if policy == OutboundTrafficPolicy::RegistryOnly {
+        proxy.metrics.reject("outbound", "registry_only");
+        return tracing::info!(%client, %dst, "connection refused: destination is not in the mesh registry (outboundTrafficPolicy REGISTRY_ONLY)");
+    }
+    let _active = ActiveGuard::new(
+        &proxy.metrics,
+        ConnLabels {
+            direction: Direction::outbound,
+            protocol: "passthrough",
+        },
+    );
+    let timeout = proxy.config.limits.connect_timeout.get();
+    let mut upstream = match crate::socket::connect(dst, timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            proxy.metrics.reject("outbound", "passthrough_connect");
+            return tracing::info!(%client, %dst, error = %e, "pass-through connect failed");
+        }
+    };
+    tracing::debug!(%client, %dst, "passing through (destination outside the mesh)");
+    match splice(&mut tcp, &mut upstream, &proxy.metrics, Direction::outbound).await {
+        Ok((sent, received)) => tracing::debug!(%client, %dst, sent, received, "pass-through done"),
+        Err(e) => tracing::debug!(%client, %dst, error = %e, "pass-through ended with an error"),
+    }
 }
 
 async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener>) {
@@ -81,8 +193,13 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
     let protocol = match detected {
         Detected::Http1 => "http1",
         Detected::Http2 => "http2",
+        Detected::Tls => "tls",
         Detected::Opaque => "tcp",
     };
+    if detected == Detected::Tls {
+        let sni = crate::detect::sni(io.prefix());
+        tracing::debug!(listener = %ctx.name, %client, sni = sni.as_deref().unwrap_or("-"), "app's own TLS: carried opaque");
+    }
     let _active = ActiveGuard::new(
         &ctx.proxy.metrics,
         ConnLabels {
@@ -91,7 +208,7 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
         },
     );
     match detected {
-        Detected::Opaque => proxy_tcp(io, client, &ctx).await,
+        Detected::Opaque | Detected::Tls => proxy_tcp(io, client, &ctx).await,
         Detected::Http2 => {
             let svc_ctx = ctx.clone();
             let svc = hyper::service::service_fn(move |req| {
@@ -134,7 +251,7 @@ fn refuse_conflicting_framing(ctx: &Listener, client: SocketAddr) -> Response<Bo
 
 /// Opaque TCP: one CONNECT stream to the peer, bytes copied both ways until both sides are done.
 async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener) {
-    let up = match ctx.upstream() {
+    let up = match ctx.upstream(None) {
         Ok(up) => up,
         Err(e) => {
             ctx.proxy.metrics.reject("outbound", e.kind());
@@ -200,8 +317,8 @@ async fn forward_plain(
             "CONNECT is not carried by weft-proxy listeners",
         ));
     }
-    let up = ctx.upstream()?;
     let (mut parts, body) = req.into_parts();
+    let up = ctx.upstream(Some(&RequestView::of(&parts)))?;
     let orig_h1 = parts.version != Version::HTTP_2;
     prepare_for_peer(&mut parts, client, &up)?;
     if orig_h1 {
@@ -227,7 +344,15 @@ async fn forward_upgrade(
     client: SocketAddr,
     ctx: &Listener,
 ) -> Result<Response<Body>, ForwardError> {
-    let up = ctx.upstream()?;
+    let up = {
+        let view = RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        ctx.upstream(Some(&view))?
+    };
     let downstream = hyper::upgrade::on(&mut *req);
     let mut parts = Request::new(()).into_parts().0;
     parts.uri = req.uri().clone();

@@ -24,6 +24,8 @@ pub struct Proxy {
     /// Every connection task, so draining can wait for them.
     pub tasks: TaskTracker,
     ready: AtomicBool,
+    /// A mesh view has been applied (from the control plane or the cache).
+    mesh_loaded: AtomicBool,
     /// The mesh as the control plane last described it (empty in explicit mode).
     mesh: ArcSwap<MeshView>,
 }
@@ -46,6 +48,7 @@ impl Proxy {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             ready: AtomicBool::new(false),
+            mesh_loaded: AtomicBool::new(false),
             mesh: ArcSwap::from_pointee(MeshView::default()),
             config,
         })
@@ -58,14 +61,18 @@ impl Proxy {
 
     pub fn set_mesh(&self, view: MeshView) {
         self.mesh.store(Arc::new(view));
+        self.mesh_loaded.store(true, Ordering::Relaxed);
     }
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Ready when every listener is bound and the proxy is not draining.
+    /// Ready to carry the app's traffic: every listener bound, not draining, and (with a control plane)
+    /// a mesh view applied, so a pod's app never starts before its destinations resolve.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
+        self.ready.load(Ordering::Relaxed)
+            && !self.shutdown.is_cancelled()
+            && (self.config.control.is_none() || self.mesh_loaded.load(Ordering::Relaxed))
     }
 }

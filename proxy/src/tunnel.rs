@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 use weft_api::Upstream;
@@ -195,12 +194,13 @@ impl PeerPool {
     async fn connect(&self, peer: &Peer) -> Result<PeerConn, ForwardError> {
         let addr = peer.key.addr;
         let s = &self.settings;
-        let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(ForwardError::PeerConnectTimeout { peer: addr }),
-            Ok(Err(source)) => return Err(ForwardError::PeerConnect { peer: addr, source }),
-            Ok(Ok(tcp)) => tcp,
+        let tcp = match crate::socket::connect(addr, s.connect_timeout).await {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(ForwardError::PeerConnectTimeout { peer: addr })
+            }
+            Err(source) => return Err(ForwardError::PeerConnect { peer: addr, source }),
+            Ok(tcp) => tcp,
         };
-        let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
         let tls_err = |reason: String| ForwardError::PeerTls {
             peer: addr,

@@ -28,11 +28,25 @@ impl ControlProc {
     }
 
     pub fn start_with(tag: &str, config_dir: Option<PathBuf>, args: &[&str]) -> ControlProc {
+        Self::start_full(tag, config_dir, args, free_addr())
+    }
+
+    /// The proxy API inside a pod network's namespace, on `api` (its gateway address).
+    pub fn start_in_netns(tag: &str, netns: &str, api: SocketAddr) -> ControlProc {
+        Self::start_full(tag, None, &["--api-netns", netns], api)
+    }
+
+    fn start_full(
+        tag: &str,
+        config_dir: Option<PathBuf>,
+        args: &[&str],
+        api: SocketAddr,
+    ) -> ControlProc {
         let state = TempDir::new(&format!("control-{tag}"));
         let log_path = state.path().join("control.log");
         let mut cp = ControlProc {
             child: None,
-            api: free_addr(),
+            api,
             operator: free_addr(),
             state,
             config_dir,

@@ -10,5 +10,6 @@ pub mod mesh;
 pub mod net;
 pub mod pair;
 pub mod pki;
+pub mod pods;
 pub mod proxy;
 pub mod tls_probe;

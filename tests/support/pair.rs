@@ -56,8 +56,8 @@ impl Pair {
         let server_b = ProxyBuilder::new("server", &server_id)
             .worker_threads(1)
             .extra_yaml(&opts.server_yaml);
-        let tunnel = server_b.tunnel_addr();
         let server = spawn_blocking(move || server_b.start()).await;
+        let tunnel = server.tunnel;
         let proto = if opts.http_protocol.is_empty() {
             "auto"
         } else {

@@ -90,7 +90,28 @@ impl ProxyBuilder {
         self.tunnel
     }
 
-    pub fn start(self) -> ProxyProc {
+    /// Starts the proxy and waits until it is ready. Test ports are picked free but can be taken by a
+    /// test running alongside before the proxy binds them: a start that fails on a taken port is retried
+    /// with fresh ports (read the addresses from the returned [`ProxyProc`]).
+    pub fn start(mut self) -> ProxyProc {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut p = self.launch_once();
+            match p.try_wait_ready(Duration::from_secs(20)) {
+                Ok(()) => return p,
+                Err(log) if attempt < 4 && log.contains("Address already in use") => {
+                    self.tunnel = free_addr();
+                    for o in &mut self.outbound {
+                        o.listen = free_addr();
+                    }
+                }
+                Err(log) => panic!("weft-proxy {} did not become ready:\n{log}", p.name),
+            }
+        }
+    }
+
+    fn launch_once(&self) -> ProxyProc {
         let dir = TempDir::new(&format!("proxy-{}", self.name));
         let admin = free_addr();
         let health = free_addr();
@@ -125,8 +146,8 @@ impl ProxyBuilder {
         yaml.push_str(&self.extra);
         let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, &yaml).expect("write proxy config");
-        let mut p = launch(Launch {
-            name: self.name,
+        launch(Launch {
+            name: self.name.clone(),
             config,
             dir,
             tunnel: self.tunnel,
@@ -136,9 +157,7 @@ impl ProxyBuilder {
             id: self.identity.id.clone(),
             worker_threads: self.worker_threads,
             env: Vec::new(),
-        });
-        p.wait_ready(Duration::from_secs(20));
-        p
+        })
     }
 }
 
@@ -208,6 +227,26 @@ pub struct ProxyProc {
 }
 
 impl ProxyProc {
+    /// Waits until `/ready` answers 200; the log when the proxy exits or time runs out.
+    pub fn try_wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "exited during start-up ({status}):\n{}",
+                    self.log()
+                ));
+            }
+            if matches!(http_get(self.health, "/ready"), Ok((200, _))) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready within {timeout:?}:\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `/ready` answers 200; panics with the log if the proxy exits or time runs out.
     pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;

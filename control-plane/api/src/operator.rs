@@ -12,6 +12,7 @@
 //! | GET | `/v1/tokens` | → `[TokenInfo]` |
 //! | DELETE | `/v1/tokens/{id}` | → [`TokenInfo`] |
 //! | GET | `/v1/status` | → [`Status`] |
+//! | GET | `/v1/mesh` | → [`MeshInfo`] |
 
 use crate::resources::ResourceKey;
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,10 @@ pub struct TokenRequest {
     pub service_account: String,
     /// Seconds until the token expires.
     pub ttl_secs: u64,
+    /// How many certificates the token may obtain; without it, any number until it expires (every
+    /// replica of a workload may share one). The pod runner asks for 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +127,9 @@ pub struct TokenInfo {
     pub revoked: bool,
     /// Certificates issued with it.
     pub uses: u64,
+    /// The most it may issue; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,4 +165,26 @@ pub struct ProxyStatus {
 pub struct Nack {
     pub version: u64,
     pub reason: String,
+}
+
+/// `GET /v1/mesh`: what a pod runner needs to start a sidecar, and the services' virtual IPs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshInfo {
+    pub trust_domain: String,
+    /// The root CA's fingerprint, for `control.ca_fingerprint` (format `sha256:AB:CD:...`).
+    pub ca_fingerprint: String,
+    pub bundle_pem: String,
+    /// Where proxies reach the proxy API.
+    pub proxy_address: std::net::SocketAddr,
+    #[serde(default)]
+    pub services: Vec<ServiceAddress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAddress {
+    pub namespace: String,
+    pub name: String,
+    pub vip: std::net::IpAddr,
 }

@@ -47,6 +47,17 @@ struct Cli {
     /// How long a disconnected proxy's workload stays registered (MeshConfig proxyGracePeriod overrides).
     #[arg(long, default_value = "30s")]
     grace_period: Duration,
+    /// Open the proxy API listener inside this network namespace (e.g. a pod network made by
+    /// `weftctl network create`, whose gateway address --api-listen then names); the operator API stays
+    /// in the namespace weft-control runs in.
+    #[arg(long, value_name = "NAME")]
+    api_netns: Option<String>,
+    /// The proxy API address given to pod runners (`GET /v1/mesh`), when it differs from --api-listen.
+    #[arg(long)]
+    api_advertise: Option<SocketAddr>,
+    /// IPv4 range that services' virtual IPs are allocated from (stable per service, persisted).
+    #[arg(long, default_value = "198.19.0.0/16")]
+    vip_range: weft_control::vips::Ipv4Range,
     /// Log format on stderr (levels from WEFT_LOG, default info).
     #[arg(long, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
     log_format: LogFormat,
@@ -62,6 +73,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let opts = Options {
+        vip_range: cli.vip_range,
+        api_netns: cli.api_netns,
+        api_advertise: cli.api_advertise,
         state_dir: cli.state_dir,
         trust_domain: cli.trust_domain,
         config_dir: cli.config_dir,

@@ -5,7 +5,9 @@
 use anyhow::Context as _;
 use std::process::ExitCode;
 use weft_control::ca_dir::CaDir;
-use weft_control::cli::args::{self, CaCommand, CertCommand, Command, RemoteArgs, RemoteCommand};
+use weft_control::cli::args::{
+    self, CaCommand, CertCommand, Command, NetworkCommand, PodCommand, RemoteArgs, RemoteCommand,
+};
 use weft_control::cli::commands::{self, Exit, Reply};
 
 fn main() -> ExitCode {
@@ -21,6 +23,8 @@ fn main() -> ExitCode {
             Command::Remote(cmd) => remote(&cli.remote, cmd),
             Command::Ca(cmd) => offline(ca(cmd)),
             Command::Cert(cmd) => offline(cert(cmd)),
+            Command::Pod(cmd) => pod(&cli.remote, cmd),
+            Command::Network(cmd) => offline(network(cmd)),
         },
         Err(e) => usage(&e),
     };
@@ -56,6 +60,88 @@ fn remote(opts: &RemoteArgs, cmd: RemoteCommand) -> Exit {
             Exit::Failed
         }
     }
+}
+
+/// `pod run` exits with its app's code; list and delete as other commands.
+fn pod(opts: &RemoteArgs, cmd: PodCommand) -> Exit {
+    use weft_control::pod;
+    match cmd {
+        PodCommand::List { network, run_dir } => {
+            offline(Ok(pod::list(&run_dir, network.as_deref())))
+        }
+        PodCommand::Delete {
+            name,
+            network,
+            run_dir,
+        } => offline(pod::delete(&run_dir, network.as_deref(), &name).map_err(anyhow::Error::msg)),
+        PodCommand::Run(a) => {
+            let code = pod_run(opts, *a);
+            std::process::exit(code)
+        }
+    }
+}
+
+fn pod_run(opts: &RemoteArgs, a: args::PodRunArgs) -> i32 {
+    use weft_control::cli::client::{Client, Credentials};
+    use weft_control::pod::runner::{self, RunOptions};
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let creds = match Credentials::read(&opts.token_file, opts.token_origin) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let client = Client::new(opts.server.clone(), creds);
+    let o = RunOptions {
+        network: a.network,
+        cidr: a.cidr,
+        run_dir: a.run_dir,
+        name: a.name,
+        namespace: a.namespace,
+        service_account: a.service_account,
+        service: a.service,
+        labels: a.labels,
+        ports: a.ports,
+        mtls_mode: a.mtls_mode,
+        readiness_http: a.readiness_http,
+        proxy_bin: a.proxy_bin,
+        command: a.command,
+    };
+    match rt.block_on(runner::run(&client, o)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn network(cmd: NetworkCommand) -> anyhow::Result<String> {
+    use weft_control::pod;
+    match cmd {
+        NetworkCommand::Create {
+            name,
+            cidr,
+            run_dir,
+        } => pod::network_create(&run_dir, &name, cidr),
+        NetworkCommand::Delete {
+            name,
+            force,
+            run_dir,
+        } => pod::network_delete(&run_dir, &name, force),
+        NetworkCommand::List { run_dir } => Ok(pod::network_list(&run_dir)),
+    }
+    .map_err(anyhow::Error::msg)
 }
 
 fn emit(reply: &Reply) -> Exit {

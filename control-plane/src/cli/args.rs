@@ -20,8 +20,9 @@ Weft operator CLI.
 
 Talks to weft-control's operator API (--server) with the operator token the control plane writes to
 <state-dir>/operator.token (--token-file): apply, get and delete resources, create and revoke join
-tokens, see every proxy's status. `ca` and `cert` work offline on a CA directory, for proxies run in
-explicit mode with certificate files.";
+tokens, see every proxy's status. `pod` and `network` run apps in local pods (network namespaces with a
+sidecar; root needed) and join them to the mesh. `ca` and `cert` work offline on a CA directory, for
+proxies run in explicit mode with certificate files.";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -70,6 +71,133 @@ pub enum Command {
     /// Issue workload certificates from an offline CA directory.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Run apps in local pods (network namespaces with a sidecar); list and delete them.
+    #[command(subcommand)]
+    Pod(PodCommand),
+    /// Pod networks: a bridge in a network namespace of its own, which pods attach to.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Run CMD in a new pod: namespace, address, interception, a sidecar that joins the mesh, and the app
+    /// once the sidecar is ready. Stays in the foreground until the app exits (or SIGTERM/SIGINT, passed
+    /// to the app), then drains the sidecar and removes the pod. Exits with the app's exit code.
+    #[command(after_long_help = POD_RUN_EXAMPLES)]
+    Run(Box<PodRunArgs>),
+    /// The pods on this machine.
+    #[command(
+        after_long_help = "Examples:\n  weftctl pod list\n  weftctl pod list --network demo"
+    )]
+    List {
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Stop a pod (its app gets SIGTERM, the sidecar drains) and remove it; cleans up after a runner
+    /// that is gone.
+    #[command(
+        after_long_help = "Examples:\n  weftctl pod delete reviews-v2\n  weftctl pod delete client --network demo"
+    )]
+    Delete {
+        name: String,
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+}
+
+const POD_RUN_EXAMPLES: &str = "\
+Examples:
+  weftctl pod run --network demo --name reviews-v2 --service reviews --label version=v2 --port 9080 \\
+      -- ./shop reviews --version v2
+  weftctl pod run --network demo --name client -- sleep infinity
+
+Inside the pod: the app's outgoing TCP goes through the sidecar (mTLS to mesh services and pods), mesh
+service names resolve (reviews, reviews.default, reviews.default.svc) from the pod's /etc/hosts, and
+incoming plaintext is refused unless --mtls-mode PERMISSIVE (or the mesh's MeshConfig) allows it.";
+
+#[derive(Debug, Clone, Args)]
+pub struct PodRunArgs {
+    /// The pod network (created if absent).
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    /// The network's range when this creates it (default 198.18.0.0/16; gateway = first address).
+    #[arg(long)]
+    pub cidr: Option<crate::pod::network::PodCidr>,
+    #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// Pod name (unique in the network).
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Service account (identity ns/NAMESPACE/sa/SA); default: --service, else the pod name.
+    #[arg(long)]
+    pub service_account: Option<String>,
+    /// Adds the label app=SERVICE (what a Service's selector matches).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// A label KEY=VALUE (repeatable), e.g. version=v2.
+    #[arg(long = "label", value_parser = label)]
+    pub labels: Vec<(String, String)>,
+    /// An app port (repeatable); the first is probed for readiness.
+    #[arg(long = "port")]
+    pub ports: Vec<u16>,
+    /// STRICT or PERMISSIVE: this workload's inbound plaintext policy (default: the mesh's MeshConfig).
+    #[arg(long, value_parser = ["STRICT", "PERMISSIVE"])]
+    pub mtls_mode: Option<String>,
+    /// Probe readiness with GET on this path (default: a TCP connect to the first --port).
+    #[arg(long)]
+    pub readiness_http: Option<String>,
+    /// The weft-proxy binary (default: beside weftctl, else on PATH).
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// The app's command and arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a pod network (idempotent).
+    #[command(
+        after_long_help = "Examples:\n  weftctl network create demo\n  weftctl network create lab --cidr 198.18.0.0/20\n\nThen run the control plane's proxy API in it:\n  weft-control --api-netns weft-demo --api-listen 198.18.0.1:15010"
+    )]
+    Create {
+        name: String,
+        #[arg(long, default_value = crate::pod::runner::DEFAULT_CIDR)]
+        cidr: crate::pod::network::PodCidr,
+        #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Delete a pod network (refused while it has pods, unless --force).
+    #[command(
+        after_long_help = "Examples:\n  weftctl network delete demo\n  weftctl network delete demo --force   # deletes its pods first"
+    )]
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// The pod networks on this machine.
+    #[command(after_long_help = "Examples:\n  weftctl network list")]
+    List {
+        #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 /// The commands that talk to the control plane.
@@ -247,6 +375,10 @@ pub enum TokenCommand {
         /// How long the token can be used to join (e.g. 10m, 1h, 7d).
         #[arg(long, default_value = "1h", value_parser = token_ttl)]
         ttl: Duration,
+        /// How many certificates the token may obtain (default: any number until it expires, so the
+        /// replicas of a workload can share it); 1 makes it single-use.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max_uses: Option<u64>,
     },
     /// List join tokens with their identity, state, expiry and use count (never their secrets).
     #[command(after_long_help = "Examples:\n  weftctl token list\n  weftctl token list -o json")]
@@ -513,6 +645,7 @@ mod tests {
             namespace,
             service_account,
             ttl,
+            max_uses,
         }) = remote(ok(&[
             "token",
             "create",
@@ -529,7 +662,18 @@ mod tests {
             ("shop", "cart")
         );
         assert_eq!(ttl, Duration::from_secs(3600));
+        assert_eq!(max_uses, None);
         usage_error(&["token", "create", "--namespace", "shop"]);
+        usage_error(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+            "--max-uses",
+            "0",
+        ]);
         usage_error(&[
             "token",
             "create",

@@ -101,7 +101,8 @@ pub async fn run(
             namespace,
             service_account,
             ttl,
-        }) => token_create(&client, namespace, service_account, ttl, now).await,
+            max_uses,
+        }) => token_create(&client, namespace, service_account, ttl, max_uses, now).await,
         RemoteCommand::Token(TokenCommand::List { output }) => {
             token_list(&client, output, now).await
         }
@@ -241,12 +242,14 @@ pub async fn token_create(
     namespace: String,
     service_account: String,
     ttl: weft_api::Duration,
+    max_uses: Option<u64>,
     now: u64,
 ) -> Result<Reply, CommandError> {
     let req = TokenRequest {
         namespace,
         service_account,
         ttl_secs: ttl.get().as_secs(),
+        max_uses,
     };
     let created: TokenCreated = client.post("/v1/tokens", &req, REQUEST_TIMEOUT).await?;
     let info = &created.info;

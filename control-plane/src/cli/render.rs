@@ -275,6 +275,8 @@ pub fn tokens(tokens: &[TokenInfo], now: u64) -> String {
                 "revoked"
             } else if t.expires_at <= now {
                 "expired"
+            } else if t.max_uses.is_some_and(|m| t.uses >= m) {
+                "used"
             } else {
                 "valid"
             };
@@ -283,7 +285,10 @@ pub fn tokens(tokens: &[TokenInfo], now: u64) -> String {
                 t.identity.to_string(),
                 state.to_string(),
                 relative(t.expires_at, now),
-                t.uses.to_string(),
+                match t.max_uses {
+                    Some(m) => format!("{}/{m}", t.uses),
+                    None => t.uses.to_string(),
+                },
                 relative(t.created_at, now),
             ]
         })
@@ -645,6 +650,7 @@ spec: {mtlsMode: PERMISSIVE, certificateTtl: 12h}
             expires_at,
             revoked,
             uses: 2,
+            max_uses: None,
         };
         let out = tokens(
             &[

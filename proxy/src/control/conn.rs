@@ -81,13 +81,12 @@ pub async fn probe_chain(
 }
 
 async fn tcp_connect(addr: SocketAddr) -> Result<tokio::net::TcpStream, ConnError> {
-    let reason =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(t)) => return Ok(t),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".into(),
-        };
-    Err(ConnError::Connect { addr, reason })
+    crate::socket::connect(addr, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| ConnError::Connect {
+            addr,
+            reason: e.to_string(),
+        })
 }
 
 fn tls_reason(e: &std::io::Error) -> String {

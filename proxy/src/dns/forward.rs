@@ -4,7 +4,8 @@
 //! 0x20 case are preserved), over the transport the client used, from a fresh socket per question (so a
 //! reply can only come from the upstream it was sent to, and ids of different clients cannot collide).
 //! Upstreams are tried in order, each for at most `timeout`; at most `max_in_flight` questions are out at
-//! once. No cache: the upstream or the app's own resolver keeps one.
+//! once. No cache: the upstream or the app's own resolver keeps one. Every socket carries the proxy's
+//! mark (`interception.mark`), so the pod's own port-53 redirect lets the proxy's questions out.
 
 use hickory_proto::op::{Header, MessageType};
 use hickory_proto::serialize::binary::BinDecodable;
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The transport a question arrived on; it is forwarded on the same one, so a truncated UDP answer
@@ -54,8 +55,6 @@ const MAX_UDP_REPLY: usize = 65_535;
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     timeout: Duration,
-    /// SO_MARK for the sockets to upstreams, so the pod's DNS redirect lets the proxy's own questions out.
-    mark: Option<u32>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
 }
@@ -64,16 +63,10 @@ pub struct Forwarder {
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Forwarder {
-    pub fn new(
-        upstreams: Vec<SocketAddr>,
-        timeout: Duration,
-        max_in_flight: usize,
-        mark: Option<u32>,
-    ) -> Forwarder {
+    pub fn new(upstreams: Vec<SocketAddr>, timeout: Duration, max_in_flight: usize) -> Forwarder {
         Forwarder {
             upstreams,
             timeout,
-            mark,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
         }
@@ -134,9 +127,7 @@ impl Forwarder {
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let sock = UdpSocket::bind(local).await.map_err(io)?;
-        if let Some(m) = self.mark {
-            socket2::SockRef::from(&sock).set_mark(m).map_err(io)?;
-        }
+        crate::socket::apply_mark(&sock).map_err(io)?;
         sock.connect(upstream).await.map_err(io)?;
         sock.send(query).await.map_err(io)?;
         let mut buf = vec![0u8; MAX_UDP_REPLY];
@@ -160,15 +151,9 @@ impl Forwarder {
     ) -> Result<Vec<u8>, ForwardError> {
         let io = |source| ForwardError::Io { upstream, source };
         let len = u16::try_from(query.len()).map_err(|_| ForwardError::TooLong(query.len()))?;
-        let sock = match upstream {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(io)?;
-        if let Some(m) = self.mark {
-            socket2::SockRef::from(&sock).set_mark(m).map_err(io)?;
-        }
-        let mut tcp = sock.connect(upstream).await.map_err(io)?;
+        let mut tcp = crate::socket::connect(upstream, self.timeout)
+            .await
+            .map_err(io)?;
         let mut out = Vec::with_capacity(query.len() + 2);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(query);

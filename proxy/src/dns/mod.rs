@@ -39,7 +39,6 @@ pub fn server(
             cfg.upstreams.clone(),
             cfg.forward_timeout.get(),
             cfg.max_forwards,
-            cfg.mark,
         )
     });
     let settings = Settings {

@@ -488,7 +488,7 @@ async fn concurrent_questions_over_udp_and_tcp_all_get_answers() {
 // === forwarding ===
 
 fn forwarder(upstreams: Vec<SocketAddr>, timeout: Duration, max: usize) -> Option<Forwarder> {
-    Some(Forwarder::new(upstreams, timeout, max, None))
+    Some(Forwarder::new(upstreams, timeout, max))
 }
 
 #[tokio::test]

@@ -1,0 +1,603 @@
+//! `weftctl pod run`: the single-machine equivalent of sidecar injection.
+//!
+//! Order matters and is the point: namespace and address, name resolution files, a join token, the
+//! sidecar's config, `weft-proxy init` (interception), the sidecar, *wait until it is ready*, and only
+//! then the app. When the app exits (or the runner is told to stop), the sidecar drains and exits, the
+//! rules are removed and the namespace deleted. A failure at any step undoes the steps before it.
+
+use super::network::{self, NetError, PodCidr};
+use super::record::{self, NetworkDir, PodRecord};
+use crate::cli::client::{Client, ClientError};
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use weft_api::operator::{MeshInfo, TokenCreated, TokenRequest};
+
+pub const DEFAULT_CIDR: &str = "198.18.0.0/16";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const APP_STOP_GRACE: Duration = Duration::from_secs(10);
+const SIDECAR_DRAIN: Duration = Duration::from_secs(15);
+const HOSTS_REFRESH: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Control(#[from] ClientError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("the sidecar did not become ready: {reason}\n--- last lines of {log} ---\n{tail}")]
+    SidecarNotReady {
+        reason: String,
+        log: String,
+        tail: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PodError {
+    let what = what.into();
+    move |source| PodError::Io { what, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub network: String,
+    pub cidr: Option<PodCidr>,
+    pub run_dir: PathBuf,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: Option<String>,
+    pub service: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub ports: Vec<u16>,
+    pub mtls_mode: Option<String>,
+    pub readiness_http: Option<String>,
+    pub proxy_bin: Option<PathBuf>,
+    pub command: Vec<String>,
+}
+
+impl RunOptions {
+    fn service_account(&self) -> String {
+        self.service_account
+            .clone()
+            .or_else(|| self.service.clone())
+            .unwrap_or_else(|| self.name.clone())
+    }
+    fn labels(&self) -> BTreeMap<String, String> {
+        let mut l: BTreeMap<String, String> = self.labels.iter().cloned().collect();
+        if let Some(s) = &self.service {
+            l.entry("app".into()).or_insert_with(|| s.clone());
+        }
+        l
+    }
+}
+
+/// The pod's pieces, torn down in reverse on drop (every way out, including errors).
+struct Pod {
+    network: String,
+    name: String,
+    netns: String,
+    dir: PathBuf,
+    proxy_bin: PathBuf,
+    sidecar: Option<Child>,
+    app: Option<Child>,
+    intercepting: bool,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for child in [self.app.as_mut(), self.sidecar.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.start_kill();
+        }
+        if self.intercepting {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "exec", &self.netns])
+                .arg(&self.proxy_bin)
+                .args(["init", "--cleanup"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        network::delete_pod(&self.network, &self.name);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the pod until its app exits; returns the app's exit code.
+pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
+    network::check_name("network", &o.network)?;
+    network::check_name("pod name", &o.name)?;
+    network::check_name("namespace", &o.namespace)?;
+    if o.command.is_empty() {
+        return Err(PodError::Invalid(
+            "give the app's command after `--`".into(),
+        ));
+    }
+    let proxy_bin = proxy_binary(o.proxy_bin.as_deref())?;
+    let info: MeshInfo = client.get("/v1/mesh").await?;
+    let sa = o.service_account();
+    let token: TokenCreated = client
+        .post(
+            "/v1/tokens",
+            &TokenRequest {
+                namespace: o.namespace.clone(),
+                service_account: sa.clone(),
+                ttl_secs: 600,
+                max_uses: Some(1),
+            },
+            Duration::from_secs(10),
+        )
+        .await?;
+
+    let mut pod = create(&o, &proxy_bin)?;
+    let address = read_record(&pod)?.address;
+    write_name_files(&pod.netns, &o, address, &info)?;
+    let config = write_sidecar_files(&pod.dir, &o, &sa, address, &info, &token)?;
+    init_interception(&pod)?;
+    pod.intercepting = true;
+    pod.sidecar = Some(start_sidecar(&pod, &config)?);
+    update_record(&pod, |r| {
+        r.sidecar_pid = pod.sidecar.as_ref().and_then(Child::id)
+    })?;
+    wait_ready(&mut pod).await?;
+    eprintln!(
+        "pod {}: sidecar ready ({}), address {address}; starting the app",
+        o.name, info.trust_domain
+    );
+    pod.app = Some(start_app(&pod, &o.command)?);
+    update_record(&pod, |r| r.app_pid = pod.app.as_ref().and_then(Child::id))?;
+    let code = supervise(&mut pod, client, &o, address).await;
+    stop_sidecar(&mut pod).await;
+    Ok(code)
+}
+
+fn proxy_binary(given: Option<&Path>) -> Result<PathBuf, PodError> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("weft-proxy")));
+    if let Some(p) = beside.filter(|p| p.is_file()) {
+        return Ok(p);
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("weft-proxy"))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| {
+            PodError::Invalid(
+                "weft-proxy not found beside weftctl or on PATH; give --proxy-bin".into(),
+            )
+        })
+}
+
+/// Namespace, veth and address, under the network's lock.
+fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
+    let dir = NetworkDir::new(&o.run_dir, &o.network);
+    let _lock = dir
+        .lock()
+        .map_err(io(format!("locking {}", dir.dir.display())))?;
+    let cidr = match (o.cidr, dir.cidr()) {
+        (Some(c), Some(existing)) if c != existing => {
+            return Err(PodError::Invalid(format!(
+                "network {} already uses {existing}, not {c}",
+                o.network
+            )))
+        }
+        (Some(c), _) | (None, Some(c)) => c,
+        (None, None) => DEFAULT_CIDR.parse()?,
+    };
+    if network::ensure_network(&o.network, cidr)? {
+        eprintln!("pod network {} created ({cidr})", o.network);
+    }
+    dir.set_cidr(cidr)
+        .map_err(io("writing the network's range"))?;
+    if let Some(old) = dir.pods().into_iter().find(|p| p.name == o.name) {
+        if record::alive(old.runner_pid) {
+            return Err(PodError::Invalid(format!(
+                "pod {} already runs (runner pid {}); `weftctl pod delete {}` first",
+                o.name, old.runner_pid, o.name
+            )));
+        }
+        // A runner that died without cleaning up: take its leftovers down first.
+        network::delete_pod(&o.network, &o.name);
+        let _ = std::fs::remove_dir_all(dir.pod_dir(&o.name));
+    }
+    let address = dir
+        .free_address(cidr)
+        .ok_or_else(|| PodError::Invalid(format!("no free address left in {cidr}")))?;
+    let netns = network::pod_ns(&o.network, &o.name);
+    let pod = Pod {
+        network: o.network.clone(),
+        name: o.name.clone(),
+        netns: netns.clone(),
+        dir: dir.pod_dir(&o.name),
+        proxy_bin: proxy_bin.to_path_buf(),
+        sidecar: None,
+        app: None,
+        intercepting: false,
+    };
+    let rec = PodRecord {
+        name: o.name.clone(),
+        network: o.network.clone(),
+        netns: netns.clone(),
+        namespace: o.namespace.clone(),
+        service_account: o.service_account(),
+        labels: o.labels(),
+        address,
+        runner_pid: std::process::id(),
+        sidecar_pid: None,
+        app_pid: None,
+        started: record::now(),
+        command: o.command.clone(),
+    };
+    // The record first: it holds the address for the next runner even while the namespace is built.
+    dir.write(&rec).map_err(io("writing the pod record"))?;
+    network::create_pod(&o.network, &o.name, cidr, address)?;
+    Ok(pod)
+}
+
+fn read_record(pod: &Pod) -> Result<PodRecord, PodError> {
+    let bytes = std::fs::read(pod.dir.join("pod.json")).map_err(io("reading the pod record"))?;
+    serde_json::from_slice(&bytes).map_err(|e| PodError::Invalid(format!("pod record: {e}")))
+}
+
+fn update_record(pod: &Pod, f: impl FnOnce(&mut PodRecord)) -> Result<(), PodError> {
+    let mut rec = read_record(pod)?;
+    f(&mut rec);
+    let dir = NetworkDir {
+        dir: pod
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    dir.write(&rec).map_err(io("writing the pod record"))
+}
+
+/// `/etc/netns/<ns>/{hosts,resolv.conf}`: `ip netns exec` mounts them over /etc for the pod's
+/// processes, so service names resolve with no DNS server (see `hosts_file`).
+fn write_name_files(
+    netns: &str,
+    o: &RunOptions,
+    address: Ipv4Addr,
+    info: &MeshInfo,
+) -> Result<(), PodError> {
+    let etc = network::etc_dir(netns);
+    std::fs::create_dir_all(&etc).map_err(io(format!("creating {}", etc.display())))?;
+    let resolv = format!(
+        "# written by weftctl pod run: mesh names are in /etc/hosts\nsearch {ns}.svc svc\nnameserver 127.0.0.1\n",
+        ns = o.namespace
+    );
+    std::fs::write(etc.join("resolv.conf"), resolv).map_err(io("writing resolv.conf"))?;
+    write_in_place(
+        &etc.join("hosts"),
+        &hosts_file(&o.name, &o.namespace, address, info),
+    )
+}
+
+/// The pod's hosts file: itself, then every service by each name a client may use:
+/// `name` (same namespace only), `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local`.
+pub fn hosts_file(pod: &str, namespace: &str, address: Ipv4Addr, info: &MeshInfo) -> String {
+    let mut out = format!(
+        "# written by weftctl pod run; refreshed as services change\n127.0.0.1\tlocalhost\n{address}\t{pod}\n"
+    );
+    let mut services = info.services.clone();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for s in services {
+        let fq = format!("{}.{}", s.name, s.namespace);
+        let short = if s.namespace == namespace {
+            format!("{}\t", s.name)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{}\t{short}{fq}\t{fq}.svc\t{fq}.svc.cluster.local\n",
+            s.vip
+        ));
+    }
+    out
+}
+
+/// Rewrites a file keeping its inode: the pod's /etc/hosts is a bind mount of it.
+fn write_in_place(path: &Path, text: &str) -> Result<(), PodError> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io(format!("writing {}", path.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+fn write_sidecar_files(
+    dir: &Path,
+    o: &RunOptions,
+    sa: &str,
+    address: Ipv4Addr,
+    info: &MeshInfo,
+    token: &TokenCreated,
+) -> Result<PathBuf, PodError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let token_path = dir.join("token");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&token_path)
+        .map_err(io("writing the join token"))?;
+    f.write_all(token.token.as_bytes())
+        .map_err(io("writing the join token"))?;
+    let labels: Vec<String> = o
+        .labels()
+        .iter()
+        .map(|(k, v)| format!("{}: {}", json(k), json(v)))
+        .collect();
+    let ports: Vec<String> = o.ports.iter().map(u16::to_string).collect();
+    let readiness = match (&o.readiness_http, o.ports.first()) {
+        (Some(path), Some(p)) => format!(
+            "\n  readiness: {{http: {{port: {p}, path: {}}}}}",
+            json(path)
+        ),
+        (None, Some(p)) => format!("\n  readiness: {{tcp: {{port: {p}}}}}"),
+        _ => String::new(),
+    };
+    let mtls = o
+        .mtls_mode
+        .as_ref()
+        .map(|m| format!("\n  mtls_mode: {m}"))
+        .unwrap_or_default();
+    let yaml = format!(
+        "# written by weftctl pod run\n\
+control:\n  address: {addr}\n  ca_fingerprint: {fp}\n  token_file: {token}\n  state_dir: {state}\n\
+workload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: {address}\n  ports: [{ports}]{readiness}\n\
+interception:\n  outbound: 0.0.0.0:15001\n  inbound: 0.0.0.0:15006\n  mark: 1337{mtls}\n",
+        addr = info.proxy_address,
+        fp = json(&info.ca_fingerprint),
+        token = json(&token_path.display().to_string()),
+        state = json(&dir.join("proxy").display().to_string()),
+        name = o.name,
+        ns = o.namespace,
+        labels = labels.join(", "),
+        ports = ports.join(", "),
+    );
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, yaml).map_err(io("writing the sidecar's config"))?;
+    Ok(path)
+}
+
+/// A YAML-safe scalar (JSON strings are YAML).
+fn json(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn in_pod(pod: &Pod, program: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &pod.netns]).arg(program);
+    c
+}
+
+fn init_interception(pod: &Pod) -> Result<(), PodError> {
+    // The pod resolves names from its hosts file, so the app's DNS is left alone.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .arg(&pod.proxy_bin)
+        .args(["init", "--no-dns"])
+        .output()
+        .map_err(io("running weft-proxy init"))?;
+    if !out.status.success() {
+        return Err(PodError::Invalid(format!(
+            "weft-proxy init failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn start_sidecar(pod: &Pod, config: &Path) -> Result<Child, PodError> {
+    let log =
+        std::fs::File::create(pod.dir.join("sidecar.log")).map_err(io("creating sidecar.log"))?;
+    let err = log.try_clone().map_err(io("creating sidecar.log"))?;
+    in_pod(pod, &pod.proxy_bin)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io("starting the sidecar"))
+}
+
+async fn wait_ready(pod: &mut Pod) -> Result<(), PodError> {
+    let started = Instant::now();
+    let log = pod.dir.join("sidecar.log");
+    let not_ready = |reason: String| PodError::SidecarNotReady {
+        reason,
+        log: log.display().to_string(),
+        tail: tail(&log, 20),
+    };
+    loop {
+        if let Some(sidecar) = pod.sidecar.as_mut() {
+            if let Ok(Some(status)) = sidecar.try_wait() {
+                return Err(not_ready(format!("it exited ({status})")));
+            }
+        }
+        let ns = pod.netns.clone();
+        let ready = tokio::task::spawn_blocking(move || ready_in(&ns))
+            .await
+            .unwrap_or(false);
+        if ready {
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            return Err(not_ready(format!(
+                "GET /ready on 127.0.0.1:15020 inside the pod did not answer 200 within {}s",
+                READY_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /ready` on the sidecar's health port, from inside the pod's namespace.
+pub fn ready_in(netns: &str) -> bool {
+    let conn = crate::netns::run_in(netns, || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], 15020)),
+            Duration::from_millis(500),
+        )
+    });
+    let Ok(mut s) = conn else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /ready HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn start_app(pod: &Pod, command: &[String]) -> Result<Child, PodError> {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &pod.netns])
+        .args(command)
+        .kill_on_drop(true);
+    c.spawn()
+        .map_err(io(format!("starting the app `{}`", command.join(" "))))
+}
+
+/// Waits for the app to exit (or for SIGTERM/SIGINT, passed on to the app), keeping the pod's hosts
+/// file in step with the mesh's services meanwhile. Returns the app's exit code.
+async fn supervise(pod: &mut Pod, client: &Client, o: &RunOptions, address: Ipv4Addr) -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("pod {}: cannot install signal handlers", o.name);
+        return 1;
+    };
+    let Some(app) = pod.app.as_mut() else {
+        return 1;
+    };
+    let hosts = network::etc_dir(&pod.netns).join("hosts");
+    let mut refresh = tokio::time::interval(HOSTS_REFRESH);
+    let status = loop {
+        tokio::select! {
+            s = app.wait() => break s.ok(),
+            _ = term.recv() => break stop_app(app).await,
+            _ = int.recv() => break stop_app(app).await,
+            _ = refresh.tick() => {
+                if let Ok(info) = client.get::<MeshInfo>("/v1/mesh").await {
+                    let _ = write_in_place(&hosts, &hosts_file(&o.name, &o.namespace, address, &info));
+                }
+            }
+        }
+    };
+    use std::os::unix::process::ExitStatusExt as _;
+    match status {
+        Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+        None => 1,
+    }
+}
+
+async fn stop_app(app: &mut Child) -> Option<std::process::ExitStatus> {
+    if let Some(pid) = app.id() {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    match tokio::time::timeout(APP_STOP_GRACE, app.wait()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            let _ = app.start_kill();
+            app.wait().await.ok()
+        }
+    }
+}
+
+/// SIGTERM: the sidecar reports not-ready, drains in-flight work and exits.
+async fn stop_sidecar(pod: &mut Pod) {
+    let Some(sidecar) = pod.sidecar.as_mut() else {
+        return;
+    };
+    if let Some(pid) = sidecar.id() {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(SIDECAR_DRAIN, sidecar.wait())
+        .await
+        .is_err()
+    {
+        let _ = sidecar.start_kill();
+        let _ = sidecar.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::operator::ServiceAddress;
+
+    #[test]
+    fn hosts_file_names_every_form() {
+        let info = MeshInfo {
+            trust_domain: "td".into(),
+            ca_fingerprint: String::new(),
+            bundle_pem: String::new(),
+            proxy_address: "198.18.0.1:15010".parse().unwrap(),
+            services: vec![
+                ServiceAddress {
+                    namespace: "default".into(),
+                    name: "reviews".into(),
+                    vip: "198.19.0.7".parse().unwrap(),
+                },
+                ServiceAddress {
+                    namespace: "shop".into(),
+                    name: "cart".into(),
+                    vip: "198.19.0.9".parse().unwrap(),
+                },
+            ],
+        };
+        let h = hosts_file("web", "default", Ipv4Addr::new(198, 18, 0, 2), &info);
+        assert!(h.contains("198.18.0.2\tweb\n"));
+        assert!(h.contains(
+            "198.19.0.7\treviews\treviews.default\treviews.default.svc\treviews.default.svc.cluster.local\n"
+        ));
+        // Another namespace's service has no bare name here.
+        assert!(h.contains("198.19.0.9\tcart.shop\tcart.shop.svc\tcart.shop.svc.cluster.local\n"));
+    }
+}
