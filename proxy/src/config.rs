@@ -202,6 +202,78 @@ impl Default for Limits {
     }
 }
 
+/// The DNS responder (`dns:`); without the section the proxy answers no DNS. Apps reach it through
+/// `weft-proxy init`'s port-53 redirect. See docs/proxy-config.md ("DNS") for the names it answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// UDP and TCP, on the same address. Default `127.0.0.1:15053`.
+    #[serde(default = "default_dns_listen")]
+    pub listen: SocketAddr,
+    /// Resolvers (`ip:port`) asked about names outside the mesh, in order, each for at most
+    /// `forward_timeout`. Empty (the default): such names get NXDOMAIN.
+    #[serde(default)]
+    pub upstreams: Vec<SocketAddr>,
+    /// The domain under which `<service>.<namespace>.svc.<cluster_domain>` resolves. Default
+    /// `cluster.local`.
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
+    /// TTL of mesh answers, whole seconds, at most 1h. Default 5s: VIPs are stable, but services come
+    /// and go.
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: Duration,
+    /// Time one upstream gets to answer before the next is tried; SERVFAIL when none answers.
+    /// Default 2s.
+    #[serde(default = "default_forward_timeout")]
+    pub forward_timeout: Duration,
+    /// Questions relayed upstream at once; further ones get SERVFAIL. Default 256.
+    #[serde(default = "default_max_forwards")]
+    pub max_forwards: usize,
+    /// Open TCP connections; further ones are closed at accept. Default 64.
+    #[serde(default = "default_dns_max_tcp")]
+    pub max_tcp_connections: usize,
+    /// A TCP connection with no complete question for this long is closed. Default 10s.
+    #[serde(default = "default_dns_idle")]
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: default_dns_listen(),
+            upstreams: Vec::new(),
+            cluster_domain: default_cluster_domain(),
+            ttl: default_dns_ttl(),
+            forward_timeout: default_forward_timeout(),
+            max_forwards: default_max_forwards(),
+            max_tcp_connections: default_dns_max_tcp(),
+            tcp_idle_timeout: default_dns_idle(),
+        }
+    }
+}
+
+fn default_dns_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15053))
+}
+fn default_cluster_domain() -> String {
+    "cluster.local".into()
+}
+fn default_dns_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_forward_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_max_forwards() -> usize {
+    256
+}
+fn default_dns_max_tcp() -> usize {
+    64
+}
+fn default_dns_idle() -> Duration {
+    Duration::from_secs(10)
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +306,9 @@ pub struct ProxyConfig {
     /// On SIGTERM, how long in-flight requests and streams get to finish before the proxy exits.
     #[serde(default = "default_drain")]
     pub drain_timeout: Duration,
+    /// The DNS responder; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsConfig>,
 }
 
 /// Transparent interception in a pod (see docs/interception.md).
@@ -452,6 +527,11 @@ impl ProxyConfig {
                 Ok(_) => {}
             }
         }
+        if let Some(d) = &self.dns {
+            taken.push(("dns.listen".to_string(), d.listen));
+            d.validate()
+                .map_err(|(f, r)| invalid(format!("dns.{f}"), r))?;
+        }
         for (i, (field, addr)) in taken.iter().enumerate() {
             if addr.port() == 0 {
                 continue;
@@ -500,6 +580,71 @@ impl ProxyConfig {
         }
         Ok(())
     }
+}
+
+impl DnsConfig {
+    /// The section's own rules, as (field within `dns`, reason).
+    fn validate(&self) -> Result<(), (String, String)> {
+        if let Err(reason) = check_domain(&self.cluster_domain) {
+            return Err(("cluster_domain".into(), reason));
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let field = format!("upstreams[{i}]");
+            if u.port() == 0 || u.ip().is_unspecified() {
+                return Err((
+                    field,
+                    format!("{u} is not an address a resolver answers on"),
+                ));
+            }
+            if *u == self.listen {
+                return Err((field, format!("{u} is this responder's own address")));
+            }
+        }
+        let ttl = self.ttl.get();
+        if ttl.subsec_nanos() != 0 || ttl > std::time::Duration::from_secs(3600) {
+            return Err(("ttl".into(), "must be whole seconds, at most 1h".into()));
+        }
+        for (name, v) in [
+            ("max_forwards", self.max_forwards),
+            ("max_tcp_connections", self.max_tcp_connections),
+        ] {
+            if v == 0 {
+                return Err((name.into(), "must be greater than 0".into()));
+            }
+        }
+        for (name, v) in [
+            ("forward_timeout", self.forward_timeout),
+            ("tcp_idle_timeout", self.tcp_idle_timeout),
+        ] {
+            if v.get().is_zero() {
+                return Err((name.into(), "must be longer than 0".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A DNS domain name in presentation form: labels of letters, digits and `-`, one trailing dot allowed.
+fn check_domain(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() || bare.len() > 253 {
+        return Err(format!("\"{name}\" must be 1 to 253 characters"));
+    }
+    for label in bare.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(format!(
+                "\"{name}\" has label \"{label}\"; labels are 1-63 letters, digits or '-' (not at either end)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
@@ -656,6 +801,49 @@ mod tests {
         let (_d, p) = write(&GOOD.replace("admin: 127.0.0.1:15000", "admin: 0.0.0.0:15000"));
         let e = ProxyConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn dns_section_is_optional_with_defaults() {
+        let (_d, p) = write(GOOD);
+        assert!(ProxyConfig::load(&p).unwrap().dns.is_none());
+        let (_d, p) = write(&format!("{CONTROL}dns: {{}}\n"));
+        let d = ProxyConfig::load(&p).unwrap().dns.unwrap();
+        assert_eq!(d.listen, "127.0.0.1:15053".parse().unwrap());
+        assert_eq!(d.cluster_domain, "cluster.local");
+        assert!(d.upstreams.is_empty());
+        assert_eq!(d.ttl.get(), std::time::Duration::from_secs(5));
+        let (_d, p) = write(&format!(
+            "{CONTROL}dns:\n  listen: 127.0.0.1:5353\n  upstreams: [10.0.0.2:53, \"[fd00::2]:53\"]\n  cluster_domain: mesh.example.\n"
+        ));
+        let d = ProxyConfig::load(&p).unwrap().dns.unwrap();
+        assert_eq!(d.upstreams.len(), 2);
+    }
+
+    #[test]
+    fn bad_dns_fields_are_named() {
+        for (yaml, want) in [
+            (
+                "dns:\n  upstreams: [10.0.0.2]\n",
+                "proxy.yaml:16:15: field `dns.upstreams[0]`",
+            ),
+            ("dns:\n  colour: red\n", "dns.colour"),
+            ("dns:\n  upstreams: [0.0.0.0:53]\n", "dns.upstreams[0]"),
+            (
+                "dns:\n  listen: 127.0.0.1:5353\n  upstreams: [127.0.0.1:5353]\n",
+                "own address",
+            ),
+            ("dns:\n  cluster_domain: bad_domain\n", "dns.cluster_domain"),
+            ("dns:\n  cluster_domain: a..b\n", "dns.cluster_domain"),
+            ("dns:\n  ttl: 1500ms\n", "dns.ttl"),
+            ("dns:\n  max_forwards: 0\n", "dns.max_forwards"),
+            ("dns:\n  tcp_idle_timeout: 0s\n", "dns.tcp_idle_timeout"),
+            ("dns:\n  listen: 127.0.0.1:15000\n", "`admin`"),
+        ] {
+            let (_d, p) = write(&format!("{GOOD}{yaml}"));
+            let e = ProxyConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod body;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod dns;
 pub mod errors;
 pub mod h1_guard;
 pub mod headers;
@@ -53,6 +54,8 @@ enum Kind {
     Admin,
     Health,
     Outbound(Box<(weft_api::OutboundListener, weft_api::Target)>),
+    /// The DNS responder: its UDP socket here, its TCP listener beside it.
+    Dns(Box<tokio::net::UdpSocket>),
     /// The app's redirected outgoing TCP (transparent mode).
     InterceptedOutbound,
     /// Redirected incoming plaintext (transparent mode).
@@ -75,6 +78,12 @@ pub async fn bind(cfg: ProxyConfig, identity: Identity) -> anyhow::Result<Runnin
             .target()
             .map_err(|e| anyhow::anyhow!("outbound[{i}]: {e}"))?;
         add(Kind::Outbound(Box::new((o.clone(), target))), l);
+    }
+    if let Some(d) = &cfg.dns {
+        let (udp, tcp) = dns::bind(d.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (`dns.listen`)", d.listen))?;
+        add(Kind::Dns(Box::new(udp)), tcp);
     }
     if let Some(i) = &cfg.interception {
         socket::set_mark(i.mark);
@@ -124,6 +133,10 @@ impl Running {
                     let (o, target) = *spec;
                     tracing::info!(?addr, ?target, protocol = ?o.protocol, "outbound listener");
                     tokio::spawn(outbound::run(l, o, target, p));
+                }
+                Kind::Dns(udp) => {
+                    tracing::info!(?addr, "dns responder listening (udp, tcp)");
+                    tokio::spawn(dns::run(*udp, l, p));
                 }
                 Kind::InterceptedOutbound => {
                     tracing::info!(?addr, "intercepted outbound listening");

@@ -13,7 +13,8 @@ use weft_proxy::control::{bootstrap, Settings};
 /// traffic from peers to the local app.
 ///
 /// Ports (defaults): tunnel 0.0.0.0:15008 (mTLS + HTTP/2 from peers), admin 127.0.0.1:15000 (/config,
-/// /identity, POST /shutdown), health 0.0.0.0:15020 (/ready, /live, /metrics).
+/// /identity, POST /shutdown), health 0.0.0.0:15020 (/ready, /live, /metrics); with a `dns:` section,
+/// DNS 127.0.0.1:15053 (UDP and TCP: mesh service names to their VIPs).
 ///
 /// Exit codes: 0 after a clean drain (SIGTERM, SIGINT or POST /shutdown); 1 when the drain deadline passed
 /// with work left, or on a runtime failure such as a port already in use; 2 for a bad command line,

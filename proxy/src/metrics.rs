@@ -64,6 +64,7 @@ pub struct Metrics {
     cert_expiry: Gauge,
     cert_renewals: Family<ResultLabels, Counter>,
     control_connected: Gauge,
+    dns_queries: Family<ResultLabels, Counter>,
     /// `requests{status_code="200"}` per direction, looked up once: the family's map hashes its labels
     /// on every access, and 200 is nearly every request.
     ok: [Counter; 2],
@@ -91,6 +92,7 @@ impl Metrics {
             cert_expiry: Default::default(),
             cert_renewals: Default::default(),
             control_connected: Default::default(),
+            dns_queries: Default::default(),
             registry: Registry::default(),
             ok: Default::default(),
         };
@@ -153,6 +155,12 @@ impl Metrics {
             "control_connected",
             "1 while the config stream to the control plane is open",
             m.control_connected.clone(),
+        );
+        registry.register(
+            "dns_queries",
+            "Questions the DNS responder answered, by result (answered, nodata, nxdomain, forwarded, \
+             forward_failed, formerr, notimp, refused)",
+            m.dns_queries.clone(),
         );
         let ok = [Direction::outbound, Direction::inbound].map(|direction| {
             m.requests
@@ -219,6 +227,12 @@ impl Metrics {
 
     pub fn set_control_connected(&self, up: bool) {
         self.control_connected.set(i64::from(up));
+    }
+
+    pub fn dns_query(&self, result: &'static str) {
+        self.dns_queries
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

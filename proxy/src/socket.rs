@@ -17,6 +17,17 @@ pub fn set_mark(mark: u32) {
     let _ = MARK.set(mark);
 }
 
+/// Puts the proxy's mark, when one is set, on a socket opened other than through [`connect`] (the DNS
+/// forwarder's UDP sockets to upstream resolvers).
+pub fn apply_mark<S: std::os::fd::AsFd>(socket: &S) -> io::Result<()> {
+    if let Some(mark) = MARK.get() {
+        socket2::SockRef::from(socket)
+            .set_mark(*mark)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot set SO_MARK {mark}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Connects to `addr` within `timeout`, with the proxy's mark when one is set.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
