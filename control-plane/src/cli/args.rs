@@ -117,7 +117,7 @@ Examples:
   weftctl pod run --network demo --name client -- sleep infinity
 
 Inside the pod: the app's outgoing TCP goes through the sidecar (mTLS to mesh services and pods), mesh
-service names resolve (reviews, reviews.default, reviews.default.svc) from the pod's /etc/hosts, and
+service names resolve (reviews, reviews.default, reviews.default.svc) through the sidecar's DNS responder, and
 incoming plaintext is refused unless --mtls-mode PERMISSIVE (or the mesh's MeshConfig) allows it.";
 
 #[derive(Debug, Clone, Args)]

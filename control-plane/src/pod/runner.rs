@@ -21,7 +21,6 @@ pub const DEFAULT_CIDR: &str = "198.18.0.0/16";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const APP_STOP_GRACE: Duration = Duration::from_secs(10);
 const SIDECAR_DRAIN: Duration = Duration::from_secs(15);
-const HOSTS_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -144,7 +143,7 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
 
     let mut pod = create(&o, &proxy_bin)?;
     let address = read_record(&pod)?.address;
-    write_name_files(&pod.netns, &o, address, &info)?;
+    write_name_files(&pod.netns, &o, address)?;
     let config = write_sidecar_files(&pod.dir, &o, &sa, address, &info, &token)?;
     init_interception(&pod)?;
     pod.intercepting = true;
@@ -159,7 +158,7 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
     );
     pod.app = Some(start_app(&pod, &o.command)?);
     update_record(&pod, |r| r.app_pid = pod.app.as_ref().and_then(Child::id))?;
-    let code = supervise(&mut pod, client, &o, address).await;
+    let code = supervise(&mut pod, &o).await;
     stop_sidecar(&mut pod).await;
     Ok(code)
 }
@@ -273,47 +272,24 @@ fn update_record(pod: &Pod, f: impl FnOnce(&mut PodRecord)) -> Result<(), PodErr
 }
 
 /// `/etc/netns/<ns>/{hosts,resolv.conf}`: `ip netns exec` mounts them over /etc for the pod's
-/// processes, so service names resolve with no DNS server (see `hosts_file`).
-fn write_name_files(
-    netns: &str,
-    o: &RunOptions,
-    address: Ipv4Addr,
-    info: &MeshInfo,
-) -> Result<(), PodError> {
+/// processes, so they ask the sidecar's DNS responder.
+fn write_name_files(netns: &str, o: &RunOptions, address: Ipv4Addr) -> Result<(), PodError> {
     let etc = network::etc_dir(netns);
     std::fs::create_dir_all(&etc).map_err(io(format!("creating {}", etc.display())))?;
+    // The sidecar answers (init redirects port 53 to its responder); ndots:2 sends bare `reviews`
+    // and `reviews.other` through the search list first.
     let resolv = format!(
-        "# written by weftctl pod run: mesh names are in /etc/hosts\nsearch {ns}.svc svc\nnameserver 127.0.0.1\n",
+        "# written by weftctl pod run: the sidecar answers mesh names\nnameserver 127.0.0.1\nsearch {ns}.svc svc\noptions ndots:2\n",
         ns = o.namespace
     );
     std::fs::write(etc.join("resolv.conf"), resolv).map_err(io("writing resolv.conf"))?;
-    write_in_place(
-        &etc.join("hosts"),
-        &hosts_file(&o.name, &o.namespace, address, info),
-    )
+    write_in_place(&etc.join("hosts"), &hosts_file(&o.name, address))
 }
 
-/// The pod's hosts file: itself, then every service by each name a client may use:
-/// `name` (same namespace only), `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local`.
-pub fn hosts_file(pod: &str, namespace: &str, address: Ipv4Addr, info: &MeshInfo) -> String {
-    let mut out = format!(
-        "# written by weftctl pod run; refreshed as services change\n127.0.0.1\tlocalhost\n{address}\t{pod}\n"
-    );
-    let mut services = info.services.clone();
-    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    for s in services {
-        let fq = format!("{}.{}", s.name, s.namespace);
-        let short = if s.namespace == namespace {
-            format!("{}\t", s.name)
-        } else {
-            String::new()
-        };
-        out.push_str(&format!(
-            "{}\t{short}{fq}\t{fq}.svc\t{fq}.svc.cluster.local\n",
-            s.vip
-        ));
-    }
-    out
+/// The pod's hosts file: loopback and the pod's own name; service names come from the sidecar's DNS
+/// responder, which follows the mesh as it changes.
+pub fn hosts_file(pod: &str, address: Ipv4Addr) -> String {
+    format!("# written by weftctl pod run\n127.0.0.1\tlocalhost\n{address}\t{pod}\n")
 }
 
 /// Rewrites a file keeping its inode: the pod's /etc/hosts is a bind mount of it.
@@ -373,7 +349,8 @@ fn write_sidecar_files(
         "# written by weftctl pod run\n\
 control:\n  address: {addr}\n  ca_fingerprint: {fp}\n  token_file: {token}\n  state_dir: {state}\n\
 workload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: {address}\n  ports: [{ports}]{readiness}\n\
-interception:\n  outbound: 0.0.0.0:15001\n  inbound: 0.0.0.0:15006\n  mark: 1337{mtls}\n",
+interception:\n  outbound: 0.0.0.0:15001\n  inbound: 0.0.0.0:15006\n  mark: 1337{mtls}\n\
+dns:\n  listen: 127.0.0.1:15053\n",
         addr = info.proxy_address,
         fp = json(&info.ca_fingerprint),
         token = json(&token_path.display().to_string()),
@@ -400,11 +377,10 @@ fn in_pod(pod: &Pod, program: &Path) -> Command {
 }
 
 fn init_interception(pod: &Pod) -> Result<(), PodError> {
-    // The pod resolves names from its hosts file, so the app's DNS is left alone.
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &pod.netns])
         .arg(&pod.proxy_bin)
-        .args(["init", "--no-dns"])
+        .arg("init")
         .output()
         .map_err(io("running weft-proxy init"))?;
     if !out.status.success() {
@@ -500,9 +476,9 @@ fn start_app(pod: &Pod, command: &[String]) -> Result<Child, PodError> {
         .map_err(io(format!("starting the app `{}`", command.join(" "))))
 }
 
-/// Waits for the app to exit (or for SIGTERM/SIGINT, passed on to the app), keeping the pod's hosts
-/// file in step with the mesh's services meanwhile. Returns the app's exit code.
-async fn supervise(pod: &mut Pod, client: &Client, o: &RunOptions, address: Ipv4Addr) -> i32 {
+/// Waits for the app to exit (or for SIGTERM/SIGINT, passed on to the app). Returns the app's exit
+/// code.
+async fn supervise(pod: &mut Pod, o: &RunOptions) -> i32 {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -514,19 +490,10 @@ async fn supervise(pod: &mut Pod, client: &Client, o: &RunOptions, address: Ipv4
     let Some(app) = pod.app.as_mut() else {
         return 1;
     };
-    let hosts = network::etc_dir(&pod.netns).join("hosts");
-    let mut refresh = tokio::time::interval(HOSTS_REFRESH);
-    let status = loop {
-        tokio::select! {
-            s = app.wait() => break s.ok(),
-            _ = term.recv() => break stop_app(app).await,
-            _ = int.recv() => break stop_app(app).await,
-            _ = refresh.tick() => {
-                if let Ok(info) = client.get::<MeshInfo>("/v1/mesh").await {
-                    let _ = write_in_place(&hosts, &hosts_file(&o.name, &o.namespace, address, &info));
-                }
-            }
-        }
+    let status = tokio::select! {
+        s = app.wait() => s.ok(),
+        _ = term.recv() => stop_app(app).await,
+        _ = int.recv() => stop_app(app).await,
     };
     use std::os::unix::process::ExitStatusExt as _;
     match status {
@@ -570,34 +537,12 @@ async fn stop_sidecar(pod: &mut Pod) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_api::operator::ServiceAddress;
 
     #[test]
-    fn hosts_file_names_every_form() {
-        let info = MeshInfo {
-            trust_domain: "td".into(),
-            ca_fingerprint: String::new(),
-            bundle_pem: String::new(),
-            proxy_address: "198.18.0.1:15010".parse().unwrap(),
-            services: vec![
-                ServiceAddress {
-                    namespace: "default".into(),
-                    name: "reviews".into(),
-                    vip: "198.19.0.7".parse().unwrap(),
-                },
-                ServiceAddress {
-                    namespace: "shop".into(),
-                    name: "cart".into(),
-                    vip: "198.19.0.9".parse().unwrap(),
-                },
-            ],
-        };
-        let h = hosts_file("web", "default", Ipv4Addr::new(198, 18, 0, 2), &info);
+    fn hosts_file_names_the_pod_only() {
+        let h = hosts_file("web", Ipv4Addr::new(198, 18, 0, 2));
+        assert!(h.contains("127.0.0.1\tlocalhost\n"));
         assert!(h.contains("198.18.0.2\tweb\n"));
-        assert!(h.contains(
-            "198.19.0.7\treviews\treviews.default\treviews.default.svc\treviews.default.svc.cluster.local\n"
-        ));
-        // Another namespace's service has no bare name here.
-        assert!(h.contains("198.19.0.9\tcart.shop\tcart.shop.svc\tcart.shop.svc.cluster.local\n"));
+        assert_eq!(h.lines().filter(|l| !l.starts_with('#')).count(), 2);
     }
 }
