@@ -75,7 +75,7 @@ curl -fs http://127.0.0.1:15014/ready > /dev/null || { tail "$work/logs/control.
 note "weft-control: proxy API 198.18.0.1:15010 (inside the pod network), operator API 127.0.0.1:15014"
 note "mesh CA $(cat "$work/state/ca/fingerprint")"
 weftctl apply -f examples/shop/services.yaml | sed 's/^/   /'
-examples/shop/reviews-route.sh 100 0 | weftctl apply -f - | sed 's/^/   /'
+weftctl shift reviews v1=100 | sed 's/^/   /'
 
 # --- pods ------------------------------------------------------------------------------------
 bold "2. Pods: each gets a namespace, an address, interception rules and a sidecar before its app starts"
@@ -111,11 +111,11 @@ in_client "$shop" call --url http://frontend:8080/ | sed 's/^/ /'
 note "(the route sends every reviews call to v1, which does not call ratings; v2 does: step 5)"
 
 # --- traffic shift ---------------------------------------------------------------------------
-bold "4. Traffic shift of reviews: each step is one apply, acknowledged by every proxy before it returns"
-for step in "100 0" "90 10" "50 50" "0 100"; do
+bold "4. Traffic shift of reviews: one command per step, acknowledged by every proxy before it returns"
+for step in "90 10" "50 50" "0 100"; do
     set -- $step
-    printf '   \033[1mv1=%s v2=%s\033[0m  ' "$1" "$2"
-    examples/shop/reviews-route.sh "$1" "$2" | weftctl apply -f - | tail -1
+    printf '   \033[1m$ weftctl shift reviews v1=%s v2=%s\033[0m\n' "$1" "$2"
+    weftctl shift reviews "v1=$1" "v2=$2" | sed 's/^/      /'
     in_client "$shop" load --url http://frontend:8080/ --count 200 2> /dev/null | head -1 | sed 's/^/      observed: /'
 done
 

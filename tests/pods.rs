@@ -14,19 +14,24 @@ fn route(v1: u32, v2: u32) -> String {
     )
 }
 
-fn load(mesh: &PodMesh, client: &weft::pods::PodHandle, count: u32) -> serde_json::Value {
+fn load(
+    mesh: &PodMesh,
+    client: &weft::pods::PodHandle,
+    count: u32,
+    extra: &[&str],
+) -> serde_json::Value {
     let shop = example("shop");
-    let out = mesh.exec_ok(
-        client,
-        &[
-            &shop,
-            "load",
-            "--url",
-            "http://frontend:8080/",
-            "--count",
-            &count.to_string(),
-        ],
-    );
+    let count = count.to_string();
+    let mut args = vec![
+        shop.as_str(),
+        "load",
+        "--url",
+        "http://frontend:8080/",
+        "--count",
+        &count,
+    ];
+    args.extend_from_slice(extra);
+    let out = mesh.exec_ok(client, &args);
     let json = out.lines().last().unwrap_or_default();
     serde_json::from_str(json).unwrap_or_else(|e| panic!("load output {out:?}: {e}"))
 }
@@ -88,18 +93,34 @@ fn shop_calls_carry_each_callers_identity_and_follow_a_traffic_shift() {
         assert!(hops.contains(&want), "missing {want:?} in:\n{hops}");
     }
 
-    mesh.apply(&route(90, 10));
-    let split = load(&mesh, &client, 400);
+    // One-command shifting: a canary split, then back to where it was.
+    let shifted = mesh.weftctl_ok(&["shift", "reviews", "v1=90", "v2=10"]);
+    assert!(
+        shifted.contains("reviews: v1=0 v2=100 -> v1=90 v2=10"),
+        "{shifted}"
+    );
+    let split = load(&mesh, &client, 400, &[]);
     assert_eq!(split["failed"], 0, "{split}");
     let v2 = split["versions"]["v2"].as_u64().unwrap_or(0);
     assert!(
         (16..=64).contains(&v2),
         "90/10 gave v2 {v2} of 400: {split}"
     );
-
-    mesh.apply(&route(0, 100));
-    let split = load(&mesh, &client, 100);
+    let back = mesh.weftctl_ok(&["rollback", "reviews"]);
+    assert!(
+        back.contains("reviews: v1=90 v2=10 -> v1=0 v2=100"),
+        "{back}"
+    );
+    let split = load(&mesh, &client, 100, &[]);
     assert_eq!(split["versions"]["v2"], 100, "{split}");
+
+    // A/B by header: beta users on v2, everyone else on v1.
+    mesh.weftctl_ok(&["shift", "reviews", "--header", "x-user-group=beta", "v2"]);
+    mesh.weftctl_ok(&["shift", "reviews", "v1=100"]);
+    let beta = load(&mesh, &client, 50, &["-H", "x-user-group:beta"]);
+    assert_eq!(beta["versions"]["v2"], 50, "{beta}");
+    let others = load(&mesh, &client, 50, &[]);
+    assert_eq!(others["versions"]["v1"], 50, "{others}");
 }
 
 #[test]

@@ -104,6 +104,18 @@ impl PodMesh {
         c
     }
 
+    /// `weftctl ARGS`, panicking unless it exits 0; returns stdout and stderr.
+    pub fn weftctl_ok(&self, args: &[&str]) -> String {
+        let out = self.weftctl().args(args).output().expect("run weftctl");
+        assert!(
+            out.status.success(),
+            "weftctl {}: {}",
+            args.join(" "),
+            text(&out)
+        );
+        text(&out)
+    }
+
     /// `weftctl apply -f -` of `yaml`; panics when refused.
     pub fn apply(&self, yaml: &str) -> String {
         use std::io::Write as _;

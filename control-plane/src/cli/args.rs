@@ -218,6 +218,57 @@ pub enum RemoteCommand {
     /// Every proxy the control plane knows: identity, readiness, config versions, last NACK, certificate.
     #[command(long_about = STATUS_LONG, after_long_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
+    /// Shift a service's traffic between its versions (subsets), or send requests with a header to one.
+    #[command(long_about = SHIFT_LONG, after_long_help = SHIFT_EXAMPLES)]
+    Shift(ShiftArgs),
+    /// Put back the split a service had before its last shift.
+    #[command(
+        after_long_help = "Examples:\n  weftctl rollback reviews\n  weftctl rollback cart -n shop"
+    )]
+    Rollback(RollbackArgs),
+}
+
+const SHIFT_LONG: &str = "\
+Shift a service's traffic between its versions (subsets: endpoints labelled version=<subset>).
+
+The change is an edit of the service's HTTPRoute (named after the service; created when missing): the
+weights go in its rule without matches; --header NAME=VALUE SUBSET adds (or updates) a first rule that
+sends requests carrying that header to SUBSET. The weights replaced are kept in the route's annotation
+weft.dev/previous-weights, which `weftctl rollback` restores. weftctl prints what changed and, unless
+--no-wait, waits until every affected proxy has acknowledged it (naming those that have not).";
+
+const SHIFT_EXAMPLES: &str = "\
+Examples:
+  weftctl shift reviews v1=90 v2=10                 # canary
+  weftctl shift reviews v2=100                      # promote / blue-green switch
+  weftctl shift reviews --header x-user-group=beta v2   # A/B by header
+  weftctl rollback reviews                          # the previous weights
+
+Exit codes: 0 applied and acknowledged, 1 refused or failed, 2 bad usage, 3 applied but not
+acknowledged by every affected proxy.";
+
+#[derive(Debug, Args)]
+pub struct ShiftArgs {
+    pub service: String,
+    /// SUBSET=WEIGHT for each version (relative weights), or with --header the one SUBSET.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Route requests with this header (NAME=VALUE) to the single SUBSET given.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub header: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    pub service: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 const APPLY_LONG: &str = "\

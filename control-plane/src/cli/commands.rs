@@ -65,6 +65,8 @@ pub enum CommandError {
     Files(#[from] FilesError),
     #[error("the control plane sent a resource this weftctl cannot read: {0}")]
     Unreadable(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CommandError {
@@ -108,7 +110,90 @@ pub async fn run(
         }
         RemoteCommand::Token(TokenCommand::Revoke { id }) => token_revoke(&client, &id).await,
         RemoteCommand::Status(s) => status(&client, s.output, now).await,
+        RemoteCommand::Shift(a) => shift(&client, a).await,
+        RemoteCommand::Rollback(a) => rollback(&client, a).await,
     }
+}
+
+/// `weftctl shift`: edit the service's route and apply it.
+pub async fn shift(client: &Client, a: super::args::ShiftArgs) -> Result<Reply, CommandError> {
+    use super::shift::{self as sh, Shift};
+    let change = match &a.header {
+        None => Shift::Weights(sh::parse_weights(&a.targets).map_err(CommandError::Usage)?),
+        Some(h) => {
+            let (name, value) = h.split_once('=').ok_or_else(|| {
+                CommandError::Usage(format!("--header {h:?}: expected NAME=VALUE"))
+            })?;
+            let [subset] = a.targets.as_slice() else {
+                return Err(CommandError::Usage(
+                    "with --header, give exactly one SUBSET".into(),
+                ));
+            };
+            Shift::Header {
+                name: name.to_ascii_lowercase(),
+                value: value.to_string(),
+                subset: subset.clone(),
+            }
+        }
+    };
+    let route = current_route(client, &a.namespace, &a.service)
+        .await?
+        .unwrap_or_else(|| sh::new_route(&a.namespace, &a.service));
+    let (route, line) = sh::apply_shift(route, &a.service, &change).map_err(CommandError::Usage)?;
+    apply_route(client, route, line, a.wait).await
+}
+
+/// `weftctl rollback`: the weights before the last shift.
+pub async fn rollback(
+    client: &Client,
+    a: super::args::RollbackArgs,
+) -> Result<Reply, CommandError> {
+    let route = current_route(client, &a.namespace, &a.service)
+        .await?
+        .ok_or_else(|| {
+            CommandError::Usage(format!(
+                "no HTTPRoute {}/{} to roll back",
+                a.namespace, a.service
+            ))
+        })?;
+    let (route, line) = super::shift::rollback(route, &a.service).map_err(CommandError::Usage)?;
+    apply_route(client, route, line, a.wait).await
+}
+
+async fn current_route(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+) -> Result<Option<serde_json::Value>, CommandError> {
+    let path = format!(
+        "/v1/resources/{}/{}/{}",
+        Kind::HttpRoute.as_str(),
+        segment(namespace),
+        segment(service)
+    );
+    match client.get::<Vec<serde_json::Value>>(&path).await {
+        Ok(found) => Ok(found.into_iter().next()),
+        Err(ClientError::Refused { status, .. }) if status == http::StatusCode::NOT_FOUND => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn apply_route(
+    client: &Client,
+    route: serde_json::Value,
+    line: String,
+    wait: WaitArgs,
+) -> Result<Reply, CommandError> {
+    // JSON is YAML: the route goes through the same validation as any applied file.
+    let file = weft_api::operator::SourceFile {
+        name: "weftctl shift".into(),
+        text: serde_json::to_string_pretty(&route).unwrap_or_default(),
+    };
+    let mut reply = apply(client, vec![file], false, wait).await?;
+    reply.stdout = format!("{line}\n{}", reply.stdout);
+    Ok(reply)
 }
 
 pub async fn apply(

@@ -7,5 +7,6 @@ pub mod client;
 pub mod commands;
 pub mod files;
 pub mod render;
+pub mod shift;
 #[cfg(test)]
 mod testing;
