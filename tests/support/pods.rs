@@ -207,20 +207,8 @@ impl PodMesh {
     /// Starts a pod running `command` (a path under target/ or a system tool) and waits until its app
     /// has started (which the runner does only once the sidecar is ready).
     pub fn pod(&mut self, name: &str, flags: &[&str], command: &[&str]) -> PodHandle {
+        self.pod_no_wait(name, flags, command);
         let log = self.run_dir.path().join(format!("runner-{name}.log"));
-        let file = std::fs::File::create(&log).expect("runner log");
-        let child = self
-            .weftctl()
-            .args(["pod", "run", "--network", &self.network, "--name", name])
-            .args(flags)
-            .arg("--")
-            .args(command)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("dup"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn weftctl pod run");
-        self.runners.push((name.to_string(), child));
         let record = self
             .run_dir
             .path()
