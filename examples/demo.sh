@@ -116,7 +116,7 @@ for step in "90 10" "50 50" "0 100"; do
     set -- $step
     printf '   \033[1m$ weftctl shift reviews v1=%s v2=%s\033[0m\n' "$1" "$2"
     weftctl shift reviews "v1=$1" "v2=$2" | sed 's/^/      /'
-    in_client "$shop" load --url http://frontend:8080/ --count 200 2> /dev/null | head -1 | sed 's/^/      observed: /'
+    in_client "$shop" load --url http://frontend:8080/ --count 200 2> /dev/null | sed -n "1s/^/      observed: /p"
 done
 
 bold "5. Now every call goes frontend -> reviews v2 -> ratings:"
