@@ -232,6 +232,7 @@ pub fn services_view(
                 ports: svc.spec.ports.clone(),
                 vip: vips.get(ns, &svc.metadata.name).map(IpAddr::V4),
                 endpoints,
+                traffic_policy: svc.spec.traffic_policy.clone(),
             }
         })
         .collect();
@@ -307,6 +308,7 @@ mod tests {
                         protocol: Default::default(),
                     }],
                     selector: meta("", "", &[("app", "reviews")]).labels,
+                    traffic_policy: None,
                 },
             }],
             workloads: vec![Document {

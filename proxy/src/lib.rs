@@ -23,6 +23,7 @@ pub mod serve;
 pub mod socket;
 pub mod splice;
 pub mod state;
+pub mod stats;
 pub mod tunnel;
 
 use anyhow::Context as _;

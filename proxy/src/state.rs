@@ -19,6 +19,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub peers: PeerPool,
     pub apps: AppClients,
+    /// Requests, failures and latency per destination service and version (reported upstream).
+    pub upstream_stats: crate::stats::UpstreamStats,
     /// Cancelled when the proxy starts draining: listeners stop accepting, connections finish up.
     pub shutdown: CancellationToken,
     /// Every connection task, so draining can wait for them.
@@ -43,6 +45,7 @@ impl Proxy {
         Arc::new(Proxy {
             peers: PeerPool::new(identity.clone(), settings, metrics.clone()),
             apps: AppClients::new(l.connect_timeout.get()),
+            upstream_stats: Default::default(),
             identity,
             metrics,
             shutdown: CancellationToken::new(),

@@ -13,6 +13,7 @@
 
 use crate::resources::{
     AuthorizationPolicySpec, Document, HttpRouteSpec, Labels, MeshConfigSpec, ServicePort,
+    TrafficPolicy,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -136,6 +137,9 @@ pub struct ServiceView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<IpAddr>,
     pub endpoints: Vec<Endpoint>,
+    /// The service's `trafficPolicy`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

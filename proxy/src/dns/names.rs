@@ -114,6 +114,7 @@ mod tests {
             ports: Vec::new(),
             vip,
             endpoints: Vec::new(),
+            traffic_policy: None,
         }
     }
 

@@ -26,6 +26,7 @@ fn mesh() -> Vec<ServiceView> {
         ports: Vec::new(),
         vip: Some(VIP.into()),
         endpoints: Vec::new(),
+        traffic_policy: None,
     }]
 }
 

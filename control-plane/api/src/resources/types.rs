@@ -153,6 +153,78 @@ pub struct ServiceSpec {
     /// all of these are the service's endpoints.
     #[serde(default)]
     pub selector: Labels,
+    /// How callers' proxies treat traffic to this service: connect timeout and retries, connection
+    /// pool limits, outlier ejection, retry budget. Absent fields take the defaults in docs/traffic.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// What every caller applies to traffic towards one service (the destination's side of resilience).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    /// Time allowed to open a connection to one endpoint (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    /// Opaque TCP: further endpoints tried when a connect fails (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// The bulkhead: per caller proxy, towards this service. Excess is shed at once with 503.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// Concurrent opaque TCP connections (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Concurrent HTTP requests in flight (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// HTTP requests allowed to wait for a free slot when `maxRequests` are in flight (default 1024);
+    /// beyond that a request is shed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+}
+
+/// Endpoints that keep failing are taken out of rotation for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers (or failed connects) that eject an endpoint (default 5; 0 turns
+    /// ejection off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_errors: Option<u32>,
+    /// First ejection's length; each further ejection of the same endpoint is one more of these
+    /// (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Duration>,
+    /// Longest ejection (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<Duration>,
+    /// Most of the service's endpoints ejected at once, in percent (default 50); one endpoint may
+    /// always be ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// Retries towards this service may add at most `percent` of its requests, plus
+/// `minRetriesPerSecond`, averaged over the last 10 seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retries_per_second: Option<u32>,
 }
 
 // === Workload: an endpoint outside the mesh, or a VM with its own proxy ===
@@ -207,6 +279,87 @@ pub struct RouteRule {
     pub timeouts: Option<RouteTimeouts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Sticky splits: requests with the same header or cookie value go to the same backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<SessionPersistence>,
+    /// Local rate limit, enforced by the destination's proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// What answers when the backends have no healthy endpoint left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionPersistenceType {
+    Header,
+    Cookie,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SessionPersistence {
+    #[serde(rename = "type")]
+    pub kind: SessionPersistenceType,
+    /// The header or cookie whose value is hashed.
+    pub session_name: String,
+}
+
+/// A token bucket: `requests` per `per`, bursts up to `burst` (default `requests`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(default = "default_rate_period")]
+    pub per: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// One bucket per calling identity instead of one for everyone (per destination proxy).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub per_source: bool,
+}
+
+fn default_rate_period() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Exactly one of a static response or another service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fallback {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<StaticResponse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_ref: Option<FallbackBackend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticResponse {
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderValue>,
+}
+
+fn default_fallback_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FallbackBackend {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,17 +474,59 @@ pub struct RouteTimeouts {
     pub request: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_request: Option<Duration>,
+    /// Longest pause between two pieces of the response body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Duration>,
 }
 
+/// Without one, a rule retries twice on failed connects and 502/503/504, idempotent methods only.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryPolicy {
+    /// Retries after the first try (default 2; 0 turns retries off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// First backoff; doubled each retry up to `maxBackoff`, with full jitter (default 25ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Duration>,
+    /// Default 250ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<Duration>,
+    /// Statuses retried besides failed connects (default 502, 503, 504).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub codes: Vec<u16>,
+    /// gRPC status names retried (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_codes: Vec<String>,
+    /// Retry non-idempotent methods (POST, PATCH) too.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub non_idempotent: bool,
+}
+
+/// gRPC status names and their numbers, as `grpc-status` carries them.
+pub const GRPC_CODES: [(&str, u8); 17] = [
+    ("OK", 0),
+    ("CANCELLED", 1),
+    ("UNKNOWN", 2),
+    ("INVALID_ARGUMENT", 3),
+    ("DEADLINE_EXCEEDED", 4),
+    ("NOT_FOUND", 5),
+    ("ALREADY_EXISTS", 6),
+    ("PERMISSION_DENIED", 7),
+    ("RESOURCE_EXHAUSTED", 8),
+    ("FAILED_PRECONDITION", 9),
+    ("ABORTED", 10),
+    ("OUT_OF_RANGE", 11),
+    ("UNIMPLEMENTED", 12),
+    ("INTERNAL", 13),
+    ("UNAVAILABLE", 14),
+    ("DATA_LOSS", 15),
+    ("UNAUTHENTICATED", 16),
+];
+
+/// The number of a gRPC status name (`UNAVAILABLE` → 14).
+pub fn grpc_code(name: &str) -> Option<u8> {
+    GRPC_CODES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
 }
 
 // === AuthorizationPolicy ===

@@ -3,8 +3,9 @@
 use super::{names, Problems};
 use crate::duration::Duration;
 use crate::resources::types::{
-    BackendRef, HeaderModifier, HttpRouteSpec, ParentRef, PathMatch, PathMatchType, RetryPolicy,
-    RouteFilter, RouteFilterType, RouteMatch, RouteRule, RouteTimeouts, ValueMatch, ValueMatchType,
+    grpc_code, BackendRef, Fallback, HeaderModifier, HttpRouteSpec, ParentRef, PathMatch,
+    PathMatchType, RateLimit, RetryPolicy, RouteFilter, RouteFilterType, RouteMatch, RouteRule,
+    RouteTimeouts, SessionPersistence, SessionPersistenceType, ValueMatch, ValueMatchType,
 };
 use std::collections::HashMap;
 
@@ -68,6 +69,82 @@ fn rule(p: &mut Problems, at: &str, r: &RouteRule) {
     }
     if let Some(retry) = &r.retry {
         retry_policy(p, &format!("{at}.retry"), retry);
+    }
+    if let Some(s) = &r.session_persistence {
+        session_persistence(p, &format!("{at}.sessionPersistence"), s);
+    }
+    if let Some(l) = &r.rate_limit {
+        rate_limit(p, &format!("{at}.rateLimit"), l);
+    }
+    if let Some(f) = &r.fallback {
+        fallback(p, &format!("{at}.fallback"), f);
+    }
+}
+
+fn session_persistence(p: &mut Problems, at: &str, s: &SessionPersistence) {
+    let check = match s.kind {
+        SessionPersistenceType::Header => names::header_name(&s.session_name),
+        SessionPersistenceType::Cookie => cookie_name(&s.session_name),
+    };
+    p.check(format!("{at}.sessionName"), check);
+}
+
+fn cookie_name(s: &str) -> names::Check {
+    let separator = |c: char| "()<>@,;:\\\"/[]?={} \t".contains(c);
+    if s.is_empty() || s.chars().any(|c| !c.is_ascii_graphic() || separator(c)) {
+        return Err(format!("`{s}` is not a cookie name"));
+    }
+    Ok(())
+}
+
+/// Largest bucket: a bound keeps token arithmetic exact.
+pub const MAX_RATE: u32 = 1_000_000;
+
+fn rate_limit(p: &mut Problems, at: &str, l: &RateLimit) {
+    if l.requests == 0 || l.requests > MAX_RATE {
+        p.add(
+            format!("{at}.requests"),
+            format!("must be 1 to {MAX_RATE} (to refuse everything, use an AuthorizationPolicy)"),
+        );
+    }
+    if l.per.get() < std::time::Duration::from_millis(1) || l.per.get().as_secs() > 86_400 {
+        p.add(format!("{at}.per"), "must be between 1ms and 1d");
+    }
+    if let Some(b) = l.burst {
+        if b == 0 || b > MAX_RATE {
+            p.add(format!("{at}.burst"), format!("must be 1 to {MAX_RATE}"));
+        }
+    }
+}
+
+fn fallback(p: &mut Problems, at: &str, f: &Fallback) {
+    match (&f.response, &f.backend_ref) {
+        (Some(r), None) => {
+            if !(200..=599).contains(&r.status) {
+                p.add(
+                    format!("{at}.response.status"),
+                    format!("{} is not a final HTTP status (200-599)", r.status),
+                );
+            }
+            if r.body.len() > 64 * 1024 {
+                p.add(format!("{at}.response.body"), "is over 64 KiB");
+            }
+            for (i, h) in r.headers.iter().enumerate() {
+                let item = format!("{at}.response.headers[{i}]");
+                p.check(format!("{item}.name"), names::header_name(&h.name));
+                p.check(format!("{item}.value"), names::header_value(&h.value));
+            }
+        }
+        (None, Some(b)) => {
+            p.check(format!("{at}.backendRef.name"), names::dns_label(&b.name));
+            if let Some(ns) = &b.namespace {
+                p.check(format!("{at}.backendRef.namespace"), names::dns_label(ns));
+            }
+            if let Some(port) = b.port {
+                p.port(format!("{at}.backendRef.port"), port);
+            }
+        }
+        _ => p.add(at, "give exactly one of `response` and `backendRef`"),
     }
 }
 
@@ -232,6 +309,7 @@ fn backends(p: &mut Problems, at: &str, list: &[BackendRef]) {
 fn timeouts(p: &mut Problems, at: &str, t: &RouteTimeouts) {
     nonzero(p, &format!("{at}.request"), t.request);
     nonzero(p, &format!("{at}.backendRequest"), t.backend_request);
+    nonzero(p, &format!("{at}.idle"), t.idle);
     if let (Some(request), Some(backend)) = (t.request, t.backend_request) {
         if backend > request && !request.get().is_zero() {
             p.add(
@@ -259,6 +337,22 @@ fn retry_policy(p: &mut Problems, at: &str, r: &RetryPolicy) {
     }
     if r.backoff.is_some_and(|b| b.get().is_zero()) {
         p.add(format!("{at}.backoff"), "must be longer than 0");
+    }
+    if let (Some(base), Some(max)) = (r.backoff, r.max_backoff) {
+        if max < base {
+            p.add(
+                format!("{at}.maxBackoff"),
+                format!("{max} is shorter than the first backoff ({base})"),
+            );
+        }
+    }
+    for (i, name) in r.grpc_codes.iter().enumerate() {
+        if grpc_code(name).is_none() {
+            p.add(
+                format!("{at}.grpcCodes[{i}]"),
+                format!("`{name}` is not a gRPC status name (write e.g. UNAVAILABLE)"),
+            );
+        }
     }
     for (i, code) in r.codes.iter().enumerate() {
         if !(100..=599).contains(code) {
@@ -323,9 +417,65 @@ spec:
       codes: [502, 503]
 ";
 
+    const EXTRAS: &str = "    sessionPersistence:
+      type: Cookie
+      sessionName: user
+    rateLimit:
+      requests: 10
+      per: 1s
+      burst: 20
+      perSource: true
+    fallback:
+      response:
+        status: 200
+        body: no reviews right now
+";
+
     #[test]
     fn a_full_route_is_clean() {
         clean(ROUTE);
+        clean(&format!("{ROUTE}{EXTRAS}"));
+    }
+
+    #[test]
+    fn resilience_fields() {
+        let with = |from: &str, to: &str| format!("{ROUTE}{}", EXTRAS.replace(from, to));
+        one(
+            &with("sessionName: user", "sessionName: \"a;b\""),
+            49,
+            "spec.rules[0].sessionPersistence.sessionName",
+            "cookie name",
+        );
+        one(
+            &with("requests: 10", "requests: 0"),
+            51,
+            "spec.rules[0].rateLimit.requests",
+            "must be 1 to",
+        );
+        one(
+            &with("status: 200", "status: 101"),
+            57,
+            "spec.rules[0].fallback.response.status",
+            "final HTTP status",
+        );
+        one(
+            &with(
+                "      response:\n        status: 200\n        body: no reviews right now\n",
+                "      {}\n",
+            ),
+            55,
+            "spec.rules[0].fallback",
+            "exactly one",
+        );
+        one(
+            &ROUTE.replace(
+                "codes: [502, 503]",
+                "codes: [502]\n      grpcCodes: [UNAVAILABL]",
+            ),
+            47,
+            "spec.rules[0].retry.grpcCodes[0]",
+            "not a gRPC status name",
+        );
     }
 
     #[test]

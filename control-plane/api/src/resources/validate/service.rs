@@ -1,7 +1,7 @@
 //! Service and Workload rules.
 
 use super::{names, Problems};
-use crate::resources::types::{ServiceSpec, WorkloadSpec};
+use crate::resources::types::{ServiceSpec, TrafficPolicy, WorkloadSpec};
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -37,6 +37,70 @@ pub(super) fn service(p: &mut Problems, spec: &ServiceSpec) {
         }
     }
     p.labels("spec.selector", &spec.selector);
+    if let Some(t) = &spec.traffic_policy {
+        traffic_policy(p, "spec.trafficPolicy", t);
+    }
+}
+
+/// Bounds on every count, so a typo (an extra zero or three) is an error, not a silent change.
+const MAX_COUNT: u32 = 1_000_000;
+
+fn traffic_policy(p: &mut Problems, at: &str, t: &TrafficPolicy) {
+    if t.connect_timeout.is_some_and(|d| d.get().is_zero()) {
+        p.add(format!("{at}.connectTimeout"), "must be longer than 0");
+    }
+    if t.connect_retries.is_some_and(|n| n > 10) {
+        p.add(format!("{at}.connectRetries"), "at most 10");
+    }
+    if let Some(c) = &t.connection_pool {
+        let at = format!("{at}.connectionPool");
+        for (field, v) in [
+            ("maxConnections", c.max_connections),
+            ("maxRequests", c.max_requests),
+        ] {
+            if v.is_some_and(|n| n == 0 || n > MAX_COUNT) {
+                p.add(format!("{at}.{field}"), format!("must be 1 to {MAX_COUNT}"));
+            }
+        }
+        if c.max_pending_requests.is_some_and(|n| n > MAX_COUNT) {
+            p.add(
+                format!("{at}.maxPendingRequests"),
+                format!("must be 0 to {MAX_COUNT}"),
+            );
+        }
+    }
+    if let Some(o) = &t.outlier_detection {
+        let at = format!("{at}.outlierDetection");
+        if o.consecutive_errors.is_some_and(|n| n > 1000) {
+            p.add(format!("{at}.consecutiveErrors"), "must be 0 (off) to 1000");
+        }
+        if o.base_ejection_time.is_some_and(|d| d.get().is_zero()) {
+            p.add(format!("{at}.baseEjectionTime"), "must be longer than 0");
+        }
+        if let (Some(base), Some(max)) = (o.base_ejection_time, o.max_ejection_time) {
+            if max < base {
+                p.add(
+                    format!("{at}.maxEjectionTime"),
+                    format!("{max} is shorter than baseEjectionTime ({base})"),
+                );
+            }
+        }
+        if o.max_ejection_percent.is_some_and(|n| n > 100) {
+            p.add(format!("{at}.maxEjectionPercent"), "must be 0 to 100");
+        }
+    }
+    if let Some(b) = &t.retry_budget {
+        let at = format!("{at}.retryBudget");
+        if b.percent.is_some_and(|n| n > 1000) {
+            p.add(format!("{at}.percent"), "must be 0 to 1000");
+        }
+        if b.min_retries_per_second.is_some_and(|n| n > MAX_COUNT) {
+            p.add(
+                format!("{at}.minRetriesPerSecond"),
+                format!("must be 0 to {MAX_COUNT}"),
+            );
+        }
+    }
 }
 
 pub(super) fn workload(p: &mut Problems, spec: &WorkloadSpec) {
@@ -93,6 +157,57 @@ spec:
   - name: grpc
     port: 9090
 ";
+
+    const POLICY: &str = "  trafficPolicy:
+    connectTimeout: 1s
+    connectRetries: 2
+    connectionPool:
+      maxConnections: 100
+      maxRequests: 50
+      maxPendingRequests: 0
+    outlierDetection:
+      consecutiveErrors: 3
+      baseEjectionTime: 5s
+      maxEjectionTime: 1m
+      maxEjectionPercent: 100
+    retryBudget:
+      percent: 20
+      minRetriesPerSecond: 5
+";
+
+    #[test]
+    fn a_traffic_policy_is_clean() {
+        clean(&format!("{SERVICE}{POLICY}"));
+    }
+
+    #[test]
+    fn traffic_policy_bounds() {
+        let with = |from: &str, to: &str| format!("{SERVICE}{}", POLICY.replace(from, to));
+        one(
+            &with("maxRequests: 50", "maxRequests: 0"),
+            20,
+            "spec.trafficPolicy.connectionPool.maxRequests",
+            "must be 1 to",
+        );
+        one(
+            &with("maxEjectionPercent: 100", "maxEjectionPercent: 101"),
+            26,
+            "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+            "0 to 100",
+        );
+        one(
+            &with("maxEjectionTime: 1m", "maxEjectionTime: 1s"),
+            25,
+            "spec.trafficPolicy.outlierDetection.maxEjectionTime",
+            "shorter than baseEjectionTime",
+        );
+        one(
+            &with("connectRetries: 2", "connectRetries: 11"),
+            17,
+            "spec.trafficPolicy.connectRetries",
+            "at most 10",
+        );
+    }
 
     const WORKLOAD: &str = "\
 apiVersion: weft.dev/v1
