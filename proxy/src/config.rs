@@ -181,6 +181,9 @@ pub struct Limits {
     pub max_streams_per_peer_connection: usize,
     /// Largest compiled regular expression a pushed route may use; a route over it is refused (NACK).
     pub max_regex_bytes: usize,
+    /// Request bodies up to this size are kept so a failed try can be retried; larger ones stream and
+    /// are not retried.
+    pub retry_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -198,6 +201,7 @@ impl Default for Limits {
             detect_timeout: Duration::from_millis(100),
             max_streams_per_peer_connection: 1_000,
             max_regex_bytes: 64 * 1024,
+            retry_buffer_bytes: 64 * 1024,
         }
     }
 }

@@ -52,6 +52,12 @@ pub enum ForwardError {
     Draining,
     #[error("no endpoint for {0}")]
     NoEndpoint(String),
+    #[error("request timed out after {0:?} (the route's request timeout)")]
+    RequestTimeout(std::time::Duration),
+    #[error("try timed out after {0:?} (the route's per-try timeout)")]
+    PerTryTimeout(std::time::Duration),
+    #[error("too many requests in flight to {0} (connection pool limit): shed")]
+    Overflow(String),
 }
 
 pub type BoxedSource = Box<dyn std::error::Error + Send + Sync>;
@@ -62,8 +68,11 @@ impl ForwardError {
     pub fn status(&self) -> StatusCode {
         use ForwardError::*;
         match self {
-            PeerConnectTimeout { .. } | AppConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            PeerConnect { .. } | AppConnect { .. } | Draining | NoEndpoint(_) => {
+            PeerConnectTimeout { .. }
+            | AppConnectTimeout { .. }
+            | RequestTimeout(_)
+            | PerTryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            PeerConnect { .. } | AppConnect { .. } | Draining | NoEndpoint(_) | Overflow(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             PeerTls { .. }
@@ -95,6 +104,9 @@ impl ForwardError {
             Upgrade(_) => "upgrade",
             Draining => "draining",
             NoEndpoint(_) => "no_endpoint",
+            RequestTimeout(_) => "request_timeout",
+            PerTryTimeout(_) => "per_try_timeout",
+            Overflow(_) => "overflow",
         }
     }
 

@@ -171,6 +171,10 @@ async fn http_to_app(
     ctx: &PeerConn,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
+    let view = crate::route::RequestView::of(&parts);
+    if let Some(refused) = crate::ratelimit::check(&ctx.proxy, &ctx.peer_id, port, &view) {
+        return Ok(refused);
+    }
     let which = match parts.headers.get(ORIG_PROTO) {
         Some(v) if v == "1.1" => AppHttp::Http1,
         _ => AppHttp::Http2,

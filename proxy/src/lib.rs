@@ -3,10 +3,13 @@
 //! to the local app. See `docs/request-path.md` for the path a request takes.
 
 pub mod admin;
+pub mod balance;
 pub mod body;
 pub mod config;
 pub mod control;
+pub mod destination;
 pub mod detect;
+pub mod dispatch;
 pub mod dns;
 pub mod errors;
 pub mod h1_guard;
@@ -18,6 +21,8 @@ pub mod local_app;
 pub mod mesh;
 pub mod metrics;
 pub mod outbound;
+pub mod ratelimit;
+pub mod retry;
 pub mod route;
 pub mod serve;
 pub mod socket;

@@ -3,13 +3,13 @@
 //! requests in flight keep the view they started with.
 
 use crate::errors::ForwardError;
-use crate::route::{Backend, Choice, RequestView, RouteTable};
+use crate::route::{Backend, Choice, RequestView, RouteTable, RulePolicy};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use weft_api::control::{Endpoint, ServiceView, Snapshot};
 use weft_api::resources::{
-    AuthorizationPolicySpec, Document, HttpRouteSpec, MeshConfigSpec, PortProtocol,
+    AuthorizationPolicySpec, Document, HttpRouteSpec, MeshConfigSpec, PortProtocol, TrafficPolicy,
 };
 use weft_api::Upstream;
 use weft_certs::TrustDomain;
@@ -28,8 +28,6 @@ pub struct MeshView {
     /// A meshed endpoint (one with a proxy) by its address.
     pods: HashMap<IpAddr, (usize, usize)>,
     route_table: RouteTable,
-    /// Round-robin position; endpoint choice by load comes with the balancing work.
-    next: AtomicUsize,
 }
 
 /// What an intercepted connection's original destination is, as far as the mesh knows.
@@ -69,7 +67,6 @@ impl MeshView {
             vips: HashMap::new(),
             pods: HashMap::new(),
             route_table: RouteTable::default(),
-            next: AtomicUsize::new(0),
         };
         v.check(trust_domain)?;
         v.route_table =
@@ -160,42 +157,55 @@ impl MeshView {
         Destination::Outside
     }
 
-    /// A ready endpoint for a request (or, with `req` absent, a TCP connection) to service
-    /// `namespace/name` on port `port`, chosen by the service's routes.
-    pub fn resolve(
+    /// Where a request (or, with `req` absent, a TCP connection) to service `namespace/name` on port
+    /// `port` goes: the backend its routes choose, that backend's ready endpoints (possibly none: the
+    /// caller may fall back) and the rule's policy.
+    pub fn route(
         &self,
         namespace: &str,
         name: &str,
         port: u16,
         req: Option<&RequestView<'_>>,
-    ) -> Result<Upstream, ForwardError> {
-        match self.route_table.choose(namespace, name, port, req) {
-            Choice::Default => self.pick(namespace, name, port, None),
-            Choice::Backend(Backend {
-                namespace,
-                name,
-                subset,
-                port: backend_port,
-            }) => self.pick(
-                &namespace,
-                &name,
-                backend_port.unwrap_or(port),
-                subset.as_deref(),
-            ),
-            Choice::NoWeight => Err(ForwardError::NoEndpoint(format!(
-                "{namespace}/{name}:{port} (the matching route rule's backends all weigh 0)"
-            ))),
-        }
+    ) -> Result<Routed, ForwardError> {
+        let (choice, rule) = self.route_table.route(namespace, name, port, req);
+        let backend = match choice {
+            Choice::Default => Backend {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                subset: None,
+                port: None,
+            },
+            Choice::Backend(b) => b,
+            Choice::NoWeight => {
+                return Err(ForwardError::NoEndpoint(format!(
+                    "{namespace}/{name}:{port} (the matching route rule's backends all weigh 0)"
+                )))
+            }
+        };
+        let port = backend.port.unwrap_or(port);
+        let (candidates, traffic_policy) = self.endpoints(
+            &backend.namespace,
+            &backend.name,
+            port,
+            backend.subset.as_deref(),
+        )?;
+        Ok(Routed {
+            backend,
+            candidates,
+            traffic_policy,
+            rule,
+        })
     }
 
-    /// A ready endpoint of `namespace/name:port`, limited to `version: subset` when given.
-    fn pick(
+    /// Ready endpoints of `namespace/name:port`, limited to `version: subset` when given, and the
+    /// service's traffic policy. An unknown service or port is an error; no ready endpoint is not.
+    pub fn endpoints(
         &self,
         namespace: &str,
         name: &str,
         port: u16,
         subset: Option<&str>,
-    ) -> Result<Upstream, ForwardError> {
+    ) -> Result<(Vec<Upstream>, Option<TrafficPolicy>), ForwardError> {
         let what = || match subset {
             Some(v) => format!("{namespace}/{name}:{port} version {v}"),
             None => format!("{namespace}/{name}:{port}"),
@@ -216,15 +226,79 @@ impl MeshView {
             })
             .filter_map(|e| upstream(e, target_port))
             .collect();
-        if ready.is_empty() {
-            return Err(ForwardError::NoEndpoint(format!(
-                "{} (no ready endpoint with a proxy)",
-                what()
-            )));
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % ready.len();
-        Ok(ready[i].clone())
+        Ok((ready, svc.traffic_policy.clone()))
     }
+
+    /// Peers of endpoints ready here but absent or not ready in `old`.
+    pub fn newly_ready(&self, old: &MeshView) -> Vec<SocketAddr> {
+        let ready = |v: &MeshView| -> std::collections::HashSet<SocketAddr> {
+            v.services
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .filter(|e| e.ready)
+                .filter_map(|e| e.tunnel_port.map(|p| SocketAddr::new(e.address, p)))
+                .collect()
+        };
+        let before = ready(old);
+        ready(self)
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect()
+    }
+
+    pub fn has_rate_limits(&self) -> bool {
+        self.route_table.has_rate_limits()
+    }
+
+    /// The first port of a service (a fallback service named without a port).
+    pub fn first_port(&self, namespace: &str, name: &str) -> Option<u16> {
+        self.service(namespace, name)?.ports.first().map(|p| p.port)
+    }
+
+    /// The services whose endpoints include this workload (by its identity and address) and expose
+    /// `target_port`, with the service port that maps to it: the destination side's view of which
+    /// routes govern an arriving request.
+    pub fn own_services(
+        &self,
+        identity: &weft_certs::SpiffeId,
+        address: Option<IpAddr>,
+        target_port: u16,
+    ) -> Vec<(&ServiceView, u16)> {
+        self.services
+            .iter()
+            .filter(|s| {
+                s.endpoints.iter().any(|e| {
+                    e.identity.as_ref() == Some(identity) && address.is_none_or(|a| a == e.address)
+                })
+            })
+            .filter_map(|s| {
+                s.ports
+                    .iter()
+                    .find(|p| p.target_port.unwrap_or(p.port) == target_port)
+                    .map(|p| (s, p.port))
+            })
+            .collect()
+    }
+
+    /// The policy of the rule of `service` that takes `req`, if one does.
+    pub fn rule_policy(
+        &self,
+        service: &ServiceView,
+        port: u16,
+        req: &RequestView<'_>,
+    ) -> Option<Arc<RulePolicy>> {
+        self.route_table
+            .policy(&service.namespace, &service.name, port, req)
+    }
+}
+
+/// A routed request: where it goes and under which rule.
+pub struct Routed {
+    pub backend: Backend,
+    /// Ready endpoints of the backend (its subset); empty when none is ready.
+    pub candidates: Vec<Upstream>,
+    pub traffic_policy: Option<TrafficPolicy>,
+    pub rule: Arc<RulePolicy>,
 }
 
 /// The tunnel target for an endpoint that runs a proxy.

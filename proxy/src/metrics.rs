@@ -59,6 +59,9 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<TlsLabels, Counter>,
     pub tcp_bytes: Family<BytesLabels, Counter>,
     pub peer_connections_opened: Counter,
+    /// Endpoints taken out of rotation by outlier detection.
+    pub ejections: Counter,
+    retries: Family<ResultLabels, Counter>,
     config_version: Gauge,
     config_updates: Family<ResultLabels, Counter>,
     cert_expiry: Gauge,
@@ -87,6 +90,8 @@ impl Metrics {
             tls_handshake_failures: Default::default(),
             tcp_bytes: Default::default(),
             peer_connections_opened: Default::default(),
+            ejections: Default::default(),
+            retries: Default::default(),
             config_version: Default::default(),
             config_updates: Default::default(),
             cert_expiry: Default::default(),
@@ -130,6 +135,16 @@ impl Metrics {
             "peer_connections_opened",
             "mTLS HTTP/2 connections opened to peer proxies",
             m.peer_connections_opened.clone(),
+        );
+        registry.register(
+            "ejections",
+            "Endpoints ejected by outlier detection (consecutive 5xx or failed connects)",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "retries",
+            "Retry decisions, by result (sent, budget_exhausted, attempts_exhausted, not_retryable)",
+            m.retries.clone(),
         );
         registry.register(
             "config_version",
@@ -190,6 +205,10 @@ impl Metrics {
         self.rejections
             .get_or_create(&RejectLabels { listener, reason })
             .inc();
+    }
+
+    pub fn retry(&self, result: &'static str) {
+        self.retries.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn tls_failure(&self, side: &'static str, err: &std::io::Error) {

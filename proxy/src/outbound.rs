@@ -7,6 +7,7 @@
 
 use crate::body::{self, Body, Guarded};
 use crate::detect::{detect, Detected, Rewind};
+use crate::dispatch::Plan;
 use crate::errors::{error_response, ForwardError};
 use crate::h1_guard::{ConflictFlag, H1Guard};
 use crate::headers::{self, ORIG_PROTO, TARGET_PORT};
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use weft_api::resources::{OutboundTrafficPolicy, PortProtocol};
-use weft_api::{AppProtocol, OutboundListener, Target, Upstream};
+use weft_api::{AppProtocol, OutboundListener, Target};
 
 /// Where one connection's traffic goes: an explicit listener's, or an intercepted connection's.
 struct Listener {
@@ -34,16 +35,19 @@ struct Listener {
 }
 
 impl Listener {
-    /// Where this request (or, with `req` absent, this connection) goes: the fixed peer, or a ready
-    /// endpoint of the service in the current mesh view, chosen by its routes.
-    fn upstream(&self, req: Option<&RequestView<'_>>) -> Result<Upstream, ForwardError> {
+    /// Where this request (or, with `req` absent, this connection) may go: the fixed peer, or the ready
+    /// endpoints of the backend the service's routes choose in the current mesh view.
+    fn plan(&self, req: Option<&RequestView<'_>>) -> Result<Plan, ForwardError> {
         match &self.target {
-            Target::Fixed(up) => Ok(up.clone()),
+            Target::Fixed(up) => Ok(Plan::fixed(&self.proxy, up.clone())),
             Target::Service {
                 namespace,
                 name,
                 port,
-            } => self.proxy.mesh().resolve(namespace, name, *port, req),
+            } => {
+                let routed = self.proxy.mesh().route(namespace, name, *port, req)?;
+                Ok(Plan::routed(&self.proxy, routed))
+            }
         }
     }
 }
@@ -249,37 +253,39 @@ fn refuse_conflicting_framing(ctx: &Listener, client: SocketAddr) -> Response<Bo
     r
 }
 
-/// Opaque TCP: one CONNECT stream to the peer, bytes copied both ways until both sides are done.
+/// Opaque TCP: one CONNECT stream to a peer, bytes copied both ways until both sides are done.
 async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener) {
-    let up = match ctx.upstream(None) {
-        Ok(up) => up,
+    let plan = match ctx.plan(None) {
+        Ok(p) => p,
         Err(e) => {
             ctx.proxy.metrics.reject("outbound", e.kind());
             return tracing::warn!(listener = %ctx.name, %client, error = %e, "tcp connection closed");
         }
     };
-    let up = &up;
-    match ctx.proxy.peers.connect_tcp(up).await {
-        Ok((mut stream, _slot)) => {
-            match splice(
-                &mut io,
-                &mut stream,
-                &ctx.proxy.metrics,
-                Direction::outbound,
-            )
-            .await
-            {
-                Ok((sent, received)) => {
-                    tracing::debug!(listener = %ctx.name, %client, sent, received, "tcp stream done")
-                }
-                Err(e) => {
-                    tracing::debug!(listener = %ctx.name, %client, error = %e, "tcp stream ended with an error")
-                }
-            }
-        }
+    let Ok(_slot) = plan.dest.connection_slot() else {
+        ctx.proxy.metrics.reject("outbound", "overflow");
+        return tracing::warn!(listener = %ctx.name, %client, destination = %plan.what, "tcp connection closed: the destination's connection limit is reached");
+    };
+    let mut stream = match crate::dispatch::connect_tcp(&ctx.proxy, &plan).await {
+        Ok(s) => s,
         Err(e) => {
             ctx.proxy.metrics.reject("outbound", e.kind());
-            tracing::warn!(listener = %ctx.name, %client, peer = %up.peer, expected = %up.identity, error = %e, "cannot open tcp stream to peer");
+            return tracing::warn!(listener = %ctx.name, %client, destination = %plan.what, error = %e, "cannot open tcp stream");
+        }
+    };
+    match splice(
+        &mut io,
+        &mut stream.0,
+        &ctx.proxy.metrics,
+        Direction::outbound,
+    )
+    .await
+    {
+        Ok((sent, received)) => {
+            tracing::debug!(listener = %ctx.name, %client, sent, received, "tcp stream done")
+        }
+        Err(e) => {
+            tracing::debug!(listener = %ctx.name, %client, error = %e, "tcp stream ended with an error")
         }
     }
 }
@@ -297,6 +303,7 @@ async fn forward_http(
         _ => forward_plain(req, client, ctx).await,
     };
     let resp = resp.unwrap_or_else(|e| {
+        ctx.proxy.metrics.reject("outbound", e.kind());
         tracing::warn!(listener = %ctx.name, %client, error = %e, "request failed");
         error_response(&e)
     });
@@ -318,19 +325,15 @@ async fn forward_plain(
         ));
     }
     let (mut parts, body) = req.into_parts();
-    let up = ctx.upstream(Some(&RequestView::of(&parts)))?;
+    let plan = ctx.plan(Some(&RequestView::of(&parts)))?;
     let orig_h1 = parts.version != Version::HTTP_2;
-    prepare_for_peer(&mut parts, client, &up)?;
+    prepare_for_peer(&mut parts, client, &fallback_authority(&ctx.target))?;
     if orig_h1 {
         parts
             .headers
             .insert(ORIG_PROTO, HeaderValue::from_static("1.1"));
     }
-    let resp = ctx
-        .proxy
-        .peers
-        .send(&up, Request::from_parts(parts, body::boxed(body)))
-        .await?;
+    let resp = crate::dispatch::send(&ctx.proxy, plan, parts, body::boxed(body), client).await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))
@@ -344,20 +347,34 @@ async fn forward_upgrade(
     client: SocketAddr,
     ctx: &Listener,
 ) -> Result<Response<Body>, ForwardError> {
-    let up = {
+    let plan = {
         let view = RequestView {
             method: req.method(),
             path: req.uri().path(),
             query: req.uri().query(),
             headers: req.headers(),
         };
-        ctx.upstream(Some(&view))?
+        ctx.plan(Some(&view))?
     };
+    let Some((up, flight)) =
+        ctx.proxy
+            .balancer
+            .choose(&plan.candidates, &[], plan.dest.policy.ejection)
+    else {
+        return Err(ForwardError::NoEndpoint(format!(
+            "{} (no ready endpoint left)",
+            plan.what
+        )));
+    };
+    drop(flight);
     let downstream = hyper::upgrade::on(&mut *req);
     let mut parts = Request::new(()).into_parts().0;
     parts.uri = req.uri().clone();
     parts.headers = std::mem::take(req.headers_mut());
-    prepare_for_peer(&mut parts, client, &up)?;
+    prepare_for_peer(&mut parts, client, &fallback_authority(&ctx.target))?;
+    parts
+        .headers
+        .insert(TARGET_PORT, HeaderValue::from(up.target_port));
     parts.method = Method::CONNECT;
     parts
         .extensions
@@ -403,13 +420,14 @@ async fn forward_upgrade(
     Ok(out)
 }
 
-/// Turns an app's request head into the head of an HTTP/2 request to the peer.
+/// Turns an app's request head into the head of an HTTP/2 request to the peer (the target port header
+/// is set per try, as endpoints of a fallback service may differ).
 fn prepare_for_peer(
     parts: &mut http::request::Parts,
     client: SocketAddr,
-    up: &Upstream,
+    fallback: &str,
 ) -> Result<(), ForwardError> {
-    let authority = authority_of(parts, up);
+    let authority = authority_of(parts, fallback);
     let pq = parts
         .uri
         .path_and_query()
@@ -427,12 +445,24 @@ fn prepare_for_peer(
     headers::strip_mesh_headers(h);
     headers::set_forwarded_for(h, client.ip());
     h.remove(header::HOST);
-    h.insert(TARGET_PORT, HeaderValue::from(up.target_port));
     Ok(())
 }
 
-/// The request's authority: the URI's (HTTP/2, absolute-form), else the Host header, else the target.
-fn authority_of(parts: &http::request::Parts, up: &Upstream) -> String {
+/// The authority of a request that names none (HTTP/1.0 without Host): the service's name, or the
+/// fixed peer's target.
+fn fallback_authority(t: &Target) -> String {
+    match t {
+        Target::Fixed(up) => format!("{}:{}", up.peer.ip(), up.target_port),
+        Target::Service {
+            namespace,
+            name,
+            port,
+        } => format!("{name}.{namespace}.svc:{port}"),
+    }
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form), else the Host header, else `fallback`.
+fn authority_of(parts: &http::request::Parts, fallback: &str) -> String {
     if let Some(a) = parts.uri.authority() {
         return a.to_string();
     }
@@ -445,7 +475,7 @@ fn authority_of(parts: &http::request::Parts, up: &Upstream) -> String {
             return h.to_string();
         }
     }
-    format!("{}:{}", up.peer.ip(), up.target_port)
+    fallback.to_string()
 }
 
 pub fn status_response(status: StatusCode, text: &'static str) -> Response<Body> {

@@ -6,10 +6,14 @@
 //! with no rule that applies sends to all its ready endpoints (its default subset). Opaque TCP has no
 //! request to match, so only rules without matches apply to it.
 
+use crate::retry::RetryRule;
 use regex::{Regex, RegexBuilder};
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 use weft_api::resources::{
-    Document, HttpRouteSpec, PathMatchType, RouteMatch, RouteRule, ValueMatch, ValueMatchType,
+    Document, Fallback, HeaderModifier, HttpRouteSpec, PathMatchType, RateLimit, RouteFilterType,
+    RouteMatch, RouteRule, SessionPersistenceType, ValueMatch, ValueMatchType,
 };
 
 /// Where a rule sends traffic.
@@ -46,6 +50,8 @@ impl<'a> RequestView<'a> {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     by_service: HashMap<(String, String), Vec<Rule>>,
+    /// Some rule has a rate limit (the destination side looks for one only then).
+    has_rate_limits: bool,
 }
 
 #[derive(Debug)]
@@ -55,6 +61,72 @@ struct Rule {
     matches: Vec<Match>,
     backends: Vec<(Backend, u32)>,
     total_weight: u64,
+    policy: Arc<RulePolicy>,
+}
+
+/// What a rule says about the requests it takes, besides where they go.
+#[derive(Debug, Default)]
+pub struct RulePolicy {
+    /// `namespace/route rules[i]` (or the rule's name): for logs and rate-limit buckets.
+    pub name: String,
+    pub request_timeout: Option<Duration>,
+    pub per_try_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub retry: RetryRule,
+    pub request_headers: HeaderEdit,
+    pub response_headers: HeaderEdit,
+    pub fallback: Option<Fallback>,
+    pub rate_limit: Option<RateLimit>,
+    sticky: Option<(SessionPersistenceType, String)>,
+}
+
+/// The policy of requests no rule takes: default retries, no timeouts.
+pub static DEFAULT_POLICY: LazyLock<Arc<RulePolicy>> =
+    LazyLock::new(|| Arc::new(RulePolicy::default()));
+
+/// A compiled header modifier.
+#[derive(Debug, Default)]
+pub struct HeaderEdit {
+    set: Vec<(http::HeaderName, http::HeaderValue)>,
+    add: Vec<(http::HeaderName, http::HeaderValue)>,
+    remove: Vec<http::HeaderName>,
+}
+
+impl HeaderEdit {
+    fn compile(m: &HeaderModifier) -> Result<HeaderEdit, String> {
+        let pair = |h: &weft_api::resources::HeaderValue| {
+            Ok::<_, String>((
+                http::HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| format!("`{}` is not a header name", h.name))?,
+                http::HeaderValue::from_str(&h.value)
+                    .map_err(|_| format!("the value of `{}` is not a header value", h.name))?,
+            ))
+        };
+        Ok(HeaderEdit {
+            set: m.set.iter().map(pair).collect::<Result<_, _>>()?,
+            add: m.add.iter().map(pair).collect::<Result<_, _>>()?,
+            remove: m
+                .remove
+                .iter()
+                .map(|n| {
+                    http::HeaderName::from_bytes(n.as_bytes())
+                        .map_err(|_| format!("`{n}` is not a header name"))
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -119,7 +191,11 @@ impl RouteTable {
             for parent in &route.spec.parent_refs {
                 let svc_ns = parent.namespace.clone().unwrap_or_else(|| ns.clone());
                 for (i, rule) in route.spec.rules.iter().enumerate() {
-                    let compiled = compile_rule(rule, ns, parent.port, max_regex_bytes)
+                    let name = match &rule.name {
+                        Some(n) => format!("{ns}/{} {n}", route.metadata.name),
+                        None => format!("{ns}/{} rules[{i}]", route.metadata.name),
+                    };
+                    let compiled = compile_rule(rule, ns, parent.port, max_regex_bytes, name)
                         .map_err(|(field, reason)| err(format!("rules[{i}]{field}"), reason))?;
                     by_service
                         .entry((svc_ns.clone(), parent.name.clone()))
@@ -128,7 +204,18 @@ impl RouteTable {
                 }
             }
         }
-        Ok(RouteTable { by_service })
+        let has_rate_limits = by_service
+            .values()
+            .flatten()
+            .any(|r| r.policy.rate_limit.is_some());
+        Ok(RouteTable {
+            by_service,
+            has_rate_limits,
+        })
+    }
+
+    pub fn has_rate_limits(&self) -> bool {
+        self.has_rate_limits
     }
 
     /// The backend for a request (or, with `req` absent, an opaque connection) to `namespace/name:port`.
@@ -139,24 +226,94 @@ impl RouteTable {
         port: u16,
         req: Option<&RequestView<'_>>,
     ) -> Choice {
-        let Some(rules) = self
+        self.route(namespace, name, port, req).0
+    }
+
+    /// The backend and the policy of the rule that takes the request (the default policy when none does).
+    pub fn route(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        req: Option<&RequestView<'_>>,
+    ) -> (Choice, Arc<RulePolicy>) {
+        match self.rule(namespace, name, port, req) {
+            None => (Choice::Default, DEFAULT_POLICY.clone()),
+            Some(r) => {
+                let roll = r.policy.sticky_key(req).unwrap_or_else(rand::random::<u64>);
+                (r.pick(roll), r.policy.clone())
+            }
+        }
+    }
+
+    /// The policy of the rule that takes a request, if any does (the destination side's view, for rate
+    /// limits).
+    pub fn policy(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        req: &RequestView<'_>,
+    ) -> Option<Arc<RulePolicy>> {
+        self.rule(namespace, name, port, Some(req))
+            .map(|r| r.policy.clone())
+    }
+
+    fn rule(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        req: Option<&RequestView<'_>>,
+    ) -> Option<&Rule> {
+        let rules = self
             .by_service
-            .get(&(namespace.to_string(), name.to_string()))
-        else {
-            return Choice::Default;
-        };
-        let rule = rules.iter().find(|r| {
+            .get(&(namespace.to_string(), name.to_string()))?;
+        rules.iter().find(|r| {
             r.port.is_none_or(|p| p == port)
                 && match req {
                     Some(req) => r.matches.is_empty() || r.matches.iter().any(|m| m.accepts(req)),
                     None => r.matches.is_empty(),
                 }
-        });
-        match rule {
-            None => Choice::Default,
-            Some(r) => r.pick(rand::random::<u64>()),
-        }
+        })
     }
+}
+
+impl RulePolicy {
+    /// A stable hash of the session header or cookie, when the rule is sticky and the request has one.
+    /// FNV-1a: fixed by definition, so every proxy of every release maps a value the same way (std's
+    /// hasher may change between releases).
+    fn sticky_key(&self, req: Option<&RequestView<'_>>) -> Option<u64> {
+        let (kind, name) = self.sticky.as_ref()?;
+        let headers = req?.headers;
+        let value = match kind {
+            SessionPersistenceType::Header => headers.get(name.as_str())?.as_bytes().to_vec(),
+            SessionPersistenceType::Cookie => cookie(headers, name)?.into_bytes(),
+        };
+        Some(fnv1a(&value))
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Spread the low bits: `pick` takes the hash modulo the total weight.
+    h ^ (h >> 29)
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_string())
 }
 
 impl Rule {
@@ -181,6 +338,7 @@ fn compile_rule(
     route_ns: &str,
     port: Option<u16>,
     limit: usize,
+    name: String,
 ) -> Result<Rule, (String, String)> {
     let matches = rule
         .matches
@@ -209,6 +367,41 @@ fn compile_rule(
         matches,
         backends,
         total_weight,
+        policy: Arc::new(compile_policy(rule, name)?),
+    })
+}
+
+fn compile_policy(rule: &RouteRule, name: String) -> Result<RulePolicy, (String, String)> {
+    let mut request_headers = HeaderEdit::default();
+    let mut response_headers = HeaderEdit::default();
+    for (i, f) in rule.filters.iter().enumerate() {
+        let (modifier, slot) = match f.kind {
+            RouteFilterType::RequestHeaderModifier => {
+                (&f.request_header_modifier, &mut request_headers)
+            }
+            RouteFilterType::ResponseHeaderModifier => {
+                (&f.response_header_modifier, &mut response_headers)
+            }
+        };
+        if let Some(m) = modifier {
+            *slot = HeaderEdit::compile(m).map_err(|r| (format!(".filters[{i}]"), r))?;
+        }
+    }
+    let t = rule.timeouts.clone().unwrap_or_default();
+    Ok(RulePolicy {
+        name,
+        request_timeout: t.request.map(|d| d.get()),
+        per_try_timeout: t.backend_request.map(|d| d.get()),
+        idle_timeout: t.idle.map(|d| d.get()),
+        retry: RetryRule::from_policy(rule.retry.as_ref()),
+        request_headers,
+        response_headers,
+        fallback: rule.fallback.clone(),
+        rate_limit: rule.rate_limit.clone(),
+        sticky: rule
+            .session_persistence
+            .as_ref()
+            .map(|s| (s.kind, s.session_name.clone())),
     })
 }
 

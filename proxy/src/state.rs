@@ -21,6 +21,12 @@ pub struct Proxy {
     pub apps: AppClients,
     /// Requests, failures and latency per destination service and version (reported upstream).
     pub upstream_stats: crate::stats::UpstreamStats,
+    /// Endpoint latency and health, for choosing among a service's endpoints.
+    pub balancer: Arc<crate::balance::Balancer>,
+    /// Per destination service: bulkhead and retry budget.
+    pub destinations: crate::destination::Destinations,
+    /// Token buckets of the rate limits this proxy enforces as a destination.
+    pub rate_limits: crate::ratelimit::RateLimiter,
     /// Cancelled when the proxy starts draining: listeners stop accepting, connections finish up.
     pub shutdown: CancellationToken,
     /// Every connection task, so draining can wait for them.
@@ -46,6 +52,9 @@ impl Proxy {
             peers: PeerPool::new(identity.clone(), settings, metrics.clone()),
             apps: AppClients::new(l.connect_timeout.get()),
             upstream_stats: Default::default(),
+            balancer: crate::balance::Balancer::new(metrics.clone()),
+            destinations: Default::default(),
+            rate_limits: Default::default(),
             identity,
             metrics,
             shutdown: CancellationToken::new(),
@@ -63,6 +72,10 @@ impl Proxy {
     }
 
     pub fn set_mesh(&self, view: MeshView) {
+        // An endpoint that comes back ready starts afresh: not ejected for what it did before.
+        for peer in view.newly_ready(&self.mesh.load()) {
+            self.balancer.forget(peer);
+        }
         self.mesh.store(Arc::new(view));
         self.mesh_loaded.store(true, Ordering::Relaxed);
     }

@@ -86,7 +86,17 @@ impl PeerPool {
         up: &Upstream,
         req: Request<Body>,
     ) -> Result<Response<Body>, ForwardError> {
-        let (resp, slot) = self.send_raw(up, req).await?;
+        self.send_with(up, req, None).await
+    }
+
+    /// [`PeerPool::send`] with the destination's own connect timeout, when it sets one.
+    pub async fn send_with(
+        &self,
+        up: &Upstream,
+        req: Request<Body>,
+        connect_timeout: Option<Duration>,
+    ) -> Result<Response<Body>, ForwardError> {
+        let (resp, slot) = self.send_raw_with(up, req, connect_timeout).await?;
         Ok(resp.map(|b| body::boxed(Guarded::new(b, slot))))
     }
 
@@ -94,13 +104,14 @@ impl PeerPool {
     pub async fn connect_tcp(
         &self,
         up: &Upstream,
+        connect_timeout: Option<Duration>,
     ) -> Result<(TokioIo<Upgraded>, StreamSlot), ForwardError> {
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri(format!("{}:{}", up.peer.ip(), up.target_port))
             .body(body::empty())
             .map_err(|_| ForwardError::BadTunnelRequest("cannot build CONNECT request"))?;
-        let (resp, slot) = self.send_raw(up, req).await?;
+        let (resp, slot) = self.send_raw_with(up, req, connect_timeout).await?;
         if resp.status() != StatusCode::OK {
             return Err(ForwardError::PeerRefused {
                 peer: up.peer,
@@ -121,12 +132,21 @@ impl PeerPool {
     pub async fn send_raw(
         &self,
         up: &Upstream,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, StreamSlot), ForwardError> {
+        self.send_raw_with(up, req, None).await
+    }
+
+    async fn send_raw_with(
+        &self,
+        up: &Upstream,
         mut req: Request<Body>,
+        connect_timeout: Option<Duration>,
     ) -> Result<(Response<Incoming>, StreamSlot), ForwardError> {
         let peer = self.peer(up);
         let mut retried = false;
         loop {
-            let (mut conn, slot) = self.checkout(&peer).await?;
+            let (mut conn, slot) = self.checkout(&peer, connect_timeout).await?;
             match conn.send.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, slot)),
                 Err(mut e) => match e.take_message() {
@@ -174,7 +194,11 @@ impl PeerPool {
 
     /// Picks an open connection with a free stream slot, connecting when there is none. The lock is held
     /// while connecting so that concurrent requests share the one new connection.
-    async fn checkout(&self, peer: &Peer) -> Result<(PeerConn, StreamSlot), ForwardError> {
+    async fn checkout(
+        &self,
+        peer: &Peer,
+        connect_timeout: Option<Duration>,
+    ) -> Result<(PeerConn, StreamSlot), ForwardError> {
         let mut conns = peer.conns.lock().await;
         conns.retain(|c| !c.send.is_closed());
         let max = self.settings.max_streams_per_connection;
@@ -184,17 +208,22 @@ impl PeerPool {
             }
             c.streams.fetch_sub(1, Ordering::Relaxed);
         }
-        let c = self.connect(peer).await?;
+        let c = self.connect(peer, connect_timeout).await?;
         c.streams.fetch_add(1, Ordering::Relaxed);
         conns.push(c.clone());
         let slot = StreamSlot(c.streams.clone());
         Ok((c, slot))
     }
 
-    async fn connect(&self, peer: &Peer) -> Result<PeerConn, ForwardError> {
+    async fn connect(
+        &self,
+        peer: &Peer,
+        connect_timeout: Option<Duration>,
+    ) -> Result<PeerConn, ForwardError> {
         let addr = peer.key.addr;
         let s = &self.settings;
-        let tcp = match crate::socket::connect(addr, s.connect_timeout).await {
+        let timeout = connect_timeout.unwrap_or(s.connect_timeout);
+        let tcp = match crate::socket::connect(addr, timeout).await {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return Err(ForwardError::PeerConnectTimeout { peer: addr })
             }
