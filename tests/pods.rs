@@ -3,7 +3,7 @@
 //! (iptables), namespaces, veths and a bridge. Needs root, `ip` and `iptables` (see
 //! `weft::pods::available`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use weft::pods::{available, example, text, PodMesh};
 
 const SHOP: &str = include_str!("../examples/shop/services.yaml");
@@ -92,6 +92,7 @@ fn shop_calls_carry_each_callers_identity_and_follow_a_traffic_shift() {
     ] {
         assert!(hops.contains(&want), "missing {want:?} in:\n{hops}");
     }
+    assert_access_logged(&mesh, td);
 
     // One-command shifting: a canary split, then back to where it was.
     let shifted = mesh.weftctl_ok(&["shift", "reviews", "v1=90", "v2=10"]);
@@ -121,6 +122,41 @@ fn shop_calls_carry_each_callers_identity_and_follow_a_traffic_shift() {
     assert_eq!(beta["versions"]["v2"], 50, "{beta}");
     let others = load(&mesh, &client, 50, &[]);
     assert_eq!(others["versions"]["v1"], 50, "{others}");
+}
+
+/// The call just made appears in both sidecars' access logs, as each side saw it.
+fn assert_access_logged(mesh: &PodMesh, td: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = mesh.access_log("client");
+        let inb = mesh.access_log("frontend");
+        let sent = out.iter().find(|l| l["destination"] == "default/frontend");
+        let got = inb
+            .iter()
+            .find(|l| l["direction"] == "inbound" && l["source"] == format!("{td}/client"));
+        if let (Some(sent), Some(got)) = (sent, got) {
+            assert_eq!(sent["direction"], "outbound", "{sent}");
+            assert_eq!(sent["method"], "GET", "{sent}");
+            assert_eq!(sent["path"], "/", "{sent}");
+            assert_eq!(sent["status"], 200, "{sent}");
+            assert_eq!(sent["source"], format!("{td}/client"), "{sent}");
+            assert_eq!(
+                sent["upstream_identity"],
+                format!("{td}/frontend"),
+                "{sent}"
+            );
+            assert!(sent["bytes_sent"].as_u64().unwrap_or(0) > 0, "{sent}");
+            assert_eq!(got["destination"], format!("{td}/frontend"), "{got}");
+            assert_eq!(got["status"], 200, "{got}");
+            assert_eq!(got["upstream"], "127.0.0.1:8080", "{got}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log lines for the call: client {out:?} frontend {inb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

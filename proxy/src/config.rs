@@ -313,6 +313,29 @@ pub struct ProxyConfig {
     /// The DNS responder; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
+    /// One JSON line per request and per TCP connection; absent: no access log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// The access log (`access_log:`). Fields of each line: docs/proxy-config.md ("Access log").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// A file to append to, or `-` (the default) for standard output.
+    #[serde(default = "default_access_log_path")]
+    pub path: PathBuf,
+    /// Fraction of successful requests logged, 0 to 1 (default 1). Failures are always logged.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+}
+
+fn default_access_log_path() -> PathBuf {
+    PathBuf::from("-")
+}
+
+fn default_sample() -> f64 {
+    1.0
 }
 
 /// Transparent interception in a pod (see docs/interception.md).
@@ -418,6 +441,11 @@ impl ProxyConfig {
             paths.push(&mut c.state_dir);
             paths.extend(c.ca_bundle.as_mut());
             paths.extend(c.token_file.as_mut());
+        }
+        if let Some(a) = cfg.access_log.as_mut() {
+            if a.path.as_os_str() != "-" {
+                paths.push(&mut a.path);
+            }
         }
         for p in paths {
             if p.is_relative() {
@@ -529,6 +557,14 @@ impl ProxyConfig {
                     ))
                 }
                 Ok(_) => {}
+            }
+        }
+        if let Some(a) = &self.access_log {
+            if !(0.0..=1.0).contains(&a.sample) {
+                return Err(invalid(
+                    "access_log.sample".into(),
+                    format!("{} is not a fraction between 0 and 1", a.sample),
+                ));
             }
         }
         if let Some(d) = &self.dns {
@@ -842,6 +878,7 @@ mod tests {
             ("dns:\n  ttl: 1500ms\n", "dns.ttl"),
             ("dns:\n  max_forwards: 0\n", "dns.max_forwards"),
             ("dns:\n  tcp_idle_timeout: 0s\n", "dns.tcp_idle_timeout"),
+            ("access_log:\n  sample: 2\n", "access_log.sample"),
             ("dns:\n  listen: 127.0.0.1:15000\n", "`admin`"),
         ] {
             let (_d, p) = write(&format!("{GOOD}{yaml}"));

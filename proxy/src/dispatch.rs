@@ -3,6 +3,7 @@
 //! budget, all under the route's request timeout; a fallback when no endpoint is left. See
 //! docs/traffic.md for the order and the answers the proxy makes itself.
 
+use crate::access_log::CallInfo;
 use crate::balance::Outcome;
 use crate::body::{self, Body, IdleTimeout};
 use crate::destination::DestState;
@@ -14,6 +15,9 @@ use crate::route::RulePolicy;
 use crate::state::Proxy;
 use crate::stats::StatsKey;
 use crate::tunnel::StreamSlot;
+
+/// An opaque stream to a peer.
+pub type TcpStream = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 use http::{request, HeaderValue, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,6 +97,16 @@ pub async fn send(
     }
     let mut resp = result?;
     rule.response_headers.apply(resp.headers_mut());
+    let version = plan.stats.as_ref().and_then(|k| k.subset.clone());
+    match resp.extensions_mut().get_mut::<CallInfo>() {
+        Some(info) => info.version = version,
+        None => {
+            resp.extensions_mut().insert(CallInfo {
+                version,
+                ..CallInfo::default()
+            });
+        }
+    }
     Ok(match rule.idle_timeout {
         Some(idle) => resp.map(|b| body::boxed(IdleTimeout::new(b, idle))),
         None => resp,
@@ -176,6 +190,9 @@ async fn fall_back(
     if let Ok(v) = HeaderValue::from_str(&other.what) {
         resp.headers_mut().insert(FALLBACK_HEADER, v);
     }
+    if let Some(info) = resp.extensions_mut().get_mut::<CallInfo>() {
+        info.flags.push("fallback");
+    }
     Ok(resp)
 }
 
@@ -192,6 +209,10 @@ fn static_response(r: &StaticResponse) -> Response<Body> {
         }
     }
     h.insert(FALLBACK_HEADER, HeaderValue::from_static("response"));
+    resp.extensions_mut().insert(CallInfo {
+        flags: vec!["fallback"],
+        ..CallInfo::default()
+    });
     resp
 }
 
@@ -266,7 +287,18 @@ async fn tries(
             if verdict.is_some() {
                 tracing::debug!(%client, destination = %plan.what, peer = %up.peer, retries, reason = verdict, "not retried");
             }
-            return Tried::Done(result.map(|r| note_retries(r, retries)));
+            let info = CallInfo {
+                upstream: Some(up.peer),
+                upstream_identity: Some(up.identity.to_string()),
+                version: None,
+                retries,
+                flags: match verdict {
+                    Some("budget_exhausted") => vec!["retry_budget_exhausted"],
+                    Some("not_retryable") => vec!["body_not_retried"],
+                    _ => Vec::new(),
+                },
+            };
+            return Tried::Done(result.map(|r| note_retries(r, info)));
         }
         retries += 1;
         tracing::debug!(%client, destination = %plan.what, peer = %up.peer, retry = retries, "retrying");
@@ -333,11 +365,13 @@ fn replayable(replay: &mut Replay) -> bool {
     replay.take().is_ok()
 }
 
-fn note_retries(mut r: Response<Body>, retries: u32) -> Response<Body> {
-    if retries > 0 {
+/// Says on the response how many retries it took, and keeps what the access log wants to know.
+fn note_retries(mut r: Response<Body>, info: CallInfo) -> Response<Body> {
+    if info.retries > 0 {
         r.headers_mut()
-            .insert(RETRIES_HEADER, HeaderValue::from(retries));
+            .insert(RETRIES_HEADER, HeaderValue::from(info.retries));
     }
+    r.extensions_mut().insert(info);
     r
 }
 
@@ -354,13 +388,7 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 pub async fn connect_tcp(
     proxy: &Arc<Proxy>,
     plan: &Plan,
-) -> Result<
-    (
-        hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
-        StreamSlot,
-    ),
-    ForwardError,
-> {
+) -> Result<(TcpStream, StreamSlot, Upstream), ForwardError> {
     let policy = &plan.dest.policy;
     let mut tried = Vec::new();
     let mut last = None;
@@ -373,9 +401,9 @@ pub async fn connect_tcp(
         };
         tried.push(up.peer);
         match proxy.peers.connect_tcp(&up, policy.connect_timeout).await {
-            Ok(s) => {
+            Ok((io, slot)) => {
                 flight.finish(Outcome::Success);
-                return Ok(s);
+                return Ok((io, slot, up));
             }
             Err(e) => {
                 let connect = e.is_connect_failure();

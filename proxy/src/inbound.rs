@@ -107,22 +107,53 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
 async fn handle_request(req: Request<Incoming>, ctx: &PeerConn) -> Response<Body> {
     let is_connect = req.method() == Method::CONNECT;
     let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
-    let res = match target_port(&req, ctx) {
+    // Opaque streams are logged when they end (tcp_to_app); requests when their response body does.
+    let log = &ctx.proxy.access_log;
+    let mut entry = (!is_connect)
+        .then(|| log.begin("inbound", "http"))
+        .flatten()
+        .map(|mut e| {
+            e.request(&req);
+            e.source = ctx.peer_id.to_string();
+            e.destination = ctx.proxy.identity.id().to_string();
+            e
+        });
+    let port = target_port(&req, ctx);
+    let app_port = port.as_ref().ok().copied();
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let res = match port {
         Err(e) => Err(e),
         // Boxed: these branches' futures are large and rare; unboxed they would grow every request's
         // task, which is copied when hyper spawns it.
         Ok(port) if is_connect && extended => Box::pin(upgrade_to_app(req, port, ctx)).await,
         Ok(port) if is_connect => Box::pin(tcp_to_app(req, port, ctx)).await,
-        Ok(port) => http_to_app(req, port, ctx).await,
+        Ok(port) => http_to_app(req, port, ctx, entry.is_some().then_some(&counted)).await,
     };
     let resp = res.unwrap_or_else(|e| {
+        if let Some(entry) = entry.as_mut() {
+            entry.flags.push(e.kind());
+        }
         tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, error = %e, "inbound request failed");
         error_response(&e)
     });
     ctx.proxy
         .metrics
         .count_request(Direction::inbound, resp.status());
-    resp
+    match entry {
+        Some(mut e) => {
+            e.status = Some(resp.status().as_u16());
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS
+                && resp.headers().contains_key(crate::headers::PROXY_ERROR)
+            {
+                e.flags.push("rate_limited");
+            } else if let Some(port) = app_port {
+                e.upstream = Some(app_addr(ctx, port).to_string());
+            }
+            let log = log.clone();
+            resp.map(|b| crate::access_log::log_on_end(log, e, counted, b))
+        }
+        None => resp,
+    }
 }
 
 /// The app port: a CONNECT's authority port, else the `weft-target-port` header. Only ports the config
@@ -169,6 +200,7 @@ async fn http_to_app(
     req: Request<Incoming>,
     port: u16,
     ctx: &PeerConn,
+    count: Option<&Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
     let view = crate::route::RequestView::of(&parts);
@@ -180,7 +212,11 @@ async fn http_to_app(
         _ => AppHttp::Http2,
     };
     prepare_for_app(&mut parts, port, which, ctx)?;
-    let req = Request::from_parts(parts, body::boxed(body));
+    let body = match count {
+        Some(c) => crate::access_log::count_request(body::boxed(body), c.clone()),
+        None => body::boxed(body),
+    };
+    let req = Request::from_parts(parts, body);
     let resp = ctx
         .proxy
         .apps
@@ -251,6 +287,13 @@ async fn tcp_to_app(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let metrics = ctx.proxy.metrics.clone();
     let (peer_addr, peer_id) = (ctx.peer_addr, ctx.peer_id.clone());
+    let log = ctx.proxy.access_log.clone();
+    let entry = log.begin("inbound", "tcp").map(|mut e| {
+        e.source = peer_id.to_string();
+        e.destination = ctx.proxy.identity.id().to_string();
+        e.upstream = Some(app_addr(ctx, port).to_string());
+        e
+    });
     ctx.proxy.tasks.spawn(async move {
         let _active = ActiveGuard::new(
             &metrics,
@@ -263,6 +306,10 @@ async fn tcp_to_app(
             Ok(stream) => {
                 let res = splice(&mut TokioIo::new(stream), &mut app, &metrics, Direction::inbound).await;
                 tracing::debug!(peer = %peer_addr, %peer_id, port, result = ?res, "inbound tcp stream done");
+                if let Some(mut e) = entry {
+                    e.tcp_result(&res);
+                    log.write(e);
+                }
             }
             Err(e) => tracing::debug!(peer = %peer_addr, error = %e, "CONNECT stream did not open"),
         }

@@ -2,6 +2,7 @@
 //! over one mutual-TLS HTTP/2 connection per peer; the tunnel port receives peers' traffic and delivers it
 //! to the local app. See `docs/request-path.md` for the path a request takes.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;
@@ -103,7 +104,8 @@ pub async fn bind(cfg: ProxyConfig, identity: Identity) -> anyhow::Result<Runnin
         );
     }
     Ok(Running {
-        proxy: Proxy::new(cfg, identity),
+        proxy: Proxy::new(cfg, identity)
+            .context("cannot open the access log (`access_log.path`)")?,
         listeners,
     })
 }

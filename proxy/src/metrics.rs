@@ -61,6 +61,7 @@ pub struct Metrics {
     pub peer_connections_opened: Counter,
     /// Endpoints taken out of rotation by outlier detection.
     pub ejections: Counter,
+    pub access_log_dropped: Counter,
     retries: Family<ResultLabels, Counter>,
     config_version: Gauge,
     config_updates: Family<ResultLabels, Counter>,
@@ -91,6 +92,7 @@ impl Metrics {
             tcp_bytes: Default::default(),
             peer_connections_opened: Default::default(),
             ejections: Default::default(),
+            access_log_dropped: Default::default(),
             retries: Default::default(),
             config_version: Default::default(),
             config_updates: Default::default(),
@@ -140,6 +142,11 @@ impl Metrics {
             "ejections",
             "Endpoints ejected by outlier detection (consecutive 5xx or failed connects)",
             m.ejections.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            m.access_log_dropped.clone(),
         );
         registry.register(
             "retries",

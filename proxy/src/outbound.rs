@@ -5,6 +5,7 @@
 //! (WebSocket) as extended CONNECT streams, opaque TCP as a CONNECT stream. Intercepted connections to
 //! destinations outside the mesh pass through, or are refused under `REGISTRY_ONLY`.
 
+use crate::access_log::{self, CallInfo};
 use crate::body::{self, Body, Guarded};
 use crate::detect::{detect, Detected, Rewind};
 use crate::dispatch::Plan;
@@ -21,6 +22,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Vers
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use weft_api::resources::{OutboundTrafficPolicy, PortProtocol};
@@ -255,38 +257,58 @@ fn refuse_conflicting_framing(ctx: &Listener, client: SocketAddr) -> Response<Bo
 
 /// Opaque TCP: one CONNECT stream to a peer, bytes copied both ways until both sides are done.
 async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener) {
+    let log = &ctx.proxy.access_log;
+    let mut entry = log.begin("outbound", "tcp").map(|mut e| {
+        e.source = ctx.proxy.identity.id().to_string();
+        e.destination = destination_label(&ctx.target);
+        e
+    });
+    let mut fail = |kind: &'static str| {
+        ctx.proxy.metrics.reject("outbound", kind);
+        if let Some(mut e) = entry.take() {
+            e.flags.push(kind);
+            log.write(e);
+        }
+    };
     let plan = match ctx.plan(None) {
         Ok(p) => p,
         Err(e) => {
-            ctx.proxy.metrics.reject("outbound", e.kind());
+            fail(e.kind());
             return tracing::warn!(listener = %ctx.name, %client, error = %e, "tcp connection closed");
         }
     };
     let Ok(_slot) = plan.dest.connection_slot() else {
-        ctx.proxy.metrics.reject("outbound", "overflow");
+        fail("overflow");
         return tracing::warn!(listener = %ctx.name, %client, destination = %plan.what, "tcp connection closed: the destination's connection limit is reached");
     };
-    let mut stream = match crate::dispatch::connect_tcp(&ctx.proxy, &plan).await {
+    let (mut stream, _stream_slot, up) = match crate::dispatch::connect_tcp(&ctx.proxy, &plan).await
+    {
         Ok(s) => s,
         Err(e) => {
-            ctx.proxy.metrics.reject("outbound", e.kind());
+            fail(e.kind());
             return tracing::warn!(listener = %ctx.name, %client, destination = %plan.what, error = %e, "cannot open tcp stream");
         }
     };
-    match splice(
+    let res = splice(
         &mut io,
-        &mut stream.0,
+        &mut stream,
         &ctx.proxy.metrics,
         Direction::outbound,
     )
-    .await
-    {
+    .await;
+    match &res {
         Ok((sent, received)) => {
             tracing::debug!(listener = %ctx.name, %client, sent, received, "tcp stream done")
         }
         Err(e) => {
             tracing::debug!(listener = %ctx.name, %client, error = %e, "tcp stream ended with an error")
         }
+    }
+    if let Some(mut e) = entry {
+        e.upstream = Some(up.peer.to_string());
+        e.upstream_identity = Some(up.identity.to_string());
+        e.tcp_result(&res);
+        log.write(e);
     }
 }
 
@@ -296,27 +318,59 @@ async fn forward_http(
     client: SocketAddr,
     ctx: &Listener,
 ) -> Response<Body> {
+    let log = &ctx.proxy.access_log;
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let mut entry = log.begin("outbound", "http").map(|mut e| {
+        e.request(&req);
+        e.source = ctx.proxy.identity.id().to_string();
+        e.destination = destination_label(&ctx.target);
+        e
+    });
     let resp = match headers::upgrade_protocol(req.headers()) {
         Some(proto) if req.version() == Version::HTTP_11 => {
             Box::pin(forward_upgrade(&mut req, proto, client, ctx)).await
         }
-        _ => forward_plain(req, client, ctx).await,
+        _ => forward_plain(req, client, ctx, entry.is_some().then_some(&request_bytes)).await,
     };
     let resp = resp.unwrap_or_else(|e| {
         ctx.proxy.metrics.reject("outbound", e.kind());
+        if let Some(entry) = entry.as_mut() {
+            entry.flags.push(e.kind());
+        }
         tracing::warn!(listener = %ctx.name, %client, error = %e, "request failed");
         error_response(&e)
     });
     ctx.proxy
         .metrics
         .count_request(Direction::outbound, resp.status());
-    resp
+    match entry {
+        Some(mut e) => {
+            e.status = Some(resp.status().as_u16());
+            if let Some(info) = resp.extensions().get::<CallInfo>() {
+                e.call(info);
+            }
+            let log = log.clone();
+            resp.map(|b| access_log::log_on_end(log, e, request_bytes, b))
+        }
+        None => resp,
+    }
+}
+
+/// What the access log names as an outbound request's destination.
+fn destination_label(t: &Target) -> String {
+    match t {
+        Target::Fixed(up) => up.peer.to_string(),
+        Target::Service {
+            namespace, name, ..
+        } => format!("{namespace}/{name}"),
+    }
 }
 
 async fn forward_plain(
     req: Request<Incoming>,
     client: SocketAddr,
     ctx: &Listener,
+    count: Option<&Arc<AtomicU64>>,
 ) -> Result<Response<Body>, ForwardError> {
     if req.method() == Method::CONNECT {
         return Ok(status_response(
@@ -333,7 +387,11 @@ async fn forward_plain(
             .headers
             .insert(ORIG_PROTO, HeaderValue::from_static("1.1"));
     }
-    let resp = crate::dispatch::send(&ctx.proxy, plan, parts, body::boxed(body), client).await?;
+    let body = match count {
+        Some(c) => access_log::count_request(body::boxed(body), c.clone()),
+        None => body::boxed(body),
+    };
+    let resp = crate::dispatch::send(&ctx.proxy, plan, parts, body, client).await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))

@@ -27,6 +27,7 @@ pub struct Proxy {
     pub destinations: crate::destination::Destinations,
     /// Token buckets of the rate limits this proxy enforces as a destination.
     pub rate_limits: crate::ratelimit::RateLimiter,
+    pub access_log: Arc<crate::access_log::AccessLog>,
     /// Cancelled when the proxy starts draining: listeners stop accepting, connections finish up.
     pub shutdown: CancellationToken,
     /// Every connection task, so draining can wait for them.
@@ -39,8 +40,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: ProxyConfig, identity: Identity) -> Arc<Proxy> {
+    /// Fails only when the access log file cannot be opened.
+    pub fn new(config: ProxyConfig, identity: Identity) -> std::io::Result<Arc<Proxy>> {
         let metrics = Arc::new(Metrics::new());
+        let access_log = Arc::new(crate::access_log::AccessLog::start(
+            config.access_log.as_ref(),
+            metrics.clone(),
+        )?);
         let l = &config.limits;
         let settings = PeerSettings {
             connect_timeout: l.connect_timeout.get(),
@@ -48,13 +54,14 @@ impl Proxy {
             keepalive_interval: l.keepalive_interval.get(),
             max_streams_per_connection: l.max_streams_per_peer_connection,
         };
-        Arc::new(Proxy {
+        Ok(Arc::new(Proxy {
             peers: PeerPool::new(identity.clone(), settings, metrics.clone()),
             apps: AppClients::new(l.connect_timeout.get()),
             upstream_stats: Default::default(),
             balancer: crate::balance::Balancer::new(metrics.clone()),
             destinations: Default::default(),
             rate_limits: Default::default(),
+            access_log,
             identity,
             metrics,
             shutdown: CancellationToken::new(),
@@ -63,7 +70,7 @@ impl Proxy {
             mesh_loaded: AtomicBool::new(false),
             mesh: ArcSwap::from_pointee(MeshView::default()),
             config,
-        })
+        }))
     }
 
     /// The current mesh view; a request keeps the `Arc` it got for as long as it needs it.

@@ -311,13 +311,27 @@ impl PodMesh {
     }
 
     pub fn sidecar_log(&self, name: &str) -> String {
+        self.pod_file(name, "sidecar.log")
+    }
+
+    /// The pod's sidecar access log, one parsed JSON object per line.
+    pub fn access_log(&self, name: &str) -> Vec<serde_json::Value> {
+        self.pod_file(name, "access.log")
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    fn pod_file(&self, name: &str, file: &str) -> String {
         std::fs::read_to_string(
             self.run_dir
                 .path()
                 .join(&self.network)
                 .join("pods")
                 .join(name)
-                .join("sidecar.log"),
+                .join(file),
         )
         .unwrap_or_default()
     }

@@ -114,6 +114,7 @@ fn pod_run(opts: &RemoteArgs, a: args::PodRunArgs) -> i32 {
         ports: a.ports,
         mtls_mode: a.mtls_mode,
         readiness_http: a.readiness_http,
+        access_log_sample: a.access_log_sample,
         proxy_bin: a.proxy_bin,
         command: a.command,
     };

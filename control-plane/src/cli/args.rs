@@ -153,12 +153,23 @@ pub struct PodRunArgs {
     /// Probe readiness with GET on this path (default: a TCP connect to the first --port).
     #[arg(long)]
     pub readiness_http: Option<String>,
+    /// Fraction (0-1) of successful requests the sidecar writes to the pod's access.log (failures
+    /// always); 0 turns the access log off.
+    #[arg(long, default_value_t = 1.0, value_parser = fraction)]
+    pub access_log_sample: f64,
     /// The weft-proxy binary (default: beside weftctl, else on PATH).
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
     /// The app's command and arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("`{s}` is not a fraction between 0 and 1")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -61,6 +61,9 @@ pub struct RunOptions {
     pub ports: Vec<u16>,
     pub mtls_mode: Option<String>,
     pub readiness_http: Option<String>,
+    /// Fraction of successful requests in the sidecar's access log (`access.log` in the pod's
+    /// directory); 0 turns it off.
+    pub access_log_sample: f64,
     pub proxy_bin: Option<PathBuf>,
     pub command: Vec<String>,
 }
@@ -345,12 +348,21 @@ fn write_sidecar_files(
         .as_ref()
         .map(|m| format!("\n  mtls_mode: {m}"))
         .unwrap_or_default();
+    let access_log = if o.access_log_sample > 0.0 {
+        format!(
+            "access_log:\n  path: {}\n  sample: {}\n",
+            json(&dir.join("access.log").display().to_string()),
+            o.access_log_sample
+        )
+    } else {
+        String::new()
+    };
     let yaml = format!(
         "# written by weftctl pod run\n\
 control:\n  address: {addr}\n  ca_fingerprint: {fp}\n  token_file: {token}\n  state_dir: {state}\n\
 workload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: {address}\n  ports: [{ports}]{readiness}\n\
 interception:\n  outbound: 0.0.0.0:15001\n  inbound: 0.0.0.0:15006\n  mark: 1337{mtls}\n\
-dns:\n  listen: 127.0.0.1:15053\n",
+dns:\n  listen: 127.0.0.1:15053\n{access_log}",
         addr = info.proxy_address,
         fp = json(&info.ca_fingerprint),
         token = json(&token_path.display().to_string()),

@@ -1,0 +1,393 @@
+//! Access log: one JSON line per HTTP request (written when its response body ends) and per TCP
+//! connection, on each side of the hop. Lines go through a bounded queue to a writer thread, so a slow
+//! disk or a full pipe never holds a request back: when the queue is full the line is dropped and
+//! counted (`weft_proxy_access_log_dropped_total`).
+
+use crate::body::{Body, BoxError};
+use crate::config::AccessLogConfig;
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use serde::Serialize;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+const QUEUE: usize = 4096;
+
+/// What one request or connection looked like. Filled in along the path; written once.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Entry {
+    pub time: String,
+    pub direction: &'static str,
+    pub protocol: &'static str,
+    /// The caller's SPIFFE ID (inbound: the verified peer; outbound: this proxy's own).
+    pub source: String,
+    /// Outbound: the destination service (`namespace/name`) or address; inbound: this proxy's identity.
+    pub destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub duration_ms: f64,
+    /// From the client: request body (HTTP) or bytes sent on (TCP).
+    pub bytes_received: u64,
+    /// To the client: response body (HTTP) or bytes sent back (TCP).
+    pub bytes_sent: u64,
+    pub retries: u32,
+    /// Why the proxy answered or acted itself: `request_timeout`, `per_try_timeout`, `no_endpoint`,
+    /// `overflow`, `rate_limited`, `fallback`, `retry_budget_exhausted`, `body_not_retried`, ...
+    pub flags: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(skip)]
+    start: Option<Instant>,
+}
+
+/// What the request path learned about a call, carried to the access log in the response's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct CallInfo {
+    pub upstream: Option<SocketAddr>,
+    pub upstream_identity: Option<String>,
+    pub version: Option<String>,
+    pub retries: u32,
+    pub flags: Vec<&'static str>,
+}
+
+pub struct AccessLog {
+    tx: Option<SyncSender<Vec<u8>>>,
+    sample: f64,
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLog {
+    /// Off when `cfg` is absent; otherwise a writer thread appending to the file (or stdout for `-`).
+    pub fn start(
+        cfg: Option<&AccessLogConfig>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<AccessLog> {
+        let Some(cfg) = cfg else {
+            return Ok(AccessLog {
+                tx: None,
+                sample: 0.0,
+                metrics,
+            });
+        };
+        let out: Box<dyn Write + Send> = if cfg.path.as_os_str() == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&cfg.path)?,
+            )
+        };
+        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out))?;
+        Ok(AccessLog {
+            tx: Some(tx),
+            sample: cfg.sample,
+            metrics,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// A new entry, timed from now; `None` when the log is off.
+    pub fn begin(&self, direction: &'static str, protocol: &'static str) -> Option<Entry> {
+        self.tx.as_ref()?;
+        Some(Entry {
+            time: now_rfc3339(),
+            direction,
+            protocol,
+            start: Some(Instant::now()),
+            ..Entry::default()
+        })
+    }
+
+    /// Writes the entry: always when something went wrong (5xx or a flag), else by the sample rate.
+    pub fn write(&self, mut e: Entry) {
+        let Some(tx) = &self.tx else { return };
+        let bad = e.status.is_some_and(|s| s >= 500) || !e.flags.is_empty();
+        if !bad && self.sample < 1.0 && rand::random::<f64>() >= self.sample {
+            return;
+        }
+        if let Some(start) = e.start {
+            e.duration_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        }
+        let Ok(mut line) = serde_json::to_vec(&e) else {
+            return;
+        };
+        line.push(b'\n');
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(line) {
+            self.metrics.access_log_dropped.inc();
+        }
+    }
+}
+
+fn write_lines(rx: std::sync::mpsc::Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::new(out);
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(&line);
+        while let Ok(more) = rx.try_recv() {
+            let _ = out.write_all(&more);
+        }
+        let _ = out.flush();
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The trace id of a W3C `traceparent` or B3 header, if the request carries one.
+pub fn trace_id(h: &http::HeaderMap) -> Option<String> {
+    if let Some(tp) = h.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let id = tp.split('-').nth(1)?;
+        return (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| id.to_string());
+    }
+    if let Some(id) = h.get("x-b3-traceid").and_then(|v| v.to_str().ok()) {
+        return Some(id.to_string());
+    }
+    let b3 = h.get("b3")?.to_str().ok()?;
+    b3.split('-').next().map(str::to_string)
+}
+
+impl Entry {
+    /// Fills in what a request head says.
+    pub fn request<B>(&mut self, req: &http::Request<B>) {
+        self.method = Some(req.method().to_string());
+        self.authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+        self.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+        self.trace_id = trace_id(req.headers());
+    }
+
+    /// Fills in how a spliced TCP connection went: `(sent on, sent back)` or the error it ended with.
+    pub fn tcp_result(&mut self, r: &std::io::Result<(u64, u64)>) {
+        match r {
+            Ok((on, back)) => {
+                self.bytes_received = *on;
+                self.bytes_sent = *back;
+            }
+            Err(_) => self.flags.push("connection_error"),
+        }
+    }
+
+    pub fn call(&mut self, info: &CallInfo) {
+        self.upstream = info.upstream.map(|u| u.to_string());
+        self.upstream_identity = info.upstream_identity.clone();
+        if info.version.is_some() {
+            self.destination_version = info.version.clone();
+        }
+        self.retries = info.retries;
+        self.flags.extend(info.flags.iter().copied());
+    }
+}
+
+/// Counts the bytes of a request body as they pass.
+pub fn count_request(body: Body, counter: Arc<AtomicU64>) -> Body {
+    http_body_util::BodyExt::boxed(Counted {
+        inner: body,
+        bytes: counter,
+    })
+}
+
+pin_project_lite::pin_project! {
+    struct Counted<B> {
+        #[pin]
+        inner: B,
+        bytes: Arc<AtomicU64>,
+    }
+}
+
+impl<B: HttpBody<Data = Bytes, Error = BoxError>> HttpBody for Counted<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                this.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Wraps a response body so the entry is written when the body ends (or is dropped unfinished), with
+/// the bytes sent and the time to the last byte.
+pub fn log_on_end(
+    log: Arc<AccessLog>,
+    entry: Entry,
+    request_bytes: Arc<AtomicU64>,
+    body: Body,
+) -> Body {
+    http_body_util::BodyExt::boxed(Logged {
+        inner: body,
+        pending: Some((log, entry)),
+        request_bytes,
+        sent: 0,
+    })
+}
+
+pin_project_lite::pin_project! {
+    struct Logged<B> {
+        #[pin]
+        inner: B,
+        pending: Option<(Arc<AccessLog>, Entry)>,
+        request_bytes: Arc<AtomicU64>,
+        sent: u64,
+    }
+    impl<B> PinnedDrop for Logged<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((log, mut e)) = this.pending.take() {
+                e.bytes_sent = *this.sent;
+                e.bytes_received = this.request_bytes.load(Ordering::Relaxed);
+                e.flags.push("downstream_closed");
+                log.write(e);
+            }
+        }
+    }
+}
+
+impl<B: HttpBody<Data = Bytes, Error = BoxError>> HttpBody for Logged<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                *this.sent += f.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some((log, mut e)) = this.pending.take() {
+                    e.bytes_sent = *this.sent;
+                    e.bytes_received = this.request_bytes.load(Ordering::Relaxed);
+                    if matches!(r, Poll::Ready(Some(Err(_)))) {
+                        e.flags.push("response_body_error");
+                    }
+                    log.write(e);
+                }
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_from_w3c_and_b3() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            trace_id(&h).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            trace_id(&h).as_deref(),
+            Some("80f198ee56343ba864fe8b2a57d3eff7")
+        );
+        assert_eq!(trace_id(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn a_line_per_response_when_its_body_ends() {
+        let dir = std::env::temp_dir().join(format!("weft-access-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let cfg = AccessLogConfig {
+            path: dir.clone(),
+            sample: 1.0,
+        };
+        let log = Arc::new(AccessLog::start(Some(&cfg), Arc::new(Metrics::new())).unwrap());
+        let mut e = log.begin("outbound", "http").unwrap();
+        e.status = Some(200);
+        e.method = Some("GET".into());
+        let req = Arc::new(AtomicU64::new(7));
+        let body = log_on_end(log.clone(), e, req, crate::body::full("hello"));
+        let got = http_body_util::BodyExt::collect(body)
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&got[..], b"hello");
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = std::fs::read_to_string(&dir).unwrap_or_default();
+            if !text.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["bytes_sent"], 5);
+        assert_eq!(v["bytes_received"], 7);
+        assert_eq!(v["method"], "GET");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        let _ = std::fs::remove_file(&dir);
+    }
+}
