@@ -58,6 +58,11 @@ pub enum ForwardError {
     PerTryTimeout(std::time::Duration),
     #[error("too many requests in flight to {0} (connection pool limit): shed")]
     Overflow(String),
+    #[error("request path refused: {0}")]
+    BadPath(String),
+    /// Refused by an authorization policy; carries the 403 to answer.
+    #[error("denied by an authorization policy")]
+    Denied(Box<Response<Body>>),
 }
 
 pub type BoxedSource = Box<dyn std::error::Error + Send + Sync>;
@@ -82,7 +87,8 @@ impl ForwardError {
             | Upgrade(_) => StatusCode::BAD_GATEWAY,
             PeerRefused { status, .. } => *status,
             PortNotAllowed { .. } => StatusCode::FORBIDDEN,
-            BadTunnelRequest(_) => StatusCode::BAD_REQUEST,
+            BadTunnelRequest(_) | BadPath(_) => StatusCode::BAD_REQUEST,
+            Denied(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -107,6 +113,8 @@ impl ForwardError {
             RequestTimeout(_) => "request_timeout",
             PerTryTimeout(_) => "per_try_timeout",
             Overflow(_) => "overflow",
+            BadPath(_) => "bad_path",
+            Denied(_) => "denied",
         }
     }
 

@@ -3,6 +3,7 @@
 //! the calling app spoke), CONNECT streams are spliced to the app port, and extended CONNECT (WebSocket)
 //! is replayed to the app as an HTTP/1.1 upgrade.
 
+use crate::authz;
 use crate::body::{self, Body};
 use crate::errors::{error_response, ForwardError};
 use crate::headers::{self, ORIG_PROTO, TARGET_PORT, XFCC};
@@ -104,7 +105,7 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
     serve::http2_connection(TokioIo::new(tls), svc, &proxy, "tunnel", peer_addr).await;
 }
 
-async fn handle_request(req: Request<Incoming>, ctx: &PeerConn) -> Response<Body> {
+async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<Body> {
     let is_connect = req.method() == Method::CONNECT;
     let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
     // Opaque streams are logged when they end (tcp_to_app); requests when their response body does.
@@ -118,7 +119,7 @@ async fn handle_request(req: Request<Incoming>, ctx: &PeerConn) -> Response<Body
             e.destination = ctx.proxy.identity.id().to_string();
             e
         });
-    let port = target_port(&req, ctx);
+    let port = target_port(&req, ctx).and_then(|p| authorize(&mut req, p, ctx).map(|()| p));
     let app_port = port.as_ref().ok().copied();
     let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let res = match port {
@@ -133,8 +134,13 @@ async fn handle_request(req: Request<Incoming>, ctx: &PeerConn) -> Response<Body
         if let Some(entry) = entry.as_mut() {
             entry.flags.push(e.kind());
         }
-        tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, error = %e, "inbound request failed");
-        error_response(&e)
+        match e {
+            ForwardError::Denied(r) => *r,
+            e => {
+                tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, error = %e, "inbound request failed");
+                error_response(&e)
+            }
+        }
     });
     ctx.proxy
         .metrics
@@ -153,6 +159,56 @@ async fn handle_request(req: Request<Incoming>, ctx: &PeerConn) -> Response<Body
             resp.map(|b| crate::access_log::log_on_end(log, e, counted, b))
         }
         None => resp,
+    }
+}
+
+/// Applies the workload's authorization policies. An HTTP request's path is normalised first (and sent
+/// on normalised, so the app sees what the policy saw); a path that cannot be is refused with 400.
+fn authorize(req: &mut Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<(), ForwardError> {
+    if ctx.proxy.mesh().authorizer.is_empty() {
+        return Ok(());
+    }
+    let opaque =
+        req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none();
+    let path = if opaque {
+        None
+    } else {
+        let p = authz::normalize::normalize(req.uri().path())
+            .map_err(|e| ForwardError::BadPath(e.to_string()))?;
+        set_path(req, &p);
+        Some(p)
+    };
+    let method = req.method().as_str().to_string();
+    let subject = authz::Subject {
+        source: Some(&ctx.peer_id),
+        port,
+        http: path.as_deref().map(|path| authz::HttpSubject {
+            method: &method,
+            path,
+            headers: req.headers(),
+        }),
+    };
+    match authz::authorize(&ctx.proxy, &subject) {
+        None => Ok(()),
+        Some(denied) => Err(ForwardError::Denied(Box::new(denied))),
+    }
+}
+
+/// Replaces the request's path, keeping its query.
+fn set_path(req: &mut Request<Incoming>, path: &str) {
+    if req.uri().path() == path {
+        return;
+    }
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(p) = pq.parse() {
+        parts.path_and_query = Some(p);
+        if let Ok(u) = Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
     }
 }
 

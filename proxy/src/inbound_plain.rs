@@ -49,6 +49,14 @@ async fn handle_connection(mut tcp: TcpStream, client: SocketAddr, proxy: Arc<Pr
         proxy.metrics.reject("inbound", "strict_mtls");
         return tracing::info!(%client, port, "inbound plaintext connection refused: mTLS is STRICT (the client is not in the mesh)");
     }
+    let subject = crate::authz::Subject {
+        source: None,
+        port,
+        http: None,
+    };
+    if crate::authz::authorize(&proxy, &subject).is_some() {
+        return tracing::info!(%client, port, "inbound plaintext connection closed by authorization policy");
+    }
     let _active = ActiveGuard::new(
         &proxy.metrics,
         ConnLabels {

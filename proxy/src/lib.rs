@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod config;

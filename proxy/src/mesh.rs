@@ -2,6 +2,7 @@
 //! policies, mesh config. Each snapshot is merged onto the current view, checked, and swapped in whole;
 //! requests in flight keep the view they started with.
 
+use crate::authz::Authorizer;
 use crate::errors::ForwardError;
 use crate::route::{Backend, Choice, RequestView, RouteTable, RulePolicy};
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ pub struct MeshView {
     /// A meshed endpoint (one with a proxy) by its address.
     pods: HashMap<IpAddr, (usize, usize)>,
     route_table: RouteTable,
+    /// The policies, compiled.
+    pub authorizer: Authorizer,
 }
 
 /// What an intercepted connection's original destination is, as far as the mesh knows.
@@ -67,10 +70,13 @@ impl MeshView {
             vips: HashMap::new(),
             pods: HashMap::new(),
             route_table: RouteTable::default(),
+            authorizer: Authorizer::default(),
         };
         v.check(trust_domain)?;
         v.route_table =
             RouteTable::compile(&v.routes, max_regex_bytes).map_err(|e| e.to_string())?;
+        v.authorizer =
+            Authorizer::compile(&v.policies, max_regex_bytes).map_err(|e| e.to_string())?;
         v.build_indexes();
         Ok(v)
     }

@@ -44,6 +44,12 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub policy: String,
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
     pub direction: Direction,
     /// `sent` towards the far side, `received` from it.
@@ -63,6 +69,7 @@ pub struct Metrics {
     pub ejections: Counter,
     pub access_log_dropped: Counter,
     retries: Family<ResultLabels, Counter>,
+    authz_denials: Family<DenialLabels, Counter>,
     config_version: Gauge,
     config_updates: Family<ResultLabels, Counter>,
     cert_expiry: Gauge,
@@ -94,6 +101,7 @@ impl Metrics {
             ejections: Default::default(),
             access_log_dropped: Default::default(),
             retries: Default::default(),
+            authz_denials: Default::default(),
             config_version: Default::default(),
             config_updates: Default::default(),
             cert_expiry: Default::default(),
@@ -147,6 +155,12 @@ impl Metrics {
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "authz_denials",
+            "Requests and connections refused by an AuthorizationPolicy (mode enforce), or that an audit-mode \
+             policy would refuse (mode audit), by policy",
+            m.authz_denials.clone(),
         );
         registry.register(
             "retries",
@@ -211,6 +225,15 @@ impl Metrics {
     pub fn reject(&self, listener: &'static str, reason: &'static str) {
         self.rejections
             .get_or_create(&RejectLabels { listener, reason })
+            .inc();
+    }
+
+    pub fn authz_denial(&self, policy: &str, mode: &'static str) {
+        self.authz_denials
+            .get_or_create(&DenialLabels {
+                policy: policy.to_string(),
+                mode,
+            })
             .inc();
     }
 

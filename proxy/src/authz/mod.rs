@@ -1,0 +1,382 @@
+//! Authorization by identity: the `AuthorizationPolicy`s the control plane sends this proxy (those of its
+//! workload and the mesh-wide ones), compiled once per snapshot and applied to every request and every
+//! opaque stream that arrives.
+//!
+//! Deny wins: a matching DENY policy refuses; then, if any ALLOW policy applies, something must match one
+//! of them; with no ALLOW policy, mesh traffic is allowed. A policy in `mode: audit` decides the same way
+//! but only logs and counts what it would refuse. Opaque TCP has no method, path or headers: an ALLOW rule
+//! that asks for them never matches it, while a DENY rule is applied on its identity and port parts alone
+//! (the stricter reading of each).
+
+pub mod normalize;
+
+use crate::body::{self, Body};
+use crate::headers::PROXY_ERROR;
+use crate::state::Proxy;
+use http::{HeaderValue, Response, StatusCode};
+
+use regex::{Regex, RegexBuilder};
+use weft_api::resources::{
+    AuthorizationPolicySpec, Document, PolicyAction, PolicyMode, PolicyOperation, PolicySource,
+    ValueMatchType,
+};
+use weft_certs::SpiffeId;
+
+/// What is being authorized.
+pub struct Subject<'a> {
+    /// The verified caller; `None` for plaintext from outside the mesh.
+    pub source: Option<&'a SpiffeId>,
+    /// The app port.
+    pub port: u16,
+    /// `None` for an opaque stream.
+    pub http: Option<HttpSubject<'a>>,
+}
+
+pub struct HttpSubject<'a> {
+    pub method: &'a str,
+    /// Already normalised (see [`normalize`]).
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Refused by this policy (`namespace/name`), or by the absence of a matching ALLOW policy.
+    Deny(Denial),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// `namespace/name` of the DENY policy that matched, or of the first ALLOW policy none of which did.
+    pub policy: String,
+    pub reason: &'static str,
+}
+
+/// The result of one check: the decision, and what audit-mode policies would have refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub audit: Option<Denial>,
+}
+
+#[derive(Debug, Default)]
+pub struct Authorizer {
+    policies: Vec<Policy>,
+}
+
+#[derive(Debug)]
+struct Policy {
+    name: String,
+    action: PolicyAction,
+    mode: PolicyMode,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    from: Vec<Source>,
+    to: Vec<Operation>,
+}
+
+#[derive(Debug)]
+struct Source {
+    principals: Vec<String>,
+    namespaces: Vec<String>,
+    service_accounts: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+struct Operation {
+    ports: Vec<u16>,
+    methods: Vec<String>,
+    paths: Vec<PathGlob>,
+    headers: Vec<(http::HeaderName, HeaderRule)>,
+}
+
+#[derive(Debug)]
+enum PathGlob {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Any,
+}
+
+#[derive(Debug)]
+enum HeaderRule {
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("authorization policy {policy} {field}: {reason}")]
+pub struct PolicyError {
+    policy: String,
+    field: String,
+    reason: String,
+}
+
+impl Authorizer {
+    pub fn compile(
+        docs: &[Document<AuthorizationPolicySpec>],
+        max_regex_bytes: usize,
+    ) -> Result<Authorizer, PolicyError> {
+        let mut policies = Vec::with_capacity(docs.len());
+        for d in docs {
+            let name = format!("{}/{}", d.metadata.namespace, d.metadata.name);
+            let rules = d
+                .spec
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    Ok(Rule {
+                        from: r.from.iter().map(source).collect(),
+                        to: r
+                            .to
+                            .iter()
+                            .enumerate()
+                            .map(|(j, o)| {
+                                operation(o, max_regex_bytes)
+                                    .map_err(|(f, e)| (format!("rules[{i}].to[{j}]{f}"), e))
+                            })
+                            .collect::<Result<_, _>>()?,
+                    })
+                })
+                .collect::<Result<Vec<_>, (String, String)>>()
+                .map_err(|(field, reason)| PolicyError {
+                    policy: name.clone(),
+                    field,
+                    reason,
+                })?;
+            policies.push(Policy {
+                name,
+                action: d.spec.action,
+                mode: d.spec.mode,
+                rules,
+            });
+        }
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Authorizer { policies })
+    }
+
+    /// Whether any policy applies (then paths are normalised and forwarded normalised).
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    pub fn check(&self, s: &Subject<'_>) -> Verdict {
+        Verdict {
+            decision: self.decide(s, PolicyMode::Enforce),
+            audit: match self.decide(s, PolicyMode::Audit) {
+                Decision::Allow => None,
+                Decision::Deny(d) => Some(d),
+            },
+        }
+    }
+
+    fn decide(&self, s: &Subject<'_>, mode: PolicyMode) -> Decision {
+        let of_mode = || self.policies.iter().filter(move |p| p.mode == mode);
+        for p in of_mode().filter(|p| p.action == PolicyAction::Deny) {
+            if p.matches(s) {
+                return Decision::Deny(Denial {
+                    policy: p.name.clone(),
+                    reason: "matched a DENY policy",
+                });
+            }
+        }
+        let mut allows = of_mode()
+            .filter(|p| p.action == PolicyAction::Allow)
+            .peekable();
+        let Some(first) = allows.peek().map(|p| p.name.clone()) else {
+            return Decision::Allow;
+        };
+        if allows.any(|p| p.matches(s)) {
+            return Decision::Allow;
+        }
+        Decision::Deny(Denial {
+            policy: first,
+            reason: "no ALLOW policy matched",
+        })
+    }
+}
+
+impl Policy {
+    /// An ALLOW policy without rules matches nothing; a DENY policy without rules, everything.
+    fn matches(&self, s: &Subject<'_>) -> bool {
+        if self.rules.is_empty() {
+            return self.action == PolicyAction::Deny;
+        }
+        let deny = self.action == PolicyAction::Deny;
+        self.rules.iter().any(|r| {
+            (r.from.is_empty() || r.from.iter().any(|f| f.matches(s.source)))
+                && (r.to.is_empty() || r.to.iter().any(|o| o.matches(s, deny)))
+        })
+    }
+}
+
+impl Source {
+    /// Every listed field must hold; within a field, any value.
+    fn matches(&self, id: Option<&SpiffeId>) -> bool {
+        let Some(id) = id else {
+            // Plaintext has no identity: it matches no source.
+            return false;
+        };
+        let ns = id.namespace().unwrap_or("");
+        let sa = id.service_account().unwrap_or("");
+        (self.principals.is_empty() || self.principals.iter().any(|p| p == "*" || p == id.as_str()))
+            && (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == "*" || n == ns))
+            && (self.service_accounts.is_empty()
+                || self
+                    .service_accounts
+                    .iter()
+                    .any(|(n, a)| n == ns && a == sa))
+    }
+}
+
+impl Operation {
+    fn matches(&self, s: &Subject<'_>, deny: bool) -> bool {
+        if !self.ports.is_empty() && !self.ports.contains(&s.port) {
+            return false;
+        }
+        let wants_http =
+            !self.methods.is_empty() || !self.paths.is_empty() || !self.headers.is_empty();
+        let Some(h) = &s.http else {
+            return !wants_http || deny;
+        };
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == h.method))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(h.path)))
+            && self.headers.iter().all(|(name, rule)| {
+                h.headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| rule.matches(v)))
+            })
+    }
+}
+
+impl PathGlob {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathGlob::Exact(p) => p == path,
+            PathGlob::Prefix(p) => path.starts_with(p.as_str()),
+            PathGlob::Suffix(p) => path.ends_with(p.as_str()),
+            PathGlob::Any => true,
+        }
+    }
+}
+
+impl HeaderRule {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            HeaderRule::Exact(e) => e == v,
+            HeaderRule::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+fn source(s: &PolicySource) -> Source {
+    Source {
+        principals: s.principals.clone(),
+        namespaces: s.namespaces.clone(),
+        service_accounts: s
+            .service_accounts
+            .iter()
+            .filter_map(|x| x.split_once('/'))
+            .map(|(n, a)| (n.to_string(), a.to_string()))
+            .collect(),
+    }
+}
+
+fn operation(o: &PolicyOperation, limit: usize) -> Result<Operation, (String, String)> {
+    let headers = o
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+                (
+                    format!(".headers[{i}]"),
+                    format!("`{}` is not a header name", h.name),
+                )
+            })?;
+            let rule = match h.kind {
+                ValueMatchType::Exact => HeaderRule::Exact(h.value.clone()),
+                ValueMatchType::RegularExpression => HeaderRule::Regex(
+                    RegexBuilder::new(&format!("^(?:{})$", h.value))
+                        .size_limit(limit)
+                        .build()
+                        .map_err(|e| (format!(".headers[{i}]"), e.to_string()))?,
+                ),
+            };
+            Ok((name, rule))
+        })
+        .collect::<Result<Vec<_>, (String, String)>>()?;
+    Ok(Operation {
+        ports: o.ports.clone(),
+        methods: o.methods.clone(),
+        paths: o.paths.iter().map(|p| glob(p)).collect(),
+        headers,
+    })
+}
+
+/// `*` alone, `/prefix*`, `*suffix` or an exact path. Exact and prefix patterns are normalised like
+/// requests, so `/admin/` in a policy means what `/admin/` in a request means.
+fn glob(p: &str) -> PathGlob {
+    if p == "*" {
+        PathGlob::Any
+    } else if let Some(prefix) = p.strip_suffix('*') {
+        PathGlob::Prefix(normalize_pattern(prefix))
+    } else if let Some(suffix) = p.strip_prefix('*') {
+        PathGlob::Suffix(suffix.to_string())
+    } else {
+        PathGlob::Exact(normalize_pattern(p))
+    }
+}
+
+fn normalize_pattern(p: &str) -> String {
+    match normalize::normalize(p) {
+        // Keep a prefix's trailing slash: `/admin/*` must not match `/administrator`.
+        Ok(n) if p.ends_with('/') && !n.ends_with('/') => n + "/",
+        Ok(n) => n,
+        Err(_) => p.to_string(),
+    }
+}
+
+/// The header naming the policy that refused a request.
+pub const DENIED_BY: &str = "weft-denied-by";
+
+/// Applies the proxy's policies to `subject`: `None` to go ahead, or the 403 to answer. Denials and
+/// audit-mode would-be denials are logged and counted.
+pub fn authorize(proxy: &Proxy, subject: &Subject<'_>) -> Option<Response<Body>> {
+    let mesh = proxy.mesh();
+    if mesh.authorizer.is_empty() {
+        return None;
+    }
+    let v = mesh.authorizer.check(subject);
+    let source = subject.source.map(|s| s.as_str()).unwrap_or("(plaintext)");
+    let what = subject.http.as_ref().map(|h| (h.method, h.path));
+    if let Some(a) = &v.audit {
+        proxy.metrics.authz_denial(&a.policy, "audit");
+        tracing::info!(policy = %a.policy, reason = a.reason, source, port = subject.port, request = ?what, "authorization audit: this would be denied");
+    }
+    let Decision::Deny(d) = v.decision else {
+        return None;
+    };
+    proxy.metrics.authz_denial(&d.policy, "enforce");
+    tracing::info!(policy = %d.policy, reason = d.reason, source, port = subject.port, request = ?what, "request denied by authorization policy");
+    let mut r = Response::new(body::full(format!(
+        "weft-proxy: denied by AuthorizationPolicy {} ({})\n",
+        d.policy, d.reason
+    )));
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    r.headers_mut()
+        .insert(PROXY_ERROR, HeaderValue::from_static("denied"));
+    if let Ok(v) = HeaderValue::from_str(&d.policy) {
+        r.headers_mut().insert(DENIED_BY, v);
+    }
+    Some(r)
+}
+
+#[cfg(test)]
+mod tests;
