@@ -65,6 +65,8 @@ pub struct CallInfo {
     pub upstream: Option<SocketAddr>,
     pub upstream_identity: Option<String>,
     pub version: Option<String>,
+    /// The route rule that took the request.
+    pub route: Option<String>,
     pub retries: u32,
     pub flags: Vec<&'static str>,
 }

@@ -98,11 +98,16 @@ pub async fn send(
     let mut resp = result?;
     rule.response_headers.apply(resp.headers_mut());
     let version = plan.stats.as_ref().and_then(|k| k.subset.clone());
+    let route = (!rule.name.is_empty()).then(|| rule.name.clone());
     match resp.extensions_mut().get_mut::<CallInfo>() {
-        Some(info) => info.version = version,
+        Some(info) => {
+            info.version = version;
+            info.route = route;
+        }
         None => {
             resp.extensions_mut().insert(CallInfo {
                 version,
+                route,
                 ..CallInfo::default()
             });
         }
@@ -290,13 +295,13 @@ async fn tries(
             let info = CallInfo {
                 upstream: Some(up.peer),
                 upstream_identity: Some(up.identity.to_string()),
-                version: None,
                 retries,
                 flags: match verdict {
                     Some("budget_exhausted") => vec!["retry_budget_exhausted"],
                     Some("not_retryable") => vec!["body_not_retried"],
                     _ => Vec::new(),
                 },
+                ..CallInfo::default()
             };
             return Tried::Done(result.map(|r| note_retries(r, info)));
         }

@@ -106,7 +106,9 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
 }
 
 async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<Body> {
-    let is_connect = req.method() == Method::CONNECT;
+    let start = std::time::Instant::now();
+    let method = req.method().clone();
+    let is_connect = method == Method::CONNECT;
     let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
     // Opaque streams are logged when they end (tcp_to_app); requests when their response body does.
     let log = &ctx.proxy.access_log;
@@ -145,6 +147,21 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<
     ctx.proxy
         .metrics
         .count_request(Direction::inbound, resp.status());
+    if !is_connect || extended {
+        ctx.proxy.metrics.http_request(
+            crate::metrics::HttpLabels {
+                direction: Direction::inbound,
+                source_identity: ctx.peer_id.to_string(),
+                destination_identity: ctx.proxy.identity.id().to_string(),
+                destination_service: String::new(),
+                destination_version: ctx.proxy.workload_version().to_string(),
+                route: String::new(),
+                method: crate::metrics::method_class(&method),
+                status_code: resp.status().as_u16(),
+            },
+            start.elapsed(),
+        );
+    }
     match entry {
         Some(mut e) => {
             e.status = Some(resp.status().as_u16());

@@ -5,6 +5,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -43,6 +44,33 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// One HTTP request as both sides of a hop count it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub direction: Direction,
+    /// The caller's SPIFFE ID.
+    pub source_identity: String,
+    /// The answering side's SPIFFE ID (outbound: the endpoint's, empty when none was reached).
+    pub destination_identity: String,
+    /// `namespace/name` of the service called (outbound; empty for a fixed peer and inbound).
+    pub destination_service: String,
+    /// The `version` of the endpoints that answered (outbound: the routed subset; inbound: this
+    /// workload's `version` label).
+    pub destination_version: String,
+    /// The route rule that took the request (`namespace/route rules[i]` or its name), if any.
+    pub route: String,
+    /// GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, or other.
+    pub method: &'static str,
+    pub status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub direction: Direction,
+    pub destination_service: String,
+    pub destination_version: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenialLabels {
     pub policy: String,
@@ -69,6 +97,8 @@ pub struct Metrics {
     pub ejections: Counter,
     pub access_log_dropped: Counter,
     retries: Family<ResultLabels, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_latency: Family<LatencyLabels, Histogram>,
     authz_denials: Family<DenialLabels, Counter>,
     config_version: Gauge,
     config_updates: Family<ResultLabels, Counter>,
@@ -101,6 +131,10 @@ impl Metrics {
             ejections: Default::default(),
             access_log_dropped: Default::default(),
             retries: Default::default(),
+            http_requests: Default::default(),
+            http_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
             authz_denials: Default::default(),
             config_version: Default::default(),
             config_updates: Default::default(),
@@ -155,6 +189,17 @@ impl Metrics {
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by direction, source and destination identity, destination service and \
+             version, route, method and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its response head, by direction and destination",
+            m.http_latency.clone(),
         );
         registry.register(
             "authz_denials",
@@ -226,6 +271,18 @@ impl Metrics {
         self.rejections
             .get_or_create(&RejectLabels { listener, reason })
             .inc();
+    }
+
+    /// Counts and times one HTTP request.
+    pub fn http_request(&self, labels: HttpLabels, elapsed: std::time::Duration) {
+        self.http_latency
+            .get_or_create(&LatencyLabels {
+                direction: labels.direction,
+                destination_service: labels.destination_service.clone(),
+                destination_version: labels.destination_version.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.http_requests.get_or_create(&labels).inc();
     }
 
     pub fn authz_denial(&self, policy: &str, mode: &'static str) {
@@ -330,5 +387,20 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// The method label: the common methods by name, the rest as `other` (bounded cardinality).
+pub fn method_class(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        _ => "other",
     }
 }

@@ -13,7 +13,7 @@ use crate::errors::{error_response, ForwardError};
 use crate::h1_guard::{ConflictFlag, H1Guard};
 use crate::headers::{self, ORIG_PROTO, TARGET_PORT};
 use crate::mesh::Destination;
-use crate::metrics::{ActiveGuard, ConnLabels, Direction};
+use crate::metrics::{ActiveGuard, ConnLabels, Direction, HttpLabels};
 use crate::route::RequestView;
 use crate::serve::{self, ConnLimiter};
 use crate::splice::splice;
@@ -318,6 +318,8 @@ async fn forward_http(
     client: SocketAddr,
     ctx: &Listener,
 ) -> Response<Body> {
+    let start = std::time::Instant::now();
+    let method = req.method().clone();
     let log = &ctx.proxy.access_log;
     let request_bytes = Arc::new(AtomicU64::new(0));
     let mut entry = log.begin("outbound", "http").map(|mut e| {
@@ -343,6 +345,27 @@ async fn forward_http(
     ctx.proxy
         .metrics
         .count_request(Direction::outbound, resp.status());
+    let info = resp.extensions().get::<CallInfo>();
+    ctx.proxy.metrics.http_request(
+        HttpLabels {
+            direction: Direction::outbound,
+            source_identity: ctx.proxy.identity.id().to_string(),
+            destination_identity: info
+                .and_then(|i| i.upstream_identity.clone())
+                .unwrap_or_default(),
+            destination_service: match &ctx.target {
+                Target::Service {
+                    namespace, name, ..
+                } => format!("{namespace}/{name}"),
+                Target::Fixed(_) => String::new(),
+            },
+            destination_version: info.and_then(|i| i.version.clone()).unwrap_or_default(),
+            route: info.and_then(|i| i.route.clone()).unwrap_or_default(),
+            method: crate::metrics::method_class(&method),
+            status_code: resp.status().as_u16(),
+        },
+        start.elapsed(),
+    );
     match entry {
         Some(mut e) => {
             e.status = Some(resp.status().as_u16());

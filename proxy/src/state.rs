@@ -87,6 +87,15 @@ impl Proxy {
         self.mesh_loaded.store(true, Ordering::Relaxed);
     }
 
+    /// This workload's `version` label (empty without one).
+    pub fn workload_version(&self) -> &str {
+        self.config
+            .workload
+            .as_ref()
+            .and_then(|w| w.labels.get("version"))
+            .map_or("", String::as_str)
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
