@@ -85,6 +85,13 @@ enum Command {
         #[arg(long)]
         addr: String,
     },
+    /// A stand-in trace collector: appends the body of every POST to a file, one line each.
+    Collect {
+        #[arg(long, default_value = "0.0.0.0:9411")]
+        listen: SocketAddr,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -132,6 +139,7 @@ async fn main() -> ExitCode {
             serve(listen, version, mode, tcp_listen).await
         }
         Command::Tcp { addr } => tcp_check(&addr).await,
+        Command::Collect { listen, out } => collect(listen, out).await,
         Command::Load {
             url,
             requests,
@@ -498,6 +506,47 @@ async fn one(
             s.first_error
                 .get_or_insert_with(|| "no answer within 30s".into());
         }
+    }
+}
+
+async fn collect(listen: SocketAddr, out: std::path::PathBuf) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("collector listening on {}", listener.local_addr()?);
+    let out = Arc::new(Mutex::new(out));
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let out = out.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let out = out.clone();
+                async move {
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let line = String::from_utf8_lossy(&body).replace('\n', " ");
+                    let path = out.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    use std::io::Write as _;
+                    if let Ok(mut f) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                    {
+                        let _ = writeln!(f, "{line}");
+                    }
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"{}",
+                    ))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
     }
 }
 

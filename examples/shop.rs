@@ -202,11 +202,21 @@ fn caller(headers: &http::HeaderMap) -> String {
         .to_string()
 }
 
-/// Headers an app passes on to the services it calls (so routing by header works end to end).
+/// Headers an app passes on to the services it calls: `x-user-*` (so routing by header works end to
+/// end) and the trace context (so one trace spans every hop), as any traced app does.
 fn forwarded(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    const TRACE: [&str; 7] = [
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+    ];
     headers
         .iter()
-        .filter(|(n, _)| n.as_str().starts_with("x-user-"))
+        .filter(|(n, _)| n.as_str().starts_with("x-user-") || TRACE.contains(&n.as_str()))
         .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_string())))
         .collect()
 }

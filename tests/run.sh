@@ -19,16 +19,17 @@ if command -v rustup > /dev/null; then
         rustup component list --installed 2> /dev/null | grep -q "^$c" || rustup component add "$c"
     done
 fi
-# The pod tests build network namespaces, bridges and iptables rules.
+# The pod tests build network namespaces, bridges and iptables rules; the telemetry tests run a real
+# Prometheus (and promtool) from Debian's `prometheus` package.
 missing=()
-for tool in ip:iproute2 iptables:iptables curl:curl openssl:openssl; do
+for tool in ip:iproute2 iptables:iptables curl:curl openssl:openssl prometheus:prometheus promtool:prometheus; do
     command -v "${tool%%:*}" > /dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get > /dev/null; then
         say "installing ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
     else
         say "missing ${missing[*]}: the pod tests will fail under WEFT_E2E_REQUIRE=1 (install them as root)"
     fi

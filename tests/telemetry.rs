@@ -166,3 +166,276 @@ fn wait_lines(mesh: &PodMesh, pod: &str, n: usize) -> Vec<Value> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `promtool check rules` on the shipped alert rules.
+#[test]
+fn the_shipped_alert_rules_pass_promtool() {
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/prometheus/weft-alerts.yml"
+    );
+    let out = match std::process::Command::new("promtool")
+        .args(["check", "rules", rules])
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = format!("promtool not found ({e}); install Debian's `prometheus` package");
+            if std::env::var("WEFT_E2E_REQUIRE").as_deref() == Ok("1") {
+                panic!("{msg} (WEFT_E2E_REQUIRE=1)");
+            }
+            return eprintln!("SKIPPED {msg}");
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
+}
+
+/// A real Prometheus, in the pod network's own namespace, scrapes the sidecars and answers a query about
+/// the traffic; the shipped alert rules load.
+#[test]
+fn a_real_prometheus_scrapes_the_sidecars_and_answers_queries() {
+    if !available("telemetry") {
+        return;
+    }
+    if std::process::Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let msg = "prometheus not found: install Debian's `prometheus` package";
+        if std::env::var("WEFT_E2E_REQUIRE").as_deref() == Ok("1") {
+            panic!("{msg} (WEFT_E2E_REQUIRE=1)");
+        }
+        return eprintln!("SKIPPED {msg}");
+    }
+    let app = example("demo-app");
+    let mut mesh = PodMesh::new("prom");
+    mesh.apply(SERVICES);
+    let web = mesh.pod(
+        "web",
+        &[
+            "--service",
+            "web",
+            "--port",
+            "8080",
+            "--label",
+            "version=v1",
+        ],
+        &[&app, "http", "--listen", "0.0.0.0:8080", "--name", "web"],
+    );
+    let client = mesh.pod("client", &[], &["sleep", "600"]);
+    for _ in 0..12 {
+        mesh.exec_ok(
+            &client,
+            &["curl", "-sf", "-o", "/dev/null", "http://web:8080/x"],
+        );
+    }
+
+    let dir = mesh.run_dir.path().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/prometheus/weft-alerts.yml"
+    );
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{rules:?}]\n\
+scrape_configs:\n  - job_name: weft-proxies\n    static_configs:\n      - targets: [\"{}:15020\", \"{}:15020\"]\n",
+        web.address, client.address
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let bridge = PodHandle {
+        name: "prometheus".into(),
+        netns: format!("weft-{}", mesh.network),
+        address: "127.0.0.1".into(),
+    };
+    let config_flag = format!("--config.file={}", dir.join("prometheus.yml").display());
+    let data_flag = format!("--storage.tsdb.path={}", dir.join("data").display());
+    mesh.spawn_in(
+        &bridge,
+        &[
+            "prometheus",
+            &config_flag,
+            &data_flag,
+            "--web.listen-address=127.0.0.1:9090",
+        ],
+    );
+    let query = |q: &str| -> Value {
+        let out = mesh.exec(
+            &bridge,
+            &[
+                "curl",
+                "-s",
+                "--get",
+                "--data-urlencode",
+                &format!("query={q}"),
+                "http://127.0.0.1:9090/api/v1/query",
+            ],
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let q = "sum(weft_proxy_http_requests_total{direction=\"outbound\",destination_service=\"default/web\",status_code=\"200\"})";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = query(q);
+        let got = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(str::to_string);
+        if got.as_deref() == Some("12") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not answer 12 for {q}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let up = query("sum(up{job=\"weft-proxies\"})");
+    assert_eq!(up["data"]["result"][0]["value"][1], "2", "{up}");
+    let rules_out = mesh.exec_ok(
+        &bridge,
+        &["curl", "-s", "http://127.0.0.1:9090/api/v1/rules"],
+    );
+    assert!(
+        rules_out.contains("WeftServiceErrorRateHigh"),
+        "{rules_out}"
+    );
+}
+
+/// Spans as a collector received them: every span of every batch, Zipkin v2 JSON.
+fn spans(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|batch| batch.as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// A trace id survives two hops (client → frontend → reviews, the app passing the context on as
+/// traced apps do), each sidecar records a span whose parent is the previous hop's, and the spans
+/// arrive at a collector; a request without a trace gets one started, named in the access log.
+#[test]
+fn trace_ids_survive_two_hops_and_spans_reach_the_collector() {
+    if !available("telemetry") {
+        return;
+    }
+    let shop = example("shop");
+    let chaos = example("chaos");
+    let mut mesh = PodMesh::new("trace");
+    mesh.apply(include_str!("../examples/shop/services.yaml"));
+    let out = mesh.run_dir.path().join("spans.jsonl");
+    let collector = mesh.outside("collector", "198.18.0.250");
+    mesh.spawn_in(
+        &collector,
+        &[
+            &chaos,
+            "collect",
+            "--listen",
+            "0.0.0.0:9411",
+            "--out",
+            &out.display().to_string(),
+        ],
+    );
+    let url = "http://198.18.0.250:9411/api/v2/spans";
+    let flags =
+        |svc: &'static str, port: &'static str, extra: &[&'static str]| -> Vec<&'static str> {
+            let mut f = vec!["--service", svc, "--port", port, "--trace-collector", url];
+            f.extend_from_slice(extra);
+            f
+        };
+    mesh.pod(
+        "reviews",
+        &flags("reviews", "9080", &["--label", "version=v1"]),
+        &[&shop, "reviews", "--version", "v1"],
+    );
+    mesh.pod(
+        "frontend",
+        &flags("frontend", "8080", &[]),
+        &[&shop, "frontend"],
+    );
+    let client = mesh.pod("client", &["--trace-collector", url], &["sleep", "600"]);
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    mesh.exec_ok(
+        &client,
+        &[
+            "curl",
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("traceparent: 00-{trace}-{caller_span}-01"),
+            "http://frontend:8080/",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mine = loop {
+        let mine: Vec<Value> = spans(&out)
+            .into_iter()
+            .filter(|s| s["traceId"] == trace)
+            .collect();
+        if mine.len() >= 4 || Instant::now() > deadline {
+            break mine;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        mine.len(),
+        4,
+        "client out, frontend in and out, reviews in: {mine:#?}"
+    );
+    let find = |service: &str, kind: &str| -> &Value {
+        mine.iter()
+            .find(|s| s["localEndpoint"]["serviceName"] == service && s["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} span from {service}: {mine:#?}"))
+    };
+    let client_out = find("client", "CLIENT");
+    let frontend_in = find("frontend", "SERVER");
+    let frontend_out = find("frontend", "CLIENT");
+    let reviews_in = find("reviews", "SERVER");
+    assert_eq!(client_out["parentId"], caller_span);
+    assert_eq!(frontend_in["parentId"], client_out["id"]);
+    assert_eq!(frontend_out["parentId"], frontend_in["id"]);
+    assert_eq!(reviews_in["parentId"], frontend_out["id"]);
+    assert_eq!(client_out["tags"]["http.status_code"], "200");
+
+    // No trace header: the first sidecar starts one, and its access log names it.
+    mesh.exec_ok(
+        &client,
+        &[
+            "curl",
+            "-sf",
+            "-o",
+            "/dev/null",
+            "http://frontend:8080/?new",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = mesh.access_log("client");
+        let line = logged.iter().find(|l| l["path"] == "/?new");
+        let id = line
+            .and_then(|l| l["trace_id"].as_str())
+            .map(str::to_string);
+        if let Some(id) = id {
+            assert!(id != trace && id.len() == 32, "{line:?}");
+            if spans(&out)
+                .iter()
+                .filter(|s| s["traceId"] == id.as_str())
+                .count()
+                >= 4
+            {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new trace: {logged:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -137,7 +137,7 @@ pub struct InFlight {
     peer: SocketAddr,
     start: Instant,
     /// The pool the endpoint was chosen from, for the ejection cap.
-    pool: Arc<[SocketAddr]>,
+    pool: Arc<[Upstream]>,
     ejection: Ejection,
     balancer: Arc<Balancer>,
     finished: bool,
@@ -166,11 +166,18 @@ impl Balancer {
     /// another is left, the cheaper of two random ones. `None` when every candidate is ejected.
     pub fn choose(
         self: &Arc<Self>,
-        candidates: &[Upstream],
+        candidates: &Arc<[Upstream]>,
         tried: &[SocketAddr],
         ejection: Ejection,
     ) -> Option<(Upstream, InFlight)> {
         let now = Instant::now();
+        if candidates.len() == 1 {
+            let state = self.state(candidates[0].peer, now);
+            if state.is_ejected(now) {
+                return None;
+            }
+            return Some(self.start(candidates, 0, state, ejection, now));
+        }
         let states: Vec<(usize, Arc<EndpointState>)> = candidates
             .iter()
             .enumerate()
@@ -201,6 +208,17 @@ impl Balancer {
                 }
             }
         };
+        Some(self.start(candidates, i, state, ejection, now))
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        candidates: &Arc<[Upstream]>,
+        i: usize,
+        state: Arc<EndpointState>,
+        ejection: Ejection,
+        now: Instant,
+    ) -> (Upstream, InFlight) {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         state.health().last_used = now;
         let up = candidates[i].clone();
@@ -208,12 +226,12 @@ impl Balancer {
             state,
             peer: up.peer,
             start: now,
-            pool: candidates.iter().map(|u| u.peer).collect(),
+            pool: candidates.clone(),
             ejection,
             balancer: self.clone(),
             finished: false,
         };
-        Some((up, flight))
+        (up, flight)
     }
 
     /// Drops what is known about `peer` (it came back ready: a new start).
@@ -223,10 +241,10 @@ impl Balancer {
     }
 
     /// Endpoints of `pool` ejected right now.
-    fn ejected_in(&self, pool: &[SocketAddr], now: Instant) -> usize {
+    fn ejected_in(&self, pool: &[Upstream], now: Instant) -> usize {
         let map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         pool.iter()
-            .filter(|p| map.get(p).is_some_and(|s| s.is_ejected(now)))
+            .filter(|u| map.get(&u.peer).is_some_and(|s| s.is_ejected(now)))
             .count()
     }
 }
@@ -317,7 +335,7 @@ mod tests {
     use super::*;
     use weft_certs::SpiffeId;
 
-    fn ups(n: u16) -> Vec<Upstream> {
+    fn ups(n: u16) -> Arc<[Upstream]> {
         (0..n)
             .map(|i| Upstream {
                 peer: SocketAddr::from(([198, 18, 0, 10 + i as u8], 15008)),
@@ -338,7 +356,7 @@ mod tests {
 
     fn run(
         b: &Arc<Balancer>,
-        c: &[Upstream],
+        c: &Arc<[Upstream]>,
         bad: SocketAddr,
         n: usize,
     ) -> HashMap<SocketAddr, usize> {
@@ -370,25 +388,16 @@ mod tests {
         let c = ups(4);
         for peer in [c[0].peer, c[1].peer, c[2].peer] {
             for _ in 0..3 {
-                let (_, f) = b
-                    .choose(
-                        &[c.iter().find(|u| u.peer == peer).unwrap().clone()],
-                        &[],
-                        ejection(3),
-                    )
-                    .unwrap();
-                // Pool is the whole service for the cap, as in real use.
-                let mut f = f;
-                f.pool = c.iter().map(|u| u.peer).collect();
+                let one: Arc<[Upstream]> =
+                    Arc::from([c.iter().find(|u| u.peer == peer).unwrap().clone()]);
+                let (_, mut f) = b.choose(&one, &[], ejection(3)).unwrap();
+                // The pool is the whole service for the cap, as in real use.
+                f.pool = c.clone();
                 f.finish(Outcome::Failure);
             }
         }
         let now = Instant::now();
-        assert_eq!(
-            b.ejected_in(&c.iter().map(|u| u.peer).collect::<Vec<_>>(), now),
-            2,
-            "50% of 4"
-        );
+        assert_eq!(b.ejected_in(&c, now), 2, "50% of 4");
         for _ in 0..50 {
             let (up, f) = b.choose(&c, &[], ejection(3)).unwrap();
             assert!(up.peer == c[2].peer || up.peer == c[3].peer);

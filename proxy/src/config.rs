@@ -316,6 +316,40 @@ pub struct ProxyConfig {
     /// One JSON line per request and per TCP connection; absent: no access log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConfig>,
+    /// Spans of each request, exported to a collector; absent: trace headers pass untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// Span export (`tracing:`). See docs/proxy-config.md ("Tracing").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Where batches of spans are POSTed: a Zipkin `/api/v2/spans` or an OTLP/HTTP `/v1/traces` URL.
+    pub collector: String,
+    #[serde(default)]
+    pub format: TraceFormat,
+    /// Fraction of the traces this proxy starts that are recorded (default 1); an incoming trace's
+    /// sampled flag is followed.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Longest a span waits in a batch (default 1s).
+    #[serde(default = "default_flush")]
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceFormat {
+    /// Zipkin v2 JSON.
+    #[default]
+    Zipkin,
+    /// OTLP/HTTP with JSON encoding.
+    Otlp,
+}
+
+fn default_flush() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// The access log (`access_log:`). Fields of each line: docs/proxy-config.md ("Access log").
@@ -564,6 +598,29 @@ impl ProxyConfig {
                 return Err(invalid(
                     "access_log.sample".into(),
                     format!("{} is not a fraction between 0 and 1", a.sample),
+                ));
+            }
+        }
+        if let Some(t) = &self.tracing {
+            if !(0.0..=1.0).contains(&t.sample) {
+                return Err(invalid(
+                    "tracing.sample".into(),
+                    format!("{} is not a fraction between 0 and 1", t.sample),
+                ));
+            }
+            match t.collector.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        "tracing.collector".into(),
+                        format!("`{}` is not an http:// URL", t.collector),
+                    ))
+                }
+            }
+            if t.flush_interval.get().is_zero() {
+                return Err(invalid(
+                    "tracing.flush_interval".into(),
+                    "must be longer than 0".into(),
                 ));
             }
         }
@@ -879,6 +936,7 @@ mod tests {
             ("dns:\n  max_forwards: 0\n", "dns.max_forwards"),
             ("dns:\n  tcp_idle_timeout: 0s\n", "dns.tcp_idle_timeout"),
             ("access_log:\n  sample: 2\n", "access_log.sample"),
+            ("tracing:\n  collector: ftp://x/\n", "tracing.collector"),
             ("dns:\n  listen: 127.0.0.1:15000\n", "`admin`"),
         ] {
             let (_d, p) = write(&format!("{GOOD}{yaml}"));

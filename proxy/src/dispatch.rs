@@ -29,14 +29,15 @@ pub const RETRIES_HEADER: &str = "weft-proxy-retries";
 pub const FALLBACK_HEADER: &str = "weft-proxy-fallback";
 
 /// Where one request may go.
+#[derive(Clone)]
 pub struct Plan {
-    pub candidates: Vec<Upstream>,
+    pub candidates: Arc<[Upstream]>,
     pub dest: Arc<DestState>,
     pub rule: Arc<RulePolicy>,
     /// For the per-version stats; `None` for a fixed peer.
     pub stats: Option<StatsKey>,
     /// `namespace/name` of the destination, for errors and logs.
-    pub what: String,
+    pub what: Arc<str>,
 }
 
 impl Plan {
@@ -46,13 +47,13 @@ impl Plan {
             dest: proxy
                 .destinations
                 .get(&b.namespace, &b.name, r.traffic_policy.as_ref()),
-            what: format!("{}/{}", b.namespace, b.name),
+            what: format!("{}/{}", b.namespace, b.name).into(),
             stats: Some(StatsKey {
                 namespace: b.namespace.clone(),
                 service: b.name.clone(),
                 subset: b.subset.clone(),
             }),
-            candidates: r.candidates,
+            candidates: r.candidates.into(),
             rule: r.rule,
         }
     }
@@ -62,10 +63,10 @@ impl Plan {
         let what = up.peer.to_string();
         Plan {
             dest: proxy.destinations.get("", &what, None),
-            candidates: vec![up],
+            candidates: Arc::from([up]),
             rule: crate::route::DEFAULT_POLICY.clone(),
             stats: None,
-            what,
+            what: what.into(),
         }
     }
 }
@@ -178,13 +179,13 @@ async fn fall_back(
     drop(mesh);
     let other = Plan {
         dest: proxy.destinations.get(&namespace, &b.name, policy.as_ref()),
-        what: format!("{namespace}/{}", b.name),
+        what: format!("{namespace}/{}", b.name).into(),
         stats: Some(StatsKey {
             namespace: namespace.clone(),
             service: b.name.clone(),
             subset: None,
         }),
-        candidates,
+        candidates: candidates.into(),
         rule: crate::route::DEFAULT_POLICY.clone(),
     };
     tracing::debug!(destination = %plan.what, fallback = %other.what, "no endpoint left: sending to the route's fallback service");
@@ -192,7 +193,7 @@ async fn fall_back(
         Tried::Done(r) => r?,
         Tried::NoEndpoint(..) => return Err(no_endpoint(&other)),
     };
-    if let Ok(v) = HeaderValue::from_str(&other.what) {
+    if let Ok(v) = HeaderValue::from_str(&other.what[..]) {
         resp.headers_mut().insert(FALLBACK_HEADER, v);
     }
     if let Some(info) = resp.extensions_mut().get_mut::<CallInfo>() {
@@ -238,7 +239,7 @@ async fn tries(
 ) -> Tried {
     let _slot = match plan.dest.request_slot().await {
         Ok(s) => s,
-        Err(_) => return Tried::Done(Err(ForwardError::Overflow(plan.what.clone()))),
+        Err(_) => return Tried::Done(Err(ForwardError::Overflow(plan.what.to_string()))),
     };
     let Some((first, flight)) =
         proxy

@@ -111,6 +111,10 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<
     let is_connect = method == Method::CONNECT;
     let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
     // Opaque streams are logged when they end (tcp_to_app); requests when their response body does.
+    let hop = (!is_connect)
+        .then(|| ctx.proxy.tracer.begin(req.headers_mut()))
+        .flatten();
+    let span_name = format!("{} {}", method, req.uri().path());
     let log = &ctx.proxy.access_log;
     let mut entry = (!is_connect)
         .then(|| log.begin("inbound", "http"))
@@ -147,12 +151,20 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<
     ctx.proxy
         .metrics
         .count_request(Direction::inbound, resp.status());
+    if let Some(hop) = hop {
+        let tags = vec![
+            ("http.method", method.to_string()),
+            ("http.status_code", resp.status().as_u16().to_string()),
+            ("weft.source", ctx.peer_id.to_string()),
+        ];
+        ctx.proxy.tracer.end(hop, "SERVER", span_name, tags);
+    }
     if !is_connect || extended {
         ctx.proxy.metrics.http_request(
             crate::metrics::HttpLabels {
                 direction: Direction::inbound,
                 source_identity: ctx.peer_id.to_string(),
-                destination_identity: ctx.proxy.identity.id().to_string(),
+                destination_identity: ctx.proxy.own_id.clone(),
                 destination_service: String::new(),
                 destination_version: ctx.proxy.workload_version().to_string(),
                 route: String::new(),

@@ -31,6 +31,7 @@ pub mod socket;
 pub mod splice;
 pub mod state;
 pub mod stats;
+pub mod trace;
 pub mod tunnel;
 
 use anyhow::Context as _;

@@ -96,6 +96,8 @@ pub struct Metrics {
     /// Endpoints taken out of rotation by outlier detection.
     pub ejections: Counter,
     pub access_log_dropped: Counter,
+    pub spans_exported: Counter,
+    pub spans_dropped: Counter,
     retries: Family<ResultLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_latency: Family<LatencyLabels, Histogram>,
@@ -130,6 +132,8 @@ impl Metrics {
             peer_connections_opened: Default::default(),
             ejections: Default::default(),
             access_log_dropped: Default::default(),
+            spans_exported: Default::default(),
+            spans_dropped: Default::default(),
             retries: Default::default(),
             http_requests: Default::default(),
             http_latency: Family::new_with_constructor(|| {
@@ -206,6 +210,16 @@ impl Metrics {
             "Requests and connections refused by an AuthorizationPolicy (mode enforce), or that an audit-mode \
              policy would refuse (mode audit), by policy",
             m.authz_denials.clone(),
+        );
+        registry.register(
+            "spans_exported",
+            "Spans the collector accepted",
+            m.spans_exported.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Spans dropped: the export queue was full, or the collector failed or was away",
+            m.spans_dropped.clone(),
         );
         registry.register(
             "retries",

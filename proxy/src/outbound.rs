@@ -34,14 +34,33 @@ struct Listener {
     target: Target,
     protocol: AppProtocol,
     proxy: Arc<Proxy>,
+    /// A fixed peer's plan, made once per listener.
+    fixed: Option<Plan>,
 }
 
 impl Listener {
+    fn new(name: String, target: Target, protocol: AppProtocol, proxy: Arc<Proxy>) -> Listener {
+        let fixed = match &target {
+            Target::Fixed(up) => Some(Plan::fixed(&proxy, up.clone())),
+            Target::Service { .. } => None,
+        };
+        Listener {
+            name,
+            target,
+            protocol,
+            proxy,
+            fixed,
+        }
+    }
+
     /// Where this request (or, with `req` absent, this connection) may go: the fixed peer, or the ready
     /// endpoints of the backend the service's routes choose in the current mesh view.
     fn plan(&self, req: Option<&RequestView<'_>>) -> Result<Plan, ForwardError> {
         match &self.target {
-            Target::Fixed(up) => Ok(Plan::fixed(&self.proxy, up.clone())),
+            Target::Fixed(up) => Ok(match &self.fixed {
+                Some(p) => p.clone(),
+                None => Plan::fixed(&self.proxy, up.clone()),
+            }),
             Target::Service {
                 namespace,
                 name,
@@ -56,12 +75,12 @@ impl Listener {
 
 /// Accepts connections until shutdown.
 pub async fn run(listener: TcpListener, spec: OutboundListener, target: Target, proxy: Arc<Proxy>) {
-    let ctx = Arc::new(Listener {
-        name: spec.display_name(),
+    let ctx = Arc::new(Listener::new(
+        spec.display_name(),
         target,
-        protocol: spec.protocol,
-        proxy: proxy.clone(),
-    });
+        spec.protocol,
+        proxy.clone(),
+    ));
     let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
     serve::accept_loop(listener, &proxy, limiter, "outbound", move |tcp, client| {
         let ctx = ctx.clone();
@@ -116,12 +135,7 @@ async fn intercepted_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<P
         }
     };
     drop(mesh);
-    let ctx = Arc::new(Listener {
-        name: dst.to_string(),
-        target,
-        protocol,
-        proxy,
-    });
+    let ctx = Arc::new(Listener::new(dst.to_string(), target, protocol, proxy));
     handle_connection(tcp, client, ctx).await
 }
 
@@ -322,6 +336,20 @@ async fn forward_http(
     let method = req.method().clone();
     let log = &ctx.proxy.access_log;
     let request_bytes = Arc::new(AtomicU64::new(0));
+    let hop = ctx.proxy.tracer.begin(req.headers_mut());
+    let span_name = format!(
+        "{} {}",
+        req.method(),
+        req.uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string))
+            .unwrap_or_default()
+    );
     let mut entry = log.begin("outbound", "http").map(|mut e| {
         e.request(&req);
         e.source = ctx.proxy.identity.id().to_string();
@@ -346,10 +374,24 @@ async fn forward_http(
         .metrics
         .count_request(Direction::outbound, resp.status());
     let info = resp.extensions().get::<CallInfo>();
+    if let Some(hop) = hop {
+        let mut tags = vec![
+            ("http.method", method.to_string()),
+            ("http.status_code", resp.status().as_u16().to_string()),
+            ("weft.destination", destination_label(&ctx.target)),
+        ];
+        if let Some(up) = info.and_then(|i| i.upstream) {
+            tags.push(("peer.address", up.to_string()));
+        }
+        if let Some(v) = info.and_then(|i| i.version.clone()) {
+            tags.push(("weft.destination_version", v));
+        }
+        ctx.proxy.tracer.end(hop, "CLIENT", span_name, tags);
+    }
     ctx.proxy.metrics.http_request(
         HttpLabels {
             direction: Direction::outbound,
-            source_identity: ctx.proxy.identity.id().to_string(),
+            source_identity: ctx.proxy.own_id.clone(),
             destination_identity: info
                 .and_then(|i| i.upstream_identity.clone())
                 .unwrap_or_default(),
@@ -414,7 +456,9 @@ async fn forward_plain(
         Some(c) => access_log::count_request(body::boxed(body), c.clone()),
         None => body::boxed(body),
     };
-    let resp = crate::dispatch::send(&ctx.proxy, plan, parts, body, client).await?;
+    // Boxed: the dispatch future (tries, retries, timeouts) is large; unboxed it would be moved with
+    // every request's future.
+    let resp = Box::pin(crate::dispatch::send(&ctx.proxy, plan, parts, body, client)).await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))

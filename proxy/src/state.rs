@@ -28,6 +28,9 @@ pub struct Proxy {
     /// Token buckets of the rate limits this proxy enforces as a destination.
     pub rate_limits: crate::ratelimit::RateLimiter,
     pub access_log: Arc<crate::access_log::AccessLog>,
+    pub tracer: crate::trace::Tracer,
+    /// This proxy's SPIFFE ID as text (it never changes, renewals keep it), for labels and logs.
+    pub own_id: String,
     /// Cancelled when the proxy starts draining: listeners stop accepting, connections finish up.
     pub shutdown: CancellationToken,
     /// Every connection task, so draining can wait for them.
@@ -54,7 +57,18 @@ impl Proxy {
             keepalive_interval: l.keepalive_interval.get(),
             max_streams_per_connection: l.max_streams_per_peer_connection,
         };
+        let tracer = crate::trace::Tracer::start(
+            config.tracing.as_ref(),
+            identity
+                .id()
+                .service_account()
+                .unwrap_or("weft-proxy")
+                .to_string(),
+            metrics.clone(),
+        );
         Ok(Arc::new(Proxy {
+            tracer,
+            own_id: identity.id().to_string(),
             peers: PeerPool::new(identity.clone(), settings, metrics.clone()),
             apps: AppClients::new(l.connect_timeout.get()),
             upstream_stats: Default::default(),

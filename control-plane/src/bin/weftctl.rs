@@ -115,6 +115,7 @@ fn pod_run(opts: &RemoteArgs, a: args::PodRunArgs) -> i32 {
         mtls_mode: a.mtls_mode,
         readiness_http: a.readiness_http,
         access_log_sample: a.access_log_sample,
+        trace_collector: a.trace_collector,
         proxy_bin: a.proxy_bin,
         command: a.command,
     };

@@ -157,6 +157,9 @@ pub struct PodRunArgs {
     /// always); 0 turns the access log off.
     #[arg(long, default_value_t = 1.0, value_parser = fraction)]
     pub access_log_sample: f64,
+    /// Send the sidecar's spans to this Zipkin v2 collector URL (e.g. http://198.18.0.1:9411/api/v2/spans).
+    #[arg(long, value_name = "URL")]
+    pub trace_collector: Option<String>,
     /// The weft-proxy binary (default: beside weftctl, else on PATH).
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,

@@ -64,6 +64,8 @@ pub struct RunOptions {
     /// Fraction of successful requests in the sidecar's access log (`access.log` in the pod's
     /// directory); 0 turns it off.
     pub access_log_sample: f64,
+    /// Where the sidecar sends its spans (Zipkin v2 JSON), if anywhere.
+    pub trace_collector: Option<String>,
     pub proxy_bin: Option<PathBuf>,
     pub command: Vec<String>,
 }
@@ -357,12 +359,17 @@ fn write_sidecar_files(
     } else {
         String::new()
     };
+    let tracing = o
+        .trace_collector
+        .as_ref()
+        .map(|c| format!("tracing:\n  collector: {}\n", json(c)))
+        .unwrap_or_default();
     let yaml = format!(
         "# written by weftctl pod run\n\
 control:\n  address: {addr}\n  ca_fingerprint: {fp}\n  token_file: {token}\n  state_dir: {state}\n\
 workload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: {address}\n  ports: [{ports}]{readiness}\n\
 interception:\n  outbound: 0.0.0.0:15001\n  inbound: 0.0.0.0:15006\n  mark: 1337{mtls}\n\
-dns:\n  listen: 127.0.0.1:15053\n{access_log}",
+dns:\n  listen: 127.0.0.1:15053\n{access_log}{tracing}",
         addr = info.proxy_address,
         fp = json(&info.ca_fingerprint),
         token = json(&token_path.display().to_string()),
