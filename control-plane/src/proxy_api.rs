@@ -175,9 +175,7 @@ async fn config_stream(
                     hub.nack(&key, conn_id, version, reason)
                 }
                 Ok(Some(FromProxy::Ready { ready })) => hub.set_ready(&key, conn_id, ready),
-                Ok(Some(FromProxy::Stats(report))) => {
-                    cp_stats.stats.update(&key, conn_id, report)
-                }
+                Ok(Some(FromProxy::Stats(report))) => cp_stats.stats.update(&key, conn_id, report),
                 Ok(Some(FromProxy::Hello(_))) => break "a second hello".to_string(),
                 Ok(None) => break "stream closed".to_string(),
                 Err(e) => break e,

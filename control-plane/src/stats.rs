@@ -63,7 +63,11 @@ impl StatsStore {
                 });
         }
         if dropped > 0 {
-            tracing::debug!(proxy = key, dropped, "stats entries of the wrong shape left out");
+            tracing::debug!(
+                proxy = key,
+                dropped,
+                "stats entries of the wrong shape left out"
+            );
         }
         let mut map = self.by_proxy.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(
@@ -115,11 +119,13 @@ impl StatsStore {
 fn sum(proxies: &[ProxyStats]) -> Vec<SubsetStats> {
     let mut total: BTreeMap<Option<String>, SubsetStats> = BTreeMap::new();
     for s in proxies.iter().flat_map(|p| &p.subsets) {
-        let t = total.entry(s.subset.clone()).or_insert_with(|| SubsetStats {
-            subset: s.subset.clone(),
-            buckets: vec![0; LATENCY_BUCKETS_MS.len() + 1],
-            ..SubsetStats::default()
-        });
+        let t = total
+            .entry(s.subset.clone())
+            .or_insert_with(|| SubsetStats {
+                subset: s.subset.clone(),
+                buckets: vec![0; LATENCY_BUCKETS_MS.len() + 1],
+                ..SubsetStats::default()
+            });
         t.requests = t.requests.saturating_add(s.requests);
         t.failures = t.failures.saturating_add(s.failures);
         for (t, b) in t.buckets.iter_mut().zip(&s.buckets) {
@@ -149,7 +155,11 @@ pub fn get(store: &StatsStore, query: Option<&str>) -> Response<Body> {
     };
     for (what, v) in [("namespace", &namespace), ("service", &service)] {
         if let Err(e) = dns_label(v) {
-            return http_util::error(StatusCode::BAD_REQUEST, format!("{what} {v:?}: {e}"), vec![]);
+            return http_util::error(
+                StatusCode::BAD_REQUEST,
+                format!("{what} {v:?}: {e}"),
+                vec![],
+            );
         }
     }
     http_util::json(StatusCode::OK, &store.service(&namespace, &service))
@@ -186,17 +196,26 @@ mod tests {
         s.update(
             "default/a",
             1,
-            report(vec![entry("reviews", "v1", 10, 1), entry("ratings", "v1", 7, 0)]),
+            report(vec![
+                entry("reviews", "v1", 10, 1),
+                entry("ratings", "v1", 7, 0),
+            ]),
         );
         s.update(
             "default/b",
             2,
-            report(vec![entry("reviews", "v1", 5, 0), entry("reviews", "v2", 4, 4)]),
+            report(vec![
+                entry("reviews", "v1", 5, 0),
+                entry("reviews", "v2", 4, 4),
+            ]),
         );
         let got = s.service("default", "reviews");
         assert_eq!(got.proxies_reporting, 2);
         let v1 = &got.subsets[0];
-        assert_eq!((v1.subset.as_deref(), v1.requests, v1.failures), (Some("v1"), 15, 1));
+        assert_eq!(
+            (v1.subset.as_deref(), v1.requests, v1.failures),
+            (Some("v1"), 15, 1)
+        );
         assert_eq!(v1.buckets[3], 15);
         assert_eq!(got.subsets[1].failures, 4);
         assert_eq!(got.by_proxy.len(), 2);
@@ -228,6 +247,10 @@ mod tests {
         assert_eq!(got.subsets.len(), 1, "{got:?}");
         assert_eq!(got.subsets[0].requests, 3);
         let last = format!("svc{}", MAX_STATS_ENTRIES - 1);
-        assert_eq!(s.service("default", &last).proxies_reporting, 0, "over the cap");
+        assert_eq!(
+            s.service("default", &last).proxies_reporting,
+            0,
+            "over the cap"
+        );
     }
 }

@@ -904,13 +904,31 @@ mod tests {
         assert_eq!(p.max_p99, Some(Duration::from_millis(250)));
         assert_eq!((p.min_requests(), p.max_idle_intervals()), (20, 5));
         let p = shift(&["shift", "reviews", "--to", "v2"]).progressive;
-        assert_eq!((p.step(), p.interval()), (10, Duration::from_secs(30)), "defaults");
+        assert_eq!(
+            (p.step(), p.interval()),
+            (10, Duration::from_secs(30)),
+            "defaults"
+        );
         assert_eq!((p.max_error_rate().fraction(), p.max_p99), (0.01, None));
         assert_eq!(s.wait.wait(), Some(Duration::from_secs(10)));
 
         let s = shift(&[
-            "shift", "reviews", "--to", "v2", "--from", "v1,v3", "--from", "v4", "--step", "100",
-            "--max-error-rate", "0.5%", "--min-requests", "3", "--timeout", "30s",
+            "shift",
+            "reviews",
+            "--to",
+            "v2",
+            "--from",
+            "v1,v3",
+            "--from",
+            "v4",
+            "--step",
+            "100",
+            "--max-error-rate",
+            "0.5%",
+            "--min-requests",
+            "3",
+            "--timeout",
+            "30s",
         ]);
         let p = &s.progressive;
         assert_eq!(p.from, ["v1", "v3", "v4"]);

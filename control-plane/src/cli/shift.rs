@@ -148,7 +148,10 @@ pub fn weights(route: &Value) -> Vec<(String, u32)> {
                 .filter_map(|b| {
                     let subset = b["subset"].as_str()?;
                     let weight = b["weight"].as_u64().unwrap_or(1);
-                    Some((subset.to_string(), u32::try_from(weight).unwrap_or(u32::MAX)))
+                    Some((
+                        subset.to_string(),
+                        u32::try_from(weight).unwrap_or(u32::MAX),
+                    ))
                 })
                 .collect()
         })
@@ -320,8 +323,8 @@ mod tests {
 
     #[test]
     fn steps_keep_the_split_from_before_and_restore_undoes_only_the_catch_all_rule() {
-        let (before, _) = apply_shift(new_route("default", "reviews"), "reviews", &w(&["v1=100"]))
-            .unwrap();
+        let (before, _) =
+            apply_shift(new_route("default", "reviews"), "reviews", &w(&["v1=100"])).unwrap();
         assert_eq!(weights(&before), [("v1".to_string(), 100)]);
         let step = |route, v1, v2| {
             let ws = [("v1".to_string(), v1), ("v2".to_string(), v2)];

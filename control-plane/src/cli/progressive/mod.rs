@@ -83,7 +83,11 @@ impl Signals {
     }
 }
 
-pub async fn run(client: &Client, a: ShiftArgs, out: &mut dyn Write) -> Result<Reply, CommandError> {
+pub async fn run(
+    client: &Client,
+    a: ShiftArgs,
+    out: &mut dyn Write,
+) -> Result<Reply, CommandError> {
     let mut signals = Signals::new().map_err(CommandError::Signals)?;
     let plan = prepare(client, a).await?;
     // Before any change: the endpoint must answer (an older control plane has none).
@@ -212,7 +216,9 @@ fn header(plan: &Plan, first: &ServiceStats) -> String {
                     "p99 ≤ {shown} (p99 is known to its bucket's upper bound, so: ≤ {})",
                     weft_api::Duration::from_millis(b)
                 ),
-                None => format!("p99 ≤ {shown} (below the smallest bucket: every step will fail it)"),
+                None => {
+                    format!("p99 ≤ {shown} (below the smallest bucket: every step will fail it)")
+                }
             },
         );
     }
@@ -366,7 +372,11 @@ async fn watch(
                 return Some(Outcome::Crossed(m));
             }
             Verdict::Latency(p) => {
-                let max = plan.limits.max_p99.map(weft_api::Duration).unwrap_or_default();
+                let max = plan
+                    .limits
+                    .max_p99
+                    .map(weft_api::Duration)
+                    .unwrap_or_default();
                 let m = format!(
                     "{}'s {p} is over --max-p99 {max} at {share}% (p99 is the upper bound of its \
                      latency bucket)",
@@ -394,7 +404,11 @@ fn describe_window(to: &str, w: &Counts, over: Duration, now: &ServiceStats) -> 
     s.push_str(&format!(
         " ({} prox{} reporting)",
         now.proxies_reporting,
-        if now.proxies_reporting == 1 { "y" } else { "ies" }
+        if now.proxies_reporting == 1 {
+            "y"
+        } else {
+            "ies"
+        }
     ));
     s
 }
@@ -424,7 +438,10 @@ async fn roll_back(client: &Client, plan: &Plan) -> Result<String, CommandError>
             plan.wait,
         )
         .await?;
-        return Ok(format!("deleted the route the shift created\n{}", reply.stdout));
+        return Ok(format!(
+            "deleted the route the shift created\n{}",
+            reply.stdout
+        ));
     };
     let current = current_route(client, &plan.namespace, &plan.service)
         .await?

@@ -153,7 +153,11 @@ mod tests {
         assert_eq!(shares(0, 30), [30, 60, 90, 100]);
         assert_eq!(shares(0, 100), [100]);
         assert_eq!(shares(0, 1).len(), 100);
-        assert_eq!(shares(25, 10), [30, 40, 50, 60, 70, 80, 90, 100], "starts above where it is");
+        assert_eq!(
+            shares(25, 10),
+            [30, 40, 50, 60, 70, 80, 90, 100],
+            "starts above where it is"
+        );
         assert_eq!(shares(100, 10), [100]);
     }
 

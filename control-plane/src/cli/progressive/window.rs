@@ -232,7 +232,10 @@ mod tests {
         // 98 fast, 2 slow: the 99th is slow.
         assert_eq!(p99(&buckets(&[(2, 98), (7, 2)]), B), Some(P99::AtMost(250)));
         assert_eq!(p99(&buckets(&[(0, 1)]), B), Some(P99::AtMost(1)));
-        assert_eq!(p99(&buckets(&[(2, 1), (12, 1)]), B), Some(P99::Over(10_000)));
+        assert_eq!(
+            p99(&buckets(&[(2, 1), (12, 1)]), B),
+            Some(P99::Over(10_000))
+        );
         assert_eq!(P99::AtMost(250).to_string(), "p99 ≤ 250ms");
         assert_eq!(P99::AtMost(2500).to_string(), "p99 ≤ 2500ms");
         assert_eq!(P99::Over(10_000).to_string(), "p99 > 10s");
@@ -282,7 +285,10 @@ mod tests {
     #[test]
     fn deltas_per_proxy_are_summed() {
         let a = Sample::of(&stats(&[("a", 60_000, 100, 1), ("b", 90_000, 50, 0)]), "v2");
-        let b = Sample::of(&stats(&[("a", 70_000, 130, 4), ("b", 100_000, 60, 0)]), "v2");
+        let b = Sample::of(
+            &stats(&[("a", 70_000, 130, 4), ("b", 100_000, 60, 0)]),
+            "v2",
+        );
         let d = b.since(&a, TEN_S);
         assert_eq!((d.requests, d.failures), (40, 3));
         assert_eq!(d.buckets[3], 40);
@@ -311,19 +317,31 @@ mod tests {
     fn a_new_proxy_counts_only_if_it_is_new() {
         let a = Sample::of(&stats(&[("a", 60_000, 100, 0)]), "v2");
         // Started since the first answer: all of its counts are new.
-        let b = Sample::of(&stats(&[("a", 70_000, 100, 0), ("new", 8_000, 25, 1)]), "v2");
+        let b = Sample::of(
+            &stats(&[("a", 70_000, 100, 0), ("new", 8_000, 25, 1)]),
+            "v2",
+        );
         assert_eq!(b.since(&a, TEN_S), counts(25, 1));
         // Counting for an hour but absent before (its stream was down): only a baseline.
-        let c = Sample::of(&stats(&[("a", 70_000, 100, 0), ("back", 3_600_000, 900, 9)]), "v2");
+        let c = Sample::of(
+            &stats(&[("a", 70_000, 100, 0), ("back", 3_600_000, 900, 9)]),
+            "v2",
+        );
         assert_eq!(c.since(&a, TEN_S), counts(0, 0));
         // ... from which the next interval counts.
-        let d = Sample::of(&stats(&[("a", 80_000, 100, 0), ("back", 3_610_000, 910, 9)]), "v2");
+        let d = Sample::of(
+            &stats(&[("a", 80_000, 100, 0), ("back", 3_610_000, 910, 9)]),
+            "v2",
+        );
         assert_eq!(d.since(&c, TEN_S), counts(10, 0));
     }
 
     #[test]
     fn a_proxy_that_went_away_contributes_nothing() {
-        let a = Sample::of(&stats(&[("a", 60_000, 100, 0), ("gone", 60_000, 100, 50)]), "v2");
+        let a = Sample::of(
+            &stats(&[("a", 60_000, 100, 0), ("gone", 60_000, 100, 50)]),
+            "v2",
+        );
         let b = Sample::of(&stats(&[("a", 70_000, 110, 0)]), "v2");
         assert_eq!(b.since(&a, TEN_S), counts(10, 0));
     }
@@ -350,13 +368,21 @@ mod tests {
         let t = limits(Some(250));
         assert_eq!(judge(&counts(19, 0), B, &t), Verdict::TooFew);
         assert_eq!(judge(&counts(0, 0), B, &limits(None)), Verdict::TooFew);
-        assert_eq!(judge(&counts(100, 5), B, &t), Verdict::Pass, "5% is not over 5%");
+        assert_eq!(
+            judge(&counts(100, 5), B, &t),
+            Verdict::Pass,
+            "5% is not over 5%"
+        );
         assert_eq!(judge(&counts(100, 6), B, &t), Verdict::ErrorRate(0.06));
         let mut slow = counts(100, 0);
         slow.buckets = buckets(&[(3, 90), (8, 10)]);
         assert_eq!(judge(&slow, B, &t), Verdict::Latency(P99::AtMost(500)));
         assert_eq!(judge(&slow, B, &limits(Some(500))), Verdict::Pass);
-        assert_eq!(judge(&slow, B, &limits(None)), Verdict::Pass, "no latency limit");
+        assert_eq!(
+            judge(&slow, B, &limits(None)),
+            Verdict::Pass,
+            "no latency limit"
+        );
         let mut stuck = counts(100, 0);
         stuck.buckets = buckets(&[(3, 98), (12, 2)]);
         assert_eq!(
@@ -372,8 +398,14 @@ mod tests {
 
     #[test]
     fn the_p99_limit_in_effect_is_a_bucket_bound() {
-        assert_eq!(effective_p99_limit(Duration::from_millis(250), B), Some(250));
-        assert_eq!(effective_p99_limit(Duration::from_millis(200), B), Some(100));
+        assert_eq!(
+            effective_p99_limit(Duration::from_millis(250), B),
+            Some(250)
+        );
+        assert_eq!(
+            effective_p99_limit(Duration::from_millis(200), B),
+            Some(100)
+        );
         assert_eq!(effective_p99_limit(Duration::from_secs(2), B), Some(1000));
         assert_eq!(effective_p99_limit(Duration::from_micros(500), B), None);
     }
