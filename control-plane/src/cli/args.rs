@@ -31,12 +31,16 @@ Examples:
   weftctl get services -A
   weftctl token create --namespace default --service-account reviews --ttl 1h
   weftctl status
+  weftctl shift reviews --to v2 --step 10 --interval 30s --max-error-rate 1% --max-p99 250ms
 
 Exit codes:
   0  done (and, when waiting, every affected proxy acknowledged the change)
   1  refused or failed: bad input, an error from the control plane, the control plane unreachable
   2  bad usage (unknown command, flag, kind or value)
-  3  applied, but not confirmed by every affected proxy (a NACK, a disconnect or the timeout)";
+  3  applied, but not confirmed by every affected proxy (a NACK, a disconnect or the timeout)
+  4  shift --to: a threshold was crossed (rolled back)
+  5  shift --to: too few requests to judge a step (rolled back)
+  130  shift --to: interrupted by Ctrl-C or SIGTERM (rolled back)";
 
 #[derive(Debug, Parser)]
 #[command(name = "weftctl", version, about = "Weft operator CLI", long_about = ABOUT_LONG, after_long_help = EXAMPLES)]
