@@ -80,6 +80,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
     },
+    /// Open a TCP connection: print the server's first line, check one echo, exit 0.
+    Tcp {
+        #[arg(long)]
+        addr: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -126,6 +131,7 @@ async fn main() -> ExitCode {
             };
             serve(listen, version, mode, tcp_listen).await
         }
+        Command::Tcp { addr } => tcp_check(&addr).await,
         Command::Load {
             url,
             requests,
@@ -364,6 +370,9 @@ struct Summary {
     retry_after_seen: u64,
     /// Sum of the `weft-proxy-retries` values seen.
     retries: u64,
+    /// With `--vary-header`: the version each user got last.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    by_user: BTreeMap<String, String>,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
@@ -431,8 +440,9 @@ async fn one(
     for (k, v) in &plan.headers {
         req = req.header(k, v);
     }
-    if let Some(h) = &plan.vary_header {
-        req = req.header(h, format!("user-{n}"));
+    let user = plan.vary_header.as_ref().map(|h| (h, format!("user-{n}")));
+    if let Some((h, u)) = &user {
+        req = req.header(h.as_str(), u.as_str());
     }
     let body = if plan.method == "GET" {
         Bytes::new()
@@ -464,7 +474,10 @@ async fn one(
                     .map(str::to_string)
             };
             if let Some(v) = text("x-version") {
-                *s.by_version.entry(v).or_default() += 1;
+                *s.by_version.entry(v.clone()).or_default() += 1;
+                if let Some((_, u)) = user {
+                    s.by_user.insert(u, v);
+                }
             }
             if let Some(e) = text("weft-proxy-error") {
                 *s.proxy_errors.entry(e).or_default() += 1;
@@ -486,6 +499,31 @@ async fn one(
                 .get_or_insert_with(|| "no answer within 30s".into());
         }
     }
+}
+
+async fn tcp_check(addr: &str) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .context("connect timed out")?
+    .with_context(|| format!("connect {addr}"))?;
+    let mut r = tokio::io::BufReader::new(stream);
+    let mut banner = String::new();
+    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut banner))
+        .await
+        .context("no banner within 10s")??;
+    anyhow::ensure!(!banner.is_empty(), "closed before the banner");
+    r.get_mut().write_all(b"ping\n").await?;
+    let mut echo = String::new();
+    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut echo))
+        .await
+        .context("no echo within 10s")??;
+    anyhow::ensure!(echo == "ping\n", "echo was {echo:?}");
+    println!("{}", banner.trim());
+    Ok(())
 }
 
 fn parse_headers(headers: &[String]) -> Vec<(String, String)> {

@@ -411,7 +411,9 @@ pub async fn connect_tcp(
                 return Ok((io, slot, up));
             }
             Err(e) => {
-                let connect = e.is_connect_failure();
+                // A refused CONNECT (the far app would not take it) carried no byte either.
+                let connect = e.is_connect_failure()
+                    || matches!(e, ForwardError::PeerRefused { status, .. } if status.is_server_error());
                 flight.finish(if connect {
                     Outcome::ConnectFailure
                 } else {
