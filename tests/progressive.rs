@@ -225,7 +225,10 @@ fn shift(mesh: &PodMesh, args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn weftctl shift");
-    finish(child)
+    let out = finish(child);
+    // Shown with --nocapture: what an operator would have seen.
+    eprintln!("$ weftctl shift reviews {}\n{}", args.join(" "), text(&out));
+    out
 }
 
 fn finish(mut child: Child) -> Output {

@@ -27,6 +27,10 @@ use window::{Counts, Sample, Thresholds, Verdict};
 
 /// Time allowed on top of a rollout wait for the request itself (as `apply` does).
 const WAIT_MARGIN: Duration = Duration::from_secs(15);
+/// Proxies report once a second: after a step is acknowledged, the requests sent before it (at the old
+/// weights, or during a failed run just before) are still arriving in reports for about that long.
+/// The step's window starts once they are in, so they are not judged as the new step's.
+const REPORT_SETTLE: Duration = Duration::from_millis(1500);
 
 /// Everything a run needs, fixed before the first change.
 struct Plan {
@@ -314,6 +318,10 @@ async fn watch(
     signals: &mut Signals,
     out: &mut dyn Write,
 ) -> Option<Outcome> {
+    tokio::select! {
+        _ = tokio::time::sleep(REPORT_SETTLE) => {}
+        _ = signals.recv() => return Some(Outcome::Interrupted),
+    }
     let mut last = match stats(client, plan).await {
         Ok(s) => (Instant::now(), Sample::of(&s, &plan.to)),
         Err(e) => return Some(Outcome::Failed(e)),
