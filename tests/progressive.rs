@@ -69,6 +69,17 @@ fn a_failing_version_is_rolled_back_and_a_healthy_one_promoted() {
         ],
     );
     wait_for_reports(&mesh);
+    for (path, auth, want) in [
+        ("/v1/stats?namespace=default&service=reviews", false, 401),
+        ("/v1/stats?namespace=default", true, 400),
+        ("/v1/stats?service=Reviews", true, 400),
+    ] {
+        let (status, body) = mesh
+            .control
+            .request("GET", path, None, auth)
+            .expect("operator request");
+        assert_eq!(status, want, "{path}: {body}");
+    }
 
     // v2 answers half of its requests with 500: the first step's window is over 5%.
     let out = shift(
