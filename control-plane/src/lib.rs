@@ -16,6 +16,7 @@ pub mod proxy_api;
 pub mod resources_api;
 pub mod server;
 pub mod state_dir;
+pub mod stats;
 pub mod store;
 pub mod tokens;
 pub mod view;

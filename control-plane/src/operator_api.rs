@@ -118,6 +118,7 @@ async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Respo
             info.services = cp.hub.service_addresses();
             http_util::json(StatusCode::OK, &info)
         }
+        (Method::GET, ["stats"]) => crate::stats::get(&cp.stats, req.uri().query()),
         (Method::POST, ["apply"]) => resources_api::apply(req, cp).await,
         (Method::GET, ["resources", kind]) => resources_api::get(cp, kind, None, None),
         (Method::GET, ["resources", kind, ns]) => resources_api::get(cp, kind, Some(ns), None),

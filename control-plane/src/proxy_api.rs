@@ -2,7 +2,7 @@
 //!
 //! `POST /v1/certificate` signs a CSR for a join token or, with a client certificate, renews that
 //! certificate's identity. `POST /v1/stream` (client certificate required) registers the proxy's workload
-//! and carries snapshots one way and ACK/NACK/readiness the other (see `weft_api::control`).
+//! and carries snapshots one way and ACK/NACK/readiness/request counts the other (see `weft_api::control`).
 
 use crate::http_util::{self, Body};
 use crate::server::ControlPlane;
@@ -166,6 +166,7 @@ async fn config_stream(
     tracing::info!(proxy = %key, %id, peer = %peer.addr, "proxy connected");
     let hub = cp.hub.clone();
     let addr = peer.addr;
+    let cp_stats = cp.clone();
     cp.tasks.spawn(async move {
         let reason = loop {
             match read_message(&mut body, &mut decoder).await {
@@ -174,12 +175,14 @@ async fn config_stream(
                     hub.nack(&key, conn_id, version, reason)
                 }
                 Ok(Some(FromProxy::Ready { ready })) => hub.set_ready(&key, conn_id, ready),
+                Ok(Some(FromProxy::Stats(report))) => cp_stats.stats.update(&key, conn_id, report),
                 Ok(Some(FromProxy::Hello(_))) => break "a second hello".to_string(),
                 Ok(None) => break "stream closed".to_string(),
                 Err(e) => break e,
             }
         };
         tracing::info!(proxy = %key, peer = %addr, %reason, "proxy disconnected");
+        cp_stats.stats.remove(&key, conn_id);
         hub.disconnect(&key, conn_id);
     });
     // Each snapshot goes out as its pieces; the shared sections are written from one copy for all.

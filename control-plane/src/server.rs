@@ -49,6 +49,8 @@ pub struct ControlPlane {
     config_dir: Option<PathBuf>,
     /// What `GET /v1/mesh` answers (services filled in per request).
     pub mesh_info: MeshInfo,
+    /// Each connected proxy's latest request counts (`GET /v1/stats`).
+    pub stats: crate::stats::StatsStore,
 }
 
 impl ControlPlane {
@@ -192,6 +194,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         store: std::sync::Mutex::new(store),
         config_dir: opts.config_dir.clone(),
         mesh_info,
+        stats: Default::default(),
     });
     cp.publish();
     Ok(Bound { cp, api, operator })

@@ -70,6 +70,61 @@ pub enum FromProxy {
     Nack { version: u64, reason: String },
     /// The app's readiness changed.
     Ready { ready: bool },
+    /// What this proxy has seen of its destinations so far (sent about once a second, when it changed).
+    Stats(StatsReport),
+}
+
+/// Upper bounds, in milliseconds, of the latency buckets of every [`StatsEntry`]; one last bucket
+/// counts what is slower than all of them.
+pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
+/// Most entries one report carries; a proxy calling more destinations leaves the rest out (and says how
+/// many), so one report stays well under 200 KiB.
+pub const MAX_STATS_ENTRIES: usize = 1000;
+
+/// A proxy's cumulative counts per destination service and subset, since it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatsReport {
+    /// How long the proxy has been counting: its counters start at zero when it starts, so a reader of
+    /// cumulative counts can tell a restart from a quiet spell.
+    pub counting_ms: u64,
+    pub entries: Vec<StatsEntry>,
+    /// Entries left out over [`MAX_STATS_ENTRIES`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatsEntry {
+    pub namespace: String,
+    pub service: String,
+    /// The subset (endpoints' `version` label) the route sent the requests to; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    pub requests: u64,
+    /// Answers with a 5xx status, the proxy's own included.
+    pub failures: u64,
+    /// `LATENCY_BUCKETS_MS.len() + 1` counts (not cumulative): time to the response head.
+    pub buckets: Vec<u64>,
+}
+
+impl StatsEntry {
+    /// The shape the protocol promises: one count per bucket, no more failures (or bucket counts)
+    /// than requests.
+    pub fn is_well_formed(&self) -> bool {
+        self.buckets.len() == LATENCY_BUCKETS_MS.len() + 1
+            && self.failures <= self.requests
+            && self
+                .buckets
+                .iter()
+                .try_fold(0u64, |sum, b| sum.checked_add(*b))
+                .is_some_and(|sum| sum <= self.requests)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,6 +287,18 @@ mod tests {
                 reason: "bad".into(),
             },
             FromProxy::Ready { ready: true },
+            FromProxy::Stats(StatsReport {
+                counting_ms: 1500,
+                entries: vec![StatsEntry {
+                    namespace: "default".into(),
+                    service: "reviews".into(),
+                    subset: Some("v2".into()),
+                    requests: 3,
+                    failures: 1,
+                    buckets: vec![0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0],
+                }],
+                omitted: 0,
+            }),
         ];
         let wire: Vec<u8> = msgs.iter().flat_map(|m| encode(m).to_vec()).collect();
         for chunk in [1, 3, 5, wire.len()] {
@@ -246,6 +313,28 @@ mod tests {
             d.finish().unwrap();
             assert_eq!(got, msgs);
         }
+    }
+
+    #[test]
+    fn stats_entries_are_checked_for_shape() {
+        let mut e = StatsEntry {
+            namespace: "default".into(),
+            service: "reviews".into(),
+            subset: None,
+            requests: 2,
+            failures: 1,
+            buckets: vec![0; LATENCY_BUCKETS_MS.len() + 1],
+        };
+        assert!(e.is_well_formed());
+        e.failures = 3;
+        assert!(!e.is_well_formed(), "more failures than requests");
+        e.failures = 0;
+        e.buckets[0] = 5;
+        assert!(!e.is_well_formed(), "more bucket counts than requests");
+        e.buckets = vec![0; 3];
+        assert!(!e.is_well_formed(), "wrong number of buckets");
+        e.buckets = vec![u64::MAX; LATENCY_BUCKETS_MS.len() + 1];
+        assert!(!e.is_well_formed(), "overflowing sum");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | DELETE | `/v1/tokens/{id}` | → [`TokenInfo`] |
 //! | GET | `/v1/status` | → [`Status`] |
 //! | GET | `/v1/mesh` | → [`MeshInfo`] |
+//! | GET | `/v1/stats?namespace=&service=` | → [`ServiceStats`] |
 
 use crate::resources::ResourceKey;
 use serde::{Deserialize, Serialize};
@@ -187,4 +188,45 @@ pub struct ServiceAddress {
     pub namespace: String,
     pub name: String,
     pub vip: std::net::IpAddr,
+}
+
+/// `GET /v1/stats?namespace=NS&service=NAME`: what the connected proxies report of their requests to one
+/// service, cumulative since each proxy started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStats {
+    pub namespace: String,
+    pub service: String,
+    /// Upper bounds of the latency buckets, in milliseconds; the last bucket has none.
+    pub bucket_bounds_ms: Vec<u64>,
+    /// Connected proxies whose latest report has requests to this service.
+    pub proxies_reporting: usize,
+    /// Per subset, summed over the reporting proxies.
+    pub subsets: Vec<SubsetStats>,
+    /// Per reporting proxy, so a reader of deltas can tell a proxy's restart from a quiet spell.
+    pub by_proxy: Vec<ProxyStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubsetStats {
+    /// Absent for requests sent without a subset (a route without one, or no route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    pub requests: u64,
+    /// Answers with status 5xx (the proxy's own included).
+    pub failures: u64,
+    /// One count per bucket of `bucketBoundsMs`, plus the last.
+    pub buckets: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStats {
+    /// `namespace/name` of the reporting proxy.
+    pub proxy: String,
+    /// How long this proxy has been counting (its counters start at zero when it starts), as of the
+    /// control plane's answer.
+    pub counting_ms: u64,
+    pub subsets: Vec<SubsetStats>,
 }

@@ -31,12 +31,16 @@ Examples:
   weftctl get services -A
   weftctl token create --namespace default --service-account reviews --ttl 1h
   weftctl status
+  weftctl shift reviews --to v2 --step 10 --interval 30s --max-error-rate 1% --max-p99 250ms
 
 Exit codes:
   0  done (and, when waiting, every affected proxy acknowledged the change)
   1  refused or failed: bad input, an error from the control plane, the control plane unreachable
   2  bad usage (unknown command, flag, kind or value)
-  3  applied, but not confirmed by every affected proxy (a NACK, a disconnect or the timeout)";
+  3  applied, but not confirmed by every affected proxy (a NACK, a disconnect or the timeout)
+  4  shift --to: a threshold was crossed (rolled back)
+  5  shift --to: too few requests to judge a step (rolled back)
+  130  shift --to: interrupted by Ctrl-C or SIGTERM (rolled back)";
 
 #[derive(Debug, Parser)]
 #[command(name = "weftctl", version, about = "Weft operator CLI", long_about = ABOUT_LONG, after_long_help = EXAMPLES)]
@@ -249,7 +253,18 @@ The change is an edit of the service's HTTPRoute (named after the service; creat
 weights go in its rule without matches; --header NAME=VALUE SUBSET adds (or updates) a first rule that
 sends requests carrying that header to SUBSET. The weights replaced are kept in the route's annotation
 weft.dev/previous-weights, which `weftctl rollback` restores. weftctl prints what changed and, unless
---no-wait, waits until every affected proxy has acknowledged it (naming those that have not).";
+--no-wait, waits until every affected proxy has acknowledged it (naming those that have not).
+
+Progressive delivery (--to SUBSET): weftctl moves the share of SUBSET up by --step percent at a time
+(10, 20, ... 100 by default), the rest staying on the --from subsets (default: those weighted now), and
+waits for every proxy to acknowledge each step. During each --interval it watches SUBSET's requests as
+the calling proxies count them: the error rate (5xx answers / requests) and p99 latency, known as the
+upper bound of the latency bucket holding it (bounds 1, 2, 5, 10, 25, 50, 100, 250, 500 ms, 1, 2.5,
+10 s). A step advances once its window holds at least --min-requests requests within --max-error-rate
+and --max-p99; with fewer it keeps waiting, up to --max-idle-intervals intervals. When a threshold is
+crossed, when traffic stays too thin, when a step is not acknowledged, or on Ctrl-C, weftctl puts back
+the route's split from before it started (waiting for the acknowledgements) and exits non-zero. After
+a promotion, `weftctl rollback` goes back to the split from before the shift.";
 
 const SHIFT_EXAMPLES: &str = "\
 Examples:
@@ -257,15 +272,19 @@ Examples:
   weftctl shift reviews v2=100                      # promote / blue-green switch
   weftctl shift reviews --header x-user-group=beta v2   # A/B by header
   weftctl rollback reviews                          # the previous weights
+  weftctl shift reviews --to v2 --step 10 --interval 30s --max-error-rate 1% --max-p99 250ms
+  weftctl shift reviews --to v2 --from v1 --step 25 --interval 1m --min-requests 100
 
-Exit codes: 0 applied and acknowledged, 1 refused or failed, 2 bad usage, 3 applied but not
-acknowledged by every affected proxy.";
+Exit codes: 0 applied and acknowledged (with --to: promoted to 100%), 1 refused or failed, 2 bad
+usage, 3 applied but not acknowledged by every affected proxy (with --to: rolled back). With --to,
+also (each after rolling back): 4 a threshold was crossed, 5 too few requests to judge a step within
+--max-idle-intervals, 130 interrupted (Ctrl-C or SIGTERM).";
 
 #[derive(Debug, Args)]
 pub struct ShiftArgs {
     pub service: String,
     /// SUBSET=WEIGHT for each version (relative weights), or with --header the one SUBSET.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "to")]
     pub targets: Vec<String>,
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
@@ -273,7 +292,80 @@ pub struct ShiftArgs {
     #[arg(long, value_name = "NAME=VALUE")]
     pub header: Option<String>,
     #[command(flatten)]
+    pub progressive: ProgressiveArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// `weftctl shift SERVICE --to SUBSET ...`: progressive delivery. The flags are options, their defaults
+/// applied by the accessors, so that [`parse`] can refuse any of them given without --to (clap's
+/// `requires` lets them through when a conflicting argument, such as the weights, is present).
+#[derive(Debug, Clone, Args)]
+pub struct ProgressiveArgs {
+    /// Move traffic to SUBSET step by step, watching its error rate and latency; roll back on trouble.
+    #[arg(long, value_name = "SUBSET", conflicts_with_all = ["targets", "header", "no_wait"])]
+    pub to: Option<String>,
+    /// The subsets that keep the rest, in proportion to their weights now (repeatable or
+    /// comma-separated) [default: the subsets weighted now, other than --to].
+    #[arg(long, value_name = "SUBSET", value_delimiter = ',')]
+    pub from: Vec<String>,
+    /// Percent of the traffic added to --to at each step, 1 to 100 [default: 10].
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    step: Option<u32>,
+    /// How long each step is watched before it is judged, at least 1s (proxies report once a second)
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = interval)]
+    interval: Option<Duration>,
+    /// Highest share of --to's requests that may fail (5xx), e.g. 1% or 0.5% [default: 1%].
+    #[arg(long, value_name = "PERCENT")]
+    max_error_rate: Option<crate::cli::progressive::Percent>,
+    /// Highest p99 latency of --to's requests, e.g. 250ms, compared with the upper bound of the
+    /// latency bucket holding the p99 [default: not checked].
+    #[arg(long, value_name = "DURATION", value_parser = max_p99)]
+    pub max_p99: Option<Duration>,
+    /// Requests to --to a step needs before it is judged; with fewer, the step waits another interval
+    /// [default: 20].
+    #[arg(long, value_name = "N")]
+    min_requests: Option<u64>,
+    /// Intervals a step may wait for --min-requests before the shift gives up and rolls back
+    /// [default: 5].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_idle_intervals: Option<u32>,
+}
+
+impl ProgressiveArgs {
+    /// The first flag given that only means something with --to.
+    fn stray_flag(&self) -> Option<&'static str> {
+        [
+            ("--from", !self.from.is_empty()),
+            ("--step", self.step.is_some()),
+            ("--interval", self.interval.is_some()),
+            ("--max-error-rate", self.max_error_rate.is_some()),
+            ("--max-p99", self.max_p99.is_some()),
+            ("--min-requests", self.min_requests.is_some()),
+            ("--max-idle-intervals", self.max_idle_intervals.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, given)| *given)
+        .map(|(flag, _)| flag)
+    }
+
+    pub fn step(&self) -> u32 {
+        self.step.unwrap_or(10)
+    }
+    pub fn interval(&self) -> Duration {
+        self.interval.unwrap_or(Duration::from_secs(30))
+    }
+    pub fn max_error_rate(&self) -> crate::cli::progressive::Percent {
+        self.max_error_rate
+            .unwrap_or(crate::cli::progressive::Percent::ONE)
+    }
+    pub fn min_requests(&self) -> u64 {
+        self.min_requests.unwrap_or(20)
+    }
+    pub fn max_idle_intervals(&self) -> u32 {
+        self.max_idle_intervals.unwrap_or(5)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -526,6 +618,14 @@ where
 {
     let matches = Cli::command().try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
+    if let Command::Remote(RemoteCommand::Shift(s)) = &cli.command {
+        if let (None, Some(flag)) = (&s.progressive.to, s.progressive.stray_flag()) {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                format!("{flag} is for a progressive shift: give --to SUBSET with it"),
+            ));
+        }
+    }
     cli.remote.token_origin = match matches.value_source("token_file") {
         Some(ValueSource::CommandLine) => TokenOrigin::Flag,
         Some(ValueSource::EnvVariable) => TokenOrigin::Env,
@@ -555,6 +655,22 @@ fn wait_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!(
             "at most {MAX_WAIT}: the control plane waits no longer"
         ));
+    }
+    Ok(d)
+}
+
+fn interval(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.get() < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s: proxies report their counts once a second".into());
+    }
+    Ok(d)
+}
+
+fn max_p99(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.get().is_zero() {
+        return Err("must be more than zero".into());
     }
     Ok(d)
 }
@@ -762,6 +878,113 @@ mod tests {
             panic!()
         };
         assert_eq!(id, "abc");
+    }
+
+    fn shift(args: &[&str]) -> ShiftArgs {
+        match remote(ok(args)) {
+            RemoteCommand::Shift(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn progressive_shift_arguments() {
+        let s = shift(&[
+            "shift",
+            "reviews",
+            "--to",
+            "v2",
+            "--step",
+            "10",
+            "--interval",
+            "30s",
+            "--max-error-rate",
+            "1%",
+            "--max-p99",
+            "250ms",
+        ]);
+        let p = &s.progressive;
+        assert_eq!(p.to.as_deref(), Some("v2"));
+        assert!(s.targets.is_empty() && p.from.is_empty());
+        assert_eq!((p.step(), p.interval()), (10, Duration::from_secs(30)));
+        assert_eq!(p.max_error_rate().fraction(), 0.01);
+        assert_eq!(p.max_p99, Some(Duration::from_millis(250)));
+        assert_eq!((p.min_requests(), p.max_idle_intervals()), (20, 5));
+        let p = shift(&["shift", "reviews", "--to", "v2"]).progressive;
+        assert_eq!(
+            (p.step(), p.interval()),
+            (10, Duration::from_secs(30)),
+            "defaults"
+        );
+        assert_eq!((p.max_error_rate().fraction(), p.max_p99), (0.01, None));
+        assert_eq!(s.wait.wait(), Some(Duration::from_secs(10)));
+
+        let s = shift(&[
+            "shift",
+            "reviews",
+            "--to",
+            "v2",
+            "--from",
+            "v1,v3",
+            "--from",
+            "v4",
+            "--step",
+            "100",
+            "--max-error-rate",
+            "0.5%",
+            "--min-requests",
+            "3",
+            "--timeout",
+            "30s",
+        ]);
+        let p = &s.progressive;
+        assert_eq!(p.from, ["v1", "v3", "v4"]);
+        assert_eq!(p.step(), 100);
+        assert_eq!(p.max_error_rate().fraction(), 0.005);
+        assert_eq!((p.max_p99, p.min_requests()), (None, 3));
+        assert_eq!(s.wait.wait(), Some(Duration::from_secs(30)));
+        // Plain shifts are as before.
+        let s = shift(&["shift", "reviews", "v1=90", "v2=10"]);
+        assert_eq!(s.progressive.to, None);
+        assert_eq!(s.targets, ["v1=90", "v2=10"]);
+    }
+
+    #[test]
+    fn progressive_shift_refuses_bad_values_and_mixtures() {
+        fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+            [&["shift", "reviews", "--to", "v2"][..], extra].concat()
+        }
+        for (extra, says) in [
+            (&["--step", "0"][..], "0"),
+            (&["--step", "101"], "101"),
+            (&["--interval", "500ms"], "at least 1s"),
+            (&["--interval", "30"], "unit"),
+            (&["--max-error-rate", "1"], "with %"),
+            (&["--max-error-rate", "101%"], "0% to 100%"),
+            (&["--max-p99", "0ms"], "more than zero"),
+            (&["--max-p99", "fast"], "invalid duration"),
+            (&["--max-idle-intervals", "0"], "0"),
+            (&["--no-wait"], "cannot be used"),
+            (&["v1=90"], "cannot be used"),
+            (&["--header", "x=1"], "cannot be used"),
+        ] {
+            let e = usage_error(&with(extra));
+            assert!(e.to_string().contains(says), "{extra:?}: {e}");
+        }
+        // Progressive flags need --to; a plain shift needs its weights.
+        for flag in [
+            &["--step", "10"][..],
+            &["--interval", "5s"],
+            &["--max-error-rate", "1%"],
+            &["--max-p99", "1s"],
+            &["--min-requests", "5"],
+            &["--max-idle-intervals", "2"],
+            &["--from", "v1"],
+        ] {
+            let e = usage_error(&[&["shift", "reviews", "v2=100"][..], flag].concat());
+            assert!(e.to_string().contains("--to"), "{flag:?}: {e}");
+        }
+        usage_error(&["shift", "reviews"]);
     }
 
     #[test]

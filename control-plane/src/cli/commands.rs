@@ -26,6 +26,12 @@ pub enum Exit {
     Usage,
     /// Applied, but not acknowledged by every affected proxy (a NACK, a disconnect or the timeout).
     Unconfirmed,
+    /// A progressive shift crossed a threshold and was rolled back.
+    Threshold,
+    /// A progressive shift saw too few requests to judge a step and was rolled back.
+    TooFewRequests,
+    /// A progressive shift was interrupted (SIGINT, SIGTERM) and rolled back.
+    Interrupted,
 }
 
 impl Exit {
@@ -35,6 +41,9 @@ impl Exit {
             Exit::Failed => 1,
             Exit::Usage => 2,
             Exit::Unconfirmed => 3,
+            Exit::Threshold => 4,
+            Exit::TooFewRequests => 5,
+            Exit::Interrupted => 130,
         }
     }
 }
@@ -48,7 +57,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn out(stdout: String) -> Reply {
+    pub(super) fn out(stdout: String) -> Reply {
         Reply {
             stdout,
             stderr: String::new(),
@@ -67,6 +76,8 @@ pub enum CommandError {
     Unreadable(String),
     #[error("{0}")]
     Usage(String),
+    #[error("cannot watch for Ctrl-C (a shift must be able to roll back): {0}")]
+    Signals(std::io::Error),
 }
 
 impl CommandError {
@@ -110,6 +121,10 @@ pub async fn run(
         }
         RemoteCommand::Token(TokenCommand::Revoke { id }) => token_revoke(&client, &id).await,
         RemoteCommand::Status(s) => status(&client, s.output, now).await,
+        // Its progress is printed as it happens, not at the end.
+        RemoteCommand::Shift(a) if a.progressive.to.is_some() => {
+            super::progressive::run(&client, a, &mut std::io::stdout()).await
+        }
         RemoteCommand::Shift(a) => shift(&client, a).await,
         RemoteCommand::Rollback(a) => rollback(&client, a).await,
     }
@@ -160,7 +175,7 @@ pub async fn rollback(
     apply_route(client, route, line, a.wait).await
 }
 
-async fn current_route(
+pub(super) async fn current_route(
     client: &Client,
     namespace: &str,
     service: &str,
@@ -180,7 +195,7 @@ async fn current_route(
     }
 }
 
-async fn apply_route(
+pub(super) async fn apply_route(
     client: &Client,
     route: serde_json::Value,
     line: String,

@@ -6,6 +6,7 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod files;
+pub mod progressive;
 pub mod render;
 pub mod shift;
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //! Weights go in the route's catch-all rule (the one without matches; created when missing). A header
 //! split (`--header x-user-group=beta v2`) is a rule with that one header match, kept first. The weights
 //! a shift replaces are kept in the annotation `weft.dev/previous-weights`, which `rollback` restores.
+//!
+//! A progressive shift (`--to`, see `progressive`) moves the catch-all split one step at a time with
+//! [`set_step`], and undoes everything it did with [`restore`].
 
 use serde_json::{json, Value};
 
@@ -48,7 +51,7 @@ pub fn parse_weights(args: &[String]) -> Result<Vec<(String, u32)>, String> {
     Ok(out)
 }
 
-fn check_subset(s: &str) -> Result<(), String> {
+pub fn check_subset(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -130,6 +133,82 @@ pub fn rollback(route: Value, service: &str) -> Result<(Value, String), String> 
     apply_shift(route, service, &Shift::Weights(weights))
 }
 
+/// The catch-all rule's `SUBSET=WEIGHT`s (empty when there is no such rule or it names no subset).
+pub fn weights(route: &Value) -> Vec<(String, u32)> {
+    let Some(rules) = route["spec"]["rules"].as_array() else {
+        return Vec::new();
+    };
+    let Some(rule) = rules.iter().find(|r| has_no_matches(r)) else {
+        return Vec::new();
+    };
+    rule["backendRefs"]
+        .as_array()
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|b| {
+                    let subset = b["subset"].as_str()?;
+                    let weight = b["weight"].as_u64().unwrap_or(1);
+                    Some((
+                        subset.to_string(),
+                        u32::try_from(weight).unwrap_or(u32::MAX),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `route` with the catch-all split set to one step of a progressive shift. The annotation keeps
+/// `previous`, the split from before the whole shift (removed when there was none), so that
+/// `weftctl rollback` after a promotion goes back to where the shift began, not to its last step.
+pub fn set_step(
+    route: Value,
+    service: &str,
+    weights: &[(String, u32)],
+    previous: Option<&str>,
+) -> Result<(Value, String), String> {
+    let (mut route, line) = apply_shift(route, service, &Shift::Weights(weights.to_vec()))?;
+    match previous {
+        Some(p) => set_previous(&mut route, p),
+        None => remove_previous(&mut route),
+    }
+    Ok((route, line))
+}
+
+/// `current` with the catch-all rule and the annotation as they were in `before` (the route when a
+/// progressive shift started); other rules, added meanwhile by someone else, are left alone.
+pub fn restore(mut current: Value, before: &Value) -> Result<Value, String> {
+    let original = before["spec"]["rules"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| has_no_matches(r)))
+        .cloned();
+    let rules = rules_mut(&mut current)?;
+    match (rules.iter().position(has_no_matches), original) {
+        (Some(i), Some(rule)) => rules[i] = rule,
+        (None, Some(rule)) => rules.push(rule),
+        (Some(i), None) => {
+            rules.remove(i);
+        }
+        (None, None) => {}
+    }
+    match before["metadata"]["annotations"].get(PREVIOUS) {
+        Some(p) => set_previous(&mut current, p.as_str().unwrap_or_default()),
+        None => remove_previous(&mut current),
+    }
+    Ok(current)
+}
+
+fn remove_previous(route: &mut Value) {
+    // `get_mut`, not indexing: indexing a JSON object inserts the key it looks for.
+    let annotations = route
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("annotations"))
+        .and_then(Value::as_object_mut);
+    if let Some(a) = annotations {
+        a.remove(PREVIOUS);
+    }
+}
+
 fn rules_mut(route: &mut Value) -> Result<&mut Vec<Value>, String> {
     if !route["spec"]["rules"].is_array() {
         route["spec"]["rules"] = json!([]);
@@ -139,13 +218,14 @@ fn rules_mut(route: &mut Value) -> Result<&mut Vec<Value>, String> {
         .ok_or_else(|| "the route's spec.rules is not a list".to_string())
 }
 
+fn has_no_matches(rule: &Value) -> bool {
+    rule.get("matches")
+        .is_none_or(|m| m.as_array().is_none_or(Vec::is_empty))
+}
+
 /// The rule without matches (appended when there is none).
 fn catch_all(rules: &mut Vec<Value>) -> usize {
-    let no_matches = |r: &Value| {
-        r.get("matches")
-            .is_none_or(|m| m.as_array().is_none_or(Vec::is_empty))
-    };
-    match rules.iter().position(no_matches) {
+    match rules.iter().position(has_no_matches) {
         Some(i) => i,
         None => {
             rules.push(json!({}));
@@ -239,6 +319,57 @@ mod tests {
             line, "reviews: v1=100 -> v1=90 v2=10",
             "rollback of a rollback goes forward"
         );
+    }
+
+    #[test]
+    fn steps_keep_the_split_from_before_and_restore_undoes_only_the_catch_all_rule() {
+        let (before, _) =
+            apply_shift(new_route("default", "reviews"), "reviews", &w(&["v1=100"])).unwrap();
+        assert_eq!(weights(&before), [("v1".to_string(), 100)]);
+        let step = |route, v1, v2| {
+            let ws = [("v1".to_string(), v1), ("v2".to_string(), v2)];
+            set_step(route, "reviews", &ws, Some("v1=100")).unwrap()
+        };
+        let (route, line) = step(before.clone(), 75, 25);
+        assert_eq!(line, "reviews: v1=100 -> v1=75 v2=25");
+        let (route, _) = step(route, 50, 50);
+        assert_eq!(route["metadata"]["annotations"][PREVIOUS], "v1=100");
+        // Someone adds a header rule meanwhile; restoring keeps it.
+        let (route, _) = apply_shift(
+            route,
+            "reviews",
+            &Shift::Header {
+                name: "x-beta".into(),
+                value: "1".into(),
+                subset: "v2".into(),
+            },
+        )
+        .unwrap();
+        let back = restore(route, &before).unwrap();
+        assert_eq!(weights(&back), [("v1".to_string(), 100)]);
+        assert_eq!(back["spec"]["rules"].as_array().unwrap().len(), 2);
+        assert!(back["metadata"]["annotations"].get(PREVIOUS).is_none());
+        // A route whose catch-all rule a shift added loses it again.
+        let headers_only = apply_shift(
+            new_route("default", "reviews"),
+            "reviews",
+            &Shift::Header {
+                name: "x-beta".into(),
+                value: "1".into(),
+                subset: "v2".into(),
+            },
+        )
+        .unwrap()
+        .0;
+        let (shifted, _) = set_step(
+            headers_only.clone(),
+            "reviews",
+            &[("v1".into(), 90), ("v2".into(), 10)],
+            None,
+        )
+        .unwrap();
+        assert_eq!(weights(&shifted).len(), 2);
+        assert_eq!(restore(shifted, &headers_only).unwrap(), headers_only);
     }
 
     #[test]

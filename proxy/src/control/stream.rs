@@ -1,5 +1,6 @@
 //! The config stream: registers the workload, applies snapshots (ACK) or refuses them with the reason
-//! (NACK, nothing changes), reports readiness, and reconnects with capped backoff when the control plane
+//! (NACK, nothing changes), reports readiness and, once a second when they changed, the request counts
+//! per destination (`weftctl shift --to` watches them), and reconnects with capped backoff when the control plane
 //! goes away. The proxy keeps serving with what it has meanwhile.
 
 use super::cache::Cache;
@@ -16,19 +17,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use weft_api::control::{
-    encode, FrameDecoder, FromControl, FromProxy, Hello, Registration, Snapshot, PATH_STREAM,
-    PROTOCOL_VERSION,
+    encode, FrameDecoder, FromControl, FromProxy, Hello, Registration, Snapshot, StatsEntry,
+    StatsReport, MAX_STATS_ENTRIES, PATH_STREAM, PROTOCOL_VERSION,
 };
 
 const RECONNECT_CAP: Duration = Duration::from_secs(10);
+/// How often the request counts are looked at; they are sent only when they changed.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(proxy: Arc<Proxy>, settings: Settings, mut ready: watch::Receiver<bool>) {
     let cache = Cache::new(&settings.control.state_dir);
+    // This task starts with the proxy, so its age is how long the request counters have counted.
+    let started = std::time::Instant::now();
     let mut attempt = 0u32;
     let mut last_error = String::new();
     loop {
         let connected_at = std::time::Instant::now();
-        let result = session(&proxy, &settings, &cache, &mut ready).await;
+        let result = session(&proxy, &settings, &cache, &mut ready, started).await;
         proxy.metrics.set_control_connected(false);
         if proxy.shutdown.is_cancelled() {
             return;
@@ -59,6 +64,7 @@ async fn session(
     settings: &Settings,
     cache: &Cache,
     ready: &mut watch::Receiver<bool>,
+    started: std::time::Instant,
 ) -> Result<(), String> {
     let tls = proxy.identity.client_config(&settings.server_id);
     let mut send = conn::connect(settings.control.address, tls)
@@ -111,6 +117,10 @@ async fn session(
     proxy.metrics.set_control_connected(true);
     let mut body = resp.into_body();
     let mut decoder = FrameDecoder::default();
+    let mut stats_tick = tokio::time::interval(STATS_EVERY);
+    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What this stream last carried: a new stream starts from nothing (the control plane forgot us).
+    let mut stats_sent: Vec<StatsEntry> = Vec::new();
     loop {
         while let Some(msg) = decoder.next::<FromControl>().map_err(|e| e.to_string())? {
             let FromControl::Snapshot(s) = msg;
@@ -127,6 +137,13 @@ async fn session(
                     }
                 }
             },
+            _ = stats_tick.tick() => {
+                let report = stats_report(proxy, started.elapsed());
+                if report.entries != stats_sent {
+                    stats_sent = report.entries.clone();
+                    send_msg(&FromProxy::Stats(report)).await?;
+                }
+            }
             changed = ready.changed() => {
                 if changed.is_ok() {
                     let r = *ready.borrow();
@@ -140,6 +157,29 @@ async fn session(
                 return Ok(());
             }
         }
+    }
+}
+
+/// The cumulative counts, sorted by destination, at most [`MAX_STATS_ENTRIES`] of them.
+fn stats_report(proxy: &Proxy, counting: Duration) -> StatsReport {
+    let all = proxy.upstream_stats.snapshot();
+    let omitted = all.len().saturating_sub(MAX_STATS_ENTRIES) as u64;
+    let entries = all
+        .into_iter()
+        .take(MAX_STATS_ENTRIES)
+        .map(|(k, c)| StatsEntry {
+            namespace: k.namespace,
+            service: k.service,
+            subset: k.subset,
+            requests: c.requests,
+            failures: c.failures,
+            buckets: c.buckets,
+        })
+        .collect();
+    StatsReport {
+        counting_ms: counting.as_millis() as u64,
+        entries,
+        omitted,
     }
 }
 
@@ -202,4 +242,16 @@ fn adopt_bundle(proxy: &Proxy, cache: &Cache, view: &MeshView) -> Result<(), Str
         tracing::warn!(error = %e, "cannot cache the trust bundle");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_proxys_latency_buckets_are_the_protocols() {
+        // The control plane refuses entries of another shape; one list of bounds for both sides.
+        assert_eq!(
+            crate::stats::BUCKETS_MS,
+            weft_api::control::LATENCY_BUCKETS_MS
+        );
+    }
 }

@@ -1,0 +1,256 @@
+//! The latest request counts each connected proxy reported on its config stream, and `GET /v1/stats`,
+//! which sums them for one service. The control plane keeps no history: the counts are cumulative in
+//! the proxies, so a reader (`weftctl shift --to`) takes deltas between two answers.
+//!
+//! A proxy's counts are dropped when its stream ends: a proxy that is gone carries no fresh news, and
+//! when it comes back its report replaces the old one anyway.
+
+use crate::http_util::{self, Body};
+use http::{Response, StatusCode};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use weft_api::control::{StatsEntry, StatsReport, LATENCY_BUCKETS_MS, MAX_STATS_ENTRIES};
+use weft_api::operator::{ProxyStats, ServiceStats, SubsetStats};
+use weft_api::resources::dns_label;
+
+struct Reported {
+    /// The stream the report came on; a newer stream of the same proxy replaces it.
+    conn_id: u64,
+    /// When the proxy's counters started, on this control plane's clock.
+    counting_since: Instant,
+    /// By (namespace, service), each subset's counts.
+    services: BTreeMap<(String, String), Vec<SubsetStats>>,
+}
+
+#[derive(Default)]
+pub struct StatsStore {
+    by_proxy: Mutex<BTreeMap<String, Reported>>,
+}
+
+impl StatsStore {
+    /// Keeps `report` as proxy `key`'s latest (on stream `conn_id`). Entries that break the protocol's
+    /// shape are left out, and at most [`MAX_STATS_ENTRIES`] are kept, so one proxy cannot make the
+    /// control plane hold or sum more than that.
+    pub fn update(&self, key: &str, conn_id: u64, report: StatsReport) {
+        let now = Instant::now();
+        let counting_since = now
+            .checked_sub(Duration::from_millis(report.counting_ms))
+            .unwrap_or(now);
+        let mut services: BTreeMap<(String, String), Vec<SubsetStats>> = BTreeMap::new();
+        let mut dropped = 0usize;
+        for e in report.entries.into_iter().take(MAX_STATS_ENTRIES) {
+            if !e.is_well_formed() {
+                dropped += 1;
+                continue;
+            }
+            let StatsEntry {
+                namespace,
+                service,
+                subset,
+                requests,
+                failures,
+                buckets,
+            } = e;
+            services
+                .entry((namespace, service))
+                .or_default()
+                .push(SubsetStats {
+                    subset,
+                    requests,
+                    failures,
+                    buckets,
+                });
+        }
+        if dropped > 0 {
+            tracing::debug!(
+                proxy = key,
+                dropped,
+                "stats entries of the wrong shape left out"
+            );
+        }
+        let mut map = self.by_proxy.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(
+            key.to_string(),
+            Reported {
+                conn_id,
+                counting_since,
+                services,
+            },
+        );
+    }
+
+    /// Proxy `key`'s stream `conn_id` ended.
+    pub fn remove(&self, key: &str, conn_id: u64) {
+        let mut map = self.by_proxy.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(key).is_some_and(|r| r.conn_id == conn_id) {
+            map.remove(key);
+        }
+    }
+
+    /// What the connected proxies report of `namespace/service`.
+    pub fn service(&self, namespace: &str, service: &str) -> ServiceStats {
+        let map = self.by_proxy.lock().unwrap_or_else(|e| e.into_inner());
+        let want = (namespace.to_string(), service.to_string());
+        let by_proxy: Vec<ProxyStats> = map
+            .iter()
+            .filter_map(|(proxy, r)| {
+                let subsets = r.services.get(&want)?;
+                Some(ProxyStats {
+                    proxy: proxy.clone(),
+                    counting_ms: r.counting_since.elapsed().as_millis() as u64,
+                    subsets: subsets.clone(),
+                })
+            })
+            .collect();
+        ServiceStats {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            bucket_bounds_ms: LATENCY_BUCKETS_MS.to_vec(),
+            proxies_reporting: by_proxy.len(),
+            subsets: sum(&by_proxy),
+            by_proxy,
+        }
+    }
+}
+
+/// Each subset's counts summed over the proxies (saturating: counts from a misbehaving proxy must not
+/// panic the control plane).
+fn sum(proxies: &[ProxyStats]) -> Vec<SubsetStats> {
+    let mut total: BTreeMap<Option<String>, SubsetStats> = BTreeMap::new();
+    for s in proxies.iter().flat_map(|p| &p.subsets) {
+        let t = total
+            .entry(s.subset.clone())
+            .or_insert_with(|| SubsetStats {
+                subset: s.subset.clone(),
+                buckets: vec![0; LATENCY_BUCKETS_MS.len() + 1],
+                ..SubsetStats::default()
+            });
+        t.requests = t.requests.saturating_add(s.requests);
+        t.failures = t.failures.saturating_add(s.failures);
+        for (t, b) in t.buckets.iter_mut().zip(&s.buckets) {
+            *t = t.saturating_add(*b);
+        }
+    }
+    total.into_values().collect()
+}
+
+/// `GET /v1/stats?namespace=NS&service=NAME` (namespace defaults to `default`).
+pub fn get(store: &StatsStore, query: Option<&str>) -> Response<Body> {
+    let mut namespace = "default".to_string();
+    let mut service = None;
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("namespace", v)) => namespace = v.to_string(),
+            Some(("service", v)) => service = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    let Some(service) = service else {
+        return http_util::error(
+            StatusCode::BAD_REQUEST,
+            "give the service: /v1/stats?namespace=NS&service=NAME",
+            vec![],
+        );
+    };
+    for (what, v) in [("namespace", &namespace), ("service", &service)] {
+        if let Err(e) = dns_label(v) {
+            return http_util::error(
+                StatusCode::BAD_REQUEST,
+                format!("{what} {v:?}: {e}"),
+                vec![],
+            );
+        }
+    }
+    http_util::json(StatusCode::OK, &store.service(&namespace, &service))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(service: &str, subset: &str, requests: u64, failures: u64) -> StatsEntry {
+        let mut buckets = vec![0; LATENCY_BUCKETS_MS.len() + 1];
+        buckets[3] = requests;
+        StatsEntry {
+            namespace: "default".into(),
+            service: service.into(),
+            subset: Some(subset.into()),
+            requests,
+            failures,
+            buckets,
+        }
+    }
+
+    fn report(entries: Vec<StatsEntry>) -> StatsReport {
+        StatsReport {
+            counting_ms: 5000,
+            entries,
+            omitted: 0,
+        }
+    }
+
+    #[test]
+    fn sums_per_subset_over_proxies_and_keeps_each_proxys_counts() {
+        let s = StatsStore::default();
+        s.update(
+            "default/a",
+            1,
+            report(vec![
+                entry("reviews", "v1", 10, 1),
+                entry("ratings", "v1", 7, 0),
+            ]),
+        );
+        s.update(
+            "default/b",
+            2,
+            report(vec![
+                entry("reviews", "v1", 5, 0),
+                entry("reviews", "v2", 4, 4),
+            ]),
+        );
+        let got = s.service("default", "reviews");
+        assert_eq!(got.proxies_reporting, 2);
+        let v1 = &got.subsets[0];
+        assert_eq!(
+            (v1.subset.as_deref(), v1.requests, v1.failures),
+            (Some("v1"), 15, 1)
+        );
+        assert_eq!(v1.buckets[3], 15);
+        assert_eq!(got.subsets[1].failures, 4);
+        assert_eq!(got.by_proxy.len(), 2);
+        assert!(got.by_proxy[0].counting_ms >= 5000);
+        assert_eq!(s.service("default", "ratings").proxies_reporting, 1);
+        assert_eq!(s.service("shop", "reviews").proxies_reporting, 0);
+    }
+
+    #[test]
+    fn a_proxy_is_forgotten_when_its_stream_ends_but_not_for_an_older_stream() {
+        let s = StatsStore::default();
+        s.update("default/a", 1, report(vec![entry("reviews", "v1", 1, 0)]));
+        s.update("default/a", 2, report(vec![entry("reviews", "v1", 2, 0)]));
+        s.remove("default/a", 1);
+        assert_eq!(s.service("default", "reviews").subsets[0].requests, 2);
+        s.remove("default/a", 2);
+        assert_eq!(s.service("default", "reviews").proxies_reporting, 0);
+    }
+
+    #[test]
+    fn malformed_entries_and_entries_over_the_cap_are_left_out() {
+        let s = StatsStore::default();
+        let mut bad = entry("reviews", "v2", 1, 0);
+        bad.buckets.pop();
+        let mut entries = vec![bad, entry("reviews", "v1", 3, 0)];
+        entries.extend((0..MAX_STATS_ENTRIES).map(|i| entry(&format!("svc{i}"), "v1", 1, 0)));
+        s.update("default/a", 1, report(entries));
+        let got = s.service("default", "reviews");
+        assert_eq!(got.subsets.len(), 1, "{got:?}");
+        assert_eq!(got.subsets[0].requests, 3);
+        let last = format!("svc{}", MAX_STATS_ENTRIES - 1);
+        assert_eq!(
+            s.service("default", &last).proxies_reporting,
+            0,
+            "over the cap"
+        );
+    }
+}
