@@ -10,7 +10,7 @@
 //!
 //! Faults: `fail_percent` of requests answered with `status` (or, with `grpc_status`, a trailers-only
 //! gRPC error); `delay_ms` before answering; `stall` never answers; `reset` closes the connection
-//! without an answer.
+//! without an answer. Request headers named `x-test-*` are answered as `x-echoed-*`.
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -245,6 +245,17 @@ impl Server {
 
     async fn answer(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Reset> {
         let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Request headers `x-test-*` come back as `x-echoed-*`, to show what reached the app.
+        let echoed: Vec<(http::HeaderName, http::HeaderValue)> = req
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| {
+                let rest = n.as_str().strip_prefix("x-test-")?;
+                let name =
+                    http::HeaderName::from_bytes(format!("x-echoed-{rest}").as_bytes()).ok()?;
+                Some((name, v.clone()))
+            })
+            .collect();
         // Read the body, so a retried request is seen whole.
         let _ = req.into_body().collect().await;
         if mode.delay_ms > 0 {
@@ -276,6 +287,9 @@ impl Server {
                         StatusCode::from_u16(mode.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
                 }
             }
+        }
+        for (n, v) in echoed {
+            resp.headers_mut().append(n, v);
         }
         resp.headers_mut().insert(
             "x-version",

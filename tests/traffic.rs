@@ -334,6 +334,21 @@ fn retries_are_counted_budgeted_and_timeouts_are_the_proxys() {
     let r = load(&mesh, &client, flaky_url, &["--requests", "3"]);
     assert_eq!(r["retries"], 0, "{r}");
 
+    // gRPC: a trailers-only UNAVAILABLE is retried when the policy names it.
+    mesh.apply(&route(
+        "flaky",
+        "    retry: {attempts: 2, grpcCodes: [UNAVAILABLE]}\n",
+    ));
+    set_mode(&mesh, &flaky, r#"{"fail_percent":100,"grpc_status":14}"#);
+    until(
+        || load(&mesh, &client, flaky_url, &["--requests", "1"])["retries"] == 2,
+        "grpcCodes: [UNAVAILABLE]",
+    );
+    set_mode(&mesh, &flaky, r#"{"fail_percent":100,"grpc_status":3}"#);
+    let r = load(&mesh, &client, flaky_url, &["--requests", "2"]);
+    assert_eq!(r["retries"], 0, "INVALID_ARGUMENT is not retried: {r}");
+    set_mode(&mesh, &flaky, r#"{"fail_percent":100,"status":503}"#);
+
     // The budget: under a backend failing every request, retries stay near 20% of requests.
     mesh.apply(&route("flaky", "    retry: {attempts: 2}\n"));
     std::thread::sleep(Duration::from_millis(500));
@@ -426,6 +441,11 @@ fn outliers_are_ejected_and_return_bulkheads_shed_and_fallbacks_answer() {
         "gone",
         "    fallback:\n      response: {status: 200, body: degraded, headers: [{name: x-degraded, value: \"1\"}]}\n",
     ));
+    mesh.apply(&service("gone2", ""));
+    mesh.apply(&route(
+        "gone2",
+        "    fallback:\n      backendRef: {name: pool}\n",
+    ));
     let good = backend(&mut mesh, "good", "pool", "v1", &[]);
     let bad = backend(
         &mut mesh,
@@ -504,6 +524,41 @@ fn outliers_are_ejected_and_return_bulkheads_shed_and_fallbacks_answer() {
     assert!(
         r["p50_ms"].as_f64().unwrap_or(1e9) < 400.0,
         "shed requests are answered at once: {r}"
+    );
+
+    // Header modifiers: what the app receives, what the client gets back.
+    mesh.apply(&route(
+        "pool",
+        "    filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier: {set: [{name: x-test-canary, value: \"yes\"}], remove: [x-test-secret]}\n    - type: ResponseHeaderModifier\n      responseHeaderModifier: {add: [{name: x-served-by, value: weft}]}\n",
+    ));
+    until(
+        || {
+            let out = mesh.exec_ok(
+                client,
+                &[
+                    "curl",
+                    "-s",
+                    "-i",
+                    "-H",
+                    "x-test-secret: 1",
+                    "http://pool:9080/",
+                ],
+            );
+            let out = out.to_ascii_lowercase();
+            out.contains("x-echoed-canary: yes")
+                && out.contains("x-served-by: weft")
+                && !out.contains("x-echoed-secret")
+        },
+        "the route's header modifiers",
+    );
+
+    // A fallback service takes the requests of a service with no endpoint.
+    let out = mesh.exec_ok(client, &["curl", "-s", "-i", "http://gone2:9080/"]);
+    let lower = out.to_ascii_lowercase();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        lower.contains("weft-proxy-fallback: default/pool") && lower.contains("x-version: v1"),
+        "{out}"
     );
 
     // No endpoint at all: the route's fallback answers.
