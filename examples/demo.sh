@@ -122,6 +122,11 @@ done
 bold "5. Now every call goes frontend -> reviews v2 -> ratings:"
 in_client "$shop" call --url http://frontend:8080/ | sed 's/^/ /'
 
+bold "6. What the client's sidecar recorded of that call: its access-log line and request metrics"
+tail -n 1 "$work/run/$net/pods/client/access.log" 2> /dev/null | sed 's/^/   /' || true
+in_client curl -s 127.0.0.1:15020/metrics | grep -m 3 '^weft_proxy_http_requests_total' | cut -c1-220 | sed 's/^/   /' || true
+note "(every sidecar writes pods/<name>/access.log and serves /metrics on :15020; docs/metrics.md)"
+
 if ((keep)); then
     bold "Running; try: ip netns exec weft-$net-client $shop call --url http://frontend:8080/   (Ctrl-C stops everything)"
     wait "$cp_pid"
