@@ -439,3 +439,94 @@ fn trace_ids_survive_two_hops_and_spans_reach_the_collector() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `weftctl stat` and `weftctl top` show, per version, what the calling proxies measured: the failing
+/// version stands out.
+#[test]
+fn weftctl_top_shows_a_failing_version() {
+    if !available("telemetry") {
+        return;
+    }
+    let chaos = example("chaos");
+    let mut mesh = PodMesh::new("top");
+    mesh.apply(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: reviews}\nspec:\n  ports: [{port: 9080, protocol: http}]\n  selector: {app: reviews}\n  trafficPolicy: {outlierDetection: {consecutiveErrors: 0}}\n",
+    );
+    // (No ejection: the failing version keeps its share, so its success rate is what it answers.)
+    for (v, fail) in [("v1", "0"), ("v2", "40")] {
+        let label = format!("version={v}");
+        mesh.pod(
+            &format!("reviews-{v}"),
+            &["--service", "reviews", "--label", &label, "--port", "9080"],
+            &[
+                &chaos,
+                "serve",
+                "--version",
+                v,
+                "--fail-percent",
+                fail,
+                "--status",
+                "500",
+            ],
+        );
+    }
+    let client = mesh.pod("client", &[], &["sleep", "600"]);
+    mesh.weftctl_ok(&["shift", "reviews", "v1=50", "v2=50"]);
+    mesh.spawn_in(
+        &client,
+        &[
+            &chaos,
+            "load",
+            "--url",
+            "http://reviews:9080/",
+            "--requests",
+            "100000",
+            "--duration",
+            "20",
+            "--pause-ms",
+            "5",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    let json = mesh.weftctl_ok(&["stat", "reviews", "--window", "3s", "-o", "json"]);
+    let rows: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+    let row = |v: &str| {
+        rows.as_array()
+            .and_then(|r| r.iter().find(|r| r["version"] == v).cloned())
+            .unwrap_or_else(|| panic!("no {v} row: {rows}"))
+    };
+    let (v1, v2) = (row("v1"), row("v2"));
+    assert!(
+        v1["requestsPerSecond"].as_f64().unwrap_or(0.0) > 5.0,
+        "{v1}"
+    );
+    assert_eq!(v1["successRate"], 1.0, "{v1}");
+    let failing = v2["successRate"].as_f64().unwrap_or(1.0);
+    assert!((0.35..0.85).contains(&failing), "v2 fails about 40%: {v2}");
+    assert!(v1["p99"].is_object(), "{v1}");
+
+    let top = mesh.weftctl_ok(&[
+        "top",
+        "reviews",
+        "--interval",
+        "2s",
+        "--iterations",
+        "2",
+        "--no-clear",
+    ]);
+    let lines: Vec<&str> = top.lines().filter(|l| l.starts_with("reviews")).collect();
+    assert_eq!(lines.len(), 4, "two refreshes of two versions:\n{top}");
+    let v2_line = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains(" v2 "))
+        .copied()
+        .unwrap_or_default();
+    let pct: f64 = v2_line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|s| s.trim_end_matches('%').parse().ok())
+        .unwrap_or(100.0);
+    assert!(pct < 90.0, "top shows v2 failing: {top}");
+}

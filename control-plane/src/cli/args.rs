@@ -244,6 +244,60 @@ pub enum RemoteCommand {
         after_long_help = "Examples:\n  weftctl rollback reviews\n  weftctl rollback cart -n shop"
     )]
     Rollback(RollbackArgs),
+    /// Request rate, success rate and latency per service and version, measured once over a window.
+    #[command(long_about = STAT_LONG, after_long_help = STAT_EXAMPLES)]
+    Stat(StatArgs),
+    /// The same figures as `stat`, refreshed in the terminal until Ctrl-C.
+    #[command(long_about = STAT_LONG, after_long_help = TOP_EXAMPLES)]
+    Top(TopArgs),
+}
+
+const STAT_LONG: &str = "\
+Request rate, success rate (non-5xx) and p50/p95/p99 latency per service and version (subset), as the
+calling proxies measured them: the control plane holds each connected proxy's cumulative counts
+(GET /v1/stats), and weftctl takes the difference over a window. Latency percentiles are the upper bounds
+of the buckets they fall in (≤25ms means between the previous bound and 25 ms).";
+
+const STAT_EXAMPLES: &str = "\
+Examples:
+  weftctl stat                       # every service of the default namespace, over 2s
+  weftctl stat reviews --window 10s
+  weftctl stat -n shop -o json";
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  weftctl top                        # redrawn every 2s until Ctrl-C
+  weftctl top reviews --interval 5s
+  weftctl top --iterations 3 --no-clear   # for scripts and logs";
+
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// One service (default: every service of the namespace).
+    pub service: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// How long to measure.
+    #[arg(long, default_value = "2s")]
+    pub window: weft_api::Duration,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: ListFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// One service (default: every service of the namespace).
+    pub service: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// How often to refresh (each refresh measures the time since the last).
+    #[arg(long, default_value = "2s")]
+    pub interval: weft_api::Duration,
+    /// Stop after this many refreshes.
+    #[arg(long)]
+    pub iterations: Option<u32>,
+    /// Print each refresh below the last instead of redrawing the screen.
+    #[arg(long)]
+    pub no_clear: bool,
 }
 
 const SHIFT_LONG: &str = "\

@@ -127,6 +127,9 @@ pub async fn run(
         }
         RemoteCommand::Shift(a) => shift(&client, a).await,
         RemoteCommand::Rollback(a) => rollback(&client, a).await,
+        RemoteCommand::Stat(a) => super::top::stat(&client, a).await,
+        // Refreshes are printed as they come.
+        RemoteCommand::Top(a) => super::top::top(&client, a, &mut std::io::stdout()).await,
     }
 }
 

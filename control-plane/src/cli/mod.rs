@@ -11,3 +11,4 @@ pub mod render;
 pub mod shift;
 #[cfg(test)]
 mod testing;
+pub mod top;

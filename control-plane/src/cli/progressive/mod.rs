@@ -7,7 +7,7 @@
 //! log collecting it) must see each step when it is taken, not at the end.
 
 mod plan;
-mod window;
+pub mod window;
 
 pub use plan::Percent;
 

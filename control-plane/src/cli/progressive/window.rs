@@ -81,6 +81,11 @@ pub struct Sample {
 impl Sample {
     /// `subset`'s counts in `stats`, per reporting proxy (with how long each has counted).
     pub fn of(stats: &ServiceStats, subset: &str) -> Sample {
+        Sample::of_subset(stats, Some(subset))
+    }
+
+    /// Like [`Sample::of`]; `None` is the requests routed to the service as a whole (no subset).
+    pub fn of_subset(stats: &ServiceStats, subset: Option<&str>) -> Sample {
         let proxies = stats
             .by_proxy
             .iter()
@@ -88,7 +93,7 @@ impl Sample {
                 let counts = p
                     .subsets
                     .iter()
-                    .find(|s| s.subset.as_deref() == Some(subset))
+                    .find(|s| s.subset.as_deref() == subset)
                     .map(Counts::from_stats)
                     .unwrap_or_default();
                 (p.proxy.clone(), (p.counting_ms, counts))
@@ -141,11 +146,16 @@ impl fmt::Display for P99 {
 /// The bucket holding the `QUANTILE`-th request (ranked by latency), named by its upper bound;
 /// `None` without requests.
 pub fn p99(buckets: &[u64], bounds_ms: &[u64]) -> Option<P99> {
+    quantile(buckets, bounds_ms, QUANTILE)
+}
+
+/// The bucket holding the `q`-th request (0 < q ≤ 1), named by its upper bound.
+pub fn quantile(buckets: &[u64], bounds_ms: &[u64], q: f64) -> Option<P99> {
     let total: u64 = buckets.iter().sum();
     if total == 0 {
         return None;
     }
-    let rank = ((total as f64) * QUANTILE).ceil().max(1.0) as u64;
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
     let mut seen = 0u64;
     for (i, n) in buckets.iter().enumerate() {
         seen += n;
