@@ -295,8 +295,16 @@ scrape_configs:\n  - job_name: weft-proxies\n    static_configs:\n      - target
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let up = query("sum(up{job=\"weft-proxies\"})");
-    assert_eq!(up["data"]["result"][0]["value"][1], "2", "{up}");
+    // Both sidecars scraped (each target's first scrape may come a moment apart).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let up = query("sum(up{job=\"weft-proxies\"})");
+        if up["data"]["result"][0]["value"][1] == "2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both sidecars up: {up}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let rules_out = mesh.exec_ok(
         &bridge,
         &["curl", "-s", "http://127.0.0.1:9090/api/v1/rules"],
