@@ -1,13 +1,13 @@
 use super::normalize::normalize;
 use super::*;
-use weft_api::resources::parse_documents;
+use crate::resources::parse_documents;
 
 fn authorizer(yaml: &str) -> Authorizer {
     let docs: Vec<Document<AuthorizationPolicySpec>> = parse_documents("p.yaml", yaml)
         .unwrap()
         .into_iter()
         .map(|p| match p.resource {
-            weft_api::resources::Resource::AuthorizationPolicy(d) => d,
+            crate::resources::Resource::AuthorizationPolicy(d) => d,
             other => panic!("not a policy: {other:?}"),
         })
         .collect();
@@ -269,4 +269,39 @@ spec:
             "{fine}"
         );
     }
+}
+
+#[test]
+fn explain_names_the_policy_and_rule_that_decided() {
+    let a = authorizer(RATINGS);
+    let h = http::HeaderMap::new();
+    let subject = |from, method, path| Subject {
+        source: from,
+        port: 9080,
+        http: Some(HttpSubject {
+            method,
+            path,
+            headers: &h,
+        }),
+    };
+    let admin = id("ns/ops/sa/admin");
+    let e = a.explain(&subject(Some(&admin), "DELETE", "/x"));
+    assert!(e.decision.allowed);
+    assert_eq!(e.decision.policy.as_deref(), Some("shop/ratings-callers"));
+    assert_eq!(e.decision.rule, Some(1));
+    assert_eq!(e.policies.len(), 2);
+    assert_eq!(e.policies[1].matched, Some(Some(1)));
+    assert_eq!(e.policies[0].matched, None, "the DENY policy's header rule");
+
+    let stranger = id("ns/web/sa/x");
+    let e = a.explain(&subject(Some(&stranger), "GET", "/ratings/1"));
+    assert!(!e.decision.allowed);
+    assert_eq!(e.decision.reason, "no ALLOW policy matched");
+    assert_eq!(e.decision.rule, None);
+    assert!(e.audit.allowed, "no audit policy: nothing would be denied");
+
+    let open = Authorizer::default().explain(&subject(None, "GET", "/"));
+    assert!(open.decision.allowed);
+    assert_eq!(open.decision.reason, "no ALLOW policy applies");
+    assert!(open.policies.is_empty());
 }

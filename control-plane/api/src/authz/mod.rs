@@ -1,6 +1,7 @@
-//! Authorization by identity: the `AuthorizationPolicy`s the control plane sends this proxy (those of its
-//! workload and the mesh-wide ones), compiled once per snapshot and applied to every request and every
-//! opaque stream that arrives.
+//! Authorization by identity: the `AuthorizationPolicy`s that apply to one workload (those of its
+//! namespace that select it and the mesh-wide ones), compiled once. The proxy applies them to every
+//! request and opaque stream that arrives; the control plane uses the same code to explain a decision
+//! (`weftctl why`).
 //!
 //! Deny wins: a matching DENY policy refuses; then, if any ALLOW policy applies, something must match one
 //! of them; with no ALLOW policy, mesh traffic is allowed. A policy in `mode: audit` decides the same way
@@ -10,16 +11,11 @@
 
 pub mod normalize;
 
-use crate::body::{self, Body};
-use crate::headers::PROXY_ERROR;
-use crate::state::Proxy;
-use http::{HeaderValue, Response, StatusCode};
-
-use regex::{Regex, RegexBuilder};
-use weft_api::resources::{
+use crate::resources::{
     AuthorizationPolicySpec, Document, PolicyAction, PolicyMode, PolicyOperation, PolicySource,
     ValueMatchType,
 };
+use regex::{Regex, RegexBuilder};
 use weft_certs::SpiffeId;
 
 /// What is being authorized.
@@ -166,52 +162,158 @@ impl Authorizer {
     }
 
     pub fn check(&self, s: &Subject<'_>) -> Verdict {
+        let denial = |o: Outcome| {
+            o.denied.then(|| Denial {
+                policy: o
+                    .policy
+                    .map(|i| self.policies[i].name.clone())
+                    .unwrap_or_default(),
+                reason: o.reason,
+            })
+        };
         Verdict {
-            decision: self.decide(s, PolicyMode::Enforce),
-            audit: match self.decide(s, PolicyMode::Audit) {
-                Decision::Allow => None,
-                Decision::Deny(d) => Some(d),
+            decision: match denial(self.decide(s, PolicyMode::Enforce)) {
+                None => Decision::Allow,
+                Some(d) => Decision::Deny(d),
             },
+            audit: denial(self.decide(s, PolicyMode::Audit)),
         }
     }
 
-    fn decide(&self, s: &Subject<'_>, mode: PolicyMode) -> Decision {
-        let of_mode = || self.policies.iter().filter(move |p| p.mode == mode);
-        for p in of_mode().filter(|p| p.action == PolicyAction::Deny) {
-            if p.matches(s) {
-                return Decision::Deny(Denial {
+    /// The decision for `s` with the policy and rule behind it, and how every policy fared: what
+    /// `weftctl why` shows.
+    pub fn explain(&self, s: &Subject<'_>) -> Explanation {
+        let named = |o: Outcome| Explained {
+            allowed: !o.denied,
+            policy: o.policy.map(|i| self.policies[i].name.clone()),
+            rule: o.hit.and_then(|h| h.rule()),
+            reason: o.reason.to_string(),
+        };
+        Explanation {
+            decision: named(self.decide(s, PolicyMode::Enforce)),
+            audit: named(self.decide(s, PolicyMode::Audit)),
+            policies: self
+                .policies
+                .iter()
+                .map(|p| PolicyResult {
                     policy: p.name.clone(),
-                    reason: "matched a DENY policy",
-                });
+                    action: p.action,
+                    mode: p.mode,
+                    matched: p.hit(s).map(|h| h.rule()),
+                })
+                .collect(),
+        }
+    }
+
+    fn decide(&self, s: &Subject<'_>, mode: PolicyMode) -> Outcome {
+        let of_mode = |action| {
+            self.policies
+                .iter()
+                .enumerate()
+                .filter(move |(_, p)| p.mode == mode && p.action == action)
+        };
+        for (i, p) in of_mode(PolicyAction::Deny) {
+            if let Some(hit) = p.hit(s) {
+                return Outcome::new(true, Some(i), Some(hit), "matched a DENY policy");
             }
         }
-        let mut allows = of_mode()
-            .filter(|p| p.action == PolicyAction::Allow)
-            .peekable();
-        let Some(first) = allows.peek().map(|p| p.name.clone()) else {
-            return Decision::Allow;
-        };
-        if allows.any(|p| p.matches(s)) {
-            return Decision::Allow;
+        let mut first_allow = None;
+        for (i, p) in of_mode(PolicyAction::Allow) {
+            first_allow.get_or_insert(i);
+            if let Some(hit) = p.hit(s) {
+                return Outcome::new(false, Some(i), Some(hit), "matched an ALLOW policy");
+            }
         }
-        Decision::Deny(Denial {
-            policy: first,
-            reason: "no ALLOW policy matched",
-        })
+        match first_allow {
+            None => Outcome::new(false, None, None, "no ALLOW policy applies"),
+            Some(i) => Outcome::new(true, Some(i), None, "no ALLOW policy matched"),
+        }
     }
+}
+
+/// One pass's result, by index (the proxy's hot path allocates only for a denial).
+struct Outcome {
+    denied: bool,
+    policy: Option<usize>,
+    hit: Option<Hit>,
+    reason: &'static str,
+}
+
+impl Outcome {
+    fn new(denied: bool, policy: Option<usize>, hit: Option<Hit>, reason: &'static str) -> Self {
+        Outcome {
+            denied,
+            policy,
+            hit,
+            reason,
+        }
+    }
+}
+
+/// How a policy matched.
+#[derive(Clone, Copy)]
+enum Hit {
+    /// A DENY policy without rules matches everything.
+    NoRules,
+    Rule(usize),
+}
+
+impl Hit {
+    fn rule(self) -> Option<usize> {
+        match self {
+            Hit::NoRules => None,
+            Hit::Rule(i) => Some(i),
+        }
+    }
+}
+
+/// A decision spelled out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Explained {
+    pub allowed: bool,
+    /// `namespace/name` of the policy that decided (for "no ALLOW policy matched", the first ALLOW one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Index of the policy's rule that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Explanation {
+    /// What enforcing policies decide.
+    pub decision: Explained,
+    /// What audit-mode policies would decide (allowed when there are none).
+    pub audit: Explained,
+    /// Every policy that applies, in evaluation order.
+    pub policies: Vec<PolicyResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyResult {
+    pub policy: String,
+    pub action: PolicyAction,
+    pub mode: PolicyMode,
+    /// `None`: no match; `Some(None)`: matched as a DENY without rules; `Some(Some(i))`: rule `i`.
+    pub matched: Option<Option<usize>>,
 }
 
 impl Policy {
     /// An ALLOW policy without rules matches nothing; a DENY policy without rules, everything.
-    fn matches(&self, s: &Subject<'_>) -> bool {
+    fn hit(&self, s: &Subject<'_>) -> Option<Hit> {
         if self.rules.is_empty() {
-            return self.action == PolicyAction::Deny;
+            return (self.action == PolicyAction::Deny).then_some(Hit::NoRules);
         }
         let deny = self.action == PolicyAction::Deny;
-        self.rules.iter().any(|r| {
-            (r.from.is_empty() || r.from.iter().any(|f| f.matches(s.source)))
-                && (r.to.is_empty() || r.to.iter().any(|o| o.matches(s, deny)))
-        })
+        self.rules
+            .iter()
+            .position(|r| {
+                (r.from.is_empty() || r.from.iter().any(|f| f.matches(s.source)))
+                    && (r.to.is_empty() || r.to.iter().any(|o| o.matches(s, deny)))
+            })
+            .map(Hit::Rule)
     }
 }
 
@@ -341,41 +443,6 @@ fn normalize_pattern(p: &str) -> String {
         Ok(n) => n,
         Err(_) => p.to_string(),
     }
-}
-
-/// The header naming the policy that refused a request.
-pub const DENIED_BY: &str = "weft-denied-by";
-
-/// Applies the proxy's policies to `subject`: `None` to go ahead, or the 403 to answer. Denials and
-/// audit-mode would-be denials are logged and counted.
-pub fn authorize(proxy: &Proxy, subject: &Subject<'_>) -> Option<Response<Body>> {
-    let mesh = proxy.mesh();
-    if mesh.authorizer.is_empty() {
-        return None;
-    }
-    let v = mesh.authorizer.check(subject);
-    let source = subject.source.map(|s| s.as_str()).unwrap_or("(plaintext)");
-    let what = subject.http.as_ref().map(|h| (h.method, h.path));
-    if let Some(a) = &v.audit {
-        proxy.metrics.authz_denial(&a.policy, "audit");
-        tracing::info!(policy = %a.policy, reason = a.reason, source, port = subject.port, request = ?what, "authorization audit: this would be denied");
-    }
-    let Decision::Deny(d) = v.decision else {
-        return None;
-    };
-    proxy.metrics.authz_denial(&d.policy, "enforce");
-    tracing::info!(policy = %d.policy, reason = d.reason, source, port = subject.port, request = ?what, "request denied by authorization policy");
-    let mut r = Response::new(body::full(format!(
-        "weft-proxy: denied by AuthorizationPolicy {} ({})\n",
-        d.policy, d.reason
-    )));
-    *r.status_mut() = StatusCode::FORBIDDEN;
-    r.headers_mut()
-        .insert(PROXY_ERROR, HeaderValue::from_static("denied"));
-    if let Ok(v) = HeaderValue::from_str(&d.policy) {
-        r.headers_mut().insert(DENIED_BY, v);
-    }
-    Some(r)
 }
 
 #[cfg(test)]
