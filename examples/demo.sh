@@ -8,7 +8,8 @@
 # programs that call each other by name (http://reviews:9080). The script builds what it needs, starts
 # the control plane on its own state directory (target/demo/), starts the pods, shows each hop's
 # identity, shifts reviews traffic 100/0 -> 90/10 -> 50/50 -> 0/100 printing the split observed after each
-# step, and removes every namespace, rule and process on exit or Ctrl-C.
+# step, shows an access-log line and metrics, explains an authorization decision (`weftctl why`) and
+# checks it against the sidecars, and removes every namespace, rule and process on exit or Ctrl-C.
 #
 # Needs root (namespaces and iptables). Options: --keep   keep the mesh running until Ctrl-C
 set -euo pipefail
@@ -126,6 +127,16 @@ bold "6. What the client's sidecar recorded of that call: its access-log line an
 tail -n 1 "$work/run/$net/pods/client/access.log" 2> /dev/null | sed 's/^/   /' || true
 in_client curl -s 127.0.0.1:15020/metrics | grep -m 3 '^weft_proxy_http_requests_total' | cut -c1-220 | sed 's/^/   /' || true
 note "(every sidecar writes pods/<name>/access.log and serves /metrics on :15020; docs/metrics.md)"
+
+bold "7. Who may call whom: only reviews may read ratings (examples/shop/ratings-policy.yaml)"
+weftctl apply -f examples/shop/ratings-policy.yaml | sed 's/^/   /'
+printf '   \033[1m$ weftctl why --from default/client --to ratings --path /ratings\033[0m\n'
+weftctl why --from default/client --to ratings --path /ratings | sed 's/^/      /' || true
+printf '   \033[1m$ weftctl why --from default/reviews --to ratings --path /ratings\033[0m\n'
+weftctl why --from default/reviews --to ratings --path /ratings | grep '^verdict' | sed 's/^/      /'
+note "and the sidecars agree: the client is refused, the shop still works"
+in_client curl -s -o /dev/null -w '   client -> ratings: %{http_code} (%header{weft-denied-by})\n' http://ratings:9080/ratings || true
+in_client "$shop" call --url http://frontend:8080/ | tail -n 2 | sed 's/^/ /'
 
 if ((keep)); then
     bold "Running; try: ip netns exec weft-$net-client $shop call --url http://frontend:8080/   (Ctrl-C stops everything)"

@@ -190,6 +190,8 @@ fn policies_allow_and_deny_by_identity_method_path_header_and_port() {
         "{metrics}"
     );
 
+    why_agrees_with_the_sidecars(&mesh, &reviews, &frontend);
+
     // Opaque TCP: identity and port decide; a denied stream is closed.
     let ok = mesh.exec(&reviews, &[&app, "tcp", "echo:9000"]);
     assert!(
@@ -204,6 +206,123 @@ fn policies_allow_and_deny_by_identity_method_path_header_and_port() {
     assert!(mesh
         .sidecar_log("echo")
         .contains("request denied by authorization policy"));
+}
+
+/// `weftctl why` explains, from the control plane's view, exactly what the sidecars do: for each request
+/// its verdict matches the status curl gets through the real pods, and the policy it names is the one in
+/// `weft-denied-by`.
+fn why_agrees_with_the_sidecars(mesh: &PodMesh, reviews: &PodHandle, frontend: &PodHandle) {
+    let cases: &[(&PodHandle, &str, &str, &str, Option<&str>)] = &[
+        (reviews, "reviews", "GET", "/ratings/1", None),
+        (reviews, "reviews", "POST", "/ratings/1", None),
+        (reviews, "reviews", "GET", "/ratings/x/../secret", None),
+        (reviews, "reviews", "GET", "/ratings%2fsecret", None),
+        (reviews, "reviews", "GET", "/ratings/audited", None),
+        (frontend, "frontend", "GET", "/ratings/1", None),
+        (
+            frontend,
+            "frontend",
+            "GET",
+            "/anything",
+            Some("x-role: admin"),
+        ),
+    ];
+    for (pod, sa, method, path, header) in cases {
+        let from = format!("default/{sa}");
+        let mut args = vec![
+            "why", "--from", &from, "--to", "api", "--method", method, "--path", path, "-o", "json",
+        ];
+        if let Some(h) = header {
+            args.extend(["-H", h]);
+        }
+        let out = mesh.weftctl().args(&args).output().expect("run weftctl");
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("weftctl {args:?}: {e}: {out:?}"));
+        let verdict = answer["verdict"].as_str().unwrap_or("");
+        assert_eq!(
+            out.status.code(),
+            Some(if verdict == "allowed" { 0 } else { 6 }),
+            "{answer:#}"
+        );
+
+        let mut curl_args = vec!["-X", method];
+        if let Some(h) = header {
+            curl_args.extend(["-H", h]);
+        }
+        let url = format!("http://api:8080{path}");
+        curl_args.push(&url);
+        let (status, headers) = curl(mesh, pod, &curl_args);
+        let endpoint = &answer["endpoints"][0];
+        match status {
+            200 => assert_eq!(verdict, "allowed", "{method} {path}: {answer:#}"),
+            403 => {
+                assert_eq!(verdict, "denied", "{method} {path}: {answer:#}");
+                let policy = endpoint["authorization"]["decision"]["policy"]
+                    .as_str()
+                    .unwrap_or("?");
+                assert!(
+                    headers.contains(&format!("weft-denied-by: {policy}")),
+                    "why names {policy}: {headers}"
+                );
+            }
+            400 => assert_eq!(endpoint["decision"], "bad path", "{answer:#}"),
+            other => panic!("{method} {path}: unexpected status {other}: {headers}"),
+        }
+    }
+
+    // The table form names the rule that decided, the identity and the audit policy.
+    let out = mesh
+        .weftctl()
+        .args([
+            "why",
+            "--from",
+            "default/reviews",
+            "--to",
+            "api",
+            "--path",
+            "/ratings/audited",
+        ])
+        .output()
+        .expect("run weftctl");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    for want in [
+        "request   GET /ratings/audited to default/api:8080",
+        "from      spiffe://mesh.test/ns/default/sa/reviews (workloads default/reviews)",
+        "allowed by default/api-callers rules[0] (matched an ALLOW policy)",
+        "policy default/trial-deny DENY (audit): rules[0] matches",
+        "note: audit mode: would be denied by default/trial-deny rules[0]",
+        "verdict   allowed",
+    ] {
+        assert!(table.contains(want), "missing {want:?} in:\n{table}");
+    }
+    // An opaque connection on the TCP service: identity and port.
+    let out = mesh
+        .weftctl()
+        .args(["why", "--from", "default/frontend", "--to", "echo"])
+        .output()
+        .expect("run weftctl");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{table}");
+    assert!(
+        table.contains("request   tcp to default/echo:9000"),
+        "{table}"
+    );
+    assert!(
+        table.contains("denied by default/echo-callers (no ALLOW policy matched)"),
+        "{table}"
+    );
+    // A service that does not exist is an error naming it.
+    let out = mesh
+        .weftctl()
+        .args(["why", "--from", "default/frontend", "--to", "nope"])
+        .output()
+        .expect("run weftctl");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no service default/nope"),
+        "{out:?}"
+    );
 }
 
 fn wait_for(mut ok: impl FnMut() -> bool) {

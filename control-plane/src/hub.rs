@@ -263,6 +263,27 @@ impl Hub {
             .collect()
     }
 
+    /// How a request from one identity to one service would be treated, from the current resources and
+    /// registry (`POST /v1/why`).
+    pub fn why(
+        &self,
+        q: &weft_api::operator::WhyRequest,
+    ) -> Result<weft_api::operator::WhyAnswer, crate::why::WhyError> {
+        let td = &self.settings.trust_domain;
+        let (resources, services, workloads) = {
+            let st = lock(&self.state);
+            let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
+            let services = view::services_view(&st.resources, &registered, td, &st.vips);
+            let workloads: Vec<(String, SpiffeId)> = st
+                .proxies
+                .iter()
+                .map(|(k, e)| (k.clone(), e.reg.identity.clone()))
+                .collect();
+            (st.resources.clone(), services, workloads)
+        };
+        crate::why::explain(&resources, &services, &workloads, td, q)
+    }
+
     pub fn revision(&self) -> u64 {
         lock(&self.state).revision
     }

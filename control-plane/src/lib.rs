@@ -21,3 +21,4 @@ pub mod store;
 pub mod tokens;
 pub mod view;
 pub mod vips;
+pub mod why;

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use weft_api::operator::{TokenCreated, TokenRequest};
+use weft_api::operator::{TokenCreated, TokenRequest, WhyRequest};
 
 const MAX_REQUEST: usize = 8 << 20;
 
@@ -119,6 +119,7 @@ async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Respo
             http_util::json(StatusCode::OK, &info)
         }
         (Method::GET, ["stats"]) => crate::stats::get(&cp.stats, req.uri().query()),
+        (Method::POST, ["why"]) => why(req, cp).await,
         (Method::POST, ["apply"]) => resources_api::apply(req, cp).await,
         (Method::GET, ["resources", kind]) => resources_api::get(cp, kind, None, None),
         (Method::GET, ["resources", kind, ns]) => resources_api::get(cp, kind, Some(ns), None),
@@ -162,6 +163,20 @@ async fn create_token(req: Request<Incoming>, cp: &ControlPlane) -> Response<Bod
             http_util::json(StatusCode::CREATED, &TokenCreated { token, info })
         }
         Err(e) => create_error(e),
+    }
+}
+
+async fn why(req: Request<Incoming>, cp: &ControlPlane) -> Response<Body> {
+    let q: WhyRequest = match http_util::read_json(req.into_body(), MAX_REQUEST).await {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    match cp.hub.why(&q) {
+        Ok(answer) => http_util::json(StatusCode::OK, &answer),
+        Err(e) if e.is_not_found() => {
+            http_util::error(StatusCode::NOT_FOUND, e.to_string(), vec![])
+        }
+        Err(e) => http_util::error(StatusCode::BAD_REQUEST, e.to_string(), vec![]),
     }
 }
 

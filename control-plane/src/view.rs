@@ -167,25 +167,33 @@ impl PolicyCache {
         self.by_workload
             .entry(key)
             .or_insert_with(|| {
-                let root = res.root_namespace();
-                let applicable: Vec<&Document<AuthorizationPolicySpec>> =
-                    res.policies
-                        .iter()
-                        .filter(|p| {
-                            let ns = &p.metadata.namespace;
-                            if ns == root {
-                                return true;
-                            }
-                            ns == &reg.namespace
-                                && p.spec.selector.as_ref().is_none_or(|s| {
-                                    selects(&s.match_labels, &reg.registration.labels)
-                                })
-                        })
-                        .collect();
+                let applicable = applicable_policies(res, &reg.namespace, &reg.registration.labels);
                 Arc::new(WorkloadPolicies(Section::encode(&applicable)))
             })
             .clone()
     }
+}
+
+/// The policies that apply to a workload of `namespace` with `labels`: its namespace's whose selector
+/// matches (or that have none), and the root namespace's.
+pub fn applicable_policies<'a>(
+    res: &'a MeshResources,
+    namespace: &str,
+    labels: &Labels,
+) -> Vec<&'a Document<AuthorizationPolicySpec>> {
+    let root = res.root_namespace();
+    res.policies
+        .iter()
+        .filter(|p| {
+            let ns = &p.metadata.namespace;
+            ns == root
+                || (ns == namespace
+                    && p.spec
+                        .selector
+                        .as_ref()
+                        .is_none_or(|s| selects(&s.match_labels, labels)))
+        })
+        .collect()
 }
 
 /// A selector matches labels that include every one of its pairs. An empty selector matches nothing

@@ -5,9 +5,7 @@
 use crate::retry::RetryRule;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use weft_api::resources::{
-    Document, Fallback, HttpRouteSpec, RateLimit, RouteFilterType, RouteRule,
-};
+use weft_api::resources::{Document, Fallback, HttpRouteSpec, RateLimit, RouteRule};
 use weft_api::routing::{self, FieldError, HeaderEdit};
 
 pub use weft_api::routing::{Backend, Choice, RequestView, RouteError};
@@ -94,21 +92,7 @@ impl RouteTable {
 }
 
 fn compile_policy(rule: &RouteRule, name: &str) -> Result<RulePolicy, FieldError> {
-    let mut request_headers = HeaderEdit::default();
-    let mut response_headers = HeaderEdit::default();
-    for (i, f) in rule.filters.iter().enumerate() {
-        let (modifier, slot) = match f.kind {
-            RouteFilterType::RequestHeaderModifier => {
-                (&f.request_header_modifier, &mut request_headers)
-            }
-            RouteFilterType::ResponseHeaderModifier => {
-                (&f.response_header_modifier, &mut response_headers)
-            }
-        };
-        if let Some(m) = modifier {
-            *slot = HeaderEdit::compile(m).map_err(|r| (format!(".filters[{i}]"), r))?;
-        }
-    }
+    let (request_headers, response_headers) = routing::header_edits(rule)?;
     let t = rule.timeouts.clone().unwrap_or_default();
     Ok(RulePolicy {
         name: name.to_string(),

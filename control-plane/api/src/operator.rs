@@ -14,6 +14,7 @@
 //! | GET | `/v1/status` | → [`Status`] |
 //! | GET | `/v1/mesh` | → [`MeshInfo`] |
 //! | GET | `/v1/stats?namespace=&service=` | → [`ServiceStats`] |
+//! | POST | `/v1/why` | [`WhyRequest`] → [`WhyAnswer`] |
 
 use crate::resources::ResourceKey;
 use serde::{Deserialize, Serialize};
@@ -229,4 +230,98 @@ pub struct ProxyStats {
     /// control plane's answer.
     pub counting_ms: u64,
     pub subsets: Vec<SubsetStats>,
+}
+
+/// `POST /v1/why`: how the mesh would treat a request from one identity to one service, as the control
+/// plane sees it now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhyRequest {
+    /// The caller: `namespace/serviceAccount` or a SPIFFE ID.
+    pub from: String,
+    /// The service: `namespace/name`.
+    pub to: String,
+    /// The service port; absent: its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Ask about an opaque TCP connection rather than an HTTP request.
+    #[serde(default)]
+    pub tcp: bool,
+    /// HTTP method (default `GET`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Path with an optional query (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Request headers, `name: value` pairs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhyAnswer {
+    /// The caller's SPIFFE ID.
+    pub source: String,
+    /// Registered workloads with that identity (`namespace/name`).
+    pub source_workloads: Vec<String>,
+    /// `namespace/name:port`.
+    pub service: String,
+    /// `GET /path` for HTTP, `tcp` for an opaque connection.
+    pub request: String,
+    pub route: WhyRoute,
+    /// The endpoints the chosen backends have, each with its authorization decision.
+    pub endpoints: Vec<WhyEndpoint>,
+    /// `allowed`, `denied`, `partly denied` or `no endpoint`.
+    pub verdict: String,
+    /// One sentence saying why.
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhyRoute {
+    /// The rule that takes the request (`namespace/route rules[i]`), if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Why that rule, or why none.
+    pub reason: String,
+    pub backends: Vec<WhyBackend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhyBackend {
+    /// `namespace/name:port`.
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    /// Share of the rule's weight in percent; 100 without a rule.
+    pub percent: f64,
+    /// The backend a sticky rule's session key lands on.
+    #[serde(default)]
+    pub chosen: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhyEndpoint {
+    /// `namespace/name` of the workload.
+    pub workload: String,
+    pub address: std::net::IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub ready: bool,
+    /// `allowed`, `denied`, `bad path` (400 before any policy) or `not checked` (no sidecar).
+    pub decision: String,
+    /// The path the policies were matched against (normalised), when policies apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_path: Option<String>,
+    /// What enforcing and audit policies decide, and each policy's match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<crate::authz::Explanation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }

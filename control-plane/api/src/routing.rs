@@ -12,7 +12,7 @@
 //! and header edits; nothing for the control plane.
 
 use crate::resources::{
-    Document, HeaderModifier, HttpRouteSpec, PathMatchType, RouteMatch, RouteRule,
+    Document, HeaderModifier, HttpRouteSpec, PathMatchType, RouteFilterType, RouteMatch, RouteRule,
     SessionPersistenceType, ValueMatch, ValueMatchType,
 };
 use regex::{Regex, RegexBuilder};
@@ -119,6 +119,22 @@ impl HeaderEdit {
             headers.append(n.clone(), v.clone());
         }
     }
+}
+
+/// A rule's request and response header modifiers, compiled.
+pub fn header_edits(rule: &RouteRule) -> Result<(HeaderEdit, HeaderEdit), FieldError> {
+    let mut request = HeaderEdit::default();
+    let mut response = HeaderEdit::default();
+    for (i, f) in rule.filters.iter().enumerate() {
+        let (modifier, slot) = match f.kind {
+            RouteFilterType::RequestHeaderModifier => (&f.request_header_modifier, &mut request),
+            RouteFilterType::ResponseHeaderModifier => (&f.response_header_modifier, &mut response),
+        };
+        if let Some(m) = modifier {
+            *slot = HeaderEdit::compile(m).map_err(|r| (format!(".filters[{i}]"), r))?;
+        }
+    }
+    Ok((request, response))
 }
 
 #[derive(Debug)]

@@ -250,6 +250,57 @@ pub enum RemoteCommand {
     /// The same figures as `stat`, refreshed in the terminal until Ctrl-C.
     #[command(long_about = STAT_LONG, after_long_help = TOP_EXAMPLES)]
     Top(TopArgs),
+    /// Explain how the mesh treats a request from one identity to a service: the route rule, the
+    /// endpoints it can reach, and which authorization policy and rule allow or deny it at each.
+    #[command(long_about = WHY_LONG, after_long_help = WHY_EXAMPLES)]
+    Why(WhyArgs),
+}
+
+const WHY_LONG: &str = "\
+Explain how the mesh treats a request from one identity to a service, from the control plane's view (its
+resources and registered workloads), with the same route matching and authorization code the sidecars
+run: which route rule takes the request and how it splits, which endpoints (workload, address, identity,
+version) it can reach, and at each one, after the rule's header edits and path normalisation, which
+AuthorizationPolicy and rule allow or deny it (audit-mode policies too).
+
+Exit code 0 when every ready endpoint lets the request through; 6 when any refuses it (denied, or a path
+answered 400) or no endpoint is ready.";
+
+const WHY_EXAMPLES: &str = "\
+Examples:
+  weftctl why --from default/frontend --to reviews
+  weftctl why --from default/frontend --to reviews --method DELETE --path /reviews/1
+  weftctl why --from shop/web --to shop/cart --port 8080 -H 'x-user-group: beta'
+  weftctl why --from default/backup --to db --tcp -o json";
+
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// The caller: NAMESPACE/SERVICE_ACCOUNT, or a SPIFFE ID.
+    #[arg(long, value_name = "NS/SA")]
+    pub from: String,
+    /// The service: NAME (in --namespace) or NAMESPACE/NAME.
+    #[arg(long, value_name = "SERVICE")]
+    pub to: String,
+    /// Namespace of --to when it has none.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// The service port (default: its first).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// An opaque TCP connection rather than an HTTP request (implied by a `tcp` port).
+    #[arg(long, conflicts_with_all = ["method", "path", "header"])]
+    pub tcp: bool,
+    /// HTTP method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Path, with a query if any.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// A request header, `NAME: VALUE` (or NAME=VALUE); repeatable.
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub header: Vec<String>,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: ListFormat,
 }
 
 const STAT_LONG: &str = "\

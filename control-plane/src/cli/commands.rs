@@ -32,6 +32,8 @@ pub enum Exit {
     TooFewRequests,
     /// A progressive shift was interrupted (SIGINT, SIGTERM) and rolled back.
     Interrupted,
+    /// `why`: the request would be refused (denied, a bad path, no ready endpoint).
+    Refused,
 }
 
 impl Exit {
@@ -43,6 +45,7 @@ impl Exit {
             Exit::Unconfirmed => 3,
             Exit::Threshold => 4,
             Exit::TooFewRequests => 5,
+            Exit::Refused => 6,
             Exit::Interrupted => 130,
         }
     }
@@ -130,6 +133,7 @@ pub async fn run(
         RemoteCommand::Stat(a) => super::top::stat(&client, a).await,
         // Refreshes are printed as they come.
         RemoteCommand::Top(a) => super::top::top(&client, a, &mut std::io::stdout()).await,
+        RemoteCommand::Why(a) => super::why::why(&client, a).await,
     }
 }
 

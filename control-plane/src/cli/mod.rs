@@ -12,3 +12,4 @@ pub mod shift;
 #[cfg(test)]
 mod testing;
 pub mod top;
+pub mod why;

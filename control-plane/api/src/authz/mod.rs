@@ -280,6 +280,19 @@ pub struct Explained {
     pub reason: String,
 }
 
+impl std::fmt::Display for Explained {
+    /// `allowed by shop/viewers rules[0]`, `denied by shop/no-debug rules[1] (matched a DENY policy)`,
+    /// `allowed (no ALLOW policy applies)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.allowed { "allowed" } else { "denied" })?;
+        match (&self.policy, self.rule) {
+            (Some(p), Some(r)) => write!(f, " by {p} rules[{r}] ({})", self.reason),
+            (Some(p), None) => write!(f, " by {p} ({})", self.reason),
+            (None, _) => write!(f, " ({})", self.reason),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Explanation {
     /// What enforcing policies decide.
