@@ -315,19 +315,61 @@ scrape_configs:\n  - job_name: weft-proxies\n    static_configs:\n      - target
     );
 }
 
-/// Spans as a collector received them: every span of every batch, Zipkin v2 JSON.
+/// Spans as a collector received them: every span of every batch, Zipkin v2 JSON batches as they are
+/// and OTLP/HTTP JSON batches read into the same shape (traceId, id, parentId, kind, service, tags).
 fn spans(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .flat_map(|batch| batch.as_array().cloned().unwrap_or_default())
+        .flat_map(|batch| match batch.get("resourceSpans") {
+            Some(rs) => otlp_as_zipkin(rs),
+            None => batch.as_array().cloned().unwrap_or_default(),
+        })
         .collect()
+}
+
+fn otlp_as_zipkin(resource_spans: &Value) -> Vec<Value> {
+    let attrs = |list: &Value| -> serde_json::Map<String, Value> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                (
+                    a["key"].as_str().unwrap_or("").to_string(),
+                    a["value"]["stringValue"].clone(),
+                )
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for rs in resource_spans.as_array().into_iter().flatten() {
+        let service = attrs(&rs["resource"]["attributes"])["service.name"].clone();
+        for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+            for s in ss["spans"].as_array().into_iter().flatten() {
+                let kind = match s["kind"].as_u64() {
+                    Some(2) => "SERVER",
+                    Some(3) => "CLIENT",
+                    _ => "?",
+                };
+                out.push(serde_json::json!({
+                    "traceId": s["traceId"],
+                    "id": s["spanId"],
+                    "parentId": s["parentSpanId"],
+                    "kind": kind,
+                    "localEndpoint": {"serviceName": service},
+                    "tags": attrs(&s["attributes"]),
+                    "otlp": true,
+                }));
+            }
+        }
+    }
+    out
 }
 
 /// A trace id survives two hops (client → frontend → reviews, the app passing the context on as
 /// traced apps do), each sidecar records a span whose parent is the previous hop's, and the spans
-/// arrive at a collector; a request without a trace gets one started, named in the access log.
+/// arrive at a collector (the client's as OTLP/HTTP JSON, the others' as Zipkin v2); a request without a trace gets one started, named in the access log.
 #[test]
 fn trace_ids_survive_two_hops_and_spans_reach_the_collector() {
     if !available("telemetry") {
@@ -367,7 +409,13 @@ fn trace_ids_survive_two_hops_and_spans_reach_the_collector() {
         &flags("frontend", "8080", &[]),
         &[&shop, "frontend"],
     );
-    let client = mesh.pod("client", &["--trace-collector", url], &["sleep", "600"]);
+    // The client's sidecar exports OTLP/HTTP JSON, the others Zipkin v2: both reach the collector.
+    let otlp_url = "http://198.18.0.250:9411/v1/traces";
+    let client = mesh.pod(
+        "client",
+        &["--trace-collector", otlp_url, "--trace-format", "otlp"],
+        &["sleep", "600"],
+    );
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -413,6 +461,11 @@ fn trace_ids_survive_two_hops_and_spans_reach_the_collector() {
     assert_eq!(frontend_out["parentId"], frontend_in["id"]);
     assert_eq!(reviews_in["parentId"], frontend_out["id"]);
     assert_eq!(client_out["tags"]["http.status_code"], "200");
+    assert_eq!(client_out["otlp"], true, "the client's span came as OTLP");
+    assert!(
+        frontend_in.get("otlp").is_none(),
+        "the frontend's as Zipkin"
+    );
 
     // No trace header: the first sidecar starts one, and its access log names it.
     mesh.exec_ok(

@@ -493,4 +493,131 @@ mod tests {
         assert_eq!(again.trace_id, c.trace_id);
         assert_eq!(again.parent_id.as_deref(), Some("2222222222222222"));
     }
+
+    /// A collector on a real socket that hands over each POSTed body.
+    async fn collector() -> (std::net::SocketAddr, mpsc::Receiver<(String, Value)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        use http_body_util::BodyExt;
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let _ = tx.send((path, v)).await;
+                        Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        (addr, rx)
+    }
+
+    fn config(url: String, format: TraceFormat) -> TracingConfig {
+        TracingConfig {
+            collector: url,
+            format,
+            sample: 1.0,
+            flush_interval: weft_api::Duration::from_millis(50),
+        }
+    }
+
+    fn hop(tracer: &Tracer, parent: &str) -> String {
+        let mut h = headers(&[(
+            "traceparent",
+            &format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{parent}-01"),
+        )]);
+        let hop = tracer.begin(&mut h).unwrap();
+        tracer.end(
+            hop,
+            "SERVER",
+            "GET /x".into(),
+            vec![("http.status_code", "200".into())],
+        );
+        Context::extract(&h).unwrap().parent_id.unwrap()
+    }
+
+    #[tokio::test]
+    async fn spans_reach_an_otlp_collector_in_batches() {
+        let (addr, mut rx) = collector().await;
+        let metrics = Arc::new(Metrics::new());
+        let cfg = config(format!("http://{addr}/v1/traces"), TraceFormat::Otlp);
+        let tracer = Tracer::start(Some(&cfg), "reviews".into(), metrics.clone());
+        let a = hop(&tracer, "00f067aa0ba902b7");
+        let b = hop(&tracer, &a);
+        let (path, body) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(path, "/v1/traces");
+        let rs = &body["resourceSpans"][0];
+        assert_eq!(
+            rs["resource"]["attributes"][0],
+            json!({"key": "service.name", "value": {"stringValue": "reviews"}})
+        );
+        let spans = rs["scopeSpans"][0]["spans"].as_array().unwrap();
+        assert_eq!(spans.len(), 2, "one batch: {body:#}");
+        assert_eq!(spans[0]["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(spans[0]["parentSpanId"], "00f067aa0ba902b7");
+        assert_eq!(spans[0]["spanId"], a.as_str());
+        assert_eq!(spans[1]["parentSpanId"], a.as_str());
+        assert_eq!(spans[1]["spanId"], b.as_str());
+        assert_eq!(spans[0]["kind"], 2, "SPAN_KIND_SERVER");
+        let start: u64 = spans[0]["startTimeUnixNano"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let end: u64 = spans[0]["endTimeUnixNano"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(end >= start && start > 1_600_000_000_000_000_000);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while metrics.spans_exported.get() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "spans_exported not counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_collector_drops_and_counts_without_slowing_the_caller() {
+        // A port nothing listens on.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let cfg = config(format!("http://{addr}/api/v2/spans"), TraceFormat::Zipkin);
+        let tracer = Tracer::start(Some(&cfg), "reviews".into(), metrics.clone());
+        let n = QUEUE as u64 * 2;
+        for _ in 0..n {
+            hop(&tracer, "00f067aa0ba902b7");
+        }
+        // Recording never waited on the exporter: more spans than the queue holds went somewhere at once.
+        assert!(metrics.spans_dropped.get() > 0, "a full queue drops");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while metrics.spans_dropped.get() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "every span dropped and counted: {} of {n}",
+                metrics.spans_dropped.get()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(metrics.spans_exported.get(), 0);
+    }
 }

@@ -116,6 +116,7 @@ fn pod_run(opts: &RemoteArgs, a: args::PodRunArgs) -> i32 {
         readiness_http: a.readiness_http,
         access_log_sample: a.access_log_sample,
         trace_collector: a.trace_collector,
+        trace_format: a.trace_format.as_str(),
         proxy_bin: a.proxy_bin,
         command: a.command,
     };

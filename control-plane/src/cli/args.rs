@@ -161,9 +161,18 @@ pub struct PodRunArgs {
     /// always); 0 turns the access log off.
     #[arg(long, default_value_t = 1.0, value_parser = fraction)]
     pub access_log_sample: f64,
-    /// Send the sidecar's spans to this Zipkin v2 collector URL (e.g. http://198.18.0.1:9411/api/v2/spans).
+    /// Send the sidecar's spans to this collector URL (e.g. http://198.18.0.1:9411/api/v2/spans for
+    /// Zipkin, http://198.18.0.1:4318/v1/traces for OTLP).
     #[arg(long, value_name = "URL")]
     pub trace_collector: Option<String>,
+    /// How spans are encoded for --trace-collector.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "zipkin",
+        requires = "trace_collector"
+    )]
+    pub trace_format: TraceFormat,
     /// The weft-proxy binary (default: beside weftctl, else on PATH).
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
@@ -661,6 +670,24 @@ pub enum Format {
     Table,
     Yaml,
     Json,
+}
+
+/// Span encodings a sidecar can export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceFormat {
+    /// Zipkin v2 JSON.
+    Zipkin,
+    /// OTLP/HTTP with JSON encoding.
+    Otlp,
+}
+
+impl TraceFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceFormat::Zipkin => "zipkin",
+            TraceFormat::Otlp => "otlp",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

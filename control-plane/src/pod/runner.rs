@@ -64,8 +64,10 @@ pub struct RunOptions {
     /// Fraction of successful requests in the sidecar's access log (`access.log` in the pod's
     /// directory); 0 turns it off.
     pub access_log_sample: f64,
-    /// Where the sidecar sends its spans (Zipkin v2 JSON), if anywhere.
+    /// Where the sidecar sends its spans, if anywhere.
     pub trace_collector: Option<String>,
+    /// `zipkin` or `otlp`.
+    pub trace_format: &'static str,
     pub proxy_bin: Option<PathBuf>,
     pub command: Vec<String>,
 }
@@ -362,7 +364,13 @@ fn write_sidecar_files(
     let tracing = o
         .trace_collector
         .as_ref()
-        .map(|c| format!("tracing:\n  collector: {}\n", json(c)))
+        .map(|c| {
+            format!(
+                "tracing:\n  collector: {}\n  format: {}\n",
+                json(c),
+                o.trace_format
+            )
+        })
         .unwrap_or_default();
     let yaml = format!(
         "# written by weftctl pod run\n\
