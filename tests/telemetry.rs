@@ -245,7 +245,7 @@ fn a_real_prometheus_scrapes_the_sidecars_and_answers_queries() {
     );
     let config = format!(
         "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{rules:?}]\n\
-scrape_configs:\n  - job_name: weft-proxies\n    static_configs:\n      - targets: [\"{}:15020\", \"{}:15020\"]\n",
+scrape_configs:\n  - job_name: weft-proxies\n    static_configs:\n      - targets: [\"{}:15020\", \"{}:15020\"]\n  - job_name: weft-control\n    static_configs:\n      - targets: [\"198.18.0.1:15014\"]\n",
         web.address, client.address
     );
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
@@ -295,16 +295,41 @@ scrape_configs:\n  - job_name: weft-proxies\n    static_configs:\n      - target
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Both sidecars scraped (each target's first scrape may come a moment apart).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let up = query("sum(up{job=\"weft-proxies\"})");
-        if up["data"]["result"][0]["value"][1] == "2" {
-            break;
+    // Both sidecars and the control plane scraped (each target's first scrape may come a moment apart);
+    // the control plane's own series: two proxies connected, two certificates issued on joining.
+    for (q, want) in [
+        ("sum(up{job=\"weft-proxies\"})", "2"),
+        ("sum(up{job=\"weft-control\"})", "1"),
+        ("weft_control_proxies_connected", "2"),
+        (
+            "sum(weft_control_certificates_issued_total{kind=\"join\"})",
+            "2",
+        ),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = query(q);
+            if v["data"]["result"][0]["value"][1] == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{q} should be {want}: {v}");
+            std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(Instant::now() < deadline, "both sidecars up: {up}");
-        std::thread::sleep(Duration::from_millis(500));
     }
+    // The metrics listener serves nothing else: the operator API is not reachable from the pods.
+    let v1 = mesh.exec(
+        &client,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://198.18.0.1:15014/v1/status",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&v1.stdout), "404");
     let rules_out = mesh.exec_ok(
         &bridge,
         &["curl", "-s", "http://127.0.0.1:9090/api/v1/rules"],

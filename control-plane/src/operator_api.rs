@@ -47,16 +47,30 @@ async fn connection(tcp: tokio::net::TcpStream, addr: std::net::SocketAddr, cp: 
 
 async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/live") => http_util::text(StatusCode::OK, "live\n"),
-        (&Method::GET, "/ready") => {
-            if cp.shutdown.is_cancelled() {
-                http_util::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-            } else {
-                http_util::text(StatusCode::OK, "ready\n")
-            }
+    if let Some(r) = open_endpoint(&req, cp) {
+        return r;
+    }
+    if path.starts_with("/v1/") {
+        if let Some(refusal) = unauthorized(&req, cp) {
+            return refusal;
         }
-        (&Method::GET, "/metrics") => {
+        return v1(req, cp, &path).await;
+    }
+    not_found(&path)
+}
+
+/// Health and metrics: open to anyone who can reach the port.
+fn open_endpoint(req: &Request<Incoming>, cp: &ControlPlane) -> Option<Response<Body>> {
+    if req.method() != Method::GET {
+        return None;
+    }
+    Some(match req.uri().path() {
+        "/live" => http_util::text(StatusCode::OK, "live\n"),
+        "/ready" if cp.shutdown.is_cancelled() => {
+            http_util::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        }
+        "/ready" => http_util::text(StatusCode::OK, "ready\n"),
+        "/metrics" => {
             let mut r = Response::new(http_util::full(cp.metrics.encode()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -64,17 +78,43 @@ async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<Body>
             );
             r
         }
-        (_, p) if p.starts_with("/v1/") => {
-            if let Some(refusal) = unauthorized(&req, cp) {
-                return refusal;
-            }
-            v1(req, cp, &path).await
-        }
-        _ => http_util::error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {path}"),
-            vec![],
-        ),
+        _ => return None,
+    })
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    http_util::error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {path}"),
+        vec![],
+    )
+}
+
+/// `--metrics-listen`: only `/metrics`, `/live` and `/ready` (no operator API), for a Prometheus on a
+/// network that must not reach the operator API.
+pub async fn run_metrics(listener: TcpListener, cp: Arc<ControlPlane>) {
+    crate::server::accept_loop(listener, &cp, "metrics", MAX_CONNECTIONS, |tcp, addr| {
+        metrics_connection(tcp, addr, cp.clone())
+    })
+    .await
+}
+
+async fn metrics_connection(
+    tcp: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    cp: Arc<ControlPlane>,
+) {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let r = open_endpoint(&req, &cp).unwrap_or_else(|| not_found(req.uri().path()));
+        async move { Ok::<_, std::convert::Infallible>(r) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 << 10)
+        .serve_connection(TokioIo::new(tcp), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(peer = %addr, error = %e, "metrics connection ended");
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Options {
     pub api_netns: Option<String>,
     /// The proxy API address proxies are told to use (default: `api_listen`).
     pub api_advertise: Option<SocketAddr>,
+    /// A second listener with only `/metrics`, `/live` and `/ready`, opened in `api_netns` if given.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What every handler shares.
@@ -78,6 +80,7 @@ pub struct Bound {
     pub cp: Arc<ControlPlane>,
     api: TcpListener,
     operator: TcpListener,
+    metrics: Option<TcpListener>,
 }
 
 /// Opens (or creates) the state and binds both ports; nothing is served yet.
@@ -175,6 +178,16 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
             opts.api_listen
         ),
     })?;
+    let metrics_listener = match opts.metrics_listen {
+        None => None,
+        Some(addr) => Some(
+            match &opts.api_netns {
+                None => TcpListener::bind(addr).await,
+                Some(ns) => crate::netns::bind_in(ns, addr),
+            }
+            .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?,
+        ),
+    };
     let operator = TcpListener::bind(opts.operator_listen)
         .await
         .with_context(|| {
@@ -197,7 +210,12 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         stats: Default::default(),
     });
     cp.publish();
-    Ok(Bound { cp, api, operator })
+    Ok(Bound {
+        cp,
+        api,
+        operator,
+        metrics: metrics_listener,
+    })
 }
 
 impl Bound {
@@ -207,7 +225,12 @@ impl Bound {
 
     /// Serves until the shutdown token is cancelled, then closes every stream and waits briefly.
     pub async fn serve(self) {
-        let Bound { cp, api, operator } = self;
+        let Bound {
+            cp,
+            api,
+            operator,
+            metrics,
+        } = self;
         tracing::info!(addr = ?api.local_addr().ok(), trust_domain = %cp.issuer.trust_domain(), "proxy API listening (TLS, HTTP/2)");
         tracing::info!(addr = ?operator.local_addr().ok(), "operator API listening (HTTP)");
         let _watcher = match &cp.config_dir {
@@ -223,6 +246,10 @@ impl Bound {
         tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
         tokio::spawn(proxy_api::run(api, cp.clone()));
         tokio::spawn(operator_api::run(operator, cp.clone()));
+        if let Some(m) = metrics {
+            tracing::info!(addr = ?m.local_addr().ok(), "metrics listening (HTTP: /metrics, /live, /ready)");
+            tokio::spawn(operator_api::run_metrics(m, cp.clone()));
+        }
         cp.shutdown.cancelled().await;
         tracing::info!("shutting down: closing proxy streams");
         cp.hub.close_all();

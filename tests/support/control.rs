@@ -31,9 +31,16 @@ impl ControlProc {
         Self::start_full(tag, config_dir, args, free_addr())
     }
 
-    /// The proxy API inside a pod network's namespace, on `api` (its gateway address).
+    /// The proxy API inside a pod network's namespace, on `api` (its gateway address), and the metrics
+    /// listener there too (port 15014 of the same address) for a Prometheus on that network.
     pub fn start_in_netns(tag: &str, netns: &str, api: SocketAddr) -> ControlProc {
-        Self::start_full(tag, None, &["--api-netns", netns], api)
+        let metrics = SocketAddr::new(api.ip(), 15014).to_string();
+        Self::start_full(
+            tag,
+            None,
+            &["--api-netns", netns, "--metrics-listen", &metrics],
+            api,
+        )
     }
 
     fn start_full(

@@ -52,6 +52,10 @@ struct Cli {
     /// in the namespace weft-control runs in.
     #[arg(long, value_name = "NAME")]
     api_netns: Option<String>,
+    /// Also serve /metrics, /live and /ready (only those) on this address, inside --api-netns when that
+    /// is given: for a Prometheus on the pod network, which must not reach the operator API.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// The proxy API address given to pod runners (`GET /v1/mesh`), when it differs from --api-listen.
     #[arg(long)]
     api_advertise: Option<SocketAddr>,
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         vip_range: cli.vip_range,
         api_netns: cli.api_netns,
         api_advertise: cli.api_advertise,
+        metrics_listen: cli.metrics_listen,
         state_dir: cli.state_dir,
         trust_domain: cli.trust_domain,
         config_dir: cli.config_dir,
