@@ -113,6 +113,29 @@ fn metrics_and_access_logs_match_the_traffic_sent() {
         ],
     );
     assert_eq!(timed, Some((gets + posts) as f64), "{out}");
+    // Each curl opened one connection to the client's sidecar and closed it.
+    let conns = |text: &str, what: &str| {
+        metric(
+            text,
+            &format!("weft_proxy_connections_{what}"),
+            &[("direction", "outbound"), ("protocol", "http1")],
+        )
+    };
+    assert_eq!(
+        conns(&out, "opened_total"),
+        Some((gets + posts) as f64),
+        "{out}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = scrape(&mesh, &client);
+        if conns(&now, "closed_total") == Some((gets + posts) as f64) {
+            assert_eq!(conns(&now, "active"), Some(0.0), "{now}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "closed connections: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let inb = scrape(&mesh, &web);
     let got = metric(

@@ -88,6 +88,7 @@ pub struct Metrics {
     registry: Registry,
     pub connections_opened: Family<ConnLabels, Counter>,
     pub connections_active: Family<ConnLabels, Gauge>,
+    pub connections_closed: Family<ConnLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub rejections: Family<RejectLabels, Counter>,
     pub tls_handshake_failures: Family<TlsLabels, Counter>,
@@ -125,6 +126,7 @@ impl Metrics {
         let m = Metrics {
             connections_opened: Default::default(),
             connections_active: Default::default(),
+            connections_closed: Default::default(),
             requests: Default::default(),
             rejections: Default::default(),
             tls_handshake_failures: Default::default(),
@@ -158,6 +160,11 @@ impl Metrics {
             "connections_active",
             "Connections open now",
             m.connections_active.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections closed (by either side, or refused after accepting)",
+            m.connections_closed.clone(),
         );
         registry.register(
             "requests",
@@ -386,21 +393,26 @@ fn tls_reason(err: &std::io::Error) -> &'static str {
     }
 }
 
-/// Counts a connection as active until dropped, so every exit path is counted.
-pub struct ActiveGuard(Gauge);
+/// Counts a connection as active until dropped, then as closed, so every exit path is counted.
+pub struct ActiveGuard {
+    active: Gauge,
+    closed: Counter,
+}
 
 impl ActiveGuard {
     pub fn new(m: &Metrics, labels: ConnLabels) -> ActiveGuard {
         m.connections_opened.get_or_create(&labels).inc();
-        let g = m.connections_active.get_or_create(&labels).clone();
-        g.inc();
-        ActiveGuard(g)
+        let active = m.connections_active.get_or_create(&labels).clone();
+        active.inc();
+        let closed = m.connections_closed.get_or_create(&labels).clone();
+        ActiveGuard { active, closed }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.dec();
+        self.active.dec();
+        self.closed.inc();
     }
 }
 
