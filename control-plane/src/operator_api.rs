@@ -30,18 +30,26 @@ pub async fn run(listener: TcpListener, cp: Arc<ControlPlane>) {
 }
 
 async fn connection(tcp: tokio::net::TcpStream, addr: std::net::SocketAddr, cp: Arc<ControlPlane>) {
-    let svc_cp = cp.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let cp = svc_cp.clone();
+        let cp = cp.clone();
         async move { Ok::<_, std::convert::Infallible>(route(req, &cp).await) }
     });
+    serve_http1(tcp, addr, svc, "operator").await
+}
+
+/// One plain HTTP/1 connection with the operator port's limits (header read timeout, buffer size).
+async fn serve_http1<S>(tcp: tokio::net::TcpStream, addr: std::net::SocketAddr, svc: S, what: &str)
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(64 << 10)
         .serve_connection(TokioIo::new(tcp), svc);
     if let Err(e) = conn.await {
-        tracing::debug!(peer = %addr, error = %e, "operator connection ended");
+        tracing::debug!(peer = %addr, error = %e, "{what} connection ended");
     }
 }
 
@@ -108,14 +116,7 @@ async fn metrics_connection(
         let r = open_endpoint(&req, &cp).unwrap_or_else(|| not_found(req.uri().path()));
         async move { Ok::<_, std::convert::Infallible>(r) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 << 10)
-        .serve_connection(TokioIo::new(tcp), svc);
-    if let Err(e) = conn.await {
-        tracing::debug!(peer = %addr, error = %e, "metrics connection ended");
-    }
+    serve_http1(tcp, addr, svc, "metrics").await
 }
 
 /// The 401 to answer with, unless the request carries the operator token.
