@@ -40,6 +40,7 @@ Exit codes:
   3  applied, but not confirmed by every affected proxy (a NACK, a disconnect or the timeout)
   4  shift --to: a threshold was crossed (rolled back)
   5  shift --to: too few requests to judge a step (rolled back)
+  6  why: the request would be refused (denied, a bad path, or no ready endpoint)
   130  shift --to: interrupted by Ctrl-C or SIGTERM (rolled back)";
 
 #[derive(Debug, Parser)]
