@@ -15,6 +15,20 @@ const REVIEWS: &str = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: 
 /// No weftctl run here should take longer; a hung one is killed and fails the test.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 
+/// v2 up by 25% every 2 s, rolled back past 5% errors or a 2 s p99.
+const QUARTER_STEPS: &[&str] = &[
+    "--to",
+    "v2",
+    "--step",
+    "25",
+    "--interval",
+    "2s",
+    "--max-error-rate",
+    "5%",
+    "--max-p99",
+    "2s",
+];
+
 #[test]
 fn a_failing_version_is_rolled_back_and_a_healthy_one_promoted() {
     if !available("progressive") {
@@ -82,21 +96,7 @@ fn a_failing_version_is_rolled_back_and_a_healthy_one_promoted() {
     }
 
     // v2 answers half of its requests with 500: the first step's window is over 5%.
-    let out = shift(
-        &mesh,
-        &[
-            "--to",
-            "v2",
-            "--step",
-            "25",
-            "--interval",
-            "2s",
-            "--max-error-rate",
-            "5%",
-            "--max-p99",
-            "2s",
-        ],
-    );
+    let out = shift(&mesh, QUARTER_STEPS);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert!(
@@ -139,21 +139,7 @@ fn a_failing_version_is_rolled_back_and_a_healthy_one_promoted() {
 
     // Healthy v2: every step passes and v2 ends with all the traffic.
     set_fail_percent(&mesh, &v2, 0);
-    let out = shift(
-        &mesh,
-        &[
-            "--to",
-            "v2",
-            "--step",
-            "25",
-            "--interval",
-            "2s",
-            "--max-error-rate",
-            "5%",
-            "--max-p99",
-            "2s",
-        ],
-    );
+    let out = shift(&mesh, QUARTER_STEPS);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     for step in [

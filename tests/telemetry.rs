@@ -28,6 +28,16 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The `web` service's pod: demo-app answering HTTP on 8080, labelled `version`.
+fn web_pod(mesh: &mut PodMesh, app: &str, version: &str) -> PodHandle {
+    let label = format!("version={version}");
+    mesh.pod(
+        "web",
+        &["--service", "web", "--port", "8080", "--label", &label],
+        &[app, "http", "--listen", "0.0.0.0:8080", "--name", "web"],
+    )
+}
+
 fn scrape(mesh: &PodMesh, pod: &PodHandle) -> String {
     mesh.exec_ok(pod, &["curl", "-s", "127.0.0.1:15020/metrics"])
 }
@@ -40,18 +50,7 @@ fn metrics_and_access_logs_match_the_traffic_sent() {
     let app = example("demo-app");
     let mut mesh = PodMesh::new("telem");
     mesh.apply(SERVICES);
-    let web = mesh.pod(
-        "web",
-        &[
-            "--service",
-            "web",
-            "--port",
-            "8080",
-            "--label",
-            "version=v3",
-        ],
-        &[&app, "http", "--listen", "0.0.0.0:8080", "--name", "web"],
-    );
+    let web = web_pod(&mut mesh, &app, "v3");
     let client = mesh.pod(
         "client",
         &["--service-account", "client"],
@@ -240,18 +239,7 @@ fn a_real_prometheus_scrapes_the_sidecars_and_answers_queries() {
     let app = example("demo-app");
     let mut mesh = PodMesh::new("prom");
     mesh.apply(SERVICES);
-    let web = mesh.pod(
-        "web",
-        &[
-            "--service",
-            "web",
-            "--port",
-            "8080",
-            "--label",
-            "version=v1",
-        ],
-        &[&app, "http", "--listen", "0.0.0.0:8080", "--name", "web"],
-    );
+    let web = web_pod(&mut mesh, &app, "v1");
     let client = mesh.pod("client", &[], &["sleep", "600"]);
     for _ in 0..12 {
         mesh.exec_ok(

@@ -35,6 +35,16 @@ fn backend(mesh: &mut PodMesh, pod: &str, svc: &str, version: &str, flags: &[&st
 }
 
 /// Runs `chaos load` in `pod` and returns its summary.
+/// 2,000 requests from 2,000 different users (`x-user` varies), 8 at a time.
+const USERS_2000: &[&str] = &[
+    "--requests",
+    "2000",
+    "--concurrency",
+    "8",
+    "--vary-header",
+    "x-user",
+];
+
 fn load(mesh: &PodMesh, pod: &PodHandle, url: &str, args: &[&str]) -> Value {
     let chaos = example("chaos");
     let mut cmd = vec![chaos.as_str(), "load", "--url", url];
@@ -182,19 +192,7 @@ fn splits_are_accurate_sticky_and_shift_without_errors() {
     );
     let one_version = alice["by_version"].as_object().map(|m| m.len());
     assert_eq!(one_version, Some(1), "one user, one version: {alice}");
-    let before = load(
-        &mesh,
-        &client,
-        url,
-        &[
-            "--requests",
-            "2000",
-            "--concurrency",
-            "8",
-            "--vary-header",
-            "x-user",
-        ],
-    );
+    let before = load(&mesh, &client, url, USERS_2000);
     let v2 = count(&before, "by_version", "v2");
     assert!(
         (120..=280).contains(&v2),
@@ -202,40 +200,10 @@ fn splits_are_accurate_sticky_and_shift_without_errors() {
     );
     mesh.apply(&sticky_route(80, 20));
     until(
-        || {
-            count(
-                &load(
-                    &mesh,
-                    &client,
-                    url,
-                    &[
-                        "--requests",
-                        "2000",
-                        "--concurrency",
-                        "8",
-                        "--vary-header",
-                        "x-user",
-                    ],
-                ),
-                "by_version",
-                "v2",
-            ) > 300
-        },
+        || count(&load(&mesh, &client, url, USERS_2000), "by_version", "v2") > 300,
         "the 80/20 weights",
     );
-    let after = load(
-        &mesh,
-        &client,
-        url,
-        &[
-            "--requests",
-            "2000",
-            "--concurrency",
-            "8",
-            "--vary-header",
-            "x-user",
-        ],
-    );
+    let after = load(&mesh, &client, url, USERS_2000);
     let users = |v: &Value, version: &str| -> Vec<String> {
         v["by_user"]
             .as_object()
