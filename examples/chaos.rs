@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Faults: `fail_percent` of requests answered with `status` (or, with `grpc_status`, a trailers-only
-//! gRPC error); `delay_ms` before answering; `stall` never answers; `reset` closes the connection
-//! without an answer. Request headers named `x-test-*` are answered as `x-echoed-*`.
+//! gRPC error); `delay_ms` before answering; `stall` never answers; `stall_body` answers 200 with the
+//! first bytes of a body it never finishes; `reset` closes the connection without an answer. Request headers named `x-test-*` are answered as `x-echoed-*`.
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -101,6 +101,7 @@ struct Mode {
     status: u16,
     delay_ms: u64,
     stall: bool,
+    stall_body: bool,
     reset: bool,
     grpc_status: Option<u8>,
 }
@@ -213,6 +214,9 @@ async fn serve(
     }
 }
 
+/// What the backend answers with: whole bodies, or (`stall_body`) one that never ends.
+type ChaosBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
 /// A fault that ends the connection without an answer (`reset`) comes back as an error, which makes
 /// hyper close the connection.
 #[derive(Debug)]
@@ -225,9 +229,9 @@ impl std::fmt::Display for Reset {
 impl std::error::Error for Reset {}
 
 impl Server {
-    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Reset> {
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<ChaosBody>, Reset> {
         if req.uri().path().starts_with("/_chaos/") {
-            return Ok(self.control(req).await);
+            return Ok(self.control(req).await.map(BodyExt::boxed));
         }
         let s = &self.stats;
         s.requests.fetch_add(1, Ordering::Relaxed);
@@ -243,7 +247,7 @@ impl Server {
         answer
     }
 
-    async fn answer(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Reset> {
+    async fn answer(&self, req: Request<Incoming>) -> Result<Response<ChaosBody>, Reset> {
         let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner()).clone();
         // Request headers `x-test-*` come back as `x-echoed-*`, to show what reached the app.
         let echoed: Vec<(http::HeaderName, http::HeaderValue)> = req
@@ -267,6 +271,17 @@ impl Server {
         }
         if fails && mode.reset {
             return Err(Reset);
+        }
+        if fails && mode.stall_body {
+            use futures_util::StreamExt as _;
+            let first = futures_util::stream::once(async {
+                Ok(hyper::body::Frame::data(Bytes::from_static(
+                    b"{\"partial\":",
+                )))
+            });
+            let body =
+                http_body_util::StreamBody::new(first.chain(futures_util::stream::pending()));
+            return Ok(Response::new(BodyExt::boxed(body)));
         }
         let mut resp = Response::new(Full::new(Bytes::from(format!(
             "{{\"version\":\"{}\"}}",
@@ -296,7 +311,7 @@ impl Server {
             http::HeaderValue::from_str(&self.version)
                 .unwrap_or(http::HeaderValue::from_static("?")),
         );
-        Ok(resp)
+        Ok(resp.map(BodyExt::boxed))
     }
 
     async fn control(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {

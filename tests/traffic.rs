@@ -384,6 +384,53 @@ fn retries_are_counted_budgeted_and_timeouts_are_the_proxys() {
         6,
         "three tries per request reach the backend"
     );
+
+    // A response body that stops: without an idle timeout the client waits for as long as it is
+    // willing to; with one, the proxy ends the response when no byte has come for that long.
+    set_mode(&mesh, &slow, r#"{"fail_percent": 100, "stall_body": true}"#);
+    let fetch = || {
+        let out = mesh.exec(
+            &client,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{time_total}",
+                "--max-time",
+                "3",
+                "http://slow:9080/",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let secs: f64 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0.0);
+        (out.status.code(), text, secs)
+    };
+    mesh.apply(&route("slow", "    timeouts: {request: 30s}\n"));
+    until(
+        || fetch().0 == Some(28),
+        "a stalled body without an idle timeout",
+    );
+    mesh.apply(&route(
+        "slow",
+        "    timeouts: {request: 30s, idle: 400ms}\n",
+    ));
+    until(|| fetch().0 != Some(28), "the idle timeout");
+    let (code, text, secs) = fetch();
+    assert!(text.starts_with("200 "), "the head came through: {text}");
+    assert!(
+        matches!(code, Some(18) | Some(56)),
+        "the body was cut short (curl exit {code:?}): {text}"
+    );
+    assert!(
+        (0.3..2.0).contains(&secs),
+        "cut at the idle timeout: {text}"
+    );
 }
 
 #[test]
