@@ -648,7 +648,7 @@ fn rate_limits_answer_429_per_route_and_per_caller() {
 }
 
 #[test]
-fn opaque_tcp_moves_on_from_an_endpoint_that_refuses() {
+fn opaque_tcp_moves_on_from_a_refusing_endpoint_and_caps_connections() {
     if !available("traffic") {
         return;
     }
@@ -684,4 +684,31 @@ fn opaque_tcp_moves_on_from_an_endpoint_that_refuses() {
             "every connection lands on the endpoint that takes it"
         );
     }
+
+    // maxConnections: with two connections held open, a third is closed by the caller's sidecar, and
+    // once they are gone connections go through again.
+    mesh.apply(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: narrow}\nspec:\n  ports: [{port: 7000, protocol: tcp}]\n  selector: {app: echo}\n  trafficPolicy:\n    connectionPool: {maxConnections: 2}\n",
+    );
+    let tcp = |mesh: &PodMesh| mesh.exec(&client, &[&chaos, "tcp", "--addr", "narrow:7000"]);
+    until(|| tcp(&mesh).status.success(), "the narrow service");
+    let hold = "exec 3<>/dev/tcp/narrow/7000; read -r banner <&3; sleep 4";
+    for _ in 0..2 {
+        mesh.spawn_in(&client, &["bash", "-c", hold]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let third = tcp(&mesh);
+    assert!(
+        !third.status.success(),
+        "a third connection while two are held: {third:?}"
+    );
+    assert!(
+        mesh.sidecar_log("client")
+            .contains("the destination's connection limit is reached"),
+        "the refusal is logged"
+    );
+    until(
+        || tcp(&mesh).status.success(),
+        "connections after the holders left",
+    );
 }
