@@ -557,15 +557,18 @@ async fn collect(listen: SocketAddr, out: std::path::PathBuf) -> Result<()> {
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
-                    let line = String::from_utf8_lossy(&body).replace('\n', " ");
-                    let path = out.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let mut line = String::from_utf8_lossy(&body).replace('\n', " ");
+                    line.push('\n');
+                    // Held while writing: batches from several proxies arrive at once, and their lines
+                    // must not interleave.
+                    let path = out.lock().unwrap_or_else(|e| e.into_inner());
                     use std::io::Write as _;
                     if let Ok(mut f) = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
-                        .open(&path)
+                        .open(&*path)
                     {
-                        let _ = writeln!(f, "{line}");
+                        let _ = f.write_all(line.as_bytes());
                     }
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
                         b"{}",
