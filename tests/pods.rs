@@ -14,6 +14,25 @@ fn route(v1: u32, v2: u32) -> String {
     )
 }
 
+/// What the frontend's sidecar knew and did, for a failed split assertion: its last log lines and
+/// access-log lines (route, upstream).
+fn routing_evidence(mesh: &PodMesh) -> String {
+    let log = mesh.sidecar_log("frontend");
+    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+    let last: Vec<String> = mesh
+        .access_log("frontend")
+        .iter()
+        .rev()
+        .take(3)
+        .map(|l| l.to_string())
+        .collect();
+    format!(
+        "frontend sidecar log (newest first):\n{}\nfrontend access log (newest first):\n{}",
+        tail.join("\n"),
+        last.join("\n")
+    )
+}
+
 fn load(
     mesh: &PodMesh,
     client: &weft::pods::PodHandle,
@@ -113,7 +132,12 @@ fn shop_calls_carry_each_callers_identity_and_follow_a_traffic_shift() {
         "{back}"
     );
     let split = load(&mesh, &client, 100, &[]);
-    assert_eq!(split["versions"]["v2"], 100, "{split}");
+    assert_eq!(
+        split["versions"]["v2"],
+        100,
+        "{split}\nrollback said: {back}\n{}",
+        routing_evidence(&mesh)
+    );
 
     // A/B by header: beta users on v2, everyone else on v1.
     mesh.weftctl_ok(&["shift", "reviews", "--header", "x-user-group=beta", "v2"]);
