@@ -115,22 +115,25 @@ impl DestState {
 /// their slots in the old one).
 #[derive(Default)]
 pub struct Destinations {
-    by_name: Mutex<HashMap<(String, String), Arc<DestState>>>,
+    /// By namespace, then name: a request's lookup borrows its `&str`s; keys are built only for a new
+    /// destination.
+    by_name: Mutex<HashMap<String, HashMap<String, Arc<DestState>>>>,
 }
 
 impl Destinations {
     pub fn get(&self, namespace: &str, name: &str, spec: Option<&TrafficPolicy>) -> Arc<DestState> {
         let policy = Policy::from_spec(spec);
         let mut map = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (namespace.to_string(), name.to_string());
-        match map.get(&key) {
-            Some(d) if d.policy == policy => d.clone(),
-            _ => {
-                let d = Arc::new(DestState::new(policy));
-                map.insert(key, d.clone());
-                d
+        if let Some(d) = map.get(namespace).and_then(|m| m.get(name)) {
+            if d.policy == policy {
+                return d.clone();
             }
         }
+        let d = Arc::new(DestState::new(policy));
+        map.entry(namespace.to_string())
+            .or_default()
+            .insert(name.to_string(), d.clone());
+        d
     }
 }
 

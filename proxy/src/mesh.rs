@@ -23,7 +23,8 @@ pub struct MeshView {
     pub routes: Vec<Document<HttpRouteSpec>>,
     pub policies: Vec<Document<AuthorizationPolicySpec>>,
     pub trust_bundle_pem: Option<String>,
-    index: HashMap<(String, String), usize>,
+    /// Service by namespace, then name (looked up with borrowed `&str`s on every request).
+    index: HashMap<String, HashMap<String, usize>>,
     /// Service by virtual IP.
     vips: HashMap<IpAddr, usize>,
     /// A meshed endpoint (one with a proxy) by its address.
@@ -123,7 +124,10 @@ impl MeshView {
 
     fn build_indexes(&mut self) {
         for (i, s) in self.services.iter().enumerate() {
-            self.index.insert((s.namespace.clone(), s.name.clone()), i);
+            self.index
+                .entry(s.namespace.clone())
+                .or_default()
+                .insert(s.name.clone(), i);
             if let Some(vip) = s.vip {
                 self.vips.insert(vip, i);
             }
@@ -136,9 +140,8 @@ impl MeshView {
     }
 
     fn service(&self, namespace: &str, name: &str) -> Option<&ServiceView> {
-        self.index
-            .get(&(namespace.to_string(), name.to_string()))
-            .map(|&i| &self.services[i])
+        let i = *self.index.get(namespace)?.get(name)?;
+        Some(&self.services[i])
     }
 
     /// Classifies an intercepted connection's original destination.

@@ -48,10 +48,11 @@ impl<'a> RequestView<'a> {
     }
 }
 
-/// Every service's rules, compiled once.
+/// Every service's rules, compiled once. Keyed by namespace, then name, so a request's lookup borrows
+/// its `&str`s instead of building a key.
 #[derive(Debug)]
 pub struct RouteTable<P> {
-    by_service: HashMap<(String, String), Vec<Rule<P>>>,
+    by_service: HashMap<String, HashMap<String, Vec<Rule<P>>>>,
 }
 
 impl<P> Default for RouteTable<P> {
@@ -193,7 +194,7 @@ impl<P> RouteTable<P> {
             (&a.metadata.namespace, &a.metadata.name)
                 .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
-        let mut by_service: HashMap<(String, String), Vec<Rule<P>>> = HashMap::new();
+        let mut by_service: HashMap<String, HashMap<String, Vec<Rule<P>>>> = HashMap::new();
         for route in sorted {
             let ns = &route.metadata.namespace;
             let err = |field: String, reason: String| RouteError {
@@ -215,7 +216,9 @@ impl<P> RouteTable<P> {
                         })
                         .map_err(|(field, reason)| err(format!("rules[{i}]{field}"), reason))?;
                     by_service
-                        .entry((svc_ns.clone(), parent.name.clone()))
+                        .entry(svc_ns.clone())
+                        .or_default()
+                        .entry(parent.name.clone())
                         .or_default()
                         .push(compiled);
                 }
@@ -242,7 +245,7 @@ impl<P> RouteTable<P> {
 
     /// Every compiled rule.
     pub fn rules(&self) -> impl Iterator<Item = &Rule<P>> {
-        self.by_service.values().flatten()
+        self.by_service.values().flat_map(|m| m.values()).flatten()
     }
 
     /// The rule that takes a request (or, with `req` absent, an opaque connection) to
@@ -254,9 +257,7 @@ impl<P> RouteTable<P> {
         port: u16,
         req: Option<&RequestView<'_>>,
     ) -> Option<&Rule<P>> {
-        let rules = self
-            .by_service
-            .get(&(namespace.to_string(), name.to_string()))?;
+        let rules = self.by_service.get(namespace)?.get(name)?;
         rules.iter().find(|r| {
             r.port.is_none_or(|p| p == port)
                 && match req {
@@ -606,7 +607,7 @@ spec:
     #[test]
     fn weights_split_by_share() {
         let t = table(CANARY);
-        let rule = &t.by_service[&("default".to_string(), "reviews".to_string())][1];
+        let rule = &t.by_service["default"]["reviews"][1];
         let v2 = (0..100u64)
             .filter(|roll| subset(rule.pick(*roll)) == Some("v2".into()))
             .count();
