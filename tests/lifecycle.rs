@@ -161,6 +161,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 async fn drain_deadline_cuts_what_is_left_and_exits_nonzero() {
     let mut p = Pair::start_with(PairOptions {
         server_yaml: "drain_timeout: 1s\n".into(),
+        server_admin_shutdown: true,
         ..Default::default()
     })
     .await;

@@ -1,11 +1,13 @@
-//! The admin port (loopback: `/config`, `/identity`, `POST /shutdown`) and the health port (`/ready`,
-//! `/live`, `/metrics`).
+//! The admin port (loopback: `/config`, `/identity`, and `POST /shutdown` only when `admin.shutdown` is
+//! set: every process in the pod reaches this port, and the app must not stop its sidecar) and the
+//! health port (`/ready`, `/live`, `/metrics`).
 
 use crate::body::{self, Body};
+use crate::serve::{self, ConnLimiter};
 use crate::state::Proxy;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -27,21 +29,54 @@ pub async fn run_health(listener: TcpListener, proxy: Arc<Proxy>) {
 async fn serve(listener: TcpListener, proxy: Arc<Proxy>, port: Port) {
     // Admin and health keep answering while the proxy drains (readiness must be seen to fail), so they
     // stop with the runtime rather than with the drain signal, and are not part of the drained tasks.
+    // Anyone who reaches them is unauthenticated: connections are capped and a client that sends no
+    // complete request head in time is cut, so idle or slow clients cannot keep probes from answering.
+    let name = port.name();
+    let limiter = ConnLimiter::new(proxy.config.limits.max_admin_connections);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (tcp, client) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                proxy.metrics.reject(name, "accept_error");
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limiter.try_acquire() else {
+            proxy.metrics.reject(name, "max_connections");
+            tracing::warn!(listener = name, %client, "connection refused: listener is at its connection limit");
             continue;
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
+            let _permit = permit;
+            let p = proxy.clone();
             let svc = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
+                let proxy = p.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(req, &proxy, port)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let l = &proxy.config.limits;
+            let res = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(l.header_read_timeout.get())
+                .max_buf_size(l.max_header_bytes)
+                .max_headers(l.max_headers)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
+            if let Err(e) = res {
+                serve::report(&proxy, name, client, &e);
+            }
         });
+    }
+}
+
+impl Port {
+    fn name(self) -> &'static str {
+        match self {
+            Port::Admin => "admin",
+            Port::Health => "health",
+        }
     }
 }
 
@@ -69,10 +104,18 @@ fn route(req: Request<Incoming>, proxy: &Proxy, port: Port) -> Response<Body> {
         }
         (Port::Admin, &Method::GET, "/config") => json(&config_doc(proxy)),
         (Port::Admin, &Method::GET, "/identity") => json(&identity_doc(proxy)),
-        (Port::Admin, &Method::POST, "/shutdown") => {
+        (Port::Admin, &Method::POST, "/shutdown") if proxy.config.admin.shutdown => {
             tracing::info!("shutdown requested on the admin port");
             proxy.shutdown.cancel();
             text(StatusCode::OK, "draining\n")
+        }
+        (Port::Admin, m, path) if m != Method::GET && m != Method::HEAD => {
+            proxy.metrics.reject("admin", "write_disabled");
+            tracing::warn!(method = %m, path, "admin write refused: writes are off (`admin.shutdown` enables POST /shutdown)");
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "weft-proxy: writes on the admin port are off (admin.shutdown: true enables POST /shutdown; signals stop the proxy)\n",
+            )
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -133,9 +133,11 @@ pub struct TunnelConfig {
     /// Where peers connect (mTLS + HTTP/2). Default `0.0.0.0:15008`.
     #[serde(default = "default_tunnel_listen")]
     pub listen: SocketAddr,
-    /// Host the tunnel delivers traffic to; the port comes from the peer's request. Default `127.0.0.1`.
-    #[serde(default = "default_app_host")]
-    pub app_host: std::net::IpAddr,
+    /// Host inbound traffic (tunnel and plaintext) is delivered to; the port comes from the request.
+    /// Default: the workload's `address` with a `workload` section (peers then reach only what the app
+    /// serves on the pod's address, never its loopback), else `127.0.0.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_host: Option<std::net::IpAddr>,
     /// App ports peers may reach; empty means any port.
     #[serde(default)]
     pub allowed_ports: Vec<u16>,
@@ -145,7 +147,7 @@ impl Default for TunnelConfig {
     fn default() -> Self {
         TunnelConfig {
             listen: default_tunnel_listen(),
-            app_host: default_app_host(),
+            app_host: None,
             allowed_ports: Vec::new(),
         }
     }
@@ -158,6 +160,9 @@ impl Default for TunnelConfig {
 pub struct Limits {
     /// Open connections per listener (outbound listeners and the tunnel each); excess is closed at accept.
     pub max_connections: usize,
+    /// Open connections on the admin port and on the health port (each); excess is closed at accept.
+    /// They share `header_read_timeout`, so a client that sends no complete request head is cut.
+    pub max_admin_connections: usize,
     /// Bytes of HTTP/1 request head (request line + headers); larger heads get 431.
     pub max_header_bytes: usize,
     /// Number of HTTP/1 request headers; more get 431.
@@ -190,6 +195,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            max_admin_connections: 128,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
@@ -278,6 +284,57 @@ fn default_dns_idle() -> Duration {
     Duration::from_secs(10)
 }
 
+/// The admin endpoint (`admin:`). The old form, a bare address, still reads: `admin: 127.0.0.1:15000`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    /// Loopback only. Default `127.0.0.1:15000`.
+    pub listen: SocketAddr,
+    /// Serve `POST /shutdown`. Off by default: every process in the pod reaches the admin port, and the
+    /// app must not be able to stop its own sidecar (signals stop the proxy).
+    pub shutdown: bool,
+}
+
+impl<'de> Deserialize<'de> for AdminConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            #[serde(default = "default_admin_listen")]
+            listen: SocketAddr,
+            #[serde(default)]
+            shutdown: bool,
+        }
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = AdminConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an address (`127.0.0.1:15000`) or `{listen, shutdown}`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AdminConfig, E> {
+                let listen = v.parse().map_err(|_| {
+                    E::custom(format!("`{v}` is not an address such as 127.0.0.1:15000"))
+                })?;
+                Ok(AdminConfig {
+                    listen,
+                    shutdown: false,
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, m: A) -> Result<AdminConfig, A::Error> {
+                let f = Full::deserialize(de::value::MapAccessDeserializer::new(m))?;
+                Ok(AdminConfig {
+                    listen: f.listen,
+                    shutdown: f.shutdown,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    default_admin().listen
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -293,9 +350,10 @@ pub struct ProxyConfig {
     pub workload: Option<WorkloadConfig>,
     #[serde(default)]
     pub tunnel: TunnelConfig,
-    /// Admin endpoint (`/config`, `/identity`, `POST /shutdown`); loopback only. Default `127.0.0.1:15000`.
+    /// Admin endpoint (`/config`, `/identity`, `POST /shutdown` when enabled); loopback only. Either an
+    /// address or `{listen, shutdown}`. Default `127.0.0.1:15000`, shutdown off.
     #[serde(default = "default_admin")]
-    pub admin: SocketAddr,
+    pub admin: AdminConfig,
     /// Health endpoint (`/ready`, `/live`, `/metrics`). Default `0.0.0.0:15020`.
     #[serde(default = "default_health")]
     pub health: SocketAddr,
@@ -408,11 +466,11 @@ fn default_mark() -> u32 {
 fn default_tunnel_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 15008))
 }
-fn default_app_host() -> std::net::IpAddr {
-    std::net::Ipv4Addr::LOCALHOST.into()
-}
-fn default_admin() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 15000))
+fn default_admin() -> AdminConfig {
+    AdminConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 15000)),
+        shutdown: false,
+    }
 }
 fn default_health() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 15020))
@@ -499,7 +557,7 @@ impl ProxyConfig {
         };
         let mut taken = vec![
             ("tunnel.listen".to_string(), self.tunnel.listen),
-            ("admin".to_string(), self.admin),
+            ("admin".to_string(), self.admin.listen),
             ("health".to_string(), self.health),
         ];
         match (&self.identity, &self.control, &self.workload) {
@@ -640,18 +698,19 @@ impl ProxyConfig {
                 ));
             }
         }
-        if !self.admin.ip().is_loopback() {
+        if !self.admin.listen.ip().is_loopback() {
             return Err(invalid(
                 "admin".into(),
                 format!(
-                    "{} is not a loopback address; the admin endpoint can shut the proxy down",
-                    self.admin
+                    "{} is not a loopback address; the admin endpoint shows the proxy's config",
+                    self.admin.listen
                 ),
             ));
         }
         let l = &self.limits;
         for (name, v) in [
             ("limits.max_connections", l.max_connections),
+            ("limits.max_admin_connections", l.max_admin_connections),
             ("limits.max_header_bytes", l.max_header_bytes),
             ("limits.max_headers", l.max_headers),
             (
@@ -898,6 +957,27 @@ mod tests {
         let (_d, p) = write(&GOOD.replace("admin: 127.0.0.1:15000", "admin: 0.0.0.0:15000"));
         let e = ProxyConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn admin_takes_an_address_or_a_section_and_shutdown_is_off_by_default() {
+        let (_d, p) = write(GOOD);
+        let c = ProxyConfig::load(&p).unwrap();
+        assert_eq!(c.admin.listen, "127.0.0.1:15000".parse().unwrap());
+        assert!(!c.admin.shutdown);
+        let (_d, p) = write(&GOOD.replace(
+            "admin: 127.0.0.1:15000",
+            "admin: {listen: 127.0.0.1:15100, shutdown: true}",
+        ));
+        let c = ProxyConfig::load(&p).unwrap();
+        assert_eq!(c.admin.listen.port(), 15100);
+        assert!(c.admin.shutdown);
+        let (_d, p) = write(&GOOD.replace("admin: 127.0.0.1:15000", "admin: {shutdwn: true}"));
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("shutdwn"), "{e}");
+        let (_d, p) = write(&GOOD.replace("admin: 127.0.0.1:15000", "admin: localhost"));
+        let e = ProxyConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("`localhost` is not an address"), "{e}");
     }
 
     #[test]

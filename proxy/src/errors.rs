@@ -44,6 +44,10 @@ pub enum ForwardError {
     AppRequest { port: u16, source: BoxedSource },
     #[error("app port {port} is not open to peers")]
     PortNotAllowed { port: u16 },
+    #[error("port {port} is the proxy's own, never delivered to")]
+    ProxyPort { port: u16 },
+    #[error("no config from the control plane yet: inbound traffic is refused until the policies protecting this workload are known")]
+    NoPolicyView,
     #[error("bad request from peer: {0}")]
     BadTunnelRequest(&'static str),
     #[error("protocol upgrade failed: {0}")]
@@ -77,16 +81,19 @@ impl ForwardError {
             | AppConnectTimeout { .. }
             | RequestTimeout(_)
             | PerTryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            PeerConnect { .. } | AppConnect { .. } | Draining | NoEndpoint(_) | Overflow(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            PeerConnect { .. }
+            | AppConnect { .. }
+            | Draining
+            | NoEndpoint(_)
+            | Overflow(_)
+            | NoPolicyView => StatusCode::SERVICE_UNAVAILABLE,
             PeerTls { .. }
             | PeerHandshake { .. }
             | PeerRequest { .. }
             | AppRequest { .. }
             | Upgrade(_) => StatusCode::BAD_GATEWAY,
             PeerRefused { status, .. } => *status,
-            PortNotAllowed { .. } => StatusCode::FORBIDDEN,
+            PortNotAllowed { .. } | ProxyPort { .. } => StatusCode::FORBIDDEN,
             BadTunnelRequest(_) | BadPath(_) => StatusCode::BAD_REQUEST,
             Denied(_) => StatusCode::FORBIDDEN,
         }
@@ -106,6 +113,8 @@ impl ForwardError {
             AppConnectTimeout { .. } => "app_connect_timeout",
             AppRequest { .. } => "app_request",
             PortNotAllowed { .. } => "port_not_allowed",
+            ProxyPort { .. } => "proxy_port",
+            NoPolicyView => "no_config",
             BadTunnelRequest(_) => "bad_tunnel_request",
             Upgrade(_) => "upgrade",
             Draining => "draining",

@@ -125,16 +125,20 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<
             e.destination = ctx.proxy.identity.id().to_string();
             e
         });
-    let port = target_port(&req, ctx).and_then(|p| authorize(&mut req, p, ctx).map(|()| p));
+    let port = admit(&mut req, ctx);
     let app_port = port.as_ref().ok().copied();
     let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let res = match port {
-        Err(e) => Err(e),
+    let limited = app_port.and_then(|p| rate_limited(&req, p, ctx));
+    let res = match (port, limited) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Some(refused)) => Ok(refused),
         // Boxed: these branches' futures are large and rare; unboxed they would grow every request's
         // task, which is copied when hyper spawns it.
-        Ok(port) if is_connect && extended => Box::pin(upgrade_to_app(req, port, ctx)).await,
-        Ok(port) if is_connect => Box::pin(tcp_to_app(req, port, ctx)).await,
-        Ok(port) => http_to_app(req, port, ctx, entry.is_some().then_some(&counted)).await,
+        (Ok(port), None) if is_connect && extended => {
+            Box::pin(upgrade_to_app(req, port, ctx)).await
+        }
+        (Ok(port), None) if is_connect => Box::pin(tcp_to_app(req, port, ctx)).await,
+        (Ok(port), None) => http_to_app(req, port, ctx, entry.is_some().then_some(&counted)).await,
     };
     let resp = res.unwrap_or_else(|e| {
         if let Some(entry) = entry.as_mut() {
@@ -191,6 +195,34 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<
     }
 }
 
+/// Everything a request must pass before it is carried to the app: a mesh view with this workload's
+/// policies (fail closed until there is one), a target port that is the app's, and authorization.
+fn admit(req: &mut Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardError> {
+    if !ctx.proxy.has_policy_view() {
+        ctx.proxy.metrics.reject("tunnel", "no_config");
+        tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, "inbound request refused: no config from the control plane yet");
+        return Err(ForwardError::NoPolicyView);
+    }
+    let port = target_port(req, ctx)?;
+    authorize(req, port, ctx)?;
+    Ok(port)
+}
+
+/// The 429 when a route's rate limit refuses the request. Every kind counts: an opaque CONNECT stream
+/// under the rule that routes TCP, a WebSocket as the GET the app will see.
+fn rate_limited(req: &Request<Incoming>, port: u16, ctx: &PeerConn) -> Option<Response<Body>> {
+    let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
+    let method = if extended { &Method::GET } else { req.method() };
+    let view = crate::route::RequestView {
+        method,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let opaque = req.method() == Method::CONNECT && !extended;
+    crate::ratelimit::check(&ctx.proxy, &ctx.peer_id, port, (!opaque).then_some(&view))
+}
+
 /// Applies the workload's authorization policies. An HTTP request's path is normalised first (and sent
 /// on normalised, so the app sees what the policy saw); a path that cannot be is refused with 400.
 fn authorize(req: &mut Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<(), ForwardError> {
@@ -241,8 +273,8 @@ fn set_path(req: &mut Request<Incoming>, path: &str) {
     }
 }
 
-/// The app port: a CONNECT's authority port, else the `weft-target-port` header. Only ports the config
-/// allows (all, when the list is empty).
+/// The app port: a CONNECT's authority port, else the `weft-target-port` header. Never one of the
+/// proxy's own ports; only ports the config allows (all, when the list is empty).
 fn target_port(req: &Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardError> {
     let port = if req.method() == Method::CONNECT
         && req.extensions().get::<hyper::ext::Protocol>().is_none()
@@ -257,15 +289,19 @@ fn target_port(req: &Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardEr
     let port = port
         .filter(|p| *p != 0)
         .ok_or(ForwardError::BadTunnelRequest("no target port"))?;
-    let allowed = &ctx.proxy.config.tunnel.allowed_ports;
-    if !allowed.is_empty() && !allowed.contains(&port) {
-        return Err(ForwardError::PortNotAllowed { port });
+    if let Err(refusal) = ctx.proxy.delivery.check(port) {
+        ctx.proxy.metrics.reject("tunnel", refusal.reason());
+        tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, port, reason = refusal.reason(), "inbound request refused: the target port is not the app's");
+        return Err(match refusal {
+            crate::deliver::Refusal::ProxyPort => ForwardError::ProxyPort { port },
+            crate::deliver::Refusal::NotAllowed => ForwardError::PortNotAllowed { port },
+        });
     }
     Ok(port)
 }
 
 fn app_addr(ctx: &PeerConn, port: u16) -> SocketAddr {
-    SocketAddr::new(ctx.proxy.config.tunnel.app_host, port)
+    ctx.proxy.delivery.app_addr(port)
 }
 
 async fn connect_app(ctx: &PeerConn, port: u16) -> Result<TcpStream, ForwardError> {
@@ -288,10 +324,6 @@ async fn http_to_app(
     count: Option<&Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
-    let view = crate::route::RequestView::of(&parts);
-    if let Some(refused) = crate::ratelimit::check(&ctx.proxy, &ctx.peer_id, port, &view) {
-        return Ok(refused);
-    }
     let which = match parts.headers.get(ORIG_PROTO) {
         Some(v) if v == "1.1" => AppHttp::Http1,
         _ => AppHttp::Http2,

@@ -1,14 +1,17 @@
 //! Inbound from outside the mesh: TCP that arrived at the pod on an app port and was redirected here by
 //! `weft-proxy init` (15006). Mesh peers never come this way — they use the tunnel port — so everything
 //! here is plaintext from a client without an identity. Strict mTLS (the mesh default) refuses it;
-//! permissive mode delivers it to the app unchanged.
+//! permissive mode delivers it to the app: HTTP request by request (see [`crate::inbound_plain_http`]),
+//! so headers only the mesh may set never reach the app from such a client; anything else byte for byte.
 
+use crate::detect::{self, Detected};
 use crate::metrics::{ActiveGuard, ConnLabels, Direction};
 use crate::serve::{self, ConnLimiter};
 use crate::splice::splice;
 use crate::state::Proxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use weft_api::resources::MtlsMode;
 
@@ -32,31 +35,10 @@ pub fn mtls_mode(proxy: &Proxy) -> MtlsMode {
         .unwrap_or_else(|| proxy.mesh().mesh.mtls_mode)
 }
 
-async fn handle_connection(mut tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>) {
-    let dst = match crate::socket::original_dst(&tcp) {
-        Ok(d) => d,
-        Err(e) => {
-            proxy.metrics.reject("inbound", "no_original_dst");
-            return tracing::warn!(%client, error = %e, "inbound connection closed: no original destination");
-        }
+async fn handle_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>) {
+    let Some(port) = admit(&tcp, client, &proxy) else {
+        return;
     };
-    let port = dst.port();
-    if let Err(reason) = allowed(&proxy, port) {
-        proxy.metrics.reject("inbound", reason);
-        return tracing::warn!(%client, port, reason, "inbound plaintext connection refused");
-    }
-    if mtls_mode(&proxy) == MtlsMode::Strict {
-        proxy.metrics.reject("inbound", "strict_mtls");
-        return tracing::info!(%client, port, "inbound plaintext connection refused: mTLS is STRICT (the client is not in the mesh)");
-    }
-    let subject = crate::authz::Subject {
-        source: None,
-        port,
-        http: None,
-    };
-    if crate::authz::authorize(&proxy, &subject).is_some() {
-        return tracing::info!(%client, port, "inbound plaintext connection closed by authorization policy");
-    }
     let _active = ActiveGuard::new(
         &proxy.metrics,
         ConnLabels {
@@ -64,7 +46,66 @@ async fn handle_connection(mut tcp: TcpStream, client: SocketAddr, proxy: Arc<Pr
             protocol: "plaintext",
         },
     );
-    let app = SocketAddr::new(proxy.config.tunnel.app_host, port);
+    let window = proxy.config.limits.detect_timeout.get();
+    let (detected, io) = match detect::detect(tcp, window).await {
+        Ok(d) => d,
+        Err(e) => return tracing::debug!(%client, error = %e, "inbound plaintext closed early"),
+    };
+    match detected {
+        Detected::Http1 | Detected::Http2 => {
+            crate::inbound_plain_http::serve(io, detected, client, port, &proxy).await
+        }
+        Detected::Opaque | Detected::Tls => splice_to_app(io, client, port, &proxy).await,
+    }
+}
+
+/// The checks before anything is delivered: a port that is the app's, a mesh view with this workload's
+/// policies (fail closed until there is one), PERMISSIVE mode, and port-level authorization. Every
+/// refusal closes the connection, logged and counted.
+fn admit(tcp: &TcpStream, client: SocketAddr, proxy: &Proxy) -> Option<u16> {
+    let dst = match crate::socket::original_dst(tcp) {
+        Ok(d) => d,
+        Err(e) => {
+            proxy.metrics.reject("inbound", "no_original_dst");
+            tracing::warn!(%client, error = %e, "inbound connection closed: no original destination");
+            return None;
+        }
+    };
+    let port = dst.port();
+    if let Err(refusal) = proxy.delivery.check(port) {
+        let reason = refusal.reason();
+        proxy.metrics.reject("inbound", reason);
+        tracing::warn!(%client, port, reason, "inbound plaintext connection refused");
+        return None;
+    }
+    if !proxy.has_policy_view() {
+        proxy.metrics.reject("inbound", "no_config");
+        tracing::warn!(%client, port, "inbound plaintext connection refused: no config from the control plane yet");
+        return None;
+    }
+    if mtls_mode(proxy) == MtlsMode::Strict {
+        proxy.metrics.reject("inbound", "strict_mtls");
+        tracing::info!(%client, port, "inbound plaintext connection refused: mTLS is STRICT (the client is not in the mesh)");
+        return None;
+    }
+    let subject = crate::authz::Subject {
+        source: None,
+        port,
+        http: None,
+    };
+    if crate::authz::authorize(proxy, &subject).is_some() {
+        tracing::info!(%client, port, "inbound plaintext connection closed by authorization policy");
+        return None;
+    }
+    Some(port)
+}
+
+/// Anything but HTTP: bytes both ways to the app port.
+async fn splice_to_app<IO>(mut io: IO, client: SocketAddr, port: u16, proxy: &Proxy)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let app = proxy.delivery.app_addr(port);
     let timeout = proxy.config.limits.connect_timeout.get();
     let mut upstream = match crate::socket::connect(app, timeout).await {
         Ok(u) => u,
@@ -74,25 +115,7 @@ async fn handle_connection(mut tcp: TcpStream, client: SocketAddr, proxy: Arc<Pr
         }
     };
     tracing::debug!(%client, %app, "inbound plaintext (PERMISSIVE) delivered to the app");
-    if let Err(e) = splice(&mut tcp, &mut upstream, &proxy.metrics, Direction::inbound).await {
+    if let Err(e) = splice(&mut io, &mut upstream, &proxy.metrics, Direction::inbound).await {
         tracing::debug!(%client, %app, error = %e, "inbound plaintext ended with an error");
     }
-}
-
-/// Ports that must never be delivered as app traffic (the proxy's own), and the tunnel's allow-list.
-fn allowed(proxy: &Proxy, port: u16) -> Result<(), &'static str> {
-    let c = &proxy.config;
-    let own = [c.tunnel.listen.port(), c.health.port(), c.admin.port()];
-    let intercept = c
-        .interception
-        .as_ref()
-        .map(|i| [i.outbound.port(), i.inbound.port()]);
-    if own.contains(&port) || intercept.is_some_and(|p| p.contains(&port)) {
-        return Err("proxy_port");
-    }
-    let list = &c.tunnel.allowed_ports;
-    if !list.is_empty() && !list.contains(&port) {
-        return Err("port_not_allowed");
-    }
-    Ok(())
 }

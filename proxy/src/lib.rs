@@ -9,6 +9,7 @@ pub mod balance;
 pub mod body;
 pub mod config;
 pub mod control;
+pub mod deliver;
 pub mod destination;
 pub mod detect;
 pub mod dispatch;
@@ -18,6 +19,7 @@ pub mod h1_guard;
 pub mod headers;
 pub mod inbound;
 pub mod inbound_plain;
+pub mod inbound_plain_http;
 pub mod intercept;
 pub mod local_app;
 pub mod mesh;
@@ -79,7 +81,7 @@ pub async fn bind(cfg: ProxyConfig, identity: Identity) -> anyhow::Result<Runnin
         Kind::Tunnel,
         bind_one("tunnel.listen", cfg.tunnel.listen).await?,
     );
-    add(Kind::Admin, bind_one("admin", cfg.admin).await?);
+    add(Kind::Admin, bind_one("admin", cfg.admin.listen).await?);
     add(Kind::Health, bind_one("health", cfg.health).await?);
     for (i, o) in cfg.outbound.0.iter().enumerate() {
         let l = bind_one(&format!("outbound[{i}].listen"), o.listen).await?;

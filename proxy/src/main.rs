@@ -13,10 +13,10 @@ use weft_proxy::control::{bootstrap, Settings};
 /// traffic from peers to the local app.
 ///
 /// Ports (defaults): tunnel 0.0.0.0:15008 (mTLS + HTTP/2 from peers), admin 127.0.0.1:15000 (/config,
-/// /identity, POST /shutdown), health 0.0.0.0:15020 (/ready, /live, /metrics); with a `dns:` section,
+/// /identity; POST /shutdown with `admin.shutdown`), health 0.0.0.0:15020 (/ready, /live, /metrics); with a `dns:` section,
 /// DNS 127.0.0.1:15053 (UDP and TCP: mesh service names to their VIPs).
 ///
-/// Exit codes: 0 after a clean drain (SIGTERM, SIGINT or POST /shutdown); 1 when the drain deadline passed
+/// Exit codes: 0 after a clean drain (SIGTERM, SIGINT or, when enabled, POST /shutdown); 1 when the drain deadline passed
 /// with work left, or on a runtime failure such as a port already in use; 2 for a bad command line,
 /// config file or identity file.
 #[derive(Parser)]
@@ -114,6 +114,7 @@ struct InitArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    raise_nofile_limit();
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Init(args) => init(args),
@@ -164,6 +165,34 @@ fn init(a: InitArgs) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Raises the soft open-file limit to the hard limit. Every connection is a descriptor, and the usual
+/// soft default (1024) would let a flood of idle connections exhaust them long before the listeners'
+/// connection caps apply. Failure only warns: the process still runs, with the limit it had.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read RLIMIT_NOFILE");
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let before = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_NOFILE");
+    }
+    tracing::debug!(
+        from = before,
+        to = lim.rlim_max,
+        "raised the open-file limit"
+    );
 }
 
 fn init_logging(format: LogFormat) {

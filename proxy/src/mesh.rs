@@ -289,12 +289,12 @@ impl MeshView {
             .collect()
     }
 
-    /// The policy of the rule of `service` that takes `req`, if one does.
+    /// The policy of the rule of `service` that takes `req` (absent: an opaque stream), if one does.
     pub fn rule_policy(
         &self,
         service: &ServiceView,
         port: u16,
-        req: &RequestView<'_>,
+        req: Option<&RequestView<'_>>,
     ) -> Option<Arc<RulePolicy>> {
         self.route_table
             .policy(&service.namespace, &service.name, port, req)

@@ -1,6 +1,8 @@
 //! Local rate limits, enforced where requests arrive: a route rule's `rateLimit` is a token bucket in
 //! each proxy of the destination service (one per calling identity with `perSource`). Over the limit,
-//! the request is answered 429 with `Retry-After` and never reaches the app.
+//! the request is answered 429 with `Retry-After` and never reaches the app. Every kind of arrival
+//! takes a token: HTTP requests, WebSocket upgrades (as the GET the app sees) and opaque CONNECT
+//! streams (under the rule that routes TCP: one without matches).
 //!
 //! A token bucket is a few lines; written here rather than taken from `tower::limit::RateLimit`, which
 //! delays requests instead of refusing them, so that the refusal can say when to come back and buckets
@@ -88,12 +90,13 @@ fn refilled(b: &Bucket, now: Instant) -> f64 {
 }
 
 /// The 429 for a request arriving from `source` at app port `target_port`, when a rate limit of a
-/// route of this workload's services refuses it.
+/// route of this workload's services refuses it. An opaque stream (`req` absent, a CONNECT) takes one
+/// token of the rule that would route it: a rule without matches.
 pub fn check(
     proxy: &Proxy,
     source: &SpiffeId,
     target_port: u16,
-    req: &RequestView<'_>,
+    req: Option<&RequestView<'_>>,
 ) -> Option<Response<Body>> {
     let mesh = proxy.mesh();
     if !mesh.has_rate_limits() {

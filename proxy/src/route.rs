@@ -76,17 +76,17 @@ impl RouteTable {
         }
     }
 
-    /// The policy of the rule that takes a request, if any does (the destination side's view, for rate
-    /// limits).
+    /// The policy of the rule that takes a request (or, with `req` absent, an opaque stream: rules
+    /// without matches), if any does (the destination side's view, for rate limits).
     pub fn policy(
         &self,
         namespace: &str,
         name: &str,
         port: u16,
-        req: &RequestView<'_>,
+        req: Option<&RequestView<'_>>,
     ) -> Option<Arc<RulePolicy>> {
         self.table
-            .rule(namespace, name, port, Some(req))
+            .rule(namespace, name, port, req)
             .map(|r| r.payload.clone())
     }
 }

@@ -23,7 +23,7 @@ impl ConnLimiter {
     pub fn new(max: usize) -> ConnLimiter {
         ConnLimiter(Arc::new(Semaphore::new(max)))
     }
-    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
         self.0.clone().try_acquire_owned().ok()
     }
 }
@@ -153,7 +153,7 @@ pub fn http2_builder(proxy: &Proxy) -> hyper::server::conn::http2::Builder<Tokio
 }
 
 /// Logs and counts a connection that ended with an error, by a bounded reason.
-fn report(proxy: &Proxy, listener: &'static str, client: SocketAddr, e: &hyper::Error) {
+pub fn report(proxy: &Proxy, listener: &'static str, client: SocketAddr, e: &hyper::Error) {
     let reason = if e.is_parse_too_large() {
         "header_too_large"
     } else if e.is_parse() || e.is_parse_status() {

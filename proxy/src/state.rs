@@ -15,6 +15,8 @@ use weft_certs::Identity;
 
 pub struct Proxy {
     pub config: ProxyConfig,
+    /// Where inbound traffic goes, and the ports it may never go to.
+    pub delivery: crate::deliver::Delivery,
     pub identity: Identity,
     pub metrics: Arc<Metrics>,
     pub peers: PeerPool,
@@ -68,6 +70,7 @@ impl Proxy {
         );
         Ok(Arc::new(Proxy {
             tracer,
+            delivery: crate::deliver::Delivery::new(&config),
             own_id: identity.id().to_string(),
             peers: PeerPool::new(identity.clone(), settings, metrics.clone()),
             apps: AppClients::new(l.connect_timeout.get()),
@@ -101,6 +104,12 @@ impl Proxy {
         self.mesh_loaded.store(true, Ordering::Relaxed);
     }
 
+    /// False while a proxy run by a control plane has no mesh view yet (neither pushed nor cached):
+    /// until then it knows none of the policies that protect its app, so inbound traffic is refused.
+    pub fn has_policy_view(&self) -> bool {
+        self.config.control.is_none() || self.mesh_loaded.load(Ordering::Relaxed)
+    }
+
     /// This workload's `version` label (empty without one).
     pub fn workload_version(&self) -> &str {
         self.config
@@ -119,6 +128,6 @@ impl Proxy {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
             && !self.shutdown.is_cancelled()
-            && (self.config.control.is_none() || self.mesh_loaded.load(Ordering::Relaxed))
+            && self.has_policy_view()
     }
 }

@@ -32,6 +32,8 @@ pub struct PairOptions {
     pub server_yaml: String,
     /// Protocol of the HTTP listener (`auto` when empty).
     pub http_protocol: &'static str,
+    /// The server-side proxy serves `POST /shutdown` on its admin port.
+    pub server_admin_shutdown: bool,
 }
 
 impl Pair {
@@ -53,9 +55,12 @@ impl Pair {
         let banner_app = apps::tcp::banner(bind().await, apps::tcp::DEFAULT_BANNER);
         // The server side runs the single-threaded scheduler and the client side the multi-threaded one,
         // so every pair test covers both.
-        let server_b = ProxyBuilder::new("server", &server_id)
+        let mut server_b = ProxyBuilder::new("server", &server_id)
             .worker_threads(1)
             .extra_yaml(&opts.server_yaml);
+        if opts.server_admin_shutdown {
+            server_b = server_b.admin_shutdown();
+        }
         let server = spawn_blocking(move || server_b.start()).await;
         let tunnel = server.tunnel;
         let proto = if opts.http_protocol.is_empty() {

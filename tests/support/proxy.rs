@@ -26,6 +26,7 @@ pub struct ProxyBuilder {
     allowed_ports: Vec<u16>,
     extra: String,
     worker_threads: Option<usize>,
+    admin_shutdown: bool,
 }
 
 impl ProxyBuilder {
@@ -38,6 +39,7 @@ impl ProxyBuilder {
             allowed_ports: Vec::new(),
             extra: String::new(),
             worker_threads: None,
+            admin_shutdown: false,
         }
     }
 
@@ -71,6 +73,12 @@ impl ProxyBuilder {
     /// Runs the proxy with `--worker-threads n` (1 selects the single-threaded scheduler).
     pub fn worker_threads(mut self, n: usize) -> Self {
         self.worker_threads = Some(n);
+        self
+    }
+
+    /// Serves `POST /shutdown` on the admin port (`admin: {listen, shutdown: true}`; off by default).
+    pub fn admin_shutdown(mut self) -> Self {
+        self.admin_shutdown = true;
         self
     }
 
@@ -115,8 +123,13 @@ impl ProxyBuilder {
         let dir = TempDir::new(&format!("proxy-{}", self.name));
         let admin = free_addr();
         let health = free_addr();
+        let admin_yaml = if self.admin_shutdown {
+            format!("{{listen: {admin}, shutdown: true}}")
+        } else {
+            admin.to_string()
+        };
         let mut yaml = format!(
-            "identity:\n  cert: {}\n  key: {}\n  bundle: {}\ntunnel:\n  listen: {}\nadmin: {admin}\nhealth: {health}\n",
+            "identity:\n  cert: {}\n  key: {}\n  bundle: {}\ntunnel:\n  listen: {}\nadmin: {admin_yaml}\nhealth: {health}\n",
             self.identity.cert.display(),
             self.identity.key.display(),
             self.identity.bundle.display(),

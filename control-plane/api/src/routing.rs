@@ -452,7 +452,8 @@ fn regex(pattern: &str, limit: usize) -> Result<Regex, String> {
 impl Match {
     fn accepts(&self, req: &RequestView<'_>) -> bool {
         if let Some(m) = &self.method {
-            if m != req.method {
+            // Case-insensitive, as authorization matches methods: `delete` is DELETE to many apps.
+            if !m.as_str().eq_ignore_ascii_case(req.method.as_str()) {
                 return false;
             }
         }
@@ -602,6 +603,23 @@ spec:
             }
         }
         assert!(splits > 300, "the 90/10 rule serves unmatched requests");
+    }
+
+    #[test]
+    fn method_matches_ignore_case_as_authorization_does() {
+        let t = table(CANARY);
+        let mut post = get("/beta/1");
+        post.method = http::Method::from_bytes(b"pOsT").unwrap();
+        assert_eq!(
+            subset(choose(
+                &t,
+                "default",
+                "reviews",
+                9080,
+                Some(&RequestView::of(&post))
+            )),
+            Some("v2".into())
+        );
     }
 
     #[test]

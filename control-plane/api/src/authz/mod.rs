@@ -359,7 +359,11 @@ impl Operation {
         let Some(h) = &s.http else {
             return !wants_http || deny;
         };
-        (self.methods.is_empty() || self.methods.iter().any(|m| m == h.method))
+        (self.methods.is_empty()
+            || self
+                .methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(h.method)))
             && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(h.path)))
             && self.headers.iter().all(|(name, rule)| {
                 h.headers

@@ -305,3 +305,18 @@ fn explain_names_the_policy_and_rule_that_decided() {
     assert_eq!(open.decision.reason, "no ALLOW policy applies");
     assert!(open.policies.is_empty());
 }
+
+#[test]
+fn methods_match_whatever_their_case() {
+    let a = authorizer(
+        "apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-delete, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - to: [{methods: [DELETE]}]\n",
+    );
+    let caller = id("ns/shop/sa/frontend");
+    for m in ["DELETE", "delete", "DeLeTe"] {
+        assert!(
+            matches!(http(&a, Some(&caller), m, "/x", &[]), Decision::Deny(_)),
+            "{m} must be denied"
+        );
+    }
+    assert_eq!(http(&a, Some(&caller), "GET", "/x", &[]), Decision::Allow);
+}

@@ -115,7 +115,8 @@ pub fn header_value(s: &str) -> Check {
         .map_err(|_| format!("`{s}` is not a valid HTTP header value (control characters?)"))
 }
 
-/// An HTTP method token. Methods are case-sensitive, so `get` is refused in favour of `GET`.
+/// An HTTP method token, written in upper case (`get` is refused in favour of `GET`), so one spelling
+/// names it; requests are matched against it whatever their case.
 pub fn method(s: &str) -> Check {
     if http::Method::from_bytes(s.as_bytes()).is_err() {
         return Err(format!("`{s}` is not a valid HTTP method"));
@@ -126,7 +127,7 @@ pub fn method(s: &str) -> Check {
     ];
     if upper != s && standard.contains(&upper.as_str()) {
         return Err(format!(
-            "methods are case-sensitive: write `{upper}`, not `{s}`"
+            "methods are written in upper case: write `{upper}`, not `{s}`"
         ));
     }
     Ok(())

@@ -1,0 +1,123 @@
+//! Where traffic from peers and from outside the mesh is delivered: the app's host (the pod's own
+//! address, never its loopback, when the proxy sits beside a registered workload) and the ports that are
+//! never the app's (the proxy's own). A peer that names one of those is refused, logged and counted, so
+//! no caller can reach the admin port, the DNS responder or a listener of the proxy through it.
+
+use crate::config::ProxyConfig;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// The proxy's well-known ports, refused as targets whatever this proxy's config says: admin, outbound
+/// and inbound interception, tunnel, health, DNS.
+pub const WELL_KNOWN_PROXY_PORTS: [u16; 6] = [15000, 15001, 15006, 15008, 15020, 15053];
+
+/// Why a target port was refused (the `reason` label of `weft_proxy_rejections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// One of the proxy's own ports.
+    ProxyPort,
+    /// Not in `tunnel.allowed_ports`.
+    NotAllowed,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::ProxyPort => "proxy_port",
+            Refusal::NotAllowed => "port_not_allowed",
+        }
+    }
+}
+
+/// The delivery rules of one proxy, computed once from its config.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    host: IpAddr,
+    own_ports: Vec<u16>,
+    allowed: Vec<u16>,
+}
+
+impl Delivery {
+    pub fn new(c: &ProxyConfig) -> Delivery {
+        let host = c
+            .tunnel
+            .app_host
+            .or_else(|| c.workload.as_ref().map(|w| w.address))
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let mut own_ports: Vec<u16> = WELL_KNOWN_PROXY_PORTS.to_vec();
+        let mut add = |a: SocketAddr| own_ports.push(a.port());
+        add(c.tunnel.listen);
+        add(c.admin.listen);
+        add(c.health);
+        if let Some(i) = &c.interception {
+            add(i.outbound);
+            add(i.inbound);
+        }
+        if let Some(d) = &c.dns {
+            add(d.listen);
+        }
+        for o in &c.outbound.0 {
+            add(o.listen);
+        }
+        own_ports.retain(|p| *p != 0);
+        own_ports.sort_unstable();
+        own_ports.dedup();
+        Delivery {
+            host,
+            own_ports,
+            allowed: c.tunnel.allowed_ports.clone(),
+        }
+    }
+
+    /// The app's address for `port`.
+    pub fn app_addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.host, port)
+    }
+
+    /// Whether traffic for `port` may be delivered to the app.
+    pub fn check(&self, port: u16) -> Result<(), Refusal> {
+        if self.own_ports.binary_search(&port).is_ok() {
+            return Err(Refusal::ProxyPort);
+        }
+        if !self.allowed.is_empty() && !self.allowed.contains(&port) {
+            return Err(Refusal::NotAllowed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> ProxyConfig {
+        weft_api::yaml::from_str("test.yaml", yaml).unwrap()
+    }
+
+    const EXPLICIT: &str = "identity: {cert: a, key: b, bundle: c}\ntunnel: {listen: 127.0.0.1:25008}\nadmin: 127.0.0.1:25000\nhealth: 127.0.0.1:25020\n";
+
+    #[test]
+    fn explicit_mode_delivers_to_loopback_and_refuses_its_own_ports() {
+        let d = Delivery::new(&config(EXPLICIT));
+        assert_eq!(d.app_addr(8080), "127.0.0.1:8080".parse().unwrap());
+        for p in [
+            25008, 25000, 25020, 15000, 15001, 15006, 15008, 15020, 15053,
+        ] {
+            assert_eq!(d.check(p), Err(Refusal::ProxyPort), "port {p}");
+        }
+        assert_eq!(d.check(8080), Ok(()));
+    }
+
+    #[test]
+    fn a_workload_is_reached_on_its_own_address() {
+        let yaml = "control: {address: 198.18.0.1:15010, ca_fingerprint: x, state_dir: s}\nworkload: {name: a, service_account: a, address: 198.18.0.7}\ndns: {listen: 127.0.0.1:5353}\n";
+        let d = Delivery::new(&config(yaml));
+        assert_eq!(d.app_addr(8080), "198.18.0.7:8080".parse().unwrap());
+        assert_eq!(d.check(5353), Err(Refusal::ProxyPort));
+        let pinned = config(&format!(
+            "{yaml}tunnel: {{app_host: 10.1.2.3, allowed_ports: [80]}}\n"
+        ));
+        let d = Delivery::new(&pinned);
+        assert_eq!(d.app_addr(80), "10.1.2.3:80".parse().unwrap());
+        assert_eq!(d.check(81), Err(Refusal::NotAllowed));
+    }
+}
