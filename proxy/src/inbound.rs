@@ -164,19 +164,7 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<
         ctx.proxy.tracer.end(hop, "SERVER", span_name, tags);
     }
     if !is_connect || extended {
-        ctx.proxy.metrics.http_request(
-            crate::metrics::HttpLabels {
-                direction: Direction::inbound,
-                source_identity: ctx.peer_id.to_string(),
-                destination_identity: ctx.proxy.own_id.clone(),
-                destination_service: String::new(),
-                destination_version: ctx.proxy.workload_version().to_string(),
-                route: String::new(),
-                method: crate::metrics::method_class(&method),
-                status_code: resp.status().as_u16(),
-            },
-            start.elapsed(),
-        );
+        record_http(ctx, &method, resp.status(), start);
     }
     match entry {
         Some(mut e) => {
@@ -193,6 +181,23 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<
         }
         None => resp,
     }
+}
+
+/// Counts and times one HTTP request (or WebSocket) from a peer.
+fn record_http(ctx: &PeerConn, method: &Method, status: StatusCode, start: std::time::Instant) {
+    ctx.proxy.metrics.http_request(
+        crate::metrics::HttpLabels {
+            direction: Direction::inbound,
+            source_identity: ctx.peer_id.to_string(),
+            destination_identity: ctx.proxy.own_id.clone(),
+            destination_service: String::new(),
+            destination_version: ctx.proxy.workload_version().to_string(),
+            route: String::new(),
+            method: crate::metrics::method_class(method),
+            status_code: status.as_u16(),
+        },
+        start.elapsed(),
+    );
 }
 
 /// Everything a request must pass before it is carried to the app: a mesh view with this workload's
