@@ -2,7 +2,7 @@
 //! `weft-control`: another pod's app (through its own sidecar and the mTLS tunnel) and a client outside
 //! the mesh (plaintext, PERMISSIVE) try the pod's loopback services, its sidecar's admin port, DNS
 //! responder and listeners, and forge the headers only the mesh may set; then method case and rate
-//! limits on WebSocket and TCP streams. Needs root, `ip` and `iptables` (see `weft::pods::available`).
+//! limits on WebSocket, TCP streams and plaintext. Needs root, `ip` and `iptables` (see `weft::pods::available`).
 
 use std::time::{Duration, Instant};
 use weft::pods::{available, example, text, PodHandle, PodMesh};
@@ -240,9 +240,16 @@ fn deny_by_method_holds_whatever_the_case_and_rate_limits_count_websockets_and_t
     mesh.apply(&format!(
         "{API}---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: echo}}\nspec:\n  ports: [{{port: 9000, protocol: tcp}}]\n  selector: {{app: echo}}\n"
     ));
-    mesh.pod(
+    let api = mesh.pod(
         "api",
-        &["--service", "api", "--port", "8080"],
+        &[
+            "--service",
+            "api",
+            "--port",
+            "8080",
+            "--mtls-mode",
+            "PERMISSIVE",
+        ],
         &[&app, "http", "--listen", "0.0.0.0:8080", "--name", "api"],
     );
     mesh.pod(
@@ -262,6 +269,14 @@ fn deny_by_method_holds_whatever_the_case_and_rate_limits_count_websockets_and_t
         assert_eq!(s, 403, "{m} got through DENY [DELETE]: {body}");
     }
     assert_eq!(curl(&mesh, &client, &["http://api:8080/x"]).0, 200);
+    // The same from outside the mesh (PERMISSIVE plaintext), request by request.
+    let outside = mesh.outside("stranger", "198.18.255.242");
+    let plain = format!("http://{}:8080/x", api.address);
+    for m in ["DELETE", "delete", "DeLeTe"] {
+        let (s, body) = curl(&mesh, &outside, &["-X", m, &plain]);
+        assert_eq!(s, 403, "plaintext {m} got through DENY [DELETE]: {body}");
+    }
+    assert_eq!(curl(&mesh, &outside, &[&plain]).0, 200, "plaintext GET");
     let why = mesh
         .weftctl()
         .args(["why", "--from", "default/client", "--to", "api"])
@@ -299,6 +314,9 @@ fn deny_by_method_holds_whatever_the_case_and_rate_limits_count_websockets_and_t
         [true, true, false, false],
         "TCP streams under the limit"
     );
+    // Plaintext from outside the mesh (PERMISSIVE) draws from the same bucket: no way around it.
+    let (s, body) = curl(&mesh, &outside, &[&plain]);
+    assert_eq!(s, 429, "plaintext past the rate limit: {body}");
     for pod in ["api", "echo"] {
         assert!(
             mesh.sidecar_log(pod)

@@ -135,6 +135,61 @@ where
     Ok((detected, Rewind::new(buf.freeze(), io)))
 }
 
+/// Longest first line [`http1_any_method`] reads before it calls the stream opaque.
+const REQUEST_LINE_BYTES: usize = 8 * 1024;
+
+/// For a stream already classified opaque: whether its first line is an HTTP/1 request line with any
+/// method token (`delete /x HTTP/1.1`, `PROPFIND / HTTP/1.1`). An app may well parse those as HTTP, so
+/// the plaintext inbound path carries them as HTTP, under the same header rules and per-request
+/// policies. Reads at most [`REQUEST_LINE_BYTES`] within `window`; the bytes are kept for replay.
+pub async fn http1_any_method<IO>(
+    io: Rewind<IO>,
+    window: Duration,
+) -> io::Result<(bool, Rewind<IO>)>
+where
+    IO: AsyncRead + Unpin,
+{
+    let Rewind { prefix, mut inner } = io;
+    let mut buf = BytesMut::from(&prefix[..]);
+    let deadline = tokio::time::Instant::now() + window;
+    let starts_like_token = |b: &[u8]| b.first().is_some_and(|c| is_token(*c));
+    while starts_like_token(&buf)
+        && memchr::memchr(b'\n', &buf).is_none()
+        && buf.len() < REQUEST_LINE_BYTES
+    {
+        match tokio::time::timeout_at(deadline, inner.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    let yes = request_line(&buf);
+    Ok((yes, Rewind::new(buf.freeze(), inner)))
+}
+
+/// `METHOD SP TARGET SP HTTP/1.x` up to the first line end, the method any token.
+fn request_line(buf: &[u8]) -> bool {
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return false;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    !method.is_empty()
+        && method.iter().all(|c| is_token(*c))
+        && !target.is_empty()
+        && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
+}
+
+/// RFC 9110 `tchar`.
+fn is_token(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
 pin_project_lite::pin_project! {
     /// An IO that first replays bytes already read from it.
     pub struct Rewind<IO> {
@@ -202,6 +257,16 @@ impl<IO: AsyncWrite> AsyncWrite for Rewind<IO> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn request_lines_with_any_method_are_recognised() {
+        assert!(request_line(b"delete /x HTTP/1.1\r\nHost: a\r\n"));
+        assert!(request_line(b"PROPFIND / HTTP/1.0\n"));
+        assert!(!request_line(b"EHLO mail.example\r\n"));
+        assert!(!request_line(b"delete /x HTTP/1.1"), "no line end yet");
+        assert!(!request_line(b"de lete /x HTTP/1.1\r\n"));
+        assert!(!request_line(b"\x16\x03\x01 / HTTP/1.1\r\n"));
+    }
+
     use super::*;
     use tokio::io::AsyncWriteExt;
 

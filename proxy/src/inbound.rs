@@ -225,7 +225,8 @@ fn rate_limited(req: &Request<Incoming>, port: u16, ctx: &PeerConn) -> Option<Re
         headers: req.headers(),
     };
     let opaque = req.method() == Method::CONNECT && !extended;
-    crate::ratelimit::check(&ctx.proxy, &ctx.peer_id, port, (!opaque).then_some(&view))
+    let req = (!opaque).then_some(&view);
+    crate::ratelimit::check(&ctx.proxy, "tunnel", Some(&ctx.peer_id), port, req)
 }
 
 /// Applies the workload's authorization policies. An HTTP request's path is normalised first (and sent

@@ -51,17 +51,40 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>
         Ok(d) => d,
         Err(e) => return tracing::debug!(%client, error = %e, "inbound plaintext closed early"),
     };
+    // Methods outside the usual ones (or in another case) still make a request an app may parse.
+    let (detected, io) = match detected {
+        Detected::Opaque => match detect::http1_any_method(io, window).await {
+            Ok((true, io)) => (Detected::Http1, io),
+            Ok((false, io)) => (Detected::Opaque, io),
+            Err(e) => return tracing::debug!(%client, error = %e, "inbound plaintext closed early"),
+        },
+        other => (other, io),
+    };
     match detected {
         Detected::Http1 | Detected::Http2 => {
             crate::inbound_plain_http::serve(io, detected, client, port, &proxy).await
         }
-        Detected::Opaque | Detected::Tls => splice_to_app(io, client, port, &proxy).await,
+        Detected::Opaque | Detected::Tls => {
+            let subject = crate::authz::Subject {
+                source: None,
+                port,
+                http: None,
+            };
+            if crate::authz::authorize(&proxy, &subject).is_some() {
+                return tracing::info!(%client, port, "inbound plaintext connection closed by authorization policy");
+            }
+            if crate::ratelimit::check(&proxy, "inbound", None, port, None).is_some() {
+                return tracing::info!(%client, port, "inbound plaintext connection closed: over the route's rate limit");
+            }
+            splice_to_app(io, client, port, &proxy).await
+        }
     }
 }
 
-/// The checks before anything is delivered: a port that is the app's, a mesh view with this workload's
-/// policies (fail closed until there is one), PERMISSIVE mode, and port-level authorization. Every
-/// refusal closes the connection, logged and counted.
+/// The checks before anything is read: a port that is the app's, a mesh view with this workload's
+/// policies (fail closed until there is one), and PERMISSIVE mode. Every refusal closes the
+/// connection, logged and counted. Authorization follows, per request for HTTP and per connection
+/// otherwise.
 fn admit(tcp: &TcpStream, client: SocketAddr, proxy: &Proxy) -> Option<u16> {
     let dst = match crate::socket::original_dst(tcp) {
         Ok(d) => d,
@@ -86,15 +109,6 @@ fn admit(tcp: &TcpStream, client: SocketAddr, proxy: &Proxy) -> Option<u16> {
     if mtls_mode(proxy) == MtlsMode::Strict {
         proxy.metrics.reject("inbound", "strict_mtls");
         tracing::info!(%client, port, "inbound plaintext connection refused: mTLS is STRICT (the client is not in the mesh)");
-        return None;
-    }
-    let subject = crate::authz::Subject {
-        source: None,
-        port,
-        http: None,
-    };
-    if crate::authz::authorize(proxy, &subject).is_some() {
-        tracing::info!(%client, port, "inbound plaintext connection closed by authorization policy");
         return None;
     }
     Some(port)

@@ -1,7 +1,9 @@
 //! HTTP from outside the mesh (PERMISSIVE plaintext inbound), carried request by request so the app
 //! never sees what only the mesh may say: `x-forwarded-client-cert` (the caller's verified identity) and
 //! Weft's own `weft-*` headers are removed, as the tunnel removes them from what peers' apps sent.
-//! Requests with both `Content-Length` and `Transfer-Encoding` are refused (see [`crate::h1_guard`]).
+//! Requests with both `Content-Length` and `Transfer-Encoding` are refused (see [`crate::h1_guard`]);
+//! authorization policies apply to each request (the caller has no identity, so it matches no `from`),
+//! and route rate limits (plaintext callers share one bucket per rule, having no identity).
 
 use crate::body::{self, Body};
 use crate::detect::Detected;
@@ -47,10 +49,14 @@ pub async fn serve<IO>(
             }
             let resp = to_app(req, client, port, which, &proxy)
                 .await
-                .unwrap_or_else(|e| {
-                    proxy.metrics.reject("inbound", e.kind());
-                    tracing::info!(%client, port, error = %e, "inbound plaintext request failed");
-                    error_response(&e)
+                .unwrap_or_else(|e| match e {
+                    // Logged and counted by the authorizer.
+                    ForwardError::Denied(r) => *r,
+                    e => {
+                        proxy.metrics.reject("inbound", e.kind());
+                        tracing::info!(%client, port, error = %e, "inbound plaintext request failed");
+                        error_response(&e)
+                    }
                 });
             proxy
                 .metrics
@@ -102,6 +108,16 @@ async fn to_app(
             "CONNECT is not carried on the plaintext inbound path",
         ));
     }
+    authorize(&mut req, port, proxy)?;
+    let view = crate::route::RequestView {
+        method: req.method(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    if let Some(refused) = crate::ratelimit::check(proxy, "inbound", None, port, Some(&view)) {
+        return Ok(refused);
+    }
     if req.version() == Version::HTTP_11 {
         if let Some(proto) = headers::upgrade_protocol(req.headers()) {
             return Box::pin(upgrade(req, proto, port, proxy)).await;
@@ -124,6 +140,39 @@ async fn to_app(
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+/// The workload's policies for a caller without identity, on the normalised path (sent on normalised,
+/// so the app sees what the policy saw), as the tunnel applies them to peers.
+fn authorize(req: &mut Request<Incoming>, port: u16, proxy: &Proxy) -> Result<(), ForwardError> {
+    if proxy.mesh().authorizer.is_empty() {
+        return Ok(());
+    }
+    let path = crate::authz::normalize::normalize(req.uri().path())
+        .map_err(|e| ForwardError::BadPath(e.to_string()))?;
+    if path != req.uri().path() {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        *req.uri_mut() = pq
+            .parse()
+            .map_err(|_| ForwardError::BadPath(format!("`{path}` is not a valid path")))?;
+    }
+    let method = req.method().as_str().to_string();
+    let subject = crate::authz::Subject {
+        source: None,
+        port,
+        http: Some(crate::authz::HttpSubject {
+            method: &method,
+            path: &path,
+            headers: req.headers(),
+        }),
+    };
+    match crate::authz::authorize(proxy, &subject) {
+        None => Ok(()),
+        Some(denied) => Err(ForwardError::Denied(Box::new(denied))),
+    }
 }
 
 fn app_uri(uri: &Uri, app: SocketAddr) -> Result<Uri, ForwardError> {

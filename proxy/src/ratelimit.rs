@@ -89,12 +89,14 @@ fn refilled(b: &Bucket, now: Instant) -> f64 {
     b.tokens + now.saturating_duration_since(b.stamp).as_secs_f64() * rate
 }
 
-/// The 429 for a request arriving from `source` at app port `target_port`, when a rate limit of a
-/// route of this workload's services refuses it. An opaque stream (`req` absent, a CONNECT) takes one
-/// token of the rule that would route it: a rule without matches.
+/// The 429 for a request arriving from `source` (absent: plaintext from outside the mesh, which shares
+/// one bucket per rule) on `listener` at app port `target_port`, when a rate limit of a route of this
+/// workload's services refuses it. An opaque stream (`req` absent, a CONNECT or a plaintext connection)
+/// takes one token of the rule that would route it: a rule without matches.
 pub fn check(
     proxy: &Proxy,
-    source: &SpiffeId,
+    listener: &'static str,
+    source: Option<&SpiffeId>,
     target_port: u16,
     req: Option<&RequestView<'_>>,
 ) -> Option<Response<Body>> {
@@ -110,10 +112,11 @@ pub fn check(
         let Some(limit) = &policy.rate_limit else {
             continue;
         };
-        let who = limit.per_source.then_some(source);
+        let who = limit.per_source.then_some(source).flatten();
         if let Err(wait) = proxy.rate_limits.take(&policy.name, who, limit, now) {
-            proxy.metrics.reject("tunnel", "rate_limited");
-            tracing::info!(%source, rule = %policy.name, retry_after_ms = wait.as_millis() as u64, "request refused: over the route's rate limit");
+            proxy.metrics.reject(listener, "rate_limited");
+            let source = source.map_or("(plaintext)", |s| s.as_str());
+            tracing::info!(source, rule = %policy.name, retry_after_ms = wait.as_millis() as u64, "request refused: over the route's rate limit");
             return Some(too_many(wait));
         }
     }
