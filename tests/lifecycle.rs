@@ -1,5 +1,5 @@
-//! The proxy as an operator meets it: readiness, admin endpoints, bad config files, graceful drain on
-//! SIGTERM, and memory that stays flat while a large body streams through.
+//! The proxy as an operator meets it: readiness, admin endpoints (writes off by default), bad config
+//! files, graceful drain on SIGTERM, and memory that stays flat while a large body streams through.
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use weft::bins::bin;
 use weft::net::{http_get, http_post};
 use weft::pair::{Pair, PairOptions};
+use weft::pki::Pki;
+use weft::proxy::ProxyBuilder;
 
 #[tokio::test]
 async fn admin_and_health_endpoints() {
@@ -35,6 +37,41 @@ async fn admin_and_health_endpoints() {
     assert!(
         metrics.contains("weft_proxy_requests_total{direction=\"outbound\",status_code=\"200\"} 1"),
         "{metrics}"
+    );
+}
+
+/// POST /shutdown (and any write) needs `admin.shutdown`: the app in the pod reaches this port.
+#[test]
+fn admin_writes_are_off_by_default() {
+    let mut p =
+        ProxyBuilder::new("admin", &Pki::new("weft.test").workload("default", "api")).start();
+    let (status, body) = http_post(p.admin, "/shutdown").expect("POST /shutdown");
+    assert_eq!(status, 405, "POST /shutdown without admin.shutdown: {body}");
+    assert!(
+        body.contains("admin.shutdown"),
+        "the refusal says how to enable it: {body}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        matches!(http_get(p.health, "/ready"), Ok((200, _))),
+        "still serving after a refused shutdown:\n{}",
+        p.log()
+    );
+    assert!(p.is_running(), "the proxy must still run");
+    let (status, _) = http_post(p.admin, "/config").expect("POST /config");
+    assert_eq!(status, 405, "no write of any kind");
+    assert_eq!(
+        p.metric(
+            "weft_proxy_rejections_total",
+            &["listener=\"admin\"", "reason=\"write_disabled\""]
+        ),
+        2.0
+    );
+    assert!(p.log().contains("admin write refused"), "{}", p.log());
+    assert_eq!(
+        http_get(p.admin, "/config").unwrap().0,
+        200,
+        "reads still work"
     );
 }
 

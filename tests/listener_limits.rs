@@ -1,6 +1,5 @@
 //! The proxy's own listeners against unauthenticated clients, with real `weft-proxy` processes: floods
-//! of idle and slow-header connections on the health and admin ports, writes on the admin port, the
-//! open-file limit, and inbound traffic before a control-plane proxy has its first config (refused,
+//! of idle and slow-header connections on the health and admin ports, the open-file limit, and inbound traffic before a control-plane proxy has its first config (refused,
 //! never allowed by an empty policy set). Every wait is bounded.
 
 use bytes::Bytes;
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft::apps;
-use weft::net::{free_addr, http_get, http_post, wait_for_port};
+use weft::net::{free_addr, http_get, wait_for_port};
 use weft::pki::{Pki, TempDir};
 use weft::proxy::{launch, Launch, ProxyBuilder, ProxyProc};
 
@@ -125,37 +124,7 @@ async fn health_and_admin_floods_are_capped_and_cut_and_probes_still_answer() {
     assert!(slow >= 1.0, "slow heads counted as timeouts: {slow}");
 }
 
-#[test]
-fn admin_writes_are_off_by_default() {
-    let mut p =
-        ProxyBuilder::new("admin", &Pki::new("weft.test").workload("default", "api")).start();
-    let (status, body) = http_post(p.admin, "/shutdown").expect("POST /shutdown");
-    assert_eq!(status, 405, "POST /shutdown without admin.shutdown: {body}");
-    assert!(
-        body.contains("admin.shutdown"),
-        "the refusal says how to enable it: {body}"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        matches!(http_get(p.health, "/ready"), Ok((200, _))),
-        "still serving after a refused shutdown:\n{}",
-        p.log()
-    );
-    assert!(p.is_running(), "the proxy must still run");
-    let (status, _) = http_post(p.admin, "/config").expect("POST /config");
-    assert_eq!(status, 405, "no write of any kind");
-    assert_eq!(
-        p.metric(
-            "weft_proxy_rejections_total",
-            &["listener=\"admin\"", "reason=\"write_disabled\""]
-        ),
-        2.0
-    );
-    assert!(p.log().contains("admin write refused"), "{}", p.log());
-    prompt_get(p.admin, "/config");
-}
-
-/// The test process lowers its own soft limit; the proxy it starts inherits it and must raise it.
+/// The test process lowers its own soft limit; weft-proxy and weft-control inherit it and must raise it.
 #[test]
 fn open_file_limit_is_raised_to_the_hard_limit() {
     let mut lim = libc::rlimit {
@@ -170,17 +139,25 @@ fn open_file_limit_is_raised_to_the_hard_limit() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     let p = ProxyBuilder::new("nofile", &Pki::new("weft.test").workload("default", "api")).start();
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", p.pid())).unwrap();
+    assert_eq!(soft_nofile(p.pid()), hard, "weft-proxy");
+    let control = weft::control::ControlProc::start("nofile");
+    assert_eq!(
+        soft_nofile(control.pid().expect("running")),
+        hard,
+        "weft-control"
+    );
+}
+
+fn soft_nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .expect("Max open files");
-    let soft: u64 = line
-        .split_whitespace()
+    line.split_whitespace()
         .nth(3)
         .and_then(|v| v.parse().ok())
-        .expect("soft limit");
-    assert_eq!(soft, hard, "{line}");
+        .unwrap_or_else(|| panic!("soft limit in {line:?}"))
 }
 
 /// A proxy run by a control plane that has not answered yet (its certificate is cached, its config
