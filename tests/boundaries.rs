@@ -176,6 +176,8 @@ fn an_outside_client_gets_neither_loopback_nor_sidecar_nor_forged_headers_throug
             "weft-orig-proto: 1.1",
             "-H",
             "x-benign: kept",
+            "-H",
+            "x-forwarded-for: 10.9.9.9",
             &format!("http://{b}:8080/info"),
         ],
     );
@@ -183,6 +185,10 @@ fn an_outside_client_gets_neither_loopback_nor_sidecar_nor_forged_headers_throug
     let info: serde_json::Value = serde_json::from_str(&body).expect("the app's /info");
     let headers = &info["headers"];
     assert_eq!(headers["x-benign"], "kept", "{body}");
+    assert_eq!(
+        headers["x-forwarded-for"], "198.18.255.241",
+        "from the socket: {body}"
+    );
     for forged in [
         "x-forwarded-client-cert",
         "weft-target-port",

@@ -87,12 +87,14 @@ fn refuse_conflicting_framing(proxy: &Proxy, client: SocketAddr) -> Response<Bod
     r
 }
 
-/// Removes what a client outside the mesh may not say, logging a forged caller identity.
+/// Removes what a client outside the mesh may not say, logging a forged caller identity, and says who
+/// it is from the socket (any `x-forwarded-for`/`forwarded` it sent is replaced).
 fn strip_from_outside(h: &mut http::HeaderMap, client: SocketAddr, port: u16) {
     if h.contains_key(headers::XFCC) {
         tracing::info!(%client, port, "x-forwarded-client-cert from a client outside the mesh removed");
     }
     headers::strip_mesh_headers(h);
+    headers::set_forwarded_for(h, client.ip());
 }
 
 async fn to_app(
