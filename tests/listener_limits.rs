@@ -161,7 +161,8 @@ fn soft_nofile(pid: u32) -> u64 {
 }
 
 /// A proxy run by a control plane that has not answered yet (its certificate is cached, its config
-/// is not): peers' requests get 503 with the reason, TCP streams are refused, nothing reaches the app.
+/// is not): peers' requests get 503 with the reason, TCP streams are refused, plaintext is closed,
+/// nothing reaches the app.
 #[tokio::test]
 async fn before_its_first_config_a_proxy_refuses_inbound() {
     let pki = Pki::new("weft.test");
@@ -178,10 +179,12 @@ async fn before_its_first_config_a_proxy_refuses_inbound() {
     std::fs::copy(&server.key, state.join("key.pem")).unwrap();
     std::fs::copy(&server.bundle, state.join("bundle.pem")).unwrap();
     let (tunnel, admin, health) = (free_addr(), free_addr(), free_addr());
+    let (intercept_out, intercept_in) = (free_addr(), free_addr());
     let yaml = format!(
         "control:\n  address: {}\n  ca_bundle: {}\n  server_identity: spiffe://weft.test/ns/weft-system/sa/weft-control\n  state_dir: {}\n\
 workload:\n  name: api\n  service_account: api\n  address: 127.0.0.1\n  ports: [{}, {}]\n\
-tunnel:\n  listen: {tunnel}\nadmin: {admin}\nhealth: {health}\n",
+tunnel:\n  listen: {tunnel}\nadmin: {admin}\nhealth: {health}\n\
+interception:\n  outbound: {intercept_out}\n  inbound: {intercept_in}\n  mtls_mode: PERMISSIVE\n",
         silent.local_addr().unwrap(),
         server.bundle.display(),
         state.display(),
@@ -237,5 +240,20 @@ tunnel:\n  listen: {tunnel}\nadmin: {admin}\nhealth: {health}\n",
         p.metrics()
     );
     assert!(p.log().contains("no config from the control plane yet"));
+    // Plaintext (PERMISSIVE) on the intercepted-inbound listener: closed before anything is read.
+    let mut plain = connect(intercept_in).await;
+    let _ = plain
+        .write_all(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(closed_within(&mut plain, Duration::from_secs(2)).await);
+    assert_eq!(
+        p.metric(
+            "weft_proxy_rejections_total",
+            &["listener=\"inbound\"", "reason=\"no_config\""]
+        ),
+        1.0,
+        "{}",
+        p.metrics()
+    );
     assert_eq!(http_get(health, "/ready").map(|r| r.0).ok(), Some(503));
 }

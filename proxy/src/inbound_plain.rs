@@ -81,11 +81,16 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>
     }
 }
 
-/// The checks before anything is read: a port that is the app's, a mesh view with this workload's
-/// policies (fail closed until there is one), and PERMISSIVE mode. Every refusal closes the
+/// The checks before anything is read: a mesh view with this workload's policies (fail closed until
+/// there is one), a port that is the app's, and PERMISSIVE mode. Every refusal closes the
 /// connection, logged and counted. Authorization follows, per request for HTTP and per connection
 /// otherwise.
 fn admit(tcp: &TcpStream, client: SocketAddr, proxy: &Proxy) -> Option<u16> {
+    if !proxy.has_policy_view() {
+        proxy.metrics.reject("inbound", "no_config");
+        tracing::warn!(%client, "inbound plaintext connection refused: no config from the control plane yet");
+        return None;
+    }
     let dst = match crate::socket::original_dst(tcp) {
         Ok(d) => d,
         Err(e) => {
@@ -99,11 +104,6 @@ fn admit(tcp: &TcpStream, client: SocketAddr, proxy: &Proxy) -> Option<u16> {
         let reason = refusal.reason();
         proxy.metrics.reject("inbound", reason);
         tracing::warn!(%client, port, reason, "inbound plaintext connection refused");
-        return None;
-    }
-    if !proxy.has_policy_view() {
-        proxy.metrics.reject("inbound", "no_config");
-        tracing::warn!(%client, port, "inbound plaintext connection refused: no config from the control plane yet");
         return None;
     }
     if mtls_mode(proxy) == MtlsMode::Strict {
