@@ -7,7 +7,7 @@ use crate::serve::{self, ConnLimiter};
 use crate::state::Proxy;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -56,12 +56,7 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, port: Port) {
                 let proxy = p.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(req, &proxy, port)) }
             });
-            let l = &proxy.config.limits;
-            let res = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(l.header_read_timeout.get())
-                .max_buf_size(l.max_header_bytes)
-                .max_headers(l.max_headers)
+            let res = serve::http1_builder(&proxy)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
             if let Err(e) = res {

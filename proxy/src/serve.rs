@@ -83,12 +83,7 @@ pub async fn http1_connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let l = &proxy.config.limits;
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(l.header_read_timeout.get())
-        .max_buf_size(l.max_header_bytes)
-        .max_headers(l.max_headers)
+    let conn = http1_builder(proxy)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -102,6 +97,18 @@ pub async fn http1_connection<I, S>(
     if let Err(e) = res {
         report(proxy, listener, client, &e);
     }
+}
+
+/// HTTP/1 server settings shared by every listener that speaks it (data listeners, admin, health): the
+/// header-read timeout (which also cuts a connection that never sends a byte) and the head size limits.
+pub fn http1_builder(proxy: &Proxy) -> hyper::server::conn::http1::Builder {
+    let l = &proxy.config.limits;
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(l.header_read_timeout.get())
+        .max_buf_size(l.max_header_bytes)
+        .max_headers(l.max_headers);
+    b
 }
 
 /// Serves one HTTP/2 connection until it closes or the proxy drains (GOAWAY, then in-flight streams finish).
