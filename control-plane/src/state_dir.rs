@@ -3,7 +3,8 @@
 //! ```text
 //! DIR/ca/ca.crt, ca.key, bundle.crt   mesh CA (root, or intermediate + root)
 //! DIR/operator.token                  bearer credential for the operator API (0600)
-//! DIR/control.crt, control.key        the control plane's own serving certificate
+//! DIR/control.crt, control.key        the control plane's own serving certificate (renewed while running)
+//! DIR/revocations.json                issued leaf serials and the revocations in force
 //! DIR/tokens.json                     join tokens (secrets hashed)
 //! DIR/resources.json                  resources applied through the API
 //! DIR/registry.json                   registered workloads, kept across restarts
