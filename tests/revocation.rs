@@ -231,10 +231,11 @@ async fn a_revoked_workload_is_refused_by_peers_within_a_push_and_cannot_renew()
         "a revoked certificate renewed: {after:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while connected(&cp, "default/frontend-1") != Some(false) {
+    // Its config stream closed and it left the registry (it cannot come back: 15010 refuses it).
+    while connected(&cp, "default/frontend-1").is_some() {
         assert!(
             Instant::now() < deadline,
-            "the revoked proxy's config stream is still open"
+            "the revoked proxy is still registered"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -255,18 +255,33 @@ impl Hub {
         self.mark_dirty();
     }
 
-    /// Ends the config streams of registered workloads `revoked` says are revoked; their proxies cannot
-    /// open a new one (their certificate or identity is refused). Returns their keys.
-    pub fn close_revoked(&self, revoked: impl Fn(&ProxyKey, &Registered) -> bool) -> Vec<ProxyKey> {
-        let st = lock(&self.state);
-        let mut closed = Vec::new();
-        for (key, e) in st.proxies.iter() {
-            if let (Some((_, ob)), true) = (&e.conn, revoked(key, &e.reg)) {
-                ob.close();
-                closed.push(key.clone());
+    /// Ends the config streams of registered workloads `revoked` says are revoked and removes them from
+    /// the registry at once (not after the grace period: peers would refuse them meanwhile). Their
+    /// proxies cannot register again (their certificate or identity is refused). Returns their keys.
+    pub fn remove_revoked(
+        &self,
+        revoked: impl Fn(&ProxyKey, &Registered) -> bool,
+    ) -> Vec<ProxyKey> {
+        let mut st = lock(&self.state);
+        let mut removed = Vec::new();
+        st.proxies.retain(|key, e| {
+            if !revoked(key, &e.reg) {
+                return true;
             }
+            if let Some((_, ob)) = &e.conn {
+                ob.close();
+            }
+            removed.push(key.clone());
+            false
+        });
+        if !removed.is_empty() {
+            st.registry_dirty = true;
+            self.metrics.set_connected(count_connected(&st));
+            drop(st);
+            self.bump_progress();
+            self.mark_dirty();
         }
-        closed
+        removed
     }
 
     pub fn set_bundle(&self, bundle_pem: String) {

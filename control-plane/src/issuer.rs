@@ -221,9 +221,16 @@ impl Issuer {
         // Unrecorded, a leaf could not be revoked: refuse to hand it out.
         let (serial, not_after) = leaf_facts(&chain)
             .ok_or_else(|| IssueError::Record("the signed leaf does not parse".into()))?;
-        self.revocations()
-            .record(serial.clone(), id.clone(), workload, not_after)
-            .map_err(|e| IssueError::Record(e.to_string()))?;
+        {
+            // Recorded and checked under one lock: a revocation made while this request was signed
+            // either saw the record (and denies it) or is seen here.
+            let mut rev = self.revocations();
+            rev.record(serial.clone(), id.clone(), workload, not_after)
+                .map_err(|e| IssueError::Record(e.to_string()))?;
+            if rev.is_denied(&serial) {
+                return Err(IssueError::RevokedCertificate { serial });
+            }
+        }
         tracing::info!(%id, by, %serial, ttl = ?self.ttl(), "certificate issued");
         Ok(CertificateResponse {
             chain_pem: chain,

@@ -243,20 +243,20 @@ impl Revocations {
 
 impl crate::server::ControlPlane {
     /// Revokes `target` and makes it hold at once: the deny list reaches the proxy API's verifier and the
-    /// next push, and the revoked proxies' config streams close.
+    /// next push, and the revoked workloads leave the registry (their config streams close).
     pub fn revoke(&self, target: RevocationTarget) -> Result<Revocation, RevocationError> {
         let rev = self.issuer.revocations().revoke(target)?;
         self.metrics.revocation("revoke");
         tracing::warn!(target = %rev.target, certificates = rev.serials.len(), "revoked");
         self.apply_revocations();
-        let closed = self.hub.close_revoked(|key, reg| match &rev.target {
+        let removed = self.hub.remove_revoked(|key, reg| match &rev.target {
             RevocationTarget::Identity(id) => &reg.identity == id,
             RevocationTarget::Workload { namespace, name } => {
                 key.as_str() == format!("{namespace}/{name}")
             }
         });
-        for key in closed {
-            tracing::warn!(proxy = %key, target = %rev.target, "config stream closed: revoked");
+        for key in removed {
+            tracing::warn!(proxy = %key, target = %rev.target, "workload removed from the registry and its config stream closed: revoked");
         }
         Ok(rev)
     }
