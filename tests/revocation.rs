@@ -506,3 +506,48 @@ async fn an_oversized_hello_is_refused_with_a_clear_error() {
     .await;
     assert!(sim.is_ok(), "{:?}", sim.err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_no_request_is_closed_but_a_config_stream_stays() {
+    let cp = ControlProc::start("api-idle");
+    let id = cp.offline_identity("default", "idle", Duration::from_secs(3600));
+    // A full mutual-TLS connection that never sends a request.
+    let idle = api_conn(&cp, &id).await.unwrap();
+    let mut sim = weft::control_sim::SimProxy::connect(
+        cp.api,
+        &id,
+        &cp.control_id(),
+        Registration {
+            name: "idle-1".into(),
+            labels: Default::default(),
+            address: "127.0.0.1".parse().unwrap(),
+            tunnel_port: 15008,
+            ports: vec![8080],
+            ready: true,
+        },
+        weft::control_sim::Reply::Ack,
+    )
+    .await
+    .unwrap();
+    assert!(sim.wait_snapshots(1, Duration::from_secs(5)).await);
+    let started = Instant::now();
+    while !idle.is_closed() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "an idle connection was kept:\n{}",
+            cp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stream opened at the start is past the same deadline and still open.
+    assert!(
+        sim.seen.lock().unwrap().ended.is_none(),
+        "the config stream was closed with the idle connection"
+    );
+    assert_eq!(connected(&cp, "default/idle-1"), Some(true));
+    let (_, metrics) = cp.request("GET", "/metrics", None, false).unwrap();
+    assert!(
+        metrics.contains("weft_control_proxy_api_connections_refused_total{reason=\"idle\"} 1"),
+        "{metrics}"
+    );
+}

@@ -90,28 +90,10 @@ async fn connection(
     cp: Arc<ControlPlane>,
 ) {
     let limits = cp.api_limits;
-    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let revoked = matches!(
-                e.get_ref()
-                    .and_then(|i| i.downcast_ref::<rustls::Error>())
-                    .and_then(weft_certs::verify_error),
-                Some(weft_certs::VerifyError::Revoked { .. })
-            );
-            cp.metrics
-                .api_refused(if revoked { "revoked" } else { "handshake" });
-            return tracing::info!(peer = %addr, error = %e, "proxy API: TLS handshake failed");
-        }
-        Err(_) => {
-            cp.metrics.api_refused("handshake_timeout");
-            return tracing::info!(peer = %addr, "proxy API: TLS handshake timed out");
-        }
+    let Some(tls) = accept_tls(tcp, addr, &acceptor, &cp).await else {
+        return;
     };
     let conn = tls.get_ref().1;
-    if conn.alpn_protocol() != Some(b"h2") {
-        return tracing::info!(peer = %addr, "proxy API: refused, ALPN h2 not negotiated");
-    }
     let leaf = conn.peer_certificates().and_then(|c| c.first());
     let peer = Arc::new(Peer {
         addr,
@@ -132,6 +114,7 @@ async fn connection(
     let idle = tokio::time::sleep(limits.first_request_timeout);
     tokio::pin!(idle);
     let mut revocations = cp.revocations_changed.subscribe();
+    let mut idle_armed = true;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -140,9 +123,12 @@ async fn connection(
                 }
                 return;
             }
-            _ = &mut idle, if !requested.load(std::sync::atomic::Ordering::Relaxed) => {
-                cp.metrics.api_refused("idle");
-                return tracing::info!(peer = %addr, timeout = ?limits.first_request_timeout, "proxy API: closed, no request");
+            _ = &mut idle, if idle_armed => {
+                idle_armed = false;
+                if !requested.load(std::sync::atomic::Ordering::Relaxed) {
+                    cp.metrics.api_refused("idle");
+                    return tracing::info!(peer = %addr, timeout = ?limits.first_request_timeout, "proxy API: closed, no request");
+                }
             }
             Ok(()) = revocations.changed() => {
                 if peer.serial.as_deref().is_some_and(|s| cp.issuer.revocations().is_denied(s)) {
@@ -157,6 +143,42 @@ async fn connection(
             }
         }
     }
+}
+
+/// The TLS handshake, within its timeout and with ALPN h2; failures are logged and counted.
+async fn accept_tls(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: &TlsAcceptor,
+    cp: &ControlPlane,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let tls =
+        match tokio::time::timeout(cp.api_limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let revoked = matches!(
+                    e.get_ref()
+                        .and_then(|i| i.downcast_ref::<rustls::Error>())
+                        .and_then(weft_certs::verify_error),
+                    Some(weft_certs::VerifyError::Revoked { .. })
+                );
+                cp.metrics
+                    .api_refused(if revoked { "revoked" } else { "handshake" });
+                tracing::info!(peer = %addr, error = %e, "proxy API: TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                cp.metrics.api_refused("handshake_timeout");
+                tracing::info!(peer = %addr, "proxy API: TLS handshake timed out");
+                return None;
+            }
+        };
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        cp.metrics.api_refused("handshake");
+        tracing::info!(peer = %addr, "proxy API: refused, ALPN h2 not negotiated");
+        return None;
+    }
+    Some(tls)
 }
 
 /// HTTP/2 for proxies: a handful of streams each (the config stream and a renewal), small headers, and
