@@ -309,39 +309,67 @@ async fn served_fingerprint(cp: &ControlProc) -> String {
     weft_certs::pin::fingerprint(leaf.as_ref())
 }
 
+/// Replaces the control plane's serving certificate (while it is stopped) with one that expires in `ttl`,
+/// as a long-running control plane's would eventually; returns its fingerprint.
+fn short_serving_certificate(cp: &ControlProc, ttl: Duration) -> String {
+    let state = cp.state_dir();
+    let ca = weft_control::ca_dir::CaDir::open(&state.join("ca")).unwrap();
+    let id = cp.control_id();
+    let kc = KeyAndCsr::generate(&id).unwrap();
+    let chain = ca
+        .ca
+        .sign_csr(
+            kc.csr_pem(),
+            &id,
+            weft_certs::Validity {
+                not_before: std::time::SystemTime::now(),
+                not_after: std::time::SystemTime::now() + ttl,
+            },
+        )
+        .unwrap();
+    let chain = chain + &ca.ca.root_pem();
+    std::fs::write(state.join("control.key"), kc.key_pem()).unwrap();
+    std::fs::write(state.join("control.crt"), &chain).unwrap();
+    let cred = Credential::from_pem(&chain, kc.key_pem()).unwrap();
+    weft_certs::pin::fingerprint(cred.chain()[0].as_ref())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_serving_certificate_rotates_while_proxies_stay_connected() {
-    let cp = ControlProc::start_with(
-        "serving-rotation",
-        None,
-        &["--serving-certificate-ttl", "6s"],
-    );
+    let mut cp = ControlProc::start("serving-rotation");
+    cp.terminate();
+    let first = short_serving_certificate(&cp, Duration::from_secs(9));
     let started = Instant::now();
+    cp.restart();
+    assert_eq!(
+        served_fingerprint(&cp).await,
+        first,
+        "the short certificate is not served"
+    );
     let backend_app = app("backend");
     apply(
         &cp,
         &(services(backend_app.addr().port()) + &mesh_config("6s")),
     );
-    let first = served_fingerprint(&cp).await;
     let backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
         .token(&cp.token("default", "backend", 600))
         .app_port(backend_app.addr().port())
         .label("app", "backend")
         .start();
-    // Rotation at about two thirds of 6 s.
+    // Renewed at about two thirds of its 9 s, before it expires.
     loop {
         if served_fingerprint(&cp).await != first {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(6),
-            "the serving certificate did not rotate:\n{}",
+            started.elapsed() < Duration::from_secs(9),
+            "the serving certificate did not renew before it expired:\n{}",
             cp.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Past the first certificate's expiry: a proxy joins, the one from before still renews and serves.
-    while started.elapsed() < Duration::from_secs(7) {
+    while started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let renewals = backend.log().matches("certificate renewed").count();
@@ -366,6 +394,13 @@ async fn the_serving_certificate_rotates_while_proxies_stay_connected() {
     }
     assert_eq!(connected(&cp, "default/backend-1"), Some(true));
     assert_eq!(connected(&cp, "default/frontend-1"), Some(true));
+    // The connection the backend opened before the rotation was never dropped.
+    assert_eq!(
+        backend.log().matches("config stream open").count(),
+        1,
+        "{}",
+        backend.log()
+    );
 }
 
 /// Holds `n` connections to `target` from `source` for as long as the returned task runs, opening a new

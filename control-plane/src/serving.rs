@@ -9,7 +9,6 @@
 use crate::server::ControlPlane;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use weft_certs::ca::CLOCK_SKEW_ALLOWANCE;
 use weft_certs::Credential;
 
 /// How often expired serials are dropped from the pushed revocation list.
@@ -20,7 +19,7 @@ const RETRY: Duration = Duration::from_secs(5);
 pub async fn run(cp: Arc<ControlPlane>) {
     let mut failed = false;
     loop {
-        let due = renewal_due(&cp.serving.credential());
+        let due = renewal_due(&cp.serving.credential(), cp.serving_ttl);
         let until_due = due
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
@@ -30,7 +29,7 @@ pub async fn run(cp: Arc<ControlPlane>) {
             _ = tokio::time::sleep(wait) => {}
         }
         cp.apply_revocations();
-        if SystemTime::now() < renewal_due(&cp.serving.credential()) {
+        if SystemTime::now() < renewal_due(&cp.serving.credential(), cp.serving_ttl) {
             continue;
         }
         match renew(&cp) {
@@ -48,15 +47,16 @@ pub async fn run(cp: Arc<ControlPlane>) {
     }
 }
 
-/// Two thirds into the certificate's life, counted from when it was issued (its not-before is set back
-/// by the clock-skew allowance).
-fn renewal_due(cred: &Credential) -> SystemTime {
-    let issued = cred.not_before() + CLOCK_SKEW_ALLOWANCE;
+/// When a third of the certificate's life is left. Its life is counted as at most the configured
+/// lifetime: leaves we sign have their not-before set back by the clock-skew allowance, which is not life
+/// to count (with a lifetime of seconds it would be most of it).
+fn renewal_due(cred: &Credential, ttl: Duration) -> SystemTime {
     let life = cred
         .not_after()
-        .duration_since(issued)
-        .unwrap_or(Duration::ZERO);
-    issued + life * 2 / 3
+        .duration_since(cred.not_before())
+        .unwrap_or(Duration::ZERO)
+        .min(ttl);
+    cred.not_after() - life / 3
 }
 
 fn renew(cp: &ControlPlane) -> anyhow::Result<String> {
@@ -66,4 +66,46 @@ fn renew(cp: &ControlPlane) -> anyhow::Result<String> {
     let serial = cred.serial_hex();
     cp.serving.update(cred, (*cp.serving.bundle()).clone())?;
     Ok(serial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_certs::{CertificateAuthority, KeyAndCsr, SpiffeId, TrustDomain, Validity};
+
+    fn cred(validity: Validity) -> Credential {
+        let td = TrustDomain::new("t.local").unwrap();
+        let ca = CertificateAuthority::new_root(
+            &td,
+            Validity::starting_now(Duration::from_secs(86_400)),
+        )
+        .unwrap();
+        let id = SpiffeId::parse("spiffe://t.local/ns/weft-system/sa/weft-control").unwrap();
+        let kc = KeyAndCsr::generate(&id).unwrap();
+        let chain = ca.sign_csr(kc.csr_pem(), &id, validity).unwrap();
+        Credential::from_pem(&chain, kc.key_pem()).unwrap()
+    }
+
+    #[test]
+    fn renewal_is_due_with_a_third_of_the_life_left() {
+        let secs = |n| Duration::from_secs(n);
+        // Our own 6 s leaf, set back by the skew allowance: due 2 s before it expires, not at once.
+        let c = cred(Validity::starting_now(secs(6)));
+        let left = c
+            .not_after()
+            .duration_since(renewal_due(&c, secs(6)))
+            .unwrap();
+        assert_eq!(left.as_secs(), 2);
+        // A leaf with no allowance (issued elsewhere) and a long configured lifetime.
+        let now = SystemTime::now();
+        let c = cred(Validity {
+            not_before: now,
+            not_after: now + secs(9),
+        });
+        let left = c
+            .not_after()
+            .duration_since(renewal_due(&c, secs(90 * 86_400)))
+            .unwrap();
+        assert_eq!(left.as_secs(), 3);
+    }
 }
