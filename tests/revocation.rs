@@ -246,6 +246,45 @@ async fn a_revoked_workload_is_refused_by_peers_within_a_push_and_cannot_renew()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_drops_its_open_connection_to_a_revoked_server() {
+    let cp = ControlProc::start("revoke-server");
+    let backend_app = app("backend");
+    apply(&cp, &services(backend_app.addr().port()));
+    let backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
+        .token(&cp.token("default", "backend", 600))
+        .app_port(backend_app.addr().port())
+        .label("app", "backend")
+        .start();
+    let frontend = MeshProxyBuilder::new(&cp, "frontend-1", "default", "frontend")
+        .token(&cp.token("default", "frontend", 600))
+        .service("backend", 9080, "http")
+        .start();
+    wait_ok(
+        frontend.outbound[0],
+        "backend via frontend-1",
+        &[&frontend, &backend],
+    )
+    .await;
+    let (code, out, err) = weftctl(&cp, &["revoke", "workload", "default/backend-1"]);
+    assert_eq!(code, Some(0), "revoke: {out}{err}");
+    // The frontend's pooled connection to the backend is closed when the list arrives.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while frontend.metric("weft_proxy_revoked_peers_refused_total", &[]) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the frontend kept its connection to a revoked server:\n{}",
+            frontend.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(frontend.log().contains("revoked"), "{}", frontend.log());
+    assert!(
+        !get_ok(frontend.outbound[0]).await,
+        "a revoked server was reached"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_identity_cannot_join_until_unrevoked() {
     let cp = ControlProc::start("revoke-identity");
     let (code, out, err) = weftctl(
