@@ -129,11 +129,6 @@ impl Identity {
             && crate::revoked::leaf_serial_hex(leaf_der).is_some_and(|s| revoked.contains(&s))
     }
 
-    /// How many serials the current revocation list holds.
-    pub fn revoked_count(&self) -> usize {
-        self.shared.revoked.load().len()
-    }
-
     pub fn credential(&self) -> Arc<Credential> {
         self.shared.current.load().credential.clone()
     }
