@@ -94,6 +94,8 @@ pub enum VerifyError {
     BadSignature,
     #[error("certificate is a CA (basicConstraints CA:true) but was presented as a leaf")]
     IsCa,
+    #[error("certificate revoked: {presented} (serial {serial}) is on the mesh's revocation list")]
+    Revoked { presented: SpiffeId, serial: String },
     #[error("certificate refused: {0}")]
     Other(String),
 }

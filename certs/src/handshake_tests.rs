@@ -211,6 +211,41 @@ fn mutual_tls_succeeds_and_both_sides_see_the_peer_id() {
 }
 
 #[test]
+fn a_revoked_leaf_is_refused_both_ways_and_others_still_pass() {
+    let mesh = Mesh::new("weft.test");
+    let (web, api, db) = (
+        mesh.identity("web"),
+        mesh.identity("api"),
+        mesh.identity("db"),
+    );
+    let web_serial = web.credential().serial_hex();
+    let list = || crate::RevokedSerials::new([web_serial.clone()]);
+    assert!(api.set_revoked(list()));
+    assert!(!api.set_revoked(list()), "the same list is no change");
+    assert!(api.is_revoked(web.credential().chain()[0].as_ref()));
+    // The server refuses the revoked client, with the reason.
+    let outcome = handshake(web.client_config(&api.id()), api.server_config());
+    match outcome.server_err.as_ref().and_then(crate::verify_error) {
+        Some(VerifyError::Revoked { presented, serial }) => {
+            assert_eq!(presented, &web.id());
+            assert_eq!(serial, &web_serial);
+        }
+        other => panic!("expected a revocation refusal, got {other:?}"),
+    }
+    // A client refuses a revoked server.
+    db.set_revoked(list());
+    let outcome = handshake(db.client_config(&web.id()), web.server_config());
+    assert!(matches!(
+        outcome.client_err.as_ref().and_then(crate::verify_error),
+        Some(VerifyError::Revoked { .. })
+    ));
+    // Everyone else is unaffected, and an emptied list lets the leaf in again.
+    handshake(db.client_config(&api.id()), api.server_config()).assert_ok();
+    assert!(api.set_revoked(crate::RevokedSerials::default()));
+    handshake(web.client_config(&api.id()), api.server_config()).assert_ok();
+}
+
+#[test]
 fn leaves_under_an_intermediate_are_accepted() {
     let mesh = Mesh::new("weft.test");
     let int = mesh
@@ -628,6 +663,7 @@ fn verification_follows_the_given_time() {
         role: PeerRole::Server,
         trust_domain: &mesh.td,
         expected: Some(cred.id()),
+        revoked: None,
     };
     let at = |t: SystemTime| {
         UnixTime::since_unix_epoch(
@@ -668,6 +704,7 @@ fn a_tampered_signature_is_refused() {
         role: PeerRole::Server,
         trust_domain: &mesh.td,
         expected: None,
+        revoked: None,
     };
     let now = UnixTime::now();
     let err = verify::verify_chain(

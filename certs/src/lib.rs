@@ -10,6 +10,7 @@ pub mod credential;
 pub mod csr;
 pub mod error;
 pub mod pin;
+pub mod revoked;
 pub mod spiffe;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -25,5 +26,6 @@ pub use ca::{CertificateAuthority, Validity};
 pub use credential::Credential;
 pub use csr::KeyAndCsr;
 pub use error::{CertError, SpiffeIdError, VerifyError};
+pub use revoked::{leaf_serial_hex, RevokedSerials};
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use tls::{bootstrap_client_config, peer_id, verify_error, Identity};

@@ -7,6 +7,7 @@
 use crate::bundle::TrustBundle;
 use crate::credential::Credential;
 use crate::error::{CertError, VerifyError};
+use crate::revoked::RevokedSerials;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::verify::{self, ClientVerifier, PeerRole, Policy, ServerVerifier, Trust};
 use crate::x509;
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) id: SpiffeId,
     pub(crate) trust_domain: TrustDomain,
     current: ArcSwap<State>,
+    /// Peer leaves to refuse; replaced whole when the control plane pushes a new list.
+    revoked: ArcSwap<RevokedSerials>,
 }
 
 struct State {
@@ -45,6 +48,10 @@ struct State {
 impl Shared {
     pub(crate) fn bundle(&self) -> Arc<TrustBundle> {
         self.current.load().bundle.clone()
+    }
+
+    pub(crate) fn revoked(&self) -> Arc<RevokedSerials> {
+        self.revoked.load_full()
     }
 
     fn certified_key(&self) -> Arc<CertifiedKey> {
@@ -78,6 +85,7 @@ impl Identity {
                 id,
                 trust_domain,
                 current: ArcSwap::from_pointee(state),
+                revoked: ArcSwap::from_pointee(RevokedSerials::default()),
             }),
         })
     }
@@ -101,6 +109,24 @@ impl Identity {
 
     pub fn id(&self) -> SpiffeId {
         self.shared.id.clone()
+    }
+
+    /// Replaces the list of revoked peer serials both verifiers refuse from the next handshake on.
+    /// True if the list changed. Connections already established are the caller's to close (see
+    /// [`Identity::is_revoked`]).
+    pub fn set_revoked(&self, revoked: RevokedSerials) -> bool {
+        if *self.shared.revoked.load_full() == revoked {
+            return false;
+        }
+        self.shared.revoked.store(Arc::new(revoked));
+        true
+    }
+
+    /// Whether a peer's leaf (DER) is on the current revocation list.
+    pub fn is_revoked(&self, leaf_der: &[u8]) -> bool {
+        let revoked = self.shared.revoked.load();
+        !revoked.is_empty()
+            && crate::revoked::leaf_serial_hex(leaf_der).is_some_and(|s| revoked.contains(&s))
     }
 
     pub fn credential(&self) -> Arc<Credential> {
@@ -244,6 +270,7 @@ fn check_credential(cred: &Credential, bundle: &TrustBundle) -> Result<(), CertE
             role,
             trust_domain: &trust_domain,
             expected: Some(id),
+            revoked: None,
         };
         verify::verify_chain(leaf, intermediates, bundle, &policy, now, &x509::provider())
             .map_err(|source| CertError::NotTrusted {

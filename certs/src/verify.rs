@@ -7,6 +7,7 @@
 
 use crate::bundle::TrustBundle;
 use crate::error::VerifyError;
+use crate::revoked::RevokedSerials;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::tls::Shared;
 use crate::x509;
@@ -52,6 +53,8 @@ pub(crate) struct Policy<'a> {
     pub trust_domain: &'a TrustDomain,
     /// The exact identity the peer must present (client side only).
     pub expected: Option<&'a SpiffeId>,
+    /// Leaf serials to refuse (none for a bootstrapping client, which has no list yet).
+    pub revoked: Option<&'a RevokedSerials>,
 }
 
 /// Verifies a presented chain and returns the peer's SPIFFE ID.
@@ -77,7 +80,27 @@ pub(crate) fn verify_chain(
     check_leaf_usage(&leaf)?;
     let id = x509::spiffe_id(&leaf)?;
     check_identity(&id, policy)?;
+    check_revoked(&leaf, &id, policy)?;
     Ok(id)
+}
+
+fn check_revoked(
+    leaf: &X509Certificate<'_>,
+    id: &SpiffeId,
+    policy: &Policy<'_>,
+) -> Result<(), VerifyError> {
+    let Some(revoked) = policy.revoked.filter(|r| !r.is_empty()) else {
+        return Ok(());
+    };
+    let serial = x509::serial_hex(leaf);
+    if revoked.contains(&serial) {
+        tracing::warn!(presented = %id, %serial, "refusing a revoked peer certificate");
+        return Err(VerifyError::Revoked {
+            presented: id.clone(),
+            serial,
+        });
+    }
+    Ok(())
 }
 
 fn check_path(
@@ -204,6 +227,13 @@ impl Trust {
             Trust::Fixed { trust_domain, .. } => trust_domain,
         }
     }
+
+    fn revoked(&self) -> Option<Arc<RevokedSerials>> {
+        match self {
+            Trust::Live(shared) => Some(shared.revoked()),
+            Trust::Fixed { .. } => None,
+        }
+    }
 }
 
 /// Checks the server against the bundle and one expected identity.
@@ -232,10 +262,12 @@ impl ServerCertVerifier for ServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // The SPIFFE ID replaces the server name: the peer's address says nothing about who it is.
+        let revoked = self.trust.revoked();
         let policy = Policy {
             role: PeerRole::Server,
             trust_domain: self.trust.trust_domain(),
             expected: Some(&self.expected),
+            revoked: revoked.as_deref(),
         };
         let bundle = self.trust.bundle();
         verify_chain(
@@ -318,10 +350,12 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        let revoked = self.shared.revoked();
         let policy = Policy {
             role: PeerRole::Client,
             trust_domain: &self.shared.trust_domain,
             expected: None,
+            revoked: Some(&revoked),
         };
         let bundle = self.shared.bundle();
         verify_chain(

@@ -2,7 +2,7 @@
 //!
 //! Every change (resources applied, a proxy registering, readiness, a disconnect) marks the hub dirty. A
 //! single push task waits a short debounce, then computes each proxy's view as sections (mesh config,
-//! services with endpoints, routes, the policies for its workload, trust bundle). Each section is encoded
+//! services with endpoints, routes, the policies for its workload, trust bundle, revoked serials). Each section is encoded
 //! once per cycle and compared by digest: a proxy whose view did not change is not sent anything; one whose
 //! view changed gets a snapshot with the sections that differ from what it last acknowledged.
 //!
@@ -135,6 +135,8 @@ struct State {
     registry_dirty: bool,
     /// Service virtual IPs, kept in step with `resources`.
     vips: crate::vips::Vips,
+    /// Revoked leaf serials every proxy must refuse (sorted).
+    revoked: Arc<Vec<String>>,
 }
 
 pub struct Hub {
@@ -213,6 +215,7 @@ impl Hub {
                 proxies,
                 cycles: VecDeque::new(),
                 registry_dirty: false,
+                revoked: Arc::new(Vec::new()),
             }),
             dirty: Notify::new(),
             progress: watch::channel(0).0,
@@ -239,6 +242,46 @@ impl Hub {
         st.revision = revision;
         drop(st);
         self.mark_dirty();
+    }
+
+    /// A new list of revoked serials for every proxy (pushed only if it changed).
+    pub fn set_revoked(&self, serials: Vec<String>) {
+        let mut st = lock(&self.state);
+        if *st.revoked == serials {
+            return;
+        }
+        st.revoked = Arc::new(serials);
+        drop(st);
+        self.mark_dirty();
+    }
+
+    /// Ends the config streams of registered workloads `revoked` says are revoked and removes them from
+    /// the registry at once (not after the grace period: peers would refuse them meanwhile). Their
+    /// proxies cannot register again (their certificate or identity is refused). Returns their keys.
+    pub fn remove_revoked(
+        &self,
+        revoked: impl Fn(&ProxyKey, &Registered) -> bool,
+    ) -> Vec<ProxyKey> {
+        let mut st = lock(&self.state);
+        let mut removed = Vec::new();
+        st.proxies.retain(|key, e| {
+            if !revoked(key, &e.reg) {
+                return true;
+            }
+            if let Some((_, ob)) = &e.conn {
+                ob.close();
+            }
+            removed.push(key.clone());
+            false
+        });
+        if !removed.is_empty() {
+            st.registry_dirty = true;
+            self.metrics.set_connected(count_connected(&st));
+            drop(st);
+            self.bump_progress();
+            self.mark_dirty();
+        }
+        removed
     }
 
     pub fn set_bundle(&self, bundle_pem: String) {
@@ -508,7 +551,14 @@ impl Hub {
         let shared = {
             let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
             let td = &self.settings.trust_domain;
-            view::SharedSections::build(&st.resources, &registered, td, &st.bundle_pem, &st.vips)
+            view::SharedSections::build(
+                &st.resources,
+                &registered,
+                td,
+                &st.bundle_pem,
+                &st.vips,
+                &st.revoked,
+            )
         };
         let mut policy_cache = view::PolicyCache::default();
         let resources = st.resources.clone();

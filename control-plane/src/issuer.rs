@@ -2,6 +2,7 @@
 //! certificate (renewal) becomes a short-lived leaf for exactly the identity that credential allows.
 
 use crate::metrics::Metrics;
+use crate::revocation::Revocations;
 use crate::tokens::{TokenError, TokenStore};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,10 +25,18 @@ pub enum IssueError {
     },
     #[error("renewal by {0} refused: it is not a workload identity of this mesh")]
     NotAWorkload(SpiffeId),
+    #[error("{target} is revoked; `weftctl unrevoke` lifts it")]
+    Revoked {
+        target: weft_api::operator::RevocationTarget,
+    },
+    #[error("renewal refused: certificate {serial} is revoked")]
+    RevokedCertificate { serial: String },
     #[error("the CSR is not usable: {0}")]
     BadCsr(CertError),
     #[error("signing failed: {0}")]
     Sign(CertError),
+    #[error("cannot record the issued certificate: {0}")]
+    Record(String),
 }
 
 impl IssueError {
@@ -35,7 +44,7 @@ impl IssueError {
     pub fn status(&self) -> u16 {
         match self {
             IssueError::BadCsr(_) => 400,
-            IssueError::Sign(_) => 500,
+            IssueError::Sign(_) | IssueError::Record(_) => 500,
             _ => 403,
         }
     }
@@ -46,8 +55,10 @@ impl IssueError {
             IssueError::NoCredential => "no_credential",
             IssueError::OtherIdentity { .. } => "other_identity",
             IssueError::NotAWorkload(_) => "not_a_workload",
+            IssueError::Revoked { .. } | IssueError::RevokedCertificate { .. } => "revoked",
             IssueError::BadCsr(_) => "bad_csr",
             IssueError::Sign(_) => "sign_failed",
+            IssueError::Record(_) => "record_failed",
         }
     }
 }
@@ -56,6 +67,7 @@ pub struct Issuer {
     ca: CertificateAuthority,
     bundle_pem: String,
     tokens: Mutex<TokenStore>,
+    revocations: Mutex<Revocations>,
     ttl: Mutex<Duration>,
     metrics: Arc<Metrics>,
 }
@@ -65,15 +77,22 @@ impl Issuer {
         ca: CertificateAuthority,
         bundle_pem: String,
         tokens: TokenStore,
+        revocations: Revocations,
         metrics: Arc<Metrics>,
     ) -> Issuer {
         Issuer {
             ca,
             bundle_pem,
             tokens: Mutex::new(tokens),
+            revocations: Mutex::new(revocations),
             ttl: Mutex::new(DEFAULT_TTL),
             metrics,
         }
+    }
+
+    /// The mesh CA, for the control plane's own serving certificate.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -86,6 +105,10 @@ impl Issuer {
 
     pub fn tokens(&self) -> std::sync::MutexGuard<'_, TokenStore> {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn revocations(&self) -> std::sync::MutexGuard<'_, Revocations> {
+        self.revocations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Leaf lifetime for certificates issued from now on (MeshConfig `certificateTtl`).
@@ -103,23 +126,63 @@ impl Issuer {
             .tokens()
             .redeem(token)
             .map_err(IssueError::from)
-            .and_then(|info| self.sign(csr_pem, &info.identity, "join token"));
+            .and_then(|info| {
+                self.check_not_revoked(&info.identity)?;
+                self.sign(csr_pem, &info.identity, "join token", None)
+            });
         self.count(&res, "join");
         res
     }
 
-    /// Renewal: the current certificate decides the identity.
-    pub fn renew(&self, peer: &SpiffeId, csr_pem: &str) -> Result<CertificateResponse, IssueError> {
+    /// Renewal: the current certificate (`serial`, lowercase hex) decides the identity; a revoked one
+    /// renews nothing, and the new leaf keeps the workload the current one was bound to.
+    pub fn renew(
+        &self,
+        peer: &SpiffeId,
+        serial: Option<&str>,
+        csr_pem: &str,
+    ) -> Result<CertificateResponse, IssueError> {
         let res = if peer.trust_domain() != self.trust_domain().as_str()
             || peer.namespace().is_none()
             || peer.service_account().is_none()
         {
             Err(IssueError::NotAWorkload(peer.clone()))
         } else {
-            self.sign(csr_pem, peer, "current certificate")
+            self.check_renewable(peer, serial)
+                .and_then(|workload| self.sign(csr_pem, peer, "current certificate", workload))
         };
         self.count(&res, "renew");
         res
+    }
+
+    fn check_not_revoked(&self, id: &SpiffeId) -> Result<(), IssueError> {
+        match self.revocations().revoked_target(id, None) {
+            Some(target) => Err(IssueError::Revoked {
+                target: target.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The workload the renewing certificate is bound to, unless it or its identity is revoked.
+    fn check_renewable(
+        &self,
+        peer: &SpiffeId,
+        serial: Option<&str>,
+    ) -> Result<Option<String>, IssueError> {
+        let rev = self.revocations();
+        if let Some(serial) = serial.filter(|s| rev.is_denied(s)) {
+            return Err(IssueError::RevokedCertificate {
+                serial: serial.to_string(),
+            });
+        }
+        let workload = serial.and_then(|s| rev.workload_of(s));
+        match rev.revoked_target(peer, workload.as_deref()) {
+            Some(target) => Err(IssueError::Revoked {
+                target: target.clone(),
+            }),
+            None => Ok(workload),
+        }
     }
 
     fn count(&self, res: &Result<CertificateResponse, IssueError>, kind: &'static str) {
@@ -137,6 +200,7 @@ impl Issuer {
         csr_pem: &str,
         id: &SpiffeId,
         by: &'static str,
+        workload: Option<String>,
     ) -> Result<CertificateResponse, IssueError> {
         let chain = self
             .ca
@@ -154,12 +218,36 @@ impl Issuer {
                 | CertError::Pem { .. }) => IssueError::BadCsr(e),
                 e => IssueError::Sign(e),
             })?;
-        tracing::info!(%id, by, ttl = ?self.ttl(), "certificate issued");
+        // Unrecorded, a leaf could not be revoked: refuse to hand it out.
+        let (serial, not_after) = leaf_facts(&chain)
+            .ok_or_else(|| IssueError::Record("the signed leaf does not parse".into()))?;
+        {
+            // Recorded and checked under one lock: a revocation made while this request was signed
+            // either saw the record (and denies it) or is seen here.
+            let mut rev = self.revocations();
+            rev.record(serial.clone(), id.clone(), workload, not_after)
+                .map_err(|e| IssueError::Record(e.to_string()))?;
+            if rev.is_denied(&serial) {
+                return Err(IssueError::RevokedCertificate { serial });
+            }
+        }
+        tracing::info!(%id, by, %serial, ttl = ?self.ttl(), "certificate issued");
         Ok(CertificateResponse {
             chain_pem: chain,
             bundle_pem: self.bundle_pem.clone(),
         })
     }
+}
+
+/// Serial (lowercase hex) and not-after (Unix seconds) of the first certificate of a PEM chain.
+fn leaf_facts(chain_pem: &str) -> Option<(String, u64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).ok()?;
+    let serial = weft_certs::leaf_serial_hex(&pem.contents)?;
+    Some((
+        serial,
+        u64::try_from(cert.validity().not_after.timestamp()).ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -179,7 +267,13 @@ mod tests {
         let _ = std::fs::remove_file(dir.join("t.json"));
         let tokens = TokenStore::open(dir.join("t.json"), td).unwrap();
         let bundle = ca.cert_pem();
-        Issuer::new(ca, bundle, tokens, Arc::new(Metrics::new()))
+        Issuer::new(
+            ca,
+            bundle,
+            tokens,
+            Revocations::open(None).unwrap(),
+            Arc::new(Metrics::new()),
+        )
     }
 
     #[test]
@@ -203,15 +297,15 @@ mod tests {
         let iss = issuer("renew");
         let me = SpiffeId::parse("spiffe://t.local/ns/default/sa/reviews").unwrap();
         let csr = KeyAndCsr::generate(&me).unwrap();
-        assert!(iss.renew(&me, csr.csr_pem()).is_ok());
+        assert!(iss.renew(&me, None, csr.csr_pem()).is_ok());
         let other = SpiffeId::parse("spiffe://t.local/ns/default/sa/x").unwrap();
         assert!(matches!(
-            iss.renew(&other, csr.csr_pem()),
+            iss.renew(&other, None, csr.csr_pem()),
             Err(IssueError::OtherIdentity { .. })
         ));
         let foreign = SpiffeId::parse("spiffe://elsewhere/ns/default/sa/reviews").unwrap();
         assert!(matches!(
-            iss.renew(&foreign, csr.csr_pem()),
+            iss.renew(&foreign, None, csr.csr_pem()),
             Err(IssueError::NotAWorkload(_))
         ));
     }

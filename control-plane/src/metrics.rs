@@ -32,6 +32,10 @@ pub struct Metrics {
     certificates: Family<KindLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
     applies: Family<ResultLabels, Counter>,
+    revocations: Family<KindLabels, Counter>,
+    revoked_serials: Gauge,
+    api_refused: Family<ReasonLabels, Counter>,
+    serving_rotations: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -52,6 +56,10 @@ impl Metrics {
             certificates: Family::default(),
             refused: Family::default(),
             applies: Family::default(),
+            revocations: Family::default(),
+            revoked_serials: Gauge::default(),
+            api_refused: Family::default(),
+            serving_rotations: Family::default(),
         };
         registry.register(
             "proxies_connected",
@@ -88,6 +96,27 @@ impl Metrics {
             "Resource changes requested, by result (applied, unchanged, refused)",
             m.applies.clone(),
         );
+        registry.register(
+            "revocations",
+            "Revocations made and lifted, by kind (revoke, unrevoke)",
+            m.revocations.clone(),
+        );
+        registry.register(
+            "revoked_serials",
+            "Unexpired workload certificates on the deny list pushed to every proxy",
+            m.revoked_serials.clone(),
+        );
+        registry.register(
+            "proxy_api_connections_refused",
+            "Proxy API connections closed before serving, by reason (per_client_limit, limit, \
+             handshake_timeout, handshake, idle, revoked)",
+            m.api_refused.clone(),
+        );
+        registry.register(
+            "serving_certificate_renewals",
+            "Renewals of the proxy API's own certificate, by result (ok, failed)",
+            m.serving_rotations.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -108,6 +137,22 @@ impl Metrics {
     }
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+    pub fn revocation(&self, kind: &'static str) {
+        self.revocations.get_or_create(&KindLabels { kind }).inc();
+    }
+    pub fn set_revoked_serials(&self, n: usize) {
+        self.revoked_serials.set(n as i64);
+    }
+    pub fn api_refused(&self, reason: &'static str) {
+        self.api_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+    pub fn serving_rotation(&self, result: &'static str) {
+        self.serving_rotations
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
     pub fn apply(&self, result: &'static str) {
         self.applies.get_or_create(&ResultLabels { result }).inc();

@@ -170,6 +170,11 @@ async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Respo
         (Method::DELETE, ["resources", kind, ns, name]) => {
             resources_api::delete(req, cp, kind, ns, name).await
         }
+        (Method::GET, ["revocations"]) => {
+            http_util::json(StatusCode::OK, &cp.issuer.revocations().list())
+        }
+        (Method::POST, ["revocations"]) => revocation(req, cp, true).await,
+        (Method::POST, ["revocations", "remove"]) => revocation(req, cp, false).await,
         (Method::GET, ["tokens"]) => http_util::json(StatusCode::OK, &cp.issuer.tokens().list()),
         (Method::POST, ["tokens"]) => create_token(req, cp).await,
         (Method::DELETE, ["tokens", id]) => match cp.issuer.tokens().revoke(id) {
@@ -204,6 +209,45 @@ async fn create_token(req: Request<Incoming>, cp: &ControlPlane) -> Response<Bod
             http_util::json(StatusCode::CREATED, &TokenCreated { token, info })
         }
         Err(e) => create_error(e),
+    }
+}
+
+/// Revokes (or, with `revoke` false, lifts) a workload or identity.
+async fn revocation(req: Request<Incoming>, cp: &ControlPlane, revoke: bool) -> Response<Body> {
+    use crate::revocation::RevocationError;
+    use weft_api::operator::RevocationTarget;
+    let target: RevocationTarget = match http_util::read_json(req.into_body(), MAX_REQUEST).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if let RevocationTarget::Identity(id) = &target {
+        if id.trust_domain() != cp.issuer.trust_domain().as_str() || id.namespace().is_none() {
+            return http_util::error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{id} is not a workload identity of this mesh (spiffe://{}/ns/NS/sa/SA)",
+                    cp.issuer.trust_domain()
+                ),
+                vec![],
+            );
+        }
+    }
+    let res = if revoke {
+        cp.revoke(target)
+    } else {
+        cp.unrevoke(&target)
+    };
+    match res {
+        Ok(rev) => http_util::json(StatusCode::OK, &rev),
+        Err(e) => {
+            let status = match e {
+                RevocationError::AlreadyRevoked(_) => StatusCode::CONFLICT,
+                RevocationError::NotRevoked(_) => StatusCode::NOT_FOUND,
+                RevocationError::BadWorkload(_) => StatusCode::BAD_REQUEST,
+                RevocationError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            http_util::error(status, e.to_string(), vec![])
+        }
     }
 }
 

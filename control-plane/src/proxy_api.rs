@@ -11,7 +11,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -22,25 +23,64 @@ use weft_api::control::{
 };
 use weft_certs::SpiffeId;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REQUEST: usize = 64 << 10;
-/// Connections at once; a mesh of a few thousand proxies stays well under it.
-const MAX_CONNECTIONS: usize = 20_000;
+/// A certificate request's body must arrive within this (a slow body must not hold a slot forever).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first message of a config stream. A real hello (name, a few labels, address, ports) is a few
+/// hundred bytes; 16 KiB leaves room for many labels and refuses anything built to exhaust memory.
+pub const MAX_HELLO: usize = 16 << 10;
+/// Later messages: the largest is a stats report of `MAX_STATS_ENTRIES` entries (about 200 KiB).
+pub const MAX_STREAM_MESSAGE: usize = 1 << 20;
 
 /// Who is on the other end of one connection.
 struct Peer {
     addr: SocketAddr,
     id: Option<SpiffeId>,
     cert_not_after: Option<u64>,
+    /// The client certificate's serial (lowercase hex), for revocation.
+    serial: Option<String>,
 }
 
 pub async fn run(listener: TcpListener, cp: Arc<ControlPlane>) {
     let acceptor = TlsAcceptor::from(cp.proxy_tls.clone());
-    crate::server::accept_loop(listener, &cp, "proxy API", MAX_CONNECTIONS, |tcp, addr| {
-        connection(tcp, addr, acceptor.clone(), cp.clone())
-    })
-    .await
+    let limits = cp.api_limits;
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_per_client = limits.max_per_client,
+        "proxy API connection limits"
+    );
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let clients = Arc::new(ClientCounts::default());
+    let refusals = RefusalLog::default();
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = cp.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait for connections to close.
+                    tracing::warn!(error = %e, "accept failed on the proxy API");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(client) = clients.clone().try_add(addr.ip(), limits.max_per_client) else {
+            refusals.note(&cp, addr, "per_client_limit");
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refusals.note(&cp, addr, "limit");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let fut = connection(tcp, addr, acceptor.clone(), cp.clone());
+        cp.tasks.spawn(async move {
+            fut.await;
+            drop((permit, client));
+        });
+    }
 }
 
 async fn connection(
@@ -49,48 +89,112 @@ async fn connection(
     acceptor: TlsAcceptor,
     cp: Arc<ControlPlane>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            return tracing::info!(peer = %addr, error = %e, "proxy API: TLS handshake failed")
-        }
-        Err(_) => return tracing::info!(peer = %addr, "proxy API: TLS handshake timed out"),
+    let limits = cp.api_limits;
+    let Some(tls) = accept_tls(tcp, addr, &acceptor, &cp).await else {
+        return;
     };
     let conn = tls.get_ref().1;
-    if conn.alpn_protocol() != Some(b"h2") {
-        return tracing::info!(peer = %addr, "proxy API: refused, ALPN h2 not negotiated");
-    }
+    let leaf = conn.peer_certificates().and_then(|c| c.first());
     let peer = Arc::new(Peer {
         addr,
         id: weft_certs::tls::peer_id(conn),
-        cert_not_after: conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|leaf| not_after(leaf.as_ref())),
+        cert_not_after: leaf.and_then(|leaf| not_after(leaf.as_ref())),
+        serial: leaf.and_then(|leaf| weft_certs::leaf_serial_hex(leaf.as_ref())),
     });
+    let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc_cp = cp.clone();
+    let (svc_peer, svc_requested) = (peer.clone(), requested.clone());
     let svc = hyper::service::service_fn(move |req| {
-        let (cp, peer) = (svc_cp.clone(), peer.clone());
+        svc_requested.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (cp, peer) = (svc_cp.clone(), svc_peer.clone());
         async move { Ok::<_, std::convert::Infallible>(route(req, &cp, &peer).await) }
     });
+    let conn = http2_builder().serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    let idle = tokio::time::sleep(limits.first_request_timeout);
+    tokio::pin!(idle);
+    let mut revocations = cp.revocations_changed.subscribe();
+    let mut idle_armed = true;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %addr, error = %e, "proxy API connection ended");
+                }
+                return;
+            }
+            _ = &mut idle, if idle_armed => {
+                idle_armed = false;
+                if !requested.load(std::sync::atomic::Ordering::Relaxed) {
+                    cp.metrics.api_refused("idle");
+                    return tracing::info!(peer = %addr, timeout = ?limits.first_request_timeout, "proxy API: closed, no request");
+                }
+            }
+            Ok(()) = revocations.changed() => {
+                if peer.serial.as_deref().is_some_and(|s| cp.issuer.revocations().is_denied(s)) {
+                    cp.metrics.api_refused("revoked");
+                    return tracing::warn!(peer = %addr, id = ?peer.id.as_ref().map(|i| i.to_string()), "proxy API: connection closed, its certificate is revoked");
+                }
+            }
+            _ = cp.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The TLS handshake, within its timeout and with ALPN h2; failures are logged and counted.
+async fn accept_tls(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: &TlsAcceptor,
+    cp: &ControlPlane,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let tls =
+        match tokio::time::timeout(cp.api_limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let revoked = matches!(
+                    e.get_ref()
+                        .and_then(|i| i.downcast_ref::<rustls::Error>())
+                        .and_then(weft_certs::verify_error),
+                    Some(weft_certs::VerifyError::Revoked { .. })
+                );
+                cp.metrics
+                    .api_refused(if revoked { "revoked" } else { "handshake" });
+                tracing::info!(peer = %addr, error = %e, "proxy API: TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                cp.metrics.api_refused("handshake_timeout");
+                tracing::info!(peer = %addr, "proxy API: TLS handshake timed out");
+                return None;
+            }
+        };
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        cp.metrics.api_refused("handshake");
+        tracing::info!(peer = %addr, "proxy API: refused, ALPN h2 not negotiated");
+        return None;
+    }
+    Some(tls)
+}
+
+/// HTTP/2 for proxies: a handful of streams each (the config stream and a renewal), small headers, and
+/// bounds on the reset floods (rapid reset) a hostile client could send.
+fn http2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(16)
-        .max_header_list_size(16 << 10);
-    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r {
-            tracing::debug!(peer = %addr, error = %e, "proxy API connection ended");
-        },
-        _ = cp.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-        }
-    }
+        .max_header_list_size(16 << 10)
+        .max_pending_accept_reset_streams(Some(16))
+        .max_local_error_reset_streams(Some(64))
+        .max_send_buf_size(256 << 10);
+    builder
 }
 
 fn not_after(der: &[u8]) -> Option<u64> {
@@ -114,12 +218,20 @@ async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>, peer: &Peer) -> R
 }
 
 async fn certificate(req: Request<Incoming>, cp: &ControlPlane, peer: &Peer) -> Response<Body> {
-    let body: CertificateRequest = match http_util::read_json(req.into_body(), MAX_REQUEST).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
+    let read = http_util::read_json(req.into_body(), MAX_REQUEST);
+    let body: CertificateRequest = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(resp)) => return resp,
+        Err(_) => {
+            return http_util::error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {REQUEST_TIMEOUT:?}"),
+                vec![],
+            )
+        }
     };
     let res = match (&peer.id, &body.token) {
-        (Some(id), _) => cp.issuer.renew(id, &body.csr_pem),
+        (Some(id), _) => cp.issuer.renew(id, peer.serial.as_deref(), &body.csr_pem),
         (None, Some(token)) => cp.issuer.join(token, &body.csr_pem),
         (None, None) => Err(crate::issuer::IssueError::NoCredential),
     };
@@ -140,7 +252,7 @@ async fn config_stream(
     id: SpiffeId,
 ) -> Response<Body> {
     let mut body = req.into_body();
-    let mut decoder = FrameDecoder::default();
+    let mut decoder = FrameDecoder::with_limit(MAX_HELLO);
     let hello =
         match tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut body, &mut decoder)).await {
             Ok(Ok(Some(FromProxy::Hello(h)))) => h,
@@ -148,14 +260,20 @@ async fn config_stream(
                 return bad_stream(peer, format!("expected hello first, got {other:?}"))
             }
             Ok(Ok(None)) => return bad_stream(peer, "stream ended before hello".into()),
-            Ok(Err(e)) => return bad_stream(peer, e),
+            Ok(Err(e)) => return bad_stream(peer, format!("hello refused: {e}")),
             Err(_) => return bad_stream(peer, format!("no hello within {HELLO_TIMEOUT:?}")),
         };
+    decoder.set_limit(MAX_STREAM_MESSAGE);
     let reg = match registration(hello, &id, cp) {
         Ok(r) => r,
         Err(e) => return bad_stream(peer, e),
     };
     let key = format!("{}/{}", reg.namespace, reg.registration.name);
+    if let Err(e) = check_revocation(cp, peer, &id, &key) {
+        tracing::warn!(peer = %peer.addr, proxy = %key, reason = %e, "config stream refused");
+        cp.metrics.refused("revoked");
+        return http_util::error(StatusCode::FORBIDDEN, e, vec![]);
+    }
     let (conn_id, outbox) = match cp.hub.connect(reg, peer.cert_not_after) {
         Ok(x) => x,
         Err(e) => {
@@ -233,6 +351,29 @@ fn registration(
     })
 }
 
+/// A revoked certificate, identity or workload registers nothing; otherwise the certificate is bound to
+/// the workload it registers as (so revoking the workload reaches it and its renewals).
+fn check_revocation(
+    cp: &ControlPlane,
+    peer: &Peer,
+    id: &SpiffeId,
+    key: &str,
+) -> Result<(), String> {
+    let mut rev = cp.issuer.revocations();
+    if let Some(serial) = peer.serial.as_deref().filter(|s| rev.is_denied(s)) {
+        return Err(format!("certificate {serial} is revoked"));
+    }
+    if let Some(target) = rev.revoked_target(id, Some(key)) {
+        return Err(format!("{target} is revoked; `weftctl unrevoke` lifts it"));
+    }
+    if let Some(serial) = &peer.serial {
+        if let Err(e) = rev.bind_workload(serial, key) {
+            tracing::warn!(proxy = %key, error = %e, "cannot record which certificate the workload holds");
+        }
+    }
+    Ok(())
+}
+
 fn bad_stream(peer: &Peer, reason: String) -> Response<Body> {
     tracing::warn!(peer = %peer.addr, %reason, "config stream refused");
     http_util::error(StatusCode::BAD_REQUEST, reason, vec![])
@@ -256,6 +397,128 @@ async fn read_message(
                     decoder.push(&data);
                 }
             }
+        }
+    }
+}
+
+// === connection limits ===
+
+/// Limits of the proxy API against clients that connect and then do nothing, or connect too often.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections at once, from everyone; a mesh of a few thousand proxies stays well under it.
+    pub max_connections: usize,
+    /// Connections at once from one client address (a node's proxies behind one NAT count together).
+    pub max_per_client: usize,
+    /// The TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// A connection that sends no request within this is closed.
+    pub first_request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 20_000,
+            max_per_client: 64,
+            handshake_timeout: Duration::from_secs(5),
+            first_request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// File descriptors kept for everything but proxy API connections (state files, the operator API).
+const RESERVED_FILES: u64 = 256;
+
+impl Limits {
+    /// Raises the open-file limit to its hard limit and keeps `max_connections` below it, so a flood
+    /// meets our limit rather than the kernel's (where accept fails for everyone).
+    pub fn fitted_to_open_files(mut self) -> Limits {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return self;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                tracing::info!(
+                    from = lim.rlim_cur,
+                    to = lim.rlim_max,
+                    "raised the open-file limit"
+                );
+                lim = raised;
+            }
+        }
+        let room = lim.rlim_cur.saturating_sub(RESERVED_FILES).max(16);
+        let room = usize::try_from(room).unwrap_or(usize::MAX);
+        if self.max_connections > room {
+            tracing::warn!(
+                asked = self.max_connections,
+                open_files = lim.rlim_cur,
+                using = room,
+                "proxy API connection limit lowered to fit the open-file limit"
+            );
+            self.max_connections = room;
+        }
+        self.max_per_client = self.max_per_client.min(self.max_connections);
+        self
+    }
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct ClientCounts(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in [`ClientCounts`], given back on drop.
+struct ClientSlot(Arc<ClientCounts>, IpAddr);
+
+impl ClientCounts {
+    fn try_add(self: Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        drop(m);
+        Some(ClientSlot(self, ip))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Counts every refused connection and logs them at most once a second: a flood must not flood the log.
+#[derive(Default)]
+struct RefusalLog {
+    last: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl RefusalLog {
+    fn note(&self, cp: &ControlPlane, addr: SocketAddr, reason: &'static str) {
+        cp.metrics.api_refused(reason);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, n) = last.get_or_insert((std::time::Instant::now(), 0));
+        *n += 1;
+        if *n == 1 || since.elapsed() >= Duration::from_secs(1) {
+            tracing::warn!(peer = %addr, reason, refused = *n, "proxy API connection refused: connection limit reached");
+            *last = Some((std::time::Instant::now(), 0));
         }
     }
 }

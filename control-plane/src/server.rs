@@ -36,6 +36,10 @@ pub struct Options {
     pub api_advertise: Option<SocketAddr>,
     /// A second listener with only `/metrics`, `/live` and `/ready`, opened in `api_netns` if given.
     pub metrics_listen: Option<SocketAddr>,
+    /// Lifetime of the control plane's own serving certificate; it is renewed at two thirds of it.
+    pub serving_ttl: Duration,
+    /// Connection limits of the proxy API.
+    pub api_limits: proxy_api::Limits,
 }
 
 /// What every handler shares.
@@ -45,6 +49,14 @@ pub struct ControlPlane {
     pub metrics: Arc<Metrics>,
     pub operator_token: String,
     pub proxy_tls: Arc<rustls::ServerConfig>,
+    /// The serving credential of the proxy API (renewed while running) and the verifier state its TLS
+    /// config reads, including the revocation list.
+    pub serving: weft_certs::Identity,
+    pub serving_ttl: Duration,
+    pub api_limits: proxy_api::Limits,
+    /// Bumped whenever the revocation list changes: open proxy API connections re-check their peer.
+    pub revocations_changed: tokio::sync::watch::Sender<u64>,
+    pub state_dir: PathBuf,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     store: std::sync::Mutex<Store>,
@@ -102,7 +114,8 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         ),
         (None, None) => None,
     };
-    let state = StateDir::open_or_init(&opts.state_dir, td.as_ref())?;
+    let state = StateDir::open_or_init(&opts.state_dir, td.as_ref(), opts.serving_ttl)?;
+    let revocations = crate::revocation::Revocations::open(Some(state.path("revocations.json")))?;
     if let Some(root) = state.serving.bundle().roots().first() {
         // Proxies may pin the mesh CA by this instead of a bundle file (control.ca_fingerprint).
         let fp = weft_certs::pin::fingerprint(root.as_ref());
@@ -164,9 +177,11 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         ca,
         bundle_pem,
         operator_token,
+        serving,
+        dir: state_dir,
         ..
     } = state;
-    let issuer = Issuer::new(ca.ca, bundle_pem, tokens, metrics.clone());
+    let issuer = Issuer::new(ca.ca, bundle_pem, tokens, revocations, metrics.clone());
     let api = match &opts.api_netns {
         None => TcpListener::bind(opts.api_listen).await,
         Some(ns) => crate::netns::bind_in(ns, opts.api_listen),
@@ -202,6 +217,11 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         metrics,
         operator_token,
         proxy_tls,
+        serving,
+        serving_ttl: opts.serving_ttl,
+        api_limits: opts.api_limits.fitted_to_open_files(),
+        revocations_changed: tokio::sync::watch::channel(0).0,
+        state_dir,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         store: std::sync::Mutex::new(store),
@@ -210,6 +230,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         stats: Default::default(),
     });
     cp.publish();
+    cp.apply_revocations();
     Ok(Bound {
         cp,
         api,
@@ -244,6 +265,7 @@ impl Bound {
             None => None,
         };
         tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
+        tokio::spawn(crate::serving::run(cp.clone()));
         tokio::spawn(proxy_api::run(api, cp.clone()));
         tokio::spawn(operator_api::run(operator, cp.clone()));
         if let Some(m) = metrics {

@@ -3,7 +3,8 @@
 //! ```text
 //! DIR/ca/ca.crt, ca.key, bundle.crt   mesh CA (root, or intermediate + root)
 //! DIR/operator.token                  bearer credential for the operator API (0600)
-//! DIR/control.crt, control.key        the control plane's own serving certificate
+//! DIR/control.crt, control.key        the control plane's own serving certificate (renewed while running)
+//! DIR/revocations.json                issued leaf serials and the revocations in force
 //! DIR/tokens.json                     join tokens (secrets hashed)
 //! DIR/resources.json                  resources applied through the API
 //! DIR/registry.json                   registered workloads, kept across restarts
@@ -25,7 +26,8 @@ pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
 }
 
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-const SERVING_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Default lifetime of the serving certificate; it is renewed at two thirds of it while running.
+pub const SERVING_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 
 pub struct StateDir {
     pub dir: PathBuf,
@@ -40,7 +42,12 @@ pub struct StateDir {
 impl StateDir {
     /// Opens `dir`, creating what is missing. `td` (from the flag or MeshConfig) must match the CA's
     /// trust domain when the CA already exists.
-    pub fn open_or_init(dir: &Path, td: Option<&TrustDomain>) -> anyhow::Result<StateDir> {
+    /// `serving_ttl` is the lifetime of a newly issued serving certificate.
+    pub fn open_or_init(
+        dir: &Path,
+        td: Option<&TrustDomain>,
+        serving_ttl: Duration,
+    ) -> anyhow::Result<StateDir> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
         let ca_dir = dir.join("ca");
@@ -68,7 +75,7 @@ impl StateDir {
         let bundle = TrustBundle::from_pem(&bundle_pem)
             .with_context(|| format!("{} is damaged", bundle_path.display()))?;
         let operator_token = operator_token(&dir.join("operator.token"))?;
-        let (serving_chain_pem, serving_key_pem) = serving_credential(dir, &ca)?;
+        let (serving_chain_pem, serving_key_pem) = serving_credential(dir, &ca, serving_ttl)?;
         let serving = Identity::new(
             Credential::from_pem(&serving_chain_pem, &serving_key_pem)?,
             bundle,
@@ -113,8 +120,9 @@ fn operator_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// The serving certificate (chain PEM, key PEM), reused while more than a third of its life is left.
-fn serving_credential(dir: &Path, ca: &CaDir) -> anyhow::Result<(String, String)> {
+/// The serving certificate (chain PEM, key PEM), reused while more than a third of its life is left
+/// (and no more than `ttl`).
+fn serving_credential(dir: &Path, ca: &CaDir, ttl: Duration) -> anyhow::Result<(String, String)> {
     let (crt, key) = (dir.join("control.crt"), dir.join("control.key"));
     if crt.exists() && key.exists() {
         let read = |p: &Path| {
@@ -131,17 +139,26 @@ fn serving_credential(dir: &Path, ca: &CaDir) -> anyhow::Result<(String, String)
             .not_after()
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        if left > life / 3 {
+        if left > life / 3 && left <= ttl + Duration::from_secs(60) {
             return Ok((chain_pem, key_pem));
         }
-        tracing::info!("serving certificate is near its expiry; issuing a new one");
+        tracing::info!("serving certificate is near its expiry (or longer-lived than asked); issuing a new one");
     }
-    let id = control_plane_id(ca.ca.trust_domain());
+    issue_serving(dir, &ca.ca, ttl)
+}
+
+/// Signs a new serving certificate for the control plane's identity, lasting `ttl`, and saves it
+/// (key first, so the files never pair a new certificate with an old key).
+pub fn issue_serving(
+    dir: &Path,
+    ca: &weft_certs::CertificateAuthority,
+    ttl: Duration,
+) -> anyhow::Result<(String, String)> {
+    let (crt, key) = (dir.join("control.crt"), dir.join("control.key"));
+    let id = control_plane_id(ca.trust_domain());
     let kc = KeyAndCsr::generate(&id)?;
-    let chain = ca
-        .ca
-        .sign_csr(kc.csr_pem(), &id, Validity::starting_now(SERVING_VALIDITY))?;
-    let chain = chain + &ca.ca.root_pem();
+    let chain = ca.sign_csr(kc.csr_pem(), &id, Validity::starting_now(ttl))?;
+    let chain = chain + &ca.root_pem();
     persist::write_atomic(&key, kc.key_pem().as_bytes(), 0o600)?;
     persist::write_atomic(&crt, chain.as_bytes(), 0o644)?;
     Ok((chain, kc.key_pem().to_string()))
@@ -156,8 +173,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weft-statedir-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let td = TrustDomain::new("mesh.test").unwrap();
-        let a = StateDir::open_or_init(&dir, Some(&td)).unwrap();
-        let b = StateDir::open_or_init(&dir, None).unwrap();
+        let a = StateDir::open_or_init(&dir, Some(&td), SERVING_VALIDITY).unwrap();
+        let b = StateDir::open_or_init(&dir, None, SERVING_VALIDITY).unwrap();
         assert_eq!(a.operator_token, b.operator_token);
         assert_eq!(a.bundle_pem, b.bundle_pem);
         assert_eq!(
@@ -166,10 +183,14 @@ mod tests {
         );
         assert_eq!(b.serving.id(), control_plane_id(&td));
         let other = TrustDomain::new("other.test").unwrap();
-        let e = StateDir::open_or_init(&dir, Some(&other)).err().unwrap();
+        let e = StateDir::open_or_init(&dir, Some(&other), SERVING_VALIDITY)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("fixed"), "{e}");
         std::fs::write(dir.join("operator.token"), "x").unwrap();
-        let e = StateDir::open_or_init(&dir, None).err().unwrap();
+        let e = StateDir::open_or_init(&dir, None, SERVING_VALIDITY)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("operator.token"), "{e:#}");
         let _ = std::fs::remove_dir_all(&dir);
     }

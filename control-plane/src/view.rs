@@ -1,6 +1,7 @@
 //! What a proxy sees: the sections of its snapshot, built from the resources and the registry.
 //!
-//! Sections every proxy shares (mesh config, services with endpoints, routes, trust bundle) are encoded
+//! Sections every proxy shares (mesh config, services with endpoints, routes, trust bundle, revoked
+//! serials) are encoded
 //! once per push cycle; only the authorization policies depend on the workload, and those are cached per
 //! (namespace, labels). Snapshot frames are assembled from the pre-encoded JSON, so a cycle costs one
 //! encoding of each section however many proxies receive it.
@@ -49,6 +50,7 @@ pub struct SectionDigests {
     routes: u64,
     policies: u64,
     bundle: u64,
+    revoked: u64,
 }
 
 struct Section {
@@ -76,6 +78,7 @@ pub struct SharedSections {
     services: Section,
     routes: Section,
     bundle: Section,
+    revoked: Section,
 }
 
 impl SharedSections {
@@ -85,8 +88,10 @@ impl SharedSections {
         td: &TrustDomain,
         bundle_pem: &str,
         vips: &Vips,
+        revoked: &[String],
     ) -> SharedSections {
         SharedSections {
+            revoked: Section::encode(&revoked),
             mesh: Section::encode(&res.mesh),
             services: Section::encode(&services_view(res, registered, td, vips)),
             routes: Section::encode(&res.routes),
@@ -101,6 +106,7 @@ impl SharedSections {
             routes: self.routes.digest,
             policies: policies.0.digest,
             bundle: self.bundle.digest,
+            revoked: self.revoked.digest,
         }
     }
 
@@ -114,12 +120,13 @@ impl SharedSections {
     ) -> Frame {
         let mine = self.digests(policies);
         let differs = |f: fn(&SectionDigests) -> u64| base.is_none_or(|b| f(b) != f(&mine));
-        let sections: [(&str, &Section, bool); 5] = [
+        let sections: [(&str, &Section, bool); 6] = [
             ("mesh", &self.mesh, differs(|d| d.mesh)),
             ("services", &self.services, differs(|d| d.services)),
             ("routes", &self.routes, differs(|d| d.routes)),
             ("policies", &policies.0, differs(|d| d.policies)),
             ("trustBundlePem", &self.bundle, differs(|d| d.bundle)),
+            ("revokedSerials", &self.revoked, differs(|d| d.revoked)),
         ];
         let mut pieces = vec![Bytes::from(format!(
             "{{\"type\":\"snapshot\",\"version\":{version}"
@@ -354,7 +361,7 @@ mod tests {
         let td = TrustDomain::new("t.local").unwrap();
         let a = reg("default", "reviews-1", "reviews", "198.18.0.2");
         let res = resources();
-        let shared = SharedSections::build(&res, &[&a], &td, "PEM", &no_vips());
+        let shared = SharedSections::build(&res, &[&a], &td, "PEM", &no_vips(), &[]);
         let pol = PolicyCache::default().for_workload(&res, &a);
         let full = shared.frame(7, &pol, None).to_bytes();
         let mut d = FrameDecoder::default();
@@ -363,15 +370,26 @@ mod tests {
         assert_eq!(s.version, 7);
         assert_eq!(s.services.unwrap()[0].endpoints.len(), 2);
         assert_eq!(s.trust_bundle_pem.as_deref(), Some("PEM"));
+        assert_eq!(s.revoked_serials, Some(vec![]));
         assert!(s.policies.unwrap().is_empty());
 
         let base = shared.digests(&pol);
         let b = reg("default", "reviews-2", "reviews", "198.18.0.5");
-        let shared2 = SharedSections::build(&res, &[&a, &b], &td, "PEM", &no_vips());
+        let shared2 = SharedSections::build(&res, &[&a, &b], &td, "PEM", &no_vips(), &[]);
         let delta = shared2.frame(8, &pol, Some(&base)).to_bytes();
         d.push(&delta);
         let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
         assert!(s.services.is_some());
         assert!(s.mesh.is_none() && s.routes.is_none() && s.trust_bundle_pem.is_none());
+        assert!(s.revoked_serials.is_none());
+
+        // A revocation changes only its own section.
+        let base = shared2.digests(&pol);
+        let revoked = ["0a1b".to_string()];
+        let shared3 = SharedSections::build(&res, &[&a, &b], &td, "PEM", &no_vips(), &revoked);
+        d.push(&shared3.frame(9, &pol, Some(&base)).to_bytes());
+        let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
+        assert_eq!(s.revoked_serials, Some(vec!["0a1b".to_string()]));
+        assert!(s.services.is_none() && s.trust_bundle_pem.is_none());
     }
 }

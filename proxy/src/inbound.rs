@@ -55,11 +55,12 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
         }
         Ok(Ok(tls)) => tls,
     };
-    let (peer_id, alpn_h2) = {
+    let (peer_id, alpn_h2, peer_leaf) = {
         let conn = tls.get_ref().1;
         (
             weft_certs::tls::peer_id(conn),
             conn.alpn_protocol() == Some(b"h2"),
+            crate::tunnel::peer_leaf(conn),
         )
     };
     let Some(peer_id) = peer_id else {
@@ -102,7 +103,14 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
         let ctx = ctx.clone();
         async move { Ok::<_, std::convert::Infallible>(handle_request(req, &ctx).await) }
     });
-    serve::http2_connection(TokioIo::new(tls), svc, &proxy, "tunnel", peer_addr).await;
+    // A peer revoked while connected is cut off when the list arrives, not when it next reconnects.
+    tokio::select! {
+        _ = serve::http2_connection(TokioIo::new(tls), svc, &proxy, "tunnel", peer_addr) => {}
+        _ = proxy.peers.revoked(&peer_leaf) => {
+            proxy.metrics.reject("tunnel", "revoked");
+            tracing::warn!(peer = %peer_addr, "tunnel connection closed: the peer's certificate is revoked");
+        }
+    }
 }
 
 async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<Body> {

@@ -23,6 +23,8 @@ pub struct MeshView {
     pub routes: Vec<Document<HttpRouteSpec>>,
     pub policies: Vec<Document<AuthorizationPolicySpec>>,
     pub trust_bundle_pem: Option<String>,
+    /// Serials of revoked peer certificates (the whole list, as last pushed).
+    pub revoked_serials: Option<Vec<String>>,
     /// Service by namespace, then name (looked up with borrowed `&str`s on every request).
     index: HashMap<String, HashMap<String, usize>>,
     /// Service by virtual IP.
@@ -67,6 +69,9 @@ impl MeshView {
             trust_bundle_pem: snapshot
                 .trust_bundle_pem
                 .or_else(|| self.trust_bundle_pem.clone()),
+            revoked_serials: snapshot
+                .revoked_serials
+                .or_else(|| self.revoked_serials.clone()),
             index: HashMap::new(),
             vips: HashMap::new(),
             pods: HashMap::new(),
@@ -91,6 +96,7 @@ impl MeshView {
             routes: Some(self.routes.clone()),
             policies: Some(self.policies.clone()),
             trust_bundle_pem: self.trust_bundle_pem.clone(),
+            revoked_serials: self.revoked_serials.clone(),
         }
     }
 

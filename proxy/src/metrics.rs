@@ -92,6 +92,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub rejections: Family<RejectLabels, Counter>,
     pub tls_handshake_failures: Family<TlsLabels, Counter>,
+    /// Peers refused or cut off because their certificate is on the revocation list.
+    pub revoked_peers_refused: Counter,
     pub tcp_bytes: Family<BytesLabels, Counter>,
     pub peer_connections_opened: Counter,
     /// Endpoints taken out of rotation by outlier detection.
@@ -130,6 +132,7 @@ impl Metrics {
             requests: Default::default(),
             rejections: Default::default(),
             tls_handshake_failures: Default::default(),
+            revoked_peers_refused: Default::default(),
             tcp_bytes: Default::default(),
             peer_connections_opened: Default::default(),
             ejections: Default::default(),
@@ -180,6 +183,11 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes on the peer hop that failed, by side and reason",
             m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "revoked_peers_refused",
+            "Peer-hop connections refused at the handshake or closed because the peer's certificate is revoked",
+            m.revoked_peers_refused.clone(),
         );
         registry.register(
             "tcp_bytes",
@@ -321,9 +329,17 @@ impl Metrics {
 
     pub fn tls_failure(&self, side: &'static str, err: &std::io::Error) {
         let reason = tls_reason(err);
+        if reason == "revoked" {
+            self.revoked_peer_refused();
+        }
         self.tls_handshake_failures
             .get_or_create(&TlsLabels { side, reason })
             .inc();
+    }
+
+    /// A peer refused (handshake) or cut off (open connection) for a revoked certificate.
+    pub fn revoked_peer_refused(&self) {
+        self.revoked_peers_refused.inc();
     }
 
     pub fn set_config_version(&self, v: u64) {
@@ -374,7 +390,9 @@ impl Metrics {
 fn tls_reason(err: &std::io::Error) -> &'static str {
     let text = err.to_string();
     let has = |s: &str| text.contains(s);
-    if has("peer sent no certificates") || has("CertificateRequired") {
+    if has("revoked") {
+        "revoked"
+    } else if has("peer sent no certificates") || has("CertificateRequired") {
         "no_client_certificate"
     } else if has("expected spiffe://") || has("identity") {
         "identity_mismatch"

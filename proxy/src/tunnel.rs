@@ -67,6 +67,8 @@ pub struct PeerPool {
     settings: PeerSettings,
     metrics: Arc<Metrics>,
     peers: std::sync::RwLock<HashMap<PeerKey, Arc<Peer>>>,
+    /// Bumped when the revocation list changes: open connections (both directions) re-check their peer.
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 impl PeerPool {
@@ -76,7 +78,25 @@ impl PeerPool {
             settings,
             metrics,
             peers: Default::default(),
+            revocations: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Tells open connections that the revocation list changed.
+    pub fn revocations_changed(&self) {
+        self.revocations.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once the revocation list holds `peer_leaf` (a connection's peer certificate, DER): the
+    /// caller then closes that connection. Pending forever if it never does.
+    pub async fn revoked(&self, peer_leaf: &[u8]) {
+        until_revoked(
+            &self.identity,
+            peer_leaf,
+            self.revocations.subscribe(),
+            &self.metrics,
+        )
+        .await
     }
 
     /// Sends an HTTP request to the peer and returns its response; the response body holds the stream
@@ -248,6 +268,7 @@ impl PeerPool {
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(tls_err("peer did not negotiate ALPN h2".into()));
         }
+        let leaf = peer_leaf(tls.get_ref().1);
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
@@ -261,9 +282,19 @@ impl PeerPool {
             .map_err(|source| ForwardError::PeerHandshake { peer: addr, source })?;
         self.metrics.peer_connections_opened.inc();
         let identity = peer.key.identity.clone();
+        let (revocations, metrics, id) = (
+            self.revocations.subscribe(),
+            self.metrics.clone(),
+            self.identity.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %addr, %identity, error = %e, "peer connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(peer = %addr, %identity, error = %e, "peer connection ended with an error");
+                },
+                _ = until_revoked(&id, &leaf, revocations, &metrics) => {
+                    tracing::warn!(peer = %addr, %identity, "peer connection closed: the peer's certificate is revoked");
+                }
             }
         });
         tracing::debug!(peer = %addr, identity = %peer.key.identity, "peer connection established");
@@ -271,6 +302,32 @@ impl PeerPool {
             send,
             streams: Arc::new(AtomicUsize::new(0)),
         })
+    }
+}
+
+/// The peer's leaf certificate (DER) of an established connection (empty if it presented none).
+pub fn peer_leaf(conn: &rustls::CommonState) -> Vec<u8> {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default()
+}
+
+/// Resolves once `leaf` is on `identity`'s revocation list (counting it), waiting for list changes.
+async fn until_revoked(
+    identity: &Identity,
+    leaf: &[u8],
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    metrics: &Metrics,
+) {
+    loop {
+        if identity.is_revoked(leaf) {
+            metrics.revoked_peer_refused();
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -92,7 +92,17 @@ fn apply(cp: &ControlProc, name: &str, text: &str, wait_ms: u64) -> serde_json::
 }
 
 async fn run(n: usize, rounds: usize) -> Result {
-    let cp = ControlProc::start_with("bench", None, &["--grace-period", "60s"]);
+    // Every simulated proxy connects from this one address: lift the per-client connection limit.
+    let cp = ControlProc::start_with(
+        "bench",
+        None,
+        &[
+            "--grace-period",
+            "60s",
+            "--api-max-connections-per-client",
+            "100000",
+        ],
+    );
     let cp = std::sync::Arc::new(cp);
     {
         let cp = cp.clone();

@@ -235,5 +235,6 @@ fn empty() -> Snapshot {
         routes: None,
         policies: None,
         trust_bundle_pem: None,
+        revoked_serials: None,
     }
 }

@@ -179,6 +179,10 @@ pub struct Snapshot {
     pub policies: Option<Vec<Document<AuthorizationPolicySpec>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_bundle_pem: Option<String>,
+    /// Serials (lowercase hex) of revoked workload certificates: peers refuse them even though they chain
+    /// to the bundle and have not expired. Sorted; the whole list each time it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_serials: Option<Vec<String>>,
 }
 
 /// A service as a proxy sees it: its ports and its endpoints.
@@ -218,8 +222,8 @@ pub struct Endpoint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
+    #[error("frame of {len} bytes is over the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
     #[error("stream ended inside a frame ({0} bytes left over)")]
     Truncated(usize),
     #[error("malformed message: {0}")]
@@ -235,13 +239,34 @@ pub fn encode<T: Serialize>(msg: &T) -> Bytes {
     out.freeze()
 }
 
-/// Reassembles frames from body chunks of any size.
-#[derive(Debug, Default)]
+/// Reassembles frames from body chunks of any size, refusing a frame over its limit as soon as the
+/// length prefix announces it (nothing of it is buffered first).
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
+    limit: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::with_limit(MAX_FRAME)
+    }
 }
 
 impl FrameDecoder {
+    /// A decoder that refuses frames over `limit` bytes (at most [`MAX_FRAME`]).
+    pub fn with_limit(limit: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: BytesMut::new(),
+            limit: limit.min(MAX_FRAME),
+        }
+    }
+
+    /// Changes the limit for the frames still to come (e.g. after a small first message).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_FRAME);
+    }
+
     pub fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
@@ -254,8 +279,11 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > MAX_FRAME {
-            return Err(FrameError::TooLarge(len));
+        if len > self.limit {
+            return Err(FrameError::TooLarge {
+                len,
+                limit: self.limit,
+            });
         }
         if self.buf.len() < 4 + len {
             return Ok(None);
@@ -343,8 +371,15 @@ mod tests {
         d.push(&(MAX_FRAME as u32 + 1).to_be_bytes());
         assert!(matches!(
             d.next::<FromProxy>(),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
+        let mut d = FrameDecoder::with_limit(100);
+        d.push(&101u32.to_be_bytes());
+        let e = d.next::<FromProxy>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "frame of 101 bytes is over the 100-byte limit"
+        );
         let mut d = FrameDecoder::default();
         d.push(&encode(&FromProxy::Ack { version: 1 })[..6]);
         assert!(d.next::<FromProxy>().unwrap().is_none());

@@ -15,6 +15,9 @@
 //! | GET | `/v1/mesh` | → [`MeshInfo`] |
 //! | GET | `/v1/stats?namespace=&service=` | → [`ServiceStats`] |
 //! | POST | `/v1/why` | [`WhyRequest`] → [`WhyAnswer`] |
+//! | POST | `/v1/revocations` | [`RevocationTarget`] → [`Revocation`] |
+//! | GET | `/v1/revocations` | → `[Revocation]` |
+//! | POST | `/v1/revocations/remove` | [`RevocationTarget`] → [`Revocation`] (the one lifted) |
 
 use crate::resources::ResourceKey;
 use serde::{Deserialize, Serialize};
@@ -93,6 +96,50 @@ pub enum RolloutState {
     Nacked { reason: String },
     Pending,
     Disconnected,
+}
+
+/// What a revocation covers: one registered workload (`namespace/name`), or every workload of an
+/// identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum RevocationTarget {
+    Workload { namespace: String, name: String },
+    Identity(SpiffeId),
+}
+
+impl std::fmt::Display for RevocationTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RevocationTarget::Workload { namespace, name } => {
+                write!(f, "workload {namespace}/{name}")
+            }
+            RevocationTarget::Identity(id) => write!(f, "identity {id}"),
+        }
+    }
+}
+
+/// A revocation in force and the certificates it denies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    pub target: RevocationTarget,
+    /// Unix seconds.
+    pub revoked_at: u64,
+    /// The unexpired certificates it denies (peers refuse them; they cannot renew).
+    pub serials: Vec<RevokedCertificate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedCertificate {
+    /// Lowercase hex.
+    pub serial: String,
+    pub identity: SpiffeId,
+    /// `namespace/name`, once the certificate's holder registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Unix seconds; the entry is dropped after it.
+    pub not_after: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,9 +62,32 @@ struct Cli {
     /// IPv4 range that services' virtual IPs are allocated from (stable per service, persisted).
     #[arg(long, default_value = "198.19.0.0/16")]
     vip_range: weft_control::vips::Ipv4Range,
+    /// Lifetime of the control plane's own serving certificate (port 15010); it is renewed at two
+    /// thirds of it while running, without dropping connections. Short values are for tests.
+    #[arg(long, default_value = "90d", value_parser = serving_ttl)]
+    serving_certificate_ttl: Duration,
+    /// Proxy API connections at once, from all clients (lowered to fit the open-file limit).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    api_max_connections: u32,
+    /// Proxy API connections at once from one client address; more are closed at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    api_max_connections_per_client: u32,
     /// Log format on stderr (levels from WEFT_LOG, default info).
     #[arg(long, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
     log_format: LogFormat,
+}
+
+/// 3s (renewal at two thirds leaves a second) to 365d.
+fn serving_ttl(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    let (min, max) = (
+        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(365 * 86_400),
+    );
+    if !(min..=max).contains(&d.get()) {
+        return Err(format!("{s} is outside 3s..365d"));
+    }
+    Ok(d)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -89,6 +112,12 @@ fn main() -> ExitCode {
         operator_listen: cli.operator_listen,
         debounce: cli.debounce.get(),
         grace_period: cli.grace_period.get(),
+        serving_ttl: cli.serving_certificate_ttl.get(),
+        api_limits: weft_control::proxy_api::Limits {
+            max_connections: cli.api_max_connections as usize,
+            max_per_client: cli.api_max_connections_per_client as usize,
+            ..Default::default()
+        },
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

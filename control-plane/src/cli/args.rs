@@ -243,6 +243,15 @@ pub enum RemoteCommand {
     /// Create, list and revoke join tokens (how a proxy gets its first certificate).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Revoke a workload's or an identity's certificates: peers refuse them within one push.
+    #[command(subcommand, long_about = super::revoke::REVOKE_LONG, after_long_help = super::revoke::REVOKE_EXAMPLES)]
+    Revoke(super::revoke::RevokeCommand),
+    /// Lift a revocation made with `weftctl revoke`.
+    #[command(
+        subcommand,
+        after_long_help = "Examples:\n  weftctl unrevoke workload default/frontend-1\n  weftctl unrevoke identity --namespace shop --service-account cart"
+    )]
+    Unrevoke(super::revoke::UnrevokeCommand),
     /// Every proxy the control plane knows: identity, readiness, config versions, last NACK, certificate.
     #[command(long_about = STATUS_LONG, after_long_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
@@ -734,8 +743,8 @@ pub enum CertCommand {
         /// The workload's SPIFFE ID, e.g. spiffe://weft.local/ns/default/sa/reviews.
         #[arg(long)]
         id: SpiffeId,
-        /// Certificate lifetime (e.g. `24h`).
-        #[arg(long, default_value = "24h")]
+        /// Certificate lifetime (e.g. `12h`), at most 24h: a leaf cannot be revoked in explicit mode.
+        #[arg(long, default_value = "24h", value_parser = leaf_ttl)]
         ttl: Duration,
         /// Output path prefix.
         #[arg(long)]
@@ -808,6 +817,18 @@ fn max_p99(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A workload leaf lives 1s to 24h (the same ceiling as MeshConfig `certificateTtl`).
+fn leaf_ttl(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    let max = weft_api::resources::MAX_CERTIFICATE_TTL;
+    if d.get().as_secs() == 0 || d > max {
+        return Err(format!(
+            "{s} is outside 1s..24h (a stolen leaf stays valid until it expires)"
+        ));
+    }
+    Ok(d)
+}
+
 fn token_ttl(s: &str) -> Result<Duration, String> {
     let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
     if d.get().as_secs() == 0 {
@@ -820,6 +841,14 @@ fn token_ttl(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
+
+    #[test]
+    fn leaf_lifetimes_are_capped_at_a_day() {
+        assert!(leaf_ttl("24h").is_ok());
+        let e = leaf_ttl("25h").unwrap_err();
+        assert!(e.contains("outside 1s..24h"), "{e}");
+        assert!(leaf_ttl("0s").is_err());
+    }
 
     fn ok(args: &[&str]) -> Cli {
         parse(std::iter::once("weftctl").chain(args.iter().copied()))

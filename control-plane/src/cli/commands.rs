@@ -123,6 +123,8 @@ pub async fn run(
             token_list(&client, output, now).await
         }
         RemoteCommand::Token(TokenCommand::Revoke { id }) => token_revoke(&client, &id).await,
+        RemoteCommand::Revoke(c) => super::revoke::revoke(&client, c, now).await,
+        RemoteCommand::Unrevoke(c) => super::revoke::unrevoke(&client, c).await,
         RemoteCommand::Status(s) => status(&client, s.output, now).await,
         // Its progress is printed as it happens, not at the end.
         RemoteCommand::Shift(a) if a.progressive.to.is_some() => {

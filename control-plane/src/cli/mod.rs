@@ -8,6 +8,7 @@ pub mod commands;
 pub mod files;
 pub mod progressive;
 pub mod render;
+pub mod revoke;
 pub mod shift;
 #[cfg(test)]
 mod testing;

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod conn;
 pub mod probe;
 pub mod renew;
+pub mod revoked;
 pub mod stream;
 
 use crate::config::{ControlConfig, ProxyConfig, WorkloadConfig};
@@ -125,6 +126,7 @@ pub fn start(proxy: &Arc<Proxy>, settings: Settings) {
                         services = view.services.len(),
                         "serving the cached config until the control plane answers"
                     );
+                    revoked::adopt(proxy, &view);
                     proxy.set_mesh(view);
                     proxy.metrics.set_config_version(version);
                 }

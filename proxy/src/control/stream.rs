@@ -217,6 +217,7 @@ fn apply(proxy: &Proxy, settings: &Settings, cache: &Cache, s: Snapshot) -> From
     if let Err(e) = cache.save_snapshot(&view.to_snapshot()) {
         tracing::warn!(error = %e, "cannot cache the config; a restart without the control plane would start empty");
     }
+    super::revoked::adopt(proxy, &view);
     let services = view.services.len();
     proxy.set_mesh(view);
     proxy.metrics.config_update("ack");

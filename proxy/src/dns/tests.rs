@@ -650,6 +650,7 @@ async fn the_proxy_answers_from_the_mesh_view_it_holds_now() {
         routes: None,
         policies: None,
         trust_bundle_pem: None,
+        revoked_serials: None,
     };
     proxy.set_mesh(proxy.mesh().merge(snapshot, &td, 1 << 16).unwrap());
     // Without a workload, relative names are relative to `default`.

@@ -23,4 +23,4 @@ pub use resource::ResourceJsonError;
 pub use set::{Origin, Referrer, RemoveError, ResourceSet, Stored};
 pub use types::*;
 pub use validate::names::{dns_label, REGEX_SIZE_LIMIT};
-pub use validate::{problems, Problem};
+pub use validate::{problems, Problem, MAX_CERTIFICATE_TTL};

@@ -9,7 +9,8 @@ pub const MESH_CONFIG_NAME: &str = "default";
 /// Workload certificate lifetimes: renewal happens at about 2/3 of the lifetime, so below a couple of
 /// seconds proxies would do little else; above a year a leaked key stays useful for too long.
 pub const MIN_CERTIFICATE_TTL: Duration = Duration::from_secs(2);
-pub const MAX_CERTIFICATE_TTL: Duration = Duration::from_secs(365 * 86_400);
+/// A stolen leaf is good until it expires or is revoked: a day at most, as Istio's default.
+pub const MAX_CERTIFICATE_TTL: Duration = Duration::from_secs(86_400);
 /// Longest a disconnected proxy's workload may stay registered.
 pub const MAX_PROXY_GRACE_PERIOD: Duration = Duration::from_secs(3_600);
 
@@ -94,15 +95,21 @@ spec:
     #[test]
     fn certificate_ttl_bounds() {
         clean(&MESH.replace("24h", "2s"));
-        clean(&MESH.replace("24h", "365d"));
+        clean(&MESH.replace("24h", "1d"));
         one(
             &MESH.replace("24h", "1999ms"),
             7,
             "spec.certificateTtl",
-            "outside 2s..365d",
+            "outside 2s..1d",
         );
         one(
-            &MESH.replace("24h", "366d"),
+            &MESH.replace("24h", "25h"),
+            7,
+            "spec.certificateTtl",
+            "25h is outside 2s..1d",
+        );
+        one(
+            &MESH.replace("24h", "365d"),
             7,
             "spec.certificateTtl",
             "outside",

@@ -2,6 +2,7 @@
 //! path it is about, so [`Parsed::validate`] can point at the line to edit.
 
 mod mesh;
+pub use mesh::MAX_CERTIFICATE_TTL;
 pub(crate) mod names;
 mod policy;
 mod route;
