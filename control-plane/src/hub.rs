@@ -300,7 +300,9 @@ impl Hub {
         let now = Instant::now();
         let mut st = lock(&self.state);
         if let Some(old) = st.proxies.get(&key) {
-            if old.reg.identity != reg.identity && old.conn.is_some() {
+            // Held while registered at all (connected, within the grace period, or restored from the
+            // persisted registry): a name is not free for another identity while its proxy is away.
+            if old.reg.identity != reg.identity {
                 return Err(RegisterError::NameTaken {
                     key,
                     holder: old.reg.identity.clone(),

@@ -2,6 +2,7 @@
 //! connected proxies and the config push (`weft-control`), and the operator CLI (`weftctl`).
 
 pub mod ca_dir;
+pub mod claims;
 pub mod cli;
 pub mod config_dir;
 pub mod http_util;

@@ -32,6 +32,8 @@ pub struct Metrics {
     certificates: Family<KindLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
     applies: Family<ResultLabels, Counter>,
+    registrations_refused: Family<ReasonLabels, Counter>,
+    stats_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,8 @@ impl Metrics {
             certificates: Family::default(),
             refused: Family::default(),
             applies: Family::default(),
+            registrations_refused: Family::default(),
+            stats_dropped: Family::default(),
         };
         registry.register(
             "proxies_connected",
@@ -88,6 +92,16 @@ impl Metrics {
             "Resource changes requested, by result (applied, unchanged, refused)",
             m.applies.clone(),
         );
+        registry.register(
+            "registrations_refused",
+            "Config streams refused at registration, by reason",
+            m.registrations_refused.clone(),
+        );
+        registry.register(
+            "stats_entries_dropped",
+            "Request-count entries from proxies that were not kept, by reason",
+            m.stats_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -108,6 +122,18 @@ impl Metrics {
     }
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+    pub fn registration_refused(&self, reason: &'static str) {
+        self.registrations_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+    pub fn stats_dropped(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.stats_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(n);
+        }
     }
     pub fn apply(&self, result: &'static str) {
         self.applies.get_or_create(&ResultLabels { result }).inc();

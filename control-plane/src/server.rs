@@ -36,6 +36,8 @@ pub struct Options {
     pub api_advertise: Option<SocketAddr>,
     /// A second listener with only `/metrics`, `/live` and `/ready`, opened in `api_netns` if given.
     pub metrics_listen: Option<SocketAddr>,
+    /// The longest a join token may be created for.
+    pub max_token_ttl: Duration,
 }
 
 /// What every handler shares.
@@ -114,7 +116,9 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         );
     }
     let metrics = Arc::new(Metrics::new());
-    let tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
+    let mut tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
+    tokens.set_max_ttl(opts.max_token_ttl);
+    let claims = crate::claims::ClaimStore::open(state.path("claims.json"))?;
     let registry_path = state.path("registry.json");
     let restored: Vec<Registered> = persist::read_json(&registry_path)?.unwrap_or_default();
     if !restored.is_empty() {
@@ -166,7 +170,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         operator_token,
         ..
     } = state;
-    let issuer = Issuer::new(ca.ca, bundle_pem, tokens, metrics.clone());
+    let issuer = Issuer::new(ca.ca, bundle_pem, tokens, claims, metrics.clone());
     let api = match &opts.api_netns {
         None => TcpListener::bind(opts.api_listen).await,
         Some(ns) => crate::netns::bind_in(ns, opts.api_listen),

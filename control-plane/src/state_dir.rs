@@ -5,6 +5,7 @@
 //! DIR/operator.token                  bearer credential for the operator API (0600)
 //! DIR/control.crt, control.key        the control plane's own serving certificate
 //! DIR/tokens.json                     join tokens (secrets hashed)
+//! DIR/claims.json                     workload claims bound to certificate serials
 //! DIR/resources.json                  resources applied through the API
 //! DIR/registry.json                   registered workloads, kept across restarts
 //! ```

@@ -217,7 +217,11 @@ pub fn services_view(
             let sel = &svc.spec.selector;
             let mut endpoints: Vec<Endpoint> = registered
                 .iter()
-                .filter(|r| &r.namespace == ns && selects(sel, &r.registration.labels))
+                .filter(|r| {
+                    &r.namespace == ns
+                        && selects(sel, &r.registration.labels)
+                        && serves(svc, &r.identity)
+                })
                 .map(|r| Endpoint {
                     workload: r.registration.name.clone(),
                     address: r.registration.address,
@@ -246,6 +250,19 @@ pub fn services_view(
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     out
+}
+
+/// Whether a registered proxy with `identity` may be an endpoint of `svc`: its service account is one
+/// the service names (`serviceAccounts`, by default the service's own name). Labels are the workload's
+/// word; the service account is its certificate's.
+pub fn serves(svc: &Document<ServiceSpec>, identity: &SpiffeId) -> bool {
+    let Some(sa) = identity.service_account() else {
+        return false;
+    };
+    match &svc.spec.service_accounts {
+        Some(allowed) => allowed.iter().any(|a| a == sa),
+        None => sa == svc.metadata.name,
+    }
 }
 
 fn static_endpoint(w: &Document<WorkloadSpec>, td: &TrustDomain) -> Endpoint {
@@ -316,6 +333,7 @@ mod tests {
                         protocol: Default::default(),
                     }],
                     selector: meta("", "", &[("app", "reviews")]).labels,
+                    service_accounts: None,
                     traffic_policy: None,
                 },
             }],
@@ -347,6 +365,25 @@ mod tests {
             .collect();
         assert_eq!(eps, ["reviews-1", "legacy"]);
         assert!(view[0].endpoints[1].identity.is_none());
+    }
+
+    #[test]
+    fn registered_endpoints_need_a_service_account_the_service_names() {
+        let td = TrustDomain::new("t.local").unwrap();
+        let mut impostor = reg("default", "reviews-9", "frontend", "198.18.0.7");
+        impostor.registration.labels = meta("", "", &[("app", "reviews")]).labels;
+        let real = reg("default", "reviews-1", "reviews", "198.18.0.2");
+        let mut res = resources();
+        let names = |res: &MeshResources| -> Vec<String> {
+            services_view(res, &[&real, &impostor], &td, &no_vips())[0]
+                .endpoints
+                .iter()
+                .map(|e| e.workload.clone())
+                .collect()
+        };
+        assert_eq!(names(&res), ["reviews-1", "legacy"]);
+        res.services[0].spec.service_accounts = Some(vec!["frontend".into()]);
+        assert_eq!(names(&res), ["reviews-9", "legacy"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | GET | `/v1/stats?namespace=&service=` | → [`ServiceStats`] |
 //! | POST | `/v1/why` | [`WhyRequest`] → [`WhyAnswer`] |
 
-use crate::resources::ResourceKey;
+use crate::resources::{Labels, ResourceKey};
 use serde::{Deserialize, Serialize};
 use weft_certs::SpiffeId;
 
@@ -106,6 +106,12 @@ pub struct TokenRequest {
     /// replica of a workload may share one). The pod runner asks for 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u64>,
+    /// Workload claim: a proxy that joined with this token may register only this workload name...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// ...with exactly these labels (only together with `workload`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +138,12 @@ pub struct TokenInfo {
     /// The most it may issue; absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u64>,
+    /// The only workload name its certificates may register; absent: any name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The exact labels that workload must register (with `workload`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +238,9 @@ pub struct SubsetStats {
 pub struct ProxyStats {
     /// `namespace/name` of the reporting proxy.
     pub proxy: String,
+    /// The identity of its certificate: every count it reports is of its own requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
     /// How long this proxy has been counting (its counters start at zero when it starts), as of the
     /// control plane's answer.
     pub counting_ms: u64,

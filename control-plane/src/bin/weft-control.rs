@@ -62,6 +62,9 @@ struct Cli {
     /// IPv4 range that services' virtual IPs are allocated from (stable per service, persisted).
     #[arg(long, default_value = "198.19.0.0/16")]
     vip_range: weft_control::vips::Ipv4Range,
+    /// The longest a join token may be created for (`weftctl token create --ttl`); longer is refused.
+    #[arg(long, default_value = "24h")]
+    max_token_ttl: Duration,
     /// Log format on stderr (levels from WEFT_LOG, default info).
     #[arg(long, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
     log_format: LogFormat,
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         operator_listen: cli.operator_listen,
         debounce: cli.debounce.get(),
         grace_period: cli.grace_period.get(),
+        max_token_ttl: cli.max_token_ttl.get(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

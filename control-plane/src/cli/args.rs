@@ -635,9 +635,14 @@ pub enum TokenCommand {
     #[command(
         long_about = "Create a join token bound to one service account.\n\nThe token alone is printed on \
                       stdout, so it can be captured by a script; its id, identity and expiry go to stderr. \
-                      The secret is shown only this once.",
+                      The secret is shown only this once. The control plane refuses a --ttl above its \
+                      --max-token-ttl (24h unless set) and any token for its own identity \
+                      (weft-system/weft-control). With --workload (and --label), the certificates it \
+                      obtains may register only that workload with exactly those labels.",
         after_long_help = "Examples:\n  weftctl token create --namespace default --service-account reviews\n  \
-                           TOKEN=$(weftctl token create --namespace shop --service-account cart --ttl 10m)"
+                           TOKEN=$(weftctl token create --namespace shop --service-account cart --ttl 10m)\n  \
+                           weftctl token create --namespace default --service-account reviews --max-uses 1 \\\n    \
+                           --workload reviews-v2 --label app=reviews --label version=v2"
     )]
     Create {
         #[arg(long, value_parser = name)]
@@ -651,6 +656,13 @@ pub enum TokenCommand {
         /// replicas of a workload can share it); 1 makes it single-use.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         max_uses: Option<u64>,
+        /// Bind the token to one workload: a proxy that joins with it may register only this workload
+        /// name (and exactly the --label pairs given), before and after renewals.
+        #[arg(long, value_name = "NAME")]
+        workload: Option<String>,
+        /// A label KEY=VALUE the bound workload must register (repeatable; needs --workload).
+        #[arg(long = "label", value_parser = label, requires = "workload")]
+        labels: Vec<(String, String)>,
     },
     /// List join tokens with their identity, state, expiry and use count (never their secrets).
     #[command(after_long_help = "Examples:\n  weftctl token list\n  weftctl token list -o json")]
@@ -960,6 +972,7 @@ mod tests {
             service_account,
             ttl,
             max_uses,
+            ..
         }) = remote(ok(&[
             "token",
             "create",
@@ -978,6 +991,35 @@ mod tests {
         assert_eq!(ttl, Duration::from_secs(3600));
         assert_eq!(max_uses, None);
         usage_error(&["token", "create", "--namespace", "shop"]);
+        let RemoteCommand::Token(TokenCommand::Create {
+            workload, labels, ..
+        }) = remote(ok(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+            "--workload",
+            "cart-1",
+            "--label",
+            "app=cart",
+        ]))
+        else {
+            panic!()
+        };
+        assert_eq!(workload.as_deref(), Some("cart-1"));
+        assert_eq!(labels, [("app".to_string(), "cart".to_string())]);
+        usage_error(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+            "--label",
+            "app=cart",
+        ]);
         usage_error(&[
             "token",
             "create",

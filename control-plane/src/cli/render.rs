@@ -651,6 +651,8 @@ spec: {mtlsMode: PERMISSIVE, certificateTtl: 12h}
             revoked,
             uses: 2,
             max_uses: None,
+            workload: None,
+            labels: Default::default(),
         };
         let out = tokens(
             &[
