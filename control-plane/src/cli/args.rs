@@ -140,7 +140,8 @@ pub struct PodRunArgs {
     pub name: String,
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
-    /// Service account (identity ns/NAMESPACE/sa/SA); default: --service, else the pod name.
+    /// Service account (identity ns/NAMESPACE/sa/SA); default: --service, else the pod name. A Service
+    /// takes the pod as an endpoint only if it lists this account (`serviceAccounts`, default its name).
     #[arg(long)]
     pub service_account: Option<String>,
     /// Adds the label app=SERVICE (what a Service's selector matches).
