@@ -103,14 +103,23 @@ fn identity(cp: &ControlProc, body: &str, kc: &KeyAndCsr) -> Identity {
 
 /// Waits (bounded) until the only registered proxy is disconnected, letting this runtime close it.
 async fn wait_disconnected(cp: &ControlProc) {
+    wait_disconnected_named(cp, "").await
+}
+
+/// Waits (bounded) until proxy `key` (any, when empty) is registered and disconnected.
+async fn wait_disconnected_named(cp: &ControlProc, key: &str) {
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = cp.api("GET", "/v1/status", None);
-        if s["proxies"][0]["connected"] == false {
+        let proxies = s["proxies"].as_array().cloned().unwrap_or_default();
+        let gone = proxies
+            .iter()
+            .any(|p| (key.is_empty() || p["proxy"] == key) && p["connected"] == false);
+        if gone {
             return;
         }
     }
-    panic!("the proxy never disconnected");
+    panic!("proxy {key:?} never disconnected");
 }
 
 async fn sim(cp: &ControlProc, who: &Identity, reg: Registration) -> anyhow::Result<SimProxy> {
@@ -370,27 +379,45 @@ fn stats(counting_ms: u64, entries: Vec<StatsEntry>) -> FromProxy {
     })
 }
 
+const REVIEWS_FOR_FRONTEND: &str = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: reviews}\nspec:\n  ports: [{port: 9080}]\n  selector: {app: reviews}\n---\napiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: reviews-callers}\nspec:\n  selector: {matchLabels: {app: reviews}}\n  action: ALLOW\n  rules:\n    - from: [{principals: [\"spiffe://mesh.test/ns/default/sa/frontend\"]}]\n";
+
 #[test]
 fn request_counts_are_kept_only_as_their_reporter_can_have_carried_them() {
     let cp = ControlProc::start("stats");
+    let files =
+        serde_json::json!({"files": [{"name": "reviews.yaml", "text": REVIEWS_FOR_FRONTEND}]});
+    cp.api("POST", "/v1/apply?wait=1000", Some(&files.to_string()));
     let rt = runtime();
     rt.block_on(async {
-        let frontend = join(
-            &cp,
-            &cp.token("default", "frontend", 600),
-            &id("default", "frontend"),
-        )
-        .await;
-        let evil = join(
-            &cp,
-            &cp.token("default", "evil", 600),
-            &id("default", "evil"),
-        )
-        .await;
+        let token = |sa: &str| cp.token("default", sa, 600);
+        let reviews = join(&cp, &token("reviews"), &id("default", "reviews")).await;
+        let frontend = join(&cp, &token("frontend"), &id("default", "frontend")).await;
+        let evil = join(&cp, &token("evil"), &id("default", "evil")).await;
+        let v2 = [("app", "reviews"), ("version", "v2")];
+        let _reviews = sim(&cp, &reviews, registration("reviews-v2", &v2, "198.18.0.3"))
+            .await
+            .unwrap();
+        let fe = [("app", "frontend")];
         let caller = sim(
             &cp,
             &frontend,
-            registration("frontend-1", &[("app", "frontend")], "198.18.0.2"),
+            registration("frontend-1", &fe, "198.18.0.2"),
+        )
+        .await
+        .unwrap();
+        drop(caller);
+        wait_disconnected_named(&cp, "default/frontend-1").await;
+        // Another identity speaking as the frontend's proxy, to roll v2 back with its errors.
+        let posing = sim(&cp, &evil, registration("frontend-1", &fe, "198.18.0.9")).await;
+        if let Ok(p) = &posing {
+            let _ = p
+                .send(&stats(60_000, vec![entry("reviews", "v2", 5000, 5000)]))
+                .await;
+        }
+        let caller = sim(
+            &cp,
+            &frontend,
+            registration("frontend-1", &fe, "198.18.0.2"),
         )
         .await
         .unwrap();
@@ -398,22 +425,8 @@ fn request_counts_are_kept_only_as_their_reporter_can_have_carried_them() {
             .send(&stats(60_000, vec![entry("reviews", "v2", 100, 0)]))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop(caller);
-        wait_disconnected(&cp).await;
-        // Another identity speaking as the frontend's proxy, to roll v2 back with its errors.
-        let posing = sim(
-            &cp,
-            &evil,
-            registration("frontend-1", &[("app", "frontend")], "198.18.0.9"),
-        )
-        .await;
-        if let Ok(p) = &posing {
-            let _ = p
-                .send(&stats(60_000, vec![entry("reviews", "v2", 5000, 5000)]))
-                .await;
-        }
-        // Under its own name: absurd counts, and counters that run backwards, are not kept.
+        // Under its own name: errors from a service whose policy refuses it whatever it asks, absurd
+        // counts and counters that run backwards are not kept.
         let own = sim(
             &cp,
             &evil,
@@ -421,38 +434,39 @@ fn request_counts_are_kept_only_as_their_reporter_can_have_carried_them() {
         )
         .await
         .unwrap();
-        own.send(&stats(1_000, vec![entry("reviews", "v2", 10, 0)]))
-            .await
-            .unwrap();
-        own.send(&stats(1_500, vec![entry("reviews", "v2", 5, 5)]))
-            .await
-            .unwrap();
-        own.send(&stats(
-            2_000,
-            vec![
-                entry("reviews", "v2", 10, 0),
-                entry("ratings", "v1", 1 << 40, 1 << 40),
-            ],
-        ))
-        .await
-        .unwrap();
+        for report in [
+            stats(1_000, vec![entry("ratings", "v1", 10, 0)]),
+            stats(1_500, vec![entry("ratings", "v1", 5, 5)]),
+            stats(
+                2_000,
+                vec![
+                    entry("ratings", "v1", 10, 0),
+                    entry("ratings", "v2", 1 << 40, 1 << 40),
+                    entry("reviews", "v2", 900, 900),
+                ],
+            ),
+        ] {
+            own.send(&report).await.unwrap();
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let got = cp.api("GET", "/v1/stats?service=reviews", None);
-        let subsets = got["subsets"].as_array().unwrap();
-        assert_eq!(subsets.len(), 1, "{got}");
-        assert_eq!(subsets[0]["requests"], 10, "{got}");
-        assert_eq!(subsets[0]["failures"], 0, "{got}");
-        assert_eq!(got["byProxy"][0]["proxy"], "default/evil-1", "{got}");
+        assert_eq!(got["proxiesReporting"], 1, "{got}");
+        assert_eq!(got["subsets"][0]["requests"], 100, "{got}");
+        assert_eq!(got["subsets"][0]["failures"], 0, "{got}");
         assert_eq!(
-            got["byProxy"][0]["identity"], "spiffe://mesh.test/ns/default/sa/evil",
+            got["byProxy"][0]["identity"], "spiffe://mesh.test/ns/default/sa/frontend",
             "{got}"
         );
         let ratings = cp.api("GET", "/v1/stats?service=ratings", None);
-        assert_eq!(ratings["proxiesReporting"], 0, "{ratings}");
+        let subsets = ratings["subsets"].as_array().unwrap();
+        assert_eq!(subsets.len(), 1, "{ratings}");
+        assert_eq!(subsets[0]["subset"], "v1", "{ratings}");
+        assert_eq!(subsets[0]["requests"], 10, "{ratings}");
+        assert_eq!(subsets[0]["failures"], 0, "{ratings}");
     });
     let metrics = cp.request("GET", "/metrics", None, false).unwrap().1;
-    assert!(
-        metrics.contains("weft_control_stats_entries_dropped"),
-        "{metrics}"
-    );
+    for reason in ["unreachable", "backwards", "implausible"] {
+        let line = format!("weft_control_stats_entries_dropped_total{{reason=\"{reason}\"}}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 }

@@ -172,6 +172,8 @@ pub enum RegisterError {
 }
 
 const CYCLES_KEPT: usize = 256;
+/// The compiled-regex limit the proxies use by default (policies' header regexes).
+const REACH_REGEX_BYTES: usize = 64 * 1024;
 
 impl Hub {
     pub fn new(
@@ -282,6 +284,41 @@ impl Hub {
             (st.resources.clone(), services, workloads)
         };
         crate::why::explain(&resources, &services, &workloads, td, q)
+    }
+
+    /// Whether requests from `source` can have reached `ns/service` (its `subset`) past the
+    /// authorization policies of at least one of its endpoints. A service or subset without endpoints
+    /// counts as reachable: the caller's own proxy answers those requests (503), and that is real.
+    pub fn may_reach(
+        &self,
+        source: &SpiffeId,
+        ns: &str,
+        service: &str,
+        subset: Option<&str>,
+    ) -> bool {
+        let st = lock(&self.state);
+        let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
+        let Some(labels) = view::endpoint_labels(&st.resources, &registered, ns, service, subset)
+        else {
+            return true;
+        };
+        if labels.is_empty() {
+            return true;
+        }
+        let mut seen: Vec<&weft_api::resources::Labels> = Vec::new();
+        labels.into_iter().any(|l| {
+            if seen.contains(&l) {
+                return false;
+            }
+            seen.push(l);
+            let docs: Vec<_> = view::applicable_policies(&st.resources, ns, l)
+                .into_iter()
+                .cloned()
+                .collect();
+            // A set the proxies would refuse is not in force there: nothing to hold against the caller.
+            weft_api::authz::Authorizer::compile(&docs, REACH_REGEX_BYTES)
+                .map_or(true, |a| a.may_admit(source))
+        })
     }
 
     pub fn revision(&self) -> u64 {

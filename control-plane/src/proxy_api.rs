@@ -187,9 +187,13 @@ async fn config_stream(
                 }
                 Ok(Some(FromProxy::Ready { ready })) => hub.set_ready(&key, conn_id, ready),
                 Ok(Some(FromProxy::Stats(report))) => {
+                    let reach = |ns: &str, svc: &str, subset: Option<&str>| {
+                        hub.may_reach(&identity, ns, svc, subset)
+                    };
+                    let metrics = &cp_stats.metrics;
                     cp_stats
                         .stats
-                        .update(&key, &identity, conn_id, report, &cp_stats.metrics)
+                        .update(&key, &identity, conn_id, report, metrics, reach)
                 }
                 Ok(Some(FromProxy::Hello(_))) => break "a second hello".to_string(),
                 Ok(None) => break "stream closed".to_string(),

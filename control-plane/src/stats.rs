@@ -9,7 +9,8 @@
 //! identity of the certificate the stream was opened with (and the name that identity registered,
 //! which no other identity can take). So that one workload cannot promote or roll back another's
 //! release with made-up numbers, a series is kept only when it is plausible: well formed, counters
-//! that never run backwards on one stream, and no faster growth than [`MAX_RATE`] requests a second.
+//! that never run backwards on one stream, no faster growth than [`MAX_RATE`] requests a second, and a
+//! destination whose policies do not refuse the reporter outright (its requests never got there).
 //! What is left out is logged and counted (`weft_control_stats_entries_dropped`).
 
 use crate::http_util::{self, Body};
@@ -54,8 +55,19 @@ impl StatsStore {
         conn_id: u64,
         report: StatsReport,
         metrics: &crate::metrics::Metrics,
+        may_reach: impl Fn(&str, &str, Option<&str>) -> bool,
     ) {
         let now = Instant::now();
+        // Asked before the store is locked: answering takes the registry's lock.
+        let mut unreachable: Vec<Series> = Vec::new();
+        for e in report.entries.iter().take(MAX_STATS_ENTRIES) {
+            let series = (e.namespace.clone(), e.service.clone(), e.subset.clone());
+            if !unreachable.contains(&series)
+                && !may_reach(&e.namespace, &e.service, e.subset.as_deref())
+            {
+                unreachable.push(series);
+            }
+        }
         let counting_since = now
             .checked_sub(Duration::from_millis(report.counting_ms))
             .unwrap_or(now);
@@ -67,6 +79,11 @@ impl StatsStore {
             .unwrap_or_default();
         let mut kept = Judged::default();
         for e in report.entries.iter().take(MAX_STATS_ENTRIES) {
+            let series = (e.namespace.clone(), e.service.clone(), e.subset.clone());
+            if unreachable.contains(&series) {
+                kept.unreachable += 1;
+                continue;
+            }
             kept.judge(e, &previous, report.counting_ms);
         }
         kept.over_cap = report.entries.len().saturating_sub(MAX_STATS_ENTRIES) as u64;
@@ -141,6 +158,8 @@ struct Judged {
     backwards: u64,
     implausible: u64,
     over_cap: u64,
+    /// Series of destinations whose policies refuse the reporter whatever it asks.
+    unreachable: u64,
 }
 
 impl Judged {
@@ -189,6 +208,7 @@ impl Judged {
             ("backwards", self.backwards),
             ("implausible", self.implausible),
             ("over_cap", self.over_cap),
+            ("unreachable", self.unreachable),
         ];
         for (reason, n) in counts {
             metrics.stats_dropped(reason, n);
@@ -201,6 +221,7 @@ impl Judged {
                 backwards = self.backwards,
                 implausible = self.implausible,
                 over_cap = self.over_cap,
+                unreachable = self.unreachable,
                 "request counts left out"
             );
         }
@@ -287,6 +308,7 @@ mod tests {
             conn_id,
             report,
             &crate::metrics::Metrics::new(),
+            |_, _, subset| subset != Some("denied"),
         );
     }
 
@@ -373,6 +395,23 @@ mod tests {
         let got = s.service("default", "reviews");
         assert_eq!((got.subsets[0].requests, got.subsets[0].failures), (10, 0));
         assert_eq!(got.by_proxy[0].identity, Some(id("a")));
+        update(
+            &s,
+            "default/a",
+            1,
+            report(vec![entry("reviews", "denied", 5, 5)]),
+        );
+        assert_eq!(
+            s.service("default", "reviews").subsets.len(),
+            0,
+            "unreachable"
+        );
+        update(
+            &s,
+            "default/a",
+            1,
+            report(vec![entry("reviews", "v2", 10, 0)]),
+        );
         let huge = entry("reviews", "v2", MAX_RATE * 100, 0);
         update(&s, "default/a", 1, report(vec![huge.clone()]));
         assert_eq!(s.service("default", "reviews").subsets[0].requests, 10);

@@ -252,6 +252,36 @@ pub fn services_view(
     out
 }
 
+/// The labels of `ns/name`'s endpoints (registered and static), only those whose `version` is `subset`
+/// when one is given; `None` when there is no such service.
+pub fn endpoint_labels<'a>(
+    res: &'a MeshResources,
+    registered: &[&'a Registered],
+    ns: &str,
+    name: &str,
+    subset: Option<&str>,
+) -> Option<Vec<&'a Labels>> {
+    let svc = res
+        .services
+        .iter()
+        .find(|s| s.metadata.namespace == ns && s.metadata.name == name)?;
+    let sel = &svc.spec.selector;
+    let in_subset =
+        |l: &Labels| subset.is_none_or(|v| l.get("version").map(String::as_str) == Some(v));
+    let registered = registered
+        .iter()
+        .filter(|r| {
+            r.namespace == ns && selects(sel, &r.registration.labels) && serves(svc, &r.identity)
+        })
+        .map(|r| &r.registration.labels);
+    let statics = res
+        .workloads
+        .iter()
+        .filter(|w| w.metadata.namespace == ns && selects(sel, &w.metadata.labels))
+        .map(|w| &w.metadata.labels);
+    Some(registered.chain(statics).filter(|l| in_subset(l)).collect())
+}
+
 /// Whether a registered proxy with `identity` may be an endpoint of `svc`: its service account is one
 /// the service names (`serviceAccounts`, by default the service's own name). Labels are the workload's
 /// word; the service account is its certificate's.
