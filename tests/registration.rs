@@ -381,6 +381,33 @@ fn stats(counting_ms: u64, entries: Vec<StatsEntry>) -> FromProxy {
 
 const REVIEWS_FOR_FRONTEND: &str = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: reviews}\nspec:\n  ports: [{port: 9080}]\n  selector: {app: reviews}\n---\napiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: reviews-callers}\nspec:\n  selector: {matchLabels: {app: reviews}}\n  action: ALLOW\n  rules:\n    - from: [{principals: [\"spiffe://mesh.test/ns/default/sa/frontend\"]}]\n";
 
+/// Under its own name, `evil` reports errors from a service whose policy refuses it whatever it asks,
+/// absurd counts and counters that run backwards; none of it may be kept.
+async fn report_made_up_counts(cp: &ControlProc, evil: &Identity) -> SimProxy {
+    let own = sim(
+        cp,
+        evil,
+        registration("evil-1", &[("app", "evil")], "198.18.0.10"),
+    )
+    .await
+    .unwrap();
+    for report in [
+        stats(1_000, vec![entry("ratings", "v1", 10, 0)]),
+        stats(1_500, vec![entry("ratings", "v1", 5, 5)]),
+        stats(
+            2_000,
+            vec![
+                entry("ratings", "v1", 10, 0),
+                entry("ratings", "v2", 1 << 40, 1 << 40),
+                entry("reviews", "v2", 900, 900),
+            ],
+        ),
+    ] {
+        own.send(&report).await.unwrap();
+    }
+    own
+}
+
 #[test]
 fn request_counts_are_kept_only_as_their_reporter_can_have_carried_them() {
     let cp = ControlProc::start("stats");
@@ -425,29 +452,7 @@ fn request_counts_are_kept_only_as_their_reporter_can_have_carried_them() {
             .send(&stats(60_000, vec![entry("reviews", "v2", 100, 0)]))
             .await
             .unwrap();
-        // Under its own name: errors from a service whose policy refuses it whatever it asks, absurd
-        // counts and counters that run backwards are not kept.
-        let own = sim(
-            &cp,
-            &evil,
-            registration("evil-1", &[("app", "evil")], "198.18.0.10"),
-        )
-        .await
-        .unwrap();
-        for report in [
-            stats(1_000, vec![entry("ratings", "v1", 10, 0)]),
-            stats(1_500, vec![entry("ratings", "v1", 5, 5)]),
-            stats(
-                2_000,
-                vec![
-                    entry("ratings", "v1", 10, 0),
-                    entry("ratings", "v2", 1 << 40, 1 << 40),
-                    entry("reviews", "v2", 900, 900),
-                ],
-            ),
-        ] {
-            own.send(&report).await.unwrap();
-        }
+        let _own = report_made_up_counts(&cp, &evil).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let got = cp.api("GET", "/v1/stats?service=reviews", None);
         assert_eq!(got["proxiesReporting"], 1, "{got}");

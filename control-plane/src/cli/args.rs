@@ -967,31 +967,7 @@ mod tests {
     }
 
     #[test]
-    fn token_commands() {
-        let RemoteCommand::Token(TokenCommand::Create {
-            namespace,
-            service_account,
-            ttl,
-            max_uses,
-            ..
-        }) = remote(ok(&[
-            "token",
-            "create",
-            "--namespace",
-            "shop",
-            "--service-account",
-            "cart",
-        ]))
-        else {
-            panic!()
-        };
-        assert_eq!(
-            (namespace.as_str(), service_account.as_str()),
-            ("shop", "cart")
-        );
-        assert_eq!(ttl, Duration::from_secs(3600));
-        assert_eq!(max_uses, None);
-        usage_error(&["token", "create", "--namespace", "shop"]);
+    fn token_workload_claims() {
         let RemoteCommand::Token(TokenCommand::Create {
             workload, labels, ..
         }) = remote(ok(&[
@@ -1021,6 +997,34 @@ mod tests {
             "--label",
             "app=cart",
         ]);
+    }
+
+    #[test]
+    fn token_commands() {
+        let RemoteCommand::Token(TokenCommand::Create {
+            namespace,
+            service_account,
+            ttl,
+            max_uses,
+            ..
+        }) = remote(ok(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+        ]))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (namespace.as_str(), service_account.as_str()),
+            ("shop", "cart")
+        );
+        assert_eq!(ttl, Duration::from_secs(3600));
+        assert_eq!(max_uses, None);
+        usage_error(&["token", "create", "--namespace", "shop"]);
         usage_error(&[
             "token",
             "create",
