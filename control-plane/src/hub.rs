@@ -146,6 +146,8 @@ pub struct Hub {
     last_version: AtomicU64,
     pub settings: HubSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Compiled policy sets for [`Hub::may_reach`].
+    reach: crate::reach::ReachCache,
 }
 
 #[derive(Debug, Clone)]
@@ -172,8 +174,6 @@ pub enum RegisterError {
 }
 
 const CYCLES_KEPT: usize = 256;
-/// The compiled-regex limit the proxies use by default (policies' header regexes).
-const REACH_REGEX_BYTES: usize = 64 * 1024;
 
 impl Hub {
     pub fn new(
@@ -220,6 +220,7 @@ impl Hub {
             progress: watch::channel(0).0,
             next_conn: AtomicU64::new(1),
             last_version: AtomicU64::new(0),
+            reach: Default::default(),
             settings,
             metrics,
         })
@@ -287,8 +288,8 @@ impl Hub {
     }
 
     /// Whether requests from `source` can have reached `ns/service` (its `subset`) past the
-    /// authorization policies of at least one of its endpoints. A service or subset without endpoints
-    /// counts as reachable: the caller's own proxy answers those requests (503), and that is real.
+    /// authorization policies of at least one of its endpoints (see [`crate::reach`]). An unknown
+    /// service counts as reachable: nothing says otherwise.
     pub fn may_reach(
         &self,
         source: &SpiffeId,
@@ -296,29 +297,24 @@ impl Hub {
         service: &str,
         subset: Option<&str>,
     ) -> bool {
-        let st = lock(&self.state);
-        let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
-        let Some(labels) = view::endpoint_labels(&st.resources, &registered, ns, service, subset)
-        else {
-            return true;
-        };
-        if labels.is_empty() {
-            return true;
-        }
-        let mut seen: Vec<&weft_api::resources::Labels> = Vec::new();
-        labels.into_iter().any(|l| {
-            if seen.contains(&l) {
-                return false;
+        let (resources, revision, labels) = {
+            let st = lock(&self.state);
+            let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
+            let Some(found) =
+                view::endpoint_labels(&st.resources, &registered, ns, service, subset)
+            else {
+                return true;
+            };
+            let mut labels: Vec<weft_api::resources::Labels> = Vec::new();
+            for l in found {
+                if !labels.contains(l) {
+                    labels.push(l.clone());
+                }
             }
-            seen.push(l);
-            let docs: Vec<_> = view::applicable_policies(&st.resources, ns, l)
-                .into_iter()
-                .cloned()
-                .collect();
-            // A set the proxies would refuse is not in force there: nothing to hold against the caller.
-            weft_api::authz::Authorizer::compile(&docs, REACH_REGEX_BYTES)
-                .map_or(true, |a| a.may_admit(source))
-        })
+            (st.resources.clone(), st.revision, labels)
+        };
+        self.reach
+            .any_admits(&resources, revision, ns, &labels, source)
     }
 
     pub fn revision(&self) -> u64 {

@@ -14,6 +14,7 @@ pub use weft_api::persist;
 pub mod netns;
 pub mod pod;
 pub mod proxy_api;
+pub mod reach;
 pub mod resources_api;
 pub mod server;
 pub mod state_dir;
