@@ -191,9 +191,9 @@ fn a_pod_claiming_another_service_gets_none_of_its_traffic() {
 
 #[test]
 fn a_registered_name_cannot_be_taken_by_another_identity_while_it_is_away() {
-    let cp = ControlProc::start("takeover");
+    let mut cp = ControlProc::start("takeover");
     let rt = runtime();
-    rt.block_on(async {
+    let intruder = rt.block_on(async {
         let reviews = join(
             &cp,
             &cp.token("default", "reviews", 600),
@@ -227,15 +227,33 @@ fn a_registered_name_cannot_be_taken_by_another_identity_while_it_is_away() {
         assert!(err.contains("already registered"), "{err}");
         assert!(err.contains("sa/intruder"), "{err}");
         // Its holder comes back to it.
-        let _back = sim(
+        let back = sim(
             &cp,
             &reviews,
             registration("reviews-1", &[("app", "reviews")], "198.18.0.2"),
         )
         .await
         .unwrap();
+        drop(back);
+        wait_disconnected(&cp).await;
+        intruder
     });
+    drop(rt);
     assert!(cp.log().contains("config stream refused"), "{}", cp.log());
+    // A restarted control plane restores the registry, and with it who holds the name.
+    cp.restart();
+    let rt = runtime();
+    rt.block_on(async {
+        let err = sim(
+            &cp,
+            &intruder,
+            registration("reviews-1", &[("app", "reviews")], "198.18.0.9"),
+        )
+        .await
+        .err()
+        .expect("the restored name is still held");
+        assert!(err.to_string().contains("already registered"), "{err}");
+    });
 }
 
 #[test]
