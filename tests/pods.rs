@@ -195,7 +195,7 @@ fn grpc_tcp_server_first_names_and_direct_pod_addresses_are_all_intercepted() {
         "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 8080}]\n  selector: {app: web}\n---\n\
 apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo}\nspec:\n  ports: [{port: 9000}]\n  selector: {app: echo}\n---\n\
 apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: smtp}\nspec:\n  ports: [{port: 2525}]\n  selector: {app: smtp}\n---\n\
-apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: smtp-declared}\nspec:\n  ports: [{port: 2525, protocol: tcp}]\n  selector: {app: smtp}\n",
+apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: smtp-declared}\nspec:\n  ports: [{port: 2525, protocol: tcp}]\n  selector: {app: smtp}\n  serviceAccounts: [smtp]\n",
     );
     let web = mesh.pod(
         "web",

@@ -688,7 +688,7 @@ fn opaque_tcp_moves_on_from_a_refusing_endpoint_and_caps_connections() {
     // maxConnections: with two connections held open, a third is closed by the caller's sidecar, and
     // once they are gone connections go through again.
     mesh.apply(
-        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: narrow}\nspec:\n  ports: [{port: 7000, protocol: tcp}]\n  selector: {app: echo}\n  trafficPolicy:\n    connectionPool: {maxConnections: 2}\n",
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: narrow}\nspec:\n  ports: [{port: 7000, protocol: tcp}]\n  selector: {app: echo}\n  serviceAccounts: [echo]\n  trafficPolicy:\n    connectionPool: {maxConnections: 2}\n",
     );
     let tcp = |mesh: &PodMesh| mesh.exec(&client, &[&chaos, "tcp", "--addr", "narrow:7000"]);
     until(|| tcp(&mesh).status.success(), "the narrow service");

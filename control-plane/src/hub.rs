@@ -148,6 +148,8 @@ pub struct Hub {
     last_version: AtomicU64,
     pub settings: HubSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Compiled policy sets for [`Hub::may_reach`].
+    reach: crate::reach::ReachCache,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +223,7 @@ impl Hub {
             progress: watch::channel(0).0,
             next_conn: AtomicU64::new(1),
             last_version: AtomicU64::new(0),
+            reach: Default::default(),
             settings,
             metrics,
         })
@@ -327,6 +330,36 @@ impl Hub {
         crate::why::explain(&resources, &services, &workloads, td, q)
     }
 
+    /// Whether requests from `source` can have reached `ns/service` (its `subset`) past the
+    /// authorization policies of at least one of its endpoints (see [`crate::reach`]). An unknown
+    /// service counts as reachable: nothing says otherwise.
+    pub fn may_reach(
+        &self,
+        source: &SpiffeId,
+        ns: &str,
+        service: &str,
+        subset: Option<&str>,
+    ) -> bool {
+        let (resources, revision, labels) = {
+            let st = lock(&self.state);
+            let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
+            let Some(found) =
+                view::endpoint_labels(&st.resources, &registered, ns, service, subset)
+            else {
+                return true;
+            };
+            let mut labels: Vec<weft_api::resources::Labels> = Vec::new();
+            for l in found {
+                if !labels.contains(l) {
+                    labels.push(l.clone());
+                }
+            }
+            (st.resources.clone(), st.revision, labels)
+        };
+        self.reach
+            .any_admits(&resources, revision, ns, &labels, source)
+    }
+
     pub fn revision(&self) -> u64 {
         lock(&self.state).revision
     }
@@ -343,7 +376,9 @@ impl Hub {
         let now = Instant::now();
         let mut st = lock(&self.state);
         if let Some(old) = st.proxies.get(&key) {
-            if old.reg.identity != reg.identity && old.conn.is_some() {
+            // Held while registered at all (connected, within the grace period, or restored from the
+            // persisted registry): a name is not free for another identity while its proxy is away.
+            if old.reg.identity != reg.identity {
                 return Err(RegisterError::NameTaken {
                     key,
                     holder: old.reg.identity.clone(),

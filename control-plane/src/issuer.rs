@@ -1,8 +1,11 @@
 //! Workload certificate issuance: a CSR plus a join token (first start) or the proxy's current
 //! certificate (renewal) becomes a short-lived leaf for exactly the identity that credential allows.
 
+use crate::claims::{Claim, ClaimStore};
 use crate::metrics::Metrics;
+use crate::persist::StateError;
 use crate::revocation::Revocations;
+use crate::state_dir::control_plane_id;
 use crate::tokens::{TokenError, TokenStore};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,8 +38,14 @@ pub enum IssueError {
     BadCsr(CertError),
     #[error("signing failed: {0}")]
     Sign(CertError),
+    #[error("{0} is the control plane's own identity: it is never issued")]
+    ControlPlane(SpiffeId),
     #[error("cannot record the issued certificate: {0}")]
     Record(String),
+    #[error("the certificate was not issued: {0}")]
+    NotRecorded(StateError),
+    #[error("the signed certificate cannot be read back")]
+    LeafUnreadable,
 }
 
 impl IssueError {
@@ -44,7 +53,10 @@ impl IssueError {
     pub fn status(&self) -> u16 {
         match self {
             IssueError::BadCsr(_) => 400,
-            IssueError::Sign(_) | IssueError::Record(_) => 500,
+            IssueError::Sign(_)
+            | IssueError::Record(_)
+            | IssueError::NotRecorded(_)
+            | IssueError::LeafUnreadable => 500,
             _ => 403,
         }
     }
@@ -59,6 +71,9 @@ impl IssueError {
             IssueError::BadCsr(_) => "bad_csr",
             IssueError::Sign(_) => "sign_failed",
             IssueError::Record(_) => "record_failed",
+            IssueError::ControlPlane(_) => "control_plane_identity",
+            IssueError::NotRecorded(_) => "not_recorded",
+            IssueError::LeafUnreadable => "leaf_unreadable",
         }
     }
 }
@@ -67,6 +82,7 @@ pub struct Issuer {
     ca: CertificateAuthority,
     bundle_pem: String,
     tokens: Mutex<TokenStore>,
+    claims: Mutex<ClaimStore>,
     revocations: Mutex<Revocations>,
     ttl: Mutex<Duration>,
     metrics: Arc<Metrics>,
@@ -77,6 +93,7 @@ impl Issuer {
         ca: CertificateAuthority,
         bundle_pem: String,
         tokens: TokenStore,
+        claims: ClaimStore,
         revocations: Revocations,
         metrics: Arc<Metrics>,
     ) -> Issuer {
@@ -84,15 +101,11 @@ impl Issuer {
             ca,
             bundle_pem,
             tokens: Mutex::new(tokens),
+            claims: Mutex::new(claims),
             revocations: Mutex::new(revocations),
             ttl: Mutex::new(DEFAULT_TTL),
             metrics,
         }
-    }
-
-    /// The mesh CA, for the control plane's own serving certificate.
-    pub fn ca(&self) -> &CertificateAuthority {
-        &self.ca
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -103,8 +116,17 @@ impl Issuer {
         &self.bundle_pem
     }
 
+    /// The mesh CA, for the control plane's own serving certificate.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
     pub fn tokens(&self) -> std::sync::MutexGuard<'_, TokenStore> {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn claims(&self) -> std::sync::MutexGuard<'_, ClaimStore> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn revocations(&self) -> std::sync::MutexGuard<'_, Revocations> {
@@ -120,22 +142,50 @@ impl Issuer {
         *self.ttl.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// First certificate: the token decides the identity.
+    /// First certificate: the token decides the identity. The token's use is held while signing and
+    /// counted only once the certificate (and its workload claim) is recorded.
     pub fn join(&self, token: &str, csr_pem: &str) -> Result<CertificateResponse, IssueError> {
-        let res = self
-            .tokens()
-            .redeem(token)
-            .map_err(IssueError::from)
-            .and_then(|info| {
-                self.check_not_revoked(&info.identity)?;
-                self.sign(csr_pem, &info.identity, "join token", None)
-            });
+        let res = self.tokens().reserve(token).map_err(IssueError::from);
+        let res = res.and_then(|info| {
+            let issued = self.issue_for_token(&info, csr_pem);
+            let mut tokens = self.tokens();
+            match issued {
+                Ok(cert) => tokens
+                    .commit(&info.id)
+                    .map(|_| cert)
+                    .map_err(IssueError::NotRecorded),
+                Err(e) => {
+                    tokens.release(&info.id);
+                    Err(e)
+                }
+            }
+        });
         self.count(&res, "join");
         res
     }
 
-    /// Renewal: the current certificate (`serial`, lowercase hex) decides the identity; a revoked one
-    /// renews nothing, and the new leaf keeps the workload the current one was bound to.
+    fn issue_for_token(
+        &self,
+        info: &weft_api::operator::TokenInfo,
+        csr_pem: &str,
+    ) -> Result<CertificateResponse, IssueError> {
+        self.refuse_control_plane(&info.identity)?;
+        self.check_not_revoked(&info.identity)?;
+        let cert = self.sign(csr_pem, &info.identity, "join token", info.workload.clone())?;
+        if let Some(workload) = &info.workload {
+            let claim = Claim {
+                identity: info.identity.clone(),
+                workload: workload.clone(),
+                labels: info.labels.clone(),
+                not_after: 0,
+            };
+            self.bind(&cert, claim)?;
+        }
+        Ok(cert)
+    }
+
+    /// Renewal: the current certificate decides the identity, and its workload claim (if any) passes to
+    /// the new one. `serial` is the current certificate's.
     pub fn renew(
         &self,
         peer: &SpiffeId,
@@ -148,8 +198,15 @@ impl Issuer {
         {
             Err(IssueError::NotAWorkload(peer.clone()))
         } else {
-            self.check_renewable(peer, serial)
-                .and_then(|workload| self.sign(csr_pem, peer, "current certificate", workload))
+            self.refuse_control_plane(peer).and_then(|_| {
+                let workload = self.check_renewable(peer, serial)?;
+                let claim = serial.and_then(|s| self.claims().get(s).cloned());
+                let cert = self.sign(csr_pem, peer, "current certificate", workload)?;
+                match claim {
+                    Some(c) => self.bind(&cert, c).map(|_| cert),
+                    None => Ok(cert),
+                }
+            })
         };
         self.count(&res, "renew");
         res
@@ -183,6 +240,23 @@ impl Issuer {
             }),
             None => Ok(workload),
         }
+    }
+
+    /// The control plane's identity is its own: no proxy may hold it, whatever credential it shows.
+    fn refuse_control_plane(&self, id: &SpiffeId) -> Result<(), IssueError> {
+        if *id == control_plane_id(self.trust_domain()) {
+            return Err(IssueError::ControlPlane(id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Records `claim` for the leaf of `cert`; an error withholds the certificate.
+    fn bind(&self, cert: &CertificateResponse, mut claim: Claim) -> Result<(), IssueError> {
+        let (serial, not_after) = leaf_serial(&cert.chain_pem).ok_or(IssueError::LeafUnreadable)?;
+        claim.not_after = not_after;
+        self.claims()
+            .bind(&serial, claim)
+            .map_err(IssueError::NotRecorded)
     }
 
     fn count(&self, res: &Result<CertificateResponse, IssueError>, kind: &'static str) {
@@ -219,7 +293,7 @@ impl Issuer {
                 e => IssueError::Sign(e),
             })?;
         // Unrecorded, a leaf could not be revoked: refuse to hand it out.
-        let (serial, not_after) = leaf_facts(&chain)
+        let (serial, not_after) = leaf_serial(&chain)
             .ok_or_else(|| IssueError::Record("the signed leaf does not parse".into()))?;
         {
             // Recorded and checked under one lock: a revocation made while this request was signed
@@ -239,15 +313,17 @@ impl Issuer {
     }
 }
 
-/// Serial (lowercase hex) and not-after (Unix seconds) of the first certificate of a PEM chain.
-fn leaf_facts(chain_pem: &str) -> Option<(String, u64)> {
+/// The serial (lowercase hex) and expiry (unix seconds) of the first certificate in `chain_pem`.
+pub fn leaf_serial(chain_pem: &str) -> Option<(String, u64)> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).ok()?;
-    let serial = weft_certs::leaf_serial_hex(&pem.contents)?;
-    Some((
-        serial,
-        u64::try_from(cert.validity().not_after.timestamp()).ok()?,
-    ))
+    let cert = pem.parse_x509().ok()?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some((serial_hex(cert.raw_serial()), not_after))
+}
+
+/// A serial number as the claims store keys it.
+pub fn serial_hex(raw: &[u8]) -> String {
+    raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -265,21 +341,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weft-issuer-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let _ = std::fs::remove_file(dir.join("t.json"));
+        let _ = std::fs::remove_file(dir.join("c.json"));
         let tokens = TokenStore::open(dir.join("t.json"), td).unwrap();
+        let claims = ClaimStore::open(dir.join("c.json")).unwrap();
         let bundle = ca.cert_pem();
         Issuer::new(
             ca,
             bundle,
             tokens,
+            claims,
             Revocations::open(None).unwrap(),
             Arc::new(Metrics::new()),
         )
     }
 
+    fn new_token(sa: &str, max_uses: Option<u64>) -> crate::tokens::NewToken {
+        crate::tokens::NewToken {
+            namespace: "default".into(),
+            service_account: sa.into(),
+            ttl_secs: 60,
+            max_uses,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn token_binds_the_identity() {
         let iss = issuer("bind");
-        let (tok, info) = iss.tokens().create("default", "reviews", 60, None).unwrap();
+        let (tok, info) = iss.tokens().create(&new_token("reviews", None)).unwrap();
         let good = KeyAndCsr::generate(&info.identity).unwrap();
         let cert = iss.join(&tok, good.csr_pem()).unwrap();
         assert!(cert.chain_pem.contains("BEGIN CERTIFICATE"));
@@ -308,5 +397,70 @@ mod tests {
             iss.renew(&foreign, None, csr.csr_pem()),
             Err(IssueError::NotAWorkload(_))
         ));
+    }
+
+    #[test]
+    fn a_refused_csr_leaves_a_single_use_token_for_the_next_request() {
+        let iss = issuer("reserve");
+        let (tok, info) = iss.tokens().create(&new_token("pod", Some(1))).unwrap();
+        let wrong = SpiffeId::parse("spiffe://t.local/ns/default/sa/admin").unwrap();
+        let bad = KeyAndCsr::generate(&wrong).unwrap();
+        assert!(iss.join(&tok, bad.csr_pem()).is_err());
+        let good = KeyAndCsr::generate(&info.identity).unwrap();
+        assert!(iss.join(&tok, good.csr_pem()).is_ok());
+        assert!(matches!(
+            iss.join(&tok, good.csr_pem()),
+            Err(IssueError::Token(TokenError::UsedUp { uses: 1, .. }))
+        ));
+    }
+
+    #[test]
+    fn a_use_that_cannot_be_saved_fails_the_join() {
+        let iss = issuer("unsaved");
+        let (tok, info) = iss.tokens().create(&new_token("pod", Some(1))).unwrap();
+        // The token file's place becomes a directory: the count cannot be written.
+        let path = std::env::temp_dir().join(format!("weft-issuer-{}-unsaved", std::process::id()));
+        std::fs::remove_file(path.join("t.json")).unwrap();
+        std::fs::create_dir_all(path.join("t.json")).unwrap();
+        let csr = KeyAndCsr::generate(&info.identity).unwrap();
+        let e = iss.join(&tok, csr.csr_pem()).unwrap_err();
+        assert_eq!(e.status(), 500, "{e}");
+        assert_eq!(iss.tokens().list()[0].uses, 0);
+        std::fs::remove_dir(path.join("t.json")).unwrap();
+    }
+
+    #[test]
+    fn the_control_planes_identity_is_never_issued() {
+        let iss = issuer("cp");
+        let cp = control_plane_id(iss.trust_domain());
+        let csr = KeyAndCsr::generate(&cp).unwrap();
+        assert!(matches!(
+            iss.renew(&cp, None, csr.csr_pem()),
+            Err(IssueError::ControlPlane(_))
+        ));
+        let mut req = new_token("weft-control", None);
+        req.namespace = "weft-system".into();
+        assert!(iss.tokens().create(&req).is_err());
+    }
+
+    #[test]
+    fn a_claim_follows_the_certificate_through_renewal() {
+        let iss = issuer("claim");
+        let mut req = new_token("reviews", Some(1));
+        req.workload = Some("reviews-1".into());
+        req.labels = [("app".to_string(), "reviews".to_string())].into();
+        let (tok, info) = iss.tokens().create(&req).unwrap();
+        let csr = KeyAndCsr::generate(&info.identity).unwrap();
+        let first = iss.join(&tok, csr.csr_pem()).unwrap();
+        let (serial, _) = leaf_serial(&first.chain_pem).unwrap();
+        assert_eq!(iss.claims().get(&serial).unwrap().workload, "reviews-1");
+        let renewed = iss
+            .renew(&info.identity, Some(&serial), csr.csr_pem())
+            .unwrap();
+        let (serial2, _) = leaf_serial(&renewed.chain_pem).unwrap();
+        assert_ne!(serial, serial2);
+        let first_claim = iss.claims().get(&serial).cloned();
+        let carried = iss.claims().get(&serial2).cloned();
+        assert_eq!(carried.map(|c| c.workload), first_claim.map(|c| c.workload));
     }
 }

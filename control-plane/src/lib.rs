@@ -2,6 +2,7 @@
 //! connected proxies and the config push (`weft-control`), and the operator CLI (`weftctl`).
 
 pub mod ca_dir;
+pub mod claims;
 pub mod cli;
 pub mod config_dir;
 pub mod http_util;
@@ -13,6 +14,7 @@ pub use weft_api::persist;
 pub mod netns;
 pub mod pod;
 pub mod proxy_api;
+pub mod reach;
 pub mod resources_api;
 pub mod revocation;
 pub mod server;

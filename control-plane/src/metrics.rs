@@ -36,6 +36,8 @@ pub struct Metrics {
     revoked_serials: Gauge,
     api_refused: Family<ReasonLabels, Counter>,
     serving_rotations: Family<ResultLabels, Counter>,
+    registrations_refused: Family<ReasonLabels, Counter>,
+    stats_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -60,6 +62,8 @@ impl Metrics {
             revoked_serials: Gauge::default(),
             api_refused: Family::default(),
             serving_rotations: Family::default(),
+            registrations_refused: Family::default(),
+            stats_dropped: Family::default(),
         };
         registry.register(
             "proxies_connected",
@@ -117,6 +121,16 @@ impl Metrics {
             "Renewals of the proxy API's own certificate, by result (ok, failed)",
             m.serving_rotations.clone(),
         );
+        registry.register(
+            "registrations_refused",
+            "Config streams refused at registration, by reason",
+            m.registrations_refused.clone(),
+        );
+        registry.register(
+            "stats_entries_dropped",
+            "Request-count entries from proxies that were not kept, by reason",
+            m.stats_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -153,6 +167,18 @@ impl Metrics {
         self.serving_rotations
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+    pub fn registration_refused(&self, reason: &'static str) {
+        self.registrations_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+    pub fn stats_dropped(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.stats_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(n);
+        }
     }
     pub fn apply(&self, result: &'static str) {
         self.applies.get_or_create(&ResultLabels { result }).inc();

@@ -197,18 +197,23 @@ async fn create_token(req: Request<Incoming>, cp: &ControlPlane) -> Response<Bod
         Ok(b) => b,
         Err(r) => return r,
     };
-    let res = cp.issuer.tokens().create(
-        &body.namespace,
-        &body.service_account,
-        body.ttl_secs,
-        body.max_uses,
-    );
+    let res = cp.issuer.tokens().create(&crate::tokens::NewToken {
+        namespace: body.namespace,
+        service_account: body.service_account,
+        ttl_secs: body.ttl_secs,
+        max_uses: body.max_uses,
+        workload: body.workload,
+        labels: body.labels,
+    });
     match res {
         Ok((token, info)) => {
-            tracing::info!(id = %info.id, identity = %info.identity, ttl_secs = body.ttl_secs, "join token created");
+            tracing::info!(id = %info.id, identity = %info.identity, workload = ?info.workload, ttl_secs = info.expires_at - info.created_at, "join token created");
             http_util::json(StatusCode::CREATED, &TokenCreated { token, info })
         }
-        Err(e) => create_error(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "join token refused");
+            create_error(e)
+        }
     }
 }
 
@@ -267,7 +272,10 @@ async fn why(req: Request<Incoming>, cp: &ControlPlane) -> Response<Body> {
 
 fn create_error(e: CreateError) -> Response<Body> {
     let status = match e {
-        CreateError::Identity(_) => StatusCode::BAD_REQUEST,
+        CreateError::Identity(_)
+        | CreateError::ControlPlane(_)
+        | CreateError::TooLong { .. }
+        | CreateError::Claim(_) => StatusCode::BAD_REQUEST,
         CreateError::NotFound(_) => StatusCode::NOT_FOUND,
         CreateError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };

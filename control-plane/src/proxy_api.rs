@@ -38,7 +38,8 @@ struct Peer {
     addr: SocketAddr,
     id: Option<SpiffeId>,
     cert_not_after: Option<u64>,
-    /// The client certificate's serial (lowercase hex), for revocation.
+    /// The client certificate's serial (lowercase hex): for revocation, and what a workload claim is
+    /// bound to.
     serial: Option<String>,
 }
 
@@ -197,6 +198,7 @@ fn http2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     builder
 }
 
+/// The leaf's expiry (unix seconds).
 fn not_after(der: &[u8]) -> Option<u64> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     u64::try_from(cert.validity().not_after.timestamp()).ok()
@@ -264,9 +266,12 @@ async fn config_stream(
             Err(_) => return bad_stream(peer, format!("no hello within {HELLO_TIMEOUT:?}")),
         };
     decoder.set_limit(MAX_STREAM_MESSAGE);
-    let reg = match registration(hello, &id, cp) {
+    let reg = match registration(hello, &id, peer.serial.as_deref(), cp) {
         Ok(r) => r,
-        Err(e) => return bad_stream(peer, e),
+        Err((reason, e)) => {
+            cp.metrics.registration_refused(reason);
+            return bad_stream(peer, e);
+        }
     };
     let key = format!("{}/{}", reg.namespace, reg.registration.name);
     if let Err(e) = check_revocation(cp, peer, &id, &key) {
@@ -277,6 +282,7 @@ async fn config_stream(
     let (conn_id, outbox) = match cp.hub.connect(reg, peer.cert_not_after) {
         Ok(x) => x,
         Err(e) => {
+            cp.metrics.registration_refused("name_taken");
             tracing::warn!(peer = %peer.addr, error = %e, "config stream refused");
             return http_util::error(StatusCode::CONFLICT, e.to_string(), vec![]);
         }
@@ -284,6 +290,7 @@ async fn config_stream(
     tracing::info!(proxy = %key, %id, peer = %peer.addr, "proxy connected");
     let hub = cp.hub.clone();
     let addr = peer.addr;
+    let identity = id.clone();
     let cp_stats = cp.clone();
     cp.tasks.spawn(async move {
         let reason = loop {
@@ -293,7 +300,15 @@ async fn config_stream(
                     hub.nack(&key, conn_id, version, reason)
                 }
                 Ok(Some(FromProxy::Ready { ready })) => hub.set_ready(&key, conn_id, ready),
-                Ok(Some(FromProxy::Stats(report))) => cp_stats.stats.update(&key, conn_id, report),
+                Ok(Some(FromProxy::Stats(report))) => {
+                    let reach = |ns: &str, svc: &str, subset: Option<&str>| {
+                        hub.may_reach(&identity, ns, svc, subset)
+                    };
+                    let metrics = &cp_stats.metrics;
+                    cp_stats
+                        .stats
+                        .update(&key, &identity, conn_id, report, metrics, reach)
+                }
                 Ok(Some(FromProxy::Hello(_))) => break "a second hello".to_string(),
                 Ok(None) => break "stream closed".to_string(),
                 Err(e) => break e,
@@ -316,34 +331,48 @@ async fn config_stream(
     Response::new(BodyExt::boxed(StreamBody::new(frames)))
 }
 
+/// What a proxy may register: its namespace is its certificate's, its service account is never the
+/// control plane's, and a certificate bound to a workload claim registers exactly that workload. On
+/// refusal: a metrics label and the reason, naming the field and the identity.
 fn registration(
     hello: Hello,
     id: &SpiffeId,
+    serial: Option<&str>,
     cp: &ControlPlane,
-) -> Result<crate::hub::Registered, String> {
+) -> Result<crate::hub::Registered, (&'static str, String)> {
     if hello.protocol != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol {} is not spoken here (this control plane speaks {PROTOCOL_VERSION})",
-            hello.protocol
+        return Err((
+            "protocol",
+            format!(
+                "protocol {} is not spoken here (this control plane speaks {PROTOCOL_VERSION})",
+                hello.protocol
+            ),
         ));
     }
     if id.trust_domain() != cp.issuer.trust_domain().as_str() {
-        return Err(format!("{id} is not in this mesh's trust domain"));
-    }
-    let namespace = id
-        .namespace()
-        .ok_or_else(|| format!("{id} is not a workload identity (no /ns/.../sa/...)"))?;
-    let name = &hello.workload.name;
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if !valid {
-        return Err(format!(
-            "workload name {name:?} must be lowercase letters, digits, '-' or '.'"
+        return Err((
+            "trust_domain",
+            format!("{id} is not in this mesh's trust domain"),
         ));
     }
+    if *id == crate::state_dir::control_plane_id(cp.issuer.trust_domain()) {
+        return Err((
+            "control_plane_identity",
+            format!("{id} is the control plane's own identity; no workload registers with it"),
+        ));
+    }
+    let namespace = id.namespace().ok_or_else(|| {
+        (
+            "not_a_workload",
+            format!("{id} is not a workload identity (no /ns/.../sa/...)"),
+        )
+    })?;
+    crate::claims::check_workload_name(&hello.workload.name)
+        .map_err(|e| ("bad_name", format!("workload.name: {e}")))?;
+    cp.issuer
+        .claims()
+        .check(serial, id, &hello.workload)
+        .map_err(|e| (e.label(), e.to_string()))?;
     Ok(crate::hub::Registered {
         namespace: namespace.to_string(),
         identity: id.clone(),

@@ -40,6 +40,8 @@ pub struct Options {
     pub serving_ttl: Duration,
     /// Connection limits of the proxy API.
     pub api_limits: proxy_api::Limits,
+    /// The longest a join token may be created for.
+    pub max_token_ttl: Duration,
 }
 
 /// What every handler shares.
@@ -127,7 +129,9 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         );
     }
     let metrics = Arc::new(Metrics::new());
-    let tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
+    let mut tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
+    tokens.set_max_ttl(opts.max_token_ttl);
+    let claims = crate::claims::ClaimStore::open(state.path("claims.json"))?;
     let registry_path = state.path("registry.json");
     let restored: Vec<Registered> = persist::read_json(&registry_path)?.unwrap_or_default();
     if !restored.is_empty() {
@@ -181,7 +185,14 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         dir: state_dir,
         ..
     } = state;
-    let issuer = Issuer::new(ca.ca, bundle_pem, tokens, revocations, metrics.clone());
+    let issuer = Issuer::new(
+        ca.ca,
+        bundle_pem,
+        tokens,
+        claims,
+        revocations,
+        metrics.clone(),
+    );
     let api = match &opts.api_netns {
         None => TcpListener::bind(opts.api_listen).await,
         Some(ns) => crate::netns::bind_in(ns, opts.api_listen),

@@ -6,6 +6,7 @@
 //! DIR/control.crt, control.key        the control plane's own serving certificate (renewed while running)
 //! DIR/revocations.json                issued leaf serials and the revocations in force
 //! DIR/tokens.json                     join tokens (secrets hashed)
+//! DIR/claims.json                     workload claims bound to certificate serials
 //! DIR/resources.json                  resources applied through the API
 //! DIR/registry.json                   registered workloads, kept across restarts
 //! ```

@@ -3,8 +3,16 @@
 //! A token reads `wjt.<id>.<secret>`. Only the SHA-256 of the secret is stored; a token may be used by
 //! every replica of a workload until it expires or is revoked (the count of uses is kept for audit), unless
 //! it was created with a use limit (the pod runner's tokens are single-use).
+//!
+//! A use is counted only once a certificate is issued: [`TokenStore::reserve`] holds a use while the CSR
+//! is signed, [`TokenStore::commit`] records it (and fails the issuance if it cannot be saved, so a
+//! restart never revives a used token), [`TokenStore::release`] gives it back when signing failed.
+//!
+//! A token may carry a workload claim (a name and exact labels): the certificates it issues may register
+//! only that workload (see [`crate::claims`]). No token is ever made for the control plane's own identity.
 
 use crate::persist::{self, StateError};
+use crate::state_dir::control_plane_id;
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -12,14 +20,32 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 use weft_api::operator::TokenInfo;
+use weft_api::resources::Labels;
 use weft_certs::{SpiffeId, TrustDomain};
 
 const PREFIX: &str = "wjt";
+/// Longest a token may be created for, unless `weft-control --max-token-ttl` says otherwise.
+pub const DEFAULT_MAX_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     info: TokenInfo,
     secret_sha256: String,
+    /// Uses held by certificate requests being signed (not persisted: a restart ends them).
+    #[serde(skip)]
+    reserved: u64,
+}
+
+/// What a token is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct NewToken {
+    pub namespace: String,
+    pub service_account: String,
+    pub ttl_secs: u64,
+    pub max_uses: Option<u64>,
+    /// The only workload name its certificates may register, with exactly `labels`.
+    pub workload: Option<String>,
+    pub labels: Labels,
 }
 
 /// Why a token was refused; the text goes back to the proxy.
@@ -37,6 +63,8 @@ pub enum TokenError {
     Expired { id: String, ago: u64 },
     #[error("join token {id} was already used {uses} time(s), its limit")]
     UsedUp { id: String, uses: u64 },
+    #[error("join token {0} names the control plane's own identity, which is never issued")]
+    ControlPlane(String),
 }
 
 impl TokenError {
@@ -49,6 +77,7 @@ impl TokenError {
             TokenError::Revoked(_) => "revoked",
             TokenError::Expired { .. } => "expired",
             TokenError::UsedUp { .. } => "used_up",
+            TokenError::ControlPlane(_) => "control_plane_identity",
         }
     }
 }
@@ -57,6 +86,7 @@ pub struct TokenStore {
     path: PathBuf,
     trust_domain: TrustDomain,
     records: BTreeMap<String, Record>,
+    max_ttl_secs: u64,
 }
 
 pub fn now_secs() -> u64 {
@@ -73,26 +103,36 @@ impl TokenStore {
             path,
             trust_domain,
             records,
+            max_ttl_secs: DEFAULT_MAX_TTL.as_secs(),
         })
+    }
+
+    /// The longest TTL [`create`](Self::create) accepts.
+    pub fn set_max_ttl(&mut self, max: std::time::Duration) {
+        self.max_ttl_secs = max.as_secs();
     }
 
     fn save(&self) -> Result<(), StateError> {
         persist::write_json(&self.path, &self.records, 0o600)
     }
 
-    /// Creates a token for `ns/sa`, good for `max_uses` certificates (None: any number). Returns the
-    /// secret token (shown once) and its record.
-    pub fn create(
-        &mut self,
-        namespace: &str,
-        service_account: &str,
-        ttl_secs: u64,
-        max_uses: Option<u64>,
-    ) -> Result<(String, TokenInfo), CreateError> {
-        check_name("namespace", namespace)?;
-        check_name("service account", service_account)?;
-        let identity = SpiffeId::for_workload(&self.trust_domain, namespace, service_account)
-            .map_err(|e| CreateError::Identity(e.to_string()))?;
+    /// Creates a token as `req` asks. Returns the secret token (shown once) and its record.
+    pub fn create(&mut self, req: &NewToken) -> Result<(String, TokenInfo), CreateError> {
+        check_name("namespace", &req.namespace)?;
+        check_name("service account", &req.service_account)?;
+        let identity =
+            SpiffeId::for_workload(&self.trust_domain, &req.namespace, &req.service_account)
+                .map_err(|e| CreateError::Identity(e.to_string()))?;
+        if identity == control_plane_id(&self.trust_domain) {
+            return Err(CreateError::ControlPlane(identity));
+        }
+        if req.ttl_secs > self.max_ttl_secs {
+            return Err(CreateError::TooLong {
+                asked: req.ttl_secs,
+                max: self.max_ttl_secs,
+            });
+        }
+        check_claim(req)?;
         let mut raw = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut raw);
         let id = hex::encode(raw);
@@ -102,33 +142,41 @@ impl TokenStore {
         let now = now_secs();
         let info = TokenInfo {
             id: id.clone(),
-            namespace: namespace.to_string(),
-            service_account: service_account.to_string(),
+            namespace: req.namespace.clone(),
+            service_account: req.service_account.clone(),
             identity,
             created_at: now,
-            expires_at: now.saturating_add(ttl_secs),
+            expires_at: now.saturating_add(req.ttl_secs),
             revoked: false,
             uses: 0,
-            max_uses,
+            max_uses: req.max_uses,
+            workload: req.workload.clone(),
+            labels: req.labels.clone(),
         };
         self.records.insert(
             id.clone(),
             Record {
                 info: info.clone(),
                 secret_sha256: digest(&secret),
+                reserved: 0,
             },
         );
-        self.save()?;
+        if let Err(e) = self.save() {
+            self.records.remove(&id);
+            return Err(e.into());
+        }
         Ok((format!("{PREFIX}.{id}.{secret}"), info))
     }
 
-    /// Checks a presented token; on success counts the use and returns what it is bound to.
-    pub fn redeem(&mut self, token: &str) -> Result<TokenInfo, TokenError> {
+    /// Checks a presented token and holds one of its uses until [`commit`](Self::commit) or
+    /// [`release`](Self::release); returns what it is bound to.
+    pub fn reserve(&mut self, token: &str) -> Result<TokenInfo, TokenError> {
         let mut parts = token.trim().splitn(3, '.');
         let (Some(PREFIX), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
+        let cp_id = control_plane_id(&self.trust_domain);
         let rec = self
             .records
             .get_mut(id)
@@ -139,6 +187,10 @@ impl TokenStore {
         if rec.info.revoked {
             return Err(TokenError::Revoked(id.to_string()));
         }
+        if rec.info.identity == cp_id {
+            // Made before such tokens were refused: never honoured.
+            return Err(TokenError::ControlPlane(id.to_string()));
+        }
         let now = now_secs();
         if now >= rec.info.expires_at {
             return Err(TokenError::Expired {
@@ -147,20 +199,40 @@ impl TokenStore {
             });
         }
         if let Some(max) = rec.info.max_uses {
-            if rec.info.uses >= max {
+            if rec.info.uses.saturating_add(rec.reserved) >= max {
                 return Err(TokenError::UsedUp {
                     id: id.to_string(),
                     uses: rec.info.uses,
                 });
             }
         }
+        rec.reserved += 1;
+        Ok(rec.info.clone())
+    }
+
+    /// A certificate was issued with token `id`: counts the use, durably. An error means the count
+    /// could not be saved and the certificate must not be handed out.
+    pub fn commit(&mut self, id: &str) -> Result<TokenInfo, StateError> {
+        let Some(rec) = self.records.get_mut(id) else {
+            return Err(StateError::Gone(id.to_string()));
+        };
+        rec.reserved = rec.reserved.saturating_sub(1);
         rec.info.uses += 1;
         let info = rec.info.clone();
         if let Err(e) = self.save() {
-            // The use count is audit data; failing to record it must not refuse a valid token.
-            tracing::warn!(error = %e, "cannot record a join token use");
+            if let Some(rec) = self.records.get_mut(id) {
+                rec.info.uses -= 1;
+            }
+            return Err(e);
         }
         Ok(info)
+    }
+
+    /// The request holding a use of token `id` failed: the use is free again.
+    pub fn release(&mut self, id: &str) {
+        if let Some(rec) = self.records.get_mut(id) {
+            rec.reserved = rec.reserved.saturating_sub(1);
+        }
     }
 
     pub fn revoke(&mut self, id: &str) -> Result<TokenInfo, CreateError> {
@@ -185,6 +257,12 @@ pub enum CreateError {
     Identity(String),
     #[error("no join token with id {0}")]
     NotFound(String),
+    #[error("{0} is the control plane's own identity: no join token is made for it")]
+    ControlPlane(SpiffeId),
+    #[error("a join token may live at most {max}s (weft-control --max-token-ttl); {asked}s was asked for")]
+    TooLong { asked: u64, max: u64 },
+    #[error("{0}")]
+    Claim(String),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -205,6 +283,28 @@ fn check_name(what: &'static str, name: &str) -> Result<(), CreateError> {
             "{what} {name:?} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
         )))
     }
+}
+
+/// A workload claim: a pod-style name (lowercase, digits, '-', '.') and valid labels; labels only with a
+/// name, since what they bind is that workload's registration.
+fn check_claim(req: &NewToken) -> Result<(), CreateError> {
+    let Some(name) = &req.workload else {
+        if req.labels.is_empty() {
+            return Ok(());
+        }
+        return Err(CreateError::Claim(
+            "labels: a token's labels bind one workload; give its name too (workload)".into(),
+        ));
+    };
+    if let Err(e) = crate::claims::check_workload_name(name) {
+        return Err(CreateError::Claim(format!("workload: {e}")));
+    }
+    for (k, v) in &req.labels {
+        weft_api::resources::label_key(k)
+            .and_then(|_| weft_api::resources::label_value(v))
+            .map_err(|e| CreateError::Claim(format!("labels: {e}")))?;
+    }
+    Ok(())
 }
 
 fn digest(secret: &str) -> String {
@@ -231,43 +331,100 @@ mod tests {
         .unwrap()
     }
 
+    fn req(sa: &str, ttl_secs: u64, max_uses: Option<u64>) -> NewToken {
+        NewToken {
+            namespace: "default".into(),
+            service_account: sa.into(),
+            ttl_secs,
+            max_uses,
+            ..Default::default()
+        }
+    }
+
+    /// Reserve and commit at once: what a successful join does.
+    fn redeem(s: &mut TokenStore, tok: &str) -> Result<TokenInfo, TokenError> {
+        let info = s.reserve(tok)?;
+        Ok(s.commit(&info.id).unwrap())
+    }
+
     #[test]
     fn create_redeem_revoke_and_persist() {
         let mut s = store("crr");
-        let (tok, info) = s.create("default", "reviews", 3600, None).unwrap();
+        let (tok, info) = s.create(&req("reviews", 3600, None)).unwrap();
         assert_eq!(
             info.identity.as_str(),
             "spiffe://t.local/ns/default/sa/reviews"
         );
-        assert_eq!(s.redeem(&tok).unwrap().uses, 1);
+        assert_eq!(redeem(&mut s, &tok).unwrap().uses, 1);
         let reopened = TokenStore::open(s.path.clone(), s.trust_domain.clone()).unwrap();
         assert_eq!(reopened.list()[0].uses, 1);
         s.revoke(&info.id).unwrap();
-        assert_eq!(s.redeem(&tok), Err(TokenError::Revoked(info.id.clone())));
+        assert_eq!(
+            redeem(&mut s, &tok),
+            Err(TokenError::Revoked(info.id.clone()))
+        );
     }
 
     #[test]
     fn refusals_say_why() {
         let mut s = store("why");
-        let (tok, info) = s.create("default", "a", 0, None).unwrap();
-        assert!(matches!(s.redeem(&tok), Err(TokenError::Expired { .. })));
-        assert_eq!(s.redeem("nonsense"), Err(TokenError::Malformed));
+        let (tok, info) = s.create(&req("a", 0, None)).unwrap();
+        assert!(matches!(
+            redeem(&mut s, &tok),
+            Err(TokenError::Expired { .. })
+        ));
+        assert_eq!(redeem(&mut s, "nonsense"), Err(TokenError::Malformed));
         assert_eq!(
-            s.redeem("wjt.0000.x"),
+            redeem(&mut s, "wjt.0000.x"),
             Err(TokenError::Unknown("0000".into()))
         );
         let forged = format!("wjt.{}.{}", info.id, "0".repeat(48));
-        assert_eq!(s.redeem(&forged), Err(TokenError::BadSecret(info.id)));
-        assert!(s.create("Bad_NS", "a", 10, None).is_err());
+        assert_eq!(redeem(&mut s, &forged), Err(TokenError::BadSecret(info.id)));
+        let mut bad = req("a", 10, None);
+        bad.namespace = "Bad_NS".into();
+        assert!(s.create(&bad).is_err());
+    }
+
+    #[test]
+    fn a_released_use_is_free_again_and_a_held_one_is_not() {
+        let mut s = store("held");
+        let (tok, _) = s.create(&req("pod", 60, Some(1))).unwrap();
+        let held = s.reserve(&tok).unwrap();
+        assert!(matches!(
+            s.reserve(&tok),
+            Err(TokenError::UsedUp { uses: 0, .. })
+        ));
+        s.release(&held.id);
+        assert_eq!(redeem(&mut s, &tok).unwrap().uses, 1);
+    }
+
+    #[test]
+    fn too_long_lived_control_plane_and_half_claimed_tokens_are_refused() {
+        let mut s = store("limits");
+        let e = s.create(&req("a", 25 * 3600, None)).unwrap_err();
+        assert!(e.to_string().contains("at most 86400s"), "{e}");
+        s.set_max_ttl(std::time::Duration::from_secs(48 * 3600));
+        assert!(s.create(&req("a", 25 * 3600, None)).is_ok());
+        let mut cp = req("weft-control", 60, None);
+        cp.namespace = "weft-system".into();
+        assert!(matches!(s.create(&cp), Err(CreateError::ControlPlane(_))));
+        let mut labels_only = req("a", 60, None);
+        labels_only.labels = [("app".to_string(), "a".to_string())].into();
+        assert!(matches!(s.create(&labels_only), Err(CreateError::Claim(_))));
+        labels_only.workload = Some("Bad Name".into());
+        assert!(matches!(s.create(&labels_only), Err(CreateError::Claim(_))));
+        labels_only.workload = Some("a-1".into());
+        let (_, info) = s.create(&labels_only).unwrap();
+        assert_eq!(info.workload.as_deref(), Some("a-1"));
     }
 
     #[test]
     fn a_single_use_token_works_once() {
         let mut s = store("once");
-        let (tok, info) = s.create("default", "pod", 60, Some(1)).unwrap();
-        assert_eq!(s.redeem(&tok).unwrap().max_uses, Some(1));
+        let (tok, info) = s.create(&req("pod", 60, Some(1))).unwrap();
+        assert_eq!(redeem(&mut s, &tok).unwrap().max_uses, Some(1));
         assert_eq!(
-            s.redeem(&tok),
+            redeem(&mut s, &tok),
             Err(TokenError::UsedUp {
                 id: info.id,
                 uses: 1

@@ -224,7 +224,11 @@ pub fn services_view(
             let sel = &svc.spec.selector;
             let mut endpoints: Vec<Endpoint> = registered
                 .iter()
-                .filter(|r| &r.namespace == ns && selects(sel, &r.registration.labels))
+                .filter(|r| {
+                    &r.namespace == ns
+                        && selects(sel, &r.registration.labels)
+                        && serves(svc, &r.identity)
+                })
                 .map(|r| Endpoint {
                     workload: r.registration.name.clone(),
                     address: r.registration.address,
@@ -253,6 +257,49 @@ pub fn services_view(
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     out
+}
+
+/// The labels of `ns/name`'s endpoints (registered and static), only those whose `version` is `subset`
+/// when one is given; `None` when there is no such service.
+pub fn endpoint_labels<'a>(
+    res: &'a MeshResources,
+    registered: &[&'a Registered],
+    ns: &str,
+    name: &str,
+    subset: Option<&str>,
+) -> Option<Vec<&'a Labels>> {
+    let svc = res
+        .services
+        .iter()
+        .find(|s| s.metadata.namespace == ns && s.metadata.name == name)?;
+    let sel = &svc.spec.selector;
+    let in_subset =
+        |l: &Labels| subset.is_none_or(|v| l.get("version").map(String::as_str) == Some(v));
+    let registered = registered
+        .iter()
+        .filter(|r| {
+            r.namespace == ns && selects(sel, &r.registration.labels) && serves(svc, &r.identity)
+        })
+        .map(|r| &r.registration.labels);
+    let statics = res
+        .workloads
+        .iter()
+        .filter(|w| w.metadata.namespace == ns && selects(sel, &w.metadata.labels))
+        .map(|w| &w.metadata.labels);
+    Some(registered.chain(statics).filter(|l| in_subset(l)).collect())
+}
+
+/// Whether a registered proxy with `identity` may be an endpoint of `svc`: its service account is one
+/// the service names (`serviceAccounts`, by default the service's own name). Labels are the workload's
+/// word; the service account is its certificate's.
+pub fn serves(svc: &Document<ServiceSpec>, identity: &SpiffeId) -> bool {
+    let Some(sa) = identity.service_account() else {
+        return false;
+    };
+    match &svc.spec.service_accounts {
+        Some(allowed) => allowed.iter().any(|a| a == sa),
+        None => sa == svc.metadata.name,
+    }
 }
 
 fn static_endpoint(w: &Document<WorkloadSpec>, td: &TrustDomain) -> Endpoint {
@@ -323,6 +370,7 @@ mod tests {
                         protocol: Default::default(),
                     }],
                     selector: meta("", "", &[("app", "reviews")]).labels,
+                    service_accounts: None,
                     traffic_policy: None,
                 },
             }],
@@ -354,6 +402,25 @@ mod tests {
             .collect();
         assert_eq!(eps, ["reviews-1", "legacy"]);
         assert!(view[0].endpoints[1].identity.is_none());
+    }
+
+    #[test]
+    fn registered_endpoints_need_a_service_account_the_service_names() {
+        let td = TrustDomain::new("t.local").unwrap();
+        let mut impostor = reg("default", "reviews-9", "frontend", "198.18.0.7");
+        impostor.registration.labels = meta("", "", &[("app", "reviews")]).labels;
+        let real = reg("default", "reviews-1", "reviews", "198.18.0.2");
+        let mut res = resources();
+        let names = |res: &MeshResources| -> Vec<String> {
+            services_view(res, &[&real, &impostor], &td, &no_vips())[0]
+                .endpoints
+                .iter()
+                .map(|e| e.workload.clone())
+                .collect()
+        };
+        assert_eq!(names(&res), ["reviews-1", "legacy"]);
+        res.services[0].spec.service_accounts = Some(vec!["frontend".into()]);
+        assert_eq!(names(&res), ["reviews-9", "legacy"]);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! | GET | `/v1/revocations` | → `[Revocation]` |
 //! | POST | `/v1/revocations/remove` | [`RevocationTarget`] → [`Revocation`] (the one lifted) |
 
-use crate::resources::ResourceKey;
+use crate::resources::{Labels, ResourceKey};
 use serde::{Deserialize, Serialize};
 use weft_certs::SpiffeId;
 
@@ -153,6 +153,12 @@ pub struct TokenRequest {
     /// replica of a workload may share one). The pod runner asks for 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u64>,
+    /// Workload claim: a proxy that joined with this token may register only this workload name...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// ...with exactly these labels (only together with `workload`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +185,12 @@ pub struct TokenInfo {
     /// The most it may issue; absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u64>,
+    /// The only workload name its certificates may register; absent: any name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The exact labels that workload must register (with `workload`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +285,9 @@ pub struct SubsetStats {
 pub struct ProxyStats {
     /// `namespace/name` of the reporting proxy.
     pub proxy: String,
+    /// The identity of its certificate: every count it reports is of its own requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
     /// How long this proxy has been counting (its counters start at zero when it starts), as of the
     /// control plane's answer.
     pub counting_ms: u64,

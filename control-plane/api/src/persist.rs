@@ -23,6 +23,8 @@ pub enum StateError {
         "{path} is damaged: {reason}; restore it from a backup or move it away to start without it"
     )]
     Corrupt { path: PathBuf, reason: String },
+    #[error("record {0} is no longer there")]
+    Gone(String),
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix: temp file,

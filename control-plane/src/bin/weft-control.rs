@@ -72,6 +72,9 @@ struct Cli {
     /// Proxy API connections at once from one client address; more are closed at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     api_max_connections_per_client: u32,
+    /// The longest a join token may be created for (`weftctl token create --ttl`); longer is refused.
+    #[arg(long, default_value = "24h")]
+    max_token_ttl: Duration,
     /// Log format on stderr (levels from WEFT_LOG, default info).
     #[arg(long, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
     log_format: LogFormat,
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             max_per_client: cli.api_max_connections_per_client as usize,
             ..Default::default()
         },
+        max_token_ttl: cli.max_token_ttl.get(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -140,7 +140,8 @@ pub struct PodRunArgs {
     pub name: String,
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
-    /// Service account (identity ns/NAMESPACE/sa/SA); default: --service, else the pod name.
+    /// Service account (identity ns/NAMESPACE/sa/SA); default: --service, else the pod name. A Service
+    /// takes the pod as an endpoint only if it lists this account (`serviceAccounts`, default its name).
     #[arg(long)]
     pub service_account: Option<String>,
     /// Adds the label app=SERVICE (what a Service's selector matches).
@@ -644,9 +645,14 @@ pub enum TokenCommand {
     #[command(
         long_about = "Create a join token bound to one service account.\n\nThe token alone is printed on \
                       stdout, so it can be captured by a script; its id, identity and expiry go to stderr. \
-                      The secret is shown only this once.",
+                      The secret is shown only this once. The control plane refuses a --ttl above its \
+                      --max-token-ttl (24h unless set) and any token for its own identity \
+                      (weft-system/weft-control). With --workload (and --label), the certificates it \
+                      obtains may register only that workload with exactly those labels.",
         after_long_help = "Examples:\n  weftctl token create --namespace default --service-account reviews\n  \
-                           TOKEN=$(weftctl token create --namespace shop --service-account cart --ttl 10m)"
+                           TOKEN=$(weftctl token create --namespace shop --service-account cart --ttl 10m)\n  \
+                           weftctl token create --namespace default --service-account reviews --max-uses 1 \\\n    \
+                           --workload reviews-v2 --label app=reviews --label version=v2"
     )]
     Create {
         #[arg(long, value_parser = name)]
@@ -660,6 +666,13 @@ pub enum TokenCommand {
         /// replicas of a workload can share it); 1 makes it single-use.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         max_uses: Option<u64>,
+        /// Bind the token to one workload: a proxy that joins with it may register only this workload
+        /// name (and exactly the --label pairs given), before and after renewals.
+        #[arg(long, value_name = "NAME")]
+        workload: Option<String>,
+        /// A label KEY=VALUE the bound workload must register (repeatable; needs --workload).
+        #[arg(long = "label", value_parser = label, requires = "workload")]
+        labels: Vec<(String, String)>,
     },
     /// List join tokens with their identity, state, expiry and use count (never their secrets).
     #[command(after_long_help = "Examples:\n  weftctl token list\n  weftctl token list -o json")]
@@ -983,12 +996,46 @@ mod tests {
     }
 
     #[test]
+    fn token_workload_claims() {
+        let RemoteCommand::Token(TokenCommand::Create {
+            workload, labels, ..
+        }) = remote(ok(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+            "--workload",
+            "cart-1",
+            "--label",
+            "app=cart",
+        ]))
+        else {
+            panic!()
+        };
+        assert_eq!(workload.as_deref(), Some("cart-1"));
+        assert_eq!(labels, [("app".to_string(), "cart".to_string())]);
+        usage_error(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+            "--label",
+            "app=cart",
+        ]);
+    }
+
+    #[test]
     fn token_commands() {
         let RemoteCommand::Token(TokenCommand::Create {
             namespace,
             service_account,
             ttl,
             max_uses,
+            ..
         }) = remote(ok(&[
             "token",
             "create",

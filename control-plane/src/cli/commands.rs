@@ -118,7 +118,19 @@ pub async fn run(
             service_account,
             ttl,
             max_uses,
-        }) => token_create(&client, namespace, service_account, ttl, max_uses, now).await,
+            workload,
+            labels,
+        }) => {
+            let req = TokenRequest {
+                namespace,
+                service_account,
+                ttl_secs: ttl.get().as_secs(),
+                max_uses,
+                workload,
+                labels: labels.into_iter().collect(),
+            };
+            token_create(&client, &req, now).await
+        }
         RemoteCommand::Token(TokenCommand::List { output }) => {
             token_list(&client, output, now).await
         }
@@ -348,19 +360,10 @@ fn show(
 
 pub async fn token_create(
     client: &Client,
-    namespace: String,
-    service_account: String,
-    ttl: weft_api::Duration,
-    max_uses: Option<u64>,
+    req: &TokenRequest,
     now: u64,
 ) -> Result<Reply, CommandError> {
-    let req = TokenRequest {
-        namespace,
-        service_account,
-        ttl_secs: ttl.get().as_secs(),
-        max_uses,
-    };
-    let created: TokenCreated = client.post("/v1/tokens", &req, REQUEST_TIMEOUT).await?;
+    let created: TokenCreated = client.post("/v1/tokens", req, REQUEST_TIMEOUT).await?;
     let info = &created.info;
     Ok(Reply {
         stdout: format!("{}\n", created.token),

@@ -290,13 +290,25 @@ pub fn tokens(tokens: &[TokenInfo], now: u64) -> String {
                     None => t.uses.to_string(),
                 },
                 relative(t.created_at, now),
+                claim(t),
             ]
         })
         .collect();
     table(
-        &["ID", "IDENTITY", "STATE", "EXPIRES", "USES", "CREATED"],
+        &[
+            "ID", "IDENTITY", "STATE", "EXPIRES", "USES", "CREATED", "WORKLOAD",
+        ],
         &rows,
     )
+}
+
+/// The workload a token's certificates may register: `name {k=v,...}`, or `*` for any.
+fn claim(t: &TokenInfo) -> String {
+    let Some(name) = &t.workload else {
+        return "*".into();
+    };
+    let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{name} {{{}}}", labels.join(","))
 }
 
 // === times ===
@@ -651,21 +663,19 @@ spec: {mtlsMode: PERMISSIVE, certificateTtl: 12h}
             revoked,
             uses: 2,
             max_uses: None,
+            workload: None,
+            labels: Default::default(),
         };
-        let out = tokens(
-            &[
-                t("a1", 4_600, false),
-                t("b2", 900, false),
-                t("c3", 4_600, true),
-            ],
-            1_000,
-        );
+        let mut bound = t("c3", 4_600, true);
+        bound.workload = Some("cart-1".into());
+        bound.labels = [("app".to_string(), "cart".to_string())].into();
+        let out = tokens(&[t("a1", 4_600, false), t("b2", 900, false), bound], 1_000);
         assert_eq!(
             out,
-            "ID  IDENTITY                             STATE    EXPIRES  USES  CREATED\n\
-             a1  spiffe://weft.local/ns/shop/sa/cart  valid    in 1h    2     10m ago\n\
-             b2  spiffe://weft.local/ns/shop/sa/cart  expired  1m ago   2     10m ago\n\
-             c3  spiffe://weft.local/ns/shop/sa/cart  revoked  in 1h    2     10m ago\n"
+            "ID  IDENTITY                             STATE    EXPIRES  USES  CREATED  WORKLOAD\n\
+             a1  spiffe://weft.local/ns/shop/sa/cart  valid    in 1h    2     10m ago  *\n\
+             b2  spiffe://weft.local/ns/shop/sa/cart  expired  1m ago   2     10m ago  *\n\
+             c3  spiffe://weft.local/ns/shop/sa/cart  revoked  in 1h    2     10m ago  cart-1 {app=cart}\n"
         );
     }
 

@@ -220,6 +220,7 @@ mod tests {
             subsets: subsets.clone(),
             by_proxy: vec![ProxyStats {
                 proxy: "default/client".into(),
+                identity: None,
                 counting_ms,
                 subsets,
             }],

@@ -138,11 +138,14 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
     let token: TokenCreated = client
         .post(
             "/v1/tokens",
+            // Single use, short-lived, and bound to this pod's name and labels.
             &TokenRequest {
                 namespace: o.namespace.clone(),
                 service_account: sa.clone(),
-                ttl_secs: 600,
+                ttl_secs: 120,
                 max_uses: Some(1),
+                workload: Some(o.name.clone()),
+                labels: o.labels(),
             },
             Duration::from_secs(10),
         )

@@ -10,6 +10,7 @@
 //! (the stricter reading of each).
 
 pub mod normalize;
+mod reach;
 
 use crate::resources::{
     AuthorizationPolicySpec, Document, PolicyAction, PolicyMode, PolicyOperation, PolicySource,

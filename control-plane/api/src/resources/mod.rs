@@ -22,5 +22,5 @@ pub use refs::dangling_references;
 pub use resource::ResourceJsonError;
 pub use set::{Origin, Referrer, RemoveError, ResourceSet, Stored};
 pub use types::*;
-pub use validate::names::{dns_label, REGEX_SIZE_LIMIT};
+pub use validate::names::{dns_label, label_key, label_value, REGEX_SIZE_LIMIT};
 pub use validate::{problems, Problem, MAX_CERTIFICATE_TTL};

@@ -167,6 +167,7 @@ mod tests {
                     protocol: Default::default(),
                 }],
                 selector: [("app".to_string(), "reviews".to_string())].into(),
+                service_accounts: None,
                 traffic_policy: None,
             },
         })

@@ -153,6 +153,10 @@ pub struct ServiceSpec {
     /// all of these are the service's endpoints.
     #[serde(default)]
     pub selector: Labels,
+    /// Service accounts (in the service's namespace) whose registered proxies may be its endpoints;
+    /// absent: the service's own name. Static `Workload`s are selected by labels alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_accounts: Option<Vec<String>>,
     /// How callers' proxies treat traffic to this service: connect timeout and retries, connection
     /// pool limits, outlier ejection, retry budget. Absent fields take the defaults in docs/traffic.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -270,6 +270,7 @@ mod tests {
                 .iter()
                 .map(|(name, counting_ms, requests, failures)| ProxyStats {
                     proxy: name.to_string(),
+                    identity: None,
                     counting_ms: *counting_ms,
                     subsets: vec![
                         SubsetStats {

@@ -37,6 +37,9 @@ pub(super) fn service(p: &mut Problems, spec: &ServiceSpec) {
         }
     }
     p.labels("spec.selector", &spec.selector);
+    for (i, sa) in spec.service_accounts.iter().flatten().enumerate() {
+        p.check(format!("spec.serviceAccounts[{i}]"), names::dns_label(sa));
+    }
     if let Some(t) = &spec.traffic_policy {
         traffic_policy(p, "spec.trafficPolicy", t);
     }

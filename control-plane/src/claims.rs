@@ -1,0 +1,188 @@
+//! Workload claims bound to certificates: a proxy that joined with a token naming a workload (and its
+//! labels) may register only that workload, with exactly those labels.
+//!
+//! The claim is bound to the serial number of the certificate the token obtained, carried to each
+//! renewed certificate's serial, and persisted (`<state-dir>/claims.json`), so a restart keeps it.
+//! Bindings are dropped once their certificate has expired. A certificate with no binding (joined with
+//! a token without a claim, or issued offline by the operator) is limited only by its identity.
+
+use crate::persist::{self, StateError};
+use crate::tokens::now_secs;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use weft_api::control::Registration;
+use weft_api::resources::Labels;
+use weft_certs::SpiffeId;
+
+/// What one certificate may register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    pub identity: SpiffeId,
+    pub workload: String,
+    pub labels: Labels,
+    /// The certificate's expiry (unix seconds): the binding goes with it.
+    pub not_after: u64,
+}
+
+/// Why a registration is refused; each names the field and the identity.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClaimError {
+    #[error(
+        "workload.name {asked:?} is refused for {identity}: its join token allows only {allowed:?}"
+    )]
+    Name {
+        identity: SpiffeId,
+        asked: String,
+        allowed: String,
+    },
+    #[error("workload.labels {asked} are refused for {identity}: its join token allows exactly {allowed}")]
+    Labels {
+        identity: SpiffeId,
+        asked: String,
+        allowed: String,
+    },
+}
+
+impl ClaimError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ClaimError::Name { .. } => "claim_name",
+            ClaimError::Labels { .. } => "claim_labels",
+        }
+    }
+}
+
+/// A workload name: what a pod name may be (lowercase letters, digits, '-', '.'; at most 253).
+pub fn check_workload_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "workload name {name:?} must be lowercase letters, digits, '-' or '.'"
+        ))
+    }
+}
+
+pub struct ClaimStore {
+    path: PathBuf,
+    /// By certificate serial (lowercase hex).
+    by_serial: BTreeMap<String, Claim>,
+}
+
+impl ClaimStore {
+    pub fn open(path: PathBuf) -> Result<ClaimStore, StateError> {
+        let by_serial = persist::read_json(&path)?.unwrap_or_default();
+        Ok(ClaimStore { path, by_serial })
+    }
+
+    /// Binds `claim` to the certificate `serial`, durably: an error means the certificate must not be
+    /// handed out (it would carry no claim).
+    pub fn bind(&mut self, serial: &str, claim: Claim) -> Result<(), StateError> {
+        let now = now_secs();
+        let mut next = self.by_serial.clone();
+        next.retain(|_, c| c.not_after > now);
+        next.insert(serial.to_string(), claim);
+        persist::write_json(&self.path, &next, 0o600)?;
+        self.by_serial = next;
+        Ok(())
+    }
+
+    pub fn get(&self, serial: &str) -> Option<&Claim> {
+        self.by_serial.get(serial)
+    }
+
+    /// Checks a registration by the certificate `serial` of `identity` against its claim, if any.
+    pub fn check(
+        &self,
+        serial: Option<&str>,
+        identity: &SpiffeId,
+        reg: &Registration,
+    ) -> Result<(), ClaimError> {
+        let Some(claim) = serial.and_then(|s| self.get(s)) else {
+            return Ok(());
+        };
+        if reg.name != claim.workload {
+            return Err(ClaimError::Name {
+                identity: identity.clone(),
+                asked: reg.name.clone(),
+                allowed: claim.workload.clone(),
+            });
+        }
+        if reg.labels != claim.labels {
+            return Err(ClaimError::Labels {
+                identity: identity.clone(),
+                asked: show(&reg.labels),
+                allowed: show(&claim.labels),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn show(labels: &Labels) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", pairs.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(name: &str, labels: &[(&str, &str)]) -> Registration {
+        Registration {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            address: "198.18.0.2".parse().unwrap(),
+            tunnel_port: 15008,
+            ports: vec![],
+            ready: true,
+        }
+    }
+
+    #[test]
+    fn a_bound_certificate_registers_only_its_claim_and_the_binding_persists() {
+        let dir = std::env::temp_dir().join(format!("weft-claims-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("claims.json");
+        let _ = std::fs::remove_file(&path);
+        let id = SpiffeId::parse("spiffe://t.local/ns/default/sa/reviews").unwrap();
+        let mut store = ClaimStore::open(path.clone()).unwrap();
+        let claim = Claim {
+            identity: id.clone(),
+            workload: "reviews-1".into(),
+            labels: reg("", &[("app", "reviews")]).labels,
+            not_after: now_secs() + 600,
+        };
+        store.bind("0a", claim.clone()).unwrap();
+        let expired = Claim {
+            not_after: 1,
+            ..claim
+        };
+        store.bind("0b", expired).unwrap();
+        assert!(store.get("0b").is_some(), "pruned on the next bind");
+        let store = ClaimStore::open(path).unwrap();
+        let ok = reg("reviews-1", &[("app", "reviews")]);
+        assert_eq!(store.check(Some("0a"), &id, &ok), Ok(()));
+        let e = store
+            .check(Some("0a"), &id, &reg("reviews-2", &[("app", "reviews")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("workload.name"), "{e}");
+        assert!(e.to_string().contains("sa/reviews"), "{e}");
+        let e = store
+            .check(Some("0a"), &id, &reg("reviews-1", &[("app", "x")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("{app=x}"), "{e}");
+        assert_eq!(store.check(Some("ff"), &id, &ok), Ok(()), "no binding");
+        assert_eq!(store.check(None, &id, &ok), Ok(()));
+    }
+}
