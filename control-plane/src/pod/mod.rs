@@ -3,6 +3,7 @@
 pub mod network;
 pub mod record;
 pub mod runner;
+pub mod sandbox;
 
 use network::PodCidr;
 use record::NetworkDir;

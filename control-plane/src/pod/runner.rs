@@ -4,9 +4,14 @@
 //! sidecar's config, `weft-proxy init` (interception), the sidecar, *wait until it is ready*, and only
 //! then the app. When the app exits (or the runner is told to stop), the sidecar drains and exits, the
 //! rules are removed and the namespace deleted. A failure at any step undoes the steps before it.
+//!
+//! The app and the sidecar run as users of their own with no capabilities (see [`super::sandbox`]).
+//! A sidecar that dies while the app runs is restarted (its identity is cached in its state
+//! directory); if it cannot be, the pod stops rather than run with interception pointing at nothing.
 
 use super::network::{self, NetError, PodCidr};
 use super::record::{self, NetworkDir, PodRecord};
+use super::sandbox::{self, RunAs};
 use crate::cli::client::{Client, ClientError};
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -21,6 +26,13 @@ pub const DEFAULT_CIDR: &str = "198.18.0.0/16";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const APP_STOP_GRACE: Duration = Duration::from_secs(10);
 const SIDECAR_DRAIN: Duration = Duration::from_secs(15);
+/// Sidecar restarts allowed within [`RESTART_WINDOW`] before the pod is stopped.
+const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long a restarted sidecar has to answer ready (it comes back from its cached identity).
+const RESTART_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The runner's exit code when it stopped the pod because its sidecar could not be kept running.
+pub const EXIT_SIDECAR_LOST: i32 = 69;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -69,6 +81,10 @@ pub struct RunOptions {
     /// `zipkin` or `otlp`.
     pub trace_format: &'static str,
     pub proxy_bin: Option<PathBuf>,
+    /// The app's user and group.
+    pub user: RunAs,
+    /// The sidecar's user and group (exempt from interception by `init --proxy-uid`).
+    pub proxy_user: RunAs,
     pub command: Vec<String>,
 }
 
@@ -94,7 +110,9 @@ struct Pod {
     name: String,
     netns: String,
     dir: PathBuf,
+    cidr: PodCidr,
     proxy_bin: PathBuf,
+    proxy_user: RunAs,
     sidecar: Option<Child>,
     app: Option<Child>,
     intercepting: bool,
@@ -133,6 +151,7 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
         ));
     }
     let proxy_bin = proxy_binary(o.proxy_bin.as_deref())?;
+    check_users(&o, &proxy_bin)?;
     let info: MeshInfo = client.get("/v1/mesh").await?;
     let sa = o.service_account();
     let token: TokenCreated = client
@@ -149,25 +168,46 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
         .await?;
 
     let mut pod = create(&o, &proxy_bin)?;
+    sandbox::check_reachable(&pod.dir, o.proxy_user).map_err(PodError::Invalid)?;
     let address = read_record(&pod)?.address;
     write_name_files(&pod.netns, &o, address)?;
     let config = write_sidecar_files(&pod.dir, &o, &sa, address, &info, &token)?;
+    sandbox::hand_pod_dir_to(&pod.dir, o.proxy_user).map_err(io(format!(
+        "handing {} to the sidecar's user",
+        pod.dir.display()
+    )))?;
     init_interception(&pod)?;
     pod.intercepting = true;
-    pod.sidecar = Some(start_sidecar(&pod, &config)?);
+    pod.sidecar = Some(start_sidecar(&pod, &config, false)?);
     update_record(&pod, |r| {
         r.sidecar_pid = pod.sidecar.as_ref().and_then(Child::id)
     })?;
-    wait_ready(&mut pod).await?;
+    wait_ready(&mut pod, READY_TIMEOUT).await?;
     eprintln!(
-        "pod {}: sidecar ready ({}), address {address}; starting the app",
-        o.name, info.trust_domain
+        "pod {}: sidecar ready ({}, uid {}), address {address}; starting the app as {}",
+        o.name, info.trust_domain, o.proxy_user.uid, o.user
     );
-    pod.app = Some(start_app(&pod, &o.command)?);
+    pod.app = Some(start_app(&pod, o.user, &o.command)?);
     update_record(&pod, |r| r.app_pid = pod.app.as_ref().and_then(Child::id))?;
-    let code = supervise(&mut pod, &o).await;
+    let code = supervise(&mut pod, &o, &config).await;
     stop_sidecar(&mut pod).await;
     Ok(code)
+}
+
+/// The app and the sidecar need users of their own, and each must be able to run its program.
+fn check_users(o: &RunOptions, proxy_bin: &Path) -> Result<(), PodError> {
+    if o.user.uid == o.proxy_user.uid {
+        return Err(PodError::Invalid(format!(
+            "--user {} is the sidecar's user: its traffic would skip interception; give the app another uid",
+            o.user
+        )));
+    }
+    let proxy = proxy_bin.display().to_string();
+    sandbox::check_executable(&proxy, o.proxy_user)
+        .map_err(|e| PodError::Invalid(format!("the sidecar: {e}")))?;
+    sandbox::check_executable(&o.command[0], o.user)
+        .map_err(|e| PodError::Invalid(format!("the app: {e}")))?;
+    Ok(())
 }
 
 fn proxy_binary(given: Option<&Path>) -> Result<PathBuf, PodError> {
@@ -234,7 +274,9 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
         name: o.name.clone(),
         netns: netns.clone(),
         dir: dir.pod_dir(&o.name),
+        cidr,
         proxy_bin: proxy_bin.to_path_buf(),
+        proxy_user: o.proxy_user,
         sidecar: None,
         app: None,
         intercepting: false,
@@ -397,9 +439,11 @@ fn json(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
-fn in_pod(pod: &Pod, program: &Path) -> Command {
+/// `ip netns exec` (which also mounts the pod's /etc/netns files), then `setpriv` down to `who`.
+fn in_pod_as(pod: &Pod, who: RunAs) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", &pod.netns]).arg(program);
+    c.args(["netns", "exec", &pod.netns])
+        .args(sandbox::setpriv_args(who));
     c
 }
 
@@ -408,6 +452,8 @@ fn init_interception(pod: &Pod) -> Result<(), PodError> {
         .args(["netns", "exec", &pod.netns])
         .arg(&pod.proxy_bin)
         .arg("init")
+        .arg(format!("--proxy-uid={}", pod.proxy_user.uid))
+        .arg(format!("--mesh-cidrs={}", pod.cidr))
         .output()
         .map_err(io("running weft-proxy init"))?;
     if !out.status.success() {
@@ -419,11 +465,18 @@ fn init_interception(pod: &Pod) -> Result<(), PodError> {
     Ok(())
 }
 
-fn start_sidecar(pod: &Pod, config: &Path) -> Result<Child, PodError> {
-    let log =
-        std::fs::File::create(pod.dir.join("sidecar.log")).map_err(io("creating sidecar.log"))?;
+/// Starts the sidecar as its own user; a restart appends to the log the first start began.
+fn start_sidecar(pod: &Pod, config: &Path, restart: bool) -> Result<Child, PodError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(restart)
+        .write(true)
+        .truncate(!restart)
+        .open(pod.dir.join("sidecar.log"))
+        .map_err(io("creating sidecar.log"))?;
     let err = log.try_clone().map_err(io("creating sidecar.log"))?;
-    in_pod(pod, &pod.proxy_bin)
+    in_pod_as(pod, pod.proxy_user)
+        .arg(&pod.proxy_bin)
         .arg("run")
         .arg("--config")
         .arg(config)
@@ -435,7 +488,7 @@ fn start_sidecar(pod: &Pod, config: &Path) -> Result<Child, PodError> {
         .map_err(io("starting the sidecar"))
 }
 
-async fn wait_ready(pod: &mut Pod) -> Result<(), PodError> {
+async fn wait_ready(pod: &mut Pod, timeout: Duration) -> Result<(), PodError> {
     let started = Instant::now();
     let log = pod.dir.join("sidecar.log");
     let not_ready = |reason: String| PodError::SidecarNotReady {
@@ -456,10 +509,10 @@ async fn wait_ready(pod: &mut Pod) -> Result<(), PodError> {
         if ready {
             return Ok(());
         }
-        if started.elapsed() > READY_TIMEOUT {
+        if started.elapsed() > timeout {
             return Err(not_ready(format!(
                 "GET /ready on 127.0.0.1:15020 inside the pod did not answer 200 within {}s",
-                READY_TIMEOUT.as_secs()
+                timeout.as_secs()
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -494,18 +547,23 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn start_app(pod: &Pod, command: &[String]) -> Result<Child, PodError> {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &pod.netns])
-        .args(command)
-        .kill_on_drop(true);
+fn start_app(pod: &Pod, who: RunAs, command: &[String]) -> Result<Child, PodError> {
+    let mut c = in_pod_as(pod, who);
+    c.args(command).kill_on_drop(true);
     c.spawn()
         .map_err(io(format!("starting the app `{}`", command.join(" "))))
 }
 
-/// Waits for the app to exit (or for SIGTERM/SIGINT, passed on to the app). Returns the app's exit
-/// code.
-async fn supervise(pod: &mut Pod, o: &RunOptions) -> i32 {
+/// Why supervision ended.
+enum Ended {
+    App(Option<std::process::ExitStatus>),
+    SidecarLost(String),
+}
+
+/// Waits for the app to exit (or for SIGTERM/SIGINT, passed on to the app), restarting the sidecar
+/// when it dies. Returns the app's exit code, or [`EXIT_SIDECAR_LOST`] when the sidecar could not be
+/// kept running and the pod was stopped.
+async fn supervise(pod: &mut Pod, o: &RunOptions, config: &Path) -> i32 {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -514,19 +572,76 @@ async fn supervise(pod: &mut Pod, o: &RunOptions) -> i32 {
         eprintln!("pod {}: cannot install signal handlers", o.name);
         return 1;
     };
-    let Some(app) = pod.app.as_mut() else {
-        return 1;
-    };
-    let status = tokio::select! {
-        s = app.wait() => s.ok(),
-        _ = term.recv() => stop_app(app).await,
-        _ = int.recv() => stop_app(app).await,
+    let mut restarts: Vec<Instant> = Vec::new();
+    let ended = loop {
+        let (Some(app), Some(sidecar)) = (pod.app.as_mut(), pod.sidecar.as_mut()) else {
+            return 1;
+        };
+        let died = tokio::select! {
+            s = app.wait() => break Ended::App(s.ok()),
+            _ = term.recv() => break Ended::App(stop_app(app).await),
+            _ = int.recv() => break Ended::App(stop_app(app).await),
+            s = sidecar.wait() => s,
+        };
+        let how = died.map_or_else(|e| e.to_string(), |s| s.to_string());
+        if let Err(why) = restart_sidecar(pod, o, config, &how, &mut restarts).await {
+            break Ended::SidecarLost(why);
+        }
     };
     use std::os::unix::process::ExitStatusExt as _;
-    match status {
-        Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-        None => 1,
+    match ended {
+        Ended::App(Some(s)) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+        Ended::App(None) => 1,
+        Ended::SidecarLost(why) => {
+            eprintln!(
+                "pod {}: {why}; stopping the pod (the app gets SIGTERM; exit code {EXIT_SIDECAR_LOST})",
+                o.name
+            );
+            if let Some(app) = pod.app.as_mut() {
+                stop_app(app).await;
+            }
+            EXIT_SIDECAR_LOST
+        }
     }
+}
+
+/// Starts the sidecar again (same config; its identity comes from its state directory) and waits until
+/// it is ready, with backoff; refuses once [`MAX_RESTARTS`] happened within [`RESTART_WINDOW`].
+async fn restart_sidecar(
+    pod: &mut Pod,
+    o: &RunOptions,
+    config: &Path,
+    how: &str,
+    restarts: &mut Vec<Instant>,
+) -> Result<(), String> {
+    restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
+    if restarts.len() >= MAX_RESTARTS {
+        return Err(format!(
+            "the sidecar exited ({how}) after {} restarts within {}s",
+            restarts.len(),
+            RESTART_WINDOW.as_secs()
+        ));
+    }
+    let backoff = Duration::from_millis(250 << restarts.len());
+    restarts.push(Instant::now());
+    eprintln!(
+        "pod {}: the sidecar exited ({how}); restarting it (restart {} of at most {MAX_RESTARTS} within {}s)",
+        o.name,
+        restarts.len(),
+        RESTART_WINDOW.as_secs()
+    );
+    tokio::time::sleep(backoff).await;
+    let child = start_sidecar(pod, config, true)
+        .map_err(|e| format!("the sidecar exited ({how}) and could not be restarted: {e}"))?;
+    pod.sidecar = Some(child);
+    let _ = update_record(pod, |r| {
+        r.sidecar_pid = pod.sidecar.as_ref().and_then(Child::id)
+    });
+    wait_ready(pod, RESTART_READY_TIMEOUT)
+        .await
+        .map_err(|e| format!("the restarted sidecar did not become ready: {e}"))?;
+    eprintln!("pod {}: sidecar restarted and ready", o.name);
+    Ok(())
 }
 
 async fn stop_app(app: &mut Child) -> Option<std::process::ExitStatus> {
