@@ -7,6 +7,7 @@
 //!                 --peer IP [--outside6 fe80::1%eth0]
 //! attacker serve --tcp-port N --udp-port N   # writes each TCP peer's address; echoes UDP
 //! attacker probe HOST:PORT                   # prints what a `serve` saw; exit 0 if it answered
+//! attacker probe-udp IP:PORT                 # one datagram; exit 0 if a `serve` answered
 //! ```
 //! `serve` listens on both families, so an IPv6 attempt reaches it when the pod lets IPv6 out.
 
@@ -42,6 +43,16 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("serve") => serve(port("--tcp-port"), port("--udp-port")),
         Some("probe") => probe(args.get(1).map(String::as_str).unwrap_or_default()),
+        Some("probe-udp") => {
+            let target = args.get(1).map(String::as_str).unwrap_or_default();
+            match udp(target, "0.0.0.0:0") {
+                Ok(what) => println!("{what}"),
+                Err(why) => {
+                    println!("{why}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Some("escape") => escape(&Escape {
             state_dir: flag("--state-dir").unwrap_or_default().into(),
             pod_dir: flag("--pod-dir").unwrap_or_default().into(),
@@ -86,6 +97,8 @@ fn escape(e: &Escape) {
                 .map_err(|err| format!("{}: {err}", path.display())),
         );
     }
+    report("keep_capabilities", capabilities());
+    report("open_raw_socket", raw_socket());
     report("set_so_mark", set_mark(1337));
     report("flush_nat_table", run("iptables", &["-t", "nat", "-F"]));
     report(
@@ -122,6 +135,43 @@ fn probe(target: &str) {
             std::process::exit(1);
         }
     }
+}
+
+/// Any capability left in the effective, permitted, bounding or ambient set, or no_new_privs off.
+fn capabilities() -> Result<String, String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let sets: Vec<String> = ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:", "NoNewPrivs:"]
+        .iter()
+        .map(|n| format!("{n} {}", field(n)))
+        .collect();
+    let none = ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"]
+        .iter()
+        .all(|n| field(n).bytes().all(|b| b == b'0'))
+        && field("NoNewPrivs:") == "1";
+    if none {
+        Err(format!("none left: {}", sets.join(", ")))
+    } else {
+        Ok(sets.join(", "))
+    }
+}
+
+fn raw_socket() -> Result<String, String> {
+    // SAFETY: socket(2) with constant arguments; the descriptor is closed at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: closing the descriptor just opened.
+    unsafe { libc::close(fd) };
+    Ok("raw IPv4 socket opened".into())
 }
 
 fn set_mark(mark: u32) -> Result<String, String> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use weft::pods::{available, example, text, PodHandle, PodMesh};
 
 /// Every attempt the attacker makes; each must be reported blocked.
-const ESCAPES: [&str; 16] = [
+const ESCAPES: [&str; 18] = [
     "read_ca_key",
     "read_operator_token",
     "read_own_sidecar_token",
@@ -17,6 +17,8 @@ const ESCAPES: [&str; 16] = [
     "read_own_sidecar_config",
     "read_other_pod_token",
     "read_other_pod_key",
+    "keep_capabilities",
+    "open_raw_socket",
     "set_so_mark",
     "flush_nat_table",
     "flush_filter_table",
@@ -116,6 +118,7 @@ fn a_hostile_app_gets_out_of_its_pod_by_no_way() {
     );
     let code = mesh.wait_runner("attacker", Duration::from_secs(90));
     let log = mesh.runner_log("attacker");
+    eprintln!("{log}");
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("RUNNING as uid 1001\n"), "{log}");
     let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("ESCAPE ")).collect();
@@ -137,6 +140,17 @@ fn a_hostile_app_gets_out_of_its_pod_by_no_way() {
         log.contains("CHECK intercepted: yes"),
         "after the attempts, the app's TCP no longer goes through its sidecar:\n{log}"
     );
+    // Inbound, a pod takes no UDP from outside it: a host with no rules of its own gets no answer.
+    let victim_udp = format!("{}:{UDP_PORT}", victim.address);
+    let from_outside = mesh.exec(&outside, &[&attacker, "probe-udp", &victim_udp]);
+    assert!(
+        !from_outside.status.success(),
+        "UDP from outside reached the pod's app: {}",
+        text(&from_outside)
+    );
+    let back = format!("{}:{UDP_PORT}", outside.address);
+    let control = mesh.exec(&outside, &[&attacker, "probe-udp", &back]);
+    assert!(control.status.success(), "{}", text(&control));
     // The victim's sidecar and rules are untouched.
     let rules = mesh.exec_ok(&victim, &["iptables-save"]);
     for chain in [
