@@ -202,6 +202,11 @@ fn check_users(o: &RunOptions, proxy_bin: &Path) -> Result<(), PodError> {
             o.user
         )));
     }
+    if sandbox::resolve("setpriv").is_none() {
+        return Err(PodError::Invalid(
+            "setpriv not found on PATH: install util-linux (it drops the app's and the sidecar's privileges)".into(),
+        ));
+    }
     let proxy = proxy_bin.display().to_string();
     sandbox::check_executable(&proxy, o.proxy_user)
         .map_err(|e| PodError::Invalid(format!("the sidecar: {e}")))?;
