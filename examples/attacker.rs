@@ -5,7 +5,7 @@
 //! ```text
 //! attacker escape --state-dir D --pod-dir P --other-pod-dir Q --outside IP --tcp-port N --udp-port N
 //!                 --peer IP [--outside6 fe80::1%eth0]
-//! attacker serve --tcp-port N --udp-port N   # writes each TCP peer's address; echoes UDP
+//! attacker serve --tcp-port N --udp-port N   # writes each TCP peer's address; echoes UDP, UDP-Lite
 //! attacker probe HOST:PORT                   # prints what a `serve` saw; exit 0 if it answered
 //! attacker probe-udp IP:PORT                 # one datagram; exit 0 if a `serve` answered
 //! ```
@@ -112,6 +112,7 @@ fn escape(e: &Escape) {
     report("udp_to_outside", udp(&outside_udp, "0.0.0.0:0"));
     let peer_udp = format!("{}:{}", e.peer, e.udp_port);
     report("udp_to_other_pod", udp(&peer_udp, "0.0.0.0:0"));
+    report("udplite_to_outside", udplite(&outside_udp));
     if let Some(v6) = &e.outside6 {
         report("ipv6_tcp", ipv6_tcp(v6, e.tcp_port));
         report("ipv6_udp", ipv6_udp(v6, e.udp_port));
@@ -276,6 +277,64 @@ fn udp(target: &str, bind: &str) -> Result<String, String> {
     }
 }
 
+/// UDP-Lite (IP protocol 136): datagrams an unprivileged user may send, which rules written for
+/// `-p udp` do not see.
+fn udplite_socket() -> std::io::Result<UdpSocket> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a datagram socket we just opened and own; UdpSocket's send/recv are plain syscalls.
+    Ok(unsafe { UdpSocket::from_raw_fd(fd) })
+}
+
+fn udplite(target: &str) -> Result<String, String> {
+    let sock = udplite_socket().map_err(|e| format!("UDP-Lite socket: {e}"))?;
+    let _ = sock.set_read_timeout(Some(TIMEOUT));
+    sock.send_to(b"ping", target)
+        .map_err(|e| format!("send to {target}: {e}"))?;
+    let mut buf = [0u8; 64];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Ok(format!(
+            "{target} answered {:?} over UDP-Lite",
+            String::from_utf8_lossy(&buf[..n])
+        )),
+        Err(e) => Err(format!("no answer from {target}: {e}")),
+    }
+}
+
+/// Answers UDP-Lite datagrams on `port` with `pong` (IPv4).
+fn serve_udplite(port: u16) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let sock = udplite_socket()?;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: 0 },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: binding our socket to a fully initialised sockaddr_in of the size given.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(b"pong", from);
+        }
+    });
+    Ok(())
+}
+
 fn ipv6_tcp(v6: &str, port: u16) -> Result<String, String> {
     let addr = v6_addr(v6, port)?;
     until_addressed(|| {
@@ -335,6 +394,9 @@ fn serve(tcp_port: u16, udp_port: u16) {
     let tcp = TcpListener::bind(("::", tcp_port))
         .or_else(|_| TcpListener::bind(("0.0.0.0", tcp_port)))
         .expect("bind TCP");
+    if let Err(e) = serve_udplite(udp_port) {
+        eprintln!("no UDP-Lite listener: {e}");
+    }
     // Outside the mesh, also the tunnel port (a sidecar holds it inside a pod).
     let tunnel = TcpListener::bind(("::", 15008)).ok();
     if let Some(t) = tunnel {

@@ -67,8 +67,8 @@ enum Command {
     /// The app's outgoing TCP goes to --outbound-port, incoming TCP to --inbound-port, the app's DNS
     /// (port 53) to --dns-port. Never redirected: sockets with the proxy's --mark (and --proxy-uid's),
     /// loopback, port 15020 of --mesh-cidrs, excluded ports and ranges; inbound, the proxy's ports
-    /// 15008/15020/15000. The app's other UDP is refused (filter table), and UDP from outside the pod
-    /// is dropped except replies and excluded inbound ports. Rules live in chains WEFT_OUTPUT and
+    /// 15008/15020/15000. Anything else but TCP, ICMP and DNS is refused on the way out (filter
+    /// table: UDP, UDP-Lite, ...) and dropped on the way in, except replies and excluded inbound ports. Rules live in chains WEFT_OUTPUT and
     /// WEFT_INBOUND (nat) and WEFT_FILTER_OUT and WEFT_FILTER_IN (filter); running init again replaces
     /// them (idempotent); --cleanup removes them and turns IPv6 back on.
     ///

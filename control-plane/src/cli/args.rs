@@ -124,8 +124,8 @@ Examples:
 
 Inside the pod: the app's outgoing TCP goes through the sidecar (mTLS to mesh services and pods), mesh
 service names resolve (reviews, reviews.default, reviews.default.svc) through the sidecar's DNS responder, and
-incoming plaintext is refused unless --mtls-mode PERMISSIVE (or the mesh's MeshConfig) allows it. Other UDP
-is refused and IPv6 is off.
+incoming plaintext is refused unless --mtls-mode PERMISSIVE (or the mesh's MeshConfig) allows it. UDP
+other than DNS (and any protocol but TCP and ICMP) is refused and IPv6 is off.
 
 The app runs as --user (default 1001:1001), the sidecar as --proxy-user (default 1337:1337), both with no
 capabilities: the app cannot change the pod's rules, mark sockets, signal its sidecar, or read the pod's

@@ -24,7 +24,7 @@ pub fn run(action: Action, settings: &Settings) -> Result<String, InitError> {
         Action::Install => {
             apply::install(settings)?;
             Ok(format!(
-                "interception installed: outbound TCP -> {}, inbound TCP -> {}, proxy mark {:#x}{}{}; other UDP refused, IPv6 off\n",
+                "interception installed: outbound TCP -> {}, inbound TCP -> {}, proxy mark {:#x}{}{}; other protocols than TCP, ICMP and DNS refused, IPv6 off\n",
                 settings.outbound_port,
                 settings.inbound_port,
                 settings.mark,

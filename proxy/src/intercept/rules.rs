@@ -13,7 +13,8 @@ pub const PEER_HEALTH_PORT: u16 = 15020;
 
 pub const CHAIN_OUTPUT: &str = "WEFT_OUTPUT";
 pub const CHAIN_INBOUND: &str = "WEFT_INBOUND";
-/// Filter-table chains: what REDIRECT cannot catch (UDP other than DNS) is refused here.
+/// Filter-table chains: what the nat table cannot send to the sidecar (anything but TCP: UDP other
+/// than DNS, UDP-Lite, SCTP, ...) is refused here.
 pub const CHAIN_FILTER_OUT: &str = "WEFT_FILTER_OUT";
 pub const CHAIN_FILTER_IN: &str = "WEFT_FILTER_IN";
 
@@ -121,8 +122,8 @@ pub fn jumps() -> [(&'static str, &'static str, String); 4] {
     [
         ("nat", "OUTPUT", format!("-j {CHAIN_OUTPUT}")),
         ("nat", "PREROUTING", format!("-p tcp -j {CHAIN_INBOUND}")),
-        ("filter", "OUTPUT", format!("-p udp -j {CHAIN_FILTER_OUT}")),
-        ("filter", "INPUT", format!("-p udp -j {CHAIN_FILTER_IN}")),
+        ("filter", "OUTPUT", format!("-j {CHAIN_FILTER_OUT}")),
+        ("filter", "INPUT", format!("-j {CHAIN_FILTER_IN}")),
     ]
 }
 
@@ -225,16 +226,23 @@ fn nat_inbound(s: &Settings) -> Vec<Rule> {
     out
 }
 
-/// The app's UDP (the jump sends only UDP here): DNS and loopback pass, so do excluded ranges and
-/// ports; the rest is refused, as no sidecar carries it and it would skip mTLS and REGISTRY_ONLY.
+/// What the pod sends: TCP passes (the nat table sends the app's to the sidecar), so do ICMP (the
+/// kernel's errors; the app may open no ICMP socket), DNS, loopback and excluded ranges and ports. The
+/// rest (UDP, and datagram protocols an unprivileged user may also open, such as UDP-Lite) would skip
+/// the sidecar, so it is refused.
 fn filter_output(s: &Settings) -> Vec<Rule> {
     let mut out = proxy_exclusions(CHAIN_FILTER_OUT, s);
     let f = |spec: String, why| Rule::new(CHAIN_FILTER_OUT, spec, why);
+    out.extend(loopback_and_excluded(CHAIN_FILTER_OUT, s));
+    out.push(f(
+        "-p tcp -j RETURN".into(),
+        "TCP: the nat table sends it to the proxy",
+    ));
+    out.push(f("-p icmp -j RETURN".into(), "ICMP errors and replies"));
     out.push(f(
         "-p udp --dport 53 -j RETURN".into(),
         "the app's DNS (redirected to the proxy unless --no-dns)",
     ));
-    out.extend(loopback_and_excluded(CHAIN_FILTER_OUT, s));
     for p in &s.exclude_outbound_ports {
         out.push(f(
             format!("-p udp --dport {p} -j RETURN"),
@@ -242,17 +250,23 @@ fn filter_output(s: &Settings) -> Vec<Rule> {
         ));
     }
     out.push(f(
-        "-p udp -j REJECT --reject-with icmp-admin-prohibited".into(),
-        "the app's other UDP would bypass the sidecar",
+        "-j REJECT --reject-with icmp-admin-prohibited".into(),
+        "anything else would bypass the proxy",
     ));
     out
 }
 
-/// UDP arriving at the pod: replies to what it sent, loopback and excluded ports; the rest dropped.
+/// What arrives at the pod: loopback, TCP (the nat table sends it to the proxy or its ports), ICMP,
+/// replies to what the pod sent and excluded ports pass; the rest is dropped.
 fn filter_input(s: &Settings) -> Vec<Rule> {
     let f = |spec: String, why| Rule::new(CHAIN_FILTER_IN, spec, why);
     let mut out = vec![
         f("-i lo -j RETURN".into(), "loopback stays in the pod"),
+        f(
+            "-p tcp -j RETURN".into(),
+            "TCP: the nat table sends it to the proxy",
+        ),
+        f("-p icmp -j RETURN".into(), "ICMP errors and replies"),
         f(
             "-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN".into(),
             "replies to the pod's own UDP (DNS)",
@@ -265,8 +279,8 @@ fn filter_input(s: &Settings) -> Vec<Rule> {
         ));
     }
     out.push(f(
-        "-p udp -j DROP".into(),
-        "UDP from outside the pod would bypass the sidecar",
+        "-j DROP".into(),
+        "UDP and the like from outside the pod would bypass the proxy",
     ));
     out
 }
@@ -386,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_other_than_dns_is_refused_both_ways() {
+    fn everything_but_tcp_icmp_and_dns_is_refused_both_ways() {
         let mut s = settings();
         s.proxy_uid = Some(1337);
         s.exclude_outbound_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
@@ -394,25 +408,29 @@ mod tests {
         let out = specs(&s, CHAIN_FILTER_OUT);
         assert_eq!(out[0], "-m mark --mark 0x539 -j RETURN");
         assert_eq!(out[1], "-m owner --uid-owner 1337 -j RETURN");
-        let reject = out.iter().position(|r| r.contains("REJECT")).unwrap();
-        assert_eq!(reject, out.len() - 1, "the refusal comes last: {out:?}");
+        assert_eq!(
+            out.last().unwrap(),
+            "-j REJECT --reject-with icmp-admin-prohibited",
+            "the refusal comes last, for every protocol: {out:?}"
+        );
         for want in [
             "-p udp --dport 53 -j RETURN",
+            "-p tcp -j RETURN",
+            "-p icmp -j RETURN",
             "-o lo -j RETURN",
             "-d 10.0.0.0/8 -j RETURN",
         ] {
             assert!(out.contains(&want.to_string()), "{want}: {out:?}");
         }
         let inbound = specs(&s, CHAIN_FILTER_IN);
-        assert_eq!(
-            inbound[1],
-            "-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN"
+        assert!(
+            inbound.contains(&"-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN".to_string())
         );
         assert!(inbound.contains(&"-p udp --dport 5353 -j RETURN".to_string()));
-        assert_eq!(inbound.last().unwrap(), "-p udp -j DROP");
+        assert_eq!(inbound.last().unwrap(), "-j DROP");
         let jumps = jumps();
-        assert!(jumps.contains(&("filter", "OUTPUT", "-p udp -j WEFT_FILTER_OUT".into())));
-        assert!(jumps.contains(&("filter", "INPUT", "-p udp -j WEFT_FILTER_IN".into())));
+        assert!(jumps.contains(&("filter", "OUTPUT", "-j WEFT_FILTER_OUT".into())));
+        assert!(jumps.contains(&("filter", "INPUT", "-j WEFT_FILTER_IN".into())));
     }
 
     #[test]
