@@ -440,13 +440,21 @@ impl Netns {
         c.output().expect("ip netns exec")
     }
 
+    /// Both tables init writes to (nat and filter).
     fn rules(&self) -> String {
-        let out = self.run("iptables-save", &["-t", "nat"], None);
+        let out = self.run("iptables-save", &[], None);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| !l.starts_with('#'))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+impl Netns {
+    fn ipv6_disabled(&self) -> String {
+        let out = self.run("sysctl", &["-n", "net.ipv6.conf.all.disable_ipv6"], None);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 
@@ -479,7 +487,16 @@ fn init_is_idempotent_cleans_up_and_names_what_is_missing() {
         "{printed}"
     );
     assert!(printed.contains("REDIRECT --to-ports 15001"), "{printed}");
+    assert!(
+        printed.contains("-A WEFT_FILTER_OUT -j REJECT"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("sysctl -w net.ipv6.conf.all.disable_ipv6=1"),
+        "{printed}"
+    );
     assert_eq!(ns.rules(), before, "--dry-run changed the rules");
+    assert_eq!(ns.ipv6_disabled(), "0", "--dry-run turned IPv6 off");
 
     let first = ns.run(&proxy, &["init"], None);
     assert!(first.status.success(), "{}", text(&first));
@@ -492,6 +509,10 @@ fn init_is_idempotent_cleans_up_and_names_what_is_missing() {
         installed.contains("-A PREROUTING -p tcp -j WEFT_INBOUND"),
         "{installed}"
     );
+    for jump in ["-A OUTPUT -j WEFT_FILTER_OUT", "-A INPUT -j WEFT_FILTER_IN"] {
+        assert!(installed.contains(jump), "{jump}: {installed}");
+    }
+    assert_eq!(ns.ipv6_disabled(), "1", "init left IPv6 on");
     let again = ns.run(&proxy, &["init"], None);
     assert!(again.status.success(), "{}", text(&again));
     assert_eq!(ns.rules(), installed, "a second init changed the rules");
@@ -500,6 +521,7 @@ fn init_is_idempotent_cleans_up_and_names_what_is_missing() {
         let clean = ns.run(&proxy, &["init", "--cleanup"], None);
         assert!(clean.status.success(), "{}", text(&clean));
         assert!(!ns.rules().contains("WEFT"), "{}", ns.rules());
+        assert_eq!(ns.ipv6_disabled(), "0", "cleanup left IPv6 off");
     }
 
     let no_tools = ns.run(&proxy, &["init"], Some("/nonexistent"));

@@ -11,6 +11,9 @@
 //! DIR/registry.json                   registered workloads, kept across restarts
 //! ```
 //! JSON state files are checksummed (see [`crate::persist`]); a damaged one stops start-up with its path.
+//!
+//! Every start tightens the directory to 0700 (and `ca/` too) and the key and token files to 0600, so a
+//! workload on the same machine reads none of it; what had to be changed is logged.
 
 use crate::ca_dir::CaDir;
 use crate::persist;
@@ -51,6 +54,7 @@ impl StateDir {
     ) -> anyhow::Result<StateDir> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        tighten(dir, 0o700)?;
         let ca_dir = dir.join("ca");
         let ca = if ca_dir.join("ca.key").exists() {
             let ca = CaDir::open(&ca_dir)?;
@@ -77,6 +81,7 @@ impl StateDir {
             .with_context(|| format!("{} is damaged", bundle_path.display()))?;
         let operator_token = operator_token(&dir.join("operator.token"))?;
         let (serving_chain_pem, serving_key_pem) = serving_credential(dir, &ca, serving_ttl)?;
+        tighten_secrets(dir)?;
         let serving = Identity::new(
             Credential::from_pem(&serving_chain_pem, &serving_key_pem)?,
             bundle,
@@ -94,6 +99,38 @@ impl StateDir {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+}
+
+/// Files holding secrets: private keys, the operator credential, join tokens.
+const SECRETS: [&str; 4] = ["ca/ca.key", "control.key", "operator.token", "tokens.json"];
+
+/// Sets `path`'s mode to `mode` when it allows anyone else more; says so.
+fn tighten(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let old = meta.permissions().mode() & 0o7777;
+    if old & !mode == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot restrict {} to {mode:o}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        was = format!("{old:o}"),
+        now = format!("{mode:o}"),
+        "state file or directory was readable by others; restricted"
+    );
+    Ok(())
+}
+
+fn tighten_secrets(dir: &Path) -> anyhow::Result<()> {
+    tighten(&dir.join("ca"), 0o700)?;
+    for name in SECRETS {
+        tighten(&dir.join(name), 0o600)?;
+    }
+    Ok(())
 }
 
 pub fn default_trust_domain() -> TrustDomain {
@@ -193,6 +230,36 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("operator.token"), "{e:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn start_up_restricts_the_directory_and_its_secrets() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("weft-statedir-perm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StateDir::open_or_init(&dir, None, SERVING_VALIDITY).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let loosen = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        assert_eq!(mode(&dir), 0o700);
+        loosen(&dir, 0o777);
+        loosen(&dir.join("ca"), 0o755);
+        for f in ["ca/ca.key", "operator.token", "control.key"] {
+            loosen(&dir.join(f), 0o644);
+        }
+        StateDir::open_or_init(&dir, None, SERVING_VALIDITY).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("ca")), 0o700);
+        for f in ["ca/ca.key", "operator.token", "control.key"] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+        assert_eq!(
+            mode(&dir.join("ca/ca.crt")),
+            0o644,
+            "certificates stay readable"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -61,13 +61,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Install the iptables (nat table, IPv4) rules that send a pod's traffic through its sidecar, in the
-    /// network namespace this runs in (e.g. `ip netns exec POD weft-proxy init`).
+    /// Install the iptables (IPv4) rules that send a pod's traffic through its sidecar, in the network
+    /// namespace this runs in (e.g. `ip netns exec POD weft-proxy init`), and turn IPv6 off there.
     ///
     /// The app's outgoing TCP goes to --outbound-port, incoming TCP to --inbound-port, the app's DNS
     /// (port 53) to --dns-port. Never redirected: sockets with the proxy's --mark (and --proxy-uid's),
-    /// loopback, ports 15008/15020 (and 15000 inbound), excluded ports and ranges. Rules live in chains
-    /// WEFT_OUTPUT and WEFT_INBOUND; running init again replaces them (idempotent).
+    /// loopback, port 15020 of --mesh-cidrs, excluded ports and ranges; inbound, the proxy's ports
+    /// 15008/15020/15000. Anything else but TCP, ICMP and DNS is refused on the way out (filter
+    /// table: UDP, UDP-Lite, ...) and dropped on the way in, except replies and excluded inbound ports. Rules live in chains WEFT_OUTPUT and
+    /// WEFT_INBOUND (nat) and WEFT_FILTER_OUT and WEFT_FILTER_IN (filter); running init again replaces
+    /// them (idempotent); --cleanup removes them and turns IPv6 back on.
     ///
     /// Exit codes: 0 done; 2 bad flags; 3 iptables not installed; 4 not permitted (needs root /
     /// CAP_NET_ADMIN); 1 another failure (iptables' message is printed).
@@ -85,9 +88,14 @@ struct InitArgs {
     /// SO_MARK the proxy sets on its own sockets (`interception.mark`); never redirected.
     #[arg(long, default_value_t = weft_proxy::config::DEFAULT_MARK)]
     mark: u32,
-    /// Also exempt every socket of this user (for proxies run as their own user).
+    /// Also exempt every socket of this user: a proxy run as its own user without CAP_NET_ADMIN cannot
+    /// set its mark, so this is how its traffic is recognised.
     #[arg(long)]
     proxy_uid: Option<u32>,
+    /// The mesh's pod ranges, e.g. `198.18.0.0/16`: the app reaches port 15020 (health, metrics) of
+    /// these addresses directly; anywhere else, 15020 is redirected like any port.
+    #[arg(long, value_delimiter = ',')]
+    mesh_cidrs: Vec<weft_proxy::intercept::Cidr>,
     /// The proxy's DNS responder port; the app's port-53 traffic (UDP and TCP) goes there.
     #[arg(long, default_value_t = 15053, conflicts_with = "no_dns")]
     dns_port: u16,
@@ -149,6 +157,7 @@ fn init(a: InitArgs) -> ExitCode {
         exclude_outbound_ports: a.exclude_outbound_ports,
         exclude_inbound_ports: a.exclude_inbound_ports,
         exclude_outbound_cidrs: a.exclude_outbound_cidrs,
+        mesh_cidrs: a.mesh_cidrs,
     };
     let action = match (a.dry_run, a.cleanup) {
         (true, _) => Action::DryRun,

@@ -118,6 +118,8 @@ fn pod_run(opts: &RemoteArgs, a: args::PodRunArgs) -> i32 {
         trace_collector: a.trace_collector,
         trace_format: a.trace_format.as_str(),
         proxy_bin: a.proxy_bin,
+        user: a.user,
+        proxy_user: a.proxy_user,
         command: a.command,
     };
     match rt.block_on(runner::run(&client, o)) {

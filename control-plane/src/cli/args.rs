@@ -88,7 +88,8 @@ pub enum Command {
 pub enum PodCommand {
     /// Run CMD in a new pod: namespace, address, interception, a sidecar that joins the mesh, and the app
     /// once the sidecar is ready. Stays in the foreground until the app exits (or SIGTERM/SIGINT, passed
-    /// to the app), then drains the sidecar and removes the pod. Exits with the app's exit code.
+    /// to the app), then drains the sidecar and removes the pod. Exits with the app's exit code, or 69 when
+    /// its sidecar died and could not be restarted.
     #[command(after_long_help = POD_RUN_EXAMPLES)]
     Run(Box<PodRunArgs>),
     /// The pods on this machine.
@@ -123,7 +124,13 @@ Examples:
 
 Inside the pod: the app's outgoing TCP goes through the sidecar (mTLS to mesh services and pods), mesh
 service names resolve (reviews, reviews.default, reviews.default.svc) through the sidecar's DNS responder, and
-incoming plaintext is refused unless --mtls-mode PERMISSIVE (or the mesh's MeshConfig) allows it.";
+incoming plaintext is refused unless --mtls-mode PERMISSIVE (or the mesh's MeshConfig) allows it. UDP
+other than DNS (and any protocol but TCP and ICMP) is refused and IPv6 is off.
+
+The app runs as --user (default 1001:1001), the sidecar as --proxy-user (default 1337:1337), both with no
+capabilities: the app cannot change the pod's rules, mark sockets, signal its sidecar, or read the pod's
+directory (0700, the sidecar's). If the sidecar dies, it is restarted (at most 3 times a minute); if it
+cannot be, the app gets SIGTERM and weftctl exits with 69.";
 
 #[derive(Debug, Clone, Args)]
 pub struct PodRunArgs {
@@ -175,12 +182,32 @@ pub struct PodRunArgs {
         requires = "trace_collector"
     )]
     pub trace_format: TraceFormat,
-    /// The weft-proxy binary (default: beside weftctl, else on PATH).
+    /// The weft-proxy binary (default: beside weftctl, else on PATH); it must be executable by
+    /// --proxy-user.
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
+    /// The app's user UID[:GID] (the group defaults to the uid). The app runs with no capabilities and
+    /// no supplementary groups; root (0) is refused, and so is the sidecar's uid. The command must be
+    /// executable by this user.
+    #[arg(long, value_name = "UID[:GID]", default_value_t = default_app_user())]
+    pub user: crate::pod::sandbox::RunAs,
+    /// The sidecar's user UID[:GID]: it owns the pod's directory (0700) and interception exempts its
+    /// sockets. Root (0) is refused.
+    #[arg(long, value_name = "UID[:GID]", default_value_t = default_proxy_user())]
+    pub proxy_user: crate::pod::sandbox::RunAs,
     /// The app's command and arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+fn default_app_user() -> crate::pod::sandbox::RunAs {
+    let id = crate::pod::sandbox::DEFAULT_APP_UID;
+    crate::pod::sandbox::RunAs { uid: id, gid: id }
+}
+
+fn default_proxy_user() -> crate::pod::sandbox::RunAs {
+    let id = crate::pod::sandbox::DEFAULT_PROXY_UID;
+    crate::pod::sandbox::RunAs { uid: id, gid: id }
 }
 
 fn fraction(s: &str) -> Result<f64, String> {

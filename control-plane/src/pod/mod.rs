@@ -3,6 +3,8 @@
 pub mod network;
 pub mod record;
 pub mod runner;
+pub mod sandbox;
+mod supervise;
 
 use network::PodCidr;
 use record::NetworkDir;

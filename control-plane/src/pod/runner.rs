@@ -4,9 +4,16 @@
 //! sidecar's config, `weft-proxy init` (interception), the sidecar, *wait until it is ready*, and only
 //! then the app. When the app exits (or the runner is told to stop), the sidecar drains and exits, the
 //! rules are removed and the namespace deleted. A failure at any step undoes the steps before it.
+//!
+//! The app and the sidecar run as users of their own with no capabilities (see [`super::sandbox`]).
+//! A sidecar that dies while the app runs is restarted (its identity is cached in its state
+//! directory); if it cannot be, the pod stops rather than run with interception pointing at nothing.
 
 use super::network::{self, NetError, PodCidr};
 use super::record::{self, NetworkDir, PodRecord};
+use super::sandbox::{self, RunAs};
+use super::supervise::supervise;
+pub use super::supervise::EXIT_SIDECAR_LOST;
 use crate::cli::client::{Client, ClientError};
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -19,7 +26,6 @@ use weft_api::operator::{MeshInfo, TokenCreated, TokenRequest};
 
 pub const DEFAULT_CIDR: &str = "198.18.0.0/16";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const APP_STOP_GRACE: Duration = Duration::from_secs(10);
 const SIDECAR_DRAIN: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,10 @@ pub struct RunOptions {
     /// `zipkin` or `otlp`.
     pub trace_format: &'static str,
     pub proxy_bin: Option<PathBuf>,
+    /// The app's user and group.
+    pub user: RunAs,
+    /// The sidecar's user and group (exempt from interception by `init --proxy-uid`).
+    pub proxy_user: RunAs,
     pub command: Vec<String>,
 }
 
@@ -89,14 +99,16 @@ impl RunOptions {
 }
 
 /// The pod's pieces, torn down in reverse on drop (every way out, including errors).
-struct Pod {
+pub(super) struct Pod {
     network: String,
     name: String,
     netns: String,
     dir: PathBuf,
+    cidr: PodCidr,
     proxy_bin: PathBuf,
-    sidecar: Option<Child>,
-    app: Option<Child>,
+    proxy_user: RunAs,
+    pub(super) sidecar: Option<Child>,
+    pub(super) app: Option<Child>,
     intercepting: bool,
 }
 
@@ -133,6 +145,7 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
         ));
     }
     let proxy_bin = proxy_binary(o.proxy_bin.as_deref())?;
+    check_users(&o, &proxy_bin)?;
     let info: MeshInfo = client.get("/v1/mesh").await?;
     let sa = o.service_account();
     let token: TokenCreated = client
@@ -152,25 +165,51 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
         .await?;
 
     let mut pod = create(&o, &proxy_bin)?;
+    sandbox::check_reachable(&pod.dir, o.proxy_user).map_err(PodError::Invalid)?;
     let address = read_record(&pod)?.address;
     write_name_files(&pod.netns, &o, address)?;
     let config = write_sidecar_files(&pod.dir, &o, &sa, address, &info, &token)?;
+    sandbox::hand_pod_dir_to(&pod.dir, o.proxy_user).map_err(io(format!(
+        "handing {} to the sidecar's user",
+        pod.dir.display()
+    )))?;
     init_interception(&pod)?;
     pod.intercepting = true;
-    pod.sidecar = Some(start_sidecar(&pod, &config)?);
+    pod.sidecar = Some(start_sidecar(&pod, &config, false)?);
     update_record(&pod, |r| {
         r.sidecar_pid = pod.sidecar.as_ref().and_then(Child::id)
     })?;
-    wait_ready(&mut pod).await?;
+    wait_ready(&mut pod, READY_TIMEOUT).await?;
     eprintln!(
-        "pod {}: sidecar ready ({}), address {address}; starting the app",
-        o.name, info.trust_domain
+        "pod {}: sidecar ready ({}, uid {}), address {address}; starting the app as {}",
+        o.name, info.trust_domain, o.proxy_user.uid, o.user
     );
-    pod.app = Some(start_app(&pod, &o.command)?);
+    pod.app = Some(start_app(&pod, o.user, &o.command)?);
     update_record(&pod, |r| r.app_pid = pod.app.as_ref().and_then(Child::id))?;
-    let code = supervise(&mut pod, &o).await;
+    let code = supervise(&mut pod, &o, &config).await;
     stop_sidecar(&mut pod).await;
     Ok(code)
+}
+
+/// The app and the sidecar need users of their own, and each must be able to run its program.
+fn check_users(o: &RunOptions, proxy_bin: &Path) -> Result<(), PodError> {
+    if o.user.uid == o.proxy_user.uid {
+        return Err(PodError::Invalid(format!(
+            "--user {} is the sidecar's user: its traffic would skip interception; give the app another uid",
+            o.user
+        )));
+    }
+    if sandbox::resolve("setpriv").is_none() {
+        return Err(PodError::Invalid(
+            "setpriv not found on PATH: install util-linux (it drops the app's and the sidecar's privileges)".into(),
+        ));
+    }
+    let proxy = proxy_bin.display().to_string();
+    sandbox::check_executable(&proxy, o.proxy_user)
+        .map_err(|e| PodError::Invalid(format!("the sidecar: {e}")))?;
+    sandbox::check_executable(&o.command[0], o.user)
+        .map_err(|e| PodError::Invalid(format!("the app: {e}")))?;
+    Ok(())
 }
 
 fn proxy_binary(given: Option<&Path>) -> Result<PathBuf, PodError> {
@@ -237,7 +276,9 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
         name: o.name.clone(),
         netns: netns.clone(),
         dir: dir.pod_dir(&o.name),
+        cidr,
         proxy_bin: proxy_bin.to_path_buf(),
+        proxy_user: o.proxy_user,
         sidecar: None,
         app: None,
         intercepting: false,
@@ -267,7 +308,7 @@ fn read_record(pod: &Pod) -> Result<PodRecord, PodError> {
     serde_json::from_slice(&bytes).map_err(|e| PodError::Invalid(format!("pod record: {e}")))
 }
 
-fn update_record(pod: &Pod, f: impl FnOnce(&mut PodRecord)) -> Result<(), PodError> {
+pub(super) fn update_record(pod: &Pod, f: impl FnOnce(&mut PodRecord)) -> Result<(), PodError> {
     let mut rec = read_record(pod)?;
     f(&mut rec);
     let dir = NetworkDir {
@@ -400,9 +441,11 @@ fn json(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
-fn in_pod(pod: &Pod, program: &Path) -> Command {
+/// `ip netns exec` (which also mounts the pod's /etc/netns files), then `setpriv` down to `who`.
+fn in_pod_as(pod: &Pod, who: RunAs) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", &pod.netns]).arg(program);
+    c.args(["netns", "exec", &pod.netns])
+        .args(sandbox::setpriv_args(who));
     c
 }
 
@@ -411,6 +454,8 @@ fn init_interception(pod: &Pod) -> Result<(), PodError> {
         .args(["netns", "exec", &pod.netns])
         .arg(&pod.proxy_bin)
         .arg("init")
+        .arg(format!("--proxy-uid={}", pod.proxy_user.uid))
+        .arg(format!("--mesh-cidrs={}", pod.cidr))
         .output()
         .map_err(io("running weft-proxy init"))?;
     if !out.status.success() {
@@ -422,11 +467,18 @@ fn init_interception(pod: &Pod) -> Result<(), PodError> {
     Ok(())
 }
 
-fn start_sidecar(pod: &Pod, config: &Path) -> Result<Child, PodError> {
-    let log =
-        std::fs::File::create(pod.dir.join("sidecar.log")).map_err(io("creating sidecar.log"))?;
+/// Starts the sidecar as its own user; a restart appends to the log the first start began.
+pub(super) fn start_sidecar(pod: &Pod, config: &Path, restart: bool) -> Result<Child, PodError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(restart)
+        .write(true)
+        .truncate(!restart)
+        .open(pod.dir.join("sidecar.log"))
+        .map_err(io("creating sidecar.log"))?;
     let err = log.try_clone().map_err(io("creating sidecar.log"))?;
-    in_pod(pod, &pod.proxy_bin)
+    in_pod_as(pod, pod.proxy_user)
+        .arg(&pod.proxy_bin)
         .arg("run")
         .arg("--config")
         .arg(config)
@@ -438,7 +490,7 @@ fn start_sidecar(pod: &Pod, config: &Path) -> Result<Child, PodError> {
         .map_err(io("starting the sidecar"))
 }
 
-async fn wait_ready(pod: &mut Pod) -> Result<(), PodError> {
+pub(super) async fn wait_ready(pod: &mut Pod, timeout: Duration) -> Result<(), PodError> {
     let started = Instant::now();
     let log = pod.dir.join("sidecar.log");
     let not_ready = |reason: String| PodError::SidecarNotReady {
@@ -459,10 +511,10 @@ async fn wait_ready(pod: &mut Pod) -> Result<(), PodError> {
         if ready {
             return Ok(());
         }
-        if started.elapsed() > READY_TIMEOUT {
+        if started.elapsed() > timeout {
             return Err(not_ready(format!(
                 "GET /ready on 127.0.0.1:15020 inside the pod did not answer 200 within {}s",
-                READY_TIMEOUT.as_secs()
+                timeout.as_secs()
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -497,53 +549,11 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn start_app(pod: &Pod, command: &[String]) -> Result<Child, PodError> {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &pod.netns])
-        .args(command)
-        .kill_on_drop(true);
+fn start_app(pod: &Pod, who: RunAs, command: &[String]) -> Result<Child, PodError> {
+    let mut c = in_pod_as(pod, who);
+    c.args(command).kill_on_drop(true);
     c.spawn()
         .map_err(io(format!("starting the app `{}`", command.join(" "))))
-}
-
-/// Waits for the app to exit (or for SIGTERM/SIGINT, passed on to the app). Returns the app's exit
-/// code.
-async fn supervise(pod: &mut Pod, o: &RunOptions) -> i32 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("pod {}: cannot install signal handlers", o.name);
-        return 1;
-    };
-    let Some(app) = pod.app.as_mut() else {
-        return 1;
-    };
-    let status = tokio::select! {
-        s = app.wait() => s.ok(),
-        _ = term.recv() => stop_app(app).await,
-        _ = int.recv() => stop_app(app).await,
-    };
-    use std::os::unix::process::ExitStatusExt as _;
-    match status {
-        Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-        None => 1,
-    }
-}
-
-async fn stop_app(app: &mut Child) -> Option<std::process::ExitStatus> {
-    if let Some(pid) = app.id() {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    }
-    match tokio::time::timeout(APP_STOP_GRACE, app.wait()).await {
-        Ok(s) => s.ok(),
-        Err(_) => {
-            let _ = app.start_kill();
-            app.wait().await.ok()
-        }
-    }
 }
 
 /// SIGTERM: the sidecar reports not-ready, drains in-flight work and exits.

@@ -4,7 +4,7 @@
 //! backend (nf_tables or legacy) the way the rest of the system does, and `iptables-restore` applies a
 //! whole chain in one transaction.
 
-use super::rules::{self, Settings, CHAIN_INBOUND, CHAIN_OUTPUT};
+use super::rules::{self, Settings, CHAINS, IPV6_SYSCTLS};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
@@ -16,6 +16,11 @@ pub enum InitError {
     NoPermission { tool: String, stderr: String },
     #[error("`{command}` failed: {stderr}")]
     Failed { command: String, stderr: String },
+    #[error("cannot set {path} (IPv6 off in the pod): {source}")]
+    Sysctl {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot run `{tool}`: {source}")]
     Spawn {
         tool: &'static str,
@@ -29,7 +34,12 @@ impl InitError {
         match self {
             InitError::MissingTool(_) => 3,
             InitError::NoPermission { .. } => 4,
-            InitError::Failed { .. } | InitError::Spawn { .. } => 1,
+            InitError::Sysctl { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                4
+            }
+            InitError::Failed { .. } | InitError::Spawn { .. } | InitError::Sysctl { .. } => 1,
         }
     }
 }
@@ -38,43 +48,66 @@ const IPTABLES: &str = "iptables";
 const RESTORE: &str = "iptables-restore";
 
 /// Installs (or replaces) the rules; the jumps are added only when absent, so a second run changes nothing.
+/// IPv6 is then turned off in the namespace: the rules are IPv4 only.
 pub fn install(s: &Settings) -> Result<(), InitError> {
     require_tools()?;
     restore(&rules::restore_input(s))?;
-    for (chain, spec) in rules::jumps() {
-        if !has_rule(chain, &spec)? {
-            iptables(&["-t", "nat", "-A", chain], &spec)?;
+    for (table, chain, spec) in rules::jumps() {
+        if !has_rule(table, chain, &spec)? {
+            iptables(&["-t", table, "-A", chain], &spec)?;
         }
     }
-    Ok(())
+    set_ipv6_disabled(true)
 }
 
-/// Removes the jumps and our chains; fine when nothing is installed.
+/// Removes the jumps and our chains and turns IPv6 back on; fine when nothing is installed.
 pub fn cleanup() -> Result<(), InitError> {
     require_tools()?;
-    for (chain, spec) in rules::jumps() {
-        while has_rule(chain, &spec)? {
-            iptables(&["-t", "nat", "-D", chain], &spec)?;
+    for (table, chain, spec) in rules::jumps() {
+        while has_rule(table, chain, &spec)? {
+            iptables(&["-t", table, "-D", chain], &spec)?;
         }
     }
-    for chain in [CHAIN_OUTPUT, CHAIN_INBOUND] {
-        if chain_exists(chain)? {
-            iptables(&["-t", "nat", "-F", chain], "")?;
-            iptables(&["-t", "nat", "-X", chain], "")?;
+    for (table, chain) in CHAINS {
+        if chain_exists(table, chain)? {
+            iptables(&["-t", table, "-F", chain], "")?;
+            iptables(&["-t", table, "-X", chain], "")?;
         }
     }
-    Ok(())
+    set_ipv6_disabled(false)
 }
 
 /// What `install` would run, as text a reader (or a shell) can follow.
 pub fn dry_run(s: &Settings) -> String {
-    let mut out = format!("# {RESTORE} --noflush <<'EOF'\n");
+    let mut out = String::new();
+    for path in IPV6_SYSCTLS {
+        out.push_str(&format!("sysctl -w {}=1\n", path.replace('/', ".")));
+    }
+    out.push_str(&format!("# {RESTORE} --noflush <<'EOF'\n"));
     out.push_str(&rules::restore_input(s));
     out.push_str("# EOF\n# then, for each jump not already present:\n");
-    for (chain, spec) in rules::jumps() {
-        out.push_str(&format!("{IPTABLES} -t nat -A {chain} {spec}\n"));
+    for (table, chain, spec) in rules::jumps() {
+        out.push_str(&format!("{IPTABLES} -t {table} -A {chain} {spec}\n"));
     }
     out
+}
+
+/// Writes the IPv6 switches of the namespace this process is in (/proc/sys/net follows the caller's
+/// network namespace). A kernel without IPv6 has nothing to turn off.
+fn set_ipv6_disabled(off: bool) -> Result<(), InitError> {
+    for rel in IPV6_SYSCTLS {
+        let path = std::path::Path::new("/proc/sys").join(rel);
+        if !path.exists() {
+            continue;
+        }
+        std::fs::write(&path, if off { "1\n" } else { "0\n" }).map_err(|source| {
+            InitError::Sysctl {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
 }
 
 fn require_tools() -> Result<(), InitError> {
@@ -142,8 +175,8 @@ fn with_failing_line(stderr: &str, input: &str) -> String {
     }
 }
 
-fn has_rule(chain: &str, spec: &str) -> Result<bool, InitError> {
-    let out = run_iptables(&["-t", "nat", "-C", chain], spec)?;
+fn has_rule(table: &str, chain: &str, spec: &str) -> Result<bool, InitError> {
+    let out = run_iptables(&["-t", table, "-C", chain], spec)?;
     if out.status.success() {
         return Ok(true);
     }
@@ -155,8 +188,8 @@ fn has_rule(chain: &str, spec: &str) -> Result<bool, InitError> {
     Ok(false)
 }
 
-fn chain_exists(chain: &str) -> Result<bool, InitError> {
-    let out = run_iptables(&["-t", "nat", "-S", chain], "")?;
+fn chain_exists(table: &str, chain: &str) -> Result<bool, InitError> {
+    let out = run_iptables(&["-t", table, "-S", chain], "")?;
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     if permission_denied(&stderr) {
         return Err(classify(IPTABLES, stderr));

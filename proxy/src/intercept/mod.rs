@@ -1,5 +1,6 @@
-//! `weft-proxy init`: the iptables rules that make a pod's traffic pass through its sidecar, installed
-//! in the network namespace the command runs in (see docs/interception.md).
+//! `weft-proxy init`: the iptables rules that make a pod's traffic pass through its sidecar (and refuse
+//! what it cannot carry), installed in the network namespace the command runs in, with IPv6 off there
+//! (see docs/interception.md).
 
 pub mod apply;
 pub mod rules;
@@ -23,10 +24,14 @@ pub fn run(action: Action, settings: &Settings) -> Result<String, InitError> {
         Action::Install => {
             apply::install(settings)?;
             Ok(format!(
-                "interception installed: outbound TCP -> {}, inbound TCP -> {}, proxy mark {:#x}{}\n",
+                "interception installed: outbound TCP -> {}, inbound TCP -> {}, proxy mark {:#x}{}{}; other protocols than TCP, ICMP and DNS refused, IPv6 off\n",
                 settings.outbound_port,
                 settings.inbound_port,
                 settings.mark,
+                match settings.proxy_uid {
+                    Some(u) => format!(", proxy uid {u}"),
+                    None => String::new(),
+                },
                 match settings.dns_port {
                     Some(p) => format!(", DNS -> {p}"),
                     None => String::new(),
@@ -35,7 +40,7 @@ pub fn run(action: Action, settings: &Settings) -> Result<String, InitError> {
         }
         Action::Cleanup => {
             apply::cleanup()?;
-            Ok("interception removed\n".into())
+            Ok("interception removed (IPv6 back on)\n".into())
         }
     }
 }
