@@ -463,34 +463,19 @@ impl Limits {
     /// Raises the open-file limit to its hard limit and keeps `max_connections` below it, so a flood
     /// meets our limit rather than the kernel's (where accept fails for everyone).
     pub fn fitted_to_open_files(mut self) -> Limits {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-            return self;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                tracing::info!(
-                    from = lim.rlim_cur,
-                    to = lim.rlim_max,
-                    "raised the open-file limit"
-                );
-                lim = raised;
+        let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => limit,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read or raise RLIMIT_NOFILE");
+                return self;
             }
-        }
-        let room = lim.rlim_cur.saturating_sub(RESERVED_FILES).max(16);
+        };
+        let room = open_files.saturating_sub(RESERVED_FILES).max(16);
         let room = usize::try_from(room).unwrap_or(usize::MAX);
         if self.max_connections > room {
             tracing::warn!(
                 asked = self.max_connections,
-                open_files = lim.rlim_cur,
+                open_files,
                 using = room,
                 "proxy API connection limit lowered to fit the open-file limit"
             );

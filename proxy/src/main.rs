@@ -180,28 +180,10 @@ fn init(a: InitArgs) -> ExitCode {
 /// soft default (1024) would let a flood of idle connections exhaust them long before the listeners'
 /// connection caps apply. Failure only warns: the process still runs, with the limit it had.
 fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read RLIMIT_NOFILE");
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit raised to its hard limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise RLIMIT_NOFILE"),
     }
-    if lim.rlim_cur >= lim.rlim_max {
-        return;
-    }
-    let before = lim.rlim_cur;
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_NOFILE");
-    }
-    tracing::debug!(
-        from = before,
-        to = lim.rlim_max,
-        "raised the open-file limit"
-    );
 }
 
 fn init_logging(format: LogFormat) {

@@ -102,7 +102,6 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    raise_nofile_limit();
     let opts = Options {
         vip_range: cli.vip_range,
         api_netns: cli.api_netns,
@@ -173,34 +172,6 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-/// Raises the soft open-file limit to the hard limit. Every connection is a descriptor, and the usual
-/// soft default (1024) would let a flood of idle connections exhaust them long before the listeners'
-/// connection caps apply. Failure only warns: the process still runs, with the limit it had.
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read RLIMIT_NOFILE");
-    }
-    if lim.rlim_cur >= lim.rlim_max {
-        return;
-    }
-    let before = lim.rlim_cur;
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_NOFILE");
-    }
-    tracing::debug!(
-        from = before,
-        to = lim.rlim_max,
-        "raised the open-file limit"
-    );
 }
 
 fn init_logging(format: LogFormat) {
