@@ -203,8 +203,13 @@ impl Issuer {
         csr_pem: &str,
     ) -> Result<CertificateResponse, IssueError> {
         self.refuse_control_plane(&info.identity)?;
-        self.check_not_revoked(&info.identity)?;
-        let cert = self.sign(csr_pem, &info.identity, "join token", info.workload.clone())?;
+        // Revocation names a workload as `<namespace>/<name>`, as registration binds it.
+        let workload = info
+            .workload
+            .as_ref()
+            .map(|w| format!("{}/{w}", info.namespace));
+        self.check_not_revoked(&info.identity, workload.as_deref())?;
+        let cert = self.sign(csr_pem, &info.identity, "join token", workload)?;
         if let Some(workload) = &info.workload {
             let claim = Claim {
                 identity: info.identity.clone(),
@@ -245,8 +250,8 @@ impl Issuer {
         res
     }
 
-    fn check_not_revoked(&self, id: &SpiffeId) -> Result<(), IssueError> {
-        match self.revocations().revoked_target(id, None) {
+    fn check_not_revoked(&self, id: &SpiffeId, workload: Option<&str>) -> Result<(), IssueError> {
+        match self.revocations().revoked_target(id, workload) {
             Some(target) => Err(IssueError::Revoked {
                 target: target.clone(),
             }),
@@ -464,7 +469,7 @@ mod tests {
         assert_eq!(iss.claims().get(&serial).unwrap().workload, "pod-1");
         assert_eq!(
             iss.revocations().workload_of(&serial).as_deref(),
-            Some("pod-1")
+            Some("default/pod-1")
         );
         assert_eq!(iss.tokens().list()[0].uses, 1, "a replay counts no use");
         let text = iss.metrics.encode();
@@ -475,15 +480,25 @@ mod tests {
             iss.join(&tok, thief.csr_pem()),
             Err(IssueError::Token(TokenError::UsedUp { uses: 1, .. }))
         ));
-        iss.revocations()
-            .revoke(weft_api::operator::RevocationTarget::Identity(
-                info.identity.clone(),
-            ))
-            .unwrap();
-        assert!(matches!(
-            iss.join(&tok, kc.csr_pem()),
-            Err(IssueError::Revoked { .. })
-        ));
+        // A revoked workload or identity is not answered again.
+        assert!(!iss.revocations().is_denied(&serial));
+        for target in [
+            weft_api::operator::RevocationTarget::Workload {
+                namespace: "default".into(),
+                name: "pod-1".into(),
+            },
+            weft_api::operator::RevocationTarget::Identity(info.identity.clone()),
+        ] {
+            iss.revocations().revoke(target).unwrap();
+            assert!(
+                iss.revocations().is_denied(&serial),
+                "the replayed leaf is denied"
+            );
+            assert!(matches!(
+                iss.join(&tok, kc.csr_pem()),
+                Err(IssueError::Revoked { .. })
+            ));
+        }
     }
 
     #[test]
