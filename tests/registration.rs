@@ -1,7 +1,7 @@
 //! Identity decides what a workload may register: a Service takes registered endpoints only from the
 //! service accounts it names, a join token's workload claims bind the name and labels a proxy may
 //! register, a registered name cannot be taken by another identity, single-use tokens are spent only by
-//! an issued certificate, the control plane's own identity is never issued, and request counts are kept
+//! an issued certificate (the key whose answer was lost may ask again), the control plane's own identity is never issued, and request counts are kept
 //! only as their reporter can have carried them. Real `weft-control`, real TLS, real pods.
 
 use bytes::Bytes;
@@ -350,6 +350,117 @@ fn a_refused_csr_does_not_spend_a_single_use_token() {
         assert_eq!(status, 403, "{body}");
         assert!(body.contains("already used 1 time"), "{body}");
     });
+    let tokens = cp.api("GET", "/v1/tokens", None);
+    assert_eq!(tokens[0]["uses"], 1, "{tokens}");
+}
+
+/// `POST /v1/certificate` whose answer is lost: the control plane answers, the caller drops the
+/// connection without reading the certificate.
+async fn certificate_lost(cp: &ControlProc, csr_pem: &str, token: &str) {
+    let bundle = TrustBundle::from_pem_file(&cp.bundle_path()).unwrap();
+    let tls = weft_certs::tls::bootstrap_client_config(bundle, &cp.control_id());
+    let tcp = tokio::net::TcpStream::connect(cp.api).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(cp.api.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let body = serde_json::to_vec(&CertificateRequest {
+        csr_pem: csr_pem.to_string(),
+        token: Some(token.to_string()),
+    })
+    .unwrap();
+    let req = http::Request::post(format!("https://{}{PATH_CERTIFICATE}", cp.api))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    // The connection is cut before the certificate is read.
+    conn.abort();
+    drop(resp);
+}
+
+#[test]
+fn a_lost_answer_does_not_burn_a_single_use_token_for_the_key_that_asked() {
+    let mut cp = ControlProc::start("lost");
+    let body = r#"{"namespace":"default","serviceAccount":"pod-l","ttlSecs":120,"maxUses":1}"#;
+    let token = cp.api("POST", "/v1/tokens", Some(body))["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let me = id("default", "pod-l");
+    let kc = KeyAndCsr::generate(&me).unwrap();
+    runtime().block_on(certificate_lost(&cp, kc.csr_pem(), &token));
+    let tokens = cp.api("GET", "/v1/tokens", None);
+    assert_eq!(
+        tokens[0]["uses"], 1,
+        "the lost answer spent the use: {tokens}"
+    );
+    // What spent it is saved with the token: a restart in between changes nothing.
+    cp.restart();
+    runtime().block_on(async {
+        let (status, body) = certificate(&cp, kc.csr_pem(), Some(&token), None).await;
+        assert_eq!(
+            status, 200,
+            "the key that spent the token asks again: {body}"
+        );
+        let again = identity(&cp, &body, &kc);
+        assert_eq!(again.id(), me);
+        // The answer again is a certificate that works: it renews.
+        let next = KeyAndCsr::generate(&me).unwrap();
+        let (status, body) = certificate(&cp, next.csr_pem(), None, Some(&again)).await;
+        assert_eq!(status, 200, "renewal with the replayed certificate: {body}");
+        let thief = KeyAndCsr::generate(&me).unwrap();
+        let (status, body) = certificate(&cp, thief.csr_pem(), Some(&token), None).await;
+        assert_eq!(
+            status, 403,
+            "another key must find the token used up: {body}"
+        );
+        assert!(body.contains("already used 1 time"), "{body}");
+    });
+    let tokens = cp.api("GET", "/v1/tokens", None);
+    assert_eq!(tokens[0]["uses"], 1, "a replay counts no use: {tokens}");
+    let metrics = cp.request("GET", "/metrics", None, false).unwrap().1;
+    assert!(metrics.contains(r#"kind="join_replay""#), "{metrics}");
+    assert!(cp.log().contains("answered again"), "{}", cp.log());
+}
+
+#[test]
+fn a_proxy_restarted_during_its_join_asks_again_with_its_kept_key_and_joins() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cp = ControlProc::start("lost-proxy");
+    let body = r#"{"namespace":"default","serviceAccount":"pod-k","ttlSecs":120,"maxUses":1}"#;
+    let token = cp.api("POST", "/v1/tokens", Some(body))["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // An earlier start kept its join key, was answered, and stopped before reading the answer.
+    let dir = weft::pki::TempDir::new("lost-proxy");
+    let state = dir.path().join("cache");
+    std::fs::create_dir_all(&state).unwrap();
+    let kc = KeyAndCsr::generate(&id("default", "pod-k")).unwrap();
+    let kept = state.join("join-key.pem");
+    std::fs::write(&kept, kc.key_pem()).unwrap();
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o600)).unwrap();
+    runtime().block_on(certificate_lost(&cp, kc.csr_pem(), &token));
+    let mut proxy = weft::mesh::MeshProxyBuilder::new(&cp, "pod-k-1", "default", "pod-k")
+        .token(&token)
+        .in_dir(dir)
+        .launch();
+    proxy.wait_ready(Duration::from_secs(30));
+    let key = std::fs::read_to_string(state.join("key.pem")).unwrap();
+    assert_eq!(key, kc.key_pem(), "the certificate is for the kept key");
+    assert!(!kept.exists(), "the kept join key is removed once joined");
+    assert!(
+        proxy.log().contains("kept from an unfinished join"),
+        "{}",
+        proxy.log()
+    );
     let tokens = cp.api("GET", "/v1/tokens", None);
     assert_eq!(tokens[0]["uses"], 1, "{tokens}");
 }

@@ -417,7 +417,7 @@ fn read_csr(csr_pem: &str, id: &SpiffeId) -> Result<rcgen::SubjectPublicKeyInfo,
     Ok(spki)
 }
 
-fn csr_der(csr_pem: &str) -> Result<CertificateSigningRequestDer<'static>, CertError> {
+pub(crate) fn csr_der(csr_pem: &str) -> Result<CertificateSigningRequestDer<'static>, CertError> {
     use rustls_pki_types::pem::{Error, PemObject};
     CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(|e| match e {
         Error::NoItemsFound => CertError::NoPem {

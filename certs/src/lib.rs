@@ -24,7 +24,7 @@ mod handshake_tests;
 pub use bundle::TrustBundle;
 pub use ca::{CertificateAuthority, Validity};
 pub use credential::Credential;
-pub use csr::KeyAndCsr;
+pub use csr::{csr_key_sha256, KeyAndCsr};
 pub use error::{CertError, SpiffeIdError, VerifyError};
 pub use revoked::{leaf_serial_hex, RevokedSerials};
 pub use spiffe::{SpiffeId, TrustDomain};

@@ -6,7 +6,7 @@ use crate::metrics::Metrics;
 use crate::persist::StateError;
 use crate::revocation::Revocations;
 use crate::state_dir::control_plane_id;
-use crate::tokens::{TokenError, TokenStore};
+use crate::tokens::{Grant, TokenError, TokenStore};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weft_api::control::CertificateResponse;
@@ -143,25 +143,58 @@ impl Issuer {
     }
 
     /// First certificate: the token decides the identity. The token's use is held while signing and
-    /// counted only once the certificate (and its workload claim) is recorded.
+    /// counted only once the certificate (and its workload claim) is recorded, with the key it was
+    /// issued for. The key that spent a single-use token may ask again (its answer was lost): it is
+    /// issued a new certificate, as the first one was, and no further use is counted.
     pub fn join(&self, token: &str, csr_pem: &str) -> Result<CertificateResponse, IssueError> {
-        let res = self.tokens().reserve(token).map_err(IssueError::from);
-        let res = res.and_then(|info| {
-            let issued = self.issue_for_token(&info, csr_pem);
-            let mut tokens = self.tokens();
-            match issued {
-                Ok(cert) => tokens
-                    .commit(&info.id)
-                    .map(|_| cert)
-                    .map_err(IssueError::NotRecorded),
-                Err(e) => {
-                    tokens.release(&info.id);
-                    Err(e)
+        // An unreadable CSR has no key to match; signing refuses it below with the reason.
+        let key = weft_certs::csr_key_sha256(csr_pem).ok();
+        let res = self.tokens().reserve(token, key.as_deref());
+        let (res, kind) = match res {
+            Err(e) => (Err(IssueError::from(e)), "join"),
+            Ok(Grant::Replay(info)) => {
+                let res = self.issue_for_token(&info, csr_pem);
+                if res.is_ok() {
+                    tracing::info!(token = %info.id, identity = %info.identity,
+                        "join token answered again for the key that spent it (its answer was lost)");
                 }
+                (res, "join_replay")
             }
-        });
-        self.count(&res, "join");
+            Ok(Grant::Use(info)) => (
+                self.issue_and_commit(&info, csr_pem, key.as_deref()),
+                "join",
+            ),
+        };
+        self.count(&res, kind);
         res
+    }
+
+    /// Signs for a held use of token `info` and counts it, or gives the use back on failure.
+    fn issue_and_commit(
+        &self,
+        info: &weft_api::operator::TokenInfo,
+        csr_pem: &str,
+        key: Option<&str>,
+    ) -> Result<CertificateResponse, IssueError> {
+        let issued = self.issue_for_token(info, csr_pem);
+        let mut tokens = self.tokens();
+        match (issued, key) {
+            (Ok(cert), Some(key)) => tokens
+                .commit(&info.id, key)
+                .map(|_| cert)
+                .map_err(IssueError::NotRecorded),
+            (Ok(_), None) => {
+                // Signing verified the CSR, so its key was readable: not reached.
+                tokens.release(&info.id);
+                Err(IssueError::Record(
+                    "the CSR's public key cannot be read".into(),
+                ))
+            }
+            (Err(e), _) => {
+                tokens.release(&info.id);
+                Err(e)
+            }
+        }
     }
 
     fn issue_for_token(
@@ -170,8 +203,13 @@ impl Issuer {
         csr_pem: &str,
     ) -> Result<CertificateResponse, IssueError> {
         self.refuse_control_plane(&info.identity)?;
-        self.check_not_revoked(&info.identity)?;
-        let cert = self.sign(csr_pem, &info.identity, "join token", info.workload.clone())?;
+        // Revocation names a workload as `<namespace>/<name>`, as registration binds it.
+        let workload = info
+            .workload
+            .as_ref()
+            .map(|w| format!("{}/{w}", info.namespace));
+        self.check_not_revoked(&info.identity, workload.as_deref())?;
+        let cert = self.sign(csr_pem, &info.identity, "join token", workload)?;
         if let Some(workload) = &info.workload {
             let claim = Claim {
                 identity: info.identity.clone(),
@@ -212,8 +250,8 @@ impl Issuer {
         res
     }
 
-    fn check_not_revoked(&self, id: &SpiffeId) -> Result<(), IssueError> {
-        match self.revocations().revoked_target(id, None) {
+    fn check_not_revoked(&self, id: &SpiffeId, workload: Option<&str>) -> Result<(), IssueError> {
+        match self.revocations().revoked_target(id, workload) {
             Some(target) => Err(IssueError::Revoked {
                 target: target.clone(),
             }),
@@ -408,10 +446,59 @@ mod tests {
         assert!(iss.join(&tok, bad.csr_pem()).is_err());
         let good = KeyAndCsr::generate(&info.identity).unwrap();
         assert!(iss.join(&tok, good.csr_pem()).is_ok());
+        let another = KeyAndCsr::generate(&info.identity).unwrap();
         assert!(matches!(
-            iss.join(&tok, good.csr_pem()),
+            iss.join(&tok, another.csr_pem()),
             Err(IssueError::Token(TokenError::UsedUp { uses: 1, .. }))
         ));
+    }
+
+    #[test]
+    fn a_lost_answer_is_issued_again_to_the_same_key_with_its_claim_and_record() {
+        let iss = issuer("replay");
+        let mut req = new_token("pod", Some(1));
+        req.workload = Some("pod-1".into());
+        let (tok, info) = iss.tokens().create(&req).unwrap();
+        let kc = KeyAndCsr::generate(&info.identity).unwrap();
+        let lost = iss.join(&tok, kc.csr_pem()).unwrap();
+        let again = iss.join(&tok, kc.csr_pem()).unwrap();
+        let (lost_serial, _) = leaf_serial(&lost.chain_pem).unwrap();
+        let (serial, _) = leaf_serial(&again.chain_pem).unwrap();
+        assert_ne!(serial, lost_serial, "a new certificate is signed");
+        weft_certs::Credential::from_pem(&again.chain_pem, kc.key_pem()).unwrap();
+        assert_eq!(iss.claims().get(&serial).unwrap().workload, "pod-1");
+        assert_eq!(
+            iss.revocations().workload_of(&serial).as_deref(),
+            Some("default/pod-1")
+        );
+        assert_eq!(iss.tokens().list()[0].uses, 1, "a replay counts no use");
+        let text = iss.metrics.encode();
+        assert!(text.contains("join_replay"), "{text}");
+        // Anyone else holding the token finds it used up; a revoked identity is not answered again.
+        let thief = KeyAndCsr::generate(&info.identity).unwrap();
+        assert!(matches!(
+            iss.join(&tok, thief.csr_pem()),
+            Err(IssueError::Token(TokenError::UsedUp { uses: 1, .. }))
+        ));
+        // A revoked workload or identity is not answered again.
+        assert!(!iss.revocations().is_denied(&serial));
+        for target in [
+            weft_api::operator::RevocationTarget::Workload {
+                namespace: "default".into(),
+                name: "pod-1".into(),
+            },
+            weft_api::operator::RevocationTarget::Identity(info.identity.clone()),
+        ] {
+            iss.revocations().revoke(target).unwrap();
+            assert!(
+                iss.revocations().is_denied(&serial),
+                "the replayed leaf is denied"
+            );
+            assert!(matches!(
+                iss.join(&tok, kc.csr_pem()),
+                Err(IssueError::Revoked { .. })
+            ));
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Metrics {
         );
         registry.register(
             "certificates_issued",
-            "Workload certificates signed, by kind (join, renew)",
+            "Workload certificates signed, by kind (join, join_replay, renew)",
             m.certificates.clone(),
         );
         registry.register(

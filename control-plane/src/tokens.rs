@@ -8,6 +8,11 @@
 //! is signed, [`TokenStore::commit`] records it (and fails the issuance if it cannot be saved, so a
 //! restart never revives a used token), [`TokenStore::release`] gives it back when signing failed.
 //!
+//! Each counted use of a limited token records the public key that spent it (the SHA-256 of the CSR's
+//! SubjectPublicKeyInfo), saved with the token. A used-up token presented again, before it expires, with
+//! a CSR for one of those keys is a retry whose answer was lost: it is granted as a [`Grant::Replay`],
+//! which counts no use. Any other key finds the token used up.
+//!
 //! A token may carry a workload claim (a name and exact labels): the certificates it issues may register
 //! only that workload (see [`crate::claims`]). No token is ever made for the control plane's own identity.
 
@@ -34,6 +39,26 @@ struct Record {
     /// Uses held by certificate requests being signed (not persisted: a restart ends them).
     #[serde(skip)]
     reserved: u64,
+    /// SHA-256 of the public key of each counted use of a limited token, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    spent_by: Vec<String>,
+}
+
+/// What a presented token allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// A use is held: [`TokenStore::commit`] or [`TokenStore::release`] it.
+    Use(TokenInfo),
+    /// The key that spent a use asks again (its answer was lost): nothing is held or counted.
+    Replay(TokenInfo),
+}
+
+impl Grant {
+    pub fn info(&self) -> &TokenInfo {
+        match self {
+            Grant::Use(info) | Grant::Replay(info) => info,
+        }
+    }
 }
 
 /// What a token is asked for.
@@ -159,6 +184,7 @@ impl TokenStore {
                 info: info.clone(),
                 secret_sha256: digest(&secret),
                 reserved: 0,
+                spent_by: Vec::new(),
             },
         );
         if let Err(e) = self.save() {
@@ -169,8 +195,9 @@ impl TokenStore {
     }
 
     /// Checks a presented token and holds one of its uses until [`commit`](Self::commit) or
-    /// [`release`](Self::release); returns what it is bound to.
-    pub fn reserve(&mut self, token: &str) -> Result<TokenInfo, TokenError> {
+    /// [`release`](Self::release), or grants a replay when `key` (the SHA-256 of the CSR's public key,
+    /// if it could be read) already spent a use of this limited token.
+    pub fn reserve(&mut self, token: &str, key: Option<&str>) -> Result<Grant, TokenError> {
         let mut parts = token.trim().splitn(3, '.');
         let (Some(PREFIX), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -199,6 +226,9 @@ impl TokenStore {
             });
         }
         if let Some(max) = rec.info.max_uses {
+            if key.is_some_and(|k| rec.spent_by.iter().any(|s| s == k)) {
+                return Ok(Grant::Replay(rec.info.clone()));
+            }
             if rec.info.uses.saturating_add(rec.reserved) >= max {
                 return Err(TokenError::UsedUp {
                     id: id.to_string(),
@@ -207,21 +237,29 @@ impl TokenStore {
             }
         }
         rec.reserved += 1;
-        Ok(rec.info.clone())
+        Ok(Grant::Use(rec.info.clone()))
     }
 
-    /// A certificate was issued with token `id`: counts the use, durably. An error means the count
-    /// could not be saved and the certificate must not be handed out.
-    pub fn commit(&mut self, id: &str) -> Result<TokenInfo, StateError> {
+    /// A certificate was issued with token `id` for the public key whose SHA-256 is `key`: counts the
+    /// use (and, for a limited token, the key that spent it), durably. An error means the count could
+    /// not be saved and the certificate must not be handed out.
+    pub fn commit(&mut self, id: &str, key: &str) -> Result<TokenInfo, StateError> {
         let Some(rec) = self.records.get_mut(id) else {
             return Err(StateError::Gone(id.to_string()));
         };
         rec.reserved = rec.reserved.saturating_sub(1);
         rec.info.uses += 1;
+        let limited = rec.info.max_uses.is_some();
+        if limited {
+            rec.spent_by.push(key.to_string());
+        }
         let info = rec.info.clone();
         if let Err(e) = self.save() {
             if let Some(rec) = self.records.get_mut(id) {
                 rec.info.uses -= 1;
+                if limited {
+                    rec.spent_by.pop();
+                }
             }
             return Err(e);
         }
@@ -341,10 +379,17 @@ mod tests {
         }
     }
 
-    /// Reserve and commit at once: what a successful join does.
+    /// Reserve and commit at once with a key never seen before: what a successful join does.
     fn redeem(s: &mut TokenStore, tok: &str) -> Result<TokenInfo, TokenError> {
-        let info = s.reserve(tok)?;
-        Ok(s.commit(&info.id).unwrap())
+        static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let key = format!(
+            "key-{}",
+            KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        match s.reserve(tok, Some(&key))? {
+            Grant::Use(info) => Ok(s.commit(&info.id, &key).unwrap()),
+            Grant::Replay(info) => panic!("a fresh key was granted a replay of {}", info.id),
+        }
     }
 
     #[test]
@@ -389,12 +434,12 @@ mod tests {
     fn a_released_use_is_free_again_and_a_held_one_is_not() {
         let mut s = store("held");
         let (tok, _) = s.create(&req("pod", 60, Some(1))).unwrap();
-        let held = s.reserve(&tok).unwrap();
+        let held = s.reserve(&tok, Some("k")).unwrap();
         assert!(matches!(
-            s.reserve(&tok),
+            s.reserve(&tok, Some("k")),
             Err(TokenError::UsedUp { uses: 0, .. })
         ));
-        s.release(&held.id);
+        s.release(&held.info().id);
         assert_eq!(redeem(&mut s, &tok).unwrap().uses, 1);
     }
 
@@ -430,5 +475,55 @@ mod tests {
                 uses: 1
             })
         );
+    }
+
+    #[test]
+    fn the_key_that_spent_a_single_use_token_is_answered_again_and_no_other() {
+        let mut s = store("replay");
+        let (tok, info) = s.create(&req("pod", 60, Some(1))).unwrap();
+        let Grant::Use(held) = s.reserve(&tok, Some("key-a")).unwrap() else {
+            panic!("the first request must hold a use");
+        };
+        s.commit(&held.id, "key-a").unwrap();
+        // The answer was lost: the same key asks again, even after a restart.
+        let mut s = TokenStore::open(s.path.clone(), s.trust_domain.clone()).unwrap();
+        match s.reserve(&tok, Some("key-a")).unwrap() {
+            Grant::Replay(i) => assert_eq!(i.uses, 1),
+            g => panic!("expected a replay, got {g:?}"),
+        }
+        assert_eq!(s.list()[0].uses, 1, "a replay counts no use");
+        for other in [Some("key-b"), None] {
+            assert_eq!(
+                s.reserve(&tok, other),
+                Err(TokenError::UsedUp {
+                    id: info.id.clone(),
+                    uses: 1
+                })
+            );
+        }
+        s.records.get_mut(&info.id).unwrap().info.expires_at = now_secs() - 1;
+        assert!(matches!(
+            s.reserve(&tok, Some("key-a")),
+            Err(TokenError::Expired { .. })
+        ));
+        s.records.get_mut(&info.id).unwrap().info.expires_at = now_secs() + 60;
+        s.revoke(&info.id).unwrap();
+        assert_eq!(
+            s.reserve(&tok, Some("key-a")),
+            Err(TokenError::Revoked(info.id))
+        );
+    }
+
+    #[test]
+    fn unlimited_tokens_keep_no_keys() {
+        let mut s = store("nokeys");
+        let (tok, info) = s.create(&req("web", 60, None)).unwrap();
+        for _ in 0..2 {
+            let g = s.reserve(&tok, Some("same")).unwrap();
+            assert!(matches!(g, Grant::Use(_)), "{g:?}");
+            s.commit(&info.id, "same").unwrap();
+        }
+        assert_eq!(s.list()[0].uses, 2);
+        assert!(s.records[&info.id].spent_by.is_empty());
     }
 }

@@ -58,7 +58,8 @@ pub struct ControlConfig {
     /// A file holding the join token (or set `WEFT_JOIN_TOKEN`); needed only without a cached certificate.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
-    /// Where the key (0600), certificate, bundle and the last good config are kept across restarts.
+    /// Where the key (0600), certificate, bundle and the last good config are kept across restarts,
+    /// and the key of a join under way (0600), so a retry after a lost answer asks for the same key.
     pub state_dir: PathBuf,
 }
 

@@ -50,19 +50,53 @@ pub async fn identity(
         Err(e) => tracing::warn!(error = %e, "cached certificate is not usable; joining again"),
     }
     let token = join_token(settings)?;
+    let key = join_key(&id, &cache)?;
     let deadline = tokio::time::Instant::now() + give_up;
     let mut attempt = 0;
     loop {
-        match join(settings, &id, &token, &cache).await {
-            Ok(identity) => return Ok((identity, Source::Joined)),
+        match join(settings, &key, &token, &cache).await {
+            Ok(identity) => {
+                cache.clear_join_key();
+                return Ok((identity, Source::Joined));
+            }
             Err(BootstrapError::Unreachable(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "waiting for the control plane");
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if matches!(e, BootstrapError::Refused { .. }) {
+                    cache.clear_join_key();
+                }
+                return Err(e.into());
+            }
         }
         tokio::time::sleep(super::backoff(attempt, Duration::from_secs(5))).await;
         attempt += 1;
     }
+}
+
+/// The key to join with: the one kept by an earlier start whose join did not finish, else a new one,
+/// kept (0600) before it is first sent. Every attempt asks for this key, so when an answer is lost the
+/// control plane can tell the retry from another holder of a single-use token and answer it again.
+fn join_key(id: &SpiffeId, cache: &Cache) -> anyhow::Result<KeyAndCsr> {
+    match cache.join_key() {
+        Ok(Some(pem)) => match KeyAndCsr::from_key_pem(id, &pem) {
+            Ok(key) => {
+                tracing::info!(%id, "joining with the key kept from an unfinished join");
+                return Ok(key);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the kept join key is not usable; making a new one")
+            }
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the kept join key; making a new one"),
+    }
+    let key = KeyAndCsr::generate(id)?;
+    if let Err(e) = cache.save_join_key(key.key_pem()) {
+        // Still usable for this start's retries, which keep it in memory.
+        tracing::warn!(error = %e, "cannot keep the join key; a restart during the join makes a new one");
+    }
+    Ok(key)
 }
 
 fn join_token(settings: &Settings) -> anyhow::Result<String> {
@@ -82,27 +116,27 @@ fn join_token(settings: &Settings) -> anyhow::Result<String> {
 
 async fn join(
     settings: &Settings,
-    id: &SpiffeId,
+    key: &KeyAndCsr,
     token: &str,
     cache: &Cache,
 ) -> Result<Identity, BootstrapError> {
+    let id = key.id();
     let tls = weft_certs::bootstrap_client_config(settings.pinned.clone(), &settings.server_id);
-    let (cred, bundle) = request(settings, tls, id, Some(token), cache).await?;
+    let (cred, bundle) = request(settings, tls, key, Some(token), cache).await?;
     tracing::info!(%id, serial = %cred.serial_hex(), "joined the mesh: certificate issued by the control plane");
     Identity::new(cred, bundle).map_err(|e| BootstrapError::Other(e.to_string()))
 }
 
-/// Generates a key, sends its CSR (with `token` on join; the TLS client certificate authenticates a
-/// renewal), caches and returns the issued credential.
+/// Sends the CSR of `key` (with `token` on join; the TLS client certificate authenticates a renewal),
+/// caches and returns the issued credential.
 pub async fn request(
     settings: &Settings,
     tls: Arc<rustls::ClientConfig>,
-    id: &SpiffeId,
+    key: &KeyAndCsr,
     token: Option<&str>,
     cache: &Cache,
 ) -> Result<(Credential, TrustBundle), BootstrapError> {
     let other = |e: &dyn std::fmt::Display| BootstrapError::Other(e.to_string());
-    let key = KeyAndCsr::generate(id).map_err(|e| other(&e))?;
     let body = CertificateRequest {
         csr_pem: key.csr_pem().to_string(),
         token: token.map(str::to_string),
@@ -141,4 +175,33 @@ pub async fn request(
         tracing::warn!(error = %e, "cannot cache the certificate; a restart will need the control plane");
     }
     Ok((cred, bundle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn the_join_key_is_kept_0600_and_asked_for_again_until_the_join_ends() {
+        let dir = std::env::temp_dir().join(format!("weft-join-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = Cache::new(&dir.join("state"));
+        let id = SpiffeId::parse("spiffe://t.local/ns/default/sa/pod").unwrap();
+        let first = join_key(&id, &cache).unwrap();
+        let mode = std::fs::metadata(dir.join("state/join-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let fp = |k: &KeyAndCsr| weft_certs::csr_key_sha256(k.csr_pem()).unwrap();
+        // A restart during the join asks for the same key.
+        assert_eq!(fp(&join_key(&id, &cache).unwrap()), fp(&first));
+        cache.clear_join_key();
+        assert_ne!(fp(&join_key(&id, &cache).unwrap()), fp(&first));
+        // A damaged kept key is replaced, not fatal.
+        std::fs::write(dir.join("state/join-key.pem"), "garbage").unwrap();
+        assert!(join_key(&id, &cache).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,10 +1,14 @@
 //! What the proxy keeps on disk so a restart needs no control plane: its key (0600), certificate chain,
 //! trust bundle, and the last snapshot it applied (checksummed; a damaged copy is reported, not used).
+//! While it joins, the key it asks a certificate for (`join-key.pem`, 0600), so that a retry, even after
+//! a restart, asks for the same key and the control plane can answer again a join whose answer was lost.
 
 use std::path::{Path, PathBuf};
 use weft_api::control::Snapshot;
 use weft_api::persist;
 use weft_certs::{Credential, TrustBundle};
+
+const JOIN_KEY: &str = "join-key.pem";
 
 pub struct Cache {
     dir: PathBuf,
@@ -47,6 +51,31 @@ impl Cache {
         persist::write_atomic(&self.path("cert.pem"), chain_pem.as_bytes(), 0o644)?;
         persist::write_atomic(&self.path("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
         Ok(())
+    }
+
+    /// The key kept for a join still under way, if any.
+    pub fn join_key(&self) -> std::io::Result<Option<String>> {
+        match std::fs::read_to_string(self.path(JOIN_KEY)) {
+            Ok(pem) => Ok(Some(pem)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps the key of a join before it is first sent.
+    pub fn save_join_key(&self, key_pem: &str) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        persist::write_atomic(&self.path(JOIN_KEY), key_pem.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    /// The join is over (its key is now `key.pem`, or it was refused for good).
+    pub fn clear_join_key(&self) {
+        if let Err(e) = std::fs::remove_file(self.path(JOIN_KEY)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, "cannot remove the join key");
+            }
+        }
     }
 
     pub fn save_bundle(&self, bundle_pem: &str) -> anyhow::Result<()> {

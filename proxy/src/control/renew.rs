@@ -9,6 +9,7 @@ use crate::state::Proxy;
 use rand::Rng as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use weft_certs::KeyAndCsr;
 
 pub async fn run(proxy: Arc<Proxy>, settings: Settings) {
     let cache = Cache::new(&settings.control.state_dir);
@@ -38,7 +39,11 @@ async fn renew(proxy: &Proxy, settings: &Settings, cache: &Cache) {
     let mut attempt = 0;
     loop {
         let tls = proxy.identity.client_config(&settings.server_id);
-        match bootstrap::request(settings, tls, &id, None, cache).await {
+        let res = match KeyAndCsr::generate(&id) {
+            Ok(key) => bootstrap::request(settings, tls, &key, None, cache).await,
+            Err(e) => Err(bootstrap::BootstrapError::Other(e.to_string())),
+        };
+        match res {
             Ok((cred, bundle)) => {
                 let serial = cred.serial_hex();
                 let not_after = cred.not_after();
