@@ -297,6 +297,26 @@ fn apps_of_two_pods_with_default_users_cannot_touch_each_other() {
         std::fs::read_to_string(&secret.0).expect("victim's file"),
         "private\n"
     );
+    // The range is the runner's to hand out: `--user` may not take one of its uids.
+    let taken = format!("{victim_uid}");
+    let out = mesh
+        .weftctl()
+        .args([
+            "pod",
+            "run",
+            "--network",
+            &mesh.network,
+            "--name",
+            "squatter",
+        ])
+        .args(["--user", &taken, "--", "true"])
+        .output()
+        .expect("weftctl pod run");
+    assert!(
+        !out.status.success() && text(&out).contains("200000-265535"),
+        "{}",
+        text(&out)
+    );
     let list = mesh.weftctl_ok(&["pod", "list"]);
     assert!(
         list.lines()
@@ -401,4 +421,41 @@ fn a_dead_sidecar_is_restarted_and_a_sidecar_that_keeps_dying_stops_the_pod() {
         !probe(&mesh).status.success(),
         "the stopped pod still answers"
     );
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its parent is not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+#[test]
+fn what_an_app_leaves_running_goes_with_its_pod() {
+    if !available("sandbox") {
+        return;
+    }
+    let mut mesh = PodMesh::new("sbxl");
+    mesh.pod_no_wait(
+        "leaver",
+        &[],
+        &["sh", "-c", "sleep 600 >/dev/null 2>&1 & echo \"LEFT $!\""],
+    );
+    let code = mesh.wait_runner("leaver", Duration::from_secs(90));
+    let log = mesh.runner_log("leaver");
+    assert_eq!(code, Some(0), "{log}");
+    let pid: i32 = wait_line(&mesh, "leaver", "LEFT ")["LEFT ".len()..]
+        .parse()
+        .expect("the child's pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = running(pid);
+    if left {
+        // SAFETY: SIGKILL to the process the test's pod left behind.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(!left, "the app's child {pid} outlived its pod:\n{log}");
 }

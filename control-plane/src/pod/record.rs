@@ -39,8 +39,15 @@ pub struct NetworkDir {
     pub dir: PathBuf,
 }
 
-/// An exclusive lock on the network's directory, released on drop.
+/// An exclusive lock on a file, released on drop.
 pub struct Lock(std::fs::File);
+
+impl Lock {
+    /// Takes over a file already locked with flock.
+    pub(super) fn new(f: std::fs::File) -> Lock {
+        Lock(f)
+    }
+}
 
 impl Drop for Lock {
     fn drop(&mut self) {
@@ -118,7 +125,7 @@ impl NetworkDir {
 }
 
 /// An exclusive lock on `path` (created if absent), waiting for whoever holds it.
-pub fn lock_file(path: &Path) -> std::io::Result<Lock> {
+fn lock_file(path: &Path) -> std::io::Result<Lock> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -113,6 +113,9 @@ pub(super) struct Pod {
     pub(super) app: Option<Child>,
     /// The app's user: `--user`, else allocated for this pod.
     app_user: RunAs,
+    /// The claim on `app_user` when it was allocated for this pod alone (then its processes die with
+    /// the pod); released after them.
+    own_user: Option<users::Claim>,
     intercepting: bool,
 }
 
@@ -123,6 +126,9 @@ impl Drop for Pod {
             .flatten()
         {
             let _ = child.start_kill();
+        }
+        if self.own_user.is_some() {
+            sandbox::kill_all_of(self.app_user);
         }
         if self.intercepting {
             let _ = std::process::Command::new("ip")
@@ -206,12 +212,16 @@ fn check_users(o: &RunOptions, proxy_bin: &Path) -> Result<(), PodError> {
             "--user {user} is the sidecar's user: its traffic would skip interception; give the app another uid"
         )));
     }
+    let range = format!("{}-{}", users::APP_UIDS.start(), users::APP_UIDS.end());
+    if let Some(user) = o.user.filter(|u| users::APP_UIDS.contains(&u.uid)) {
+        return Err(PodError::Invalid(format!(
+            "--user {user} is in {range}, the uids the runner gives pods' apps; leave --user out for one of those, or give a uid outside it"
+        )));
+    }
     if users::APP_UIDS.contains(&o.proxy_user.uid) {
         return Err(PodError::Invalid(format!(
-            "--proxy-user {} is in the range pods' apps are given ({}-{}); give the sidecar a uid outside it",
-            o.proxy_user,
-            users::APP_UIDS.start(),
-            users::APP_UIDS.end()
+            "--proxy-user {} is in {range}, the uids the runner gives pods' apps; give the sidecar a uid outside it",
+            o.proxy_user
         )));
     }
     if sandbox::resolve("setpriv").is_none() {
@@ -268,20 +278,12 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
     let address = dir
         .free_address(cidr)
         .ok_or_else(|| PodError::Invalid(format!("no free address left in {cidr}")))?;
-    // Held until the record names the uid, so runners of any network never pick the same one.
-    let _users = users::lock(&o.run_dir).map_err(io(format!(
-        "locking {}",
-        o.run_dir.join("users.lock").display()
-    )))?;
-    let app_user = match o.user {
-        Some(u) => u,
-        None => users::allocate(&o.run_dir).ok_or_else(|| {
-            PodError::Invalid(format!(
-                "no free app uid left in {}-{}: every one runs a pod's app or another process; give --user",
-                users::APP_UIDS.start(),
-                users::APP_UIDS.end()
-            ))
-        })?,
+    let (app_user, claim) = match o.user {
+        Some(user) => (user, None),
+        None => {
+            let c = claim_user()?;
+            (c.user, Some(c))
+        }
     };
     let netns = network::pod_ns(&o.network, &o.name);
     let pod = Pod {
@@ -295,6 +297,7 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
         sidecar: None,
         app: None,
         app_user,
+        own_user: claim,
         intercepting: false,
     };
     let rec = PodRecord {
@@ -316,6 +319,20 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
     dir.write(&rec).map_err(io("writing the pod record"))?;
     network::create_pod(&o.network, &o.name, cidr, address)?;
     Ok(pod)
+}
+
+/// A uid of the pod's own, held until the runner ends.
+fn claim_user() -> Result<users::Claim, PodError> {
+    let dir = Path::new(users::CLAIMS_DIR);
+    users::claim(dir)
+        .map_err(io(format!("claiming a uid in {}", dir.display())))?
+        .ok_or_else(|| {
+            PodError::Invalid(format!(
+                "no free app uid left in {}-{}: each runs a pod's app or another process; give --user",
+                users::APP_UIDS.start(),
+                users::APP_UIDS.end()
+            ))
+        })
 }
 
 /// The network's range (created with it if absent); a different `--cidr` than it has is refused.

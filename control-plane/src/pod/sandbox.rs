@@ -64,6 +64,22 @@ pub fn setpriv_args(who: RunAs) -> Vec<String> {
     ]
 }
 
+/// SIGKILL to every process running as `who`, sent as that user: `kill -1` reaches exactly the
+/// processes it may signal, its own. Only for a uid nothing else uses (a pod's own app user): what
+/// the app left running (a child it detached) goes with the pod instead of outliving it.
+pub fn kill_all_of(who: RunAs) {
+    let done = std::process::Command::new("setpriv")
+        .args(setpriv_args(who))
+        .args(["sh", "-c", "kill -s KILL -- -1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Err(e) = done {
+        tracing::warn!(user = %who, error = %e, "cannot kill the processes the app left");
+    }
+}
+
 /// Where `program` is found (a path as given, else the first match on PATH).
 pub fn resolve(program: &str) -> Option<PathBuf> {
     if program.contains('/') {

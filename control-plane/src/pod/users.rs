@@ -1,48 +1,69 @@
 //! Each pod's app gets a user of its own (see docs/pods.md, "Users and permissions"): with one shared
 //! uid, apps of different pods could signal and trace each other, read each other's
 //! `/proc/<pid>/environ` and open each other's private files. The runner hands out uids from
-//! [`APP_UIDS`] (above normal accounts, so no `/etc/passwd` entry is needed), unique among the live pods
-//! of every network under the run directory, under a lock of the run directory (`users.lock`), and
-//! records the choice in `pod.json` (`appUser`) where the next runner sees it.
+//! [`APP_UIDS`] (above normal accounts, so no `/etc/passwd` entry is needed) and records the choice in
+//! `pod.json` (`appUser`).
+//!
+//! A uid is claimed with an flock on `CLAIMS_DIR/<uid>` that the runner holds for the pod's life: the
+//! claim is host-wide (runners of every network and run directory see it), atomic, and gone when the
+//! runner is, however it ends. A uid that still owns a process is skipped too: a leftover of a pod
+//! whose runner was killed hard keeps its uid out of use.
 
-use super::record::{self, Lock, NetworkDir};
+use super::record::Lock;
 use super::sandbox::RunAs;
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::Path;
 
-/// The uids (and gids) handed out to pods' apps.
+/// The uids (and gids) handed out to pods' apps; `--user` may not name one.
 pub const APP_UIDS: RangeInclusive<u32> = 200_000..=265_535;
 
-/// Locks the run directory's uid allocation; hold it until the pod's record (with its uid) is written.
-pub fn lock(run_dir: &Path) -> std::io::Result<Lock> {
-    std::fs::create_dir_all(run_dir)?;
-    record::lock_file(&run_dir.join("users.lock"))
+/// Where runners claim uids (tmpfs: claims do not outlive a boot, and a dead runner's lock is free).
+pub const CLAIMS_DIR: &str = "/run/weft-app-uids";
+
+/// A uid held for one pod: released when dropped (or when the runner dies).
+pub struct Claim {
+    pub user: RunAs,
+    _lock: Lock,
 }
 
-/// A user no live pod of any network under `run_dir` runs its app as, and that owns no process (a
-/// leftover of a pod whose runner was killed keeps its uid out of reach). Call under [`lock`].
-pub fn allocate(run_dir: &Path) -> Option<RunAs> {
-    let mut taken = pod_uids(run_dir);
-    taken.extend(process_uids());
-    let uid = first_free(&taken)?;
-    Some(RunAs { uid, gid: uid })
+/// Claims the lowest uid of [`APP_UIDS`] that no runner holds and that owns no process.
+pub fn claim(dir: &Path) -> std::io::Result<Option<Claim>> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let taken = process_uids();
+    for uid in APP_UIDS.filter(|u| !taken.contains(u)) {
+        if let Some(lock) = try_lock(&dir.join(uid.to_string()))? {
+            return Ok(Some(Claim {
+                user: RunAs { uid, gid: uid },
+                _lock: lock,
+            }));
+        }
+    }
+    Ok(None)
 }
 
-/// The lowest uid of [`APP_UIDS`] not in `taken` (freed uids are used again).
-fn first_free(taken: &BTreeSet<u32>) -> Option<u32> {
-    APP_UIDS.into_iter().find(|u| !taken.contains(u))
-}
-
-/// The app uids of pods whose runner is alive, in every network under `run_dir`.
-fn pod_uids(run_dir: &Path) -> BTreeSet<u32> {
-    super::networks(run_dir, None)
-        .iter()
-        .flat_map(|net| NetworkDir::new(run_dir, net).pods())
-        .filter(|p| record::alive(p.runner_pid))
-        .filter_map(|p| p.app_user.map(|u| u.uid))
-        .collect()
+/// An exclusive lock on `path` if no one holds it.
+fn try_lock(path: &Path) -> std::io::Result<Option<Lock>> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock on an fd we own; LOCK_NB returns at once when another runner holds it.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(Lock::new(f)));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(err)
+    }
 }
 
 /// The uids that own a process on this host (the owner of `/proc/<pid>`).
@@ -67,23 +88,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_lowest_free_uid_is_handed_out() {
-        let first = *APP_UIDS.start();
-        assert_eq!(first_free(&BTreeSet::new()), Some(first));
-        let taken: BTreeSet<u32> = [first, first + 1, first + 3].into();
-        assert_eq!(first_free(&taken), Some(first + 2));
-        let all: BTreeSet<u32> = APP_UIDS.collect();
-        assert_eq!(first_free(&all), None);
-    }
-
-    #[test]
-    fn uids_owning_processes_are_skipped() {
+    fn claims_are_exclusive_and_freed_uids_are_used_again() {
         // SAFETY: getuid has no preconditions.
-        let me = unsafe { libc::getuid() };
-        assert!(process_uids().contains(&me));
-        let run_dir = std::env::temp_dir().join(format!("weft-users-{}", std::process::id()));
-        let got = allocate(&run_dir).expect("a free uid");
-        assert!(APP_UIDS.contains(&got.uid) && got.gid == got.uid, "{got}");
-        let _ = std::fs::remove_dir_all(&run_dir);
+        assert!(process_uids().contains(&unsafe { libc::getuid() }));
+        let dir = std::env::temp_dir().join(format!("weft-uid-claims-{}", std::process::id()));
+        let a = claim(&dir).unwrap().expect("a free uid");
+        assert!(APP_UIDS.contains(&a.user.uid) && a.user.gid == a.user.uid);
+        let b = claim(&dir).unwrap().expect("a second uid");
+        assert!(b.user.uid > a.user.uid, "{} then {}", a.user, b.user);
+        let first = a.user.uid;
+        drop(a);
+        let c = claim(&dir).unwrap().expect("the freed uid");
+        assert_eq!(c.user.uid, first);
+        drop((b, c));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
