@@ -448,6 +448,11 @@ fn what_an_app_leaves_running_goes_with_its_pod() {
     let pid: i32 = wait_line(&mesh, "leaver", "LEFT ")["LEFT ".len()..]
         .parse()
         .expect("the child's pid");
+    assert_gone(pid, &log);
+}
+
+/// Waits (bounded) until `pid` is gone; kills it if not, and fails.
+fn assert_gone(pid: i32, log: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while running(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -458,4 +463,28 @@ fn what_an_app_leaves_running_goes_with_its_pod() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     assert!(!left, "the app's child {pid} outlived its pod:\n{log}");
+}
+
+#[test]
+fn deleting_a_pod_whose_runner_died_kills_what_its_app_left() {
+    if !available("sandbox") {
+        return;
+    }
+    let mut mesh = PodMesh::new("sbxd");
+    let app = "sleep 600 >/dev/null 2>&1 & echo \"LEFT $!\"; exec sleep 600";
+    mesh.pod("orphan", &[], &["sh", "-c", app]);
+    let pid: i32 = wait_line(&mesh, "orphan", "LEFT ")["LEFT ".len()..]
+        .parse()
+        .expect("the child's pid");
+    let runner = record(&mesh, "orphan").expect("pod.json")["runnerPid"]
+        .as_i64()
+        .expect("runnerPid") as i32;
+    // SAFETY: SIGKILL to the test's own `weftctl pod run`: no teardown happens.
+    assert_eq!(unsafe { libc::kill(runner, libc::SIGKILL) }, 0);
+    // Reaped, so `pod delete` finds the runner gone.
+    let _ = mesh.wait_runner("orphan", Duration::from_secs(10));
+    assert!(running(pid), "the app's child died with its runner");
+    let out = mesh.weftctl_ok(&["pod", "delete", "orphan"]);
+    assert!(out.contains("its runner was gone"), "{out}");
+    assert_gone(pid, &out);
 }

@@ -93,6 +93,10 @@ pub fn delete(run_dir: &Path, network: Option<&str>, name: &str) -> Result<Strin
         // SAFETY: processes named in the pod's record, whose runner did not clean up.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
+    // A uid of the apps' range was the pod's own: what its app left running goes too.
+    if let Some(user) = pod.app_user.filter(|u| users::APP_UIDS.contains(&u.uid)) {
+        users::kill_left(Path::new(users::CLAIMS_DIR), user);
+    }
     network::delete_pod(&pod.network, name);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(format!("pod {name} removed (its runner was gone)\n"))

@@ -47,6 +47,22 @@ pub fn claim(dir: &Path) -> std::io::Result<Option<Claim>> {
     Ok(None)
 }
 
+/// Kills what still runs as `user`, a uid of [`APP_UIDS`] whose runner is gone, unless a runner holds
+/// it again (then its processes are that pod's). Returns whether it did.
+pub fn kill_left(dir: &Path, user: RunAs) -> bool {
+    match try_lock(&dir.join(user.uid.to_string())) {
+        Ok(Some(_held)) => {
+            super::sandbox::kill_all_of(user);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(%user, error = %e, "cannot check the uid's claim; its processes are left");
+            false
+        }
+    }
+}
+
 /// An exclusive lock on `path` if no one holds it.
 fn try_lock(path: &Path) -> std::io::Result<Option<Lock>> {
     let f = std::fs::OpenOptions::new()
@@ -100,6 +116,8 @@ mod tests {
         drop(a);
         let c = claim(&dir).unwrap().expect("the freed uid");
         assert_eq!(c.user.uid, first);
+        // A held uid is not someone's leftovers.
+        assert!(!kill_left(&dir, b.user));
         drop((b, c));
         let _ = std::fs::remove_dir_all(&dir);
     }
