@@ -315,7 +315,7 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
         started: record::now(),
         command: o.command.clone(),
     };
-    // The record first: it holds the address and uid for the next runner while the namespace is built.
+    // The record first: it holds the address for the next runner even while the namespace is built.
     dir.write(&rec).map_err(io("writing the pod record"))?;
     network::create_pod(&o.network, &o.name, cidr, address)?;
     Ok(pod)
@@ -365,6 +365,9 @@ fn clear_stale(o: &RunOptions, dir: &NetworkDir) -> Result<(), PodError> {
             )));
         }
         // A runner that died without cleaning up: take its leftovers down first.
+        if let Some(user) = old.app_user.filter(|u| users::APP_UIDS.contains(&u.uid)) {
+            users::kill_left(Path::new(users::CLAIMS_DIR), user);
+        }
         network::delete_pod(&o.network, &o.name);
         let _ = std::fs::remove_dir_all(dir.pod_dir(&o.name));
     }
