@@ -131,8 +131,8 @@ The app runs as a uid of its own (allocated from 200000-265535, unique among the
 shown by `weftctl pod list`) unless --user is given, the sidecar as --proxy-user (default
 1337:1337, shared by every pod's sidecar), both with no capabilities: the app cannot change the pod's
 rules, mark sockets, signal its sidecar or another pod's app, or read the pod's directory (0700, the
-sidecar's). Pods given the same --user are not isolated from each other. If the sidecar dies, it is restarted (at most 3 times a minute); if it
-cannot be, the app gets SIGTERM and weftctl exits with 69.";
+sidecar's). Pods given the same --user are not isolated from each other. If the sidecar dies, it is
+restarted (at most 3 times a minute); if it cannot be, the app gets SIGTERM and weftctl exits with 69.";
 
 #[derive(Debug, Clone, Args)]
 pub struct PodRunArgs {
@@ -189,8 +189,8 @@ pub struct PodRunArgs {
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
     /// The app's user UID[:GID] (the group defaults to the uid); default: a uid (and gid) of its own
-    /// from 200000-265535 (which --user may not name), killed with everything it left running when the
-    /// pod stops. Pods given the same user can signal, trace and read each other's apps. The
+    /// from 200000-265535 (which --user may not name); whatever still runs as it is killed when the pod
+    /// stops. Pods given the same user can signal, trace and read each other's apps. The
     /// app runs with no capabilities and no supplementary groups; root (0) is refused, and so is the
     /// sidecar's uid. The command must be executable by this user.
     #[arg(long, value_name = "UID[:GID]")]
