@@ -8,6 +8,9 @@
 //! attacker serve --tcp-port N --udp-port N   # writes each TCP peer's address; echoes UDP, UDP-Lite
 //! attacker probe HOST:PORT                   # prints what a `serve` saw; exit 0 if it answered
 //! attacker probe-udp IP:PORT                 # one datagram; exit 0 if a `serve` answered
+//! attacker hold --file F                     # a neighbour: creates F (0600) and waits
+//! attacker neighbour --pid P --file F        # against a `hold` in another pod: its environment,
+//!                                            # its file, ptrace, SIGTERM
 //! ```
 //! `serve` listens on both families, so an IPv6 attempt reaches it when the pod lets IPv6 out.
 
@@ -53,6 +56,11 @@ fn main() {
                 }
             }
         }
+        Some("hold") => hold(&PathBuf::from(flag("--file").unwrap_or_default())),
+        Some("neighbour") => neighbour(
+            flag("--pid").and_then(|p| p.parse().ok()).unwrap_or(0),
+            &PathBuf::from(flag("--file").unwrap_or_default()),
+        ),
         Some("escape") => escape(&Escape {
             state_dir: flag("--state-dir").unwrap_or_default().into(),
             pod_dir: flag("--pod-dir").unwrap_or_default().into(),
@@ -126,6 +134,74 @@ fn escape(e: &Escape) {
         Err(why) => println!("CHECK intercepted: unknown ({why})"),
         Ok(what) => println!("CHECK intercepted: no ({what})"),
     }
+}
+
+/// What an app keeps to itself: a file only its user may open, and its process (environment, memory).
+fn hold(file: &std::path::Path) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let made = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(file)
+        .and_then(|mut f| f.write_all(b"private\n"));
+    if let Err(e) = made {
+        eprintln!("cannot create {}: {e}", file.display());
+        std::process::exit(1);
+    }
+    // SAFETY: getuid has no preconditions.
+    println!("HOLDING {} as uid {}", file.display(), unsafe {
+        libc::getuid()
+    });
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Another pod's app (`hold`), seen from this one: the pid namespace and /tmp are shared.
+fn neighbour(pid: i32, file: &std::path::Path) {
+    // SAFETY: getuid has no preconditions.
+    println!("RUNNING as uid {}", unsafe { libc::getuid() });
+    let environ = format!("/proc/{pid}/environ");
+    report(
+        "read_neighbour_environ",
+        std::fs::read(&environ)
+            .map(|b| format!("read {} bytes of {environ}", b.len()))
+            .map_err(|e| format!("{environ}: {e}")),
+    );
+    report(
+        "write_neighbour_file",
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(file)
+            .and_then(|mut f| f.write_all(b"written by another pod\n"))
+            .map(|()| format!("appended to {}", file.display()))
+            .map_err(|e| format!("{}: {e}", file.display())),
+    );
+    report("trace_neighbour", trace(pid));
+    // SAFETY: a signal to another process; the kernel decides whether we may.
+    let killed = if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+        Ok(format!("SIGTERM sent to pid {pid}"))
+    } else {
+        Err(format!("kill {pid}: {}", std::io::Error::last_os_error()))
+    };
+    report("signal_neighbour", killed);
+}
+
+/// Attaches to `pid` as a debugger would (then stops it briefly and lets it go).
+fn trace(pid: i32) -> Result<String, String> {
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: ptrace requests on another process; the kernel decides whether we may.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, null, null) != 0 {
+            return Err(format!("ptrace {pid}: {}", std::io::Error::last_os_error()));
+        }
+        libc::ptrace(libc::PTRACE_INTERRUPT, pid, null, null);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, libc::__WALL);
+        libc::ptrace(libc::PTRACE_DETACH, pid, null, null);
+    }
+    Ok(format!("attached to pid {pid} with ptrace"))
 }
 
 fn probe(target: &str) {

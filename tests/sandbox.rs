@@ -1,7 +1,7 @@
 //! The pod as a sandbox: an app run by `weftctl pod run` that tries every way out (the control plane's
 //! and the pods' secrets, the socket mark, the firewall, its sidecar, UDP, IPv6, the tunnel port) gets
-//! none, and its traffic still goes through its sidecar; a sidecar that dies is restarted, or the pod
-//! is stopped. Real `weft-control`, `weftctl pod run`, namespaces and iptables (see
+//! none, and its traffic still goes through its sidecar; apps of two pods, each with its own user,
+//! cannot touch each other; a sidecar that dies is restarted, or the pod is stopped. Real `weft-control`, `weftctl pod run`, namespaces and iptables (see
 //! `weft::pods::available`).
 
 use std::path::PathBuf;
@@ -30,6 +30,17 @@ const ESCAPES: [&str; 19] = [
     "ipv6_tcp",
     "ipv6_udp",
 ];
+
+/// What an app tries against another pod's app; each must be reported blocked.
+const NEIGHBOUR: [&str; 4] = [
+    "read_neighbour_environ",
+    "write_neighbour_file",
+    "trace_neighbour",
+    "signal_neighbour",
+];
+
+/// The uids `weftctl pod run` gives apps by default.
+const APP_UIDS: std::ops::RangeInclusive<u32> = 200_000..=265_535;
 
 const TCP_PORT: &str = "9100";
 const UDP_PORT: &str = "9101";
@@ -109,15 +120,35 @@ fn run_attacker(
     let log = mesh.runner_log("attacker");
     eprintln!("{log}");
     assert_eq!(code, Some(0), "{log}");
-    assert!(log.contains("RUNNING as uid 1001\n"), "{log}");
+    let uid = running_uid(&log);
+    assert!(
+        APP_UIDS.contains(&uid),
+        "app uid {uid} not allocated:\n{log}"
+    );
     log
+}
+
+/// The uid the attacker said it runs as.
+fn running_uid(log: &str) -> u32 {
+    log.lines()
+        .find_map(|l| l.strip_prefix("RUNNING as uid ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RUNNING line:\n{log}"))
 }
 
 /// Every attempt was made, and every one was blocked; the app's TCP still went through its sidecar.
 fn assert_all_blocked(log: &str) {
+    assert_blocked(log, &ESCAPES);
+    assert!(
+        log.contains("CHECK intercepted: yes"),
+        "after the attempts, the app's TCP no longer goes through its sidecar:\n{log}"
+    );
+}
+
+/// Each of `attempts` was made and reported blocked.
+fn assert_blocked(log: &str, attempts: &[&str]) {
     let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("ESCAPE ")).collect();
     let mut failed = Vec::new();
-    for name in ESCAPES {
+    for name in attempts {
         let prefix = format!("ESCAPE {name}: ");
         match lines.iter().find(|l| l.starts_with(&prefix)) {
             Some(l) if l.starts_with(&format!("{prefix}blocked")) => {}
@@ -129,10 +160,6 @@ fn assert_all_blocked(log: &str) {
         failed.is_empty(),
         "escapes that worked:\n{}\n--- runner log ---\n{log}",
         failed.join("\n")
-    );
-    assert!(
-        log.contains("CHECK intercepted: yes"),
-        "after the attempts, the app's TCP no longer goes through its sidecar:\n{log}"
     );
 }
 
@@ -190,10 +217,113 @@ fn a_hostile_app_gets_out_of_its_pod_by_no_way() {
     );
 }
 
-fn sidecar_pid(mesh: &PodMesh, name: &str) -> Option<i32> {
+fn record(mesh: &PodMesh, name: &str) -> Option<serde_json::Value> {
     let bytes = std::fs::read(pod_dir(mesh, name).join("pod.json")).ok()?;
-    let rec: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    rec["sidecarPid"].as_i64().map(|p| p as i32)
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn sidecar_pid(mesh: &PodMesh, name: &str) -> Option<i32> {
+    record(mesh, name)?["sidecarPid"].as_i64().map(|p| p as i32)
+}
+
+/// Removes a file the test had a pod's app create outside the run directory, also on panic.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Waits (bounded) until the pod's runner log has a line starting with `prefix`.
+fn wait_line(mesh: &PodMesh, name: &str, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = mesh.runner_log(name);
+        if let Some(line) = log.lines().find(|l| l.starts_with(prefix)) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{prefix}` from {name}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn apps_of_two_pods_with_default_users_cannot_touch_each_other() {
+    if !available("sandbox") {
+        return;
+    }
+    let attacker = example("attacker");
+    let mut mesh = PodMesh::new("sbxn");
+    let secret = RemoveOnDrop(std::env::temp_dir().join(format!("weft-{}-victim", mesh.network)));
+    let file = secret.0.display().to_string();
+    mesh.pod("victim", &[], &[&attacker, "hold", "--file", &file]);
+    wait_line(&mesh, "victim", "HOLDING ");
+    let rec = record(&mesh, "victim").expect("victim's pod.json");
+    let pid = rec["appPid"].as_i64().expect("appPid") as i32;
+
+    mesh.pod_no_wait(
+        "attacker",
+        &[],
+        &[
+            &attacker,
+            "neighbour",
+            "--pid",
+            &pid.to_string(),
+            "--file",
+            &file,
+        ],
+    );
+    let code = mesh.wait_runner("attacker", Duration::from_secs(90));
+    let log = mesh.runner_log("attacker");
+    eprintln!("{log}");
+    assert_eq!(code, Some(0), "{log}");
+    assert_blocked(&log, &NEIGHBOUR);
+    // Because each app has a uid of its own, recorded in its pod's record.
+    let victim_uid = rec["appUser"]["uid"].as_u64().expect("appUser") as u32;
+    assert_eq!(rec["appUser"]["gid"].as_u64(), Some(u64::from(victim_uid)));
+    let uid = running_uid(&log);
+    assert!(
+        APP_UIDS.contains(&victim_uid) && APP_UIDS.contains(&uid) && uid != victim_uid,
+        "attacker uid {uid}, victim {rec}"
+    );
+    // The victim is untouched: still running, its file as it wrote it.
+    // SAFETY: signal 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "the victim's app is gone");
+    assert_eq!(
+        std::fs::read_to_string(&secret.0).expect("victim's file"),
+        "private\n"
+    );
+    // The range is the runner's to hand out: `--user` may not take one of its uids.
+    let taken = format!("{victim_uid}");
+    let out = mesh
+        .weftctl()
+        .args([
+            "pod",
+            "run",
+            "--network",
+            &mesh.network,
+            "--name",
+            "squatter",
+        ])
+        .args(["--user", &taken, "--", "true"])
+        .output()
+        .expect("weftctl pod run");
+    assert!(
+        !out.status.success() && text(&out).contains("200000-265535"),
+        "{}",
+        text(&out)
+    );
+    let list = mesh.weftctl_ok(&["pod", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("victim\t")
+                && l.contains(&format!("\t{victim_uid}:{victim_uid}\t"))),
+        "{list}"
+    );
 }
 
 /// Kills the pod's current sidecar and waits for the runner to record a new one (or to exit).
@@ -291,4 +421,70 @@ fn a_dead_sidecar_is_restarted_and_a_sidecar_that_keeps_dying_stops_the_pod() {
         !probe(&mesh).status.success(),
         "the stopped pod still answers"
     );
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its parent is not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+#[test]
+fn what_an_app_leaves_running_goes_with_its_pod() {
+    if !available("sandbox") {
+        return;
+    }
+    let mut mesh = PodMesh::new("sbxl");
+    mesh.pod_no_wait(
+        "leaver",
+        &[],
+        &["sh", "-c", "sleep 600 >/dev/null 2>&1 & echo \"LEFT $!\""],
+    );
+    let code = mesh.wait_runner("leaver", Duration::from_secs(90));
+    let log = mesh.runner_log("leaver");
+    assert_eq!(code, Some(0), "{log}");
+    let pid: i32 = wait_line(&mesh, "leaver", "LEFT ")["LEFT ".len()..]
+        .parse()
+        .expect("the child's pid");
+    assert_gone(pid, &log);
+}
+
+/// Waits (bounded) until `pid` is gone; kills it if not, and fails.
+fn assert_gone(pid: i32, log: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = running(pid);
+    if left {
+        // SAFETY: SIGKILL to the process the test's pod left behind.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(!left, "the app's child {pid} outlived its pod:\n{log}");
+}
+
+#[test]
+fn deleting_a_pod_whose_runner_died_kills_what_its_app_left() {
+    if !available("sandbox") {
+        return;
+    }
+    let mut mesh = PodMesh::new("sbxd");
+    let app = "sleep 600 >/dev/null 2>&1 & echo \"LEFT $!\"; exec sleep 600";
+    mesh.pod("orphan", &[], &["sh", "-c", app]);
+    let pid: i32 = wait_line(&mesh, "orphan", "LEFT ")["LEFT ".len()..]
+        .parse()
+        .expect("the child's pid");
+    let runner = record(&mesh, "orphan").expect("pod.json")["runnerPid"]
+        .as_i64()
+        .expect("runnerPid") as i32;
+    // SAFETY: SIGKILL to the test's own `weftctl pod run`: no teardown happens.
+    assert_eq!(unsafe { libc::kill(runner, libc::SIGKILL) }, 0);
+    // Reaped, so `pod delete` finds the runner gone.
+    let _ = mesh.wait_runner("orphan", Duration::from_secs(10));
+    assert!(running(pid), "the app's child died with its runner");
+    let out = mesh.weftctl_ok(&["pod", "delete", "orphan"]);
+    assert!(out.contains("its runner was gone"), "{out}");
+    assert_gone(pid, &out);
 }

@@ -127,10 +127,12 @@ service names resolve (reviews, reviews.default, reviews.default.svc) through th
 incoming plaintext is refused unless --mtls-mode PERMISSIVE (or the mesh's MeshConfig) allows it. UDP
 other than DNS (and any protocol but TCP and ICMP) is refused and IPv6 is off.
 
-The app runs as --user (default 1001:1001), the sidecar as --proxy-user (default 1337:1337), both with no
-capabilities: the app cannot change the pod's rules, mark sockets, signal its sidecar, or read the pod's
-directory (0700, the sidecar's). If the sidecar dies, it is restarted (at most 3 times a minute); if it
-cannot be, the app gets SIGTERM and weftctl exits with 69.";
+The app runs as a uid of its own (allocated from 200000-265535, unique among the live pods on the host,
+shown by `weftctl pod list`) unless --user is given, the sidecar as --proxy-user (default
+1337:1337, shared by every pod's sidecar), both with no capabilities: the app cannot change the pod's
+rules, mark sockets, signal its sidecar or another pod's app, or read the pod's directory (0700, the
+sidecar's). Pods given the same --user are not isolated from each other. If the sidecar dies, it is
+restarted (at most 3 times a minute); if it cannot be, the app gets SIGTERM and weftctl exits with 69.";
 
 #[derive(Debug, Clone, Args)]
 pub struct PodRunArgs {
@@ -186,23 +188,20 @@ pub struct PodRunArgs {
     /// --proxy-user.
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
-    /// The app's user UID[:GID] (the group defaults to the uid). The app runs with no capabilities and
-    /// no supplementary groups; root (0) is refused, and so is the sidecar's uid. The command must be
-    /// executable by this user.
-    #[arg(long, value_name = "UID[:GID]", default_value_t = default_app_user())]
-    pub user: crate::pod::sandbox::RunAs,
+    /// The app's user UID[:GID] (the group defaults to the uid); default: a uid (and gid) of its own
+    /// from 200000-265535 (which --user may not name); whatever still runs as it is killed when the pod
+    /// stops. Pods given the same user can signal, trace and read each other's apps. The
+    /// app runs with no capabilities and no supplementary groups; root (0) is refused, and so is the
+    /// sidecar's uid. The command must be executable by this user.
+    #[arg(long, value_name = "UID[:GID]")]
+    pub user: Option<crate::pod::sandbox::RunAs>,
     /// The sidecar's user UID[:GID]: it owns the pod's directory (0700) and interception exempts its
-    /// sockets. Root (0) is refused.
+    /// sockets. Root (0) is refused, and so are the apps' uids (200000-265535).
     #[arg(long, value_name = "UID[:GID]", default_value_t = default_proxy_user())]
     pub proxy_user: crate::pod::sandbox::RunAs,
     /// The app's command and arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
-}
-
-fn default_app_user() -> crate::pod::sandbox::RunAs {
-    let id = crate::pod::sandbox::DEFAULT_APP_UID;
-    crate::pod::sandbox::RunAs { uid: id, gid: id }
 }
 
 fn default_proxy_user() -> crate::pod::sandbox::RunAs {

@@ -5,6 +5,7 @@ pub mod record;
 pub mod runner;
 pub mod sandbox;
 mod supervise;
+pub mod users;
 
 use network::PodCidr;
 use record::NetworkDir;
@@ -15,7 +16,8 @@ pub const DEFAULT_RUN_DIR: &str = "/run/weft";
 
 /// `weftctl pod list`: one line per pod, in every network under `run_dir` (or just `network`).
 pub fn list(run_dir: &Path, network: Option<&str>) -> String {
-    let mut out = String::from("NAME\tNETWORK\tNAMESPACE\tADDRESS\tLABELS\tRUNNER\tAGE\tSTATE\n");
+    let mut out =
+        String::from("NAME\tNETWORK\tNAMESPACE\tADDRESS\tUSER\tLABELS\tRUNNER\tAGE\tSTATE\n");
     let now = record::now();
     for net in networks(run_dir, network) {
         for p in NetworkDir::new(run_dir, &net).pods() {
@@ -26,11 +28,14 @@ pub fn list(run_dir: &Path, network: Option<&str>) -> String {
                 "stale (runner gone; `weftctl pod delete` cleans up)"
             };
             out.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}s\t{state}\n",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}s\t{state}\n",
                 p.name,
                 p.network,
                 p.namespace,
                 p.address,
+                p.app_user
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 labels.join(","),
                 p.runner_pid,
                 now.saturating_sub(p.started),
@@ -87,6 +92,10 @@ pub fn delete(run_dir: &Path, network: Option<&str>, name: &str) -> Result<Strin
     {
         // SAFETY: processes named in the pod's record, whose runner did not clean up.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    // A uid of the apps' range was the pod's own: what its app left running goes too.
+    if let Some(user) = pod.app_user.filter(|u| users::APP_UIDS.contains(&u.uid)) {
+        users::kill_left(Path::new(users::CLAIMS_DIR), user);
     }
     network::delete_pod(&pod.network, name);
     let _ = std::fs::remove_dir_all(&dir);

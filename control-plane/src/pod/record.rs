@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::network::PodCidr;
+use super::sandbox::RunAs;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,6 +27,9 @@ pub struct PodRecord {
     pub sidecar_pid: Option<u32>,
     #[serde(default)]
     pub app_pid: Option<u32>,
+    /// The user and group the app runs as (allocated per pod unless `--user` was given).
+    #[serde(default)]
+    pub app_user: Option<RunAs>,
     /// Unix seconds.
     pub started: u64,
     pub command: Vec<String>,
@@ -35,8 +39,15 @@ pub struct NetworkDir {
     pub dir: PathBuf,
 }
 
-/// An exclusive lock on the network's directory, released on drop.
+/// An exclusive lock on a file, released on drop.
 pub struct Lock(std::fs::File);
+
+impl Lock {
+    /// Takes over a file already locked with flock.
+    pub(super) fn new(f: std::fs::File) -> Lock {
+        Lock(f)
+    }
+}
 
 impl Drop for Lock {
     fn drop(&mut self) {
@@ -62,16 +73,7 @@ impl NetworkDir {
 
     pub fn lock(&self) -> std::io::Result<Lock> {
         std::fs::create_dir_all(self.pods_dir())?;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join("lock"))?;
-        // SAFETY: flock on an fd we own; blocks until the other runner is done with its step.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Lock(f))
+        lock_file(&self.dir.join("lock"))
     }
 
     /// The network's range, written by whoever created it.
@@ -120,6 +122,20 @@ impl NetworkDir {
             .map(|i| cidr.host(i))
             .find(|a| !used.contains(a))
     }
+}
+
+/// An exclusive lock on `path` (created if absent), waiting for whoever holds it.
+fn lock_file(path: &Path) -> std::io::Result<Lock> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock on an fd we own; blocks until the other runner is done with its step.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Lock(f))
 }
 
 /// Whether a process is still there.

@@ -5,7 +5,8 @@
 //! then the app. When the app exits (or the runner is told to stop), the sidecar drains and exits, the
 //! rules are removed and the namespace deleted. A failure at any step undoes the steps before it.
 //!
-//! The app and the sidecar run as users of their own with no capabilities (see [`super::sandbox`]).
+//! The app and the sidecar run as users of their own with no capabilities (see [`super::sandbox`]);
+//! unless `--user` is given, each pod's app gets a uid no other live pod's app has ([`super::users`]).
 //! A sidecar that dies while the app runs is restarted (its identity is cached in its state
 //! directory); if it cannot be, the pod stops rather than run with interception pointing at nothing.
 
@@ -14,6 +15,7 @@ use super::record::{self, NetworkDir, PodRecord};
 use super::sandbox::{self, RunAs};
 use super::supervise::supervise;
 pub use super::supervise::EXIT_SIDECAR_LOST;
+use super::users;
 use crate::cli::client::{Client, ClientError};
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -75,8 +77,8 @@ pub struct RunOptions {
     /// `zipkin` or `otlp`.
     pub trace_format: &'static str,
     pub proxy_bin: Option<PathBuf>,
-    /// The app's user and group.
-    pub user: RunAs,
+    /// The app's user and group; `None`: one of its own, allocated from [`users::APP_UIDS`].
+    pub user: Option<RunAs>,
     /// The sidecar's user and group (exempt from interception by `init --proxy-uid`).
     pub proxy_user: RunAs,
     pub command: Vec<String>,
@@ -109,6 +111,11 @@ pub(super) struct Pod {
     proxy_user: RunAs,
     pub(super) sidecar: Option<Child>,
     pub(super) app: Option<Child>,
+    /// The app's user: `--user`, else allocated for this pod.
+    app_user: RunAs,
+    /// The claim on `app_user` when it was allocated for this pod alone (then its processes die with
+    /// the pod); released after them.
+    own_user: Option<users::Claim>,
     intercepting: bool,
 }
 
@@ -119,6 +126,9 @@ impl Drop for Pod {
             .flatten()
         {
             let _ = child.start_kill();
+        }
+        if self.own_user.is_some() {
+            sandbox::kill_all_of(self.app_user);
         }
         if self.intercepting {
             let _ = std::process::Command::new("ip")
@@ -166,6 +176,9 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
 
     let mut pod = create(&o, &proxy_bin)?;
     sandbox::check_reachable(&pod.dir, o.proxy_user).map_err(PodError::Invalid)?;
+    if o.user.is_none() {
+        check_app(&o, pod.app_user)?;
+    }
     let address = read_record(&pod)?.address;
     write_name_files(&pod.netns, &o, address)?;
     let config = write_sidecar_files(&pod.dir, &o, &sa, address, &info, &token)?;
@@ -182,21 +195,33 @@ pub async fn run(client: &Client, o: RunOptions) -> Result<i32, PodError> {
     wait_ready(&mut pod, READY_TIMEOUT).await?;
     eprintln!(
         "pod {}: sidecar ready ({}, uid {}), address {address}; starting the app as {}",
-        o.name, info.trust_domain, o.proxy_user.uid, o.user
+        o.name, info.trust_domain, o.proxy_user.uid, pod.app_user
     );
-    pod.app = Some(start_app(&pod, o.user, &o.command)?);
+    pod.app = Some(start_app(&pod, pod.app_user, &o.command)?);
     update_record(&pod, |r| r.app_pid = pod.app.as_ref().and_then(Child::id))?;
     let code = supervise(&mut pod, &o, &config).await;
     stop_sidecar(&mut pod).await;
     Ok(code)
 }
 
-/// The app and the sidecar need users of their own, and each must be able to run its program.
+/// The app and the sidecar need users of their own, and each must be able to run its program (an
+/// allocated app user is checked once the pod has it).
 fn check_users(o: &RunOptions, proxy_bin: &Path) -> Result<(), PodError> {
-    if o.user.uid == o.proxy_user.uid {
+    if let Some(user) = o.user.filter(|u| u.uid == o.proxy_user.uid) {
         return Err(PodError::Invalid(format!(
-            "--user {} is the sidecar's user: its traffic would skip interception; give the app another uid",
-            o.user
+            "--user {user} is the sidecar's user: its traffic would skip interception; give the app another uid"
+        )));
+    }
+    let range = format!("{}-{}", users::APP_UIDS.start(), users::APP_UIDS.end());
+    if let Some(user) = o.user.filter(|u| users::APP_UIDS.contains(&u.uid)) {
+        return Err(PodError::Invalid(format!(
+            "--user {user} is in {range}, the uids the runner gives pods' apps; leave --user out for one of those, or give a uid outside it"
+        )));
+    }
+    if users::APP_UIDS.contains(&o.proxy_user.uid) {
+        return Err(PodError::Invalid(format!(
+            "--proxy-user {} is in {range}, the uids the runner gives pods' apps; give the sidecar a uid outside it",
+            o.proxy_user
         )));
     }
     if sandbox::resolve("setpriv").is_none() {
@@ -207,7 +232,14 @@ fn check_users(o: &RunOptions, proxy_bin: &Path) -> Result<(), PodError> {
     let proxy = proxy_bin.display().to_string();
     sandbox::check_executable(&proxy, o.proxy_user)
         .map_err(|e| PodError::Invalid(format!("the sidecar: {e}")))?;
-    sandbox::check_executable(&o.command[0], o.user)
+    match o.user {
+        Some(user) => check_app(o, user),
+        None => Ok(()),
+    }
+}
+
+fn check_app(o: &RunOptions, user: RunAs) -> Result<(), PodError> {
+    sandbox::check_executable(&o.command[0], user)
         .map_err(|e| PodError::Invalid(format!("the app: {e}")))?;
     Ok(())
 }
@@ -235,12 +267,76 @@ fn proxy_binary(given: Option<&Path>) -> Result<PathBuf, PodError> {
         })
 }
 
-/// Namespace, veth and address, under the network's lock.
+/// Namespace, veth, address and app user, under the network's lock.
 fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
     let dir = NetworkDir::new(&o.run_dir, &o.network);
     let _lock = dir
         .lock()
         .map_err(io(format!("locking {}", dir.dir.display())))?;
+    let cidr = network_range(o, &dir)?;
+    clear_stale(o, &dir)?;
+    let address = dir
+        .free_address(cidr)
+        .ok_or_else(|| PodError::Invalid(format!("no free address left in {cidr}")))?;
+    let (app_user, claim) = match o.user {
+        Some(user) => (user, None),
+        None => {
+            let c = claim_user()?;
+            (c.user, Some(c))
+        }
+    };
+    let netns = network::pod_ns(&o.network, &o.name);
+    let pod = Pod {
+        network: o.network.clone(),
+        name: o.name.clone(),
+        netns: netns.clone(),
+        dir: dir.pod_dir(&o.name),
+        cidr,
+        proxy_bin: proxy_bin.to_path_buf(),
+        proxy_user: o.proxy_user,
+        sidecar: None,
+        app: None,
+        app_user,
+        own_user: claim,
+        intercepting: false,
+    };
+    let rec = PodRecord {
+        name: o.name.clone(),
+        network: o.network.clone(),
+        netns,
+        namespace: o.namespace.clone(),
+        service_account: o.service_account(),
+        labels: o.labels(),
+        address,
+        runner_pid: std::process::id(),
+        sidecar_pid: None,
+        app_pid: None,
+        app_user: Some(app_user),
+        started: record::now(),
+        command: o.command.clone(),
+    };
+    // The record first: it holds the address for the next runner even while the namespace is built.
+    dir.write(&rec).map_err(io("writing the pod record"))?;
+    network::create_pod(&o.network, &o.name, cidr, address)?;
+    Ok(pod)
+}
+
+/// A uid of the pod's own, held until the runner ends.
+fn claim_user() -> Result<users::Claim, PodError> {
+    let dir = Path::new(users::CLAIMS_DIR);
+    users::claim(dir)
+        .map_err(io(format!("claiming a uid in {}", dir.display())))?
+        .ok_or_else(|| {
+            PodError::Invalid(format!(
+                "no free app uid left in {}-{}: each runs a pod's app or another process; give --user",
+                users::APP_UIDS.start(),
+                users::APP_UIDS.end()
+            ))
+        })
+}
+
+/// The network's range (created with it if absent); a different `--cidr` than it has is refused.
+fn network_range(o: &RunOptions, dir: &NetworkDir) -> Result<PodCidr, PodError> {
     let cidr = match (o.cidr, dir.cidr()) {
         (Some(c), Some(existing)) if c != existing => {
             return Err(PodError::Invalid(format!(
@@ -256,6 +352,11 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
     }
     dir.set_cidr(cidr)
         .map_err(io("writing the network's range"))?;
+    Ok(cidr)
+}
+
+/// A pod of the same name: refused while its runner lives, else its leftovers are removed.
+fn clear_stale(o: &RunOptions, dir: &NetworkDir) -> Result<(), PodError> {
     if let Some(old) = dir.pods().into_iter().find(|p| p.name == o.name) {
         if record::alive(old.runner_pid) {
             return Err(PodError::Invalid(format!(
@@ -264,43 +365,13 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
             )));
         }
         // A runner that died without cleaning up: take its leftovers down first.
+        if let Some(user) = old.app_user.filter(|u| users::APP_UIDS.contains(&u.uid)) {
+            users::kill_left(Path::new(users::CLAIMS_DIR), user);
+        }
         network::delete_pod(&o.network, &o.name);
         let _ = std::fs::remove_dir_all(dir.pod_dir(&o.name));
     }
-    let address = dir
-        .free_address(cidr)
-        .ok_or_else(|| PodError::Invalid(format!("no free address left in {cidr}")))?;
-    let netns = network::pod_ns(&o.network, &o.name);
-    let pod = Pod {
-        network: o.network.clone(),
-        name: o.name.clone(),
-        netns: netns.clone(),
-        dir: dir.pod_dir(&o.name),
-        cidr,
-        proxy_bin: proxy_bin.to_path_buf(),
-        proxy_user: o.proxy_user,
-        sidecar: None,
-        app: None,
-        intercepting: false,
-    };
-    let rec = PodRecord {
-        name: o.name.clone(),
-        network: o.network.clone(),
-        netns: netns.clone(),
-        namespace: o.namespace.clone(),
-        service_account: o.service_account(),
-        labels: o.labels(),
-        address,
-        runner_pid: std::process::id(),
-        sidecar_pid: None,
-        app_pid: None,
-        started: record::now(),
-        command: o.command.clone(),
-    };
-    // The record first: it holds the address for the next runner even while the namespace is built.
-    dir.write(&rec).map_err(io("writing the pod record"))?;
-    network::create_pod(&o.network, &o.name, cidr, address)?;
-    Ok(pod)
+    Ok(())
 }
 
 fn read_record(pod: &Pod) -> Result<PodRecord, PodError> {

@@ -1,20 +1,19 @@
 //! What keeps a pod's app in its place: the users the app and the sidecar run as, the capabilities
 //! they lose, and who may read the pod's files (see docs/pods.md, "Users and permissions").
 //!
-//! The app runs as an unprivileged user with no capabilities, so it can neither change the pod's
-//! rules, mark its sockets, nor read the sidecar's key and token; the sidecar runs as a user of its
-//! own (which `init` exempts from interception) with no capabilities either.
+//! The app runs as an unprivileged user with no capabilities (by default one of its own per pod, see
+//! [`super::users`]), so it can neither change the pod's rules, mark its sockets, nor read the
+//! sidecar's key and token, nor touch another pod's app; the sidecar runs as a user of its own (which
+//! `init` exempts from interception, shared by every pod's sidecar) with no capabilities either.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-/// The app's default user and group: a uid no system account uses.
-pub const DEFAULT_APP_UID: u32 = 1001;
 /// The sidecar's default user and group (Istio's 1337).
 pub const DEFAULT_PROXY_UID: u32 = 1337;
 
 /// A user and group to run as (`UID[:GID]`; the group defaults to the uid).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunAs {
     pub uid: u32,
     pub gid: u32,
@@ -63,6 +62,22 @@ pub fn setpriv_args(who: RunAs) -> Vec<String> {
         "--no-new-privs".into(),
         "--".into(),
     ]
+}
+
+/// SIGKILL to every process running as `who`, sent as that user: `kill -1` reaches exactly the
+/// processes it may signal, its own. Only for a uid nothing else uses (a pod's own app user): what
+/// the app left running (a child it detached) goes with the pod instead of outliving it.
+pub fn kill_all_of(who: RunAs) {
+    let done = std::process::Command::new("setpriv")
+        .args(setpriv_args(who))
+        .args(["sh", "-c", "kill -s KILL -- -1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Err(e) = done {
+        tracing::warn!(user = %who, error = %e, "cannot kill the processes the app left");
+    }
 }
 
 /// Where `program` is found (a path as given, else the first match on PATH).
