@@ -255,16 +255,10 @@ async fn config_stream(
 ) -> Response<Body> {
     let mut body = req.into_body();
     let mut decoder = FrameDecoder::with_limit(MAX_HELLO);
-    let hello =
-        match tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut body, &mut decoder)).await {
-            Ok(Ok(Some(FromProxy::Hello(h)))) => h,
-            Ok(Ok(Some(other))) => {
-                return bad_stream(peer, format!("expected hello first, got {other:?}"))
-            }
-            Ok(Ok(None)) => return bad_stream(peer, "stream ended before hello".into()),
-            Ok(Err(e)) => return bad_stream(peer, format!("hello refused: {e}")),
-            Err(_) => return bad_stream(peer, format!("no hello within {HELLO_TIMEOUT:?}")),
-        };
+    let hello = match read_hello(&mut body, &mut decoder).await {
+        Ok(h) => h,
+        Err(reason) => return bad_stream(peer, reason),
+    };
     decoder.set_limit(MAX_STREAM_MESSAGE);
     let reg = match registration(hello, &id, peer.serial.as_deref(), cp) {
         Ok(r) => r,
@@ -288,37 +282,71 @@ async fn config_stream(
         }
     };
     tracing::info!(proxy = %key, %id, peer = %peer.addr, "proxy connected");
-    let hub = cp.hub.clone();
-    let addr = peer.addr;
-    let identity = id.clone();
-    let cp_stats = cp.clone();
-    cp.tasks.spawn(async move {
+    let stream = ProxyStream {
+        key,
+        conn_id,
+        identity: id,
+        addr: peer.addr,
+    };
+    cp.tasks
+        .spawn(stream.read_until_closed(cp.clone(), body, decoder));
+    snapshots_body(outbox)
+}
+
+/// The first message of a config stream, which must be a `hello`, within its time and size limits.
+async fn read_hello(body: &mut Incoming, decoder: &mut FrameDecoder) -> Result<Hello, String> {
+    match tokio::time::timeout(HELLO_TIMEOUT, read_message(body, decoder)).await {
+        Ok(Ok(Some(FromProxy::Hello(h)))) => Ok(h),
+        Ok(Ok(Some(other))) => Err(format!("expected hello first, got {other:?}")),
+        Ok(Ok(None)) => Err("stream ended before hello".into()),
+        Ok(Err(e)) => Err(format!("hello refused: {e}")),
+        Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
+    }
+}
+
+/// One registered proxy's side of its config stream: acks, readiness and request counts.
+struct ProxyStream {
+    key: String,
+    conn_id: u64,
+    identity: SpiffeId,
+    addr: SocketAddr,
+}
+
+impl ProxyStream {
+    async fn read_until_closed(
+        self,
+        cp: Arc<ControlPlane>,
+        mut body: Incoming,
+        mut decoder: FrameDecoder,
+    ) {
+        let (hub, key, conn_id) = (&cp.hub, &self.key, self.conn_id);
         let reason = loop {
             match read_message(&mut body, &mut decoder).await {
-                Ok(Some(FromProxy::Ack { version })) => hub.ack(&key, conn_id, version),
+                Ok(Some(FromProxy::Ack { version })) => hub.ack(key, conn_id, version),
                 Ok(Some(FromProxy::Nack { version, reason })) => {
-                    hub.nack(&key, conn_id, version, reason)
+                    hub.nack(key, conn_id, version, reason)
                 }
-                Ok(Some(FromProxy::Ready { ready })) => hub.set_ready(&key, conn_id, ready),
+                Ok(Some(FromProxy::Ready { ready })) => hub.set_ready(key, conn_id, ready),
                 Ok(Some(FromProxy::Stats(report))) => {
                     let reach = |ns: &str, svc: &str, subset: Option<&str>| {
-                        hub.may_reach(&identity, ns, svc, subset)
+                        hub.may_reach(&self.identity, ns, svc, subset)
                     };
-                    let metrics = &cp_stats.metrics;
-                    cp_stats
-                        .stats
-                        .update(&key, &identity, conn_id, report, metrics, reach)
+                    cp.stats
+                        .update(key, &self.identity, conn_id, report, &cp.metrics, reach)
                 }
                 Ok(Some(FromProxy::Hello(_))) => break "a second hello".to_string(),
                 Ok(None) => break "stream closed".to_string(),
                 Err(e) => break e,
             }
         };
-        tracing::info!(proxy = %key, peer = %addr, %reason, "proxy disconnected");
-        cp_stats.stats.remove(&key, conn_id);
-        hub.disconnect(&key, conn_id);
-    });
-    // Each snapshot goes out as its pieces; the shared sections are written from one copy for all.
+        tracing::info!(proxy = %key, peer = %self.addr, %reason, "proxy disconnected");
+        cp.stats.remove(key, conn_id);
+        hub.disconnect(key, conn_id);
+    }
+}
+
+/// Each snapshot goes out as its pieces; the shared sections are written from one copy for all.
+fn snapshots_body(outbox: Arc<crate::hub::Outbox>) -> Response<Body> {
     let frames = stream::unfold(outbox, |outbox| async move {
         let frame = outbox.next().await?;
         let pieces = frame

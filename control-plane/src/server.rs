@@ -3,6 +3,7 @@
 use crate::hub::{Hub, HubSettings, Registered};
 use crate::issuer::Issuer;
 use crate::metrics::Metrics;
+use crate::revocation::Revocations;
 use crate::state_dir::StateDir;
 use crate::store::Store;
 use crate::tokens::TokenStore;
@@ -104,42 +105,12 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
             .with_context(|| format!("cannot read --config-dir {}", dir.display()))?,
         None => Vec::new(),
     };
-    // The trust domain: the flag, else a MeshConfig in the watched directory (for a new mesh).
-    let td = match (
-        &opts.trust_domain,
-        crate::store::trust_domain_in(&dir_files),
-    ) {
-        (Some(td), _) => Some(td.clone()),
-        (None, Some(td)) => Some(
-            TrustDomain::new(&td)
-                .with_context(|| format!("MeshConfig trustDomain {td:?} in --config-dir"))?,
-        ),
-        (None, None) => None,
-    };
+    let td = trust_domain(opts, &dir_files)?;
     let state = StateDir::open_or_init(&opts.state_dir, td.as_ref(), opts.serving_ttl)?;
-    let revocations = crate::revocation::Revocations::open(Some(state.path("revocations.json")))?;
-    if let Some(root) = state.serving.bundle().roots().first() {
-        // Proxies may pin the mesh CA by this instead of a bundle file (control.ca_fingerprint).
-        let fp = weft_certs::pin::fingerprint(root.as_ref());
-        tracing::info!(fingerprint = %fp, "mesh CA");
-        let _ = persist::write_atomic(
-            &state.path("ca/fingerprint"),
-            format!("{fp}\n").as_bytes(),
-            0o644,
-        );
-    }
+    record_ca_fingerprint(&state);
     let metrics = Arc::new(Metrics::new());
-    let mut tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
-    tokens.set_max_ttl(opts.max_token_ttl);
-    let claims = crate::claims::ClaimStore::open(state.path("claims.json"))?;
     let registry_path = state.path("registry.json");
-    let restored: Vec<Registered> = persist::read_json(&registry_path)?.unwrap_or_default();
-    if !restored.is_empty() {
-        tracing::info!(
-            workloads = restored.len(),
-            "restored the workload registry; entries not reclaimed within the grace period are removed"
-        );
-    }
+    let restored = restore_registry(&registry_path)?;
     // A client certificate is optional on this port: a proxy without one can only present a join token.
     let proxy_tls = state.serving.server_config_optional_client();
     let mut store = Store::open(state.path("resources.json"), state.trust_domain.as_str())?;
@@ -164,19 +135,8 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         },
         metrics.clone(),
     );
-    let mesh_info = MeshInfo {
-        trust_domain: state.trust_domain.to_string(),
-        ca_fingerprint: state
-            .serving
-            .bundle()
-            .roots()
-            .first()
-            .map(|r| weft_certs::pin::fingerprint(r.as_ref()))
-            .unwrap_or_default(),
-        bundle_pem: state.bundle_pem.clone(),
-        proxy_address: opts.api_advertise.unwrap_or(opts.api_listen),
-        services: Vec::new(),
-    };
+    let mesh_info = mesh_info(&state, opts);
+    let (tokens, claims, revocations) = issuer_stores(&state, opts)?;
     let StateDir {
         ca,
         bundle_pem,
@@ -193,35 +153,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         revocations,
         metrics.clone(),
     );
-    let api = match &opts.api_netns {
-        None => TcpListener::bind(opts.api_listen).await,
-        Some(ns) => crate::netns::bind_in(ns, opts.api_listen),
-    }
-    .with_context(|| match &opts.api_netns {
-        None => format!("cannot listen on {} (--api-listen)", opts.api_listen),
-        Some(ns) => format!(
-            "cannot listen on {} in network namespace {ns} (--api-listen, --api-netns)",
-            opts.api_listen
-        ),
-    })?;
-    let metrics_listener = match opts.metrics_listen {
-        None => None,
-        Some(addr) => Some(
-            match &opts.api_netns {
-                None => TcpListener::bind(addr).await,
-                Some(ns) => crate::netns::bind_in(ns, addr),
-            }
-            .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?,
-        ),
-    };
-    let operator = TcpListener::bind(opts.operator_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (--operator-listen)",
-                opts.operator_listen
-            )
-        })?;
+    let (api, operator, metrics_listener) = bind_listeners(opts).await?;
     let cp = Arc::new(ControlPlane {
         hub,
         issuer,
@@ -248,6 +180,111 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         operator,
         metrics: metrics_listener,
     })
+}
+
+/// The trust domain: the flag, else a MeshConfig in the watched directory (for a new mesh).
+fn trust_domain(
+    opts: &Options,
+    dir_files: &[weft_api::operator::SourceFile],
+) -> anyhow::Result<Option<TrustDomain>> {
+    Ok(
+        match (&opts.trust_domain, crate::store::trust_domain_in(dir_files)) {
+            (Some(td), _) => Some(td.clone()),
+            (None, Some(td)) => Some(
+                TrustDomain::new(&td)
+                    .with_context(|| format!("MeshConfig trustDomain {td:?} in --config-dir"))?,
+            ),
+            (None, None) => None,
+        },
+    )
+}
+
+/// Proxies may pin the mesh CA by its fingerprint instead of a bundle file (control.ca_fingerprint).
+fn record_ca_fingerprint(state: &StateDir) {
+    if let Some(root) = state.serving.bundle().roots().first() {
+        let fp = weft_certs::pin::fingerprint(root.as_ref());
+        tracing::info!(fingerprint = %fp, "mesh CA");
+        let _ = persist::write_atomic(
+            &state.path("ca/fingerprint"),
+            format!("{fp}\n").as_bytes(),
+            0o644,
+        );
+    }
+}
+
+fn restore_registry(path: &std::path::Path) -> anyhow::Result<Vec<Registered>> {
+    let restored: Vec<Registered> = persist::read_json(path)?.unwrap_or_default();
+    if !restored.is_empty() {
+        tracing::info!(
+            workloads = restored.len(),
+            "restored the workload registry; entries not reclaimed within the grace period are removed"
+        );
+    }
+    Ok(restored)
+}
+
+/// What the issuer keeps: join tokens, workload claims and revocations.
+fn issuer_stores(
+    state: &StateDir,
+    opts: &Options,
+) -> anyhow::Result<(TokenStore, crate::claims::ClaimStore, Revocations)> {
+    let mut tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
+    tokens.set_max_ttl(opts.max_token_ttl);
+    let claims = crate::claims::ClaimStore::open(state.path("claims.json"))?;
+    let revocations = Revocations::open(Some(state.path("revocations.json")))?;
+    Ok((tokens, claims, revocations))
+}
+
+fn mesh_info(state: &StateDir, opts: &Options) -> MeshInfo {
+    MeshInfo {
+        trust_domain: state.trust_domain.to_string(),
+        ca_fingerprint: state
+            .serving
+            .bundle()
+            .roots()
+            .first()
+            .map(|r| weft_certs::pin::fingerprint(r.as_ref()))
+            .unwrap_or_default(),
+        bundle_pem: state.bundle_pem.clone(),
+        proxy_address: opts.api_advertise.unwrap_or(opts.api_listen),
+        services: Vec::new(),
+    }
+}
+
+/// The proxy API (in `--api-netns` when given), the operator API and the optional metrics listener.
+async fn bind_listeners(
+    opts: &Options,
+) -> anyhow::Result<(TcpListener, TcpListener, Option<TcpListener>)> {
+    let api = match &opts.api_netns {
+        None => TcpListener::bind(opts.api_listen).await,
+        Some(ns) => crate::netns::bind_in(ns, opts.api_listen),
+    }
+    .with_context(|| match &opts.api_netns {
+        None => format!("cannot listen on {} (--api-listen)", opts.api_listen),
+        Some(ns) => format!(
+            "cannot listen on {} in network namespace {ns} (--api-listen, --api-netns)",
+            opts.api_listen
+        ),
+    })?;
+    let metrics = match opts.metrics_listen {
+        None => None,
+        Some(addr) => Some(
+            match &opts.api_netns {
+                None => TcpListener::bind(addr).await,
+                Some(ns) => crate::netns::bind_in(ns, addr),
+            }
+            .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?,
+        ),
+    };
+    let operator = TcpListener::bind(opts.operator_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--operator-listen)",
+                opts.operator_listen
+            )
+        })?;
+    Ok((api, operator, metrics))
 }
 
 impl Bound {
