@@ -506,11 +506,22 @@ async fn upgrade_to_app(
     let mut out = Response::new(body::empty());
     *out.headers_mut() = std::mem::take(resp.headers_mut());
     headers::strip_hop_by_hop(out.headers_mut());
-    let metrics = ctx.proxy.metrics.clone();
-    ctx.proxy.tasks.spawn(async move {
-        if let Ok((p, a)) = tokio::try_join!(from_peer, from_app) {
+    splice_upgraded(&ctx.proxy, from_peer, from_app);
+    Ok(out)
+}
+
+/// Once both sides of an upgrade (the caller's and the app's) are through, carries the bytes between
+/// them as an inbound stream, tracked so a drain waits for it.
+pub(crate) fn splice_upgraded(
+    proxy: &Proxy,
+    caller: hyper::upgrade::OnUpgrade,
+    app: hyper::upgrade::OnUpgrade,
+) {
+    let metrics = proxy.metrics.clone();
+    proxy.tasks.spawn(async move {
+        if let Ok((c, a)) = tokio::try_join!(caller, app) {
             let _ = splice(
-                &mut TokioIo::new(p),
+                &mut TokioIo::new(c),
                 &mut TokioIo::new(a),
                 &metrics,
                 Direction::inbound,
@@ -518,5 +529,4 @@ async fn upgrade_to_app(
             .await;
         }
     });
-    Ok(out)
 }

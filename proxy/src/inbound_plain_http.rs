@@ -12,7 +12,6 @@ use crate::h1_guard::{ConflictFlag, H1Guard};
 use crate::headers;
 use crate::local_app::AppHttp;
 use crate::metrics::Direction;
-use crate::splice::splice;
 use crate::state::Proxy;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -245,17 +244,6 @@ async fn upgrade(
     let mut out = Response::new(body::empty());
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = std::mem::take(resp.headers_mut());
-    let metrics = proxy.metrics.clone();
-    proxy.tasks.spawn(async move {
-        if let Ok((c, a)) = tokio::try_join!(from_client, from_app) {
-            let _ = splice(
-                &mut TokioIo::new(c),
-                &mut TokioIo::new(a),
-                &metrics,
-                Direction::inbound,
-            )
-            .await;
-        }
-    });
+    crate::inbound::splice_upgraded(proxy, from_client, from_app);
     Ok(out)
 }
