@@ -83,7 +83,7 @@ pub fn explain(
             .first()
             .ok_or_else(|| WhyError::NoPorts(format!("{ns}/{name}")))?,
     };
-    let tcp = q.tcp || port.protocol == PortProtocol::Tcp;
+    let tcp = q.tcp || port.effective_protocol() == PortProtocol::Tcp;
     let request = if tcp { None } else { Some(http_request(q)?) };
     let view = request.as_ref().map(RequestView::of);
 

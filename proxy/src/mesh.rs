@@ -159,7 +159,7 @@ impl MeshView {
                     namespace: s.namespace.clone(),
                     name: s.name.clone(),
                     port: p.port,
-                    protocol: p.protocol,
+                    protocol: p.effective_protocol(),
                 };
             }
             return Destination::Outside;

@@ -146,8 +146,8 @@ fn service_cells(s: &ServiceSpec) -> Vec<String> {
         .ports
         .iter()
         .map(|p| match p.target_port.filter(|t| *t != p.port) {
-            Some(t) => format!("{}:{t}/{}", p.port, wire(&p.protocol)),
-            None => format!("{}/{}", p.port, wire(&p.protocol)),
+            Some(t) => format!("{}:{t}/{}", p.port, wire(&p.effective_protocol())),
+            None => format!("{}/{}", p.port, wire(&p.effective_protocol())),
         })
         .collect();
     vec![ports.join(","), labels(&s.selector)]

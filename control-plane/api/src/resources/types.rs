@@ -145,6 +145,30 @@ pub struct ServicePort {
     pub protocol: PortProtocol,
 }
 
+impl ServicePort {
+    /// How the port's traffic is treated: its `protocol` when given, else what its name announces as
+    /// Istio reads port names (`http`, `http-web`, `http2`, `grpc`, `grpc-api`, `tcp-db`: the first
+    /// `-`-separated word; `grpc-web` is HTTP), else detection per connection. A declared protocol
+    /// spares every connection the detection window, and a keep-alive connection whose client was slow
+    /// to write its first request from being carried as one opaque stream to one endpoint.
+    pub fn effective_protocol(&self) -> PortProtocol {
+        if self.protocol != PortProtocol::Auto {
+            return self.protocol;
+        }
+        let name = self.name.as_deref().unwrap_or("");
+        if name == "grpc-web" || name.starts_with("grpc-web-") {
+            return PortProtocol::Http;
+        }
+        match name.split('-').next().unwrap_or("") {
+            "http" => PortProtocol::Http,
+            "http2" => PortProtocol::Http2,
+            "grpc" => PortProtocol::Grpc,
+            "tcp" => PortProtocol::Tcp,
+            _ => PortProtocol::Auto,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {
@@ -651,4 +675,40 @@ pub struct MeshConfigSpec {
     /// Namespace whose AuthorizationPolicies apply mesh-wide (default `weft-system`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_namespace: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(name: Option<&str>, protocol: PortProtocol) -> ServicePort {
+        ServicePort {
+            name: name.map(str::to_string),
+            port: 80,
+            target_port: None,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn a_port_name_announces_its_protocol_unless_one_is_declared() {
+        let named = |n: &str| port(Some(n), PortProtocol::Auto).effective_protocol();
+        assert_eq!(named("http"), PortProtocol::Http);
+        assert_eq!(named("http-web"), PortProtocol::Http);
+        assert_eq!(named("http2"), PortProtocol::Http2);
+        assert_eq!(named("grpc-api"), PortProtocol::Grpc);
+        assert_eq!(named("grpc-web"), PortProtocol::Http);
+        assert_eq!(named("tcp-db"), PortProtocol::Tcp);
+        assert_eq!(named("https"), PortProtocol::Auto);
+        assert_eq!(named("web"), PortProtocol::Auto);
+        assert_eq!(named("httpx"), PortProtocol::Auto);
+        assert_eq!(
+            port(None, PortProtocol::Auto).effective_protocol(),
+            PortProtocol::Auto
+        );
+        assert_eq!(
+            port(Some("http"), PortProtocol::Tcp).effective_protocol(),
+            PortProtocol::Tcp
+        );
+    }
 }
