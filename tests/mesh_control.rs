@@ -9,37 +9,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use weft::apps::{client, http as http_app};
 use weft::control::ControlProc;
-use weft::mesh::MeshProxyBuilder;
+use weft::mesh::{backend_service, MeshProxyBuilder};
 use weft::pki::TempDir;
 use weft::proxy::ProxyProc;
-
-/// The `backend` service: port 9080, delivered to the app's real port.
-fn services(app_port: u16) -> String {
-    format!(
-        "apiVersion: weft.dev/v1
-kind: Service
-metadata:
-  name: backend
-spec:
-  ports:
-    - port: 9080
-      targetPort: {app_port}
-      protocol: http
-  selector:
-    app: backend
-"
-    )
-}
 
 fn apply(cp: &ControlProc, name: &str, text: &str, wait_ms: u64) -> serde_json::Value {
     let body = serde_json::json!({ "files": [{ "name": name, "text": text }] }).to_string();
     cp.api("POST", &format!("/v1/apply?wait={wait_ms}"), Some(&body))
-}
-
-fn app(name: &str) -> weft::apps::AppHandle {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    http_app::serve(tokio::net::TcpListener::from_std(l).unwrap(), name)
 }
 
 /// A control plane with the `backend` service, a backend proxy in front of an app, and a frontend proxy
@@ -54,8 +30,8 @@ struct Mesh {
 impl Mesh {
     async fn start(tag: &str, cp_args: &[&str], cert_ttl: Option<&str>) -> Mesh {
         let cp = ControlProc::start_with(tag, None, cp_args);
-        let backend_app = app("backend");
-        let mut resources = services(backend_app.addr().port());
+        let backend_app = http_app::serve_on_loopback("backend");
+        let mut resources = backend_service(backend_app.addr().port());
         if let Some(ttl) = cert_ttl {
             resources.push_str(&format!(
                 "---\napiVersion: weft.dev/v1\nkind: MeshConfig\nmetadata:\n  name: default\nspec:\n  certificateTtl: {ttl}\n"
@@ -242,10 +218,10 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_file_in_the_watched_directory_is_refused_and_traffic_keeps_flowing() {
     let dir = TempDir::new("watched");
-    let backend_app = app("backend");
+    let backend_app = http_app::serve_on_loopback("backend");
     std::fs::write(
         dir.path().join("10-services.yaml"),
-        services(backend_app.addr().port()),
+        backend_service(backend_app.addr().port()),
     )
     .unwrap();
     let cp = ControlProc::start_with("e2e-dir", Some(dir.path().to_path_buf()), &[]);
@@ -352,8 +328,13 @@ async fn control_plane_killed_under_traffic_fails_no_request_and_proxies_resync(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_restarted_while_the_control_plane_is_down_serves_from_its_cache() {
     let cp = ControlProc::start("e2e-cache");
-    let backend_app = app("backend");
-    apply(&cp, "mesh.yaml", &services(backend_app.addr().port()), 0);
+    let backend_app = http_app::serve_on_loopback("backend");
+    apply(
+        &cp,
+        "mesh.yaml",
+        &backend_service(backend_app.addr().port()),
+        0,
+    );
     let _backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
         .token(&cp.token("default", "backend", 600))
         .app_port(backend_app.addr().port())
@@ -452,8 +433,13 @@ fn weftctl(cp: &ControlProc, args: &[&str]) -> (Option<i32>, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weftctl_names_a_proxy_that_refuses_a_change_and_that_proxy_keeps_its_config() {
     let cp = ControlProc::start("e2e-nack");
-    let backend_app = app("backend");
-    apply(&cp, "mesh.yaml", &services(backend_app.addr().port()), 0);
+    let backend_app = http_app::serve_on_loopback("backend");
+    apply(
+        &cp,
+        "mesh.yaml",
+        &backend_service(backend_app.addr().port()),
+        0,
+    );
     let _backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
         .token(&cp.token("default", "backend", 600))
         .app_port(backend_app.addr().port())
@@ -509,8 +495,13 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_can_pin_the_mesh_ca_by_fingerprint() {
     let cp = ControlProc::start("e2e-pin");
-    let backend_app = app("backend");
-    apply(&cp, "mesh.yaml", &services(backend_app.addr().port()), 0);
+    let backend_app = http_app::serve_on_loopback("backend");
+    apply(
+        &cp,
+        "mesh.yaml",
+        &backend_service(backend_app.addr().port()),
+        0,
+    );
     let fingerprint = std::fs::read_to_string(cp.state_dir().join("ca/fingerprint"))
         .unwrap()
         .trim()

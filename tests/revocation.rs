@@ -12,30 +12,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use weft::apps::{client, http as http_app};
 use weft::control::ControlProc;
-use weft::mesh::MeshProxyBuilder;
+use weft::mesh::{backend_service, MeshProxyBuilder};
 use weft::proxy::ProxyProc;
 use weft_api::control::{
     encode, CertificateRequest, FromProxy, Hello, Registration, PATH_CERTIFICATE, PATH_STREAM,
     PROTOCOL_VERSION,
 };
 use weft_certs::{Credential, Identity, KeyAndCsr, TrustBundle};
-
-fn services(app_port: u16) -> String {
-    format!(
-        "apiVersion: weft.dev/v1
-kind: Service
-metadata:
-  name: backend
-spec:
-  ports:
-    - port: 9080
-      targetPort: {app_port}
-      protocol: http
-  selector:
-    app: backend
-"
-    )
-}
 
 fn mesh_config(ttl: &str) -> String {
     format!("---\napiVersion: weft.dev/v1\nkind: MeshConfig\nmetadata:\n  name: default\nspec:\n  certificateTtl: {ttl}\n")
@@ -44,12 +27,6 @@ fn mesh_config(ttl: &str) -> String {
 fn apply(cp: &ControlProc, text: &str) {
     let body = serde_json::json!({ "files": [{ "name": "mesh.yaml", "text": text }] }).to_string();
     cp.api("POST", "/v1/apply?wait=0", Some(&body));
-}
-
-fn app(name: &str) -> weft::apps::AppHandle {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    http_app::serve(tokio::net::TcpListener::from_std(l).unwrap(), name)
 }
 
 fn weftctl(cp: &ControlProc, args: &[&str]) -> (Option<i32>, String, String) {
@@ -163,8 +140,8 @@ fn connected(cp: &ControlProc, proxy: &str) -> Option<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_workload_is_refused_by_peers_within_a_push_and_cannot_renew() {
     let cp = ControlProc::start("revoke-workload");
-    let backend_app = app("backend");
-    apply(&cp, &services(backend_app.addr().port()));
+    let backend_app = http_app::serve_on_loopback("backend");
+    apply(&cp, &backend_service(backend_app.addr().port()));
     let backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
         .token(&cp.token("default", "backend", 600))
         .app_port(backend_app.addr().port())
@@ -248,8 +225,8 @@ async fn a_revoked_workload_is_refused_by_peers_within_a_push_and_cannot_renew()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_drops_its_open_connection_to_a_revoked_server() {
     let cp = ControlProc::start("revoke-server");
-    let backend_app = app("backend");
-    apply(&cp, &services(backend_app.addr().port()));
+    let backend_app = http_app::serve_on_loopback("backend");
+    apply(&cp, &backend_service(backend_app.addr().port()));
     let backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
         .token(&cp.token("default", "backend", 600))
         .app_port(backend_app.addr().port())
@@ -385,10 +362,10 @@ async fn the_serving_certificate_rotates_while_proxies_stay_connected() {
         first,
         "the short certificate is not served"
     );
-    let backend_app = app("backend");
+    let backend_app = http_app::serve_on_loopback("backend");
     apply(
         &cp,
-        &(services(backend_app.addr().port()) + &mesh_config("6s")),
+        &(backend_service(backend_app.addr().port()) + &mesh_config("6s")),
     );
     let backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
         .token(&cp.token("default", "backend", 600))
@@ -487,10 +464,10 @@ async fn a_flood_of_idle_and_half_open_connections_does_not_stop_joins_or_renewa
     lim.rlim_cur = ours;
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 
-    let backend_app = app("backend");
+    let backend_app = http_app::serve_on_loopback("backend");
     apply(
         &cp,
-        &(services(backend_app.addr().port()) + &mesh_config("6s")),
+        &(backend_service(backend_app.addr().port()) + &mesh_config("6s")),
     );
     let attacker = flood("127.0.0.2".parse().unwrap(), cp.api, 1500);
     tokio::time::sleep(Duration::from_secs(2)).await;

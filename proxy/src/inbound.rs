@@ -361,7 +361,8 @@ async fn http_to_app(
     Ok(Response::from_parts(parts, body::boxed(body)))
 }
 
-fn app_request_error(port: u16, e: hyper_util::client::legacy::Error) -> ForwardError {
+/// A failed request to the local app: 502 when it could not be reached, else the request's own error.
+pub(crate) fn app_request_error(port: u16, e: hyper_util::client::legacy::Error) -> ForwardError {
     if e.is_connect() {
         let source = std::error::Error::source(&e)
             .map(|s| std::io::Error::other(s.to_string()))

@@ -137,7 +137,7 @@ async fn to_app(
         .client(which)
         .request(req)
         .await
-        .map_err(|e| app_error(port, e))?;
+        .map_err(|e| crate::inbound::app_request_error(port, e))?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body::boxed(body)))
@@ -184,19 +184,6 @@ fn app_uri(uri: &Uri, app: SocketAddr) -> Result<Uri, ForwardError> {
         .path_and_query(pq)
         .build()
         .map_err(|_| ForwardError::BadTunnelRequest("request target is not a valid URI"))
-}
-
-fn app_error(port: u16, e: hyper_util::client::legacy::Error) -> ForwardError {
-    if e.is_connect() {
-        let source = std::error::Error::source(&e)
-            .map(|s| std::io::Error::other(s.to_string()))
-            .unwrap_or_else(|| std::io::Error::other("connect failed"));
-        return ForwardError::AppConnect { port, source };
-    }
-    ForwardError::AppRequest {
-        port,
-        source: Box::new(e),
-    }
 }
 
 /// An HTTP/1.1 upgrade (WebSocket): replayed to the app on a connection of its own; on 101 both

@@ -178,3 +178,21 @@ impl MeshProxyBuilder {
         p
     }
 }
+
+/// The `backend` service the mesh tests use: port 9080 over HTTP, delivered to the app's real port.
+pub fn backend_service(app_port: u16) -> String {
+    format!(
+        "apiVersion: weft.dev/v1
+kind: Service
+metadata:
+  name: backend
+spec:
+  ports:
+    - port: 9080
+      targetPort: {app_port}
+      protocol: http
+  selector:
+    app: backend
+"
+    )
+}

@@ -64,6 +64,17 @@ pub fn serve(listener: TcpListener, name: &str) -> AppHandle {
     })
 }
 
+/// Starts the HTTP app on a free loopback port, answering as `name`.
+///
+/// # Panics
+///
+/// If no loopback port can be bound, or as [`serve`].
+pub fn serve_on_loopback(name: &str) -> AppHandle {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.set_nonblocking(true).expect("non-blocking listener");
+    serve(TcpListener::from_std(l).expect("listener into tokio"), name)
+}
+
 async fn serve_connection(app: Arc<App>, stream: TcpStream, peer: SocketAddr, stopped: Stopped) {
     let service = service_fn(move |req| {
         let app = app.clone();
