@@ -5,15 +5,26 @@ use std::time::{Duration, Instant};
 
 /// A loopback address with a port that was free a moment ago. Ports come from 20000-32767, below the
 /// kernel's ephemeral range, so the outgoing connections of tests running alongside (a flood test opens
-/// a thousand) cannot take the port between this check and the proxy's bind.
+/// a thousand) cannot take the port between this check and the proxy's bind. A port is handed out at
+/// most once per test process: nothing holds it between this call and the bind, so without the record
+/// two calls (say an outbound listener and the admin port) could be given the same one.
 pub fn free_addr() -> SocketAddr {
+    use std::collections::HashSet;
     use std::hash::{BuildHasher, Hasher};
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
     for attempt in 0u64..1000 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(attempt);
         h.write_u32(std::process::id());
         let port = 20_000 + (h.finish() % 12_768) as u16;
+        if given.contains(&port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
             return l.local_addr().expect("local_addr");
         }
     }
