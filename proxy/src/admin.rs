@@ -2,8 +2,8 @@
 //! set: every process in the pod reaches this port, and the app must not stop its sidecar) and the
 //! health port (`/ready`, `/live`, `/metrics`).
 
-use crate::body::{self, Body};
-use crate::serve::{self, ConnLimiter};
+use crate::path::body::{self, Body};
+use crate::path::listen::{self, ConnLimiter};
 use crate::state::Proxy;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -56,11 +56,11 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, port: Port) {
                 let proxy = p.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(req, &proxy, port)) }
             });
-            let res = serve::http1_builder(&proxy)
+            let res = listen::http1_builder(&proxy)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
             if let Err(e) = res {
-                serve::report(&proxy, name, client, &e);
+                listen::report(&proxy, name, client, &e);
             }
         });
     }

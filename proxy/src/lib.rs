@@ -2,39 +2,16 @@
 //! over one mutual-TLS HTTP/2 connection per peer; the tunnel port receives peers' traffic and delivers it
 //! to the local app. See `docs/request-path.md` for the path a request takes.
 
-pub mod access_log;
 pub mod admin;
-pub mod authz;
-pub mod balance;
-pub mod body;
 pub mod config;
 pub mod control;
-pub mod deliver;
-pub mod destination;
-pub mod detect;
-pub mod dispatch;
 pub mod dns;
-pub mod errors;
-pub mod h1_guard;
-pub mod headers;
-pub mod inbound;
-pub mod inbound_plain;
-pub mod inbound_plain_http;
 pub mod intercept;
-pub mod local_app;
-pub mod mesh;
-pub mod metrics;
-pub mod outbound;
-pub mod ratelimit;
-pub mod retry;
-pub mod route;
-pub mod serve;
+pub mod path;
 pub mod socket;
-pub mod splice;
 pub mod state;
-pub mod stats;
-pub mod trace;
-pub mod tunnel;
+pub mod telemetry;
+pub mod traffic;
 
 use anyhow::Context as _;
 use config::ProxyConfig;
@@ -131,7 +108,7 @@ impl Running {
             match kind {
                 Kind::Tunnel => {
                     tracing::info!(?addr, identity = %p.identity.id(), "tunnel listening (mTLS, HTTP/2)");
-                    tokio::spawn(inbound::run(l, p));
+                    tokio::spawn(path::inbound::run(l, p));
                 }
                 Kind::Admin => {
                     tracing::info!(?addr, "admin listening");
@@ -144,7 +121,7 @@ impl Running {
                 Kind::Outbound(spec) => {
                     let (o, target) = *spec;
                     tracing::info!(?addr, ?target, protocol = ?o.protocol, "outbound listener");
-                    tokio::spawn(outbound::run(l, o, target, p));
+                    tokio::spawn(path::outbound::run(l, o, target, p));
                 }
                 Kind::Dns(udp) => {
                     tracing::info!(?addr, "dns responder listening (udp, tcp)");
@@ -152,11 +129,11 @@ impl Running {
                 }
                 Kind::InterceptedOutbound => {
                     tracing::info!(?addr, "intercepted outbound listening");
-                    tokio::spawn(outbound::run_intercepted(l, p));
+                    tokio::spawn(path::outbound::run_intercepted(l, p));
                 }
                 Kind::InterceptedInbound => {
                     tracing::info!(?addr, "intercepted inbound listening");
-                    tokio::spawn(inbound_plain::run(l, p));
+                    tokio::spawn(path::inbound_plain::run(l, p));
                 }
             }
         }

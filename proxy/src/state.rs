@@ -2,10 +2,10 @@
 //! clients and the shutdown signal.
 
 use crate::config::ProxyConfig;
-use crate::local_app::AppClients;
-use crate::mesh::MeshView;
-use crate::metrics::Metrics;
-use crate::tunnel::{PeerPool, PeerSettings};
+use crate::path::local_app::AppClients;
+use crate::path::pool::{PeerPool, PeerSettings};
+use crate::telemetry::metrics::Metrics;
+use crate::traffic::mesh::MeshView;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,21 +16,21 @@ use weft_certs::Identity;
 pub struct Proxy {
     pub config: ProxyConfig,
     /// Where inbound traffic goes, and the ports it may never go to.
-    pub delivery: crate::deliver::Delivery,
+    pub delivery: crate::path::deliver::Delivery,
     pub identity: Identity,
     pub metrics: Arc<Metrics>,
     pub peers: PeerPool,
     pub apps: AppClients,
     /// Requests, failures and latency per destination service and version (reported upstream).
-    pub upstream_stats: crate::stats::UpstreamStats,
+    pub upstream_stats: crate::telemetry::stats::UpstreamStats,
     /// Endpoint latency and health, for choosing among a service's endpoints.
-    pub balancer: Arc<crate::balance::Balancer>,
+    pub balancer: Arc<crate::traffic::balance::Balancer>,
     /// Per destination service: bulkhead and retry budget.
-    pub destinations: crate::destination::Destinations,
+    pub destinations: crate::traffic::destination::Destinations,
     /// Token buckets of the rate limits this proxy enforces as a destination.
-    pub rate_limits: crate::ratelimit::RateLimiter,
-    pub access_log: Arc<crate::access_log::AccessLog>,
-    pub tracer: crate::trace::Tracer,
+    pub rate_limits: crate::traffic::ratelimit::RateLimiter,
+    pub access_log: Arc<crate::telemetry::access_log::AccessLog>,
+    pub tracer: crate::telemetry::trace::Tracer,
     /// This proxy's SPIFFE ID as text (it never changes, renewals keep it), for labels and logs.
     pub own_id: String,
     /// Cancelled when the proxy starts draining: listeners stop accepting, connections finish up.
@@ -48,7 +48,7 @@ impl Proxy {
     /// Fails only when the access log file cannot be opened.
     pub fn new(config: ProxyConfig, identity: Identity) -> std::io::Result<Arc<Proxy>> {
         let metrics = Arc::new(Metrics::new());
-        let access_log = Arc::new(crate::access_log::AccessLog::start(
+        let access_log = Arc::new(crate::telemetry::access_log::AccessLog::start(
             config.access_log.as_ref(),
             metrics.clone(),
         )?);
@@ -59,7 +59,7 @@ impl Proxy {
             keepalive_interval: l.keepalive_interval.get(),
             max_streams_per_connection: l.max_streams_per_peer_connection,
         };
-        let tracer = crate::trace::Tracer::start(
+        let tracer = crate::telemetry::trace::Tracer::start(
             config.tracing.as_ref(),
             identity
                 .id()
@@ -70,12 +70,12 @@ impl Proxy {
         );
         Ok(Arc::new(Proxy {
             tracer,
-            delivery: crate::deliver::Delivery::new(&config),
+            delivery: crate::path::deliver::Delivery::new(&config),
             own_id: identity.id().to_string(),
             peers: PeerPool::new(identity.clone(), settings, metrics.clone()),
             apps: AppClients::new(l.connect_timeout.get()),
             upstream_stats: Default::default(),
-            balancer: crate::balance::Balancer::new(metrics.clone()),
+            balancer: crate::traffic::balance::Balancer::new(metrics.clone()),
             destinations: Default::default(),
             rate_limits: Default::default(),
             access_log,

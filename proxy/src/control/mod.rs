@@ -115,7 +115,7 @@ pub fn start(proxy: &Arc<Proxy>, settings: Settings) {
     match cache::Cache::new(&settings.control.state_dir).snapshot() {
         Ok(Some(s)) => {
             let version = s.version;
-            match crate::mesh::MeshView::default().merge(
+            match crate::traffic::mesh::MeshView::default().merge(
                 s,
                 &settings.trust_domain,
                 settings.max_regex_bytes,

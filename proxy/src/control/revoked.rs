@@ -2,8 +2,8 @@
 //! identity's verifiers (new handshakes, both directions, refuse them at once), and open peer connections
 //! whose peer now holds a revoked certificate are closed (see `PeerPool::revocations`).
 
-use crate::mesh::MeshView;
 use crate::state::Proxy;
+use crate::traffic::mesh::MeshView;
 use weft_certs::RevokedSerials;
 
 /// Adopts the view's revocation list, if it carries one.

@@ -6,8 +6,8 @@
 use super::cache::Cache;
 use super::conn::{self, ReqBody};
 use super::Settings;
-use crate::mesh::MeshView;
 use crate::state::Proxy;
+use crate::traffic::mesh::MeshView;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
@@ -251,7 +251,7 @@ mod tests {
     fn the_proxys_latency_buckets_are_the_protocols() {
         // The control plane refuses entries of another shape; one list of bounds for both sides.
         assert_eq!(
-            crate::stats::BUCKETS_MS,
+            crate::telemetry::stats::BUCKETS_MS,
             weft_api::control::LATENCY_BUCKETS_MS
         );
     }

@@ -32,7 +32,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
 pub fn server(
     cfg: &DnsConfig,
     lookup: Lookup,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
 ) -> Arc<Server> {
     let forwarder = (!cfg.upstreams.is_empty()).then(|| {
         Forwarder::new(

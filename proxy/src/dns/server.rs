@@ -10,7 +10,7 @@
 
 use super::forward::{Forwarder, Slot, Transport};
 use super::names::Answer;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};

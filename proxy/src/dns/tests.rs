@@ -3,7 +3,7 @@
 
 use super::server::MAX_QUERY_BYTES;
 use super::*;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, RecordType};

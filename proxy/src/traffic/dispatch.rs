@@ -3,18 +3,18 @@
 //! budget, all under the route's request timeout; a fallback when no endpoint is left. See
 //! docs/traffic.md for the order and the answers the proxy makes itself.
 
-use crate::access_log::CallInfo;
-use crate::balance::Outcome;
-use crate::body::{self, Body, IdleTimeout};
-use crate::destination::DestState;
-use crate::errors::ForwardError;
-use crate::headers::TARGET_PORT;
-use crate::mesh::Routed;
-use crate::retry::{self, Replay};
-use crate::route::RulePolicy;
+use crate::path::body::{self, Body, IdleTimeout};
+use crate::path::errors::ForwardError;
+use crate::path::headers::TARGET_PORT;
+use crate::path::pool::StreamSlot;
 use crate::state::Proxy;
-use crate::stats::StatsKey;
-use crate::tunnel::StreamSlot;
+use crate::telemetry::access_log::CallInfo;
+use crate::telemetry::stats::StatsKey;
+use crate::traffic::balance::Outcome;
+use crate::traffic::destination::DestState;
+use crate::traffic::mesh::Routed;
+use crate::traffic::retry::{self, Replay};
+use crate::traffic::route::RulePolicy;
 
 /// An opaque stream to a peer.
 pub type TcpStream = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
@@ -64,7 +64,7 @@ impl Plan {
         Plan {
             dest: proxy.destinations.get("", &what, None),
             candidates: Arc::from([up]),
-            rule: crate::route::DEFAULT_POLICY.clone(),
+            rule: crate::traffic::route::DEFAULT_POLICY.clone(),
             stats: None,
             what: what.into(),
         }
@@ -186,7 +186,7 @@ async fn fall_back(
             subset: None,
         }),
         candidates: candidates.into(),
-        rule: crate::route::DEFAULT_POLICY.clone(),
+        rule: crate::traffic::route::DEFAULT_POLICY.clone(),
     };
     tracing::debug!(destination = %plan.what, fallback = %other.what, "no endpoint left: sending to the route's fallback service");
     let mut resp = match tries(proxy, &other, parts, body, client, false).await {

@@ -3,9 +3,9 @@
 //! disk or a full pipe never holds a request back: when the queue is full the line is dropped and
 //! counted (`weft_proxy_access_log_dropped_total`).
 
-use crate::body::{Body, BoxError};
 use crate::config::AccessLogConfig;
-use crate::metrics::Metrics;
+use crate::path::body::{Body, BoxError};
+use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use serde::Serialize;
@@ -370,7 +370,7 @@ mod tests {
         e.status = Some(200);
         e.method = Some("GET".into());
         let req = Arc::new(AtomicU64::new(7));
-        let body = log_on_end(log.clone(), e, req, crate::body::full("hello"));
+        let body = log_on_end(log.clone(), e, req, crate::path::body::full("hello"));
         let got = http_body_util::BodyExt::collect(body)
             .await
             .unwrap()

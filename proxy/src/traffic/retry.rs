@@ -1,8 +1,8 @@
 //! Retries: which answers are worth another try, how long to wait before it, and keeping the request
 //! body so it can be sent again. The budget that bounds retries per destination is tower's `TpsBudget`
-//! (see `destination.rs`).
+//! (see `traffic/destination.rs`).
 
-use crate::body::{Body, BoxError};
+use crate::path::body::{Body, BoxError};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body::{Body as HttpBody, Frame};

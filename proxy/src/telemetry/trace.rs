@@ -6,7 +6,7 @@
 //! queue or an absent collector drops spans and counts them, never holding a request back.
 
 use crate::config::{TraceFormat, TracingConfig};
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::Full;

@@ -5,7 +5,7 @@
 //! which queues without bound: here a request past `maxPendingRequests` must be refused at once. The
 //! budget is tower's `TpsBudget`.
 
-use crate::balance::Ejection;
+use crate::traffic::balance::Ejection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,9 +2,9 @@
 //! policies, mesh config. Each snapshot is merged onto the current view, checked, and swapped in whole;
 //! requests in flight keep the view they started with.
 
-use crate::authz::Authorizer;
-use crate::errors::ForwardError;
-use crate::route::{Backend, Choice, RequestView, RouteTable, RulePolicy};
+use crate::path::errors::ForwardError;
+use crate::traffic::authz::Authorizer;
+use crate::traffic::route::{Backend, Choice, RequestView, RouteTable, RulePolicy};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

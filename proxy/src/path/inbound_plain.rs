@@ -1,14 +1,14 @@
 //! Inbound from outside the mesh: TCP that arrived at the pod on an app port and was redirected here by
 //! `weft-proxy init` (15006). Mesh peers never come this way — they use the tunnel port — so everything
 //! here is plaintext from a client without an identity. Strict mTLS (the mesh default) refuses it;
-//! permissive mode delivers it to the app: HTTP request by request (see [`crate::inbound_plain_http`]),
+//! permissive mode delivers it to the app: HTTP request by request (see [`crate::path::inbound_plain_http`]),
 //! so headers only the mesh may set never reach the app from such a client; anything else byte for byte.
 
-use crate::detect::{self, Detected};
-use crate::metrics::{ActiveGuard, ConnLabels, Direction};
-use crate::serve::{self, ConnLimiter};
-use crate::splice::splice;
+use crate::path::detect::{self, Detected};
+use crate::path::listen::{self, ConnLimiter};
+use crate::path::splice::splice;
 use crate::state::Proxy;
+use crate::telemetry::metrics::{ActiveGuard, ConnLabels, Direction};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,7 +18,7 @@ use weft_api::resources::MtlsMode;
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
     let p = proxy.clone();
-    serve::accept_loop(listener, &proxy, limiter, "inbound", move |tcp, client| {
+    listen::accept_loop(listener, &proxy, limiter, "inbound", move |tcp, client| {
         let proxy = p.clone();
         async move { handle_connection(tcp, client, proxy).await }
     })
@@ -62,18 +62,18 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>
     };
     match detected {
         Detected::Http1 | Detected::Http2 => {
-            crate::inbound_plain_http::serve(io, detected, client, port, &proxy).await
+            crate::path::inbound_plain_http::serve(io, detected, client, port, &proxy).await
         }
         Detected::Opaque | Detected::Tls => {
-            let subject = crate::authz::Subject {
+            let subject = crate::traffic::authz::Subject {
                 source: None,
                 port,
                 http: None,
             };
-            if crate::authz::authorize(&proxy, &subject).is_some() {
+            if crate::traffic::authz::authorize(&proxy, &subject).is_some() {
                 return tracing::info!(%client, port, "inbound plaintext connection closed by authorization policy");
             }
-            if crate::ratelimit::check(&proxy, "inbound", None, port, None).is_some() {
+            if crate::traffic::ratelimit::check(&proxy, "inbound", None, port, None).is_some() {
                 return tracing::info!(%client, port, "inbound plaintext connection closed: over the route's rate limit");
             }
             splice_to_app(io, client, port, &proxy).await

@@ -4,8 +4,8 @@
 
 pub use weft_api::authz::{normalize, Authorizer, Decision, HttpSubject, Subject};
 
-use crate::body::{self, Body};
-use crate::headers::PROXY_ERROR;
+use crate::path::body::{self, Body};
+use crate::path::headers::PROXY_ERROR;
 use crate::state::Proxy;
 use http::{HeaderValue, Response, StatusCode};
 

@@ -8,10 +8,10 @@
 //! delays requests instead of refusing them, so that the refusal can say when to come back and buckets
 //! can be keyed by caller with a bound on how many are kept.
 
-use crate::body::{self, Body};
-use crate::headers::PROXY_ERROR;
-use crate::route::RequestView;
+use crate::path::body::{self, Body};
+use crate::path::headers::PROXY_ERROR;
 use crate::state::Proxy;
+use crate::traffic::route::RequestView;
 use http::{HeaderValue, Response, StatusCode};
 use std::collections::HashMap;
 use std::sync::Mutex;

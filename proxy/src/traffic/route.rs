@@ -2,7 +2,7 @@
 //! [`weft_api::routing`], shared with the control plane), each rule carrying the policy the proxy
 //! applies to the requests it takes: timeouts, retries, header edits, fallback, rate limit.
 
-use crate::retry::RetryRule;
+use crate::traffic::retry::RetryRule;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use weft_api::resources::{Document, Fallback, HttpRouteSpec, RateLimit, RouteRule};

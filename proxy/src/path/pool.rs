@@ -2,9 +2,9 @@
 //! request and every opaque TCP stream. A second connection is opened only when every open one carries its
 //! stream limit; a closed or failed connection is dropped and the next request reconnects.
 
-use crate::body::{self, Body, Guarded};
-use crate::errors::ForwardError;
-use crate::metrics::Metrics;
+use crate::path::body::{self, Body, Guarded};
+use crate::path::errors::ForwardError;
+use crate::telemetry::metrics::Metrics;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;

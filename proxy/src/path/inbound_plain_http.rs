@@ -1,18 +1,18 @@
 //! HTTP from outside the mesh (PERMISSIVE plaintext inbound), carried request by request so the app
 //! never sees what only the mesh may say: `x-forwarded-client-cert` (the caller's verified identity) and
 //! Weft's own `weft-*` headers are removed, as the tunnel removes them from what peers' apps sent.
-//! Requests with both `Content-Length` and `Transfer-Encoding` are refused (see [`crate::h1_guard`]);
+//! Requests with both `Content-Length` and `Transfer-Encoding` are refused (see [`crate::path::h1_guard`]);
 //! authorization policies apply to each request (the caller has no identity, so it matches no `from`),
 //! and route rate limits (plaintext callers share one bucket per rule, having no identity).
 
-use crate::body::{self, Body};
-use crate::detect::Detected;
-use crate::errors::{error_response, ForwardError};
-use crate::h1_guard::{ConflictFlag, H1Guard};
-use crate::headers;
-use crate::local_app::AppHttp;
-use crate::metrics::Direction;
+use crate::path::body::{self, Body};
+use crate::path::detect::Detected;
+use crate::path::errors::{error_response, ForwardError};
+use crate::path::h1_guard::{ConflictFlag, H1Guard};
+use crate::path::headers;
+use crate::path::local_app::AppHttp;
 use crate::state::Proxy;
+use crate::telemetry::metrics::Direction;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -66,10 +66,11 @@ pub async fn serve<IO>(
     match which {
         AppHttp::Http1 => {
             let io = TokioIo::new(H1Guard::new(io, conflict));
-            crate::serve::http1_connection(io, svc, proxy, "inbound", client).await
+            crate::path::listen::http1_connection(io, svc, proxy, "inbound", client).await
         }
         AppHttp::Http2 => {
-            crate::serve::http2_connection(TokioIo::new(io), svc, proxy, "inbound", client).await
+            crate::path::listen::http2_connection(TokioIo::new(io), svc, proxy, "inbound", client)
+                .await
         }
     }
 }
@@ -110,13 +111,15 @@ async fn to_app(
         ));
     }
     authorize(&mut req, port, proxy)?;
-    let view = crate::route::RequestView {
+    let view = crate::traffic::route::RequestView {
         method: req.method(),
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
     };
-    if let Some(refused) = crate::ratelimit::check(proxy, "inbound", None, port, Some(&view)) {
+    if let Some(refused) =
+        crate::traffic::ratelimit::check(proxy, "inbound", None, port, Some(&view))
+    {
         return Ok(refused);
     }
     if req.version() == Version::HTTP_11 {
@@ -137,7 +140,7 @@ async fn to_app(
         .client(which)
         .request(req)
         .await
-        .map_err(|e| crate::inbound::app_request_error(port, e))?;
+        .map_err(|e| crate::path::inbound::app_request_error(port, e))?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body::boxed(body)))
@@ -149,7 +152,7 @@ fn authorize(req: &mut Request<Incoming>, port: u16, proxy: &Proxy) -> Result<()
     if proxy.mesh().authorizer.is_empty() {
         return Ok(());
     }
-    let path = crate::authz::normalize::normalize(req.uri().path())
+    let path = crate::traffic::authz::normalize::normalize(req.uri().path())
         .map_err(|e| ForwardError::BadPath(e.to_string()))?;
     if path != req.uri().path() {
         let pq = match req.uri().query() {
@@ -161,16 +164,16 @@ fn authorize(req: &mut Request<Incoming>, port: u16, proxy: &Proxy) -> Result<()
             .map_err(|_| ForwardError::BadPath(format!("`{path}` is not a valid path")))?;
     }
     let method = req.method().as_str().to_string();
-    let subject = crate::authz::Subject {
+    let subject = crate::traffic::authz::Subject {
         source: None,
         port,
-        http: Some(crate::authz::HttpSubject {
+        http: Some(crate::traffic::authz::HttpSubject {
             method: &method,
             path: &path,
             headers: req.headers(),
         }),
     };
-    match crate::authz::authorize(proxy, &subject) {
+    match crate::traffic::authz::authorize(proxy, &subject) {
         None => Ok(()),
         Some(denied) => Err(ForwardError::Denied(Box::new(denied))),
     }
@@ -231,6 +234,6 @@ async fn upgrade(
     let mut out = Response::new(body::empty());
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = std::mem::take(resp.headers_mut());
-    crate::inbound::splice_upgraded(proxy, from_client, from_app);
+    crate::path::inbound::splice_upgraded(proxy, from_client, from_app);
     Ok(out)
 }

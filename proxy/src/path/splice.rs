@@ -1,7 +1,7 @@
 //! Copying bytes both ways between two streams, with half-close carried across (EOF on one side shuts
 //! down writing on the other) and bytes counted.
 
-use crate::metrics::{BytesLabels, Direction, Metrics};
+use crate::telemetry::metrics::{BytesLabels, Direction, Metrics};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Per-direction copy buffer. 64 KiB lets one read fill several TLS records for bulk streams; small

@@ -3,15 +3,15 @@
 //! the calling app spoke), CONNECT streams are spliced to the app port, and extended CONNECT (WebSocket)
 //! is replayed to the app as an HTTP/1.1 upgrade.
 
-use crate::authz;
-use crate::body::{self, Body};
-use crate::errors::{error_response, ForwardError};
-use crate::headers::{self, ORIG_PROTO, TARGET_PORT, XFCC};
-use crate::local_app::AppHttp;
-use crate::metrics::{ActiveGuard, ConnLabels, Direction};
-use crate::serve::{self, ConnLimiter};
-use crate::splice::splice;
+use crate::path::body::{self, Body};
+use crate::path::errors::{error_response, ForwardError};
+use crate::path::headers::{self, ORIG_PROTO, TARGET_PORT, XFCC};
+use crate::path::listen::{self, ConnLimiter};
+use crate::path::local_app::AppHttp;
+use crate::path::splice::splice;
 use crate::state::Proxy;
+use crate::telemetry::metrics::{ActiveGuard, ConnLabels, Direction};
+use crate::traffic::authz;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -33,7 +33,7 @@ struct PeerConn {
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
     let p = proxy.clone();
-    serve::accept_loop(listener, &proxy, limiter, "tunnel", move |tcp, addr| {
+    listen::accept_loop(listener, &proxy, limiter, "tunnel", move |tcp, addr| {
         let proxy = p.clone();
         async move { handle_connection(tcp, addr, proxy).await }
     })
@@ -60,7 +60,7 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
         (
             weft_certs::tls::peer_id(conn),
             conn.alpn_protocol() == Some(b"h2"),
-            crate::tunnel::peer_leaf(conn),
+            crate::path::pool::peer_leaf(conn),
         )
     };
     let Some(peer_id) = peer_id else {
@@ -105,7 +105,7 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
     });
     // A peer revoked while connected is cut off when the list arrives, not when it next reconnects.
     tokio::select! {
-        _ = serve::http2_connection(TokioIo::new(tls), svc, &proxy, "tunnel", peer_addr) => {}
+        _ = listen::http2_connection(TokioIo::new(tls), svc, &proxy, "tunnel", peer_addr) => {}
         _ = proxy.peers.revoked(&peer_leaf) => {
             proxy.metrics.reject("tunnel", "revoked");
             tracing::warn!(peer = %peer_addr, "tunnel connection closed: the peer's certificate is revoked");
@@ -178,14 +178,16 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<
         Some(mut e) => {
             e.status = Some(resp.status().as_u16());
             if resp.status() == StatusCode::TOO_MANY_REQUESTS
-                && resp.headers().contains_key(crate::headers::PROXY_ERROR)
+                && resp
+                    .headers()
+                    .contains_key(crate::path::headers::PROXY_ERROR)
             {
                 e.flags.push("rate_limited");
             } else if let Some(port) = app_port {
                 e.upstream = Some(app_addr(ctx, port).to_string());
             }
             let log = log.clone();
-            resp.map(|b| crate::access_log::log_on_end(log, e, counted, b))
+            resp.map(|b| crate::telemetry::access_log::log_on_end(log, e, counted, b))
         }
         None => resp,
     }
@@ -194,14 +196,14 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<
 /// Counts and times one HTTP request (or WebSocket) from a peer.
 fn record_http(ctx: &PeerConn, method: &Method, status: StatusCode, start: std::time::Instant) {
     ctx.proxy.metrics.http_request(
-        crate::metrics::HttpLabels {
+        crate::telemetry::metrics::HttpLabels {
             direction: Direction::inbound,
             source_identity: ctx.peer_id.to_string(),
             destination_identity: ctx.proxy.own_id.clone(),
             destination_service: String::new(),
             destination_version: ctx.proxy.workload_version().to_string(),
             route: String::new(),
-            method: crate::metrics::method_class(method),
+            method: crate::telemetry::metrics::method_class(method),
             status_code: status.as_u16(),
         },
         start.elapsed(),
@@ -226,7 +228,7 @@ fn admit(req: &mut Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardErro
 fn rate_limited(req: &Request<Incoming>, port: u16, ctx: &PeerConn) -> Option<Response<Body>> {
     let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
     let method = if extended { &Method::GET } else { req.method() };
-    let view = crate::route::RequestView {
+    let view = crate::traffic::route::RequestView {
         method,
         path: req.uri().path(),
         query: req.uri().query(),
@@ -234,7 +236,7 @@ fn rate_limited(req: &Request<Incoming>, port: u16, ctx: &PeerConn) -> Option<Re
     };
     let opaque = req.method() == Method::CONNECT && !extended;
     let req = (!opaque).then_some(&view);
-    crate::ratelimit::check(&ctx.proxy, "tunnel", Some(&ctx.peer_id), port, req)
+    crate::traffic::ratelimit::check(&ctx.proxy, "tunnel", Some(&ctx.peer_id), port, req)
 }
 
 /// Applies the workload's authorization policies. An HTTP request's path is normalised first (and sent
@@ -307,8 +309,8 @@ fn target_port(req: &Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardEr
         ctx.proxy.metrics.reject("tunnel", refusal.reason());
         tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, port, reason = refusal.reason(), "inbound request refused: the target port is not the app's");
         return Err(match refusal {
-            crate::deliver::Refusal::ProxyPort => ForwardError::ProxyPort { port },
-            crate::deliver::Refusal::NotAllowed => ForwardError::PortNotAllowed { port },
+            crate::path::deliver::Refusal::ProxyPort => ForwardError::ProxyPort { port },
+            crate::path::deliver::Refusal::NotAllowed => ForwardError::PortNotAllowed { port },
         });
     }
     Ok(port)
@@ -344,7 +346,7 @@ async fn http_to_app(
     };
     prepare_for_app(&mut parts, port, which, ctx)?;
     let body = match count {
-        Some(c) => crate::access_log::count_request(body::boxed(body), c.clone()),
+        Some(c) => crate::telemetry::access_log::count_request(body::boxed(body), c.clone()),
         None => body::boxed(body),
     };
     let req = Request::from_parts(parts, body);

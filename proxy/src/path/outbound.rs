@@ -5,19 +5,19 @@
 //! (WebSocket) as extended CONNECT streams, opaque TCP as a CONNECT stream. Intercepted connections to
 //! destinations outside the mesh pass through, or are refused under `REGISTRY_ONLY`.
 
-use crate::access_log::{self, CallInfo};
-use crate::body::{self, Body, Guarded};
-use crate::detect::{detect, Detected, Rewind};
-use crate::dispatch::Plan;
-use crate::errors::{error_response, ForwardError};
-use crate::h1_guard::{ConflictFlag, H1Guard};
-use crate::headers::{self, ORIG_PROTO, TARGET_PORT};
-use crate::mesh::Destination;
-use crate::metrics::{ActiveGuard, ConnLabels, Direction, HttpLabels};
-use crate::route::RequestView;
-use crate::serve::{self, ConnLimiter};
-use crate::splice::splice;
+use crate::path::body::{self, Body, Guarded};
+use crate::path::detect::{detect, Detected, Rewind};
+use crate::path::errors::{error_response, ForwardError};
+use crate::path::h1_guard::{ConflictFlag, H1Guard};
+use crate::path::headers::{self, ORIG_PROTO, TARGET_PORT};
+use crate::path::listen::{self, ConnLimiter};
+use crate::path::splice::splice;
 use crate::state::Proxy;
+use crate::telemetry::access_log::{self, CallInfo};
+use crate::telemetry::metrics::{ActiveGuard, ConnLabels, Direction, HttpLabels};
+use crate::traffic::dispatch::Plan;
+use crate::traffic::mesh::Destination;
+use crate::traffic::route::RequestView;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -82,7 +82,7 @@ pub async fn run(listener: TcpListener, spec: OutboundListener, target: Target, 
         proxy.clone(),
     ));
     let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
-    serve::accept_loop(listener, &proxy, limiter, "outbound", move |tcp, client| {
+    listen::accept_loop(listener, &proxy, limiter, "outbound", move |tcp, client| {
         let ctx = ctx.clone();
         async move { handle_connection(tcp, client, ctx).await }
     })
@@ -93,7 +93,7 @@ pub async fn run(listener: TcpListener, spec: OutboundListener, target: Target, 
 pub async fn run_intercepted(listener: TcpListener, proxy: Arc<Proxy>) {
     let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
     let p = proxy.clone();
-    serve::accept_loop(listener, &proxy, limiter, "outbound", move |tcp, client| {
+    listen::accept_loop(listener, &proxy, limiter, "outbound", move |tcp, client| {
         let proxy = p.clone();
         async move { intercepted_connection(tcp, client, proxy).await }
     })
@@ -217,7 +217,7 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
         Detected::Opaque => "tcp",
     };
     if detected == Detected::Tls {
-        let sni = crate::detect::sni(io.prefix());
+        let sni = crate::path::detect::sni(io.prefix());
         tracing::debug!(listener = %ctx.name, %client, sni = sni.as_deref().unwrap_or("-"), "app's own TLS: carried opaque");
     }
     let _active = ActiveGuard::new(
@@ -235,7 +235,7 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
                 let ctx = svc_ctx.clone();
                 async move { Ok::<_, std::convert::Infallible>(forward_http(req, client, &ctx).await) }
             });
-            serve::http2_connection(TokioIo::new(io), svc, &ctx.proxy, "outbound", client).await
+            listen::http2_connection(TokioIo::new(io), svc, &ctx.proxy, "outbound", client).await
         }
         Detected::Http1 => {
             let conflict = ConflictFlag::default();
@@ -251,7 +251,7 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
                     Ok::<_, std::convert::Infallible>(forward_http(req, client, &ctx).await)
                 }
             });
-            serve::http1_connection(io, svc, &ctx.proxy, "outbound", client).await
+            listen::http1_connection(io, svc, &ctx.proxy, "outbound", client).await
         }
     }
 }
@@ -295,7 +295,10 @@ async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener
         fail("overflow");
         return tracing::warn!(listener = %ctx.name, %client, destination = %plan.what, "tcp connection closed: the destination's connection limit is reached");
     };
-    let (mut stream, _stream_slot, up) = match crate::dispatch::connect_tcp(&ctx.proxy, &plan).await
+    let (mut stream, _stream_slot, up) = match crate::traffic::dispatch::connect_tcp(
+        &ctx.proxy, &plan,
+    )
+    .await
     {
         Ok(s) => s,
         Err(e) => {
@@ -403,7 +406,7 @@ async fn forward_http(
             },
             destination_version: info.and_then(|i| i.version.clone()).unwrap_or_default(),
             route: info.and_then(|i| i.route.clone()).unwrap_or_default(),
-            method: crate::metrics::method_class(&method),
+            method: crate::telemetry::metrics::method_class(&method),
             status_code: resp.status().as_u16(),
         },
         start.elapsed(),
@@ -458,7 +461,10 @@ async fn forward_plain(
     };
     // Boxed: the dispatch future (tries, retries, timeouts) is large; unboxed it would be moved with
     // every request's future.
-    let resp = Box::pin(crate::dispatch::send(&ctx.proxy, plan, parts, body, client)).await?;
+    let resp = Box::pin(crate::traffic::dispatch::send(
+        &ctx.proxy, plan, parts, body, client,
+    ))
+    .await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))

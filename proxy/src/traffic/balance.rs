@@ -10,7 +10,7 @@
 //! measures time to the response future, with no notion of a fast 503 being a failure, and it cannot limit
 //! the choice to the subset a route picked for one request.
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use rand::Rng;
 use std::collections::HashMap;
 use std::net::SocketAddr;

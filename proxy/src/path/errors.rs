@@ -1,7 +1,7 @@
 //! What can go wrong while forwarding, and the one function that turns it into a response.
 
-use crate::body::{self, Body};
-use crate::headers::PROXY_ERROR;
+use crate::path::body::{self, Body};
+use crate::path::headers::PROXY_ERROR;
 use http::{HeaderValue, Response, StatusCode};
 use std::net::SocketAddr;
 use weft_certs::SpiffeId;

@@ -1,7 +1,7 @@
 //! Pieces every listener shares: the accept loop with its connection cap, and serving one HTTP/1 or HTTP/2
 //! connection with the configured limits, graceful shutdown on drain, and rejections logged and counted.
 
-use crate::body::Body;
+use crate::path::body::Body;
 use crate::state::Proxy;
 use http::{Request, Response};
 use hyper::body::Incoming;

@@ -1,7 +1,7 @@
 //! Connections from the tunnel to the local app: pooled keep-alive clients per app port, one speaking
 //! HTTP/1.1 and one speaking HTTP/2 prior knowledge (chosen by what the calling app spoke).
 
-use crate::body::Body;
+use crate::path::body::Body;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
