@@ -5,6 +5,7 @@
 use crate::path::body::{self, Body};
 use crate::path::listen::{self, ConnLimiter};
 use crate::state::Proxy;
+use crate::telemetry::labels::{Listener, Reason};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -37,15 +38,15 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, port: Port) {
         let (tcp, client) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
-                proxy.metrics.reject(name, "accept_error");
-                tracing::warn!(listener = name, error = %e, "accept failed");
+                proxy.metrics.reject(name, Reason::AcceptError);
+                tracing::warn!(listener = name.as_str(), error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Some(permit) = limiter.try_acquire() else {
-            proxy.metrics.reject(name, "max_connections");
-            tracing::warn!(listener = name, %client, "connection refused: listener is at its connection limit");
+            proxy.metrics.reject(name, Reason::MaxConnections);
+            tracing::warn!(listener = name.as_str(), %client, "connection refused: listener is at its connection limit");
             continue;
         };
         let proxy = proxy.clone();
@@ -67,10 +68,10 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, port: Port) {
 }
 
 impl Port {
-    fn name(self) -> &'static str {
+    fn name(self) -> Listener {
         match self {
-            Port::Admin => "admin",
-            Port::Health => "health",
+            Port::Admin => Listener::Admin,
+            Port::Health => Listener::Health,
         }
     }
 }
@@ -105,7 +106,7 @@ fn route(req: Request<Incoming>, proxy: &Proxy, port: Port) -> Response<Body> {
             text(StatusCode::OK, "draining\n")
         }
         (Port::Admin, m, path) if m != Method::GET && m != Method::HEAD => {
-            proxy.metrics.reject("admin", "write_disabled");
+            proxy.metrics.reject(Listener::Admin, Reason::WriteDisabled);
             tracing::warn!(method = %m, path, "admin write refused: writes are off (`admin.shutdown` enables POST /shutdown)");
             text(
                 StatusCode::METHOD_NOT_ALLOWED,

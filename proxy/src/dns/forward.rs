@@ -26,7 +26,7 @@ pub enum Transport {
 
 /// Why forwarding a question failed (the client gets SERVFAIL).
 #[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
+pub enum ProxyError {
     #[error("{0} questions are already being forwarded")]
     Busy(usize),
     #[error("upstream {upstream}: no answer within {timeout:?}")]
@@ -73,12 +73,12 @@ impl Forwarder {
     }
 
     /// A place for one more question, or `Busy` when `max_in_flight` are out.
-    pub fn reserve(&self) -> Result<Slot, ForwardError> {
+    pub fn reserve(&self) -> Result<Slot, ProxyError> {
         self.in_flight
             .clone()
             .try_acquire_owned()
             .map(Slot)
-            .map_err(|_| ForwardError::Busy(self.max_in_flight))
+            .map_err(|_| ProxyError::Busy(self.max_in_flight))
     }
 
     /// The first upstream's reply to `query` (the client's message as received), or the last failure.
@@ -88,7 +88,7 @@ impl Forwarder {
         query: &[u8],
         id: u16,
         transport: Transport,
-    ) -> Result<Vec<u8>, ForwardError> {
+    ) -> Result<Vec<u8>, ProxyError> {
         let mut last = None;
         for &upstream in &self.upstreams {
             let attempt = async {
@@ -99,7 +99,7 @@ impl Forwarder {
             };
             let result = match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(r) => r,
-                Err(_) => Err(ForwardError::Timeout {
+                Err(_) => Err(ProxyError::Timeout {
                     upstream,
                     timeout: self.timeout,
                 }),
@@ -112,7 +112,7 @@ impl Forwarder {
                 }
             }
         }
-        Err(last.unwrap_or(ForwardError::NoUpstreams))
+        Err(last.unwrap_or(ProxyError::NoUpstreams))
     }
 
     async fn over_udp(
@@ -120,8 +120,8 @@ impl Forwarder {
         upstream: SocketAddr,
         query: &[u8],
         id: u16,
-    ) -> Result<Vec<u8>, ForwardError> {
-        let io = |source| ForwardError::Io { upstream, source };
+    ) -> Result<Vec<u8>, ProxyError> {
+        let io = |source| ProxyError::Io { upstream, source };
         let local: SocketAddr = match upstream {
             SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -148,9 +148,9 @@ impl Forwarder {
         upstream: SocketAddr,
         query: &[u8],
         id: u16,
-    ) -> Result<Vec<u8>, ForwardError> {
-        let io = |source| ForwardError::Io { upstream, source };
-        let len = u16::try_from(query.len()).map_err(|_| ForwardError::TooLong(query.len()))?;
+    ) -> Result<Vec<u8>, ProxyError> {
+        let io = |source| ProxyError::Io { upstream, source };
+        let len = u16::try_from(query.len()).map_err(|_| ProxyError::TooLong(query.len()))?;
         let mut tcp = crate::socket::connect(upstream, self.timeout)
             .await
             .map_err(io)?;
@@ -162,7 +162,7 @@ impl Forwarder {
         let mut reply = vec![0u8; usize::from(n)];
         tcp.read_exact(&mut reply).await.map_err(io)?;
         if !is_reply_to(&reply, id) {
-            return Err(ForwardError::BadReply { upstream });
+            return Err(ProxyError::BadReply { upstream });
         }
         Ok(reply)
     }

@@ -10,6 +10,7 @@
 
 use super::forward::{Forwarder, Slot, Transport};
 use super::names::Answer;
+use crate::telemetry::labels::{Listener, Reason};
 use crate::telemetry::metrics::Metrics;
 use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
@@ -36,7 +37,7 @@ pub const MAX_QUERY_BYTES: usize = 4096;
 const EDNS_PAYLOAD: u16 = 1232;
 
 /// The label for this listener in `weft_proxy_rejections_total`.
-const LISTENER: &str = "dns";
+const LISTENER: Listener = Listener::Dns;
 
 /// Bounds and answer settings.
 #[derive(Debug, Clone)]
@@ -80,24 +81,24 @@ impl Server {
         })
     }
 
-    fn reject(&self, reason: &'static str, peer: SocketAddr) {
-        tracing::debug!(%peer, reason, "dns: message rejected");
+    fn reject(&self, reason: Reason, peer: SocketAddr) {
+        tracing::debug!(%peer, reason = reason.as_str(), "dns: message rejected");
         self.metrics.reject(LISTENER, reason);
     }
 
     /// Decides what `packet` gets without waiting on anything; only forwarding waits.
     fn decide(&self, packet: &[u8], peer: SocketAddr) -> Step {
         if packet.len() > MAX_QUERY_BYTES {
-            self.reject("too_large", peer);
+            self.reject(Reason::TooLarge, peer);
             return Step::Drop;
         }
         let Ok(header) = Header::from_bytes(packet) else {
-            self.reject("malformed", peer);
+            self.reject(Reason::Malformed, peer);
             return Step::Drop;
         };
         if header.metadata.message_type != MessageType::Query {
             // Never answer a response: two responders could otherwise bounce packets forever.
-            self.reject("not_a_query", peer);
+            self.reject(Reason::NotAQuery, peer);
             return Step::Drop;
         }
         let req = match Message::from_vec(packet) {
@@ -142,7 +143,7 @@ impl Server {
                     Ok(slot) => return Step::Forward(slot, Box::new(req)),
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "dns: not forwarded");
-                        self.metrics.reject(LISTENER, "max_forwards");
+                        self.metrics.reject(LISTENER, Reason::MaxForwards);
                         return self.error(
                             &req.metadata,
                             Some(&req),
@@ -216,7 +217,7 @@ impl Server {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dns: cannot encode a reply");
-                self.metrics.reject(LISTENER, "encode_error");
+                self.metrics.reject(LISTENER, Reason::EncodeError);
                 Step::Drop
             }
         }
@@ -266,7 +267,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, server: Arc<Server>, shutdown: Cancella
             Err(e) => {
                 // Errors on an unconnected UDP socket are transient (ICMP errors, buffer pressure).
                 tracing::debug!(error = %e, "dns: udp receive failed");
-                server.metrics.reject(LISTENER, "receive_error");
+                server.metrics.reject(LISTENER, Reason::ReceiveError);
                 continue;
             }
         };
@@ -309,14 +310,14 @@ async fn serve_tcp(listener: TcpListener, server: Arc<Server>, shutdown: Cancell
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly rather than spin.
-                server.metrics.reject(LISTENER, "accept_error");
+                server.metrics.reject(LISTENER, Reason::AcceptError);
                 tracing::warn!(error = %e, "dns: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = limiter.clone().try_acquire_owned() else {
-            server.reject("max_connections", peer);
+            server.reject(Reason::MaxConnections, peer);
             continue;
         };
         let (server, shutdown) = (server.clone(), shutdown.clone());
@@ -339,16 +340,16 @@ async fn tcp_connection(mut stream: TcpStream, peer: SocketAddr, server: &Server
         let len = match tokio::time::timeout(idle, stream.read_u16()).await {
             Ok(Ok(n)) => usize::from(n),
             Ok(Err(_)) => return, // closed by the client
-            Err(_) => return server.reject("idle_timeout", peer),
+            Err(_) => return server.reject(Reason::IdleTimeout, peer),
         };
         if len > MAX_QUERY_BYTES {
-            return server.reject("too_large", peer);
+            return server.reject(Reason::TooLarge, peer);
         }
         let mut packet = vec![0u8; len];
         match tokio::time::timeout(idle, stream.read_exact(&mut packet)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(_)) => return server.reject("truncated", peer),
-            Err(_) => return server.reject("idle_timeout", peer),
+            Ok(Err(_)) => return server.reject(Reason::Truncated, peer),
+            Err(_) => return server.reject(Reason::IdleTimeout, peer),
         }
         let reply = match server.decide(&packet, peer) {
             Step::Reply(r) => r,
@@ -365,7 +366,7 @@ async fn tcp_connection(mut stream: TcpStream, peer: SocketAddr, server: &Server
         };
         // A reply read from an upstream over TCP fits a length prefix; anything else is a bug upstream.
         let Ok(n) = u16::try_from(reply.len()) else {
-            return server.reject("reply_too_large", peer);
+            return server.reject(Reason::ReplyTooLarge, peer);
         };
         let mut out = Vec::with_capacity(reply.len() + 2);
         out.extend_from_slice(&n.to_be_bytes());
@@ -373,7 +374,7 @@ async fn tcp_connection(mut stream: TcpStream, peer: SocketAddr, server: &Server
         match tokio::time::timeout(idle, stream.write_all(&out)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
-            Err(_) => return server.reject("idle_timeout", peer),
+            Err(_) => return server.reject(Reason::IdleTimeout, peer),
         }
     }
 }

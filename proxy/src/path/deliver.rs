@@ -4,6 +4,8 @@
 //! no caller can reach the admin port, the DNS responder or a listener of the proxy through it.
 
 use crate::config::ProxyConfig;
+use crate::path::errors::ProxyError;
+use crate::telemetry::labels::Reason;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// The proxy's well-known ports, refused as targets whatever this proxy's config says: admin, outbound
@@ -20,10 +22,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            Refusal::ProxyPort => "proxy_port",
-            Refusal::NotAllowed => "port_not_allowed",
+            Refusal::ProxyPort => Reason::ProxyPort,
+            Refusal::NotAllowed => Reason::PortNotAllowed,
+        }
+    }
+
+    /// The error a request for `port` is answered with.
+    pub fn error(self, port: u16) -> ProxyError {
+        match self {
+            Refusal::ProxyPort => ProxyError::ProxyPort { port },
+            Refusal::NotAllowed => ProxyError::PortNotAllowed { port },
         }
     }
 }

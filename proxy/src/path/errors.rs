@@ -1,13 +1,19 @@
-//! What can go wrong while forwarding, and the one function that turns it into a response.
+//! Every answer the proxy makes itself instead of carrying one: what went wrong ([`ProxyError`]) and
+//! the one function that turns it into a response ([`answer`]). Each such response says where it came
+//! from: a `weft-proxy-error: <kind>` header and a body that starts with `weft-proxy:`. (HTTP/1 heads
+//! hyper cannot parse, or over its size limits, are answered 400/431 by hyper itself and counted in
+//! `listen::report`.)
 
 use crate::path::body::{self, Body};
-use crate::path::headers::PROXY_ERROR;
-use http::{HeaderValue, Response, StatusCode};
+use crate::path::headers::{DENIED_BY, PROXY_ERROR};
+use crate::telemetry::labels::Reason;
+use http::{header, HeaderValue, Response, StatusCode};
 use std::net::SocketAddr;
+use std::time::Duration;
 use weft_certs::SpiffeId;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
+pub enum ProxyError {
     #[error("connect to peer {peer} timed out")]
     PeerConnectTimeout { peer: SocketAddr },
     #[error("connect to peer {peer}: {source}")]
@@ -50,10 +56,6 @@ pub enum ForwardError {
     NoPolicyView,
     #[error("bad request from peer: {0}")]
     BadTunnelRequest(&'static str),
-    #[error("protocol upgrade failed: {0}")]
-    Upgrade(String),
-    #[error("the proxy is shutting down")]
-    Draining,
     #[error("no endpoint for {0}")]
     NoEndpoint(String),
     #[error("request timed out after {0:?} (the route's request timeout)")]
@@ -64,72 +66,78 @@ pub enum ForwardError {
     Overflow(String),
     #[error("request path refused: {0}")]
     BadPath(String),
-    /// Refused by an authorization policy; carries the 403 to answer.
-    #[error("denied by an authorization policy")]
-    Denied(Box<Response<Body>>),
+    #[error("denied by AuthorizationPolicy {policy} ({reason})")]
+    Denied {
+        policy: String,
+        reason: &'static str,
+    },
+    #[error("over the route's rate limit")]
+    RateLimited { retry_after: Duration },
+    #[error("CONNECT is not carried by weft-proxy listeners")]
+    ConnectNotCarried,
+    #[error("both Content-Length and Transfer-Encoding")]
+    ConflictingFraming,
 }
 
 pub type BoxedSource = Box<dyn std::error::Error + Send + Sync>;
 
-impl ForwardError {
+impl ProxyError {
     /// The status a client sees for this error: 502 when the far side misbehaved or refused, 503 when it
     /// cannot be reached, 504 on time-outs, 4xx for requests we will not carry.
     pub fn status(&self) -> StatusCode {
-        use ForwardError::*;
+        use ProxyError::*;
         match self {
             PeerConnectTimeout { .. }
             | AppConnectTimeout { .. }
             | RequestTimeout(_)
             | PerTryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            PeerConnect { .. }
-            | AppConnect { .. }
-            | Draining
-            | NoEndpoint(_)
-            | Overflow(_)
-            | NoPolicyView => StatusCode::SERVICE_UNAVAILABLE,
-            PeerTls { .. }
-            | PeerHandshake { .. }
-            | PeerRequest { .. }
-            | AppRequest { .. }
-            | Upgrade(_) => StatusCode::BAD_GATEWAY,
+            PeerConnect { .. } | AppConnect { .. } | NoEndpoint(_) | Overflow(_) | NoPolicyView => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            PeerTls { .. } | PeerHandshake { .. } | PeerRequest { .. } | AppRequest { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             PeerRefused { status, .. } => *status,
             PortNotAllowed { .. } | ProxyPort { .. } => StatusCode::FORBIDDEN,
-            BadTunnelRequest(_) | BadPath(_) => StatusCode::BAD_REQUEST,
-            Denied(_) => StatusCode::FORBIDDEN,
+            BadTunnelRequest(_) | BadPath(_) | ConflictingFraming => StatusCode::BAD_REQUEST,
+            Denied { .. } => StatusCode::FORBIDDEN,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ConnectNotCarried => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
     /// A short machine-readable reason for the `weft-proxy-error` header and for metrics labels.
-    pub fn kind(&self) -> &'static str {
-        use ForwardError::*;
+    pub fn kind(&self) -> Reason {
+        use ProxyError::*;
         match self {
-            PeerConnectTimeout { .. } => "peer_connect_timeout",
-            PeerConnect { .. } => "peer_connect",
-            PeerTls { .. } => "peer_tls",
-            PeerHandshake { .. } => "peer_handshake",
-            PeerRequest { .. } => "peer_request",
-            PeerRefused { .. } => "peer_refused",
-            AppConnect { .. } => "app_connect",
-            AppConnectTimeout { .. } => "app_connect_timeout",
-            AppRequest { .. } => "app_request",
-            PortNotAllowed { .. } => "port_not_allowed",
-            ProxyPort { .. } => "proxy_port",
-            NoPolicyView => "no_config",
-            BadTunnelRequest(_) => "bad_tunnel_request",
-            Upgrade(_) => "upgrade",
-            Draining => "draining",
-            NoEndpoint(_) => "no_endpoint",
-            RequestTimeout(_) => "request_timeout",
-            PerTryTimeout(_) => "per_try_timeout",
-            Overflow(_) => "overflow",
-            BadPath(_) => "bad_path",
-            Denied(_) => "denied",
+            PeerConnectTimeout { .. } => Reason::PeerConnectTimeout,
+            PeerConnect { .. } => Reason::PeerConnect,
+            PeerTls { .. } => Reason::PeerTls,
+            PeerHandshake { .. } => Reason::PeerHandshake,
+            PeerRequest { .. } => Reason::PeerRequest,
+            PeerRefused { .. } => Reason::PeerRefused,
+            AppConnect { .. } => Reason::AppConnect,
+            AppConnectTimeout { .. } => Reason::AppConnectTimeout,
+            AppRequest { .. } => Reason::AppRequest,
+            PortNotAllowed { .. } => Reason::PortNotAllowed,
+            ProxyPort { .. } => Reason::ProxyPort,
+            NoPolicyView => Reason::NoConfig,
+            BadTunnelRequest(_) => Reason::BadTunnelRequest,
+            NoEndpoint(_) => Reason::NoEndpoint,
+            RequestTimeout(_) => Reason::RequestTimeout,
+            PerTryTimeout(_) => Reason::PerTryTimeout,
+            Overflow(_) => Reason::Overflow,
+            BadPath(_) => Reason::BadPath,
+            Denied { .. } => Reason::Denied,
+            RateLimited { .. } => Reason::RateLimited,
+            ConnectNotCarried => Reason::ConnectNotCarried,
+            ConflictingFraming => Reason::BadRequest,
         }
     }
 
     /// True when nothing reached the far side, so the request may be sent again on another connection.
     pub fn is_connect_failure(&self) -> bool {
-        use ForwardError::*;
+        use ProxyError::*;
         matches!(
             self,
             PeerConnectTimeout { .. } | PeerConnect { .. } | PeerTls { .. } | PeerHandshake { .. }
@@ -137,15 +145,68 @@ impl ForwardError {
     }
 }
 
-/// The response the proxy sends in place of one it could not get. The body says it came from the proxy.
-pub fn error_response(e: &ForwardError) -> Response<Body> {
+/// The response the proxy sends in place of one it could not get, or instead of carrying a request it
+/// refuses. The body and the `weft-proxy-error` header say it came from the proxy.
+pub fn answer(e: &ProxyError) -> Response<Body> {
     let mut resp = Response::new(body::full(format!("weft-proxy: {e}\n")));
     *resp.status_mut() = e.status();
-    resp.headers_mut()
-        .insert(PROXY_ERROR, HeaderValue::from_static(e.kind()));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
+    let h = resp.headers_mut();
+    h.insert(PROXY_ERROR, HeaderValue::from_static(e.kind().as_str()));
+    h.insert(
+        header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    match e {
+        ProxyError::Denied { policy, .. } => {
+            if let Ok(v) = HeaderValue::from_str(policy) {
+                h.insert(DENIED_BY, v);
+            }
+        }
+        ProxyError::RateLimited { retry_after } => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        // The rest of the connection's bytes cannot be framed: close it.
+        ProxyError::ConflictingFraming => {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
+    }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        let over = |ms| {
+            answer(&ProxyError::RateLimited {
+                retry_after: Duration::from_millis(ms),
+            })
+        };
+        let resp = over(1500);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(over(10).headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn every_answer_says_it_came_from_the_proxy() {
+        let denied = answer(&ProxyError::Denied {
+            policy: "default/deny-all".into(),
+            reason: "no ALLOW policy matched",
+        });
+        assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+        assert_eq!(denied.headers()[PROXY_ERROR], "denied");
+        assert_eq!(denied.headers()[DENIED_BY], "default/deny-all");
+        let framing = answer(&ProxyError::ConflictingFraming);
+        assert_eq!(framing.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(framing.headers()[header::CONNECTION], "close");
+        assert_eq!(framing.headers()[PROXY_ERROR], "bad_request");
+        let connect = answer(&ProxyError::ConnectNotCarried);
+        assert_eq!(connect.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(connect.headers().contains_key(PROXY_ERROR));
+    }
 }

@@ -12,6 +12,8 @@ pub const TARGET_PORT: HeaderName = HeaderName::from_static("weft-target-port");
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
 /// On responses the proxy made itself: why (so an app can tell a proxy error from its peer's answer).
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("weft-proxy-error");
+/// On a 403: the policy that refused the request.
+pub const DENIED_BY: HeaderName = HeaderName::from_static("weft-denied-by");
 /// Set by the server-side proxy for its app: who called (`By=<own id>;URI=<peer id>`), as Envoy and Istio do.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 pub const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -4,25 +4,30 @@
 //! is replayed to the app as an HTTP/1.1 upgrade.
 
 use crate::path::body::{self, Body};
-use crate::path::errors::{error_response, ForwardError};
+use crate::path::errors::{answer, ProxyError};
 use crate::path::headers::{self, ORIG_PROTO, TARGET_PORT, XFCC};
 use crate::path::listen::{self, ConnLimiter};
 use crate::path::local_app::AppHttp;
 use crate::path::splice::splice;
 use crate::state::Proxy;
-use crate::telemetry::metrics::{ActiveGuard, ConnLabels, Direction};
+use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
+use crate::telemetry::metrics::{ActiveGuard, ConnLabels};
+use crate::telemetry::record::Record;
 use crate::traffic::authz;
+use crate::traffic::mesh::MeshView;
+use crate::traffic::route::RequestView;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use weft_certs::SpiffeId;
 
-/// One accepted, verified peer connection.
-struct PeerConn {
+/// One accepted tunnel: a peer proxy's verified mTLS connection.
+struct TunnelConn {
     proxy: Arc<Proxy>,
     peer_addr: SocketAddr,
     peer_id: SpiffeId,
@@ -30,70 +35,61 @@ struct PeerConn {
     xfcc: HeaderValue,
 }
 
+/// What a peer's request asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// An HTTP request for the app.
+    Request,
+    /// A CONNECT stream: opaque TCP to an app port.
+    Stream,
+    /// An extended CONNECT (`:protocol`, e.g. websocket): an HTTP/1.1 upgrade for the app.
+    Upgrade,
+}
+
+impl Ask {
+    fn of<B>(req: &Request<B>) -> Ask {
+        match (
+            req.method() == Method::CONNECT,
+            req.extensions().get::<hyper::ext::Protocol>().is_some(),
+        ) {
+            (false, _) => Ask::Request,
+            (true, false) => Ask::Stream,
+            (true, true) => Ask::Upgrade,
+        }
+    }
+}
+
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
     let p = proxy.clone();
-    listen::accept_loop(listener, &proxy, limiter, "tunnel", move |tcp, addr| {
-        let proxy = p.clone();
-        async move { handle_connection(tcp, addr, proxy).await }
-    })
+    listen::accept_loop(
+        listener,
+        &proxy,
+        limiter,
+        Listener::Tunnel,
+        move |tcp, addr| {
+            let proxy = p.clone();
+            async move { handle_connection(tcp, addr, proxy).await }
+        },
+    )
     .await;
 }
 
 async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Proxy>) {
-    let acceptor = TlsAcceptor::from(proxy.identity.server_config());
-    let timeout = proxy.config.limits.tls_handshake_timeout.get();
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Err(_) => {
-            proxy.metrics.reject("tunnel", "tls_handshake_timeout");
-            return tracing::info!(peer = %peer_addr, "tunnel connection refused: TLS handshake timed out");
-        }
-        Ok(Err(e)) => {
-            proxy.metrics.tls_failure("inbound", &e);
-            proxy.metrics.reject("tunnel", "tls_handshake");
-            return tracing::warn!(peer = %peer_addr, error = %e, "tunnel connection refused: TLS handshake failed");
-        }
-        Ok(Ok(tls)) => tls,
+    let Some((tls, peer_id, peer_leaf)) = accept_tls(tcp, peer_addr, &proxy).await else {
+        return;
     };
-    let (peer_id, alpn_h2, peer_leaf) = {
-        let conn = tls.get_ref().1;
-        (
-            weft_certs::tls::peer_id(conn),
-            conn.alpn_protocol() == Some(b"h2"),
-            crate::path::pool::peer_leaf(conn),
-        )
-    };
-    let Some(peer_id) = peer_id else {
-        proxy.metrics.reject("tunnel", "no_peer_identity");
-        return tracing::warn!(peer = %peer_addr, "tunnel connection refused: no verified peer identity");
-    };
-    if !alpn_h2 {
-        proxy.metrics.reject("tunnel", "alpn");
-        // Close with close_notify, so a TLS client (or a health check) sees an orderly refusal.
-        let mut tls = tls;
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-        // Wait (briefly) for the client's own close, so our close does not race its last bytes into a
-        // reset that it would report as an unexpected EOF.
-        let mut sink = [0u8; 256];
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-            while matches!(tokio::io::AsyncReadExt::read(&mut tls, &mut sink).await, Ok(n) if n > 0)
-            {
-            }
-        })
-        .await;
-        return tracing::warn!(peer = %peer_addr, %peer_id, "tunnel connection refused: ALPN h2 was not negotiated");
-    }
     tracing::debug!(peer = %peer_addr, %peer_id, "tunnel connection accepted");
     let _active = ActiveGuard::new(
         &proxy.metrics,
         ConnLabels {
-            direction: Direction::inbound,
-            protocol: "tunnel",
+            direction: Direction::Inbound,
+            protocol: ConnProtocol::Tunnel,
         },
     );
     let xfcc = HeaderValue::from_str(&format!("By={};URI={}", proxy.identity.id(), peer_id))
         .unwrap_or_else(|_| HeaderValue::from_static(""));
-    let ctx = Arc::new(PeerConn {
+    let ctx = Arc::new(TunnelConn {
         proxy: proxy.clone(),
         peer_addr,
         peer_id,
@@ -105,153 +101,158 @@ async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Pro
     });
     // A peer revoked while connected is cut off when the list arrives, not when it next reconnects.
     tokio::select! {
-        _ = listen::http2_connection(TokioIo::new(tls), svc, &proxy, "tunnel", peer_addr) => {}
+        _ = listen::http2_connection(TokioIo::new(tls), svc, &proxy, Listener::Tunnel, peer_addr) => {}
         _ = proxy.peers.revoked(&peer_leaf) => {
-            proxy.metrics.reject("tunnel", "revoked");
+            proxy.metrics.reject(Listener::Tunnel, Reason::Revoked);
             tracing::warn!(peer = %peer_addr, "tunnel connection closed: the peer's certificate is revoked");
         }
     }
 }
 
-async fn handle_request(mut req: Request<Incoming>, ctx: &PeerConn) -> Response<Body> {
-    let start = std::time::Instant::now();
-    let method = req.method().clone();
-    let is_connect = method == Method::CONNECT;
-    let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
-    // Opaque streams are logged when they end (tcp_to_app); requests when their response body does.
-    let hop = (!is_connect)
-        .then(|| ctx.proxy.tracer.begin(req.headers_mut()))
-        .flatten();
-    let span_name = format!("{} {}", method, req.uri().path());
-    let log = &ctx.proxy.access_log;
-    let mut entry = (!is_connect)
-        .then(|| log.begin("inbound", "http"))
-        .flatten()
-        .map(|mut e| {
-            e.request(&req);
-            e.source = ctx.peer_id.to_string();
-            e.destination = ctx.proxy.identity.id().to_string();
-            e
-        });
-    let port = admit(&mut req, ctx);
-    let app_port = port.as_ref().ok().copied();
-    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let limited = app_port.and_then(|p| rate_limited(&req, p, ctx));
-    let res = match (port, limited) {
-        (Err(e), _) => Err(e),
-        (Ok(_), Some(refused)) => Ok(refused),
-        // Boxed: these branches' futures are large and rare; unboxed they would grow every request's
-        // task, which is copied when hyper spawns it.
-        (Ok(port), None) if is_connect && extended => {
-            Box::pin(upgrade_to_app(req, port, ctx)).await
+/// The TLS handshake with client-certificate verification, within its time limit: the stream, the
+/// peer's verified SPIFFE ID and its leaf certificate (DER). Refusals are logged and counted.
+async fn accept_tls(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    proxy: &Proxy,
+) -> Option<(TlsStream<TcpStream>, SpiffeId, Vec<u8>)> {
+    let acceptor = TlsAcceptor::from(proxy.identity.server_config());
+    let timeout = proxy.config.limits.tls_handshake_timeout.get();
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Err(_) => {
+            proxy
+                .metrics
+                .reject(Listener::Tunnel, Reason::TlsHandshakeTimeout);
+            tracing::info!(peer = %peer_addr, "tunnel connection refused: TLS handshake timed out");
+            return None;
         }
-        (Ok(port), None) if is_connect => Box::pin(tcp_to_app(req, port, ctx)).await,
-        (Ok(port), None) => http_to_app(req, port, ctx, entry.is_some().then_some(&counted)).await,
+        Ok(Err(e)) => {
+            proxy.metrics.tls_failure(Direction::Inbound, &e);
+            proxy.metrics.reject(Listener::Tunnel, Reason::TlsHandshake);
+            tracing::warn!(peer = %peer_addr, error = %e, "tunnel connection refused: TLS handshake failed");
+            return None;
+        }
+        Ok(Ok(tls)) => tls,
     };
-    let resp = res.unwrap_or_else(|e| {
-        if let Some(entry) = entry.as_mut() {
-            entry.flags.push(e.kind());
-        }
-        match e {
-            ForwardError::Denied(r) => *r,
-            e => {
-                tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, error = %e, "inbound request failed");
-                error_response(&e)
-            }
-        }
-    });
-    ctx.proxy
-        .metrics
-        .count_request(Direction::inbound, resp.status());
-    if let Some(hop) = hop {
-        let tags = vec![
-            ("http.method", method.to_string()),
-            ("http.status_code", resp.status().as_u16().to_string()),
-            ("weft.source", ctx.peer_id.to_string()),
-        ];
-        ctx.proxy.tracer.end(hop, "SERVER", span_name, tags);
-    }
-    if !is_connect || extended {
-        record_http(ctx, &method, resp.status(), start);
-    }
-    match entry {
-        Some(mut e) => {
-            e.status = Some(resp.status().as_u16());
-            if resp.status() == StatusCode::TOO_MANY_REQUESTS
-                && resp
-                    .headers()
-                    .contains_key(crate::path::headers::PROXY_ERROR)
-            {
-                e.flags.push("rate_limited");
-            } else if let Some(port) = app_port {
-                e.upstream = Some(app_addr(ctx, port).to_string());
-            }
-            let log = log.clone();
-            resp.map(|b| crate::telemetry::access_log::log_on_end(log, e, counted, b))
-        }
-        None => resp,
-    }
-}
-
-/// Counts and times one HTTP request (or WebSocket) from a peer.
-fn record_http(ctx: &PeerConn, method: &Method, status: StatusCode, start: std::time::Instant) {
-    ctx.proxy.metrics.http_request(
-        crate::telemetry::metrics::HttpLabels {
-            direction: Direction::inbound,
-            source_identity: ctx.peer_id.to_string(),
-            destination_identity: ctx.proxy.own_id.clone(),
-            destination_service: String::new(),
-            destination_version: ctx.proxy.workload_version().to_string(),
-            route: String::new(),
-            method: crate::telemetry::metrics::method_class(method),
-            status_code: status.as_u16(),
-        },
-        start.elapsed(),
+    let conn = tls.get_ref().1;
+    let (peer_id, alpn_h2) = (
+        weft_certs::tls::peer_id(conn),
+        conn.alpn_protocol() == Some(b"h2"),
     );
-}
-
-/// Everything a request must pass before it is carried to the app: a mesh view with this workload's
-/// policies (fail closed until there is one), a target port that is the app's, and authorization.
-fn admit(req: &mut Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardError> {
-    if !ctx.proxy.has_policy_view() {
-        ctx.proxy.metrics.reject("tunnel", "no_config");
-        tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, "inbound request refused: no config from the control plane yet");
-        return Err(ForwardError::NoPolicyView);
+    let peer_leaf = crate::path::pool::peer_leaf(conn);
+    let Some(peer_id) = peer_id else {
+        proxy
+            .metrics
+            .reject(Listener::Tunnel, Reason::NoPeerIdentity);
+        tracing::warn!(peer = %peer_addr, "tunnel connection refused: no verified peer identity");
+        return None;
+    };
+    if !alpn_h2 {
+        proxy.metrics.reject(Listener::Tunnel, Reason::Alpn);
+        close_politely(tls).await;
+        tracing::warn!(peer = %peer_addr, %peer_id, "tunnel connection refused: ALPN h2 was not negotiated");
+        return None;
     }
-    let port = target_port(req, ctx)?;
-    authorize(req, port, ctx)?;
-    Ok(port)
+    Some((tls, peer_id, peer_leaf))
 }
 
-/// The 429 when a route's rate limit refuses the request. Every kind counts: an opaque CONNECT stream
-/// under the rule that routes TCP, a WebSocket as the GET the app will see.
-fn rate_limited(req: &Request<Incoming>, port: u16, ctx: &PeerConn) -> Option<Response<Body>> {
-    let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
-    let method = if extended { &Method::GET } else { req.method() };
-    let view = crate::traffic::route::RequestView {
+/// Closes with close_notify, so a TLS client (or a health check) sees an orderly refusal, then waits
+/// (briefly) for the client's own close, so our close does not race its last bytes into a reset that
+/// it would report as an unexpected EOF.
+async fn close_politely(mut tls: TlsStream<TcpStream>) {
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+    let mut sink = [0u8; 256];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while matches!(tokio::io::AsyncReadExt::read(&mut tls, &mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// One request (or stream) from a peer: admitted against one mesh view, then carried to the app.
+/// Its record goes out with the response (a stream's, with the stream's task).
+async fn handle_request(mut req: Request<Incoming>, ctx: &TunnelConn) -> Response<Body> {
+    let ask = Ask::of(&req);
+    let mut record = match ask {
+        Ask::Stream => Record::tcp(&ctx.proxy, Direction::Inbound, true),
+        Ask::Request | Ask::Upgrade => Record::http(&ctx.proxy, Direction::Inbound, &mut req),
+    };
+    record.from_peer(&ctx.peer_id);
+    let result = match admit(&mut req, ask, ctx) {
+        Err(e) => Err(e),
+        Ok(port) => {
+            record.delivered_to(app_addr(ctx, port));
+            match ask {
+                Ask::Stream => return Box::pin(tcp_to_app(req, port, ctx, record)).await,
+                // Boxed: large and rare; unboxed it would grow every request's task.
+                Ask::Upgrade => Box::pin(upgrade_to_app(req, port, ctx)).await,
+                Ask::Request => http_to_app(req, port, ctx, &record).await,
+            }
+        }
+    };
+    let resp = result.unwrap_or_else(|e| refuse(ctx, &e, &mut record));
+    record.respond(resp)
+}
+
+/// Answers a request the proxy will not (or could not) carry to the app. Denials and rate limits were
+/// logged where they were decided.
+fn refuse(ctx: &TunnelConn, e: &ProxyError, record: &mut Record) -> Response<Body> {
+    record.failed(e);
+    if !matches!(
+        e,
+        ProxyError::Denied { .. } | ProxyError::RateLimited { .. }
+    ) {
+        tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, error = %e, "inbound request failed");
+    }
+    answer(e)
+}
+
+/// Everything a request must pass before it is carried to the app, against one mesh view: a view with
+/// this workload's policies (fail closed until there is one), a target port that is the app's,
+/// authorization, and the route rate limits of this workload's services (every kind counts: an opaque
+/// stream under the rule that routes TCP, a WebSocket as the GET the app will see).
+fn admit(req: &mut Request<Incoming>, ask: Ask, ctx: &TunnelConn) -> Result<u16, ProxyError> {
+    if !ctx.proxy.has_policy_view() {
+        ctx.proxy.metrics.reject(Listener::Tunnel, Reason::NoConfig);
+        tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, "inbound request refused: no config from the control plane yet");
+        return Err(ProxyError::NoPolicyView);
+    }
+    let mesh = ctx.proxy.mesh();
+    let port = target_port(req, ask, ctx)?;
+    authorize(req, ask, port, ctx, &mesh)?;
+    let method = if ask == Ask::Upgrade {
+        &Method::GET
+    } else {
+        req.method()
+    };
+    let view = RequestView {
         method,
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
     };
-    let opaque = req.method() == Method::CONNECT && !extended;
-    let req = (!opaque).then_some(&view);
-    crate::traffic::ratelimit::check(&ctx.proxy, "tunnel", Some(&ctx.peer_id), port, req)
+    let view = (ask != Ask::Stream).then_some(&view);
+    let source = Some(&ctx.peer_id);
+    crate::traffic::ratelimit::check(&ctx.proxy, &mesh, Listener::Tunnel, source, port, view)?;
+    Ok(port)
 }
 
 /// Applies the workload's authorization policies. An HTTP request's path is normalised first (and sent
 /// on normalised, so the app sees what the policy saw); a path that cannot be is refused with 400.
-fn authorize(req: &mut Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<(), ForwardError> {
-    if ctx.proxy.mesh().authorizer.is_empty() {
+fn authorize(
+    req: &mut Request<Incoming>,
+    ask: Ask,
+    port: u16,
+    ctx: &TunnelConn,
+    mesh: &MeshView,
+) -> Result<(), ProxyError> {
+    if mesh.authorizer.is_empty() {
         return Ok(());
     }
-    let opaque =
-        req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none();
-    let path = if opaque {
+    let path = if ask == Ask::Stream {
         None
     } else {
         let p = authz::normalize::normalize(req.uri().path())
-            .map_err(|e| ForwardError::BadPath(e.to_string()))?;
+            .map_err(|e| ProxyError::BadPath(e.to_string()))?;
         set_path(req, &p);
         Some(p)
     };
@@ -265,10 +266,7 @@ fn authorize(req: &mut Request<Incoming>, port: u16, ctx: &PeerConn) -> Result<(
             headers: req.headers(),
         }),
     };
-    match authz::authorize(&ctx.proxy, &subject) {
-        None => Ok(()),
-        Some(denied) => Err(ForwardError::Denied(Box::new(denied))),
-    }
+    authz::authorize(&ctx.proxy, mesh, &subject)
 }
 
 /// Replaces the request's path, keeping its query.
@@ -291,10 +289,8 @@ fn set_path(req: &mut Request<Incoming>, path: &str) {
 
 /// The app port: a CONNECT's authority port, else the `weft-target-port` header. Never one of the
 /// proxy's own ports; only ports the config allows (all, when the list is empty).
-fn target_port(req: &Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardError> {
-    let port = if req.method() == Method::CONNECT
-        && req.extensions().get::<hyper::ext::Protocol>().is_none()
-    {
+fn target_port(req: &Request<Incoming>, ask: Ask, ctx: &TunnelConn) -> Result<u16, ProxyError> {
+    let port = if ask == Ask::Stream {
         req.uri().port_u16()
     } else {
         req.headers()
@@ -304,27 +300,25 @@ fn target_port(req: &Request<Incoming>, ctx: &PeerConn) -> Result<u16, ForwardEr
     };
     let port = port
         .filter(|p| *p != 0)
-        .ok_or(ForwardError::BadTunnelRequest("no target port"))?;
+        .ok_or(ProxyError::BadTunnelRequest("no target port"))?;
     if let Err(refusal) = ctx.proxy.delivery.check(port) {
-        ctx.proxy.metrics.reject("tunnel", refusal.reason());
-        tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, port, reason = refusal.reason(), "inbound request refused: the target port is not the app's");
-        return Err(match refusal {
-            crate::path::deliver::Refusal::ProxyPort => ForwardError::ProxyPort { port },
-            crate::path::deliver::Refusal::NotAllowed => ForwardError::PortNotAllowed { port },
-        });
+        let reason = refusal.reason();
+        ctx.proxy.metrics.reject(Listener::Tunnel, reason);
+        tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, port, reason = reason.as_str(), "inbound request refused: the target port is not the app's");
+        return Err(refusal.error(port));
     }
     Ok(port)
 }
 
-fn app_addr(ctx: &PeerConn, port: u16) -> SocketAddr {
+fn app_addr(ctx: &TunnelConn, port: u16) -> SocketAddr {
     ctx.proxy.delivery.app_addr(port)
 }
 
-async fn connect_app(ctx: &PeerConn, port: u16) -> Result<TcpStream, ForwardError> {
+async fn connect_app(ctx: &TunnelConn, port: u16) -> Result<TcpStream, ProxyError> {
     let timeout = ctx.proxy.config.limits.connect_timeout.get();
     match tokio::time::timeout(timeout, TcpStream::connect(app_addr(ctx, port))).await {
-        Err(_) => Err(ForwardError::AppConnectTimeout { port }),
-        Ok(Err(source)) => Err(ForwardError::AppConnect { port, source }),
+        Err(_) => Err(ProxyError::AppConnectTimeout { port }),
+        Ok(Err(source)) => Err(ProxyError::AppConnect { port, source }),
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
@@ -336,20 +330,16 @@ async fn connect_app(ctx: &PeerConn, port: u16) -> Result<TcpStream, ForwardErro
 async fn http_to_app(
     req: Request<Incoming>,
     port: u16,
-    ctx: &PeerConn,
-    count: Option<&Arc<std::sync::atomic::AtomicU64>>,
-) -> Result<Response<Body>, ForwardError> {
+    ctx: &TunnelConn,
+    record: &Record,
+) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let which = match parts.headers.get(ORIG_PROTO) {
         Some(v) if v == "1.1" => AppHttp::Http1,
         _ => AppHttp::Http2,
     };
     prepare_for_app(&mut parts, port, which, ctx)?;
-    let body = match count {
-        Some(c) => crate::telemetry::access_log::count_request(body::boxed(body), c.clone()),
-        None => body::boxed(body),
-    };
-    let req = Request::from_parts(parts, body);
+    let req = Request::from_parts(parts, record.request_body(body::boxed(body)));
     let resp = ctx
         .proxy
         .apps
@@ -364,14 +354,14 @@ async fn http_to_app(
 }
 
 /// A failed request to the local app: 502 when it could not be reached, else the request's own error.
-pub(crate) fn app_request_error(port: u16, e: hyper_util::client::legacy::Error) -> ForwardError {
+pub(crate) fn app_request_error(port: u16, e: hyper_util::client::legacy::Error) -> ProxyError {
     if e.is_connect() {
         let source = std::error::Error::source(&e)
             .map(|s| std::io::Error::other(s.to_string()))
             .unwrap_or_else(|| std::io::Error::other("connect failed"));
-        return ForwardError::AppConnect { port, source };
+        return ProxyError::AppConnect { port, source };
     }
-    ForwardError::AppRequest {
+    ProxyError::AppRequest {
         port,
         source: Box::new(e),
     }
@@ -381,8 +371,8 @@ fn prepare_for_app(
     parts: &mut http::request::Parts,
     port: u16,
     which: AppHttp,
-    ctx: &PeerConn,
-) -> Result<(), ForwardError> {
+    ctx: &TunnelConn,
+) -> Result<(), ProxyError> {
     let authority = parts.uri.authority().map(|a| a.to_string());
     let pq = parts
         .uri
@@ -394,7 +384,7 @@ fn prepare_for_app(
         .authority(app_addr(ctx, port).to_string())
         .path_and_query(pq)
         .build()
-        .map_err(|_| ForwardError::BadTunnelRequest("request target is not a valid URI"))?;
+        .map_err(|_| ProxyError::BadTunnelRequest("request target is not a valid URI"))?;
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
     headers::strip_mesh_headers(h);
@@ -411,44 +401,42 @@ fn prepare_for_app(
 }
 
 /// A CONNECT stream: connect to the app port first (so a refused port is a refused stream), answer 200,
-/// then copy bytes both ways.
+/// then copy bytes both ways. The stream's record goes with it and is written when it ends.
 async fn tcp_to_app(
     mut req: Request<Incoming>,
     port: u16,
-    ctx: &PeerConn,
-) -> Result<Response<Body>, ForwardError> {
-    let mut app = connect_app(ctx, port).await?;
+    ctx: &TunnelConn,
+    mut record: Record,
+) -> Response<Body> {
+    let mut app = match connect_app(ctx, port).await {
+        Ok(app) => app,
+        Err(e) => {
+            let refused = refuse(ctx, &e, &mut record);
+            return record.respond(refused);
+        }
+    };
+    record.status(StatusCode::OK);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let metrics = ctx.proxy.metrics.clone();
     let (peer_addr, peer_id) = (ctx.peer_addr, ctx.peer_id.clone());
-    let log = ctx.proxy.access_log.clone();
-    let entry = log.begin("inbound", "tcp").map(|mut e| {
-        e.source = peer_id.to_string();
-        e.destination = ctx.proxy.identity.id().to_string();
-        e.upstream = Some(app_addr(ctx, port).to_string());
-        e
-    });
     ctx.proxy.tasks.spawn(async move {
         let _active = ActiveGuard::new(
             &metrics,
             ConnLabels {
-                direction: Direction::inbound,
-                protocol: "tcp",
+                direction: Direction::Inbound,
+                protocol: ConnProtocol::Tcp,
             },
         );
         match on_upgrade.await {
             Ok(stream) => {
-                let res = splice(&mut TokioIo::new(stream), &mut app, &metrics, Direction::inbound).await;
+                let res = splice(&mut TokioIo::new(stream), &mut app, &metrics, Direction::Inbound).await;
                 tracing::debug!(peer = %peer_addr, %peer_id, port, result = ?res, "inbound tcp stream done");
-                if let Some(mut e) = entry {
-                    e.tcp_result(&res);
-                    log.write(e);
-                }
+                record.streamed(&res);
             }
             Err(e) => tracing::debug!(peer = %peer_addr, error = %e, "CONNECT stream did not open"),
         }
     });
-    Ok(Response::new(body::empty()))
+    Response::new(body::empty())
 }
 
 /// Extended CONNECT (`:protocol`, e.g. websocket): replay it to the app as an HTTP/1.1 upgrade on a fresh
@@ -456,8 +444,8 @@ async fn tcp_to_app(
 async fn upgrade_to_app(
     mut req: Request<Incoming>,
     port: u16,
-    ctx: &PeerConn,
-) -> Result<Response<Body>, ForwardError> {
+    ctx: &TunnelConn,
+) -> Result<Response<Body>, ProxyError> {
     let proto = req
         .extensions()
         .get::<hyper::ext::Protocol>()
@@ -475,18 +463,18 @@ async fn upgrade_to_app(
         .unwrap_or_else(|| "/".into());
     parts.uri = pq
         .parse()
-        .map_err(|_| ForwardError::BadTunnelRequest("bad path"))?;
+        .map_err(|_| ProxyError::BadTunnelRequest("bad path"))?;
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let upgrade = HeaderValue::from_str(&proto)
-        .map_err(|_| ForwardError::BadTunnelRequest("bad :protocol"))?;
+    let upgrade =
+        HeaderValue::from_str(&proto).map_err(|_| ProxyError::BadTunnelRequest("bad :protocol"))?;
     parts.headers.insert(header::UPGRADE, upgrade);
 
     let app = connect_app(ctx, port).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(app))
         .await
-        .map_err(|e| ForwardError::AppRequest {
+        .map_err(|e| ProxyError::AppRequest {
             port,
             source: Box::new(e),
         })?;
@@ -496,7 +484,7 @@ async fn upgrade_to_app(
     let mut resp = send
         .send_request(Request::from_parts(parts, body::empty()))
         .await
-        .map_err(|e| ForwardError::AppRequest {
+        .map_err(|e| ProxyError::AppRequest {
             port,
             source: Box::new(e),
         })?;
@@ -527,7 +515,7 @@ pub(crate) fn splice_upgraded(
                 &mut TokioIo::new(c),
                 &mut TokioIo::new(a),
                 &metrics,
-                Direction::inbound,
+                Direction::Inbound,
             )
             .await;
         }

@@ -8,7 +8,8 @@ use crate::path::detect::{self, Detected};
 use crate::path::listen::{self, ConnLimiter};
 use crate::path::splice::splice;
 use crate::state::Proxy;
-use crate::telemetry::metrics::{ActiveGuard, ConnLabels, Direction};
+use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
+use crate::telemetry::metrics::{ActiveGuard, ConnLabels};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,10 +19,16 @@ use weft_api::resources::MtlsMode;
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
     let p = proxy.clone();
-    listen::accept_loop(listener, &proxy, limiter, "inbound", move |tcp, client| {
-        let proxy = p.clone();
-        async move { handle_connection(tcp, client, proxy).await }
-    })
+    listen::accept_loop(
+        listener,
+        &proxy,
+        limiter,
+        Listener::Inbound,
+        move |tcp, client| {
+            let proxy = p.clone();
+            async move { handle_connection(tcp, client, proxy).await }
+        },
+    )
     .await;
 }
 
@@ -42,8 +49,8 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>
     let _active = ActiveGuard::new(
         &proxy.metrics,
         ConnLabels {
-            direction: Direction::inbound,
-            protocol: "plaintext",
+            direction: Direction::Inbound,
+            protocol: ConnProtocol::Plaintext,
         },
     );
     let window = proxy.config.limits.detect_timeout.get();
@@ -70,12 +77,16 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>
                 port,
                 http: None,
             };
-            if crate::traffic::authz::authorize(&proxy, &subject).is_some() {
+            let mesh = proxy.mesh();
+            if crate::traffic::authz::authorize(&proxy, &mesh, &subject).is_err() {
                 return tracing::info!(%client, port, "inbound plaintext connection closed by authorization policy");
             }
-            if crate::traffic::ratelimit::check(&proxy, "inbound", None, port, None).is_some() {
+            if crate::traffic::ratelimit::check(&proxy, &mesh, Listener::Inbound, None, port, None)
+                .is_err()
+            {
                 return tracing::info!(%client, port, "inbound plaintext connection closed: over the route's rate limit");
             }
+            drop(mesh);
             splice_to_app(io, client, port, &proxy).await
         }
     }
@@ -87,14 +98,16 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>
 /// otherwise.
 fn admit(tcp: &TcpStream, client: SocketAddr, proxy: &Proxy) -> Option<u16> {
     if !proxy.has_policy_view() {
-        proxy.metrics.reject("inbound", "no_config");
+        proxy.metrics.reject(Listener::Inbound, Reason::NoConfig);
         tracing::warn!(%client, "inbound plaintext connection refused: no config from the control plane yet");
         return None;
     }
     let dst = match crate::socket::original_dst(tcp) {
         Ok(d) => d,
         Err(e) => {
-            proxy.metrics.reject("inbound", "no_original_dst");
+            proxy
+                .metrics
+                .reject(Listener::Inbound, Reason::NoOriginalDst);
             tracing::warn!(%client, error = %e, "inbound connection closed: no original destination");
             return None;
         }
@@ -102,12 +115,12 @@ fn admit(tcp: &TcpStream, client: SocketAddr, proxy: &Proxy) -> Option<u16> {
     let port = dst.port();
     if let Err(refusal) = proxy.delivery.check(port) {
         let reason = refusal.reason();
-        proxy.metrics.reject("inbound", reason);
-        tracing::warn!(%client, port, reason, "inbound plaintext connection refused");
+        proxy.metrics.reject(Listener::Inbound, reason);
+        tracing::warn!(%client, port, reason = reason.as_str(), "inbound plaintext connection refused");
         return None;
     }
     if mtls_mode(proxy) == MtlsMode::Strict {
-        proxy.metrics.reject("inbound", "strict_mtls");
+        proxy.metrics.reject(Listener::Inbound, Reason::StrictMtls);
         tracing::info!(%client, port, "inbound plaintext connection refused: mTLS is STRICT (the client is not in the mesh)");
         return None;
     }
@@ -124,12 +137,12 @@ where
     let mut upstream = match crate::socket::connect(app, timeout).await {
         Ok(u) => u,
         Err(e) => {
-            proxy.metrics.reject("inbound", "app_connect");
+            proxy.metrics.reject(Listener::Inbound, Reason::AppConnect);
             return tracing::info!(%client, %app, error = %e, "inbound plaintext: cannot reach the app");
         }
     };
     tracing::debug!(%client, %app, "inbound plaintext (PERMISSIVE) delivered to the app");
-    if let Err(e) = splice(&mut io, &mut upstream, &proxy.metrics, Direction::inbound).await {
+    if let Err(e) = splice(&mut io, &mut upstream, &proxy.metrics, Direction::Inbound).await {
         tracing::debug!(%client, %app, error = %e, "inbound plaintext ended with an error");
     }
 }

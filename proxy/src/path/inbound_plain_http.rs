@@ -7,12 +7,14 @@
 
 use crate::path::body::{self, Body};
 use crate::path::detect::Detected;
-use crate::path::errors::{error_response, ForwardError};
+use crate::path::errors::{answer, ProxyError};
 use crate::path::h1_guard::{ConflictFlag, H1Guard};
 use crate::path::headers;
 use crate::path::local_app::AppHttp;
 use crate::state::Proxy;
-use crate::telemetry::metrics::Direction;
+use crate::telemetry::labels::{Direction, Listener};
+use crate::telemetry::record::Record;
+use crate::traffic::mesh::MeshView;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -41,50 +43,65 @@ pub async fn serve<IO>(
         let proxy = p.clone();
         let conflict = flag.clone();
         async move {
-            if conflict.is_set() && req.headers().contains_key(header::TRANSFER_ENCODING) {
-                return Ok::<_, std::convert::Infallible>(refuse_conflicting_framing(
-                    &proxy, client,
-                ));
-            }
-            let resp = to_app(req, client, port, which, &proxy)
-                .await
-                .unwrap_or_else(|e| match e {
-                    // Logged and counted by the authorizer.
-                    ForwardError::Denied(r) => *r,
-                    e => {
-                        proxy.metrics.reject("inbound", e.kind());
-                        tracing::info!(%client, port, error = %e, "inbound plaintext request failed");
-                        error_response(&e)
-                    }
-                });
-            proxy
-                .metrics
-                .count_request(Direction::inbound, resp.status());
-            Ok(resp)
+            let framing_conflict =
+                conflict.is_set() && req.headers().contains_key(header::TRANSFER_ENCODING);
+            Ok::<_, std::convert::Infallible>(
+                handle_request(req, framing_conflict, client, port, which, &proxy).await,
+            )
         }
     });
     match which {
         AppHttp::Http1 => {
             let io = TokioIo::new(H1Guard::new(io, conflict));
-            crate::path::listen::http1_connection(io, svc, proxy, "inbound", client).await
+            crate::path::listen::http1_connection(io, svc, proxy, Listener::Inbound, client).await
         }
         AppHttp::Http2 => {
-            crate::path::listen::http2_connection(TokioIo::new(io), svc, proxy, "inbound", client)
-                .await
+            let io = TokioIo::new(io);
+            crate::path::listen::http2_connection(io, svc, proxy, Listener::Inbound, client).await
         }
     }
 }
 
-fn refuse_conflicting_framing(proxy: &Proxy, client: SocketAddr) -> Response<Body> {
-    proxy.metrics.reject("inbound", "bad_request");
-    tracing::info!(%client, reason = "bad_request", "inbound plaintext request refused: both Content-Length and Transfer-Encoding");
-    let mut r = Response::new(body::full(
-        "weft-proxy: both Content-Length and Transfer-Encoding\n",
-    ));
-    *r.status_mut() = StatusCode::BAD_REQUEST;
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
+/// One request from outside the mesh; its record goes out with the response.
+async fn handle_request(
+    mut req: Request<Incoming>,
+    framing_conflict: bool,
+    client: SocketAddr,
+    port: u16,
+    which: AppHttp,
+    proxy: &Arc<Proxy>,
+) -> Response<Body> {
+    if framing_conflict {
+        // Refused before it is a request: counted as a rejection, never as a request.
+        let e = ProxyError::ConflictingFraming;
+        proxy.metrics.reject(Listener::Inbound, e.kind());
+        tracing::info!(%client, port, reason = e.kind().as_str(), "inbound plaintext request refused: {e}");
+        return answer(&e);
+    }
+    let mut record = Record::http(proxy, Direction::Inbound, &mut req);
+    let result = to_app(req, client, port, which, proxy, &mut record).await;
+    let resp = result.unwrap_or_else(|e| refuse(proxy, client, port, &e, &mut record));
+    record.respond(resp)
+}
+
+/// Answers a request the proxy will not (or could not) carry to the app: counted and logged, unless
+/// the authorizer or the rate limiter already did.
+fn refuse(
+    proxy: &Proxy,
+    client: SocketAddr,
+    port: u16,
+    e: &ProxyError,
+    record: &mut Record,
+) -> Response<Body> {
+    record.failed(e);
+    if !matches!(
+        e,
+        ProxyError::Denied { .. } | ProxyError::RateLimited { .. }
+    ) {
+        proxy.metrics.reject(Listener::Inbound, e.kind());
+        tracing::info!(%client, port, error = %e, "inbound plaintext request refused");
+    }
+    answer(e)
 }
 
 /// Removes what a client outside the mesh may not say, logging a forged caller identity, and says who
@@ -97,31 +114,32 @@ fn strip_from_outside(h: &mut http::HeaderMap, client: SocketAddr, port: u16) {
     headers::set_forwarded_for(h, client.ip());
 }
 
+/// Admitted against one mesh view (authorization, then rate limits), then carried to the app.
 async fn to_app(
     mut req: Request<Incoming>,
     client: SocketAddr,
     port: u16,
     which: AppHttp,
     proxy: &Arc<Proxy>,
-) -> Result<Response<Body>, ForwardError> {
+    record: &mut Record,
+) -> Result<Response<Body>, ProxyError> {
     strip_from_outside(req.headers_mut(), client, port);
     if req.method() == Method::CONNECT {
-        return Err(ForwardError::BadTunnelRequest(
+        return Err(ProxyError::BadTunnelRequest(
             "CONNECT is not carried on the plaintext inbound path",
         ));
     }
-    authorize(&mut req, port, proxy)?;
+    let mesh = proxy.mesh();
+    authorize(&mut req, port, proxy, &mesh)?;
     let view = crate::traffic::route::RequestView {
         method: req.method(),
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
     };
-    if let Some(refused) =
-        crate::traffic::ratelimit::check(proxy, "inbound", None, port, Some(&view))
-    {
-        return Ok(refused);
-    }
+    crate::traffic::ratelimit::check(proxy, &mesh, Listener::Inbound, None, port, Some(&view))?;
+    drop(mesh);
+    record.delivered_to(proxy.delivery.app_addr(port));
     if req.version() == Version::HTTP_11 {
         if let Some(proto) = headers::upgrade_protocol(req.headers()) {
             return Box::pin(upgrade(req, proto, port, proxy)).await;
@@ -134,7 +152,7 @@ async fn to_app(
         AppHttp::Http1 => Version::HTTP_11,
         AppHttp::Http2 => Version::HTTP_2,
     };
-    let req = Request::from_parts(parts, body::boxed(body));
+    let req = Request::from_parts(parts, record.request_body(body::boxed(body)));
     let resp = proxy
         .apps
         .client(which)
@@ -148,12 +166,17 @@ async fn to_app(
 
 /// The workload's policies for a caller without identity, on the normalised path (sent on normalised,
 /// so the app sees what the policy saw), as the tunnel applies them to peers.
-fn authorize(req: &mut Request<Incoming>, port: u16, proxy: &Proxy) -> Result<(), ForwardError> {
-    if proxy.mesh().authorizer.is_empty() {
+fn authorize(
+    req: &mut Request<Incoming>,
+    port: u16,
+    proxy: &Proxy,
+    mesh: &MeshView,
+) -> Result<(), ProxyError> {
+    if mesh.authorizer.is_empty() {
         return Ok(());
     }
     let path = crate::traffic::authz::normalize::normalize(req.uri().path())
-        .map_err(|e| ForwardError::BadPath(e.to_string()))?;
+        .map_err(|e| ProxyError::BadPath(e.to_string()))?;
     if path != req.uri().path() {
         let pq = match req.uri().query() {
             Some(q) => format!("{path}?{q}"),
@@ -161,7 +184,7 @@ fn authorize(req: &mut Request<Incoming>, port: u16, proxy: &Proxy) -> Result<()
         };
         *req.uri_mut() = pq
             .parse()
-            .map_err(|_| ForwardError::BadPath(format!("`{path}` is not a valid path")))?;
+            .map_err(|_| ProxyError::BadPath(format!("`{path}` is not a valid path")))?;
     }
     let method = req.method().as_str().to_string();
     let subject = crate::traffic::authz::Subject {
@@ -173,20 +196,17 @@ fn authorize(req: &mut Request<Incoming>, port: u16, proxy: &Proxy) -> Result<()
             headers: req.headers(),
         }),
     };
-    match crate::traffic::authz::authorize(proxy, &subject) {
-        None => Ok(()),
-        Some(denied) => Err(ForwardError::Denied(Box::new(denied))),
-    }
+    crate::traffic::authz::authorize(proxy, mesh, &subject)
 }
 
-fn app_uri(uri: &Uri, app: SocketAddr) -> Result<Uri, ForwardError> {
+fn app_uri(uri: &Uri, app: SocketAddr) -> Result<Uri, ProxyError> {
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     Uri::builder()
         .scheme("http")
         .authority(app.to_string())
         .path_and_query(pq)
         .build()
-        .map_err(|_| ForwardError::BadTunnelRequest("request target is not a valid URI"))
+        .map_err(|_| ProxyError::BadTunnelRequest("request target is not a valid URI"))
 }
 
 /// An HTTP/1.1 upgrade (WebSocket): replayed to the app on a connection of its own; on 101 both
@@ -196,22 +216,22 @@ async fn upgrade(
     proto: String,
     port: u16,
     proxy: &Arc<Proxy>,
-) -> Result<Response<Body>, ForwardError> {
+) -> Result<Response<Body>, ProxyError> {
     let from_client = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     let upgrade = HeaderValue::from_str(&proto)
-        .map_err(|_| ForwardError::BadTunnelRequest("bad Upgrade header"))?;
+        .map_err(|_| ProxyError::BadTunnelRequest("bad Upgrade header"))?;
     h.insert(header::UPGRADE, upgrade);
     parts.extensions = Default::default();
     let app = proxy.delivery.app_addr(port);
     let timeout = proxy.config.limits.connect_timeout.get();
     let tcp = crate::socket::connect(app, timeout)
         .await
-        .map_err(|source| ForwardError::AppConnect { port, source })?;
-    let app_err = |e: hyper::Error| ForwardError::AppRequest {
+        .map_err(|source| ProxyError::AppConnect { port, source })?;
+    let app_err = |e: hyper::Error| ProxyError::AppRequest {
         port,
         source: Box::new(e),
     };

@@ -3,6 +3,7 @@
 
 use crate::path::body::Body;
 use crate::state::Proxy;
+use crate::telemetry::labels::{Listener, Reason};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
@@ -33,7 +34,7 @@ pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     proxy: &Arc<Proxy>,
     limiter: ConnLimiter,
-    name: &'static str,
+    name: Listener,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
@@ -48,15 +49,15 @@ pub async fn accept_loop<F, Fut>(
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly rather than spin.
-                proxy.metrics.reject(name, "accept_error");
-                tracing::warn!(listener = name, error = %e, "accept failed");
+                proxy.metrics.reject(name, Reason::AcceptError);
+                tracing::warn!(listener = name.as_str(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Some(permit) = limiter.try_acquire() else {
-            proxy.metrics.reject(name, "max_connections");
-            tracing::warn!(listener = name, %client, "connection refused: listener is at its connection limit");
+            proxy.metrics.reject(name, Reason::MaxConnections);
+            tracing::warn!(listener = name.as_str(), %client, "connection refused: listener is at its connection limit");
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -66,7 +67,7 @@ pub async fn accept_loop<F, Fut>(
             fut.await
         });
     }
-    tracing::debug!(listener = name, "stopped accepting");
+    tracing::debug!(listener = name.as_str(), "stopped accepting");
 }
 
 /// Serves one HTTP/1 connection (with upgrades) until it closes or the proxy drains.
@@ -74,7 +75,7 @@ pub async fn http1_connection<I, S>(
     io: I,
     svc: S,
     proxy: &Arc<Proxy>,
-    listener: &'static str,
+    listener: Listener,
     client: SocketAddr,
 ) where
     I: Read + Write + Unpin + Send + 'static,
@@ -116,7 +117,7 @@ pub async fn http2_connection<I, S>(
     io: I,
     svc: S,
     proxy: &Arc<Proxy>,
-    listener: &'static str,
+    listener: Listener,
     client: SocketAddr,
 ) where
     I: Read + Write + Unpin + Send + 'static,
@@ -160,20 +161,20 @@ pub fn http2_builder(proxy: &Proxy) -> hyper::server::conn::http2::Builder<Tokio
 }
 
 /// Logs and counts a connection that ended with an error, by a bounded reason.
-pub fn report(proxy: &Proxy, listener: &'static str, client: SocketAddr, e: &hyper::Error) {
+pub fn report(proxy: &Proxy, listener: Listener, client: SocketAddr, e: &hyper::Error) {
     let reason = if e.is_parse_too_large() {
-        "header_too_large"
+        Reason::HeaderTooLarge
     } else if e.is_parse() || e.is_parse_status() {
-        "bad_request"
+        Reason::BadRequest
     } else if e.is_timeout() {
-        "timeout"
+        Reason::Timeout
     } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         // The client went away mid-message: common and harmless, not a rejection.
-        tracing::debug!(listener, %client, error = %e, "connection closed early");
+        tracing::debug!(listener = listener.as_str(), %client, error = %e, "connection closed early");
         return;
     } else {
-        "protocol_error"
+        Reason::ProtocolError
     };
     proxy.metrics.reject(listener, reason);
-    tracing::info!(listener, %client, reason, error = %e, "connection rejected");
+    tracing::info!(listener = listener.as_str(), %client, reason = reason.as_str(), error = %e, "connection rejected");
 }

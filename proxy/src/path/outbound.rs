@@ -5,46 +5,48 @@
 //! (WebSocket) as extended CONNECT streams, opaque TCP as a CONNECT stream. Intercepted connections to
 //! destinations outside the mesh pass through, or are refused under `REGISTRY_ONLY`.
 
-use crate::path::body::{self, Body, Guarded};
+use crate::path::body::{self, Body};
 use crate::path::detect::{detect, Detected, Rewind};
-use crate::path::errors::{error_response, ForwardError};
+use crate::path::errors::{answer, ProxyError};
 use crate::path::h1_guard::{ConflictFlag, H1Guard};
-use crate::path::headers::{self, ORIG_PROTO, TARGET_PORT};
+use crate::path::headers::{self, ORIG_PROTO};
 use crate::path::listen::{self, ConnLimiter};
 use crate::path::splice::splice;
 use crate::state::Proxy;
-use crate::telemetry::access_log::{self, CallInfo};
-use crate::telemetry::metrics::{ActiveGuard, ConnLabels, Direction, HttpLabels};
-use crate::traffic::dispatch::Plan;
-use crate::traffic::mesh::Destination;
+use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
+use crate::telemetry::metrics::{ActiveGuard, ConnLabels};
+use crate::telemetry::record::Record;
+use crate::traffic::dispatch;
+use crate::traffic::mesh::Destination as Registered;
+use crate::traffic::plan::{self, Destination, Plan};
 use crate::traffic::route::RequestView;
+use crate::traffic::service_name::ServiceName;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use weft_api::resources::{OutboundTrafficPolicy, PortProtocol};
 use weft_api::{AppProtocol, OutboundListener, Target};
 
-/// Where one connection's traffic goes: an explicit listener's, or an intercepted connection's.
-struct Listener {
+/// Where one connection's traffic goes: an explicit listener's target, or an intercepted connection's.
+struct Outbound {
     name: String,
     target: Target,
     protocol: AppProtocol,
     proxy: Arc<Proxy>,
-    /// A fixed peer's plan, made once per listener.
+    /// A fixed peer's plan, made once.
     fixed: Option<Plan>,
 }
 
-impl Listener {
-    fn new(name: String, target: Target, protocol: AppProtocol, proxy: Arc<Proxy>) -> Listener {
+impl Outbound {
+    fn new(name: String, target: Target, protocol: AppProtocol, proxy: Arc<Proxy>) -> Outbound {
         let fixed = match &target {
             Target::Fixed(up) => Some(Plan::fixed(&proxy, up.clone())),
             Target::Service { .. } => None,
         };
-        Listener {
+        Outbound {
             name,
             target,
             protocol,
@@ -53,39 +55,68 @@ impl Listener {
         }
     }
 
-    /// Where this request (or, with `req` absent, this connection) may go: the fixed peer, or the ready
-    /// endpoints of the backend the service's routes choose in the current mesh view.
-    fn plan(&self, req: Option<&RequestView<'_>>) -> Result<Plan, ForwardError> {
+    /// The plan for this request (or, with `req` absent, this connection).
+    fn decide(&self, req: Option<&RequestView<'_>>) -> Result<Plan, ProxyError> {
+        match &self.fixed {
+            Some(p) => Ok(p.clone()),
+            None => plan::decide(&self.proxy, &self.target, req),
+        }
+    }
+
+    /// What the caller asked for, as telemetry names it.
+    fn destination(&self) -> Destination {
         match &self.target {
-            Target::Fixed(up) => Ok(match &self.fixed {
-                Some(p) => p.clone(),
-                None => Plan::fixed(&self.proxy, up.clone()),
-            }),
+            Target::Fixed(up) => Destination::Peer(up.peer),
+            Target::Service {
+                namespace, name, ..
+            } => Destination::Service {
+                service: ServiceName::new(namespace.as_str(), name.as_str()),
+                subset: None,
+            },
+        }
+    }
+
+    /// The authority of a request that names none (HTTP/1.0 without Host): the service's name, or the
+    /// fixed peer's target.
+    fn fallback_authority(&self) -> String {
+        match &self.target {
+            Target::Fixed(up) => format!("{}:{}", up.peer.ip(), up.target_port),
             Target::Service {
                 namespace,
                 name,
                 port,
-            } => {
-                let routed = self.proxy.mesh().route(namespace, name, *port, req)?;
-                Ok(Plan::routed(&self.proxy, routed))
-            }
+            } => ServiceName::new(namespace.as_str(), name.as_str()).authority(*port),
         }
+    }
+
+    /// Answers a request the proxy could not carry: counted, logged, noted on the record.
+    fn refuse(&self, client: SocketAddr, e: &ProxyError, record: &mut Record) -> Response<Body> {
+        self.proxy.metrics.reject(Listener::Outbound, e.kind());
+        record.failed(e);
+        tracing::warn!(listener = %self.name, %client, error = %e, "request failed");
+        answer(e)
     }
 }
 
 /// Accepts connections until shutdown.
 pub async fn run(listener: TcpListener, spec: OutboundListener, target: Target, proxy: Arc<Proxy>) {
-    let ctx = Arc::new(Listener::new(
+    let ctx = Arc::new(Outbound::new(
         spec.display_name(),
         target,
         spec.protocol,
         proxy.clone(),
     ));
     let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
-    listen::accept_loop(listener, &proxy, limiter, "outbound", move |tcp, client| {
-        let ctx = ctx.clone();
-        async move { handle_connection(tcp, client, ctx).await }
-    })
+    listen::accept_loop(
+        listener,
+        &proxy,
+        limiter,
+        Listener::Outbound,
+        move |tcp, client| {
+            let ctx = ctx.clone();
+            async move { handle_connection(tcp, client, ctx).await }
+        },
+    )
     .await;
 }
 
@@ -93,10 +124,16 @@ pub async fn run(listener: TcpListener, spec: OutboundListener, target: Target, 
 pub async fn run_intercepted(listener: TcpListener, proxy: Arc<Proxy>) {
     let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
     let p = proxy.clone();
-    listen::accept_loop(listener, &proxy, limiter, "outbound", move |tcp, client| {
-        let proxy = p.clone();
-        async move { intercepted_connection(tcp, client, proxy).await }
-    })
+    listen::accept_loop(
+        listener,
+        &proxy,
+        limiter,
+        Listener::Outbound,
+        move |tcp, client| {
+            let proxy = p.clone();
+            async move { intercepted_connection(tcp, client, proxy).await }
+        },
+    )
     .await;
 }
 
@@ -104,17 +141,19 @@ async fn intercepted_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<P
     let dst = match crate::socket::original_dst(&tcp) {
         Ok(d) => d,
         Err(e) => {
-            proxy.metrics.reject("outbound", "no_original_dst");
+            proxy
+                .metrics
+                .reject(Listener::Outbound, Reason::NoOriginalDst);
             return tracing::warn!(%client, error = %e, "connection closed: no original destination (was it redirected by `weft-proxy init`?)");
         }
     };
     if is_own_listener(&proxy, dst) {
-        proxy.metrics.reject("outbound", "loop");
+        proxy.metrics.reject(Listener::Outbound, Reason::Loop);
         return tracing::warn!(%client, %dst, "connection closed: it was addressed to the proxy's own listener");
     }
     let mesh = proxy.mesh();
     let (target, protocol) = match mesh.destination(dst) {
-        Destination::Service {
+        Registered::Service {
             namespace,
             name,
             port,
@@ -127,15 +166,15 @@ async fn intercepted_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<P
             },
             declared(protocol),
         ),
-        Destination::Pod(up) => (Target::Fixed(up), AppProtocol::Auto),
-        Destination::Outside => {
+        Registered::Pod(up) => (Target::Fixed(up), AppProtocol::Auto),
+        Registered::Outside => {
             let policy = mesh.mesh.outbound_traffic_policy;
             drop(mesh);
             return pass_through(tcp, client, dst, policy, &proxy).await;
         }
     };
     drop(mesh);
-    let ctx = Arc::new(Listener::new(dst.to_string(), target, protocol, proxy));
+    let ctx = Arc::new(Outbound::new(dst.to_string(), target, protocol, proxy));
     handle_connection(tcp, client, ctx).await
 }
 
@@ -166,55 +205,46 @@ async fn pass_through(
     proxy: &Proxy,
 ) {
     if policy == OutboundTrafficPolicy::RegistryOnly {
-        proxy.metrics.reject("outbound", "registry_only");
+        proxy
+            .metrics
+            .reject(Listener::Outbound, Reason::RegistryOnly);
         return tracing::info!(%client, %dst, "connection refused: destination is not in the mesh registry (outboundTrafficPolicy REGISTRY_ONLY)");
     }
     let _active = ActiveGuard::new(
         &proxy.metrics,
         ConnLabels {
-            direction: Direction::outbound,
-            protocol: "passthrough",
+            direction: Direction::Outbound,
+            protocol: ConnProtocol::Passthrough,
         },
     );
     let timeout = proxy.config.limits.connect_timeout.get();
     let mut upstream = match crate::socket::connect(dst, timeout).await {
         Ok(u) => u,
         Err(e) => {
-            proxy.metrics.reject("outbound", "passthrough_connect");
+            proxy
+                .metrics
+                .reject(Listener::Outbound, Reason::PassthroughConnect);
             return tracing::info!(%client, %dst, error = %e, "pass-through connect failed");
         }
     };
     tracing::debug!(%client, %dst, "passing through (destination outside the mesh)");
-    match splice(&mut tcp, &mut upstream, &proxy.metrics, Direction::outbound).await {
+    match splice(&mut tcp, &mut upstream, &proxy.metrics, Direction::Outbound).await {
         Ok((sent, received)) => tracing::debug!(%client, %dst, sent, received, "pass-through done"),
         Err(e) => tracing::debug!(%client, %dst, error = %e, "pass-through ended with an error"),
     }
 }
 
-async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener>) {
-    let limits = &ctx.proxy.config.limits;
-    let (detected, io) = match ctx.protocol {
-        AppProtocol::Tcp => (Detected::Opaque, Rewind::new(Default::default(), tcp)),
-        AppProtocol::Auto => match detect(tcp, limits.detect_timeout.get()).await {
-            Ok(d) => d,
-            Err(e) => {
-                return tracing::debug!(%client, error = %e, "client went away during detection")
-            }
-        },
-        AppProtocol::Http => match detect(tcp, limits.header_read_timeout.get()).await {
-            // Declared HTTP: let the HTTP/1 parser answer whatever arrived (400 for garbage).
-            Ok((Detected::Opaque, io)) => (Detected::Http1, io),
-            Ok(d) => d,
-            Err(e) => {
-                return tracing::debug!(%client, error = %e, "client went away during detection")
-            }
-        },
+/// One connection from the app: detected (unless its port declares the protocol), then served as
+/// HTTP request by request, or carried opaque.
+async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Outbound>) {
+    let Some((detected, io)) = detect_protocol(tcp, client, &ctx).await else {
+        return;
     };
     let protocol = match detected {
-        Detected::Http1 => "http1",
-        Detected::Http2 => "http2",
-        Detected::Tls => "tls",
-        Detected::Opaque => "tcp",
+        Detected::Http1 => ConnProtocol::Http1,
+        Detected::Http2 => ConnProtocol::Http2,
+        Detected::Tls => ConnProtocol::Tls,
+        Detected::Opaque => ConnProtocol::Tcp,
     };
     if detected == Detected::Tls {
         let sni = crate::path::detect::sni(io.prefix());
@@ -223,7 +253,7 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
     let _active = ActiveGuard::new(
         &ctx.proxy.metrics,
         ConnLabels {
-            direction: Direction::outbound,
+            direction: Direction::Outbound,
             protocol,
         },
     );
@@ -235,82 +265,100 @@ async fn handle_connection(tcp: TcpStream, client: SocketAddr, ctx: Arc<Listener
                 let ctx = svc_ctx.clone();
                 async move { Ok::<_, std::convert::Infallible>(forward_http(req, client, &ctx).await) }
             });
-            listen::http2_connection(TokioIo::new(io), svc, &ctx.proxy, "outbound", client).await
+            listen::http2_connection(
+                TokioIo::new(io),
+                svc,
+                &ctx.proxy,
+                Listener::Outbound,
+                client,
+            )
+            .await
         }
-        Detected::Http1 => {
-            let conflict = ConflictFlag::default();
-            let io = TokioIo::new(H1Guard::new(io, conflict.clone()));
-            let svc_ctx = ctx.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let ctx = svc_ctx.clone();
-                let conflict = conflict.clone();
-                async move {
-                    if conflict.is_set() && req.headers().contains_key(header::TRANSFER_ENCODING) {
-                        return Ok(refuse_conflicting_framing(&ctx, client));
-                    }
-                    Ok::<_, std::convert::Infallible>(forward_http(req, client, &ctx).await)
-                }
-            });
-            listen::http1_connection(io, svc, &ctx.proxy, "outbound", client).await
+        Detected::Http1 => serve_http1(io, client, ctx).await,
+    }
+}
+
+/// What the connection speaks: as its port declares, else as its first bytes show.
+async fn detect_protocol(
+    tcp: TcpStream,
+    client: SocketAddr,
+    ctx: &Outbound,
+) -> Option<(Detected, Rewind<TcpStream>)> {
+    let limits = &ctx.proxy.config.limits;
+    let detected = match ctx.protocol {
+        AppProtocol::Tcp => return Some((Detected::Opaque, Rewind::new(Default::default(), tcp))),
+        AppProtocol::Auto => detect(tcp, limits.detect_timeout.get()).await,
+        AppProtocol::Http => match detect(tcp, limits.header_read_timeout.get()).await {
+            // Declared HTTP: let the HTTP/1 parser answer whatever arrived (400 for garbage).
+            Ok((Detected::Opaque, io)) => Ok((Detected::Http1, io)),
+            other => other,
+        },
+    };
+    match detected {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::debug!(%client, error = %e, "client went away during detection");
+            None
         }
     }
 }
 
-/// A request with both Content-Length and Transfer-Encoding: answered 400 and the connection closed.
-fn refuse_conflicting_framing(ctx: &Listener, client: SocketAddr) -> Response<Body> {
-    ctx.proxy.metrics.reject("outbound", "bad_request");
-    tracing::info!(listener = %ctx.name, %client, reason = "bad_request", "request refused: both Content-Length and Transfer-Encoding");
-    let mut r = status_response(
-        StatusCode::BAD_REQUEST,
-        "both Content-Length and Transfer-Encoding",
-    );
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
+/// HTTP/1: each request forwarded, except one whose framing the guard saw conflict (Content-Length
+/// with Transfer-Encoding), which is refused and the connection closed.
+async fn serve_http1(io: Rewind<TcpStream>, client: SocketAddr, ctx: Arc<Outbound>) {
+    let conflict = ConflictFlag::default();
+    let io = TokioIo::new(H1Guard::new(io, conflict.clone()));
+    let svc_ctx = ctx.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        let conflict = conflict.clone();
+        async move {
+            if conflict.is_set() && req.headers().contains_key(header::TRANSFER_ENCODING) {
+                // Refused before it is a request: counted as a rejection, never as a request.
+                let e = ProxyError::ConflictingFraming;
+                ctx.proxy.metrics.reject(Listener::Outbound, e.kind());
+                tracing::info!(listener = %ctx.name, %client, reason = e.kind().as_str(), "request refused: {e}");
+                return Ok(answer(&e));
+            }
+            Ok::<_, std::convert::Infallible>(forward_http(req, client, &ctx).await)
+        }
+    });
+    listen::http1_connection(io, svc, &ctx.proxy, Listener::Outbound, client).await
 }
 
 /// Opaque TCP: one CONNECT stream to a peer, bytes copied both ways until both sides are done.
-async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener) {
-    let log = &ctx.proxy.access_log;
-    let mut entry = log.begin("outbound", "tcp").map(|mut e| {
-        e.source = ctx.proxy.identity.id().to_string();
-        e.destination = destination_label(&ctx.target);
-        e
-    });
-    let mut fail = |kind: &'static str| {
-        ctx.proxy.metrics.reject("outbound", kind);
-        if let Some(mut e) = entry.take() {
-            e.flags.push(kind);
-            log.write(e);
-        }
-    };
-    let plan = match ctx.plan(None) {
+async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Outbound) {
+    let mut record = Record::tcp(&ctx.proxy, Direction::Outbound, false);
+    record.destination(ctx.destination());
+    let plan = match ctx.decide(None) {
         Ok(p) => p,
         Err(e) => {
-            fail(e.kind());
+            ctx.proxy.metrics.reject(Listener::Outbound, e.kind());
+            record.failed(&e);
             return tracing::warn!(listener = %ctx.name, %client, error = %e, "tcp connection closed");
         }
     };
-    let Ok(_slot) = plan.dest.connection_slot() else {
-        fail("overflow");
+    let Ok(_slot) = plan.state.connection_slot() else {
+        ctx.proxy
+            .metrics
+            .reject(Listener::Outbound, Reason::Overflow);
+        record.flag(Reason::Overflow);
         return tracing::warn!(listener = %ctx.name, %client, destination = %plan.what, "tcp connection closed: the destination's connection limit is reached");
     };
-    let (mut stream, _stream_slot, up) = match crate::traffic::dispatch::connect_tcp(
-        &ctx.proxy, &plan,
-    )
-    .await
-    {
+    let (mut stream, _stream_slot, up) = match dispatch::connect_tcp(&ctx.proxy, &plan).await {
         Ok(s) => s,
         Err(e) => {
-            fail(e.kind());
+            ctx.proxy.metrics.reject(Listener::Outbound, e.kind());
+            record.failed(&e);
             return tracing::warn!(listener = %ctx.name, %client, destination = %plan.what, error = %e, "cannot open tcp stream");
         }
     };
+    record.upstream(&up);
     let res = splice(
         &mut io,
         &mut stream,
         &ctx.proxy.metrics,
-        Direction::outbound,
+        Direction::Outbound,
     )
     .await;
     match &res {
@@ -321,148 +369,52 @@ async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Listener
             tracing::debug!(listener = %ctx.name, %client, error = %e, "tcp stream ended with an error")
         }
     }
-    if let Some(mut e) = entry {
-        e.upstream = Some(up.peer.to_string());
-        e.upstream_identity = Some(up.identity.to_string());
-        e.tcp_result(&res);
-        log.write(e);
-    }
+    record.streamed(&res);
 }
 
-/// One HTTP request from the app, sent on as an HTTP/2 request to the peer.
+/// One HTTP request from the app, sent on as an HTTP/2 request to the peer (an HTTP/1.1 upgrade as
+/// an extended CONNECT). Whatever happens, the request's record goes out with the response.
 async fn forward_http(
     mut req: Request<Incoming>,
     client: SocketAddr,
-    ctx: &Listener,
+    ctx: &Outbound,
 ) -> Response<Body> {
-    let start = std::time::Instant::now();
-    let method = req.method().clone();
-    let log = &ctx.proxy.access_log;
-    let request_bytes = Arc::new(AtomicU64::new(0));
-    let hop = ctx.proxy.tracer.begin(req.headers_mut());
-    let span_name = format!(
-        "{} {}",
-        req.method(),
-        req.uri()
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string))
-            .unwrap_or_default()
-    );
-    let mut entry = log.begin("outbound", "http").map(|mut e| {
-        e.request(&req);
-        e.source = ctx.proxy.identity.id().to_string();
-        e.destination = destination_label(&ctx.target);
-        e
-    });
-    let resp = match headers::upgrade_protocol(req.headers()) {
+    let mut record = Record::http(&ctx.proxy, Direction::Outbound, &mut req);
+    record.destination(ctx.destination());
+    let result = match headers::upgrade_protocol(req.headers()) {
         Some(proto) if req.version() == Version::HTTP_11 => {
-            Box::pin(forward_upgrade(&mut req, proto, client, ctx)).await
+            Box::pin(forward_upgrade(req, proto, client, ctx, &mut record)).await
         }
-        _ => forward_plain(req, client, ctx, entry.is_some().then_some(&request_bytes)).await,
+        _ => forward_plain(req, client, ctx, &mut record).await,
     };
-    let resp = resp.unwrap_or_else(|e| {
-        ctx.proxy.metrics.reject("outbound", e.kind());
-        if let Some(entry) = entry.as_mut() {
-            entry.flags.push(e.kind());
-        }
-        tracing::warn!(listener = %ctx.name, %client, error = %e, "request failed");
-        error_response(&e)
-    });
-    ctx.proxy
-        .metrics
-        .count_request(Direction::outbound, resp.status());
-    let info = resp.extensions().get::<CallInfo>();
-    if let Some(hop) = hop {
-        let mut tags = vec![
-            ("http.method", method.to_string()),
-            ("http.status_code", resp.status().as_u16().to_string()),
-            ("weft.destination", destination_label(&ctx.target)),
-        ];
-        if let Some(up) = info.and_then(|i| i.upstream) {
-            tags.push(("peer.address", up.to_string()));
-        }
-        if let Some(v) = info.and_then(|i| i.version.clone()) {
-            tags.push(("weft.destination_version", v));
-        }
-        ctx.proxy.tracer.end(hop, "CLIENT", span_name, tags);
-    }
-    ctx.proxy.metrics.http_request(
-        HttpLabels {
-            direction: Direction::outbound,
-            source_identity: ctx.proxy.own_id.clone(),
-            destination_identity: info
-                .and_then(|i| i.upstream_identity.clone())
-                .unwrap_or_default(),
-            destination_service: match &ctx.target {
-                Target::Service {
-                    namespace, name, ..
-                } => format!("{namespace}/{name}"),
-                Target::Fixed(_) => String::new(),
-            },
-            destination_version: info.and_then(|i| i.version.clone()).unwrap_or_default(),
-            route: info.and_then(|i| i.route.clone()).unwrap_or_default(),
-            method: crate::telemetry::metrics::method_class(&method),
-            status_code: resp.status().as_u16(),
-        },
-        start.elapsed(),
-    );
-    match entry {
-        Some(mut e) => {
-            e.status = Some(resp.status().as_u16());
-            if let Some(info) = resp.extensions().get::<CallInfo>() {
-                e.call(info);
-            }
-            let log = log.clone();
-            resp.map(|b| access_log::log_on_end(log, e, request_bytes, b))
-        }
-        None => resp,
-    }
-}
-
-/// What the access log names as an outbound request's destination.
-fn destination_label(t: &Target) -> String {
-    match t {
-        Target::Fixed(up) => up.peer.to_string(),
-        Target::Service {
-            namespace, name, ..
-        } => format!("{namespace}/{name}"),
-    }
+    let resp = result.unwrap_or_else(|e| ctx.refuse(client, &e, &mut record));
+    record.respond(resp)
 }
 
 async fn forward_plain(
     req: Request<Incoming>,
     client: SocketAddr,
-    ctx: &Listener,
-    count: Option<&Arc<AtomicU64>>,
-) -> Result<Response<Body>, ForwardError> {
+    ctx: &Outbound,
+    record: &mut Record,
+) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
-        return Ok(status_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not carried by weft-proxy listeners",
-        ));
+        return Err(ProxyError::ConnectNotCarried);
     }
     let (mut parts, body) = req.into_parts();
-    let plan = ctx.plan(Some(&RequestView::of(&parts)))?;
+    let plan = ctx.decide(Some(&RequestView::of(&parts)))?;
+    record.plan(&plan);
     let orig_h1 = parts.version != Version::HTTP_2;
-    prepare_for_peer(&mut parts, client, &fallback_authority(&ctx.target))?;
+    prepare_for_peer(&mut parts, client, &ctx.fallback_authority())?;
     if orig_h1 {
         parts
             .headers
             .insert(ORIG_PROTO, HeaderValue::from_static("1.1"));
     }
-    let body = match count {
-        Some(c) => access_log::count_request(body::boxed(body), c.clone()),
-        None => body::boxed(body),
-    };
+    let body = record.request_body(body::boxed(body));
     // Boxed: the dispatch future (tries, retries, timeouts) is large; unboxed it would be moved with
     // every request's future.
-    let resp = Box::pin(crate::traffic::dispatch::send(
-        &ctx.proxy, plan, parts, body, client,
+    let resp = Box::pin(dispatch::send(
+        &ctx.proxy, &plan, parts, body, client, record,
     ))
     .await?;
     let (mut parts, body) = resp.into_parts();
@@ -470,59 +422,43 @@ async fn forward_plain(
     Ok(Response::from_parts(parts, body))
 }
 
-/// HTTP/1.1 Upgrade (WebSocket): carried as an extended CONNECT (RFC 8441) stream; the server side replays
-/// the upgrade to its app and both sides splice once it answers 101.
+/// HTTP/1.1 Upgrade (WebSocket): dispatched like any request, as an extended CONNECT (RFC 8441)
+/// stream; the server side replays the upgrade to its app, and once it answers both sides splice.
 async fn forward_upgrade(
-    req: &mut Request<Incoming>,
+    mut req: Request<Incoming>,
     proto: String,
     client: SocketAddr,
-    ctx: &Listener,
-) -> Result<Response<Body>, ForwardError> {
-    let plan = {
-        let view = RequestView {
-            method: req.method(),
-            path: req.uri().path(),
-            query: req.uri().query(),
-            headers: req.headers(),
-        };
-        ctx.plan(Some(&view))?
-    };
-    let Some((up, flight)) =
-        ctx.proxy
-            .balancer
-            .choose(&plan.candidates, &[], plan.dest.policy.ejection)
-    else {
-        return Err(ForwardError::NoEndpoint(format!(
-            "{} (no ready endpoint left)",
-            plan.what
-        )));
-    };
-    drop(flight);
-    let downstream = hyper::upgrade::on(&mut *req);
-    let mut parts = Request::new(()).into_parts().0;
-    parts.uri = req.uri().clone();
-    parts.headers = std::mem::take(req.headers_mut());
-    prepare_for_peer(&mut parts, client, &fallback_authority(&ctx.target))?;
-    parts
-        .headers
-        .insert(TARGET_PORT, HeaderValue::from(up.target_port));
+    ctx: &Outbound,
+    record: &mut Record,
+) -> Result<Response<Body>, ProxyError> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    let plan = ctx.decide(Some(&RequestView::of(&parts)))?;
+    record.plan(&plan);
+    prepare_for_peer(&mut parts, client, &ctx.fallback_authority())?;
     parts.method = Method::CONNECT;
+    parts.extensions = http::Extensions::new();
     parts
         .extensions
         .insert(hyper::ext::Protocol::from(proto.as_str()));
-    let (mut resp, slot) = ctx
-        .proxy
-        .peers
-        .send_raw(&up, Request::from_parts(parts, body::empty()))
-        .await?;
+    let mut resp = Box::pin(dispatch::send(
+        &ctx.proxy,
+        &plan,
+        parts,
+        body::empty(),
+        client,
+        record,
+    ))
+    .await?;
     if resp.status() != StatusCode::OK {
-        // The app refused the upgrade: pass its answer on as a plain response.
-        return Ok(resp.map(|b| body::boxed(Guarded::new(b, slot))));
+        // The app refused the upgrade: its answer goes back as a plain response.
+        return Ok(resp);
     }
     let upstream = hyper::upgrade::on(&mut resp);
+    let (mut head, stream) = resp.into_parts();
     let mut out = Response::new(body::empty());
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *out.headers_mut() = std::mem::take(resp.headers_mut());
+    *out.headers_mut() = std::mem::take(&mut head.headers);
     headers::strip_hop_by_hop(out.headers_mut());
     out.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -532,16 +468,12 @@ async fn forward_upgrade(
     let metrics = ctx.proxy.metrics.clone();
     let name = ctx.name.clone();
     ctx.proxy.tasks.spawn(async move {
-        let _slot = slot;
+        // The stream's body holds its slot on the peer connection until the splice ends.
+        let _stream = stream;
         match tokio::try_join!(downstream, upstream) {
             Ok((d, u)) => {
-                let _ = splice(
-                    &mut TokioIo::new(d),
-                    &mut TokioIo::new(u),
-                    &metrics,
-                    Direction::outbound,
-                )
-                .await;
+                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                let _ = splice(&mut d, &mut u, &metrics, Direction::Outbound).await;
             }
             Err(e) => {
                 tracing::debug!(listener = %name, %client, error = %e, "upgrade did not complete")
@@ -557,7 +489,7 @@ fn prepare_for_peer(
     parts: &mut http::request::Parts,
     client: SocketAddr,
     fallback: &str,
-) -> Result<(), ForwardError> {
+) -> Result<(), ProxyError> {
     let authority = authority_of(parts, fallback);
     let pq = parts
         .uri
@@ -569,7 +501,7 @@ fn prepare_for_peer(
         .authority(authority)
         .path_and_query(pq)
         .build()
-        .map_err(|_| ForwardError::BadTunnelRequest("request target is not a valid URI"))?;
+        .map_err(|_| ProxyError::BadTunnelRequest("request target is not a valid URI"))?;
     parts.version = Version::HTTP_2;
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
@@ -577,19 +509,6 @@ fn prepare_for_peer(
     headers::set_forwarded_for(h, client.ip());
     h.remove(header::HOST);
     Ok(())
-}
-
-/// The authority of a request that names none (HTTP/1.0 without Host): the service's name, or the
-/// fixed peer's target.
-fn fallback_authority(t: &Target) -> String {
-    match t {
-        Target::Fixed(up) => format!("{}:{}", up.peer.ip(), up.target_port),
-        Target::Service {
-            namespace,
-            name,
-            port,
-        } => format!("{name}.{namespace}.svc:{port}"),
-    }
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form), else the Host header, else `fallback`.
@@ -607,10 +526,4 @@ fn authority_of(parts: &http::request::Parts, fallback: &str) -> String {
         }
     }
     fallback.to_string()
-}
-
-pub fn status_response(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut r = Response::new(body::full(format!("weft-proxy: {text}\n")));
-    *r.status_mut() = status;
-    r
 }

@@ -3,8 +3,8 @@
 //! stream limit; a closed or failed connection is dropped and the next request reconnects.
 
 use crate::path::body::{self, Body, Guarded};
-use crate::path::errors::ForwardError;
-use crate::telemetry::metrics::Metrics;
+use crate::path::errors::ProxyError;
+use crate::telemetry::metrics::{Direction, Metrics};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -43,11 +43,11 @@ struct PeerKey {
 struct Peer {
     key: PeerKey,
     tls: TlsConnector,
-    conns: Mutex<Vec<PeerConn>>,
+    conns: Mutex<Vec<PooledConn>>,
 }
 
 #[derive(Clone)]
-struct PeerConn {
+struct PooledConn {
     send: http2::SendRequest<Body>,
     streams: Arc<AtomicUsize>,
 }
@@ -105,7 +105,7 @@ impl PeerPool {
         &self,
         up: &Upstream,
         req: Request<Body>,
-    ) -> Result<Response<Body>, ForwardError> {
+    ) -> Result<Response<Body>, ProxyError> {
         self.send_with(up, req, None).await
     }
 
@@ -115,7 +115,7 @@ impl PeerPool {
         up: &Upstream,
         req: Request<Body>,
         connect_timeout: Option<Duration>,
-    ) -> Result<Response<Body>, ForwardError> {
+    ) -> Result<Response<Body>, ProxyError> {
         let (resp, slot) = self.send_raw_with(up, req, connect_timeout).await?;
         Ok(resp.map(|b| body::boxed(Guarded::new(b, slot))))
     }
@@ -125,15 +125,15 @@ impl PeerPool {
         &self,
         up: &Upstream,
         connect_timeout: Option<Duration>,
-    ) -> Result<(TokioIo<Upgraded>, StreamSlot), ForwardError> {
+    ) -> Result<(TokioIo<Upgraded>, StreamSlot), ProxyError> {
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri(format!("{}:{}", up.peer.ip(), up.target_port))
             .body(body::empty())
-            .map_err(|_| ForwardError::BadTunnelRequest("cannot build CONNECT request"))?;
+            .map_err(|_| ProxyError::BadTunnelRequest("cannot build CONNECT request"))?;
         let (resp, slot) = self.send_raw_with(up, req, connect_timeout).await?;
         if resp.status() != StatusCode::OK {
-            return Err(ForwardError::PeerRefused {
+            return Err(ProxyError::PeerRefused {
                 peer: up.peer,
                 status: resp.status(),
             });
@@ -141,7 +141,7 @@ impl PeerPool {
         let upgraded =
             hyper::upgrade::on(resp)
                 .await
-                .map_err(|source| ForwardError::PeerRequest {
+                .map_err(|source| ProxyError::PeerRequest {
                     peer: up.peer,
                     source,
                 })?;
@@ -153,7 +153,7 @@ impl PeerPool {
         &self,
         up: &Upstream,
         req: Request<Body>,
-    ) -> Result<(Response<Incoming>, StreamSlot), ForwardError> {
+    ) -> Result<(Response<Incoming>, StreamSlot), ProxyError> {
         self.send_raw_with(up, req, None).await
     }
 
@@ -162,7 +162,7 @@ impl PeerPool {
         up: &Upstream,
         mut req: Request<Body>,
         connect_timeout: Option<Duration>,
-    ) -> Result<(Response<Incoming>, StreamSlot), ForwardError> {
+    ) -> Result<(Response<Incoming>, StreamSlot), ProxyError> {
         let peer = self.peer(up);
         let mut retried = false;
         loop {
@@ -176,7 +176,7 @@ impl PeerPool {
                         retried = true;
                     }
                     _ => {
-                        return Err(ForwardError::PeerRequest {
+                        return Err(ProxyError::PeerRequest {
                             peer: up.peer,
                             source: e.into_error(),
                         })
@@ -218,7 +218,7 @@ impl PeerPool {
         &self,
         peer: &Peer,
         connect_timeout: Option<Duration>,
-    ) -> Result<(PeerConn, StreamSlot), ForwardError> {
+    ) -> Result<(PooledConn, StreamSlot), ProxyError> {
         let mut conns = peer.conns.lock().await;
         conns.retain(|c| !c.send.is_closed());
         let max = self.settings.max_streams_per_connection;
@@ -239,19 +239,19 @@ impl PeerPool {
         &self,
         peer: &Peer,
         connect_timeout: Option<Duration>,
-    ) -> Result<PeerConn, ForwardError> {
+    ) -> Result<PooledConn, ProxyError> {
         let addr = peer.key.addr;
         let s = &self.settings;
         let timeout = connect_timeout.unwrap_or(s.connect_timeout);
         let tcp = match crate::socket::connect(addr, timeout).await {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(ForwardError::PeerConnectTimeout { peer: addr })
+                return Err(ProxyError::PeerConnectTimeout { peer: addr })
             }
-            Err(source) => return Err(ForwardError::PeerConnect { peer: addr, source }),
+            Err(source) => return Err(ProxyError::PeerConnect { peer: addr, source }),
             Ok(tcp) => tcp,
         };
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let tls_err = |reason: String| ForwardError::PeerTls {
+        let tls_err = |reason: String| ProxyError::PeerTls {
             peer: addr,
             expected: peer.key.identity.clone(),
             reason,
@@ -260,7 +260,7 @@ impl PeerPool {
         {
             Err(_) => return Err(tls_err("handshake timed out".into())),
             Ok(Err(e)) => {
-                self.metrics.tls_failure("outbound", &e);
+                self.metrics.tls_failure(Direction::Outbound, &e);
                 return Err(tls_err(tls_reason(&e)));
             }
             Ok(Ok(tls)) => tls,
@@ -279,7 +279,7 @@ impl PeerPool {
             .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tls))
             .await
-            .map_err(|source| ForwardError::PeerHandshake { peer: addr, source })?;
+            .map_err(|source| ProxyError::PeerHandshake { peer: addr, source })?;
         self.metrics.peer_connections_opened.inc();
         let identity = peer.key.identity.clone();
         let (revocations, metrics, id) = (
@@ -298,7 +298,7 @@ impl PeerPool {
             }
         });
         tracing::debug!(peer = %addr, identity = %peer.key.identity, "peer connection established");
-        Ok(PeerConn {
+        Ok(PooledConn {
             send,
             streams: Arc::new(AtomicUsize::new(0)),
         })

@@ -1,7 +1,7 @@
 //! Copying bytes both ways between two streams, with half-close carried across (EOF on one side shuts
 //! down writing on the other) and bytes counted.
 
-use crate::telemetry::metrics::{BytesLabels, Direction, Metrics};
+use crate::telemetry::metrics::{BytesLabels, Direction, Flow, Metrics};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Per-direction copy buffer. 64 KiB lets one read fill several TLS records for bulk streams; small
@@ -22,10 +22,13 @@ where
     let res = tokio::io::copy_bidirectional_with_sizes(a, b, BUF, BUF).await;
     if let Ok((sent, received)) = res {
         let flow = |flow| BytesLabels { direction, flow };
-        metrics.tcp_bytes.get_or_create(&flow("sent")).inc_by(sent);
         metrics
             .tcp_bytes
-            .get_or_create(&flow("received"))
+            .get_or_create(&flow(Flow::Sent))
+            .inc_by(sent);
+        metrics
+            .tcp_bytes
+            .get_or_create(&flow(Flow::Received))
             .inc_by(received);
     }
     res

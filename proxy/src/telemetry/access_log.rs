@@ -1,16 +1,16 @@
 //! Access log: one JSON line per HTTP request (written when its response body ends) and per TCP
-//! connection, on each side of the hop. Lines go through a bounded queue to a writer thread, so a slow
+//! connection, on each side of the hop, made from the request's record (`telemetry::record`). Lines go through a bounded queue to a writer thread, so a slow
 //! disk or a full pipe never holds a request back: when the queue is full the line is dropped and
 //! counted (`weft_proxy_access_log_dropped_total`).
 
 use crate::config::AccessLogConfig;
 use crate::path::body::{Body, BoxError};
+use crate::telemetry::labels::{Direction, LogFlag, LogProtocol};
 use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use serde::Serialize;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -21,11 +21,11 @@ use std::time::Instant;
 const QUEUE: usize = 4096;
 
 /// What one request or connection looked like. Filled in along the path; written once.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Entry {
     pub time: String,
-    pub direction: &'static str,
-    pub protocol: &'static str,
+    pub direction: Direction,
+    pub protocol: LogProtocol,
     /// The caller's SPIFFE ID (inbound: the verified peer; outbound: this proxy's own).
     pub source: String,
     /// Outbound: the destination service (`namespace/name`) or address; inbound: this proxy's identity.
@@ -52,23 +52,11 @@ pub struct Entry {
     pub retries: u32,
     /// Why the proxy answered or acted itself: `request_timeout`, `per_try_timeout`, `no_endpoint`,
     /// `overflow`, `rate_limited`, `fallback`, `retry_budget_exhausted`, `body_not_retried`, ...
-    pub flags: Vec<&'static str>,
+    pub flags: Vec<LogFlag>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     #[serde(skip)]
     start: Option<Instant>,
-}
-
-/// What the request path learned about a call, carried to the access log in the response's extensions.
-#[derive(Debug, Clone, Default)]
-pub struct CallInfo {
-    pub upstream: Option<SocketAddr>,
-    pub upstream_identity: Option<String>,
-    pub version: Option<String>,
-    /// The route rule that took the request.
-    pub route: Option<String>,
-    pub retries: u32,
-    pub flags: Vec<&'static str>,
 }
 
 pub struct AccessLog {
@@ -116,14 +104,28 @@ impl AccessLog {
     }
 
     /// A new entry, timed from now; `None` when the log is off.
-    pub fn begin(&self, direction: &'static str, protocol: &'static str) -> Option<Entry> {
+    pub fn begin(&self, direction: Direction, protocol: LogProtocol) -> Option<Entry> {
         self.tx.as_ref()?;
         Some(Entry {
             time: now_rfc3339(),
             direction,
             protocol,
+            source: String::new(),
+            destination: String::new(),
+            destination_version: None,
+            upstream: None,
+            upstream_identity: None,
+            method: None,
+            authority: None,
+            path: None,
+            status: None,
+            duration_ms: 0.0,
+            bytes_received: 0,
+            bytes_sent: 0,
+            retries: 0,
+            flags: Vec::new(),
+            trace_id: None,
             start: Some(Instant::now()),
-            ..Entry::default()
         })
     }
 
@@ -191,27 +193,6 @@ impl Entry {
         self.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
         self.trace_id = trace_id(req.headers());
     }
-
-    /// Fills in how a spliced TCP connection went: `(sent on, sent back)` or the error it ended with.
-    pub fn tcp_result(&mut self, r: &std::io::Result<(u64, u64)>) {
-        match r {
-            Ok((on, back)) => {
-                self.bytes_received = *on;
-                self.bytes_sent = *back;
-            }
-            Err(_) => self.flags.push("connection_error"),
-        }
-    }
-
-    pub fn call(&mut self, info: &CallInfo) {
-        self.upstream = info.upstream.map(|u| u.to_string());
-        self.upstream_identity = info.upstream_identity.clone();
-        if info.version.is_some() {
-            self.destination_version = info.version.clone();
-        }
-        self.retries = info.retries;
-        self.flags.extend(info.flags.iter().copied());
-    }
 }
 
 /// Counts the bytes of a request body as they pass.
@@ -254,78 +235,6 @@ impl<B: HttpBody<Data = Bytes, Error = BoxError>> HttpBody for Counted<B> {
     }
 }
 
-/// Wraps a response body so the entry is written when the body ends (or is dropped unfinished), with
-/// the bytes sent and the time to the last byte.
-pub fn log_on_end(
-    log: Arc<AccessLog>,
-    entry: Entry,
-    request_bytes: Arc<AtomicU64>,
-    body: Body,
-) -> Body {
-    http_body_util::BodyExt::boxed(Logged {
-        inner: body,
-        pending: Some((log, entry)),
-        request_bytes,
-        sent: 0,
-    })
-}
-
-pin_project_lite::pin_project! {
-    struct Logged<B> {
-        #[pin]
-        inner: B,
-        pending: Option<(Arc<AccessLog>, Entry)>,
-        request_bytes: Arc<AtomicU64>,
-        sent: u64,
-    }
-    impl<B> PinnedDrop for Logged<B> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some((log, mut e)) = this.pending.take() {
-                e.bytes_sent = *this.sent;
-                e.bytes_received = this.request_bytes.load(Ordering::Relaxed);
-                e.flags.push("downstream_closed");
-                log.write(e);
-            }
-        }
-    }
-}
-
-impl<B: HttpBody<Data = Bytes, Error = BoxError>> HttpBody for Logged<B> {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let r = this.inner.poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => {
-                *this.sent += f.data_ref().map_or(0, |d| d.len() as u64);
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                if let Some((log, mut e)) = this.pending.take() {
-                    e.bytes_sent = *this.sent;
-                    e.bytes_received = this.request_bytes.load(Ordering::Relaxed);
-                    if matches!(r, Poll::Ready(Some(Err(_)))) {
-                        e.flags.push("response_body_error");
-                    }
-                    log.write(e);
-                }
-            }
-            Poll::Pending => {}
-        }
-        r
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,41 +264,5 @@ mod tests {
             Some("80f198ee56343ba864fe8b2a57d3eff7")
         );
         assert_eq!(trace_id(&http::HeaderMap::new()), None);
-    }
-
-    #[tokio::test]
-    async fn a_line_per_response_when_its_body_ends() {
-        let dir = std::env::temp_dir().join(format!("weft-access-{}", std::process::id()));
-        let _ = std::fs::remove_file(&dir);
-        let cfg = AccessLogConfig {
-            path: dir.clone(),
-            sample: 1.0,
-        };
-        let log = Arc::new(AccessLog::start(Some(&cfg), Arc::new(Metrics::new())).unwrap());
-        let mut e = log.begin("outbound", "http").unwrap();
-        e.status = Some(200);
-        e.method = Some("GET".into());
-        let req = Arc::new(AtomicU64::new(7));
-        let body = log_on_end(log.clone(), e, req, crate::path::body::full("hello"));
-        let got = http_body_util::BodyExt::collect(body)
-            .await
-            .unwrap()
-            .to_bytes();
-        assert_eq!(&got[..], b"hello");
-        let mut text = String::new();
-        for _ in 0..50 {
-            text = std::fs::read_to_string(&dir).unwrap_or_default();
-            if !text.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(v["status"], 200);
-        assert_eq!(v["bytes_sent"], 5);
-        assert_eq!(v["bytes_received"], 7);
-        assert_eq!(v["method"], "GET");
-        assert!(v["time"].as_str().unwrap().ends_with('Z'));
-        let _ = std::fs::remove_file(&dir);
     }
 }

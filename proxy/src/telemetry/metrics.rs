@@ -1,24 +1,22 @@
 //! Prometheus metrics served on the health port's `/metrics`. Every rejection the proxy makes is counted
 //! here with a reason label, as well as logged.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Direction {
-    outbound,
-    inbound,
-}
+pub use super::labels::{
+    AuthzMode, ConnProtocol, Direction, Flow, Listener, MethodClass, Reason, RetryResult,
+    TlsFailure,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {
     pub direction: Direction,
-    pub protocol: &'static str,
+    pub protocol: ConnProtocol,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,14 +27,15 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
-    pub listener: &'static str,
-    pub reason: &'static str,
+    pub listener: Listener,
+    pub reason: Reason,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TlsLabels {
-    pub side: &'static str,
-    pub reason: &'static str,
+    /// `outbound` when this proxy dialled, `inbound` when it accepted.
+    pub side: Direction,
+    pub reason: TlsFailure,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,8 +58,8 @@ pub struct HttpLabels {
     pub destination_version: String,
     /// The route rule that took the request (`namespace/route rules[i]` or its name), if any.
     pub route: String,
-    /// GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, or other.
-    pub method: &'static str,
+    /// GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT, or other.
+    pub method: MethodClass,
     pub status_code: u16,
 }
 
@@ -74,14 +73,18 @@ pub struct LatencyLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenialLabels {
     pub policy: String,
-    pub mode: &'static str,
+    pub mode: AuthzMode,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub result: RetryResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
     pub direction: Direction,
-    /// `sent` towards the far side, `received` from it.
-    pub flow: &'static str,
+    pub flow: Flow,
 }
 
 pub struct Metrics {
@@ -101,7 +104,7 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     pub spans_exported: Counter,
     pub spans_dropped: Counter,
-    retries: Family<ResultLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_latency: Family<LatencyLabels, Histogram>,
     authz_denials: Family<DenialLabels, Counter>,
@@ -272,7 +275,7 @@ impl Metrics {
              forward_failed, formerr, notimp, refused)",
             m.dns_queries.clone(),
         );
-        let ok = [Direction::outbound, Direction::inbound].map(|direction| {
+        let ok = [Direction::Outbound, Direction::Inbound].map(|direction| {
             m.requests
                 .get_or_create(&RequestLabels {
                     direction,
@@ -296,7 +299,7 @@ impl Metrics {
         }
     }
 
-    pub fn reject(&self, listener: &'static str, reason: &'static str) {
+    pub fn reject(&self, listener: Listener, reason: Reason) {
         self.rejections
             .get_or_create(&RejectLabels { listener, reason })
             .inc();
@@ -314,7 +317,7 @@ impl Metrics {
         self.http_requests.get_or_create(&labels).inc();
     }
 
-    pub fn authz_denial(&self, policy: &str, mode: &'static str) {
+    pub fn authz_denial(&self, policy: &str, mode: AuthzMode) {
         self.authz_denials
             .get_or_create(&DenialLabels {
                 policy: policy.to_string(),
@@ -323,13 +326,13 @@ impl Metrics {
             .inc();
     }
 
-    pub fn retry(&self, result: &'static str) {
-        self.retries.get_or_create(&ResultLabels { result }).inc();
+    pub fn retry(&self, result: RetryResult) {
+        self.retries.get_or_create(&RetryLabels { result }).inc();
     }
 
-    pub fn tls_failure(&self, side: &'static str, err: &std::io::Error) {
-        let reason = tls_reason(err);
-        if reason == "revoked" {
+    pub fn tls_failure(&self, side: Direction, err: &std::io::Error) {
+        let reason = TlsFailure::of(err);
+        if reason == TlsFailure::Revoked {
             self.revoked_peer_refused();
         }
         self.tls_handshake_failures
@@ -387,30 +390,6 @@ impl Metrics {
 }
 
 /// A small, bounded set of label values for TLS failures (the error text itself goes to the log).
-fn tls_reason(err: &std::io::Error) -> &'static str {
-    let text = err.to_string();
-    let has = |s: &str| text.contains(s);
-    if has("revoked") {
-        "revoked"
-    } else if has("peer sent no certificates") || has("CertificateRequired") {
-        "no_client_certificate"
-    } else if has("expected spiffe://") || has("identity") {
-        "identity_mismatch"
-    } else if has("Expired") || has("expired") {
-        "expired"
-    } else if has("NotValidYet") || has("not yet valid") {
-        "not_yet_valid"
-    } else if has("UnknownIssuer") || has("unknown issuer") || has("UnknownCA") {
-        "unknown_issuer"
-    } else if has("InvalidContentType") || has("corrupt message") || has("InvalidMessage") {
-        "not_tls"
-    } else if has("eof") || has("EOF") || has("reset") {
-        "closed"
-    } else {
-        "other"
-    }
-}
-
 /// Counts a connection as active until dropped, then as closed, so every exit path is counted.
 pub struct ActiveGuard {
     active: Gauge,
@@ -431,20 +410,5 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.active.dec();
         self.closed.inc();
-    }
-}
-
-/// The method label: the common methods by name, the rest as `other` (bounded cardinality).
-pub fn method_class(m: &http::Method) -> &'static str {
-    match *m {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::CONNECT => "CONNECT",
-        _ => "other",
     }
 }

@@ -2,6 +2,8 @@
 //! request stats reported to the control plane.
 
 pub mod access_log;
+pub mod labels;
 pub mod metrics;
+pub mod record;
 pub mod stats;
 pub mod trace;

@@ -211,7 +211,6 @@ pub struct Hop {
     ctx: Context,
     span_id: String,
     start: SystemTime,
-    timer: std::time::Instant,
 }
 
 impl Hop {
@@ -234,17 +233,17 @@ impl Tracer {
             ctx,
             span_id,
             start: SystemTime::now(),
-            timer: std::time::Instant::now(),
         })
     }
 
-    /// Records the hop's span, if its trace is sampled.
+    /// Records the hop's span (lasting `duration`, to the response head), if its trace is sampled.
     pub fn end(
         &self,
         hop: Hop,
         kind: &'static str,
         name: String,
         tags: Vec<(&'static str, String)>,
+        duration: Duration,
     ) {
         if !hop.ctx.sampled {
             return;
@@ -256,7 +255,7 @@ impl Tracer {
             kind,
             name,
             start: hop.start,
-            duration: hop.timer.elapsed(),
+            duration,
             tags,
         });
     }
@@ -542,6 +541,7 @@ mod tests {
             "SERVER",
             "GET /x".into(),
             vec![("http.status_code", "200".into())],
+            Duration::from_millis(1),
         );
         Context::extract(&h).unwrap().parent_id.unwrap()
     }

@@ -1,118 +1,50 @@
-//! One HTTP request, routed, on its way to a peer: the destination's bulkhead, then tries (each to an
+//! One HTTP request, planned, on its way to a peer: the destination's bulkhead, then tries (each to an
 //! endpoint the balancer picks, bounded by the per-try timeout) and retries within the policy and the
-//! budget, all under the route's request timeout; a fallback when no endpoint is left. See
-//! docs/traffic.md for the order and the answers the proxy makes itself.
+//! budget, all under the route's request timeout; the plan's fallback when no endpoint is left. What
+//! happened is noted on the request's record. See docs/traffic.md for the order and the answers the
+//! proxy makes itself.
 
 use crate::path::body::{self, Body, IdleTimeout};
-use crate::path::errors::ForwardError;
+use crate::path::errors::ProxyError;
 use crate::path::headers::TARGET_PORT;
 use crate::path::pool::StreamSlot;
 use crate::state::Proxy;
-use crate::telemetry::access_log::CallInfo;
-use crate::telemetry::stats::StatsKey;
-use crate::traffic::balance::Outcome;
-use crate::traffic::destination::DestState;
-use crate::traffic::mesh::Routed;
+use crate::telemetry::labels::{Flag, RetryResult};
+use crate::telemetry::record::Record;
+use crate::traffic::balance::{InFlight, Outcome};
+use crate::traffic::plan::{FallbackPlan, Plan};
 use crate::traffic::retry::{self, Replay};
-use crate::traffic::route::RulePolicy;
-
-/// An opaque stream to a peer.
-pub type TcpStream = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 use http::{request, HeaderValue, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
-use weft_api::resources::{Fallback, StaticResponse};
+use weft_api::resources::StaticResponse;
 use weft_api::Upstream;
+
+/// An opaque stream to a peer.
+pub type TcpStream = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
 pub const RETRIES_HEADER: &str = "weft-proxy-retries";
 pub const FALLBACK_HEADER: &str = "weft-proxy-fallback";
 
-/// Where one request may go.
-#[derive(Clone)]
-pub struct Plan {
-    pub candidates: Arc<[Upstream]>,
-    pub dest: Arc<DestState>,
-    pub rule: Arc<RulePolicy>,
-    /// For the per-version stats; `None` for a fixed peer.
-    pub stats: Option<StatsKey>,
-    /// `namespace/name` of the destination, for errors and logs.
-    pub what: Arc<str>,
-}
-
-impl Plan {
-    pub fn routed(proxy: &Proxy, r: Routed) -> Plan {
-        let b = &r.backend;
-        Plan {
-            dest: proxy
-                .destinations
-                .get(&b.namespace, &b.name, r.traffic_policy.as_ref()),
-            what: format!("{}/{}", b.namespace, b.name).into(),
-            stats: Some(StatsKey {
-                namespace: b.namespace.clone(),
-                service: b.name.clone(),
-                subset: b.subset.clone(),
-            }),
-            candidates: r.candidates.into(),
-            rule: r.rule,
-        }
-    }
-
-    /// A fixed peer (an explicit listener's, or a pod addressed directly).
-    pub fn fixed(proxy: &Proxy, up: Upstream) -> Plan {
-        let what = up.peer.to_string();
-        Plan {
-            dest: proxy.destinations.get("", &what, None),
-            candidates: Arc::from([up]),
-            rule: crate::traffic::route::DEFAULT_POLICY.clone(),
-            stats: None,
-            what: what.into(),
-        }
-    }
-}
-
-/// Sends the request along `plan`; every failure comes back as the response the client should see.
+/// Sends the request along `plan`.
 pub async fn send(
     proxy: &Arc<Proxy>,
-    plan: Plan,
+    plan: &Plan,
     mut parts: request::Parts,
     body: Body,
     client: SocketAddr,
-) -> Result<Response<Body>, ForwardError> {
-    let start = Instant::now();
-    plan.rule.request_headers.apply(&mut parts.headers);
-    let rule = plan.rule.clone();
-    let work = with_fallback(proxy, &plan, parts, body, client);
-    let result = match rule.request_timeout {
+    record: &mut Record,
+) -> Result<Response<Body>, ProxyError> {
+    let rule = &plan.rule;
+    rule.request_headers.apply(&mut parts.headers);
+    let work = with_fallback(proxy, plan, parts, body, client, record);
+    let mut resp = match rule.request_timeout {
         Some(t) => tokio::time::timeout(t, work)
             .await
-            .unwrap_or(Err(ForwardError::RequestTimeout(t))),
-        None => work.await,
+            .unwrap_or(Err(ProxyError::RequestTimeout(t)))?,
+        None => work.await?,
     };
-    if let Some(key) = &plan.stats {
-        let status = match &result {
-            Ok(r) => r.status().as_u16(),
-            Err(e) => e.status().as_u16(),
-        };
-        proxy.upstream_stats.record(key, status, start.elapsed());
-    }
-    let mut resp = result?;
     rule.response_headers.apply(resp.headers_mut());
-    let version = plan.stats.as_ref().and_then(|k| k.subset.clone());
-    let route = (!rule.name.is_empty()).then(|| rule.name.clone());
-    match resp.extensions_mut().get_mut::<CallInfo>() {
-        Some(info) => {
-            info.version = version;
-            info.route = route;
-        }
-        None => {
-            resp.extensions_mut().insert(CallInfo {
-                version,
-                route,
-                ..CallInfo::default()
-            });
-        }
-    }
     Ok(match rule.idle_timeout {
         Some(idle) => resp.map(|b| body::boxed(IdleTimeout::new(b, idle))),
         None => resp,
@@ -125,80 +57,50 @@ async fn with_fallback(
     parts: request::Parts,
     body: Body,
     client: SocketAddr,
-) -> Result<Response<Body>, ForwardError> {
-    let fallback = plan.rule.fallback.as_ref();
-    match tries(proxy, plan, parts, body, client, fallback.is_some()).await {
+    record: &mut Record,
+) -> Result<Response<Body>, ProxyError> {
+    let can_fall_back = plan.fallback.is_some();
+    match tries(proxy, plan, parts, body, client, can_fall_back, record).await {
         Tried::Done(r) => r,
-        Tried::NoEndpoint(parts, body) => match fallback {
-            Some(f) => fall_back(proxy, plan, f, parts, body, client).await,
-            None => Err(no_endpoint(plan)),
+        Tried::NoEndpoint(parts, body) => match plan.fallback.as_deref() {
+            Some(f) => fall_back(proxy, plan, f, parts, body, client, record).await,
+            None => Err(plan.no_endpoint()),
         },
     }
 }
 
-fn no_endpoint(plan: &Plan) -> ForwardError {
-    let why = if plan.candidates.is_empty() {
-        "no ready endpoint with a proxy"
-    } else {
-        "every endpoint is ejected"
-    };
-    ForwardError::NoEndpoint(format!("{} ({why})", plan.what))
-}
-
-/// The rule's fallback: its static answer, or the request sent to another service.
+/// The plan's fallback: the rule's static answer, or the request sent to the other service.
 async fn fall_back(
     proxy: &Arc<Proxy>,
     plan: &Plan,
-    f: &Fallback,
+    f: &FallbackPlan,
     parts: request::Parts,
     body: Body,
     client: SocketAddr,
-) -> Result<Response<Body>, ForwardError> {
-    if let Some(r) = &f.response {
-        tracing::debug!(destination = %plan.what, "no endpoint left: answering with the route's fallback response");
-        return Ok(static_response(r));
-    }
-    let Some(b) = &f.backend_ref else {
-        return Err(no_endpoint(plan));
-    };
-    let namespace = b.namespace.clone().unwrap_or_else(|| {
-        plan.stats
-            .as_ref()
-            .map(|s| s.namespace.clone())
-            .unwrap_or_default()
-    });
-    let port = b.port.or_else(|| {
-        plan.candidates.first().map(|u| u.target_port) // only used when the fallback names no port
-    });
-    let mesh = proxy.mesh();
-    let port = match port.or_else(|| mesh.first_port(&namespace, &b.name)) {
-        Some(p) => p,
-        None => return Err(no_endpoint(plan)),
-    };
-    let (candidates, policy) = mesh.endpoints(&namespace, &b.name, port, None)?;
-    drop(mesh);
-    let other = Plan {
-        dest: proxy.destinations.get(&namespace, &b.name, policy.as_ref()),
-        what: format!("{namespace}/{}", b.name).into(),
-        stats: Some(StatsKey {
-            namespace: namespace.clone(),
-            service: b.name.clone(),
-            subset: None,
-        }),
-        candidates: candidates.into(),
-        rule: crate::traffic::route::DEFAULT_POLICY.clone(),
+    record: &mut Record,
+) -> Result<Response<Body>, ProxyError> {
+    let other = match f {
+        FallbackPlan::Response(f) => {
+            let Some(r) = &f.response else {
+                return Err(plan.no_endpoint());
+            };
+            tracing::debug!(destination = %plan.what, "no endpoint left: answering with the route's fallback response");
+            record.flag(Flag::Fallback);
+            return Ok(static_response(r));
+        }
+        FallbackPlan::Unresolved(Some(why)) => return Err(ProxyError::NoEndpoint(why.clone())),
+        FallbackPlan::Unresolved(None) => return Err(plan.no_endpoint()),
+        FallbackPlan::Service(other) => other,
     };
     tracing::debug!(destination = %plan.what, fallback = %other.what, "no endpoint left: sending to the route's fallback service");
-    let mut resp = match tries(proxy, &other, parts, body, client, false).await {
+    let mut resp = match tries(proxy, other, parts, body, client, false, record).await {
         Tried::Done(r) => r?,
-        Tried::NoEndpoint(..) => return Err(no_endpoint(&other)),
+        Tried::NoEndpoint(..) => return Err(other.no_endpoint()),
     };
     if let Ok(v) = HeaderValue::from_str(&other.what[..]) {
         resp.headers_mut().insert(FALLBACK_HEADER, v);
     }
-    if let Some(info) = resp.extensions_mut().get_mut::<CallInfo>() {
-        info.flags.push("fallback");
-    }
+    record.flag(Flag::Fallback);
     Ok(resp)
 }
 
@@ -215,15 +117,11 @@ fn static_response(r: &StaticResponse) -> Response<Body> {
         }
     }
     h.insert(FALLBACK_HEADER, HeaderValue::from_static("response"));
-    resp.extensions_mut().insert(CallInfo {
-        flags: vec!["fallback"],
-        ..CallInfo::default()
-    });
     resp
 }
 
 enum Tried {
-    Done(Result<Response<Body>, ForwardError>),
+    Done(Result<Response<Body>, ProxyError>),
     /// No endpoint could be tried at all: the request comes back untouched for a fallback.
     NoEndpoint(request::Parts, Body),
 }
@@ -236,87 +134,127 @@ async fn tries(
     body: Body,
     client: SocketAddr,
     can_fall_back: bool,
+    record: &mut Record,
 ) -> Tried {
-    let _slot = match plan.dest.request_slot().await {
+    let _slot = match plan.state.request_slot().await {
         Ok(s) => s,
-        Err(_) => return Tried::Done(Err(ForwardError::Overflow(plan.what.to_string()))),
+        Err(_) => return Tried::Done(Err(ProxyError::Overflow(plan.what.to_string()))),
     };
-    let Some((first, flight)) =
-        proxy
-            .balancer
-            .choose(&plan.candidates, &[], plan.dest.policy.ejection)
+    let Some(first) = proxy
+        .balancer
+        .choose(&plan.candidates, &[], plan.state.policy.ejection)
     else {
         return match can_fall_back {
             true => Tried::NoEndpoint(parts, body),
-            false => Tried::Done(Err(no_endpoint(plan))),
+            false => Tried::Done(Err(plan.no_endpoint())),
         };
     };
-    plan.dest.deposit();
-    let policy = &plan.rule.retry;
+    plan.state.deposit();
     let limit = proxy.config.limits.retry_buffer_bytes;
     let mut replay = Replay::new(body, content_length(&parts.headers), limit);
-    let mut tried = vec![first.peer];
-    let mut next = Some((first, flight));
+    let mut tried = vec![first.0.peer];
+    let mut next = Some(first);
     let mut retries = 0u32;
     loop {
         let Some((up, flight)) = next.take() else {
-            return Tried::Done(Err(no_endpoint(plan)));
+            return Tried::Done(Err(plan.no_endpoint()));
         };
-        parts
-            .headers
-            .insert(TARGET_PORT, HeaderValue::from(up.target_port));
-        let body = match replay.take() {
-            Ok(b) => b,
-            // Only a retry can find the body gone; `retriable` below checked it could be replayed.
-            Err(_) => return Tried::Done(Err(no_endpoint(plan))),
+        let result = try_endpoint(proxy, plan, &up, flight, &mut parts, &mut replay).await;
+        let (result, retriable) = match result {
+            Ok(r) => r,
+            Err(gone) => return Tried::Done(Err(gone)),
         };
-        let req = http::Request::from_parts(parts.clone(), body);
-        let result = try_once(proxy, plan, &up, req).await;
-        let (outcome, retriable) = judge(&result, policy, &parts.method);
-        flight.finish(outcome);
-        let verdict = if !retriable {
-            None
-        } else if retries >= policy.attempts {
-            Some("attempts_exhausted")
-        } else if !replayable(&mut replay) {
-            tracing::info!(%client, destination = %plan.what, method = %parts.method, path = parts.uri.path(), limit, retry = "body_too_large", "not retried: the request body is over the replay limit (or still streaming)");
-            Some("not_retryable")
-        } else if !plan.dest.withdraw() {
-            Some("budget_exhausted")
-        } else {
-            Some("sent")
-        };
-        if let Some(v) = verdict {
-            proxy.metrics.retry(v);
-        }
-        if verdict != Some("sent") {
+        let verdict = retry_verdict(proxy, plan, retriable, retries, &mut replay, &parts, client);
+        if verdict != Some(RetryResult::Sent) {
             if verdict.is_some() {
-                tracing::debug!(%client, destination = %plan.what, peer = %up.peer, retries, reason = verdict, "not retried");
+                tracing::debug!(%client, destination = %plan.what, peer = %up.peer, retries, reason = ?verdict, "not retried");
             }
-            let info = CallInfo {
-                upstream: Some(up.peer),
-                upstream_identity: Some(up.identity.to_string()),
-                retries,
-                flags: match verdict {
-                    Some("budget_exhausted") => vec!["retry_budget_exhausted"],
-                    Some("not_retryable") => vec!["body_not_retried"],
-                    _ => Vec::new(),
-                },
-                ..CallInfo::default()
-            };
-            return Tried::Done(result.map(|r| note_retries(r, info)));
+            return Tried::Done(result.map(|r| answered(r, &up, retries, verdict, record)));
         }
         retries += 1;
         tracing::debug!(%client, destination = %plan.what, peer = %up.peer, retry = retries, "retrying");
         drop(result);
-        tokio::time::sleep(policy.backoff(retries)).await;
+        tokio::time::sleep(plan.rule.retry.backoff(retries)).await;
         next = proxy
             .balancer
-            .choose(&plan.candidates, &tried, plan.dest.policy.ejection);
+            .choose(&plan.candidates, &tried, plan.state.policy.ejection);
         if let Some((u, _)) = &next {
             tried.push(u.peer);
         }
     }
+}
+
+/// One try to `up`: its outcome reported to the balancer, and whether the answer asks for a retry.
+/// `Err` when the body cannot be sent again (only a retry can find it gone).
+async fn try_endpoint(
+    proxy: &Proxy,
+    plan: &Plan,
+    up: &Upstream,
+    flight: InFlight,
+    parts: &mut request::Parts,
+    replay: &mut Replay,
+) -> Result<(Result<Response<Body>, ProxyError>, bool), ProxyError> {
+    parts
+        .headers
+        .insert(TARGET_PORT, HeaderValue::from(up.target_port));
+    let body = replay.take().map_err(|_| plan.no_endpoint())?;
+    let req = http::Request::from_parts(parts.clone(), body);
+    let result = try_once(proxy, plan, up, req).await;
+    let (outcome, retriable) = judge(&result, &plan.rule.retry, &parts.method);
+    flight.finish(outcome);
+    Ok((result, retriable))
+}
+
+/// Whether a retriable answer gets its retry: attempts, the body, then the destination's budget.
+/// `None` when the answer did not ask for one. Every verdict is counted.
+fn retry_verdict(
+    proxy: &Proxy,
+    plan: &Plan,
+    retriable: bool,
+    retries: u32,
+    replay: &mut Replay,
+    parts: &request::Parts,
+    client: SocketAddr,
+) -> Option<RetryResult> {
+    if !retriable {
+        return None;
+    }
+    let verdict = if retries >= plan.rule.retry.attempts {
+        RetryResult::AttemptsExhausted
+    } else if !replayable(replay) {
+        let limit = proxy.config.limits.retry_buffer_bytes;
+        tracing::info!(%client, destination = %plan.what, method = %parts.method, path = parts.uri.path(), limit, retry = "body_too_large", "not retried: the request body is over the replay limit (or still streaming)");
+        RetryResult::NotRetryable
+    } else if !plan.state.withdraw() {
+        RetryResult::BudgetExhausted
+    } else {
+        RetryResult::Sent
+    };
+    proxy.metrics.retry(verdict);
+    Some(verdict)
+}
+
+/// The answer that ends the tries: says on the response how many retries it took, and notes on the
+/// record who answered and why a retry the policy wanted was not made.
+fn answered(
+    mut r: Response<Body>,
+    up: &Upstream,
+    retries: u32,
+    verdict: Option<RetryResult>,
+    record: &mut Record,
+) -> Response<Body> {
+    record.upstream(up);
+    record.retries(retries);
+    match verdict {
+        Some(RetryResult::BudgetExhausted) => record.flag(Flag::RetryBudgetExhausted),
+        Some(RetryResult::NotRetryable) => record.flag(Flag::BodyNotRetried),
+        _ => {}
+    }
+    if retries > 0 {
+        r.headers_mut()
+            .insert(RETRIES_HEADER, HeaderValue::from(retries));
+    }
+    r
 }
 
 async fn try_once(
@@ -324,14 +262,14 @@ async fn try_once(
     plan: &Plan,
     up: &Upstream,
     req: http::Request<Body>,
-) -> Result<Response<Body>, ForwardError> {
+) -> Result<Response<Body>, ProxyError> {
     let send = proxy
         .peers
-        .send_with(up, req, plan.dest.policy.connect_timeout);
+        .send_with(up, req, plan.state.policy.connect_timeout);
     match plan.rule.per_try_timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
-            .unwrap_or(Err(ForwardError::PerTryTimeout(t))),
+            .unwrap_or(Err(ProxyError::PerTryTimeout(t))),
         None => send.await,
     }
 }
@@ -339,13 +277,13 @@ async fn try_once(
 /// How a try counts for the endpoint's health, and whether it asks for a retry. A failed connect never
 /// reached the app, so it is retried whatever the method.
 fn judge(
-    result: &Result<Response<Body>, ForwardError>,
+    result: &Result<Response<Body>, ProxyError>,
     policy: &retry::RetryRule,
     method: &http::Method,
 ) -> (Outcome, bool) {
     match result {
         Err(e) if e.is_connect_failure() => (Outcome::ConnectFailure, true),
-        Err(ForwardError::PerTryTimeout(_)) => (Outcome::Failure, policy.allows_method(method)),
+        Err(ProxyError::PerTryTimeout(_)) => (Outcome::Failure, policy.allows_method(method)),
         Err(e) => (
             Outcome::Failure,
             policy.allows_method(method) && policy.retriable(e.status(), &Default::default()),
@@ -371,16 +309,6 @@ fn replayable(replay: &mut Replay) -> bool {
     replay.take().is_ok()
 }
 
-/// Says on the response how many retries it took, and keeps what the access log wants to know.
-fn note_retries(mut r: Response<Body>, info: CallInfo) -> Response<Body> {
-    if info.retries > 0 {
-        r.headers_mut()
-            .insert(RETRIES_HEADER, HeaderValue::from(info.retries));
-    }
-    r.extensions_mut().insert(info);
-    r
-}
-
 fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(http::header::CONTENT_LENGTH)?
         .to_str()
@@ -394,8 +322,8 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 pub async fn connect_tcp(
     proxy: &Arc<Proxy>,
     plan: &Plan,
-) -> Result<(TcpStream, StreamSlot, Upstream), ForwardError> {
-    let policy = &plan.dest.policy;
+) -> Result<(TcpStream, StreamSlot, Upstream), ProxyError> {
+    let policy = &plan.state.policy;
     let mut tried = Vec::new();
     let mut last = None;
     for attempt in 0..=policy.connect_retries {
@@ -414,7 +342,7 @@ pub async fn connect_tcp(
             Err(e) => {
                 // A refused CONNECT (the far app would not take it) carried no byte either.
                 let connect = e.is_connect_failure()
-                    || matches!(e, ForwardError::PeerRefused { status, .. } if status.is_server_error());
+                    || matches!(e, ProxyError::PeerRefused { status, .. } if status.is_server_error());
                 flight.finish(if connect {
                     Outcome::ConnectFailure
                 } else {
@@ -428,5 +356,5 @@ pub async fn connect_tcp(
             }
         }
     }
-    Err(last.unwrap_or_else(|| no_endpoint(plan)))
+    Err(last.unwrap_or_else(|| plan.no_endpoint()))
 }

@@ -2,9 +2,10 @@
 //! policies, mesh config. Each snapshot is merged onto the current view, checked, and swapped in whole;
 //! requests in flight keep the view they started with.
 
-use crate::path::errors::ForwardError;
+use crate::path::errors::ProxyError;
 use crate::traffic::authz::Authorizer;
 use crate::traffic::route::{Backend, Choice, RequestView, RouteTable, RulePolicy};
+use crate::traffic::service_name::ServiceName;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -107,14 +108,14 @@ impl MeshView {
                 match (&e.tunnel_port, &e.identity) {
                     (Some(_), None) => {
                         return Err(format!(
-                            "service {}/{}: endpoint {} has a tunnel port but no identity",
-                            s.namespace, s.name, e.workload
+                            "service {}: endpoint {} has a tunnel port but no identity",
+                            ServiceName::new(&s.namespace, &s.name), e.workload
                         ))
                     }
                     (_, Some(id)) if id.trust_domain() != td.as_str() => {
                         return Err(format!(
-                            "service {}/{}: endpoint {} has identity {id}, outside this proxy's trust domain {td}",
-                            s.namespace, s.name, e.workload
+                            "service {}: endpoint {} has identity {id}, outside this proxy's trust domain {td}",
+                            ServiceName::new(&s.namespace, &s.name), e.workload
                         ))
                     }
                     _ => {}
@@ -181,7 +182,7 @@ impl MeshView {
         name: &str,
         port: u16,
         req: Option<&RequestView<'_>>,
-    ) -> Result<Routed, ForwardError> {
+    ) -> Result<Routed, ProxyError> {
         let (choice, rule) = self.route_table.route(namespace, name, port, req);
         let backend = match choice {
             Choice::Default => Backend {
@@ -192,8 +193,9 @@ impl MeshView {
             },
             Choice::Backend(b) => b,
             Choice::NoWeight => {
-                return Err(ForwardError::NoEndpoint(format!(
-                    "{namespace}/{name}:{port} (the matching route rule's backends all weigh 0)"
+                return Err(ProxyError::NoEndpoint(format!(
+                    "{}:{port} (the matching route rule's backends all weigh 0)",
+                    ServiceName::new(namespace, name)
                 )))
             }
         };
@@ -220,16 +222,16 @@ impl MeshView {
         name: &str,
         port: u16,
         subset: Option<&str>,
-    ) -> Result<(Vec<Upstream>, Option<TrafficPolicy>), ForwardError> {
+    ) -> Result<(Vec<Upstream>, Option<TrafficPolicy>), ProxyError> {
         let what = || match subset {
-            Some(v) => format!("{namespace}/{name}:{port} version {v}"),
-            None => format!("{namespace}/{name}:{port}"),
+            Some(v) => format!("{}:{port} version {v}", ServiceName::new(namespace, name)),
+            None => format!("{}:{port}", ServiceName::new(namespace, name)),
         };
         let svc = self
             .service(namespace, name)
-            .ok_or_else(|| ForwardError::NoEndpoint(format!("{} (no such service)", what())))?;
+            .ok_or_else(|| ProxyError::NoEndpoint(format!("{} (no such service)", what())))?;
         let sp = svc.ports.iter().find(|p| p.port == port).ok_or_else(|| {
-            ForwardError::NoEndpoint(format!("{} (the service has no such port)", what()))
+            ProxyError::NoEndpoint(format!("{} (the service has no such port)", what()))
         })?;
         let target_port = sp.target_port.unwrap_or(sp.port);
         let ready: Vec<Upstream> = svc

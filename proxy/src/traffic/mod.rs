@@ -6,6 +6,8 @@ pub mod balance;
 pub mod destination;
 pub mod dispatch;
 pub mod mesh;
+pub mod plan;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
+pub mod service_name;

@@ -8,11 +8,11 @@
 //! delays requests instead of refusing them, so that the refusal can say when to come back and buckets
 //! can be keyed by caller with a bound on how many are kept.
 
-use crate::path::body::{self, Body};
-use crate::path::headers::PROXY_ERROR;
+use crate::path::errors::ProxyError;
 use crate::state::Proxy;
+use crate::telemetry::metrics::{Listener, Reason};
+use crate::traffic::mesh::MeshView;
 use crate::traffic::route::RequestView;
-use http::{HeaderValue, Response, StatusCode};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -89,20 +89,20 @@ fn refilled(b: &Bucket, now: Instant) -> f64 {
     b.tokens + now.saturating_duration_since(b.stamp).as_secs_f64() * rate
 }
 
-/// The 429 for a request arriving from `source` (absent: plaintext from outside the mesh, which shares
+/// Refuses (with the 429's error) a request arriving from `source` (absent: plaintext from outside the mesh, which shares
 /// one bucket per rule) on `listener` at app port `target_port`, when a rate limit of a route of this
 /// workload's services refuses it. An opaque stream (`req` absent, a CONNECT or a plaintext connection)
 /// takes one token of the rule that would route it: a rule without matches.
 pub fn check(
     proxy: &Proxy,
-    listener: &'static str,
+    mesh: &MeshView,
+    listener: Listener,
     source: Option<&SpiffeId>,
     target_port: u16,
     req: Option<&RequestView<'_>>,
-) -> Option<Response<Body>> {
-    let mesh = proxy.mesh();
+) -> Result<(), ProxyError> {
     if !mesh.has_rate_limits() {
-        return None;
+        return Ok(());
     }
     let now = Instant::now();
     for (svc, port) in mesh.own_services(&proxy.identity.id(), None, target_port) {
@@ -114,23 +114,13 @@ pub fn check(
         };
         let who = limit.per_source.then_some(source).flatten();
         if let Err(wait) = proxy.rate_limits.take(&policy.name, who, limit, now) {
-            proxy.metrics.reject(listener, "rate_limited");
+            proxy.metrics.reject(listener, Reason::RateLimited);
             let source = source.map_or("(plaintext)", |s| s.as_str());
             tracing::info!(source, rule = %policy.name, retry_after_ms = wait.as_millis() as u64, "request refused: over the route's rate limit");
-            return Some(too_many(wait));
+            return Err(ProxyError::RateLimited { retry_after: wait });
         }
     }
-    None
-}
-
-fn too_many(wait: Duration) -> Response<Body> {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut r = Response::new(body::full("weft-proxy: over the route's rate limit\n"));
-    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let h = r.headers_mut();
-    h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    h.insert(PROXY_ERROR, HeaderValue::from_static("rate_limited"));
-    r
+    Ok(())
 }
 
 #[cfg(test)]
@@ -175,16 +165,5 @@ mod tests {
         assert!(r.take("x", Some(&a), &l, now).is_ok());
         assert!(r.take("x", Some(&a), &l, now).is_err());
         assert!(r.take("x", Some(&b), &l, now).is_ok());
-    }
-
-    #[test]
-    fn retry_after_is_whole_seconds_rounded_up() {
-        let resp = too_many(Duration::from_millis(1500));
-        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "2");
-        assert_eq!(
-            too_many(Duration::from_millis(10)).headers()[http::header::RETRY_AFTER],
-            "1"
-        );
     }
 }

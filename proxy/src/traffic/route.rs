@@ -29,7 +29,7 @@ pub struct RulePolicy {
     pub retry: RetryRule,
     pub request_headers: HeaderEdit,
     pub response_headers: HeaderEdit,
-    pub fallback: Option<Fallback>,
+    pub fallback: Option<Arc<Fallback>>,
     pub rate_limit: Option<RateLimit>,
 }
 
@@ -102,7 +102,7 @@ fn compile_policy(rule: &RouteRule, name: &str) -> Result<RulePolicy, FieldError
         retry: RetryRule::from_policy(rule.retry.as_ref()),
         request_headers,
         response_headers,
-        fallback: rule.fallback.clone(),
+        fallback: rule.fallback.clone().map(Arc::new),
         rate_limit: rule.rate_limit.clone(),
     })
 }
