@@ -215,6 +215,49 @@ spec:
     assert!(again["rollout"].is_null(), "{again:#}");
 }
 
+/// A WebSocket upgrade is planned and dispatched like any request: the route rule that takes it edits
+/// its answer, and it is counted under that rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_is_routed_and_dispatched_like_any_request() {
+    let m = Mesh::start("e2e-ws-route", &[], None).await;
+    let route = "apiVersion: weft.dev/v1
+kind: HTTPRoute
+metadata:
+  name: backend
+spec:
+  parentRefs:
+    - name: backend
+  rules:
+    - matches:
+        - path: {type: PathPrefix, value: /ws}
+      filters:
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: {add: [{name: x-served-by, value: weft-ws}]}
+      backendRefs:
+        - name: backend
+";
+    let resp = apply(&m.cp, "route.yaml", route, 10_000);
+    assert_eq!(resp["rollout"]["complete"], true, "{resp:#}");
+    let (echoes, head) = client::websocket_exchange(m.listener(), &["one", "two"])
+        .await
+        .unwrap();
+    assert_eq!(echoes, ["one", "two"]);
+    assert!(
+        head.iter()
+            .any(|(k, v)| k == "x-served-by" && v == "weft-ws"),
+        "the route's response edit is on the 101: {head:?}"
+    );
+    let counted = m.frontend.metric(
+        "weft_proxy_http_requests_total",
+        &[
+            "direction=\"outbound\"",
+            "route=\"default/backend rules[0]\"",
+            "status_code=\"101\"",
+        ],
+    );
+    assert_eq!(counted, 1.0, "{}", m.frontend.metrics());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_file_in_the_watched_directory_is_refused_and_traffic_keeps_flowing() {
     let dir = TempDir::new("watched");

@@ -448,13 +448,26 @@ pub async fn grpc_chat(addr: SocketAddr, messages: &[&str]) -> Result<GrpcChatRe
 /// Opens a WebSocket to `/ws`, sends each message as text and waits for its echo before sending the
 /// next, then closes cleanly. Returns the echoes.
 pub async fn websocket_echo(addr: SocketAddr, messages: &[&str]) -> Result<Vec<String>> {
+    Ok(websocket_exchange(addr, messages).await?.0)
+}
+
+/// [`websocket_echo`], also returning the headers of the handshake's 101 answer (lower-case names).
+pub async fn websocket_exchange(
+    addr: SocketAddr,
+    messages: &[&str],
+) -> Result<(Vec<String>, Vec<(String, String)>)> {
     bounded("websocket echo", async {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
-        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        let (mut ws, answer) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
             .await
             .context("websocket handshake")?;
+        let head: Vec<(String, String)> = answer
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
         let mut echoes = Vec::with_capacity(messages.len());
         for msg in messages {
             ws.send(Message::text(*msg)).await?;
@@ -478,7 +491,7 @@ pub async fn websocket_echo(addr: SocketAddr, messages: &[&str]) -> Result<Vec<S
         while let Some(msg) = ws.next().await {
             msg.context("awaiting websocket close reply")?;
         }
-        Ok(echoes)
+        Ok((echoes, head))
     })
     .await
 }
