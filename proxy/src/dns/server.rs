@@ -10,6 +10,7 @@
 
 use super::forward::{Forwarder, Slot, Transport};
 use super::names::Answer;
+use crate::path::listen::{self, Accept, ConnLimiter, Connections};
 use crate::telemetry::metrics::Metrics;
 use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Answers one question: the name as asked (any case, trailing dot) and its type.
@@ -299,36 +299,21 @@ async fn send_udp(sock: &UdpSocket, reply: &[u8], peer: SocketAddr) {
 // === TCP ===
 
 async fn serve_tcp(listener: TcpListener, server: Arc<Server>, shutdown: CancellationToken) {
-    let limiter = Arc::new(Semaphore::new(server.settings.max_tcp_connections));
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly rather than spin.
-                server.metrics.reject(LISTENER, "accept_error");
-                tracing::warn!(error = %e, "dns: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limiter.clone().try_acquire_owned() else {
-            server.reject("max_connections", peer);
-            continue;
-        };
-        let (server, shutdown) = (server.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                _ = tcp_connection(stream, peer, &server) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        });
-    }
-    tracing::debug!("dns: tcp listener stopped");
+    let opts = Accept {
+        name: LISTENER,
+        limiter: ConnLimiter::new(server.settings.max_tcp_connections),
+        stop: Some(shutdown.clone()),
+        // A connection holds nothing worth finishing: at most a question that is asked again.
+        connections: Connections::Cancelled(shutdown),
+        // Like every other refusal here: an app's flood of lookups must not flood the log.
+        quiet_refusals: true,
+    };
+    let metrics = server.metrics.clone();
+    listen::accept(listener, &metrics, opts, move |stream, peer| {
+        let server = server.clone();
+        async move { tcp_connection(stream, peer, &server).await }
+    })
+    .await;
 }
 
 /// Answers the questions on one connection in order until the client closes it, goes idle, or sends
