@@ -9,6 +9,7 @@
 //! {listener="dns"}`; every answer in `weft_proxy_dns_queries_total{result}`.
 
 use super::forward::{Forwarder, Slot, Transport};
+use super::metrics::QueryResult;
 use super::names::Answer;
 use crate::path::listen::{self, Accept, ConnLimiter, Connections};
 use crate::telemetry::metrics::Metrics;
@@ -104,19 +105,39 @@ impl Server {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "dns: question does not parse");
-                return self.error(&header.metadata, None, ResponseCode::FormErr, "formerr");
+                return self.error(
+                    &header.metadata,
+                    None,
+                    ResponseCode::FormErr,
+                    QueryResult::FormErr,
+                );
             }
         };
         if req.metadata.op_code != OpCode::Query {
-            return self.error(&req.metadata, Some(&req), ResponseCode::NotImp, "notimp");
+            return self.error(
+                &req.metadata,
+                Some(&req),
+                ResponseCode::NotImp,
+                QueryResult::NotImp,
+            );
         }
         let [q] = req.queries.as_slice() else {
             // RFC 9619: a query has exactly one question.
-            return self.error(&req.metadata, Some(&req), ResponseCode::FormErr, "formerr");
+            return self.error(
+                &req.metadata,
+                Some(&req),
+                ResponseCode::FormErr,
+                QueryResult::FormErr,
+            );
         };
         let qtype = q.query_type();
         if q.query_class() != DNSClass::IN || matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-            return self.error(&req.metadata, Some(&req), ResponseCode::Refused, "refused");
+            return self.error(
+                &req.metadata,
+                Some(&req),
+                ResponseCode::Refused,
+                QueryResult::Refused,
+            );
         }
         let name = q.name().to_ascii();
         let (code, record, result) = match (self.lookup)(&name, qtype) {
@@ -126,38 +147,41 @@ impl Server {
                     IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
                 };
                 let r = Record::from_rdata(q.name().clone(), self.settings.ttl, rdata);
-                (ResponseCode::NoError, Some(r), "answered")
+                (ResponseCode::NoError, Some(r), QueryResult::Answered)
             }
-            Answer::NoData => (ResponseCode::NoError, None, "nodata"),
-            Answer::NxDomain => (ResponseCode::NXDomain, None, "nxdomain"),
-            Answer::NotMesh => match &self.forwarder {
-                None => {
-                    // The proxy is the pod's only resolver and has nowhere to ask: for this pod the
-                    // name does not exist. Not authoritative, so nothing downstream treats it as such.
-                    let mut m = response(&req);
-                    m.metadata.response_code = ResponseCode::NXDomain;
-                    return self.encode(m, "nxdomain");
-                }
-                Some(f) => match f.reserve() {
-                    Ok(slot) => return Step::Forward(slot, Box::new(req)),
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "dns: not forwarded");
-                        self.metrics.reject(LISTENER, "max_forwards");
-                        return self.error(
-                            &req.metadata,
-                            Some(&req),
-                            ResponseCode::ServFail,
-                            "forward_failed",
-                        );
-                    }
-                },
-            },
+            Answer::NoData => (ResponseCode::NoError, None, QueryResult::NoData),
+            Answer::NxDomain => (ResponseCode::NXDomain, None, QueryResult::NxDomain),
+            Answer::NotMesh => return self.not_mesh(req, peer),
         };
         let mut m = response(&req);
         m.metadata.authoritative = true;
         m.metadata.response_code = code;
         m.answers.extend(record);
         self.encode(m, result)
+    }
+
+    /// A name that is not the mesh's: relayed when there are upstreams, NXDOMAIN when there are none.
+    fn not_mesh(&self, req: Message, peer: SocketAddr) -> Step {
+        let Some(f) = &self.forwarder else {
+            // The proxy is the pod's only resolver and has nowhere to ask: for this pod the name does
+            // not exist. Not authoritative, so nothing downstream treats it as such.
+            let mut m = response(&req);
+            m.metadata.response_code = ResponseCode::NXDomain;
+            return self.encode(m, QueryResult::NxDomain);
+        };
+        match f.reserve() {
+            Ok(slot) => Step::Forward(slot, Box::new(req)),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "dns: not forwarded");
+                self.metrics.reject(LISTENER, "max_forwards");
+                self.error(
+                    &req.metadata,
+                    Some(&req),
+                    ResponseCode::ServFail,
+                    QueryResult::ForwardFailed,
+                )
+            }
+        }
     }
 
     /// Relays a question to the upstreams; SERVFAIL when none answers.
@@ -172,7 +196,7 @@ impl Server {
         let f = self.forwarder.as_ref()?;
         match f.forward(slot, packet, req.metadata.id, transport).await {
             Ok(reply) => {
-                self.metrics.dns_query("forwarded");
+                self.metrics.dns.query(QueryResult::Forwarded);
                 Some(reply)
             }
             Err(e) => {
@@ -181,7 +205,7 @@ impl Server {
                     &req.metadata,
                     Some(req),
                     ResponseCode::ServFail,
-                    "forward_failed",
+                    QueryResult::ForwardFailed,
                 ) {
                     Step::Reply(r) => Some(r),
                     _ => None,
@@ -196,7 +220,7 @@ impl Server {
         meta: &Metadata,
         req: Option<&Message>,
         code: ResponseCode,
-        result: &'static str,
+        result: QueryResult,
     ) -> Step {
         let mut m = match req {
             Some(r) => response(r),
@@ -207,11 +231,11 @@ impl Server {
         self.encode(m, result)
     }
 
-    fn encode(&self, mut m: Message, result: &'static str) -> Step {
+    fn encode(&self, mut m: Message, result: QueryResult) -> Step {
         m.metadata.recursion_available = self.forwarder.is_some();
         match m.to_vec() {
             Ok(bytes) => {
-                self.metrics.dns_query(result);
+                self.metrics.dns.query(result);
                 Step::Reply(bytes)
             }
             Err(e) => {
