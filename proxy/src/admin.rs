@@ -3,7 +3,7 @@
 //! health port (`/ready`, `/live`, `/metrics`).
 
 use crate::path::body::{self, Body};
-use crate::path::listen::{self, ConnLimiter};
+use crate::path::listen::{self, Accept, ConnLimiter, Connections};
 use crate::state::Proxy;
 use crate::telemetry::labels::{Listener, Reason};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -33,25 +33,17 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, port: Port) {
     // Anyone who reaches them is unauthenticated: connections are capped and a client that sends no
     // complete request head in time is cut, so idle or slow clients cannot keep probes from answering.
     let name = port.name();
-    let limiter = ConnLimiter::new(proxy.config.limits.max_admin_connections);
-    loop {
-        let (tcp, client) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                proxy.metrics.reject(name, Reason::AcceptError);
-                tracing::warn!(listener = name.as_str(), error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(permit) = limiter.try_acquire() else {
-            proxy.metrics.reject(name, Reason::MaxConnections);
-            tracing::warn!(listener = name.as_str(), %client, "connection refused: listener is at its connection limit");
-            continue;
-        };
+    let opts = Accept {
+        name,
+        limiter: ConnLimiter::new(proxy.config.limits.max_admin_connections),
+        stop: None,
+        connections: Connections::Detached,
+        quiet_refusals: false,
+    };
+    let metrics = proxy.metrics.clone();
+    listen::accept(listener, &metrics, opts, move |tcp, client| {
         let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let p = proxy.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let proxy = p.clone();
@@ -63,8 +55,9 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, port: Port) {
             if let Err(e) = res {
                 listen::report(&proxy, name, client, &e);
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 impl Port {

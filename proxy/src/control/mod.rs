@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod cache;
 pub mod conn;
+pub mod metrics;
 pub mod probe;
 pub mod renew;
 pub mod revoked;
@@ -111,6 +112,7 @@ async fn pinned_root(
 pub fn start(proxy: &Arc<Proxy>, settings: Settings) {
     proxy
         .metrics
+        .control
         .set_cert_expiry(proxy.identity.credential().not_after());
     match cache::Cache::new(&settings.control.state_dir).snapshot() {
         Ok(Some(s)) => {
@@ -128,7 +130,7 @@ pub fn start(proxy: &Arc<Proxy>, settings: Settings) {
                     );
                     revoked::adopt(proxy, &view);
                     proxy.set_mesh(view);
-                    proxy.metrics.set_config_version(version);
+                    proxy.metrics.control.set_config_version(version);
                 }
                 Err(e) => tracing::warn!(error = %e, "cached config is not usable; starting empty"),
             }

@@ -4,6 +4,7 @@
 
 use super::bootstrap;
 use super::cache::Cache;
+use super::metrics::Renewal;
 use super::Settings;
 use crate::state::Proxy;
 use rand::Rng as _;
@@ -49,18 +50,18 @@ async fn renew(proxy: &Proxy, settings: &Settings, cache: &Cache) {
                 let not_after = cred.not_after();
                 match proxy.identity.update(cred, bundle) {
                     Ok(()) => {
-                        proxy.metrics.cert_renewal("ok");
-                        proxy.metrics.set_cert_expiry(not_after);
+                        proxy.metrics.control.cert_renewal(Renewal::Ok);
+                        proxy.metrics.control.set_cert_expiry(not_after);
                         return tracing::info!(%id, %serial, "certificate renewed");
                     }
                     Err(e) => {
-                        proxy.metrics.cert_renewal("unusable");
+                        proxy.metrics.control.cert_renewal(Renewal::Unusable);
                         tracing::error!(%id, error = %e, "renewed certificate is not usable");
                     }
                 }
             }
             Err(e) => {
-                proxy.metrics.cert_renewal("failed");
+                proxy.metrics.control.cert_renewal(Renewal::Failed);
                 let left = proxy
                     .identity
                     .credential()

@@ -5,6 +5,7 @@
 
 use super::cache::Cache;
 use super::conn::{self, ReqBody};
+use super::metrics::ConfigUpdate;
 use super::Settings;
 use crate::state::Proxy;
 use crate::traffic::mesh::MeshView;
@@ -34,7 +35,7 @@ pub async fn run(proxy: Arc<Proxy>, settings: Settings, mut ready: watch::Receiv
     loop {
         let connected_at = std::time::Instant::now();
         let result = session(&proxy, &settings, &cache, &mut ready, started).await;
-        proxy.metrics.set_control_connected(false);
+        proxy.metrics.control.set_connected(false);
         if proxy.shutdown.is_cancelled() {
             return;
         }
@@ -114,7 +115,7 @@ async fn session(
         ));
     }
     tracing::info!(control = %settings.control.address, "config stream open");
-    proxy.metrics.set_control_connected(true);
+    proxy.metrics.control.set_connected(true);
     let mut body = resp.into_body();
     let mut decoder = FrameDecoder::default();
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
@@ -204,13 +205,13 @@ fn apply(proxy: &Proxy, settings: &Settings, cache: &Cache, s: Snapshot) -> From
     {
         Ok(v) => v,
         Err(reason) => {
-            proxy.metrics.config_update("nack");
+            proxy.metrics.control.config_update(ConfigUpdate::Nack);
             tracing::warn!(version, %reason, "snapshot refused (NACK); keeping the current config");
             return FromProxy::Nack { version, reason };
         }
     };
     if let Err(reason) = adopt_bundle(proxy, cache, &view) {
-        proxy.metrics.config_update("nack");
+        proxy.metrics.control.config_update(ConfigUpdate::Nack);
         tracing::warn!(version, %reason, "snapshot refused (NACK); keeping the current config");
         return FromProxy::Nack { version, reason };
     }
@@ -220,8 +221,8 @@ fn apply(proxy: &Proxy, settings: &Settings, cache: &Cache, s: Snapshot) -> From
     super::revoked::adopt(proxy, &view);
     let services = view.services.len();
     proxy.set_mesh(view);
-    proxy.metrics.config_update("ack");
-    proxy.metrics.set_config_version(version);
+    proxy.metrics.control.config_update(ConfigUpdate::Ack);
+    proxy.metrics.control.set_config_version(version);
     tracing::info!(version, services, "config applied");
     FromProxy::Ack { version }
 }

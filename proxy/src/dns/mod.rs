@@ -6,8 +6,10 @@
 //! - [`names`]: which names are the mesh's and what they answer (pure).
 //! - [`server`]: the UDP and TCP listeners, limits and metrics.
 //! - [`forward`]: relaying other names to the upstream resolvers.
+//! - [`metrics`]: what the responder counts of the questions it answers.
 
 pub mod forward;
+pub mod metrics;
 pub mod names;
 pub mod server;
 

@@ -9,7 +9,9 @@
 //! {listener="dns"}`; every answer in `weft_proxy_dns_queries_total{result}`.
 
 use super::forward::{Forwarder, Slot, Transport};
+use super::metrics::QueryResult;
 use super::names::Answer;
+use crate::path::listen::{self, Accept, ConnLimiter, Connections};
 use crate::telemetry::labels::{Listener, Reason};
 use crate::telemetry::metrics::Metrics;
 use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode};
@@ -21,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Answers one question: the name as asked (any case, trailing dot) and its type.
@@ -105,19 +106,39 @@ impl Server {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "dns: question does not parse");
-                return self.error(&header.metadata, None, ResponseCode::FormErr, "formerr");
+                return self.error(
+                    &header.metadata,
+                    None,
+                    ResponseCode::FormErr,
+                    QueryResult::FormErr,
+                );
             }
         };
         if req.metadata.op_code != OpCode::Query {
-            return self.error(&req.metadata, Some(&req), ResponseCode::NotImp, "notimp");
+            return self.error(
+                &req.metadata,
+                Some(&req),
+                ResponseCode::NotImp,
+                QueryResult::NotImp,
+            );
         }
         let [q] = req.queries.as_slice() else {
             // RFC 9619: a query has exactly one question.
-            return self.error(&req.metadata, Some(&req), ResponseCode::FormErr, "formerr");
+            return self.error(
+                &req.metadata,
+                Some(&req),
+                ResponseCode::FormErr,
+                QueryResult::FormErr,
+            );
         };
         let qtype = q.query_type();
         if q.query_class() != DNSClass::IN || matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-            return self.error(&req.metadata, Some(&req), ResponseCode::Refused, "refused");
+            return self.error(
+                &req.metadata,
+                Some(&req),
+                ResponseCode::Refused,
+                QueryResult::Refused,
+            );
         }
         let name = q.name().to_ascii();
         let (code, record, result) = match (self.lookup)(&name, qtype) {
@@ -127,38 +148,41 @@ impl Server {
                     IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
                 };
                 let r = Record::from_rdata(q.name().clone(), self.settings.ttl, rdata);
-                (ResponseCode::NoError, Some(r), "answered")
+                (ResponseCode::NoError, Some(r), QueryResult::Answered)
             }
-            Answer::NoData => (ResponseCode::NoError, None, "nodata"),
-            Answer::NxDomain => (ResponseCode::NXDomain, None, "nxdomain"),
-            Answer::NotMesh => match &self.forwarder {
-                None => {
-                    // The proxy is the pod's only resolver and has nowhere to ask: for this pod the
-                    // name does not exist. Not authoritative, so nothing downstream treats it as such.
-                    let mut m = response(&req);
-                    m.metadata.response_code = ResponseCode::NXDomain;
-                    return self.encode(m, "nxdomain");
-                }
-                Some(f) => match f.reserve() {
-                    Ok(slot) => return Step::Forward(slot, Box::new(req)),
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "dns: not forwarded");
-                        self.metrics.reject(LISTENER, Reason::MaxForwards);
-                        return self.error(
-                            &req.metadata,
-                            Some(&req),
-                            ResponseCode::ServFail,
-                            "forward_failed",
-                        );
-                    }
-                },
-            },
+            Answer::NoData => (ResponseCode::NoError, None, QueryResult::NoData),
+            Answer::NxDomain => (ResponseCode::NXDomain, None, QueryResult::NxDomain),
+            Answer::NotMesh => return self.not_mesh(req, peer),
         };
         let mut m = response(&req);
         m.metadata.authoritative = true;
         m.metadata.response_code = code;
         m.answers.extend(record);
         self.encode(m, result)
+    }
+
+    /// A name that is not the mesh's: relayed when there are upstreams, NXDOMAIN when there are none.
+    fn not_mesh(&self, req: Message, peer: SocketAddr) -> Step {
+        let Some(f) = &self.forwarder else {
+            // The proxy is the pod's only resolver and has nowhere to ask: for this pod the name does
+            // not exist. Not authoritative, so nothing downstream treats it as such.
+            let mut m = response(&req);
+            m.metadata.response_code = ResponseCode::NXDomain;
+            return self.encode(m, QueryResult::NxDomain);
+        };
+        match f.reserve() {
+            Ok(slot) => Step::Forward(slot, Box::new(req)),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "dns: not forwarded");
+                self.metrics.reject(LISTENER, Reason::MaxForwards);
+                self.error(
+                    &req.metadata,
+                    Some(&req),
+                    ResponseCode::ServFail,
+                    QueryResult::ForwardFailed,
+                )
+            }
+        }
     }
 
     /// Relays a question to the upstreams; SERVFAIL when none answers.
@@ -173,7 +197,7 @@ impl Server {
         let f = self.forwarder.as_ref()?;
         match f.forward(slot, packet, req.metadata.id, transport).await {
             Ok(reply) => {
-                self.metrics.dns_query("forwarded");
+                self.metrics.dns.query(QueryResult::Forwarded);
                 Some(reply)
             }
             Err(e) => {
@@ -182,7 +206,7 @@ impl Server {
                     &req.metadata,
                     Some(req),
                     ResponseCode::ServFail,
-                    "forward_failed",
+                    QueryResult::ForwardFailed,
                 ) {
                     Step::Reply(r) => Some(r),
                     _ => None,
@@ -197,7 +221,7 @@ impl Server {
         meta: &Metadata,
         req: Option<&Message>,
         code: ResponseCode,
-        result: &'static str,
+        result: QueryResult,
     ) -> Step {
         let mut m = match req {
             Some(r) => response(r),
@@ -208,11 +232,11 @@ impl Server {
         self.encode(m, result)
     }
 
-    fn encode(&self, mut m: Message, result: &'static str) -> Step {
+    fn encode(&self, mut m: Message, result: QueryResult) -> Step {
         m.metadata.recursion_available = self.forwarder.is_some();
         match m.to_vec() {
             Ok(bytes) => {
-                self.metrics.dns_query(result);
+                self.metrics.dns.query(result);
                 Step::Reply(bytes)
             }
             Err(e) => {
@@ -300,36 +324,21 @@ async fn send_udp(sock: &UdpSocket, reply: &[u8], peer: SocketAddr) {
 // === TCP ===
 
 async fn serve_tcp(listener: TcpListener, server: Arc<Server>, shutdown: CancellationToken) {
-    let limiter = Arc::new(Semaphore::new(server.settings.max_tcp_connections));
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly rather than spin.
-                server.metrics.reject(LISTENER, Reason::AcceptError);
-                tracing::warn!(error = %e, "dns: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limiter.clone().try_acquire_owned() else {
-            server.reject(Reason::MaxConnections, peer);
-            continue;
-        };
-        let (server, shutdown) = (server.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                _ = tcp_connection(stream, peer, &server) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        });
-    }
-    tracing::debug!("dns: tcp listener stopped");
+    let opts = Accept {
+        name: LISTENER,
+        limiter: ConnLimiter::new(server.settings.max_tcp_connections),
+        stop: Some(shutdown.clone()),
+        // A connection holds nothing worth finishing: at most a question that is asked again.
+        connections: Connections::Cancelled(shutdown),
+        // Like every other refusal here: an app's flood of lookups must not flood the log.
+        quiet_refusals: true,
+    };
+    let metrics = server.metrics.clone();
+    listen::accept(listener, &metrics, opts, move |stream, peer| {
+        let server = server.clone();
+        async move { tcp_connection(stream, peer, &server).await }
+    })
+    .await;
 }
 
 /// Answers the questions on one connection in order until the client closes it, goes idle, or sends

@@ -1,9 +1,11 @@
-//! Pieces every listener shares: the accept loop with its connection cap, and serving one HTTP/1 or HTTP/2
-//! connection with the configured limits, graceful shutdown on drain, and rejections logged and counted.
+//! Pieces every listener shares: the one accept loop (connection cap, what stops it, what becomes of open
+//! connections then), and serving one HTTP/1 or HTTP/2 connection with the configured limits, graceful
+//! shutdown on drain, and rejections logged and counted.
 
 use crate::path::body::Body;
 use crate::state::Proxy;
 use crate::telemetry::labels::{Listener, Reason};
+use crate::telemetry::metrics::Metrics;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
@@ -15,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Caps open connections on one listener.
 #[derive(Clone)]
@@ -29,7 +33,72 @@ impl ConnLimiter {
     }
 }
 
-/// Accepts until the proxy drains; every connection runs as a tracked task holding a limiter permit.
+/// How one listener accepts. Every TCP listener of the proxy runs [`accept`]; these are the ways they
+/// differ.
+pub struct Accept {
+    /// The listener's name in logs and in `weft_proxy_rejections_total{listener}`.
+    pub name: Listener,
+    /// Open connections at most; a connection over the cap is closed at accept
+    /// (`reason="max_connections"`).
+    pub limiter: ConnLimiter,
+    /// Accepting stops when this is cancelled; `None`: only with the runtime.
+    pub stop: Option<CancellationToken>,
+    /// What happens to open connections when the proxy stops.
+    pub connections: Connections,
+    /// Connections refused at the cap are logged at debug rather than warn.
+    pub quiet_refusals: bool,
+}
+
+/// What becomes of a listener's open connections when the proxy stops.
+pub enum Connections {
+    /// Drained: they run as tasks of this tracker, which the drain waits for (up to `drain_timeout`).
+    Drained(TaskTracker),
+    /// Cut at once when this is cancelled.
+    Cancelled(CancellationToken),
+    /// Neither: they end on their own or with the runtime.
+    Detached,
+}
+
+impl Accept {
+    /// A data listener (outbound, tunnel, inbound plaintext): it stops accepting when the proxy drains,
+    /// and the drain waits for its connections.
+    pub fn data(proxy: &Proxy, name: Listener, limiter: ConnLimiter) -> Accept {
+        Accept {
+            name,
+            limiter,
+            stop: Some(proxy.shutdown.clone()),
+            connections: Connections::Drained(proxy.tasks.clone()),
+            quiet_refusals: false,
+        }
+    }
+}
+
+impl Connections {
+    fn spawn<Fut>(&self, conn: Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        match self {
+            Connections::Drained(tasks) => {
+                tasks.spawn(conn);
+            }
+            Connections::Cancelled(token) => {
+                let token = token.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = conn => {}
+                        () = token.cancelled() => {}
+                    }
+                });
+            }
+            Connections::Detached => {
+                tokio::spawn(conn);
+            }
+        }
+    }
+}
+
+/// Accepts on a data listener until the proxy drains (see [`Accept::data`]).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     proxy: &Arc<Proxy>,
@@ -37,37 +106,66 @@ pub async fn accept_loop<F, Fut>(
     name: Listener,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    accept(
+        listener,
+        &proxy.metrics,
+        Accept::data(proxy, name, limiter),
+        handle,
+    )
+    .await
+}
+
+/// The accept loop of every TCP listener: each connection runs `handle` as its own task holding a
+/// limiter permit, spawned as `opts.connections` says, until `opts.stop` is cancelled.
+pub async fn accept<F, Fut>(listener: TcpListener, metrics: &Metrics, opts: Accept, mut handle: F)
+where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let name = opts.name;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = proxy.shutdown.cancelled() => break,
+            () = stopped(opts.stop.as_ref()) => break,
         };
         let (tcp, client) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly rather than spin.
-                proxy.metrics.reject(name, Reason::AcceptError);
+                metrics.reject(name, Reason::AcceptError);
                 tracing::warn!(listener = name.as_str(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Some(permit) = limiter.try_acquire() else {
-            proxy.metrics.reject(name, Reason::MaxConnections);
-            tracing::warn!(listener = name.as_str(), %client, "connection refused: listener is at its connection limit");
+        let Some(permit) = opts.limiter.try_acquire() else {
+            metrics.reject(name, Reason::MaxConnections);
+            if opts.quiet_refusals {
+                tracing::debug!(listener = name.as_str(), %client, "connection refused: listener is at its connection limit");
+            } else {
+                tracing::warn!(listener = name.as_str(), %client, "connection refused: listener is at its connection limit");
+            }
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let fut = handle(tcp, client);
-        proxy.tasks.spawn(async move {
+        let conn = handle(tcp, client);
+        opts.connections.spawn(async move {
             let _permit = permit;
-            fut.await
+            conn.await
         });
     }
     tracing::debug!(listener = name.as_str(), "stopped accepting");
+}
+
+/// Resolves when `stop` is cancelled; never without one.
+async fn stopped(stop: Option<&CancellationToken>) {
+    match stop {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves one HTTP/1 connection (with upgrades) until it closes or the proxy drains.

@@ -1,5 +1,7 @@
 //! Prometheus metrics served on the health port's `/metrics`. Every rejection the proxy makes is counted
-//! here with a reason label, as well as logged.
+//! here with a reason label, as well as logged. The DNS responder, the control-plane tasks and the span
+//! exporter register their own metrics ([`crate::dns::metrics`], [`crate::control::metrics`],
+//! [`super::trace::Metrics`]); [`Metrics`] holds them as fields, all in one registry.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -102,18 +104,16 @@ pub struct Metrics {
     /// Endpoints taken out of rotation by outlier detection.
     pub ejections: Counter,
     pub access_log_dropped: Counter,
-    pub spans_exported: Counter,
-    pub spans_dropped: Counter,
     retries: Family<RetryLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_latency: Family<LatencyLabels, Histogram>,
     authz_denials: Family<DenialLabels, Counter>,
-    config_version: Gauge,
-    config_updates: Family<ResultLabels, Counter>,
-    cert_expiry: Gauge,
-    cert_renewals: Family<ResultLabels, Counter>,
-    control_connected: Gauge,
-    dns_queries: Family<ResultLabels, Counter>,
+    /// Spans exported and dropped.
+    pub trace: super::trace::Metrics,
+    /// The config in force, the config stream, the certificate.
+    pub control: crate::control::metrics::Metrics,
+    /// The DNS responder's answers.
+    pub dns: crate::dns::metrics::Metrics,
     /// `requests{status_code="200"}` per direction, looked up once: the family's map hashes its labels
     /// on every access, and 200 is nearly every request.
     ok: [Counter; 2],
@@ -128,7 +128,33 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("weft_proxy");
-        let m = Metrics {
+        let mut m = Metrics::unregistered();
+        // Registration order is the order families appear in on `/metrics`.
+        m.register_connections(&mut registry);
+        m.register_requests(&mut registry);
+        m.trace = super::trace::Metrics::new(&mut registry);
+        registry.register(
+            "retries",
+            "Retry decisions, by result (sent, budget_exhausted, attempts_exhausted, not_retryable)",
+            m.retries.clone(),
+        );
+        m.control = crate::control::metrics::Metrics::new(&mut registry);
+        m.dns = crate::dns::metrics::Metrics::new(&mut registry);
+        m.ok = [Direction::Outbound, Direction::Inbound].map(|direction| {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    direction,
+                    status_code: 200,
+                })
+                .clone()
+        });
+        m.registry = registry;
+        m
+    }
+
+    /// Every metric, in no registry yet.
+    fn unregistered() -> Metrics {
+        Metrics {
             connections_opened: Default::default(),
             connections_active: Default::default(),
             connections_closed: Default::default(),
@@ -140,150 +166,98 @@ impl Metrics {
             peer_connections_opened: Default::default(),
             ejections: Default::default(),
             access_log_dropped: Default::default(),
-            spans_exported: Default::default(),
-            spans_dropped: Default::default(),
             retries: Default::default(),
             http_requests: Default::default(),
             http_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             authz_denials: Default::default(),
-            config_version: Default::default(),
-            config_updates: Default::default(),
-            cert_expiry: Default::default(),
-            cert_renewals: Default::default(),
-            control_connected: Default::default(),
-            dns_queries: Default::default(),
+            trace: Default::default(),
+            control: Default::default(),
+            dns: Default::default(),
             registry: Registry::default(),
             ok: Default::default(),
-        };
+        }
+    }
+
+    /// Connections, rejections, the peer hop, TCP bytes, ejections and the access log.
+    fn register_connections(&self, registry: &mut Registry) {
         registry.register(
             "connections_opened",
             "Connections accepted, by direction (outbound listener or inbound tunnel) and detected protocol",
-            m.connections_opened.clone(),
+            self.connections_opened.clone(),
         );
         registry.register(
             "connections_active",
             "Connections open now",
-            m.connections_active.clone(),
+            self.connections_active.clone(),
         );
         registry.register(
             "connections_closed",
             "Connections closed (by either side, or refused after accepting)",
-            m.connections_closed.clone(),
+            self.connections_closed.clone(),
         );
         registry.register(
             "requests",
             "HTTP requests forwarded, by direction and response status",
-            m.requests.clone(),
+            self.requests.clone(),
         );
         registry.register(
             "rejections",
             "Connections or requests refused by a limit or a protocol check, by listener and reason",
-            m.rejections.clone(),
+            self.rejections.clone(),
         );
         registry.register(
             "tls_handshake_failures",
             "TLS handshakes on the peer hop that failed, by side and reason",
-            m.tls_handshake_failures.clone(),
+            self.tls_handshake_failures.clone(),
         );
         registry.register(
             "revoked_peers_refused",
             "Peer-hop connections refused at the handshake or closed because the peer's certificate is revoked",
-            m.revoked_peers_refused.clone(),
+            self.revoked_peers_refused.clone(),
         );
         registry.register(
             "tcp_bytes",
             "Bytes carried on opaque TCP streams",
-            m.tcp_bytes.clone(),
+            self.tcp_bytes.clone(),
         );
         registry.register(
             "peer_connections_opened",
             "mTLS HTTP/2 connections opened to peer proxies",
-            m.peer_connections_opened.clone(),
+            self.peer_connections_opened.clone(),
         );
         registry.register(
             "ejections",
             "Endpoints ejected by outlier detection (consecutive 5xx or failed connects)",
-            m.ejections.clone(),
+            self.ejections.clone(),
         );
         registry.register(
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
-            m.access_log_dropped.clone(),
+            self.access_log_dropped.clone(),
         );
+    }
+
+    /// Per-request counts and latency, and authorization denials.
+    fn register_requests(&self, registry: &mut Registry) {
         registry.register(
             "http_requests",
             "HTTP requests by direction, source and destination identity, destination service and \
              version, route, method and status",
-            m.http_requests.clone(),
+            self.http_requests.clone(),
         );
         registry.register(
             "http_request_duration_seconds",
             "Time from a request's arrival to its response head, by direction and destination",
-            m.http_latency.clone(),
+            self.http_latency.clone(),
         );
         registry.register(
             "authz_denials",
             "Requests and connections refused by an AuthorizationPolicy (mode enforce), or that an audit-mode \
              policy would refuse (mode audit), by policy",
-            m.authz_denials.clone(),
+            self.authz_denials.clone(),
         );
-        registry.register(
-            "spans_exported",
-            "Spans the collector accepted",
-            m.spans_exported.clone(),
-        );
-        registry.register(
-            "spans_dropped",
-            "Spans dropped: the export queue was full, or the collector failed or was away",
-            m.spans_dropped.clone(),
-        );
-        registry.register(
-            "retries",
-            "Retry decisions, by result (sent, budget_exhausted, attempts_exhausted, not_retryable)",
-            m.retries.clone(),
-        );
-        registry.register(
-            "config_version",
-            "Version of the config from the control plane in force",
-            m.config_version.clone(),
-        );
-        registry.register(
-            "config_updates",
-            "Snapshots from the control plane, by result (ack, nack)",
-            m.config_updates.clone(),
-        );
-        registry.register(
-            "cert_expiry_timestamp_seconds",
-            "When the proxy's certificate expires (Unix time)",
-            m.cert_expiry.clone(),
-        );
-        registry.register(
-            "cert_renewals",
-            "Certificate renewals, by result (ok, failed, unusable)",
-            m.cert_renewals.clone(),
-        );
-        registry.register(
-            "control_connected",
-            "1 while the config stream to the control plane is open",
-            m.control_connected.clone(),
-        );
-        registry.register(
-            "dns_queries",
-            "Questions the DNS responder answered, by result (answered, nodata, nxdomain, forwarded, \
-             forward_failed, formerr, notimp, refused)",
-            m.dns_queries.clone(),
-        );
-        let ok = [Direction::Outbound, Direction::Inbound].map(|direction| {
-            m.requests
-                .get_or_create(&RequestLabels {
-                    direction,
-                    status_code: 200,
-                })
-                .clone()
-        });
-        Metrics { registry, ok, ..m }
     }
 
     pub fn count_request(&self, direction: Direction, status: http::StatusCode) {
@@ -345,42 +319,6 @@ impl Metrics {
         self.revoked_peers_refused.inc();
     }
 
-    pub fn set_config_version(&self, v: u64) {
-        self.config_version
-            .set(i64::try_from(v).unwrap_or(i64::MAX));
-    }
-
-    pub fn config_update(&self, result: &'static str) {
-        self.config_updates
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-
-    pub fn set_cert_expiry(&self, t: std::time::SystemTime) {
-        let secs = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.cert_expiry
-            .set(i64::try_from(secs).unwrap_or(i64::MAX));
-    }
-
-    pub fn cert_renewal(&self, result: &'static str) {
-        self.cert_renewals
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-
-    pub fn set_control_connected(&self, up: bool) {
-        self.control_connected.set(i64::from(up));
-    }
-
-    pub fn dns_query(&self, result: &'static str) {
-        self.dns_queries
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Encoding into a String cannot fail.
@@ -410,5 +348,113 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.active.dec();
         self.closed.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::metrics::{ConfigUpdate, Renewal};
+    use crate::dns::metrics::QueryResult;
+
+    /// Every family `/metrics` had before its metrics moved to the modules that own them, with its type:
+    /// dashboards, alerts and tests scrape these names.
+    const FAMILIES: &[(&str, &str)] = &[
+        ("connections_opened", "counter"),
+        ("connections_active", "gauge"),
+        ("connections_closed", "counter"),
+        ("requests", "counter"),
+        ("rejections", "counter"),
+        ("tls_handshake_failures", "counter"),
+        ("revoked_peers_refused", "counter"),
+        ("tcp_bytes", "counter"),
+        ("peer_connections_opened", "counter"),
+        ("ejections", "counter"),
+        ("access_log_dropped", "counter"),
+        ("http_requests", "counter"),
+        ("http_request_duration_seconds", "histogram"),
+        ("authz_denials", "counter"),
+        ("spans_exported", "counter"),
+        ("spans_dropped", "counter"),
+        ("retries", "counter"),
+        ("config_version", "gauge"),
+        ("config_updates", "counter"),
+        ("cert_expiry_timestamp_seconds", "gauge"),
+        ("cert_renewals", "counter"),
+        ("control_connected", "gauge"),
+        ("dns_queries", "counter"),
+    ];
+
+    #[test]
+    fn every_family_keeps_its_name_and_type() {
+        let text = Metrics::new().encode();
+        for (name, kind) in FAMILIES {
+            let line = format!("# TYPE weft_proxy_{name} {kind}\n");
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(
+            families,
+            FAMILIES.len(),
+            "a family was added: list it here\n{text}"
+        );
+    }
+
+    /// The families that moved to their modules, as they were encoded before: help, label names, values.
+    #[test]
+    fn moved_families_encode_as_before() {
+        let m = Metrics::new();
+        for r in QueryResult::ALL {
+            m.dns.query(r);
+        }
+        m.control.config_update(ConfigUpdate::Ack);
+        m.control.config_update(ConfigUpdate::Nack);
+        for r in [Renewal::Ok, Renewal::Failed, Renewal::Unusable] {
+            m.control.cert_renewal(r);
+        }
+        m.control.set_config_version(7);
+        m.control
+            .set_cert_expiry(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000));
+        m.control.set_connected(true);
+        m.trace.spans_exported.inc_by(3);
+        m.trace.spans_dropped.inc_by(2);
+        let text = m.encode();
+        let expected = [
+            "# HELP weft_proxy_spans_exported Spans the collector accepted.",
+            "weft_proxy_spans_exported_total 3",
+            "# HELP weft_proxy_spans_dropped Spans dropped: the export queue was full, or the collector \
+             failed or was away.",
+            "weft_proxy_spans_dropped_total 2",
+            "# HELP weft_proxy_config_version Version of the config from the control plane in force.",
+            "weft_proxy_config_version 7",
+            "# HELP weft_proxy_config_updates Snapshots from the control plane, by result (ack, nack).",
+            "weft_proxy_config_updates_total{result=\"ack\"} 1",
+            "weft_proxy_config_updates_total{result=\"nack\"} 1",
+            "# HELP weft_proxy_cert_expiry_timestamp_seconds When the proxy's certificate expires (Unix \
+             time).",
+            "weft_proxy_cert_expiry_timestamp_seconds 1000",
+            "# HELP weft_proxy_cert_renewals Certificate renewals, by result (ok, failed, unusable).",
+            "weft_proxy_cert_renewals_total{result=\"ok\"} 1",
+            "weft_proxy_cert_renewals_total{result=\"failed\"} 1",
+            "weft_proxy_cert_renewals_total{result=\"unusable\"} 1",
+            "# HELP weft_proxy_control_connected 1 while the config stream to the control plane is open.",
+            "weft_proxy_control_connected 1",
+            "# HELP weft_proxy_dns_queries Questions the DNS responder answered, by result (answered, \
+             nodata, nxdomain, forwarded, forward_failed, formerr, notimp, refused).",
+            "weft_proxy_dns_queries_total{result=\"answered\"} 1",
+            "weft_proxy_dns_queries_total{result=\"nodata\"} 1",
+            "weft_proxy_dns_queries_total{result=\"nxdomain\"} 1",
+            "weft_proxy_dns_queries_total{result=\"forwarded\"} 1",
+            "weft_proxy_dns_queries_total{result=\"forward_failed\"} 1",
+            "weft_proxy_dns_queries_total{result=\"formerr\"} 1",
+            "weft_proxy_dns_queries_total{result=\"notimp\"} 1",
+            "weft_proxy_dns_queries_total{result=\"refused\"} 1",
+        ];
+        for line in expected {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 }

@@ -6,12 +6,14 @@
 //! queue or an absent collector drops spans and counts them, never holding a request back.
 
 use crate::config::{TraceFormat, TracingConfig};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::Metrics as ProxyMetrics;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -161,16 +163,45 @@ pub struct Span {
     pub tags: Vec<(&'static str, String)>,
 }
 
+/// What became of the spans: exported, or dropped.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub spans_exported: Counter,
+    pub spans_dropped: Counter,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        registry.register(
+            "spans_exported",
+            "Spans the collector accepted",
+            m.spans_exported.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Spans dropped: the export queue was full, or the collector failed or was away",
+            m.spans_dropped.clone(),
+        );
+        m
+    }
+}
+
 /// Where spans go: nowhere without a `tracing:` section.
 pub struct Tracer {
     tx: Option<mpsc::Sender<Span>>,
     pub sample: f64,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 }
 
 impl Tracer {
     /// Starts the exporter task (on the current runtime) when a collector is configured.
-    pub fn start(cfg: Option<&TracingConfig>, service: String, metrics: Arc<Metrics>) -> Tracer {
+    pub fn start(
+        cfg: Option<&TracingConfig>,
+        service: String,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Tracer {
+        let metrics = metrics.trace.clone();
         let Some(cfg) = cfg else {
             return Tracer {
                 tx: None,
@@ -265,7 +296,7 @@ struct Exporter {
     url: String,
     format: TraceFormat,
     service: String,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 }
 
 impl Exporter {
@@ -549,7 +580,7 @@ mod tests {
     #[tokio::test]
     async fn spans_reach_an_otlp_collector_in_batches() {
         let (addr, mut rx) = collector().await;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(ProxyMetrics::new());
         let cfg = config(format!("http://{addr}/v1/traces"), TraceFormat::Otlp);
         let tracer = Tracer::start(Some(&cfg), "reviews".into(), metrics.clone());
         let a = hop(&tracer, "00f067aa0ba902b7");
@@ -584,7 +615,7 @@ mod tests {
             .unwrap();
         assert!(end >= start && start > 1_600_000_000_000_000_000);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while metrics.spans_exported.get() < 2 {
+        while metrics.trace.spans_exported.get() < 2 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "spans_exported not counted"
@@ -600,7 +631,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(ProxyMetrics::new());
         let cfg = config(format!("http://{addr}/api/v2/spans"), TraceFormat::Zipkin);
         let tracer = Tracer::start(Some(&cfg), "reviews".into(), metrics.clone());
         let n = QUEUE as u64 * 2;
@@ -608,16 +639,16 @@ mod tests {
             hop(&tracer, "00f067aa0ba902b7");
         }
         // Recording never waited on the exporter: more spans than the queue holds went somewhere at once.
-        assert!(metrics.spans_dropped.get() > 0, "a full queue drops");
+        assert!(metrics.trace.spans_dropped.get() > 0, "a full queue drops");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while metrics.spans_dropped.get() < n {
+        while metrics.trace.spans_dropped.get() < n {
             assert!(
                 std::time::Instant::now() < deadline,
                 "every span dropped and counted: {} of {n}",
-                metrics.spans_dropped.get()
+                metrics.trace.spans_dropped.get()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(metrics.spans_exported.get(), 0);
+        assert_eq!(metrics.trace.spans_exported.get(), 0);
     }
 }

@@ -1,0 +1,139 @@
+//! What the control-plane tasks report: the config in force and its updates, the config stream's state,
+//! and the certificate's expiry and renewals.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What became of a snapshot from the control plane.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ConfigUpdate {
+    Ack,
+    Nack,
+}
+
+impl ConfigUpdate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigUpdate::Ack => "ack",
+            ConfigUpdate::Nack => "nack",
+        }
+    }
+}
+
+impl EncodeLabelValue for ConfigUpdate {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// How one certificate renewal ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Renewal {
+    Ok,
+    /// The control plane was not reached or refused.
+    Failed,
+    /// A certificate came back but could not be used.
+    Unusable,
+}
+
+impl Renewal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Renewal::Ok => "ok",
+            Renewal::Failed => "failed",
+            Renewal::Unusable => "unusable",
+        }
+    }
+}
+
+impl EncodeLabelValue for Renewal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpdateLabels {
+    result: ConfigUpdate,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RenewalLabels {
+    result: Renewal,
+}
+
+#[derive(Clone, Default)]
+pub struct Metrics {
+    config_version: Gauge,
+    config_updates: Family<UpdateLabels, Counter>,
+    cert_expiry: Gauge,
+    cert_renewals: Family<RenewalLabels, Counter>,
+    connected: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        registry.register(
+            "config_version",
+            "Version of the config from the control plane in force",
+            m.config_version.clone(),
+        );
+        registry.register(
+            "config_updates",
+            "Snapshots from the control plane, by result (ack, nack)",
+            m.config_updates.clone(),
+        );
+        registry.register(
+            "cert_expiry_timestamp_seconds",
+            "When the proxy's certificate expires (Unix time)",
+            m.cert_expiry.clone(),
+        );
+        registry.register(
+            "cert_renewals",
+            "Certificate renewals, by result (ok, failed, unusable)",
+            m.cert_renewals.clone(),
+        );
+        registry.register(
+            "control_connected",
+            "1 while the config stream to the control plane is open",
+            m.connected.clone(),
+        );
+        m
+    }
+
+    pub fn set_config_version(&self, v: u64) {
+        self.config_version
+            .set(i64::try_from(v).unwrap_or(i64::MAX));
+    }
+
+    pub fn config_update(&self, result: ConfigUpdate) {
+        self.config_updates
+            .get_or_create(&UpdateLabels { result })
+            .inc();
+    }
+
+    pub fn set_cert_expiry(&self, t: SystemTime) {
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.cert_expiry
+            .set(i64::try_from(secs).unwrap_or(i64::MAX));
+    }
+
+    pub fn cert_renewal(&self, result: Renewal) {
+        self.cert_renewals
+            .get_or_create(&RenewalLabels { result })
+            .inc();
+    }
+
+    /// Whether the config stream to the control plane is open.
+    pub fn set_connected(&self, up: bool) {
+        self.connected.set(i64::from(up));
+    }
+}
