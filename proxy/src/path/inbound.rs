@@ -6,7 +6,7 @@
 use crate::path::body::{self, Body};
 use crate::path::errors::{answer, ProxyError};
 use crate::path::headers::{self, ORIG_PROTO, TARGET_PORT, XFCC};
-use crate::path::listen::{self, ConnLimiter};
+use crate::path::listen;
 use crate::path::local_app::AppHttp;
 use crate::path::splice::splice;
 use crate::state::Proxy;
@@ -59,20 +59,9 @@ impl Ask {
     }
 }
 
+/// The tunnel listener: accepts peers' connections until shutdown.
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
-    let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
-    let p = proxy.clone();
-    listen::accept_loop(
-        listener,
-        &proxy,
-        limiter,
-        Listener::Tunnel,
-        move |tcp, addr| {
-            let proxy = p.clone();
-            async move { handle_connection(tcp, addr, proxy).await }
-        },
-    )
-    .await;
+    listen::serve_data(listener, proxy, Listener::Tunnel, handle_connection).await;
 }
 
 async fn handle_connection(tcp: TcpStream, peer_addr: SocketAddr, proxy: Arc<Proxy>) {

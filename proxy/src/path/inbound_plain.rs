@@ -5,7 +5,7 @@
 //! so headers only the mesh may set never reach the app from such a client; anything else byte for byte.
 
 use crate::path::detect::{self, Detected};
-use crate::path::listen::{self, ConnLimiter};
+use crate::path::listen;
 use crate::path::splice::splice;
 use crate::state::Proxy;
 use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
@@ -16,20 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use weft_api::resources::MtlsMode;
 
+/// Accepts redirected plaintext until shutdown.
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
-    let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
-    let p = proxy.clone();
-    listen::accept_loop(
-        listener,
-        &proxy,
-        limiter,
-        Listener::Inbound,
-        move |tcp, client| {
-            let proxy = p.clone();
-            async move { handle_connection(tcp, client, proxy).await }
-        },
-    )
-    .await;
+    listen::serve_data(listener, proxy, Listener::Inbound, handle_connection).await;
 }
 
 /// The mode in force: the workload's override, else the mesh's.

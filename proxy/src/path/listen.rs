@@ -98,23 +98,19 @@ impl Connections {
     }
 }
 
-/// Accepts on a data listener until the proxy drains (see [`Accept::data`]).
-pub async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    proxy: &Arc<Proxy>,
-    limiter: ConnLimiter,
-    name: Listener,
-    handle: F,
-) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
+/// Accepts on a data listener (capped at `limits.max_connections`) until the proxy drains (see
+/// [`Accept::data`]); each connection is `handle(tcp, client, proxy)`.
+pub async fn serve_data<F, Fut>(listener: TcpListener, proxy: Arc<Proxy>, name: Listener, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr, Arc<Proxy>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    accept(
-        listener,
-        &proxy.metrics,
-        Accept::data(proxy, name, limiter),
-        handle,
-    )
+    let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
+    let opts = Accept::data(&proxy, name, limiter);
+    let p = proxy.clone();
+    accept(listener, &proxy.metrics, opts, move |tcp, client| {
+        handle(tcp, client, p.clone())
+    })
     .await
 }
 

@@ -10,7 +10,7 @@ use crate::path::detect::{detect, Detected, Rewind};
 use crate::path::errors::{answer, ProxyError};
 use crate::path::h1_guard::{ConflictFlag, H1Guard};
 use crate::path::headers::{self, ORIG_PROTO};
-use crate::path::listen::{self, ConnLimiter};
+use crate::path::listen;
 use crate::path::splice::splice;
 use crate::state::Proxy;
 use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
@@ -98,7 +98,7 @@ impl Outbound {
     }
 }
 
-/// Accepts connections until shutdown.
+/// An explicit listener: accepts the app's connections until shutdown.
 pub async fn run(listener: TcpListener, spec: OutboundListener, target: Target, proxy: Arc<Proxy>) {
     let ctx = Arc::new(Outbound::new(
         spec.display_name(),
@@ -106,35 +106,18 @@ pub async fn run(listener: TcpListener, spec: OutboundListener, target: Target, 
         spec.protocol,
         proxy.clone(),
     ));
-    let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
-    listen::accept_loop(
+    listen::serve_data(
         listener,
-        &proxy,
-        limiter,
+        proxy,
         Listener::Outbound,
-        move |tcp, client| {
-            let ctx = ctx.clone();
-            async move { handle_connection(tcp, client, ctx).await }
-        },
+        move |tcp, client, _| handle_connection(tcp, client, ctx.clone()),
     )
     .await;
 }
 
 /// The transparent listener: accepts the app's redirected connections until shutdown.
 pub async fn run_intercepted(listener: TcpListener, proxy: Arc<Proxy>) {
-    let limiter = ConnLimiter::new(proxy.config.limits.max_connections);
-    let p = proxy.clone();
-    listen::accept_loop(
-        listener,
-        &proxy,
-        limiter,
-        Listener::Outbound,
-        move |tcp, client| {
-            let proxy = p.clone();
-            async move { intercepted_connection(tcp, client, proxy).await }
-        },
-    )
-    .await;
+    listen::serve_data(listener, proxy, Listener::Outbound, intercepted_connection).await;
 }
 
 async fn intercepted_connection(tcp: TcpStream, client: SocketAddr, proxy: Arc<Proxy>) {
