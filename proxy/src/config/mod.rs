@@ -5,7 +5,9 @@
 //! One module per section, each with its types and its own rules: `identity` (certificate files or a
 //! control plane), `workload`, `tunnel`, `admin`, `outbound`, `interception`, `limits`, `dns`,
 //! `access_log` and `trace` (`tracing:`); `ports` holds the rule across sections (no two listeners on
-//! one port). Rules are checked on the typed value; a broken one names its field.
+//! one port). Rules are checked on the typed value; a broken one names its field, and the field is then
+//! found in the file's text (the walk the control plane uses for resource files), so it carries the
+//! line and column an operator has to edit.
 
 mod access_log;
 mod admin;
@@ -33,6 +35,7 @@ pub use workload::{HttpProbe, ReadinessProbe, TcpProbe, WorkloadConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use weft_api::resources::DocSource;
 use weft_api::{Duration, YamlError};
 
 /// Why a config file was refused.
@@ -46,12 +49,9 @@ pub enum ConfigError {
     /// The file is not YAML of the right shape (located by the parser).
     #[error(transparent)]
     Parse(#[from] YamlError),
-    #[error("{file}: field `{field}`: {reason}")]
-    Invalid {
-        file: String,
-        field: String,
-        reason: String,
-    },
+    /// The file parses but breaks a rule; located at the offending field.
+    #[error(transparent)]
+    Invalid(YamlError),
 }
 
 /// The whole file.
@@ -118,11 +118,8 @@ impl ProxyConfig {
         let file = path.display().to_string();
         let mut cfg: ProxyConfig = weft_api::yaml::from_str(&file, &text)?;
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        cfg.validate().map_err(|e| ConfigError::Invalid {
-            file,
-            field: e.field,
-            reason: e.reason,
-        })?;
+        cfg.validate()
+            .map_err(|e| ConfigError::Invalid(e.located(&file, &text)))?;
         Ok(cfg)
     }
 
@@ -191,6 +188,24 @@ impl Invalid {
         Invalid {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// The error for `file`, at the line and column where the field is written in `text`; a field the
+    /// file leaves out (a default) is placed at the deepest part of its path that is written.
+    fn located(self, file: &str, text: &str) -> YamlError {
+        let docs = weft_api::yaml::split_documents(text);
+        let source = docs
+            .iter()
+            .find(|d| !d.is_empty())
+            .map_or_else(|| DocSource::detached(1), DocSource::new);
+        let at = source.locate(&self.field);
+        YamlError {
+            file: file.to_string(),
+            line: Some(at.line),
+            column: Some(at.column),
+            field: self.field,
+            reason: self.reason,
         }
     }
 }

@@ -220,3 +220,81 @@ fn missing_file_is_named() {
         .to_string();
     assert!(e.contains("/nonexistent/weft.yaml"), "{e}");
 }
+
+/// The refusal of GOOD (or CONTROL) with `yaml` appended or substituted, as the operator reads it.
+fn refusal(text: &str) -> String {
+    let (_d, p) = write(text);
+    ProxyConfig::load(&p).unwrap_err().to_string()
+}
+
+#[test]
+fn validation_errors_name_the_line_and_column_of_the_field() {
+    let second_listener = "  - listen: 127.0.0.1:9081\n    peer: 127.0.0.1:15108\n    identity: spiffe://weft.local/ns/default/sa/reviews\n    target_port: 0\n";
+    for (text, want) in [
+        (
+            format!("{GOOD}limits:\n  max_connections: 5\n  max_headers: 0\n"),
+            "proxy.yaml:17:3: field `limits.max_headers`: must be greater than 0",
+        ),
+        (
+            format!("{GOOD}{second_listener}"),
+            "proxy.yaml:18:5: field `outbound[1].target_port`: must be 1-65535",
+        ),
+        (
+            GOOD.replace("listen: 127.0.0.1:9080", "listen: 127.0.0.1:15000"),
+            "proxy.yaml:11:5: field `outbound[0].listen`: 127.0.0.1:15000 is already used by `admin`",
+        ),
+        (
+            format!("{GOOD}dns:\n  upstreams:\n    - 10.0.0.2:53\n    - 0.0.0.0:53\n"),
+            "proxy.yaml:18:5: field `dns.upstreams[1]`: 0.0.0.0:53 is not an address",
+        ),
+        (
+            format!("{GOOD}tracing:\n  sample: 0.5\n  collector: ftp://x/\n"),
+            "proxy.yaml:17:3: field `tracing.collector`: `ftp://x/` is not an http:// URL",
+        ),
+        (
+            format!("{GOOD}access_log:\n  path: access.log\n\n  # a comment\n  sample: 1.5\n"),
+            "proxy.yaml:19:3: field `access_log.sample`: 1.5 is not a fraction between 0 and 1",
+        ),
+        (
+            format!("{CONTROL}interception:\n  mark: 0\n"),
+            "proxy.yaml:15:3: field `interception.mark`: must be non-zero",
+        ),
+        (
+            CONTROL.replace("{tcp: {port: 9080}}", "\n    tcp: {port: 9080}\n    http: {port: 1}"),
+            "proxy.yaml:9:3: field `workload.readiness`: give exactly one of `http` and `tcp`",
+        ),
+        (
+            CONTROL.replace("ca_bundle: mesh-ca.pem", "ca_fingerprint: sha256:zz"),
+            "proxy.yaml:3:3: field `control.ca_fingerprint`: ",
+        ),
+        (
+            format!("{CONTROL}dns:\n  ttl: 10s\n  listen: 127.0.0.1:15020\n"),
+            "proxy.yaml:16:3: field `dns.listen`: 127.0.0.1:15020 is already used by `health`",
+        ),
+    ] {
+        let e = refusal(&text);
+        assert!(e.contains(want), "want {want}\n got {e}");
+    }
+}
+
+#[test]
+fn fields_not_written_as_blocks_resolve_to_what_is_written() {
+    // A flow mapping is not followed: the section's own line.
+    let e = refusal(&format!("{GOOD}limits: {{max_headers: 0}}\n"));
+    assert!(
+        e.contains("proxy.yaml:15:1: field `limits.max_headers`"),
+        "{e}"
+    );
+    let e = refusal(&GOOD.replace("admin: 127.0.0.1:15000", "admin: {listen: 0.0.0.0:15000}"));
+    assert!(e.contains("proxy.yaml:7:1: field `admin`: "), "{e}");
+    // A section the file leaves out: where the document starts, after comments and a marker.
+    let no_workload =
+        "# a proxy\n\ncontrol:\n  address: 127.0.0.1:15010\n  ca_bundle: ca.pem\n  state_dir: c\n";
+    let e = refusal(no_workload);
+    assert!(e.contains("proxy.yaml:3:1: field `workload`"), "{e}");
+    let e = refusal(&format!("---\n{GOOD}limits:\n  max_headers: 0\n"));
+    assert!(
+        e.contains("proxy.yaml:17:3: field `limits.max_headers`"),
+        "{e}"
+    );
+}
