@@ -79,15 +79,23 @@ fn admin_writes_are_off_by_default() {
 fn bad_config_files_are_refused_with_file_line_and_field() {
     let dir = weft::pki::TempDir::new("badcfg");
     let cases = [
-        ("outbound:\n  - listen: 127.0.0.1:1\n    peer: nowhere\n", "outbound[0].peer"),
+        ("outbound:\n  - listen: 127.0.0.1:1\n    peer: nowhere\n", 3, "outbound[0].peer"),
         (
             "identity:\n  cert: a\n  key: b\n  bundle: c\noutbound:\n  - listen: 127.0.0.1:1\n    peer: 127.0.0.1:2\n    identity: spiffe://UPPER/x\n    target_port: 1\n",
+            8,
             "outbound[0].identity",
         ),
-        ("identity:\n  cert: a\n  key: b\n  bundle: c\n  colour: red\n", "identity.colour"),
-        ("identity:\n  cert: a\n  key: b\n  bundle: c\nlimits:\n  connect_timeout: soon\n", "limits.connect_timeout"),
+        ("identity:\n  cert: a\n  key: b\n  bundle: c\n  colour: red\n", 5, "identity.colour"),
+        ("identity:\n  cert: a\n  key: b\n  bundle: c\nlimits:\n  connect_timeout: soon\n", 6, "limits.connect_timeout"),
+        // Rules checked after parsing name the line of the field too.
+        ("identity:\n  cert: a\n  key: b\n  bundle: c\nlimits:\n  connect_timeout: 1s\n  max_headers: 0\n", 7, "limits.max_headers"),
+        (
+            "identity:\n  cert: a\n  key: b\n  bundle: c\noutbound:\n  - listen: 127.0.0.1:1\n    peer: 127.0.0.1:2\n    identity: spiffe://weft.local/x\n    target_port: 1\n  - listen: 127.0.0.1:2\n    peer: 127.0.0.1:2\n    identity: spiffe://weft.local/x\n    target_port: 0\n",
+            13,
+            "outbound[1].target_port",
+        ),
     ];
-    for (i, (yaml, field)) in cases.iter().enumerate() {
+    for (i, (yaml, line, field)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.yaml"));
         std::fs::write(&path, yaml).unwrap();
         for sub in ["check", "run"] {
@@ -99,7 +107,7 @@ fn bad_config_files_are_refused_with_file_line_and_field() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{sub} {yaml}: {err}");
             assert!(
-                err.contains(&format!("bad{i}.yaml:")),
+                err.contains(&format!("bad{i}.yaml:{line}:")),
                 "names the file and line: {err}"
             );
             assert!(err.contains(field), "names the field {field}: {err}");

@@ -65,73 +65,94 @@ impl Metrics {
             registrations_refused: Family::default(),
             stats_dropped: Family::default(),
         };
+        // Registration order is the order of `/metrics`.
+        m.register_push(&mut registry);
+        m.register_certificates(&mut registry);
+        m.register_resources(&mut registry);
+        m.register_proxy_api(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// The config stream: connected proxies, push cycles, snapshots and their replies.
+    fn register_push(&self, registry: &mut Registry) {
         registry.register(
             "proxies_connected",
             "Proxies with an open config stream",
-            m.connected.clone(),
+            self.connected.clone(),
         );
         registry.register(
             "push_cycle_seconds",
             "Time to compute and queue one push to every affected proxy",
-            m.push_cycle.clone(),
+            self.push_cycle.clone(),
         );
         registry.register(
             "snapshots_sent",
             "Snapshots queued to proxies",
-            m.snapshots_sent.clone(),
+            self.snapshots_sent.clone(),
         );
         registry.register(
             "snapshot_replies",
             "Snapshot replies from proxies, by result (ack, nack)",
-            m.acks.clone(),
+            self.acks.clone(),
         );
+    }
+
+    /// Workload certificates signed and refused.
+    fn register_certificates(&self, registry: &mut Registry) {
         registry.register(
             "certificates_issued",
             "Workload certificates signed, by kind (join, join_replay, renew)",
-            m.certificates.clone(),
+            self.certificates.clone(),
         );
         registry.register(
             "certificate_requests_refused",
             "Certificate requests refused, by reason",
-            m.refused.clone(),
+            self.refused.clone(),
         );
+    }
+
+    /// Operator changes: resources applied, revocations.
+    fn register_resources(&self, registry: &mut Registry) {
         registry.register(
             "applies",
             "Resource changes requested, by result (applied, unchanged, refused)",
-            m.applies.clone(),
+            self.applies.clone(),
         );
         registry.register(
             "revocations",
             "Revocations made and lifted, by kind (revoke, unrevoke)",
-            m.revocations.clone(),
+            self.revocations.clone(),
         );
         registry.register(
             "revoked_serials",
             "Unexpired workload certificates on the deny list pushed to every proxy",
-            m.revoked_serials.clone(),
+            self.revoked_serials.clone(),
         );
+    }
+
+    /// The proxy API itself: connections refused, its own certificate, registrations, stats intake.
+    fn register_proxy_api(&self, registry: &mut Registry) {
         registry.register(
             "proxy_api_connections_refused",
             "Proxy API connections closed before serving, by reason (per_client_limit, limit, \
              handshake_timeout, handshake, idle, revoked)",
-            m.api_refused.clone(),
+            self.api_refused.clone(),
         );
         registry.register(
             "serving_certificate_renewals",
             "Renewals of the proxy API's own certificate, by result (ok, failed)",
-            m.serving_rotations.clone(),
+            self.serving_rotations.clone(),
         );
         registry.register(
             "registrations_refused",
             "Config streams refused at registration, by reason",
-            m.registrations_refused.clone(),
+            self.registrations_refused.clone(),
         );
         registry.register(
             "stats_entries_dropped",
             "Request-count entries from proxies that were not kept, by reason",
-            m.stats_dropped.clone(),
+            self.stats_dropped.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     pub fn set_connected(&self, n: usize) {
@@ -189,5 +210,33 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_keeps_its_name_help_and_place() {
+        // Dashboards and tests scrape these names; the order is the order of registration.
+        let want = [
+            "# HELP weft_control_proxies_connected Proxies with an open config stream.",
+            "# HELP weft_control_push_cycle_seconds Time to compute and queue one push to every affected proxy.",
+            "# HELP weft_control_snapshots_sent Snapshots queued to proxies.",
+            "# HELP weft_control_snapshot_replies Snapshot replies from proxies, by result (ack, nack).",
+            "# HELP weft_control_certificates_issued Workload certificates signed, by kind (join, join_replay, renew).",
+            "# HELP weft_control_certificate_requests_refused Certificate requests refused, by reason.",
+            "# HELP weft_control_applies Resource changes requested, by result (applied, unchanged, refused).",
+            "# HELP weft_control_revocations Revocations made and lifted, by kind (revoke, unrevoke).",
+            "# HELP weft_control_revoked_serials Unexpired workload certificates on the deny list pushed to every proxy.",
+            "# HELP weft_control_proxy_api_connections_refused Proxy API connections closed before serving, by reason (per_client_limit, limit, handshake_timeout, handshake, idle, revoked).",
+            "# HELP weft_control_serving_certificate_renewals Renewals of the proxy API's own certificate, by result (ok, failed).",
+            "# HELP weft_control_registrations_refused Config streams refused at registration, by reason.",
+            "# HELP weft_control_stats_entries_dropped Request-count entries from proxies that were not kept, by reason.",
+        ];
+        let text = Metrics::new().encode();
+        let help: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
+        assert_eq!(help, want);
     }
 }

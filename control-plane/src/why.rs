@@ -12,8 +12,8 @@ use http::{HeaderName, HeaderValue, Method};
 use weft_api::authz::{normalize::normalize, Authorizer, HttpSubject, Subject};
 use weft_api::control::{Endpoint, ServiceView};
 use weft_api::operator::{WhyAnswer, WhyBackend, WhyEndpoint, WhyRequest, WhyRoute};
-use weft_api::resources::{Fallback, PortProtocol};
-use weft_api::routing::{header_edits, Backend, HeaderEdit, RequestView, RouteTable};
+use weft_api::resources::{Fallback, PortProtocol, ServicePort};
+use weft_api::routing::{header_edits, Backend, Choice, HeaderEdit, RequestView, RouteTable, Rule};
 use weft_certs::{SpiffeId, TrustDomain};
 
 /// The compiled-regex limit the proxies use by default.
@@ -68,100 +68,16 @@ pub fn explain(
     let source = source_identity(td, &q.from)?;
     let (ns, name) = q.to.split_once('/').unwrap_or(("default", q.to.as_str()));
     let svc = find_service(services, ns, name)?;
-    let port = match q.port {
-        Some(p) => svc
-            .ports
-            .iter()
-            .find(|sp| sp.port == p)
-            .ok_or_else(|| WhyError::NoPort {
-                service: format!("{ns}/{name}"),
-                port: p,
-                ports: port_list(svc),
-            })?,
-        None => svc
-            .ports
-            .first()
-            .ok_or_else(|| WhyError::NoPorts(format!("{ns}/{name}")))?,
-    };
+    let port = asked_port(svc, q.port)?;
     let tcp = q.tcp || port.effective_protocol() == PortProtocol::Tcp;
     let request = if tcp { None } else { Some(http_request(q)?) };
     let view = request.as_ref().map(RequestView::of);
 
-    let table = RouteTable::compile(&res.routes, MAX_REGEX_BYTES, |rule, _| {
-        Ok(RuleInfo {
-            request_headers: header_edits(rule)?.0,
-            fallback: rule.fallback.clone(),
-        })
-    })
-    .map_err(|e| WhyError::Routes(e.to_string()))?;
+    let table = compile_routes(res)?;
     let rule = table.rule(ns, name, port.port, view.as_ref());
-
     let (route, targets) = match rule {
-        None => (
-            WhyRoute {
-                rule: None,
-                reason: if tcp {
-                    "no route rule without matches is attached to this port: every endpoint of the service".into()
-                } else {
-                    "no route rule matches: every endpoint of the service".into()
-                },
-                backends: vec![WhyBackend {
-                    service: format!("{ns}/{name}:{}", port.port),
-                    subset: None,
-                    percent: 100.0,
-                    chosen: false,
-                }],
-            },
-            vec![Backend {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-                subset: None,
-                port: None,
-            }],
-        ),
-        Some(r) => {
-            let total: u64 = r.backends.iter().map(|(_, w)| u64::from(*w)).sum();
-            // A sticky rule with the session key in the request goes to one backend, the same every time.
-            let chosen = r.sticky_key(view.as_ref()).map(|k| r.pick(k));
-            let is_chosen = |b: &Backend| matches!(&chosen, Some(weft_api::routing::Choice::Backend(c)) if c == b);
-            let backends = r
-                .backends
-                .iter()
-                .map(|(b, w)| WhyBackend {
-                    service: format!("{}/{}:{}", b.namespace, b.name, b.port.unwrap_or(port.port)),
-                    subset: b.subset.clone(),
-                    percent: if total == 0 {
-                        0.0
-                    } else {
-                        f64::from(*w) * 100.0 / total as f64
-                    },
-                    chosen: is_chosen(b),
-                })
-                .collect();
-            let targets = r
-                .backends
-                .iter()
-                .filter(|(b, w)| *w > 0 && (chosen.is_none() || is_chosen(b)))
-                .map(|(b, _)| b.clone())
-                .collect();
-            let reason = match (tcp, r.session()) {
-                (true, _) => "the first rule without matches attached to this port".to_string(),
-                (false, Some((_, key))) if chosen.is_some() => {
-                    format!(
-                        "the first rule that matches; sticky on `{key}`, which picks one backend"
-                    )
-                }
-                _ => "the first rule that matches".to_string(),
-            };
-            (
-                WhyRoute {
-                    rule: Some(r.name.clone()),
-                    reason,
-                    backends,
-                },
-                targets,
-            )
-        }
+        None => no_rule(ns, name, port.port, tcp),
+        Some(r) => by_rule(r, port.port, tcp, view.as_ref()),
     };
 
     // The destination sees the request after the rule's header edits.
@@ -177,30 +93,14 @@ pub fn explain(
         path: r.uri.path(),
         headers: &headers,
     });
-
-    let mut endpoints = Vec::new();
-    for b in &targets {
-        let bsvc = find_service(services, &b.namespace, &b.name)?;
-        let bport = b.port.unwrap_or(port.port);
-        let Some(sp) = bsvc.ports.iter().find(|p| p.port == bport) else {
-            continue;
-        };
-        let target_port = sp.target_port.unwrap_or(sp.port);
-        for e in bsvc.endpoints.iter().filter(|e| {
-            b.subset
-                .as_deref()
-                .is_none_or(|v| e.labels.get("version").map(String::as_str) == Some(v))
-        }) {
-            endpoints.push(endpoint(
-                res,
-                bsvc,
-                e,
-                &source,
-                target_port,
-                arriving.as_ref(),
-            ));
-        }
-    }
+    let endpoints = reachable_endpoints(
+        res,
+        services,
+        &targets,
+        port.port,
+        &source,
+        arriving.as_ref(),
+    )?;
 
     let fallback = rule.and_then(|r| r.payload.fallback.as_ref());
     let (verdict, summary) = verdict(&route, &endpoints, fallback);
@@ -221,6 +121,138 @@ pub fn explain(
         verdict,
         summary,
     })
+}
+
+/// The port asked about, or the service's first.
+fn asked_port(svc: &ServiceView, port: Option<u16>) -> Result<&ServicePort, WhyError> {
+    let service = || format!("{}/{}", svc.namespace, svc.name);
+    match port {
+        Some(p) => svc
+            .ports
+            .iter()
+            .find(|sp| sp.port == p)
+            .ok_or_else(|| WhyError::NoPort {
+                service: service(),
+                port: p,
+                ports: port_list(svc),
+            }),
+        None => svc
+            .ports
+            .first()
+            .ok_or_else(|| WhyError::NoPorts(service())),
+    }
+}
+
+/// Every route, compiled as the proxies compile them, keeping what an explanation needs of each rule.
+fn compile_routes(res: &MeshResources) -> Result<RouteTable<RuleInfo>, WhyError> {
+    RouteTable::compile(&res.routes, MAX_REGEX_BYTES, |rule, _| {
+        Ok(RuleInfo {
+            request_headers: header_edits(rule)?.0,
+            fallback: rule.fallback.clone(),
+        })
+    })
+    .map_err(|e| WhyError::Routes(e.to_string()))
+}
+
+/// No rule takes the request: every endpoint of the service itself.
+fn no_rule(ns: &str, name: &str, port: u16, tcp: bool) -> (WhyRoute, Vec<Backend>) {
+    let route = WhyRoute {
+        rule: None,
+        reason: if tcp {
+            "no route rule without matches is attached to this port: every endpoint of the service"
+                .into()
+        } else {
+            "no route rule matches: every endpoint of the service".into()
+        },
+        backends: vec![WhyBackend {
+            service: format!("{ns}/{name}:{port}"),
+            subset: None,
+            percent: 100.0,
+            chosen: false,
+        }],
+    };
+    let target = Backend {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        subset: None,
+        port: None,
+    };
+    (route, vec![target])
+}
+
+/// The rule's split, and the backends the request can reach: those with weight, or the one a sticky
+/// rule picks.
+fn by_rule(
+    r: &Rule<RuleInfo>,
+    port: u16,
+    tcp: bool,
+    view: Option<&RequestView<'_>>,
+) -> (WhyRoute, Vec<Backend>) {
+    let total: u64 = r.backends.iter().map(|(_, w)| u64::from(*w)).sum();
+    // A sticky rule with the session key in the request goes to one backend, the same every time.
+    let chosen = r.sticky_key(view).map(|k| r.pick(k));
+    let is_chosen = |b: &Backend| matches!(&chosen, Some(Choice::Backend(c)) if c == b);
+    let backends = r
+        .backends
+        .iter()
+        .map(|(b, w)| WhyBackend {
+            service: format!("{}/{}:{}", b.namespace, b.name, b.port.unwrap_or(port)),
+            subset: b.subset.clone(),
+            percent: if total == 0 {
+                0.0
+            } else {
+                f64::from(*w) * 100.0 / total as f64
+            },
+            chosen: is_chosen(b),
+        })
+        .collect();
+    let targets = r
+        .backends
+        .iter()
+        .filter(|(b, w)| *w > 0 && (chosen.is_none() || is_chosen(b)))
+        .map(|(b, _)| b.clone())
+        .collect();
+    let reason = match (tcp, r.session()) {
+        (true, _) => "the first rule without matches attached to this port".to_string(),
+        (false, Some((_, key))) if chosen.is_some() => {
+            format!("the first rule that matches; sticky on `{key}`, which picks one backend")
+        }
+        _ => "the first rule that matches".to_string(),
+    };
+    let route = WhyRoute {
+        rule: Some(r.name.clone()),
+        reason,
+        backends,
+    };
+    (route, targets)
+}
+
+/// Every endpoint of the targets' subsets on the asked port (or the backend's own port).
+fn reachable_endpoints(
+    res: &MeshResources,
+    services: &[ServiceView],
+    targets: &[Backend],
+    port: u16,
+    source: &SpiffeId,
+    arriving: Option<&Arriving<'_>>,
+) -> Result<Vec<WhyEndpoint>, WhyError> {
+    let mut endpoints = Vec::new();
+    for b in targets {
+        let bsvc = find_service(services, &b.namespace, &b.name)?;
+        let bport = b.port.unwrap_or(port);
+        let Some(sp) = bsvc.ports.iter().find(|p| p.port == bport) else {
+            continue;
+        };
+        let target_port = sp.target_port.unwrap_or(sp.port);
+        for e in bsvc.endpoints.iter().filter(|e| {
+            b.subset
+                .as_deref()
+                .is_none_or(|v| e.labels.get("version").map(String::as_str) == Some(v))
+        }) {
+            endpoints.push(endpoint(res, bsvc, e, source, target_port, arriving));
+        }
+    }
+    Ok(endpoints)
 }
 
 /// `namespace/serviceAccount` or a SPIFFE ID of this trust domain.

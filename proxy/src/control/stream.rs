@@ -71,15 +71,7 @@ async fn session(
     let mut send = conn::connect(settings.control.address, tls)
         .await
         .map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
-    let body: ReqBody = StreamBody::new(Box::pin(futures_util::stream::unfold(
-        rx,
-        |mut rx| async move {
-            let b = rx.recv().await?;
-            Some((Ok::<_, Infallible>(Frame::data(b)), rx))
-        },
-    )))
-    .boxed();
+    let (out, body) = Outgoing::new();
     let applied = proxy.mesh().version;
     let hello = FromProxy::Hello(Hello {
         protocol: PROTOCOL_VERSION,
@@ -87,75 +79,126 @@ async fn session(
         workload: registration(settings, *ready.borrow() && !proxy.shutdown.is_cancelled()),
         applied_version: (applied > 0).then_some(applied),
     });
-    let send_msg = |m: &FromProxy| {
-        let frame = encode(m);
-        let tx = tx.clone();
-        async move {
-            tx.send(frame)
-                .await
-                .map_err(|_| "stream closed".to_string())
-        }
-    };
-    send_msg(&hello).await?;
+    out.send(&hello).await?;
     let req = Request::post(format!("https://{}{PATH_STREAM}", settings.control.address))
         .body(body)
         .map_err(|e| e.to_string())?;
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
-        let status = resp.status();
-        let text = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
-        return Err(format!(
-            "the control plane refused the stream ({status}): {}",
-            text.trim()
-        ));
+        return Err(refusal(resp).await);
     }
     tracing::info!(control = %settings.control.address, "config stream open");
     proxy.metrics.control.set_connected(true);
-    let mut body = resp.into_body();
-    let mut decoder = FrameDecoder::default();
-    let mut stats_tick = tokio::time::interval(STATS_EVERY);
-    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // What this stream last carried: a new stream starts from nothing (the control plane forgot us).
-    let mut stats_sent: Vec<StatsEntry> = Vec::new();
-    loop {
-        while let Some(msg) = decoder.next::<FromControl>().map_err(|e| e.to_string())? {
-            let FromControl::Snapshot(s) = msg;
-            let reply = apply(proxy, settings, cache, s);
-            send_msg(&reply).await?;
-        }
-        tokio::select! {
-            frame = body.frame() => match frame {
-                None => return decoder.finish().map_err(|e| e.to_string()),
-                Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(f)) => {
-                    if let Ok(data) = f.into_data() {
-                        decoder.push(&data);
+    let stream = Open {
+        proxy,
+        settings,
+        cache,
+        out,
+    };
+    stream.serve(resp.into_body(), ready, started).await
+}
+
+/// Why the control plane did not open the stream: its status and what it said.
+async fn refusal(resp: http::Response<hyper::body::Incoming>) -> String {
+    let status = resp.status();
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    format!(
+        "the control plane refused the stream ({status}): {}",
+        text.trim()
+    )
+}
+
+/// The proxy's half of the stream: messages become frames of the request body.
+struct Outgoing {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Outgoing {
+    /// The sender, and the request body that carries what it sends.
+    fn new() -> (Outgoing, ReqBody) {
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let body: ReqBody = StreamBody::new(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move {
+                let b = rx.recv().await?;
+                Some((Ok::<_, Infallible>(Frame::data(b)), rx))
+            },
+        )))
+        .boxed();
+        (Outgoing { tx }, body)
+    }
+
+    async fn send(&self, m: &FromProxy) -> Result<(), String> {
+        self.tx
+            .send(encode(m))
+            .await
+            .map_err(|_| "stream closed".to_string())
+    }
+}
+
+/// A stream the control plane accepted.
+struct Open<'a> {
+    proxy: &'a Arc<Proxy>,
+    settings: &'a Settings,
+    cache: &'a Cache,
+    out: Outgoing,
+}
+
+impl Open<'_> {
+    /// Answers each snapshot that arrives, and sends readiness changes and request counts, until the
+    /// stream ends or the proxy shuts down.
+    async fn serve(
+        &self,
+        mut body: hyper::body::Incoming,
+        ready: &mut watch::Receiver<bool>,
+        started: std::time::Instant,
+    ) -> Result<(), String> {
+        let proxy = self.proxy;
+        let mut decoder = FrameDecoder::default();
+        let mut stats_tick = tokio::time::interval(STATS_EVERY);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What this stream last carried: a new stream starts from nothing (the control plane forgot us).
+        let mut stats_sent: Vec<StatsEntry> = Vec::new();
+        loop {
+            while let Some(msg) = decoder.next::<FromControl>().map_err(|e| e.to_string())? {
+                let FromControl::Snapshot(s) = msg;
+                let reply = apply(proxy, self.settings, self.cache, s);
+                self.out.send(&reply).await?;
+            }
+            tokio::select! {
+                frame = body.frame() => match frame {
+                    None => return decoder.finish().map_err(|e| e.to_string()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(f)) => {
+                        if let Ok(data) = f.into_data() {
+                            decoder.push(&data);
+                        }
+                    }
+                },
+                _ = stats_tick.tick() => {
+                    let report = stats_report(proxy, started.elapsed());
+                    if report.entries != stats_sent {
+                        stats_sent = report.entries.clone();
+                        self.out.send(&FromProxy::Stats(report)).await?;
                     }
                 }
-            },
-            _ = stats_tick.tick() => {
-                let report = stats_report(proxy, started.elapsed());
-                if report.entries != stats_sent {
-                    stats_sent = report.entries.clone();
-                    send_msg(&FromProxy::Stats(report)).await?;
+                changed = ready.changed() => {
+                    if changed.is_ok() {
+                        let r = *ready.borrow();
+                        self.out.send(&FromProxy::Ready { ready: r }).await?;
+                    }
                 }
-            }
-            changed = ready.changed() => {
-                if changed.is_ok() {
-                    let r = *ready.borrow();
-                    send_msg(&FromProxy::Ready { ready: r }).await?;
+                _ = proxy.shutdown.cancelled() => {
+                    // Draining: stop receiving new traffic before the listeners close.
+                    let _ = self.out.send(&FromProxy::Ready { ready: false }).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return Ok(());
                 }
-            }
-            _ = proxy.shutdown.cancelled() => {
-                // Draining: stop receiving new traffic before the listeners close.
-                let _ = send_msg(&FromProxy::Ready { ready: false }).await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return Ok(());
             }
         }
     }

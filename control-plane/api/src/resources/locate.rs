@@ -2,9 +2,10 @@
 //! problems found after parsing point at the file line an operator has to edit.
 //!
 //! The parser's own locations are lost once a document is a typed value, and serde_yaml offers no span
-//! tree. Resource files are block-style YAML, where indentation alone says which key belongs to which
-//! mapping, so a small indentation walk is enough. What it cannot follow (flow collections, anchors)
-//! resolves to the deepest part of the path it did find, and at worst to the document's first line.
+//! tree. Resource files (and the proxy's config file) are block-style YAML, where indentation alone says
+//! which key belongs to which mapping, so a small indentation walk is enough. What it cannot follow (flow
+//! collections, anchors) resolves to the deepest part of the path it did find, and at worst to the
+//! document's first line.
 
 use crate::yaml::YamlDocument;
 use std::sync::Arc;
@@ -29,7 +30,9 @@ pub struct DocSource {
 }
 
 impl DocSource {
-    pub(crate) fn new(doc: &YamlDocument<'_>) -> DocSource {
+    /// The source of one document (see [`crate::yaml::split_documents`]): resource files, and the
+    /// proxy's own config file, whose validation errors name lines the same way.
+    pub fn new(doc: &YamlDocument<'_>) -> DocSource {
         let mut source = DocSource {
             text: doc.text.into(),
             first_line: doc.first_line,
