@@ -11,6 +11,8 @@ pub mod path;
 pub mod socket;
 pub mod state;
 pub mod telemetry;
+#[cfg(test)]
+mod test_identity;
 pub mod traffic;
 
 use anyhow::Context as _;

@@ -614,18 +614,7 @@ async fn forwarded_questions_in_flight_are_capped() {
 /// proxy holds at each question (a snapshot applied later is seen by the next question).
 #[tokio::test]
 async fn the_proxy_answers_from_the_mesh_view_it_holds_now() {
-    use weft_certs::{testing, CertificateAuthority, Credential, Identity, SpiffeId, TrustBundle};
-    use weft_certs::{TrustDomain, Validity};
-    let td = TrustDomain::new("weft.local").unwrap();
-    let ca = CertificateAuthority::new_root(&td, Validity::starting_now(Duration::from_secs(3600)))
-        .unwrap();
-    let id = SpiffeId::parse("spiffe://weft.local/ns/shop/sa/web").unwrap();
-    let (chain, key) = testing::issue(&ca, &testing::LeafSpec::for_id(&id));
-    let identity = Identity::new(
-        Credential::from_pem(&chain, &key).unwrap(),
-        TrustBundle::from_pem(&ca.root_pem()).unwrap(),
-    )
-    .unwrap();
+    let identity = crate::test_identity::web();
     let yaml = "identity: {cert: a, key: b, bundle: c}\ntunnel: {listen: 127.0.0.1:0}\n\
                 admin: 127.0.0.1:0\nhealth: 127.0.0.1:0\ndns: {listen: 127.0.0.1:0}\n";
     let cfg: crate::config::ProxyConfig = weft_api::yaml::from_str("proxy.yaml", yaml).unwrap();
@@ -652,7 +641,16 @@ async fn the_proxy_answers_from_the_mesh_view_it_holds_now() {
         trust_bundle_pem: None,
         revoked_serials: None,
     };
-    proxy.set_mesh(proxy.mesh().merge(snapshot, &td, 1 << 16).unwrap());
+    proxy.set_mesh(
+        proxy
+            .mesh()
+            .merge(
+                snapshot,
+                &weft_certs::TrustDomain::new("weft.local").unwrap(),
+                1 << 16,
+            )
+            .unwrap(),
+    );
     // Without a workload, relative names are relative to `default`.
     let r = ask_udp(addr, &query("reviews.", RecordType::A)).await;
     assert_eq!(a_records(&r), vec![VIP]);

@@ -401,22 +401,10 @@ impl<B: HttpBody<Data = Bytes, Error = BoxError>> HttpBody for Recorded<B> {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use weft_certs::{testing, CertificateAuthority, Credential, Identity, SpiffeId, TrustBundle};
-    use weft_certs::{TrustDomain, Validity};
 
     /// A proxy that logs every line to `log`.
     fn proxy(log: &std::path::Path) -> Arc<Proxy> {
-        let td = TrustDomain::new("weft.local").unwrap();
-        let ca =
-            CertificateAuthority::new_root(&td, Validity::starting_now(Duration::from_secs(3600)))
-                .unwrap();
-        let id = SpiffeId::parse("spiffe://weft.local/ns/shop/sa/web").unwrap();
-        let (chain, key) = testing::issue(&ca, &testing::LeafSpec::for_id(&id));
-        let identity = Identity::new(
-            Credential::from_pem(&chain, &key).unwrap(),
-            TrustBundle::from_pem(&ca.root_pem()).unwrap(),
-        )
-        .unwrap();
+        let identity = crate::test_identity::web();
         let yaml = format!(
             "identity: {{cert: a, key: b, bundle: c}}\ntunnel: {{listen: 127.0.0.1:0}}\n\
              admin: 127.0.0.1:0\nhealth: 127.0.0.1:0\naccess_log: {{path: {}}}\n",
