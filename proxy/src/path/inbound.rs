@@ -182,14 +182,19 @@ async fn handle_request(mut req: Request<Incoming>, ctx: &TunnelConn) -> Respons
     record.respond(resp)
 }
 
-/// Answers a request the proxy will not (or could not) carry to the app. Denials and rate limits were
-/// logged where they were decided.
+/// Answers a request the proxy will not (or could not) carry to the app. Refusals by `admit` (denials,
+/// rate limits, ports, no config yet) were logged where they were decided.
 fn refuse(ctx: &TunnelConn, e: &ProxyError, record: &mut Record) -> Response<Body> {
     record.failed(e);
-    if !matches!(
+    let logged = matches!(
         e,
-        ProxyError::Denied { .. } | ProxyError::RateLimited { .. }
-    ) {
+        ProxyError::Denied { .. }
+            | ProxyError::RateLimited { .. }
+            | ProxyError::ProxyPort { .. }
+            | ProxyError::PortNotAllowed { .. }
+            | ProxyError::NoPolicyView
+    );
+    if !logged {
         tracing::warn!(peer = %ctx.peer_addr, peer_id = %ctx.peer_id, error = %e, "inbound request failed");
     }
     answer(e)
