@@ -257,3 +257,47 @@ interception:\n  outbound: {intercept_out}\n  inbound: {intercept_in}\n  mtls_mo
     );
     assert_eq!(http_get(health, "/ready").map(|r| r.0).ok(), Some(503));
 }
+
+/// An opaque TCP stream through the pair on which nothing moves for `limits.idle_timeout` is closed
+/// (on both sides of the hop, counted); one that keeps talking, with every gap under the limit, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_opaque_stream_is_closed_after_the_idle_timeout() {
+    let idle = "limits:\n  idle_timeout: 1s\n".to_string();
+    let p = weft::pair::Pair::start_with(weft::pair::PairOptions {
+        client_yaml: idle.clone(),
+        server_yaml: idle,
+        ..Default::default()
+    })
+    .await;
+    let mut talking = connect(p.tcp()).await;
+    let mut silent = connect(p.tcp()).await;
+    let mut buf = [0u8; 16];
+    for s in [&mut talking, &mut silent] {
+        s.write_all(b"hi").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(&buf[..n], b"hi");
+    }
+    let started = Instant::now();
+    // 2.4 s of traffic on one, every gap 200 ms; nothing on the other.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        talking.write_all(b"x").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(2), talking.read(&mut buf))
+            .await
+            .expect("a talking stream stays open")
+            .unwrap();
+        assert_eq!(&buf[..n], b"x", "a talking stream stays open");
+    }
+    assert!(
+        closed_within(&mut silent, Duration::from_millis(500)).await,
+        "the silent stream is closed after {:?}",
+        started.elapsed()
+    );
+    let idle_closed =
+        |p: &ProxyProc| p.metric("weft_proxy_rejections_total", &["reason=\"idle_timeout\""]);
+    assert!(idle_closed(&p.client) >= 1.0, "{}", p.client.metrics());
+    assert!(idle_closed(&p.server) >= 1.0, "{}", p.server.metrics());
+}

@@ -30,6 +30,9 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Idle keep-alive connections are pinged at this interval and closed if no answer arrives.
     pub keepalive_interval: Duration,
+    /// An opaque stream (TCP, a CONNECT stream, an upgraded WebSocket, a pass-through connection) on
+    /// which no byte moves either way for this long is closed.
+    pub idle_timeout: Duration,
     /// How long `auto` listeners wait for the client's first bytes before treating it as opaque TCP
     /// (server-speaks-first protocols pay this once per connection).
     pub detect_timeout: Duration,
@@ -55,6 +58,7 @@ impl Default for Limits {
             tls_handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(3600),
             detect_timeout: Duration::from_millis(100),
             max_streams_per_peer_connection: 1_000,
             max_regex_bytes: 64 * 1024,
@@ -84,6 +88,12 @@ impl Limits {
             return Err(Invalid::new(
                 "limits.max_header_bytes",
                 "must be at least 8192 (the HTTP/1 parser's minimum buffer)",
+            ));
+        }
+        if self.idle_timeout.get().is_zero() {
+            return Err(Invalid::new(
+                "limits.idle_timeout",
+                "must be greater than 0",
             ));
         }
         if self.max_concurrent_streams == 0 {

@@ -8,7 +8,7 @@ use crate::path::errors::{answer, ProxyError};
 use crate::path::headers::{self, ORIG_PROTO, TARGET_PORT, XFCC};
 use crate::path::listen;
 use crate::path::local_app::AppHttp;
-use crate::path::splice::splice;
+use crate::path::splice::{splice, Splice};
 use crate::state::Proxy;
 use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
 use crate::telemetry::metrics::{ActiveGuard, ConnLabels};
@@ -412,6 +412,7 @@ async fn tcp_to_app(
     record.status(StatusCode::OK);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let metrics = ctx.proxy.metrics.clone();
+    let how = Splice::new(&ctx.proxy, Direction::Inbound, Listener::Tunnel);
     let (peer_addr, peer_id) = (ctx.peer_addr, ctx.peer_id.clone());
     ctx.proxy.tasks.spawn(async move {
         let _active = ActiveGuard::new(
@@ -423,7 +424,7 @@ async fn tcp_to_app(
         );
         match on_upgrade.await {
             Ok(stream) => {
-                let res = splice(&mut TokioIo::new(stream), &mut app, &metrics, Direction::Inbound).await;
+                let res = splice(&mut TokioIo::new(stream), &mut app, &metrics, how).await;
                 tracing::debug!(peer = %peer_addr, %peer_id, port, result = ?res, "inbound tcp stream done");
                 record.streamed(&res);
             }
@@ -491,27 +492,24 @@ async fn upgrade_to_app(
     let mut out = Response::new(body::empty());
     *out.headers_mut() = std::mem::take(resp.headers_mut());
     headers::strip_hop_by_hop(out.headers_mut());
-    splice_upgraded(&ctx.proxy, from_peer, from_app);
+    splice_upgraded(&ctx.proxy, Listener::Tunnel, from_peer, from_app);
     Ok(out)
 }
 
 /// Once both sides of an upgrade (the caller's and the app's) are through, carries the bytes between
-/// them as an inbound stream, tracked so a drain waits for it.
+/// them as an inbound stream of `listener`, tracked so a drain waits for it.
 pub(crate) fn splice_upgraded(
     proxy: &Proxy,
+    listener: Listener,
     caller: hyper::upgrade::OnUpgrade,
     app: hyper::upgrade::OnUpgrade,
 ) {
     let metrics = proxy.metrics.clone();
+    let how = Splice::new(proxy, Direction::Inbound, listener);
     proxy.tasks.spawn(async move {
         if let Ok((c, a)) = tokio::try_join!(caller, app) {
-            let _ = splice(
-                &mut TokioIo::new(c),
-                &mut TokioIo::new(a),
-                &metrics,
-                Direction::Inbound,
-            )
-            .await;
+            let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
+            let _ = splice(&mut c, &mut a, &metrics, how).await;
         }
     });
 }

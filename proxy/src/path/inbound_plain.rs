@@ -6,7 +6,7 @@
 
 use crate::path::detect::{self, Detected};
 use crate::path::listen;
-use crate::path::splice::splice;
+use crate::path::splice::{splice, Splice};
 use crate::state::Proxy;
 use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
 use crate::telemetry::metrics::{ActiveGuard, ConnLabels};
@@ -131,7 +131,8 @@ where
         }
     };
     tracing::debug!(%client, %app, "inbound plaintext (PERMISSIVE) delivered to the app");
-    if let Err(e) = splice(&mut io, &mut upstream, &proxy.metrics, Direction::Inbound).await {
+    let how = Splice::new(proxy, Direction::Inbound, Listener::Inbound);
+    if let Err(e) = splice(&mut io, &mut upstream, &proxy.metrics, how).await {
         tracing::debug!(%client, %app, error = %e, "inbound plaintext ended with an error");
     }
 }

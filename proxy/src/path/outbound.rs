@@ -11,7 +11,7 @@ use crate::path::errors::{answer, ProxyError};
 use crate::path::h1_guard::{ConflictFlag, H1Guard};
 use crate::path::headers::{self, ORIG_PROTO};
 use crate::path::listen;
-use crate::path::splice::splice;
+use crate::path::splice::{splice, Splice};
 use crate::state::Proxy;
 use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
 use crate::telemetry::metrics::{ActiveGuard, ConnLabels};
@@ -211,7 +211,8 @@ async fn pass_through(
         }
     };
     tracing::debug!(%client, %dst, "passing through (destination outside the mesh)");
-    match splice(&mut tcp, &mut upstream, &proxy.metrics, Direction::Outbound).await {
+    let how = Splice::new(proxy, Direction::Outbound, Listener::Outbound);
+    match splice(&mut tcp, &mut upstream, &proxy.metrics, how).await {
         Ok((sent, received)) => tracing::debug!(%client, %dst, sent, received, "pass-through done"),
         Err(e) => tracing::debug!(%client, %dst, error = %e, "pass-through ended with an error"),
     }
@@ -337,13 +338,8 @@ async fn proxy_tcp(mut io: Rewind<TcpStream>, client: SocketAddr, ctx: &Outbound
         }
     };
     record.upstream(&up);
-    let res = splice(
-        &mut io,
-        &mut stream,
-        &ctx.proxy.metrics,
-        Direction::Outbound,
-    )
-    .await;
+    let how = Splice::new(&ctx.proxy, Direction::Outbound, Listener::Outbound);
+    let res = splice(&mut io, &mut stream, &ctx.proxy.metrics, how).await;
     match &res {
         Ok((sent, received)) => {
             tracing::debug!(listener = %ctx.name, %client, sent, received, "tcp stream done")
@@ -449,6 +445,7 @@ async fn forward_upgrade(
         out.headers_mut().insert(header::UPGRADE, v);
     }
     let metrics = ctx.proxy.metrics.clone();
+    let how = Splice::new(&ctx.proxy, Direction::Outbound, Listener::Outbound);
     let name = ctx.name.clone();
     ctx.proxy.tasks.spawn(async move {
         // The stream's body holds its slot on the peer connection until the splice ends.
@@ -456,7 +453,7 @@ async fn forward_upgrade(
         match tokio::try_join!(downstream, upstream) {
             Ok((d, u)) => {
                 let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                let _ = splice(&mut d, &mut u, &metrics, Direction::Outbound).await;
+                let _ = splice(&mut d, &mut u, &metrics, how).await;
             }
             Err(e) => {
                 tracing::debug!(listener = %name, %client, error = %e, "upgrade did not complete")

@@ -11,7 +11,7 @@ use crate::path::body::{Body, BoxError};
 use crate::path::errors::ProxyError;
 use crate::state::Proxy;
 use crate::telemetry::access_log::{count_request, Entry};
-use crate::telemetry::labels::{Direction, Flag, LogFlag, LogProtocol, MethodClass};
+use crate::telemetry::labels::{Direction, Flag, LogFlag, LogProtocol, MethodClass, Reason};
 use crate::telemetry::metrics::HttpLabels;
 use crate::telemetry::trace::Hop;
 use crate::traffic::plan::{Destination, Plan};
@@ -186,6 +186,7 @@ impl Record {
                     log.bytes_sent = *back;
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => self.flag(Reason::IdleTimeout),
             Err(_) => self.flag(Flag::ConnectionError),
         }
     }
