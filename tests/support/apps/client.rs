@@ -540,3 +540,101 @@ pub async fn read_banner(addr: SocketAddr, timeout: Duration) -> Result<String> 
         .await
         .map_err(|_| anyhow!("no banner from {addr} within {timeout:?}"))?
 }
+
+// === A stream in flight ===
+
+/// How a stream in flight ended once its backend went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The response body ended with an error (a reset, a cut connection).
+    Error(String),
+    /// The response body ended cleanly (for gRPC: its trailers carried this `grpc-status`).
+    Ended(Option<String>),
+    /// Nothing happened within the wait: the caller would hang.
+    Hung,
+}
+
+/// A `POST` streaming both ways (`/echo`, or the gRPC chat with `grpc`), one round at a time, so a test
+/// can take the backend away between rounds and see what the caller gets.
+pub struct StreamInFlight {
+    tx: http_body_util::channel::Sender<Bytes, BoxError>,
+    body: Incoming,
+    pub status: StatusCode,
+    /// Keeps an HTTP/1 connection's task alive.
+    _conn: Option<JoinHandle<()>>,
+}
+
+impl StreamInFlight {
+    /// Opens the stream over HTTP/1.1 (`version` HTTP_11) or HTTP/2 prior knowledge.
+    pub async fn open(addr: SocketAddr, version: Version, grpc_chat: bool) -> Result<Self> {
+        bounded("opening a stream", async {
+            let (tx, body) = Channel::<Bytes, BoxError>::new(1);
+            let body = body.boxed_unsync();
+            let req = if grpc_chat {
+                grpc_request(addr, grpc::CHAT_PATH, body)?
+            } else {
+                build_request(format!("http://{addr}/echo"), Method::POST, &[], body)?
+            };
+            let (resp, conn) = if version == Version::HTTP_2 {
+                let mut sender = h2_connect(addr).await?;
+                (sender.send_request(req).await?, None)
+            } else {
+                let stream = TcpStream::connect(addr).await?;
+                let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+                let task = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                (sender.send_request(req).await?, Some(task))
+            };
+            Ok(StreamInFlight {
+                tx,
+                status: resp.status(),
+                body: resp.into_body(),
+                _conn: conn,
+            })
+        })
+        .await
+    }
+
+    /// Sends `chunk` and reads until as many bytes came back.
+    pub async fn round(&mut self, chunk: Bytes) -> Result<()> {
+        bounded("a round on the stream", async {
+            let want = chunk.len();
+            self.tx
+                .send_data(chunk)
+                .await
+                .context("request stream closed")?;
+            let mut got = 0;
+            while got < want {
+                let frame = self.body.frame().await.context("stream ended")??;
+                got += frame.data_ref().map_or(0, |d| d.len());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Waits up to `within` for the response to end, reading whatever still arrives.
+    pub async fn end(mut self, within: Duration) -> StreamEnd {
+        let ending = async {
+            loop {
+                match self.body.frame().await {
+                    None => return StreamEnd::Ended(None),
+                    Some(Err(e)) => return StreamEnd::Error(e.to_string()),
+                    Some(Ok(f)) => {
+                        if let Ok(trailers) = f.into_trailers() {
+                            let status = trailers
+                                .get("grpc-status")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            return StreamEnd::Ended(status);
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(within, ending)
+            .await
+            .unwrap_or(StreamEnd::Hung)
+    }
+}
