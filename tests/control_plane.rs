@@ -296,3 +296,46 @@ fn sigterm_stops_the_control_plane_cleanly_and_help_explains_it() {
         );
     }
 }
+
+/// A client that sends an operator request's head and then trickles its body holds its connection no
+/// longer than `--operator-body-timeout` (then 408), and meanwhile `/live`, `token create` and reads
+/// answer at once.
+#[test]
+fn a_slow_operator_body_gets_408_and_never_delays_the_others() {
+    use std::io::{Read, Write};
+    let cp = ControlProc::start_with("slow-body", None, &["--operator-body-timeout", "3s"]);
+    let mut slow = std::net::TcpStream::connect(cp.operator).unwrap();
+    let head = format!(
+        "POST /v1/apply HTTP/1.1\r\nHost: weft\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 4096\r\n\r\n{{\"files\":",
+        cp.operator_token()
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let (live, _) = weft::net::http_get(cp.operator, "/live").unwrap();
+    assert_eq!(live, 200);
+    let token = cp.token("default", "web", 60);
+    assert!(!token.is_empty());
+    let tokens = cp.api("GET", "/v1/tokens", None);
+    assert!(tokens.to_string().contains("web"), "{tokens}");
+    // All that was answered while the slow request still waits for its body.
+    slow.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let pending = slow.read(&mut byte);
+    assert!(
+        matches!(&pending, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the slow request was answered before the others finished ({:?}): {pending:?}",
+        started.elapsed()
+    );
+    slow.set_nonblocking(false).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "408 after {:?}",
+        started.elapsed()
+    );
+}

@@ -41,12 +41,23 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-/// Reads a JSON request body of at most `limit` bytes; the error is the answer to send.
+/// Reads a JSON request body of at most `limit` bytes that arrives whole `within` the given time (a
+/// client that trickles it is answered 408 and holds its connection no longer); the error is the
+/// answer to send.
 pub async fn read_json<T: DeserializeOwned>(
     body: hyper::body::Incoming,
     limit: usize,
+    within: std::time::Duration,
 ) -> Result<T, Response<Body>> {
-    let bytes = match Limited::new(body, limit).collect().await {
+    let read = Limited::new(body, limit).collect();
+    let Ok(read) = tokio::time::timeout(within, read).await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {within:?}"),
+            vec![],
+        ));
+    };
+    let bytes = match read {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             let status = if e.is::<http_body_util::LengthLimitError>() {

@@ -193,10 +193,11 @@ async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Respo
 }
 
 async fn create_token(req: Request<Incoming>, cp: &ControlPlane) -> Response<Body> {
-    let body: TokenRequest = match http_util::read_json(req.into_body(), MAX_REQUEST).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body: TokenRequest =
+        match http_util::read_json(req.into_body(), MAX_REQUEST, cp.operator_body_timeout).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
     let res = cp.issuer.tokens().create(&crate::tokens::NewToken {
         namespace: body.namespace,
         service_account: body.service_account,
@@ -221,10 +222,11 @@ async fn create_token(req: Request<Incoming>, cp: &ControlPlane) -> Response<Bod
 async fn revocation(req: Request<Incoming>, cp: &ControlPlane, revoke: bool) -> Response<Body> {
     use crate::revocation::RevocationError;
     use weft_api::operator::RevocationTarget;
-    let target: RevocationTarget = match http_util::read_json(req.into_body(), MAX_REQUEST).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let target: RevocationTarget =
+        match http_util::read_json(req.into_body(), MAX_REQUEST, cp.operator_body_timeout).await {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
     if let RevocationTarget::Identity(id) = &target {
         if id.trust_domain() != cp.issuer.trust_domain().as_str() || id.namespace().is_none() {
             return http_util::error(
@@ -257,10 +259,11 @@ async fn revocation(req: Request<Incoming>, cp: &ControlPlane, revoke: bool) -> 
 }
 
 async fn why(req: Request<Incoming>, cp: &ControlPlane) -> Response<Body> {
-    let q: WhyRequest = match http_util::read_json(req.into_body(), MAX_REQUEST).await {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
+    let q: WhyRequest =
+        match http_util::read_json(req.into_body(), MAX_REQUEST, cp.operator_body_timeout).await {
+            Ok(q) => q,
+            Err(r) => return r,
+        };
     match cp.hub.why(&q) {
         Ok(answer) => http_util::json(StatusCode::OK, &answer),
         Err(e) if e.is_not_found() => {

@@ -220,17 +220,10 @@ async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>, peer: &Peer) -> R
 }
 
 async fn certificate(req: Request<Incoming>, cp: &ControlPlane, peer: &Peer) -> Response<Body> {
-    let read = http_util::read_json(req.into_body(), MAX_REQUEST);
-    let body: CertificateRequest = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(resp)) => return resp,
-        Err(_) => {
-            return http_util::error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the request body did not arrive within {REQUEST_TIMEOUT:?}"),
-                vec![],
-            )
-        }
+    let read = http_util::read_json(req.into_body(), MAX_REQUEST, REQUEST_TIMEOUT);
+    let body: CertificateRequest = match read.await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let res = match (&peer.id, &body.token) {
         (Some(id), _) => cp.issuer.renew(id, peer.serial.as_deref(), &body.csr_pem),

@@ -43,10 +43,11 @@ fn query(req: &Request<Incoming>) -> Query {
 
 pub async fn apply(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<Body> {
     let q = query(&req);
-    let body: ApplyRequest = match http_util::read_json(req.into_body(), MAX_APPLY).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body: ApplyRequest =
+        match http_util::read_json(req.into_body(), MAX_APPLY, cp.operator_body_timeout).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
     let names: Vec<&str> = body.files.iter().map(|f| f.name.as_str()).collect();
     let result = {
         let mut store = cp.store();

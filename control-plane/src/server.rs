@@ -43,6 +43,8 @@ pub struct Options {
     pub api_limits: proxy_api::Limits,
     /// The longest a join token may be created for.
     pub max_token_ttl: Duration,
+    /// An operator request's body must arrive whole within this, else 408.
+    pub operator_body_timeout: Duration,
 }
 
 /// What every handler shares.
@@ -57,6 +59,8 @@ pub struct ControlPlane {
     pub serving: weft_certs::Identity,
     pub serving_ttl: Duration,
     pub api_limits: proxy_api::Limits,
+    /// An operator request's body must arrive whole within this, else 408.
+    pub operator_body_timeout: Duration,
     /// Bumped whenever the revocation list changes: open proxy API connections re-check their peer.
     pub revocations_changed: tokio::sync::watch::Sender<u64>,
     pub state_dir: PathBuf,
@@ -163,6 +167,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         serving,
         serving_ttl: opts.serving_ttl,
         api_limits: opts.api_limits.fitted_to_open_files(),
+        operator_body_timeout: opts.operator_body_timeout,
         revocations_changed: tokio::sync::watch::channel(0).0,
         state_dir,
         shutdown: CancellationToken::new(),

@@ -75,6 +75,10 @@ struct Cli {
     /// The longest a join token may be created for (`weftctl token create --ttl`); longer is refused.
     #[arg(long, default_value = "24h")]
     max_token_ttl: Duration,
+    /// An operator API request's body must arrive whole within this (a slow sender gets 408 and its
+    /// connection back); the request head has 10 s.
+    #[arg(long, default_value = "30s")]
+    operator_body_timeout: Duration,
     /// Log format on stderr (levels from WEFT_LOG, default info).
     #[arg(long, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
     log_format: LogFormat,
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
             ..Default::default()
         },
         max_token_ttl: cli.max_token_ttl.get(),
+        operator_body_timeout: cli.operator_body_timeout.get(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
