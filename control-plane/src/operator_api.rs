@@ -162,10 +162,12 @@ async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Respo
         (Method::GET, ["stats"]) => crate::stats::get(&cp.stats, req.uri().query()),
         (Method::POST, ["why"]) => why(req, cp).await,
         (Method::POST, ["apply"]) => resources_api::apply(req, cp).await,
-        (Method::GET, ["resources", kind]) => resources_api::get(cp, kind, None, None),
-        (Method::GET, ["resources", kind, ns]) => resources_api::get(cp, kind, Some(ns), None),
+        (Method::GET, ["resources", kind]) => resources_api::get(cp, kind, None, None).await,
+        (Method::GET, ["resources", kind, ns]) => {
+            resources_api::get(cp, kind, Some(ns), None).await
+        }
         (Method::GET, ["resources", kind, ns, name]) => {
-            resources_api::get(cp, kind, Some(ns), Some(name))
+            resources_api::get(cp, kind, Some(ns), Some(name)).await
         }
         (Method::DELETE, ["resources", kind, ns, name]) => {
             resources_api::delete(req, cp, kind, ns, name).await

@@ -3,7 +3,7 @@
 
 use crate::http_util::{self, Body};
 use crate::server::ControlPlane;
-use crate::store::{Refused, StoreError};
+use crate::store::{Refused, Store, StoreError};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -41,6 +41,26 @@ fn query(req: &Request<Incoming>) -> Query {
     q
 }
 
+/// Runs `f` on the store away from the runtime's few worker threads: parsing, validating and compiling
+/// a large document, or waiting for the store's lock behind one, must not stall the requests that need
+/// no store (`/live`, token creation) and share those workers.
+async fn on_store<T: Send + 'static>(
+    cp: &Arc<ControlPlane>,
+    f: impl FnOnce(&mut Store) -> T + Send + 'static,
+) -> Result<T, Response<Body>> {
+    let cp = cp.clone();
+    tokio::task::spawn_blocking(move || f(&mut cp.store()))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "a store operation failed");
+            http_util::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store operation failed",
+                vec![],
+            )
+        })
+}
+
 pub async fn apply(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<Body> {
     let q = query(&req);
     let body: ApplyRequest =
@@ -48,12 +68,18 @@ pub async fn apply(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<B
             Ok(b) => b,
             Err(r) => return r,
         };
-    let names: Vec<&str> = body.files.iter().map(|f| f.name.as_str()).collect();
-    let result = {
-        let mut store = cp.store();
+    let names: Vec<String> = body.files.iter().map(|f| f.name.clone()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let dry_run = q.dry_run;
+    let result = match on_store(cp, move |store| {
         store
-            .apply(&body.files, q.dry_run)
+            .apply(&body.files, dry_run)
             .map(|c| (c, store.revision()))
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(failed) => return failed,
     };
     match result {
         Ok((changes, revision)) => {
@@ -83,9 +109,14 @@ pub async fn delete(
         namespace: namespace.to_string(),
         name: name.to_string(),
     };
-    let result = {
-        let mut store = cp.store();
-        store.delete(&key, q.dry_run).map(|c| (c, store.revision()))
+    let dry_run = q.dry_run;
+    let result = match on_store(cp, move |store| {
+        store.delete(&key, dry_run).map(|c| (c, store.revision()))
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(failed) => return failed,
     };
     match result {
         Ok((changes, revision)) => {
@@ -102,8 +133,8 @@ pub async fn delete(
     }
 }
 
-pub fn get(
-    cp: &ControlPlane,
+pub async fn get(
+    cp: &Arc<ControlPlane>,
     kind: &str,
     namespace: Option<&str>,
     name: Option<&str>,
@@ -111,12 +142,19 @@ pub fn get(
     let Some(kind) = Kind::parse(kind) else {
         return unknown_kind(kind);
     };
-    let store = cp.store();
-    let found: Vec<serde_json::Value> = store
-        .get(kind, namespace, name)
-        .into_iter()
-        .map(|r| r.to_json())
-        .collect();
+    let (ns, n) = (namespace.map(str::to_string), name.map(str::to_string));
+    let found = match on_store(cp, move |store| {
+        store
+            .get(kind, ns.as_deref(), n.as_deref())
+            .into_iter()
+            .map(|r| r.to_json())
+            .collect::<Vec<serde_json::Value>>()
+    })
+    .await
+    {
+        Ok(found) => found,
+        Err(failed) => return failed,
+    };
     if name.is_some() && found.is_empty() {
         return http_util::error(
             StatusCode::NOT_FOUND,

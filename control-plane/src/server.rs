@@ -117,13 +117,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     let restored = restore_registry(&registry_path)?;
     // A client certificate is optional on this port: a proxy without one can only present a join token.
     let proxy_tls = state.serving.server_config_optional_client();
-    let mut store = Store::open(state.path("resources.json"), state.trust_domain.as_str())?;
-    if let Some(dir) = &opts.config_dir {
-        // The directory is read before anything is served, so no proxy ever sees a state without it.
-        if let Err(e) = store.reload_dir(&dir_files) {
-            anyhow::bail!("--config-dir {} refused: {e}", dir.display());
-        }
-    }
+    let store = open_store(&state, opts, &dir_files)?;
     let hub = Hub::new(
         MeshResources::default(),
         0,
@@ -185,6 +179,22 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         operator,
         metrics: metrics_listener,
     })
+}
+
+/// The resources in force: the saved ones, replaced by the watched directory's when there is one (read
+/// before anything is served, so no proxy ever sees a state without it).
+fn open_store(
+    state: &StateDir,
+    opts: &Options,
+    dir_files: &[weft_api::operator::SourceFile],
+) -> anyhow::Result<Store> {
+    let mut store = Store::open(state.path("resources.json"), state.trust_domain.as_str())?;
+    if let Some(dir) = &opts.config_dir {
+        if let Err(e) = store.reload_dir(dir_files) {
+            anyhow::bail!("--config-dir {} refused: {e}", dir.display());
+        }
+    }
+    Ok(store)
 }
 
 /// The trust domain: the flag, else a MeshConfig in the watched directory (for a new mesh).
