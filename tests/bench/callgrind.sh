@@ -6,8 +6,15 @@
 #
 #   instructions per request = (pair total at MANY - pair total at FEW) / (MANY - FEW)
 #
+# The proxies run one worker thread (WEFT_WORKER_THREADS=1, tokio's current-thread scheduler), the shape
+# they have in the shared bench, which pins the pair to one CPU: the count is then the same from run to
+# run (±0.2%). With two workers, which threads wake and steal under valgrind's serialised threads depends
+# on the host's load, and the count moves by ±3% (set WEFT_WORKER_THREADS=2 to measure that shape).
+# tests/bench/callgrind_profile.py OUT says where the instructions go; tests/bench/syscalls.sh counts the
+# kernel's side (system calls and context switches per request).
+#
 # Usage: tests/bench/callgrind.sh [PROXY_BIN]   (default target/release/weft-proxy, built if missing)
-# Environment: FEW [200], MANY [2200], BACKEND_BIN [target/release/examples/demo-app], OUT [target/bench/callgrind], CERTS (a certs.sh folder; made with
+# Environment: FEW [200], MANY [2200], WEFT_WORKER_THREADS [1], BACKEND_BIN [target/release/examples/demo-app], OUT [target/bench/callgrind], CERTS (a certs.sh folder; made with
 # ../shared/bench/certs.sh when absent). Needs valgrind and curl. Loopback only.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -33,7 +40,7 @@ export BENCH_LISTEN_HTTP=127.0.0.1:18581 BENCH_BACKEND_HTTP=127.0.0.1:18580
 export BENCH_PEER_HTTP=127.0.0.1:18543 BENCH_LISTEN_TCP=127.0.0.1:18582
 export BENCH_BACKEND_TCP=127.0.0.1:18583 BENCH_PEER_TCP=127.0.0.1:18544
 export BENCH_CERT_DIR=$certs BENCH_SERVER_ID=spiffe://cluster.local/ns/default/sa/server
-export WEFT_BENCH_ADMIN_BASE=18590
+export WEFT_BENCH_ADMIN_BASE=18590 WEFT_WORKER_THREADS=${WEFT_WORKER_THREADS:-1}
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2> /dev/null || true; done; wait 2> /dev/null || true; }
