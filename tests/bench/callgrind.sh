@@ -14,7 +14,7 @@
 # kernel's side (system calls and context switches per request).
 #
 # Usage: tests/bench/callgrind.sh [PROXY_BIN]   (default target/release/weft-proxy, built if missing)
-# Environment: FEW [200], MANY [2200], WEFT_WORKER_THREADS [1], BACKEND_BIN [target/release/examples/demo-app], OUT [target/bench/callgrind], CERTS (a certs.sh folder; made with
+# Environment: FEW [200], MANY [2200], WEFT_WORKER_THREADS [1], PORT_BASE [18540: ports +3..+53], BACKEND_BIN [target/release/examples/demo-app], OUT [target/bench/callgrind], CERTS (a certs.sh folder; made with
 # ../shared/bench/certs.sh when absent). Needs valgrind and curl. Loopback only.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -36,11 +36,13 @@ if [[ ! -x $backend_bin ]]; then
 fi
 [[ -s $certs/ca.crt ]] || bash "$root/../shared/bench/certs.sh" "$certs" > /dev/null
 
-export BENCH_LISTEN_HTTP=127.0.0.1:18581 BENCH_BACKEND_HTTP=127.0.0.1:18580
-export BENCH_PEER_HTTP=127.0.0.1:18543 BENCH_LISTEN_TCP=127.0.0.1:18582
-export BENCH_BACKEND_TCP=127.0.0.1:18583 BENCH_PEER_TCP=127.0.0.1:18544
+# PORT_BASE moves every port of the pair, so two measurements can run side by side.
+p=${PORT_BASE:-18540}
+export BENCH_LISTEN_HTTP=127.0.0.1:$((p + 41)) BENCH_BACKEND_HTTP=127.0.0.1:$((p + 40))
+export BENCH_PEER_HTTP=127.0.0.1:$((p + 3)) BENCH_LISTEN_TCP=127.0.0.1:$((p + 42))
+export BENCH_BACKEND_TCP=127.0.0.1:$((p + 43)) BENCH_PEER_TCP=127.0.0.1:$((p + 4))
 export BENCH_CERT_DIR=$certs BENCH_SERVER_ID=spiffe://cluster.local/ns/default/sa/server
-export WEFT_BENCH_ADMIN_BASE=18590 WEFT_WORKER_THREADS=${WEFT_WORKER_THREADS:-1}
+export WEFT_BENCH_ADMIN_BASE=$((p + 50)) WEFT_WORKER_THREADS=${WEFT_WORKER_THREADS:-1}
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2> /dev/null || true; done; wait 2> /dev/null || true; }
