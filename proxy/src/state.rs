@@ -68,12 +68,13 @@ impl Proxy {
                 .to_string(),
             metrics.clone(),
         );
+        let delivery = crate::path::deliver::Delivery::new(&config);
         Ok(Arc::new(Proxy {
             tracer,
-            delivery: crate::path::deliver::Delivery::new(&config),
+            apps: AppClients::new(delivery.app_addr(0).ip(), l.connect_timeout.get()),
+            delivery,
             own_id: identity.id().to_string(),
             peers: PeerPool::new(identity.clone(), settings, metrics.clone()),
-            apps: AppClients::new(l.connect_timeout.get()),
             upstream_stats: Default::default(),
             balancer: crate::traffic::balance::Balancer::new(metrics.clone()),
             destinations: Default::default(),

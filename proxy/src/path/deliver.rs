@@ -6,6 +6,8 @@
 use crate::config::ProxyConfig;
 use crate::path::errors::ProxyError;
 use crate::telemetry::labels::Reason;
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// The proxy's well-known ports, refused as targets whatever this proxy's config says: admin, outbound
@@ -42,6 +44,9 @@ impl Refusal {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     host: IpAddr,
+    /// `host:` as an authority spells it (`[::1]:` for IPv6), so a request's URI for the app is built
+    /// without formatting the address on every request.
+    host_prefix: String,
     own_ports: Vec<u16>,
     allowed: Vec<u16>,
 }
@@ -73,6 +78,10 @@ impl Delivery {
         own_ports.dedup();
         Delivery {
             host,
+            host_prefix: match host {
+                IpAddr::V4(a) => format!("{a}:"),
+                IpAddr::V6(a) => format!("[{a}]:"),
+            },
             own_ports,
             allowed: c.tunnel.allowed_ports.clone(),
         }
@@ -81,6 +90,29 @@ impl Delivery {
     /// The app's address for `port`.
     pub fn app_addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.host, port)
+    }
+
+    /// The URI of a request for the app on `port`: `http://host:port` and the request's own path and
+    /// query (`/` when it had none).
+    pub fn app_uri(&self, port: u16, original: &Uri) -> Result<Uri, ProxyError> {
+        let mut authority = String::with_capacity(self.host_prefix.len() + 5);
+        authority.push_str(&self.host_prefix);
+        push_decimal(&mut authority, port);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(
+            Authority::from_maybe_shared(Bytes::from(authority)).map_err(|_| {
+                ProxyError::BadTunnelRequest("app address is not a valid authority")
+            })?,
+        );
+        parts.path_and_query = Some(
+            original
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts)
+            .map_err(|_| ProxyError::BadTunnelRequest("request target is not a valid URI"))
     }
 
     /// Whether traffic for `port` may be delivered to the app.
@@ -95,6 +127,22 @@ impl Delivery {
     }
 }
 
+/// `n` in decimal, without the formatting machinery (this runs for every request).
+fn push_decimal(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|d| char::from(*d)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +152,27 @@ mod tests {
     }
 
     const EXPLICIT: &str = "identity: {cert: a, key: b, bundle: c}\ntunnel: {listen: 127.0.0.1:25008}\nadmin: 127.0.0.1:25000\nhealth: 127.0.0.1:25020\n";
+
+    #[test]
+    fn the_app_uri_names_the_app_address_and_keeps_path_and_query() {
+        let d = Delivery::new(&config(EXPLICIT));
+        for port in [1, 9, 10, 80, 8080, 10000, 65535] {
+            let uri = d.app_uri(port, &"/a/b?c=d".parse().unwrap()).unwrap();
+            assert_eq!(uri.to_string(), format!("http://127.0.0.1:{port}/a/b?c=d"));
+        }
+        let origin_less: Uri = "http://example.com".parse().unwrap();
+        assert_eq!(
+            d.app_uri(80, &origin_less).unwrap().to_string(),
+            "http://127.0.0.1:80/"
+        );
+        let v6 = Delivery::new(&config(&EXPLICIT.replace(
+            "{listen: 127.0.0.1:25008}",
+            "{listen: 127.0.0.1:25008, app_host: \"::1\"}",
+        )));
+        let uri = v6.app_uri(8443, &"/x".parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), "http://[::1]:8443/x");
+        assert_eq!(uri.authority().unwrap().port_u16(), Some(8443));
+    }
 
     #[test]
     fn explicit_mode_delivers_to_loopback_and_refuses_its_own_ports() {

@@ -334,31 +334,11 @@ async fn http_to_app(
     };
     prepare_for_app(&mut parts, port, which, ctx)?;
     let req = Request::from_parts(parts, record.request_body(body::boxed(body)));
-    let resp = ctx
-        .proxy
-        .apps
-        .client(which)
-        .request(req)
-        .await
-        .map_err(|e| app_request_error(port, e))?;
+    let resp = ctx.proxy.apps.send(which, req).await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
-    Ok(Response::from_parts(parts, body::boxed(body)))
-}
-
-/// A failed request to the local app: 502 when it could not be reached, else the request's own error.
-pub(crate) fn app_request_error(port: u16, e: hyper_util::client::legacy::Error) -> ProxyError {
-    if e.is_connect() {
-        let source = std::error::Error::source(&e)
-            .map(|s| std::io::Error::other(s.to_string()))
-            .unwrap_or_else(|| std::io::Error::other("connect failed"));
-        return ProxyError::AppConnect { port, source };
-    }
-    ProxyError::AppRequest {
-        port,
-        source: Box::new(e),
-    }
+    Ok(Response::from_parts(parts, body))
 }
 
 fn prepare_for_app(
@@ -367,25 +347,15 @@ fn prepare_for_app(
     which: AppHttp,
     ctx: &TunnelConn,
 ) -> Result<(), ProxyError> {
-    let authority = parts.uri.authority().map(|a| a.to_string());
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(app_addr(ctx, port).to_string())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadTunnelRequest("request target is not a valid URI"))?;
+    let authority = parts.uri.authority().cloned();
+    parts.uri = ctx.proxy.delivery.app_uri(port, &parts.uri)?;
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
     headers::strip_mesh_headers(h);
     h.insert(XFCC, ctx.xfcc.clone());
     if which == AppHttp::Http1 {
         parts.version = Version::HTTP_11;
-        if let Some(a) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        if let Some(a) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             h.insert(header::HOST, a);
         }
     } else {

@@ -15,7 +15,7 @@ use crate::state::Proxy;
 use crate::telemetry::labels::{Direction, Listener};
 use crate::telemetry::record::Record;
 use crate::traffic::mesh::MeshView;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -147,21 +147,16 @@ async fn to_app(
     }
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    parts.uri = app_uri(&parts.uri, proxy.delivery.app_addr(port))?;
+    parts.uri = proxy.delivery.app_uri(port, &parts.uri)?;
     parts.version = match which {
         AppHttp::Http1 => Version::HTTP_11,
         AppHttp::Http2 => Version::HTTP_2,
     };
     let req = Request::from_parts(parts, record.request_body(body::boxed(body)));
-    let resp = proxy
-        .apps
-        .client(which)
-        .request(req)
-        .await
-        .map_err(|e| crate::path::inbound::app_request_error(port, e))?;
+    let resp = proxy.apps.send(which, req).await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body::boxed(body)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// The workload's policies for a caller without identity, on the normalised path (sent on normalised,
@@ -197,16 +192,6 @@ fn authorize(
         }),
     };
     crate::traffic::authz::authorize(proxy, mesh, &subject)
-}
-
-fn app_uri(uri: &Uri, app: SocketAddr) -> Result<Uri, ProxyError> {
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Uri::builder()
-        .scheme("http")
-        .authority(app.to_string())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadTunnelRequest("request target is not a valid URI"))
 }
 
 /// An HTTP/1.1 upgrade (WebSocket): replayed to the app on a connection of its own; on 101 both

@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::time::Duration;
 
 pub use super::labels::{
     AuthzMode, ConnProtocol, Direction, Flow, Listener, MethodClass, Reason, RetryResult,
@@ -117,6 +118,8 @@ pub struct Metrics {
     /// `requests{status_code="200"}` per direction, looked up once: the family's map hashes its labels
     /// on every access, and 200 is nearly every request.
     ok: [Counter; 2],
+    /// The HTTP series used last, found again without hashing their labels.
+    recent: super::series::RecentSeries,
 }
 
 impl Default for Metrics {
@@ -177,6 +180,7 @@ impl Metrics {
             dns: Default::default(),
             registry: Registry::default(),
             ok: Default::default(),
+            recent: Default::default(),
         }
     }
 
@@ -280,15 +284,13 @@ impl Metrics {
     }
 
     /// Counts and times one HTTP request.
-    pub fn http_request(&self, labels: HttpLabels, elapsed: std::time::Duration) {
-        self.http_latency
-            .get_or_create(&LatencyLabels {
-                direction: labels.direction,
-                destination_service: labels.destination_service.clone(),
-                destination_version: labels.destination_version.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-        self.http_requests.get_or_create(&labels).inc();
+    pub fn http_request(&self, labels: super::series::HttpLabelsRef<'_>, elapsed: Duration) {
+        self.recent.observe(
+            &self.http_requests,
+            &self.http_latency,
+            labels,
+            elapsed.as_secs_f64(),
+        );
     }
 
     pub fn authz_denial(&self, policy: &str, mode: AuthzMode) {

@@ -5,5 +5,6 @@ pub mod access_log;
 pub mod labels;
 pub mod metrics;
 pub mod record;
+pub mod series;
 pub mod stats;
 pub mod trace;

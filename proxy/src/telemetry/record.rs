@@ -12,7 +12,7 @@ use crate::path::errors::ProxyError;
 use crate::state::Proxy;
 use crate::telemetry::access_log::{count_request, Entry};
 use crate::telemetry::labels::{Direction, Flag, LogFlag, LogProtocol, MethodClass, Reason};
-use crate::telemetry::metrics::HttpLabels;
+use crate::telemetry::series::HttpLabelsRef;
 use crate::telemetry::trace::Hop;
 use crate::traffic::plan::{Destination, Plan};
 use bytes::Bytes;
@@ -236,21 +236,17 @@ impl Record {
         }
     }
 
-    fn service_label(&self) -> String {
-        match &self.destination {
-            Some(Destination::Service { service, .. }) => service.to_string(),
-            _ => String::new(),
-        }
-    }
-
-    fn http_labels(&self, status: StatusCode) -> HttpLabels {
-        HttpLabels {
+    fn http_labels(&self, status: StatusCode) -> HttpLabelsRef<'_> {
+        HttpLabelsRef {
             direction: self.direction,
-            source_identity: self.source.clone(),
-            destination_identity: self.destination_identity.clone(),
-            destination_service: self.service_label(),
-            destination_version: self.version.clone().unwrap_or_default(),
-            route: self.route.clone().unwrap_or_default(),
+            source_identity: &self.source,
+            destination_identity: &self.destination_identity,
+            destination_service: match &self.destination {
+                Some(Destination::Service { service, .. }) => Some(service),
+                _ => None,
+            },
+            destination_version: self.version.as_deref().unwrap_or_default(),
+            route: self.route.as_deref().unwrap_or_default(),
             method: self
                 .method
                 .as_ref()
