@@ -102,7 +102,8 @@ impl AppClients {
         loop {
             let (mut conn, reused) = match self.idle_h1(port).await {
                 Some(conn) => (conn, true),
-                None => (self.connect_h1(port).await?, false),
+                // Boxed: connecting is rare, and its future would make every request's larger.
+                None => (Box::pin(self.connect_h1(port)).await?, false),
             };
             match conn.try_send_request(req).await {
                 Ok(resp) => return Ok(self.hand_back_after(port, conn, resp)),
@@ -168,7 +169,7 @@ impl AppClients {
     async fn send_h2(&self, port: u16, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let mut conn = match self.open_h2(port) {
             Some(conn) => conn,
-            None => self.connect_h2(port).await?,
+            None => Box::pin(self.connect_h2(port)).await?,
         };
         let resp = conn
             .send_request(req)
