@@ -339,3 +339,76 @@ fn a_slow_operator_body_gets_408_and_never_delays_the_others() {
         started.elapsed()
     );
 }
+
+fn service_doc(name: &str) -> String {
+    let yaml = format!(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n\
+         spec:\n  ports:\n    - name: http\n      port: 9080\n  selector:\n    app: {name}\n"
+    );
+    serde_json::json!({ "files": [{ "name": format!("{name}.yaml"), "text": yaml }] }).to_string()
+}
+
+fn service_names(cp: &ControlProc) -> Vec<String> {
+    let list = cp.api("GET", "/v1/resources/service", None);
+    let mut names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A state directory that fills up, or turns read-only: a change is refused with an answer that says so
+/// (507, 503) and names the file, nothing is left half-written, what was applied before is still
+/// served, and the same change goes through once space or write access is back. A restart then finds
+/// the last saved state.
+#[test]
+fn a_full_or_read_only_state_directory_refuses_changes_loses_nothing_and_recovers() {
+    let Some(mut cp) = ControlProc::start_on_small_fs("state-full", 2048) else {
+        return;
+    };
+    cp.api("POST", "/v1/apply", Some(&service_doc("alpha")));
+    let state_file = cp.state_dir().join("resources.json");
+    let saved_before = std::fs::read(&state_file).unwrap();
+
+    let fs = cp.small_fs.as_ref().unwrap();
+    fs.fill();
+    let (status, body) = cp
+        .request("POST", "/v1/apply", Some(&service_doc("beta")), true)
+        .unwrap();
+    assert_eq!(status, 507, "{body}");
+    assert!(
+        body.contains("No space left on device") && body.contains("resources.json"),
+        "{body}"
+    );
+    let body = serde_json::json!({"namespace": "default", "serviceAccount": "web", "ttlSecs": 60});
+    let (status, answer) = cp
+        .request("POST", "/v1/tokens", Some(&body.to_string()), true)
+        .unwrap();
+    assert_eq!(
+        status, 507,
+        "a token that cannot be saved is not handed out: {answer}"
+    );
+    assert_eq!(weft::net::http_get(cp.operator, "/live").unwrap().0, 200);
+    assert_eq!(service_names(&cp), ["alpha"]);
+    assert_eq!(std::fs::read(&state_file).unwrap(), saved_before);
+    assert_eq!(fs.temp_files(), Vec::<std::path::PathBuf>::new());
+    assert!(cp.log().contains("not saved"), "{}", cp.log());
+
+    fs.free();
+    cp.api("POST", "/v1/apply", Some(&service_doc("beta")));
+    fs.read_only(true);
+    let (status, body) = cp
+        .request("POST", "/v1/apply", Some(&service_doc("gamma")), true)
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Read-only file system"), "{body}");
+    assert_eq!(service_names(&cp), ["alpha", "beta"]);
+    fs.read_only(false);
+    cp.api("POST", "/v1/apply", Some(&service_doc("gamma")));
+
+    cp.restart();
+    assert_eq!(service_names(&cp), ["alpha", "beta", "gamma"]);
+}

@@ -249,11 +249,11 @@ async fn revocation(req: Request<Incoming>, cp: &ControlPlane, revoke: bool) -> 
     match res {
         Ok(rev) => http_util::json(StatusCode::OK, &rev),
         Err(e) => {
-            let status = match e {
+            let status = match &e {
+                RevocationError::State(e) => return http_util::not_saved("revocation", e),
                 RevocationError::AlreadyRevoked(_) => StatusCode::CONFLICT,
                 RevocationError::NotRevoked(_) => StatusCode::NOT_FOUND,
                 RevocationError::BadWorkload(_) => StatusCode::BAD_REQUEST,
-                RevocationError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             http_util::error(status, e.to_string(), vec![])
         }
@@ -276,13 +276,13 @@ async fn why(req: Request<Incoming>, cp: &ControlPlane) -> Response<Body> {
 }
 
 fn create_error(e: CreateError) -> Response<Body> {
-    let status = match e {
+    let status = match &e {
+        CreateError::State(e) => return http_util::not_saved("token", e),
         CreateError::Identity(_)
         | CreateError::ControlPlane(_)
         | CreateError::TooLong { .. }
         | CreateError::Claim(_) => StatusCode::BAD_REQUEST,
         CreateError::NotFound(_) => StatusCode::NOT_FOUND,
-        CreateError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     http_util::error(status, e.to_string(), vec![])
 }

@@ -225,6 +225,7 @@ fn refused(what: &str, files: &[&str], e: StoreError, cp: &ControlPlane) -> Resp
                 problems,
             )
         }
+        StoreError::State(e) => http_util::not_saved(what, &e),
         e => http_util::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), vec![]),
     }
 }

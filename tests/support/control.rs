@@ -13,6 +13,8 @@ use weft_certs::{Credential, Identity, KeyAndCsr, SpiffeId, TrustBundle, Validit
 
 pub struct ControlProc {
     child: Option<Child>,
+    /// A file system of its own under the state directory (unmounted before `state` is removed).
+    pub small_fs: Option<crate::fs_fault::SmallFs>,
     pub api: SocketAddr,
     pub operator: SocketAddr,
     pub state: TempDir,
@@ -29,6 +31,17 @@ impl ControlProc {
 
     pub fn start_with(tag: &str, config_dir: Option<PathBuf>, args: &[&str]) -> ControlProc {
         Self::start_full(tag, config_dir, args, free_addr())
+    }
+
+    /// A control plane whose state directory is a tmpfs of `kib` KiB (see `fs_fault`); `None` when
+    /// the test must skip.
+    pub fn start_on_small_fs(tag: &str, kib: u64) -> Option<ControlProc> {
+        let state = TempDir::new(&format!("control-{tag}"));
+        let small_fs = crate::fs_fault::SmallFs::mount(&state.path().join("state"), kib, tag)?;
+        let mut cp = ControlProc::unstarted(state, None, &[], free_addr());
+        cp.small_fs = Some(small_fs);
+        cp.spawn();
+        Some(cp)
     }
 
     /// The proxy API inside a pod network's namespace, on `api` (its gateway address), and the metrics
@@ -50,19 +63,28 @@ impl ControlProc {
         api: SocketAddr,
     ) -> ControlProc {
         let state = TempDir::new(&format!("control-{tag}"));
-        let log_path = state.path().join("control.log");
-        let mut cp = ControlProc {
-            child: None,
-            api,
-            operator: free_addr(),
-            state,
-            config_dir,
-            log_path,
-            extra_args: args.iter().map(|s| s.to_string()).collect(),
-            starts: 0,
-        };
+        let mut cp = ControlProc::unstarted(state, config_dir, args, api);
         cp.spawn();
         cp
+    }
+
+    fn unstarted(
+        state: TempDir,
+        config_dir: Option<PathBuf>,
+        args: &[&str],
+        api: SocketAddr,
+    ) -> ControlProc {
+        ControlProc {
+            child: None,
+            small_fs: None,
+            api,
+            operator: free_addr(),
+            log_path: state.path().join("control.log"),
+            state,
+            config_dir,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {

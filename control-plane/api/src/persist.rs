@@ -30,24 +30,24 @@ pub enum StateError {
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix: temp file,
 /// fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = with_suffix(path, ".tmp");
-    let io = |source| StateError::Io {
-        action: "write",
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Err(source) = write_synced(&tmp, bytes, mode) {
+        // A partial temp file (a full disk) is removed: it would hold space and is never read.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StateError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    std::fs::rename(&tmp, path).map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        StateError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if let Ok(d) = std::fs::File::open(dir) {
             // Makes the rename itself durable; a failure here loses nothing already written.
@@ -55,6 +55,42 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
         }
     }
     Ok(())
+}
+
+fn write_synced(tmp: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+impl StateError {
+    /// What kind of storage failure this is, for the answer an operator gets.
+    pub fn storage(&self) -> Storage {
+        let StateError::Io { source, .. } = self else {
+            return Storage::Other;
+        };
+        match source.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Storage::Full,
+            std::io::ErrorKind::ReadOnlyFilesystem => Storage::ReadOnly,
+            _ => Storage::Other,
+        }
+    }
+}
+
+/// Why a state file could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// No space (or quota) left: 507 to the operator; it passes when space returns.
+    Full,
+    /// The file system is read-only: 503; it passes when it is writable again.
+    ReadOnly,
+    Other,
 }
 
 /// Serializes `value` into a checksummed state file.
