@@ -13,6 +13,7 @@ pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_identity;
+mod timer_tick;
 pub mod traffic;
 
 use anyhow::Context as _;
@@ -104,6 +105,7 @@ impl Running {
     /// in-flight connections. Returns true when everything drained in time.
     pub async fn serve(self) -> bool {
         let proxy = self.proxy;
+        tokio::spawn(timer_tick::run(proxy.shutdown.clone()));
         for (kind, l) in self.listeners {
             let addr = l.local_addr().ok();
             let p = proxy.clone();
