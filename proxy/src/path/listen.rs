@@ -247,7 +247,7 @@ pub fn http2_builder(proxy: &Proxy) -> hyper::server::conn::http2::Builder<Tokio
         .max_local_error_reset_streams(Some(256))
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024)
-        .max_frame_size(64 * 1024)
+        .max_frame_size(crate::path::pool::MAX_FRAME)
         .keep_alive_interval(Some(l.keepalive_interval.get()))
         .keep_alive_timeout(Duration::from_secs(20))
         .enable_connect_protocol();

@@ -34,6 +34,18 @@ pub struct PeerSettings {
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
+/// Largest DATA frame either side of the peer hop accepts (both proxies advertise it; see
+/// `listen::http2_builder`). h2 writes one frame per write to TLS, so this, with a splice's 256 KiB
+/// reads, sets how many bytes one socket write carries on a bulk stream: 256 KiB frames cut the
+/// tunnel's writes and the app-side writes behind it 4x against 64 KiB (docs/performance.md, L4).
+pub const MAX_FRAME: u32 = 256 * 1024;
+
+/// Unsent TLS bytes rustls may hold per peer connection (its default is 64 KiB). One frame write is a
+/// frame plus its 9-byte header; under the default, a 64 KiB frame did not fit, so its last bytes went
+/// out as a separate 31-byte record in a second `writev`. Room for two whole frames keeps each frame
+/// one write.
+const TLS_SEND_BUFFER: usize = 2 * MAX_FRAME as usize;
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PeerKey {
     addr: SocketAddr,
@@ -256,24 +268,25 @@ impl PeerPool {
             expected: peer.key.identity.clone(),
             reason,
         };
-        let tls = match tokio::time::timeout(s.handshake_timeout, peer.tls.connect(name, tcp)).await
-        {
-            Err(_) => return Err(tls_err("handshake timed out".into())),
-            Ok(Err(e)) => {
-                self.metrics.tls_failure(Direction::Outbound, &e);
-                return Err(tls_err(tls_reason(&e)));
-            }
-            Ok(Ok(tls)) => tls,
-        };
+        let mut tls =
+            match tokio::time::timeout(s.handshake_timeout, peer.tls.connect(name, tcp)).await {
+                Err(_) => return Err(tls_err("handshake timed out".into())),
+                Ok(Err(e)) => {
+                    self.metrics.tls_failure(Direction::Outbound, &e);
+                    return Err(tls_err(tls_reason(&e)));
+                }
+                Ok(Ok(tls)) => tls,
+            };
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(tls_err("peer did not negotiate ALPN h2".into()));
         }
+        tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
         let leaf = peer_leaf(tls.get_ref().1);
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(64 * 1024)
+            .max_frame_size(MAX_FRAME)
             .keep_alive_interval(s.keepalive_interval)
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
