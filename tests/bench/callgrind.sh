@@ -73,7 +73,7 @@ run() {
     kill -TERM -- "-$pair" 2> /dev/null || true
     wait "$pair" 2> /dev/null || true
     sleep 1
-    cat "$dir"/cg.* | awk '/^summary:/ {s += $2} END {print s}'
+    cat "$dir"/cg.* | awk '/^summary:/ {s += $2} END {printf "%.0f\n", s}'
 }
 
 a=$(run "$few")

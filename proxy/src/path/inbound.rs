@@ -123,6 +123,11 @@ async fn accept_tls(
         }
         Ok(Ok(tls)) => tls,
     };
+    let mut tls = tls;
+    // As the client side's: bulk streams towards the peer go out in whole frames, not split writes.
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(crate::path::pool::TLS_SEND_BUFFER));
     let conn = tls.get_ref().1;
     let (peer_id, alpn_h2) = (
         weft_certs::tls::peer_id(conn),

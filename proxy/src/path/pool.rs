@@ -44,7 +44,7 @@ pub const MAX_FRAME: u32 = 256 * 1024;
 /// frame plus its 9-byte header; under the default, a 64 KiB frame did not fit, so its last bytes went
 /// out as a separate 31-byte record in a second `writev`. Room for two whole frames keeps each frame
 /// one write.
-const TLS_SEND_BUFFER: usize = 2 * MAX_FRAME as usize;
+pub(crate) const TLS_SEND_BUFFER: usize = 2 * MAX_FRAME as usize;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PeerKey {
