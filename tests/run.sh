@@ -52,3 +52,22 @@ cargo build --workspace --bins --examples --quiet
 # --- tests -----------------------------------------------------------------------------------
 say "running every test"
 WEFT_SKIP_BUILD=1 cargo nextest run --workspace --all-features "$@"
+
+# --- fuzz smoke ------------------------------------------------------------------------------
+# Every cargo-fuzz target for FUZZ_SECONDS (10 s here) of coverage-guided fuzzing from its seed corpus
+# (the corpus itself already ran above, on stable, as weft-fuzz-checks' corpus test). Needs nightly
+# and cargo-fuzz: installed when missing, and under WEFT_E2E_REQUIRE=1 a missing nightly fails the run.
+if ! cargo +nightly --version > /dev/null 2>&1; then
+    if [[ ${WEFT_E2E_REQUIRE:-0} == 1 ]]; then
+        echo "the fuzz smoke needs the nightly toolchain (rustup toolchain install nightly)" >&2
+        exit 1
+    fi
+    say "no nightly toolchain: fuzz smoke skipped"
+    exit 0
+fi
+if ! cargo fuzz --version > /dev/null 2>&1; then
+    say "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+fi
+say "fuzz smoke: every target ${FUZZ_SECONDS:-10}s"
+FUZZ_SECONDS=${FUZZ_SECONDS:-10} ./tests/fuzz.sh

@@ -9,6 +9,8 @@ pub mod ca;
 pub mod credential;
 pub mod csr;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pin;
 pub mod revoked;
 pub mod spiffe;

@@ -6,6 +6,8 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod intercept;
 pub mod path;
 pub mod socket;

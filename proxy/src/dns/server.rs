@@ -52,7 +52,7 @@ pub struct Settings {
 }
 
 /// What to do with one received message.
-enum Step {
+pub(crate) enum Step {
     Reply(Vec<u8>),
     /// Not answerable (no header, a response, too large): nothing is sent back.
     Drop,
@@ -88,7 +88,7 @@ impl Server {
     }
 
     /// Decides what `packet` gets without waiting on anything; only forwarding waits.
-    fn decide(&self, packet: &[u8], peer: SocketAddr) -> Step {
+    pub(crate) fn decide(&self, packet: &[u8], peer: SocketAddr) -> Step {
         if packet.len() > MAX_QUERY_BYTES {
             self.reject(Reason::TooLarge, peer);
             return Step::Drop;

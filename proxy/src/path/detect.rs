@@ -41,7 +41,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 const TLS_PEEK_BYTES: usize = 5 + (1 << 14);
 
 /// What the bytes so far say, or `None` when more bytes could still change the answer.
-fn classify(buf: &[u8]) -> Option<Detected> {
+pub(crate) fn classify(buf: &[u8]) -> Option<Detected> {
     if buf.is_empty() {
         return None;
     }
@@ -168,7 +168,7 @@ where
 }
 
 /// `METHOD SP TARGET SP HTTP/1.x` up to the first line end, the method any token.
-fn request_line(buf: &[u8]) -> bool {
+pub(crate) fn request_line(buf: &[u8]) -> bool {
     let Some(end) = memchr::memchr(b'\n', buf) else {
         return false;
     };

@@ -31,7 +31,7 @@ impl ConflictFlag {
 }
 
 #[derive(Default)]
-struct Scan {
+pub(crate) struct Scan {
     /// The current line's first bytes, lowercased, up to the longest name we look for.
     prefix: [u8; 18],
     len: usize,
@@ -46,7 +46,7 @@ struct Scan {
 impl Scan {
     /// Jumps from line end to line end (memchr), looking only at the first bytes of each line, so a
     /// large body costs a vectorised search rather than a per-byte loop.
-    fn feed(&mut self, mut data: &[u8], flag: &ConflictFlag) {
+    pub(crate) fn feed(&mut self, mut data: &[u8], flag: &ConflictFlag) {
         while !data.is_empty() {
             let (line, rest, ended) = match memchr::memchr(b'\n', data) {
                 Some(i) => (&data[..i], &data[i + 1..], true),

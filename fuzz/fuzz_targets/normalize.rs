@@ -1,0 +1,3 @@
+#![no_main]
+// What this target checks: weft_fuzz_checks::api::normalize (docs/fuzzing.md).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weft_fuzz_checks::api::normalize(data));
