@@ -56,7 +56,11 @@ WEFT_SKIP_BUILD=1 cargo nextest run --workspace --all-features "$@"
 # --- fuzz smoke ------------------------------------------------------------------------------
 # Every cargo-fuzz target for FUZZ_SECONDS (10 s here) of coverage-guided fuzzing from its seed corpus
 # (the corpus itself already ran above, on stable, as weft-fuzz-checks' corpus test). Needs nightly
-# and cargo-fuzz: installed when missing, and under WEFT_E2E_REQUIRE=1 a missing nightly fails the run.
+# and cargo-fuzz: both installed when missing; under WEFT_E2E_REQUIRE=1 a nightly that cannot be had fails the run.
+if ! cargo +nightly --version > /dev/null 2>&1 && command -v rustup > /dev/null; then
+    say "installing the nightly toolchain (minimal) for the fuzz smoke"
+    rustup toolchain install nightly --profile minimal || true
+fi
 if ! cargo +nightly --version > /dev/null 2>&1; then
     if [[ ${WEFT_E2E_REQUIRE:-0} == 1 ]]; then
         echo "the fuzz smoke needs the nightly toolchain (rustup toolchain install nightly)" >&2
