@@ -631,3 +631,57 @@ async fn an_endpoint_follows_its_apps_readiness_probe() {
     let _again = http_app::serve(tokio::net::TcpListener::from_std(l).unwrap(), "backend");
     wait_ok(frontend.outbound[0]).await;
 }
+
+fn service_yaml(name: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n\
+         spec:\n  ports:\n    - name: http\n      port: 9080\n  selector:\n    app: {name}\n"
+    )
+}
+
+/// A proxy whose cache directory fills up keeps applying (and acknowledging) the configs it is sent and
+/// keeps serving, says why it could not cache them, never leaves a partial file (the last cached config
+/// stays whole), and caches again once space returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_whose_cache_directory_is_full_keeps_serving_and_caches_again_later() {
+    let cp = ControlProc::start("e2e-cache-full");
+    let backend_app = http_app::serve_on_loopback("backend");
+    let port = backend_app.addr().port();
+    apply(&cp, "mesh.yaml", &backend_service(port), 0);
+    let _backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
+        .token(&cp.token("default", "backend", 600))
+        .app_port(port)
+        .start();
+    let dir = TempDir::new("frontend-full");
+    let cache = dir.path().join("cache");
+    let Some(fs) = weft::fs_fault::SmallFs::mount(&cache, 1024, "proxy-cache-full") else {
+        return;
+    };
+    let frontend = MeshProxyBuilder::new(&cp, "frontend-1", "default", "frontend")
+        .token(&cp.token("default", "frontend", 600))
+        .service("backend", 9080, "http")
+        .in_dir(dir)
+        .start();
+    let listener = frontend.outbound[0];
+    wait_ok(listener).await;
+    let snapshot = cache.join("snapshot.json");
+    let cached = std::fs::read(&snapshot).unwrap();
+
+    fs.fill();
+    apply(&cp, "extra.yaml", &service_yaml("extra"), 5000);
+    wait_ok(listener).await;
+    assert!(
+        frontend.log().contains("cannot cache the config"),
+        "{}",
+        frontend.log()
+    );
+    assert_eq!(std::fs::read(&snapshot).unwrap(), cached);
+    assert_eq!(fs.temp_files(), Vec::<std::path::PathBuf>::new());
+
+    fs.free();
+    apply(&cp, "later.yaml", &service_yaml("later"), 5000);
+    let now = String::from_utf8(std::fs::read(&snapshot).unwrap()).unwrap();
+    assert!(now.contains("later") && now.contains("extra"), "{now}");
+    wait_ok(listener).await;
+    drop(fs);
+}
