@@ -664,3 +664,35 @@ fn rand_lag() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now()) % 1500
 }
+
+/// A TCP stream through the tunnel (a CONNECT stream) is an open stream for as long as it lasts, even
+/// silent: its connection is not counted idle, and the stream still carries bytes afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tcp_stream_keeps_its_tunnel_connection_from_idling() {
+    let p = Pair::start_with(PairOptions {
+        server_yaml: "limits:\n  tunnel_idle_timeout: 300ms\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut s = connect(p.tcp()).await;
+    echo(&mut s).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    echo(&mut s).await;
+    let closed = p.server.metric(
+        "weft_proxy_rejections_total",
+        &["listener=\"tunnel\"", "reason=\"idle_timeout\""],
+    );
+    assert_eq!(
+        closed, 0.0,
+        "the stream's tunnel connection was taken for idle"
+    );
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(3), || p.server.metric(
+            "weft_proxy_rejections_total",
+            &["listener=\"tunnel\"", "reason=\"idle_timeout\""],
+        ) >= 1.0)
+        .await,
+        "once the stream ends its connection goes idle and is closed"
+    );
+}

@@ -236,10 +236,7 @@ pub async fn http2_connection<I, S>(
             proxy.metrics.reject(listener, Reason::IdleTimeout);
             tracing::debug!(listener = listener.as_str(), %client, ?idle, "HTTP/2 connection closed: no open stream for its idle timeout");
             conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = proxy.shutdown.cancelled() => conn.await,
-            }
+            conn.await
         }
     };
     if let Err(e) = res {

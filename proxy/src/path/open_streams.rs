@@ -51,8 +51,8 @@ impl Drop for StreamOpen {
 }
 
 impl StreamOpen {
-    /// The stream mark a counted connection put on `req` (none on HTTP/1): a handler that lets the
-    /// stream outlive the response (CONNECT) keeps it until the stream ends.
+    /// The stream mark a counted connection put on a CONNECT request (none on HTTP/1): the handler,
+    /// whose stream outlives the response, keeps it until the stream ends.
     pub fn take<B>(req: &mut Request<B>) -> Option<StreamOpen> {
         req.extensions_mut().remove::<StreamOpen>()
     }
@@ -114,7 +114,11 @@ where
 
     fn call(&self, mut req: Request<B>) -> Self::Future {
         let open = self.streams.open();
-        req.extensions_mut().insert(open.clone());
+        // Only a CONNECT stream outlives its response; marking every request would allocate its
+        // extension map on the hot path.
+        if req.method() == http::Method::CONNECT {
+            req.extensions_mut().insert(open.clone());
+        }
         CountedFuture {
             inner: self.inner.call(req),
             open: Some(open),
