@@ -9,6 +9,7 @@ pub mod http_util;
 pub mod hub;
 pub mod issuer;
 pub mod metrics;
+pub mod open_streams;
 pub mod operator_api;
 pub use weft_api::persist;
 pub mod netns;

@@ -15,37 +15,60 @@ use weft_api::operator::{TokenCreated, TokenRequest, WhyRequest};
 
 const MAX_REQUEST: usize = 8 << 20;
 
-/// Operator connections at once (weftctl, dashboards and Prometheus need a handful).
-const MAX_CONNECTIONS: usize = 256;
+/// Limits of the operator API and the metrics listener (each) against clients that connect and then
+/// say nothing, or say it slowly.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections at once (weftctl, dashboards and Prometheus need a handful); more are closed at
+    /// accept and logged.
+    pub max_connections: usize,
+    /// A request head (the first, or the next on a kept-alive connection) must arrive whole within this.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 pub async fn run(listener: TcpListener, cp: Arc<ControlPlane>) {
     crate::server::accept_loop(
         listener,
         &cp,
         "operator API",
-        MAX_CONNECTIONS,
+        cp.operator_limits.max_connections,
         |tcp, addr| connection(tcp, addr, cp.clone()),
     )
     .await
 }
 
 async fn connection(tcp: tokio::net::TcpStream, addr: std::net::SocketAddr, cp: Arc<ControlPlane>) {
+    let timeout = cp.operator_limits.header_timeout;
     let svc = hyper::service::service_fn(move |req| {
         let cp = cp.clone();
         async move { Ok::<_, std::convert::Infallible>(route(req, &cp).await) }
     });
-    serve_http1(tcp, addr, svc, "operator").await
+    serve_http1(tcp, addr, svc, "operator", timeout).await
 }
 
 /// One plain HTTP/1 connection with the operator port's limits (header read timeout, buffer size).
-async fn serve_http1<S>(tcp: tokio::net::TcpStream, addr: std::net::SocketAddr, svc: S, what: &str)
-where
+async fn serve_http1<S>(
+    tcp: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    svc: S,
+    what: &str,
+    header_timeout: Duration,
+) where
     S: hyper::service::HttpService<Incoming, ResBody = Body>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_timeout)
         .max_buf_size(64 << 10)
         .serve_connection(TokioIo::new(tcp), svc);
     if let Err(e) = conn.await {
@@ -101,7 +124,8 @@ fn not_found(path: &str) -> Response<Body> {
 /// `--metrics-listen`: only `/metrics`, `/live` and `/ready` (no operator API), for a Prometheus on a
 /// network that must not reach the operator API.
 pub async fn run_metrics(listener: TcpListener, cp: Arc<ControlPlane>) {
-    crate::server::accept_loop(listener, &cp, "metrics", MAX_CONNECTIONS, |tcp, addr| {
+    let max = cp.operator_limits.max_connections;
+    crate::server::accept_loop(listener, &cp, "metrics", max, |tcp, addr| {
         metrics_connection(tcp, addr, cp.clone())
     })
     .await
@@ -112,11 +136,12 @@ async fn metrics_connection(
     addr: std::net::SocketAddr,
     cp: Arc<ControlPlane>,
 ) {
+    let timeout = cp.operator_limits.header_timeout;
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let r = open_endpoint(&req, &cp).unwrap_or_else(|| not_found(req.uri().path()));
         async move { Ok::<_, std::convert::Infallible>(r) }
     });
-    serve_http1(tcp, addr, svc, "metrics").await
+    serve_http1(tcp, addr, svc, "metrics", timeout).await
 }
 
 /// The 401 to answer with, unless the request carries the operator token.

@@ -5,6 +5,7 @@
 //! and carries snapshots one way and ACK/NACK/readiness/request counts the other (see `weft_api::control`).
 
 use crate::http_util::{self, Body};
+use crate::open_streams::OpenStreams;
 use crate::server::ControlPlane;
 use futures_util::{stream, StreamExt as _};
 use http::{Method, Request, Response, StatusCode};
@@ -105,13 +106,22 @@ async fn connection(
     let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc_cp = cp.clone();
     let (svc_peer, svc_requested) = (peer.clone(), requested.clone());
+    let streams = OpenStreams::default();
+    let svc_streams = streams.clone();
     let svc = hyper::service::service_fn(move |req| {
         svc_requested.store(true, std::sync::atomic::Ordering::Relaxed);
         let (cp, peer) = (svc_cp.clone(), svc_peer.clone());
-        async move { Ok::<_, std::convert::Infallible>(route(req, &cp, &peer).await) }
+        let open = svc_streams.open();
+        async move {
+            let resp = route(req, &cp, &peer).await;
+            Ok::<_, std::convert::Infallible>(open.until_body_ends(resp))
+        }
     });
     let conn = http2_builder().serve_connection(TokioIo::new(tls), svc);
     tokio::pin!(conn);
+    let no_streams = streams.idle_for(limits.idle_timeout);
+    tokio::pin!(no_streams);
+    let mut going_away = false;
     let idle = tokio::time::sleep(limits.first_request_timeout);
     tokio::pin!(idle);
     let mut revocations = cp.revocations_changed.subscribe();
@@ -130,6 +140,13 @@ async fn connection(
                     cp.metrics.api_refused("idle");
                     return tracing::info!(peer = %addr, timeout = ?limits.first_request_timeout, "proxy API: closed, no request");
                 }
+            }
+            () = &mut no_streams, if !going_away => {
+                // GOAWAY; a stream in flight is never cut, and the proxy reconnects when it needs to.
+                going_away = true;
+                cp.metrics.api_refused("idle");
+                tracing::debug!(peer = %addr, timeout = ?limits.idle_timeout, "proxy API: connection closed, no open stream");
+                conn.as_mut().graceful_shutdown();
             }
             Ok(()) = revocations.changed() => {
                 if peer.serial.as_deref().is_some_and(|s| cp.issuer.revocations().is_denied(s)) {
@@ -464,6 +481,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// A connection that sends no request within this is closed.
     pub first_request_timeout: Duration,
+    /// A connection with no open stream for this long is closed with GOAWAY (a proxy's config stream
+    /// keeps its connection open; a connection left after a certificate request goes).
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -473,6 +493,7 @@ impl Default for Limits {
             max_per_client: 64,
             handshake_timeout: Duration::from_secs(5),
             first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

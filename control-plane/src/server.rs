@@ -45,6 +45,8 @@ pub struct Options {
     pub max_token_ttl: Duration,
     /// An operator request's body must arrive whole within this, else 408.
     pub operator_body_timeout: Duration,
+    /// Connection cap and header-read timeout of the operator API and the metrics listener.
+    pub operator_limits: crate::operator_api::Limits,
 }
 
 /// What every handler shares.
@@ -61,6 +63,7 @@ pub struct ControlPlane {
     pub api_limits: proxy_api::Limits,
     /// An operator request's body must arrive whole within this, else 408.
     pub operator_body_timeout: Duration,
+    pub operator_limits: crate::operator_api::Limits,
     /// Bumped whenever the revocation list changes: open proxy API connections re-check their peer.
     pub revocations_changed: tokio::sync::watch::Sender<u64>,
     pub state_dir: PathBuf,
@@ -162,6 +165,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         serving_ttl: opts.serving_ttl,
         api_limits: opts.api_limits.fitted_to_open_files(),
         operator_body_timeout: opts.operator_body_timeout,
+        operator_limits: opts.operator_limits,
         revocations_changed: tokio::sync::watch::channel(0).0,
         state_dir,
         shutdown: CancellationToken::new(),

@@ -105,3 +105,41 @@ pub async fn probe(addr: SocketAddr, client: Option<&IdentityFiles>) -> Result<u
         .await
         .unwrap_or_else(|_| Err("timed out".into()))
 }
+
+/// The first flight of a TLS 1.3 client (its ClientHello record) presenting `client`, as bytes to send
+/// by hand (e.g. dribbled one at a time).
+pub fn client_hello(client: Option<&IdentityFiles>) -> Vec<u8> {
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut conn = rustls::ClientConnection::new(config(client), name).expect("client connection");
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).expect("write to a Vec");
+    }
+    out
+}
+
+/// An HTTP/2 client over TLS 1.3 (ALPN h2) presenting `client` (server certificate not checked), and
+/// its connection task, which ends when the server closes the connection.
+pub async fn h2_connect(
+    addr: SocketAddr,
+    client: Option<&IdentityFiles>,
+) -> Result<
+    (
+        hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    String,
+> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(config(client))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+    Ok((send, tokio::spawn(conn)))
+}

@@ -72,6 +72,20 @@ struct Cli {
     /// Proxy API connections at once from one client address; more are closed at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     api_max_connections_per_client: u32,
+    /// A proxy API client must finish its TLS handshake within this, or its connection is closed.
+    #[arg(long, default_value = "5s")]
+    api_handshake_timeout: Duration,
+    /// A proxy API connection with no open stream for this long is closed with GOAWAY (a proxy's
+    /// config stream keeps its connection open).
+    #[arg(long, default_value = "5m")]
+    api_idle_timeout: Duration,
+    /// Operator API and metrics listener connections at once (each); more are closed at accept.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    operator_max_connections: u32,
+    /// An operator API or metrics listener request head (the first or the next on a kept-alive
+    /// connection) must arrive whole within this, or the connection is closed.
+    #[arg(long, default_value = "10s")]
+    operator_header_timeout: Duration,
     /// The longest a join token may be created for (`weftctl token create --ttl`); longer is refused.
     #[arg(long, default_value = "24h")]
     max_token_ttl: Duration,
@@ -122,10 +136,16 @@ fn main() -> ExitCode {
         api_limits: weft_control::proxy_api::Limits {
             max_connections: cli.api_max_connections as usize,
             max_per_client: cli.api_max_connections_per_client as usize,
+            idle_timeout: cli.api_idle_timeout.get(),
+            handshake_timeout: cli.api_handshake_timeout.get(),
             ..Default::default()
         },
         max_token_ttl: cli.max_token_ttl.get(),
         operator_body_timeout: cli.operator_body_timeout.get(),
+        operator_limits: weft_control::operator_api::Limits {
+            max_connections: cli.operator_max_connections as usize,
+            header_timeout: cli.operator_header_timeout.get(),
+        },
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -33,6 +33,14 @@ pub struct Limits {
     /// An opaque stream (TCP, a CONNECT stream, an upgraded WebSocket, a pass-through connection) on
     /// which no byte moves either way for this long is closed.
     pub idle_timeout: Duration,
+    /// An HTTP/2 connection from an app or an outside client (outbound listeners, 15001, plaintext
+    /// inbound) with no open stream for this long is closed with GOAWAY; streams in flight finish.
+    /// PINGs alone do not keep it open. Envoy's `idle_timeout` default.
+    pub h2_idle_timeout: Duration,
+    /// The same for a peer proxy's connection to the tunnel. Shorter: a peer's pool keeps its
+    /// connection open while idle, and reopening one costs a handshake (about a millisecond), while
+    /// each idle one holds a slot of `max_connections` and TLS state on both sides.
+    pub tunnel_idle_timeout: Duration,
     /// How long `auto` listeners wait for the client's first bytes before treating it as opaque TCP
     /// (server-speaks-first protocols pay this once per connection).
     pub detect_timeout: Duration,
@@ -59,6 +67,8 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(3600),
+            h2_idle_timeout: Duration::from_secs(3600),
+            tunnel_idle_timeout: Duration::from_secs(300),
             detect_timeout: Duration::from_millis(100),
             max_streams_per_peer_connection: 1_000,
             max_regex_bytes: 64 * 1024,
@@ -90,11 +100,14 @@ impl Limits {
                 "must be at least 8192 (the HTTP/1 parser's minimum buffer)",
             ));
         }
-        if self.idle_timeout.get().is_zero() {
-            return Err(Invalid::new(
-                "limits.idle_timeout",
-                "must be greater than 0",
-            ));
+        for (name, v) in [
+            ("limits.idle_timeout", self.idle_timeout),
+            ("limits.h2_idle_timeout", self.h2_idle_timeout),
+            ("limits.tunnel_idle_timeout", self.tunnel_idle_timeout),
+        ] {
+            if v.get().is_zero() {
+                return Err(Invalid::new(name, "must be greater than 0"));
+            }
         }
         if self.max_concurrent_streams == 0 {
             return Err(Invalid::new(

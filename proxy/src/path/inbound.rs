@@ -8,6 +8,7 @@ use crate::path::errors::{answer, ProxyError};
 use crate::path::headers::{self, ORIG_PROTO, TARGET_PORT, XFCC};
 use crate::path::listen;
 use crate::path::local_app::AppHttp;
+use crate::path::open_streams::StreamOpen;
 use crate::path::splice::{splice, Splice};
 use crate::state::Proxy;
 use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
@@ -386,10 +387,13 @@ async fn tcp_to_app(
     };
     record.status(StatusCode::OK);
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The stream stays open on the peer's connection until the splice ends.
+    let open = StreamOpen::take(&mut req);
     let metrics = ctx.proxy.metrics.clone();
     let how = Splice::new(&ctx.proxy, Direction::Inbound, Listener::Tunnel);
     let (peer_addr, peer_id) = (ctx.peer_addr, ctx.peer_id.clone());
     ctx.proxy.tasks.spawn(async move {
+        let _open = open;
         let _active = ActiveGuard::new(
             &metrics,
             ConnLabels {
@@ -422,6 +426,7 @@ async fn upgrade_to_app(
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let from_peer = hyper::upgrade::on(&mut req);
+    let open = StreamOpen::take(&mut req);
     let (mut parts, _) = req.into_parts();
     prepare_for_app(&mut parts, port, AppHttp::Http1, ctx)?;
     parts.method = Method::GET;
@@ -467,21 +472,23 @@ async fn upgrade_to_app(
     let mut out = Response::new(body::empty());
     *out.headers_mut() = std::mem::take(resp.headers_mut());
     headers::strip_hop_by_hop(out.headers_mut());
-    splice_upgraded(&ctx.proxy, Listener::Tunnel, from_peer, from_app);
+    splice_upgraded(&ctx.proxy, Listener::Tunnel, (from_peer, open), from_app);
     Ok(out)
 }
 
 /// Once both sides of an upgrade (the caller's and the app's) are through, carries the bytes between
-/// them as an inbound stream of `listener`, tracked so a drain waits for it.
+/// them as an inbound stream of `listener`, tracked so a drain waits for it. The caller's HTTP/2 stream
+/// mark (if any) is kept until the splice ends.
 pub(crate) fn splice_upgraded(
     proxy: &Proxy,
     listener: Listener,
-    caller: hyper::upgrade::OnUpgrade,
+    (caller, open): (hyper::upgrade::OnUpgrade, Option<StreamOpen>),
     app: hyper::upgrade::OnUpgrade,
 ) {
     let metrics = proxy.metrics.clone();
     let how = Splice::new(proxy, Direction::Inbound, listener);
     proxy.tasks.spawn(async move {
+        let _open = open;
         if let Ok((c, a)) = tokio::try_join!(caller, app) {
             let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
             let _ = splice(&mut c, &mut a, &metrics, how).await;

@@ -239,6 +239,6 @@ async fn upgrade(
     let mut out = Response::new(body::empty());
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = std::mem::take(resp.headers_mut());
-    crate::path::inbound::splice_upgraded(proxy, Listener::Inbound, from_client, from_app);
+    crate::path::inbound::splice_upgraded(proxy, Listener::Inbound, (from_client, None), from_app);
     Ok(out)
 }

@@ -3,6 +3,7 @@
 //! shutdown on drain, and rejections logged and counted.
 
 use crate::path::body::Body;
+use crate::path::open_streams::OpenStreams;
 use crate::state::Proxy;
 use crate::telemetry::labels::{Listener, Reason};
 use crate::telemetry::metrics::Metrics;
@@ -220,17 +221,36 @@ pub async fn http2_connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = http2_builder(proxy).serve_connection(io, svc);
+    let streams = OpenStreams::default();
+    let conn = http2_builder(proxy).serve_connection(io, streams.count(svc));
     tokio::pin!(conn);
+    let idle = h2_idle_timeout(proxy, listener);
     let res = tokio::select! {
         r = conn.as_mut() => r,
         _ = proxy.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        () = streams.idle_for(idle) => {
+            // GOAWAY: the client opens a new connection for its next request.
+            proxy.metrics.reject(listener, Reason::IdleTimeout);
+            tracing::debug!(listener = listener.as_str(), %client, ?idle, "HTTP/2 connection closed: no open stream for its idle timeout");
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
     if let Err(e) = res {
         report(proxy, listener, client, &e);
+    }
+}
+
+/// How long an HTTP/2 connection of `listener` may have no open stream: peer proxies' pooled
+/// connections (the tunnel) are cheap to reopen, so they go sooner than apps' connections.
+fn h2_idle_timeout(proxy: &Proxy, listener: Listener) -> Duration {
+    let l = &proxy.config.limits;
+    match listener {
+        Listener::Tunnel => l.tunnel_idle_timeout.get(),
+        _ => l.h2_idle_timeout.get(),
     }
 }
 

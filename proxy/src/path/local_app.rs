@@ -166,16 +166,31 @@ impl AppClients {
         })
     }
 
-    async fn send_h2(&self, port: u16, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let mut conn = match self.open_h2(port) {
-            Some(conn) => conn,
-            None => Box::pin(self.connect_h2(port)).await?,
-        };
-        let resp = conn
-            .send_request(req)
-            .await
-            .map_err(|e| request_error(port, e))?;
-        Ok(resp.map(body::boxed))
+    async fn send_h2(
+        &self,
+        port: u16,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut retried = false;
+        loop {
+            // A retry connects anew (replacing the port's connection), never the one that refused.
+            let mut conn = match self.open_h2(port).filter(|_| !retried) {
+                Some(conn) => conn,
+                None => Box::pin(self.connect_h2(port)).await?,
+            };
+            match conn.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(body::boxed)),
+                Err(mut e) => match e.take_message() {
+                    // Never sent: the app closed the connection (an idle timeout's GOAWAY) as the
+                    // request was handed to it; a new connection takes it.
+                    Some(unsent) if !retried => {
+                        req = unsent;
+                        retried = true;
+                    }
+                    _ => return Err(request_error(port, e.into_error())),
+                },
+            }
+        }
     }
 
     fn open_h2(&self, port: u16) -> Option<http2::SendRequest<Body>> {

@@ -14,6 +14,7 @@ pub mod inbound_plain;
 pub mod inbound_plain_http;
 pub mod listen;
 pub mod local_app;
+pub mod open_streams;
 pub mod outbound;
 pub mod pool;
 pub mod splice;
