@@ -231,6 +231,14 @@ impl PeerPool {
         peer: &Peer,
         connect_timeout: Option<Duration>,
     ) -> Result<(PooledConn, StreamSlot), ProxyError> {
+        // Fail closed: peers refuse an expired leaf, and open connections made with it must not carry
+        // new requests either. Nothing goes out in plaintext instead.
+        if let Some(not_after) = self.identity.expired_at() {
+            use crate::telemetry::labels::{Listener, Reason};
+            self.metrics.reject(Listener::Outbound, Reason::CertExpired);
+            tracing::debug!(peer = %peer.key.addr, "refused: this proxy's certificate has expired");
+            return Err(ProxyError::CertificateExpired { not_after });
+        }
         let mut conns = peer.conns.lock().await;
         conns.retain(|c| !c.send.is_closed());
         let max = self.settings.max_streams_per_connection;
