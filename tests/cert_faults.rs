@@ -206,6 +206,7 @@ async fn a_certificate_expiring_with_the_control_plane_down_fails_closed_and_ren
     );
 
     // (c) The control plane returns: renewed within about a second, traffic flows, no restart.
+    let opened = front.metric("weft_proxy_peer_connections_opened_total", &[]);
     cp.restart();
     let back = Instant::now();
     wait_metric(&front, "cert_expired 0", Duration::from_secs(5), |p| {
@@ -216,6 +217,8 @@ async fn a_certificate_expiring_with_the_control_plane_down_fails_closed_and_ren
     assert!(renewed_in < Duration::from_secs(3), "{renewed_in:?}");
     wait_ok(&front, Duration::from_secs(10)).await;
     assert!(inbound(&backend) > delivered);
+    // On a new connection: the one made before expiry, with the peer's expired leaf, is not reused.
+    assert!(front.metric("weft_proxy_peer_connections_opened_total", &[]) > opened);
     assert_eq!(front.pid(), pid);
     assert!(front
         .log()
