@@ -162,6 +162,7 @@ pub async fn request(
         csr_pem: key.csr_pem().to_string(),
         token: token.map(str::to_string),
     };
+    let sent_at = SystemTime::now();
     let mut send = conn::connect(settings.control.address, tls).await?;
     let req = Request::post(format!(
         "https://{}{PATH_CERTIFICATE}",
@@ -191,7 +192,7 @@ pub async fn request(
     }
     let cert: CertificateResponse = serde_json::from_slice(&bytes).map_err(|e| other(&e))?;
     let cred = Credential::from_pem(&cert.chain_pem, key.key_pem()).map_err(|e| other(&e))?;
-    let skew = Skew::of(&cred, SystemTime::now());
+    let skew = Skew::of(&cred, sent_at, SystemTime::now());
     skew.check()?;
     let bundle = TrustBundle::from_pem(&cert.bundle_pem).map_err(|e| other(&e))?;
     if let Err(e) = cache.save_credential(&cert.chain_pem, key.key_pem(), &cert.bundle_pem) {

@@ -11,28 +11,34 @@ use weft_certs::Credential;
 /// How far this machine's clock may be from the control plane's, either way.
 pub const CLOCK_SKEW_LEEWAY: Duration = CLOCK_SKEW_ALLOWANCE;
 
-/// This machine's clock against the control plane's, when a certificate arrived.
+/// This machine's clock against the control plane's, around one certificate request. With clocks in
+/// step the control plane signs between the request leaving and the answer arriving; only a signing
+/// time outside that window is skew, so a slow answer is not mistaken for a clock ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Skew {
-    /// The control plane's clock when it signed (`notBefore` + the allowance).
+    /// The control plane's clock when it signed (`notBefore` + the allowance, whole seconds).
     pub issued_at: SystemTime,
+    /// This machine's clock when the request was sent.
+    pub sent_at: SystemTime,
     /// This machine's clock when the certificate arrived.
     pub received_at: SystemTime,
 }
 
 impl Skew {
-    /// The skew a certificate issued just now shows.
-    pub fn of(cred: &Credential, received_at: SystemTime) -> Skew {
+    /// The skew a certificate requested at `sent_at` and received at `received_at` shows.
+    pub fn of(cred: &Credential, sent_at: SystemTime, received_at: SystemTime) -> Skew {
         Skew {
             issued_at: cred.not_before() + CLOCK_SKEW_ALLOWANCE,
+            sent_at,
             received_at,
         }
     }
 
-    /// How far ahead this machine's clock is (zero if behind).
+    /// How far ahead this machine's clock is (zero if behind). The signing time is truncated to the
+    /// second, hence the second added.
     pub fn ahead(&self) -> Duration {
-        self.received_at
-            .duration_since(self.issued_at)
+        self.sent_at
+            .duration_since(self.issued_at + Duration::from_secs(1))
             .unwrap_or(Duration::ZERO)
     }
 
@@ -49,11 +55,9 @@ impl Skew {
         secs(self.ahead()) - secs(self.behind())
     }
 
-    /// An error when the skew is beyond the leeway. Answers delayed in transit look ahead by the delay;
-    /// a second of slack covers the one-second resolution of certificate times.
+    /// An error when the skew is beyond the leeway.
     pub fn check(&self) -> Result<(), ClockSkew> {
-        let limit = CLOCK_SKEW_LEEWAY + Duration::from_secs(1);
-        if self.ahead() > limit || self.behind() > limit {
+        if self.ahead() > CLOCK_SKEW_LEEWAY || self.behind() > CLOCK_SKEW_LEEWAY {
             return Err(ClockSkew::Measured(*self));
         }
         Ok(())
@@ -137,8 +141,15 @@ mod tests {
         } else {
             issued_at - Duration::from_secs(ahead_secs.unsigned_abs())
         };
+        // The signing time as a certificate carries it: truncated to the second.
+        let truncated = if ahead_secs >= 0 {
+            issued_at - Duration::from_secs(1)
+        } else {
+            issued_at
+        };
         Skew {
-            issued_at,
+            issued_at: truncated,
+            sent_at: received_at,
             received_at,
         }
     }
@@ -157,5 +168,18 @@ mod tests {
         let e = skew(-600).check().unwrap_err().to_string();
         assert!(e.contains("600 s behind"), "{e}");
         assert!(e.contains("2027-01-15T08:00:00Z"), "{e}");
+    }
+
+    #[test]
+    fn a_slow_answer_is_not_skew() {
+        let sent_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        // Signed 0.4 s after sending (truncated to the second), answered 4 s later.
+        let s = Skew {
+            issued_at: sent_at,
+            sent_at,
+            received_at: sent_at + Duration::from_secs(4),
+        };
+        assert_eq!(s.seconds(), 0);
+        assert!(s.check().is_ok());
     }
 }

@@ -248,9 +248,6 @@ impl PeerPool {
         // Fail closed: peers refuse an expired leaf, and open connections made with it must not carry
         // new requests either. Nothing goes out in plaintext instead.
         if let Some(not_after) = self.identity.expired_at() {
-            use crate::telemetry::labels::{Listener, Reason};
-            self.metrics.reject(Listener::Outbound, Reason::CertExpired);
-            tracing::debug!(peer = %peer.key.addr, "refused: this proxy's certificate has expired");
             return Err(ProxyError::CertificateExpired { not_after });
         }
         let mut conns = peer.conns.lock().await;
