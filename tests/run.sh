@@ -20,9 +20,10 @@ if command -v rustup > /dev/null; then
     done
 fi
 # The pod tests build network namespaces, bridges and iptables rules; the telemetry tests run a real
-# Prometheus (and promtool) from Debian's `prometheus` package.
+# Prometheus (and promtool) from Debian's `prometheus` package; the clock-skew tests skew a proxy's clock
+# with libfaketime (Debian's `faketime`).
 missing=()
-for tool in ip:iproute2 iptables:iptables curl:curl openssl:openssl prometheus:prometheus promtool:prometheus; do
+for tool in ip:iproute2 iptables:iptables curl:curl openssl:openssl prometheus:prometheus promtool:prometheus faketime:faketime; do
     command -v "${tool%%:*}" > /dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then

@@ -727,3 +727,66 @@ fn identity_and_its_parts_can_cross_tasks() {
     shareable::<TrustBundle>();
     shareable::<SpiffeId>();
 }
+
+// === expiry grace and the mesh's clock ===
+
+#[test]
+fn an_expired_chain_passes_only_within_the_grace_granted() {
+    let mesh = Mesh::new("weft.test");
+    let mut spec = LeafSpec::for_id(&mesh.id("api"));
+    spec.validity = Validity {
+        not_before: SystemTime::now() - 2 * HOUR,
+        not_after: SystemTime::now() - 600 * Duration::from_secs(1),
+    };
+    let (chain, key) = issue(&mesh.ca, &spec);
+    let cred = Credential::from_pem(&chain, &key).expect("credential");
+    let bundle = mesh.bundle();
+    let policy = Policy {
+        role: PeerRole::Client,
+        trust_domain: &mesh.td,
+        expected: None,
+        revoked: None,
+    };
+    let check = |grace: Duration| {
+        verify::verify_chain_with_grace(
+            &cred.chain()[0],
+            &[],
+            &bundle,
+            &policy,
+            UnixTime::now(),
+            &x509::provider(),
+            grace,
+        )
+    };
+    assert_eq!(check(HOUR).expect("within an hour's grace"), *cred.id());
+    assert!(matches!(
+        check(Duration::from_secs(300)),
+        Err(VerifyError::Expired { .. })
+    ));
+    assert!(matches!(
+        check(Duration::ZERO),
+        Err(VerifyError::Expired { .. })
+    ));
+}
+
+#[test]
+fn expiry_is_judged_on_the_mesh_clock() {
+    let mesh = Mesh::new("weft.test");
+    let id = mesh.identity("api");
+    assert_eq!(id.clock_offset_secs(), 0);
+    assert!(id.expired_at().is_none());
+    // This machine 30 s ahead: the mesh's clock is 30 s behind ours.
+    id.set_clock_offset(Duration::from_secs(30), Duration::ZERO);
+    assert_eq!(id.clock_offset_secs(), 30);
+    let lag = SystemTime::now()
+        .duration_since(id.mesh_now())
+        .expect("mesh clock behind");
+    assert!((29..=30).contains(&lag.as_secs()), "{lag:?}");
+    // Two hours behind: the one-hour leaf has expired on the mesh's clock.
+    id.set_clock_offset(Duration::ZERO, 2 * HOUR);
+    assert_eq!(id.clock_offset_secs(), -7200);
+    assert_eq!(
+        id.expired_at().map(x509::unix_secs),
+        Some(x509::unix_secs(id.credential().not_after()))
+    );
+}

@@ -50,6 +50,12 @@ pub fn leaf_serial_hex(der: &[u8]) -> Option<String> {
     Some(crate::x509::serial_hex(&cert))
 }
 
+/// A leaf's `notAfter` (DER), if it parses.
+pub fn leaf_not_after(der: &[u8]) -> Option<std::time::SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(crate::x509::not_after(&cert))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

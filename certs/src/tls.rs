@@ -18,6 +18,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use rustls_pki_types::UnixTime;
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +39,9 @@ pub(crate) struct Shared {
     current: ArcSwap<State>,
     /// Peer leaves to refuse; replaced whole when the control plane pushes a new list.
     revoked: ArcSwap<RevokedSerials>,
+    /// How far this machine's clock runs ahead of the mesh's (the issuer's), in seconds; negative when
+    /// behind. Certificates are checked on the mesh's clock, so a small skew changes nothing.
+    clock_offset: AtomicI64,
 }
 
 struct State {
@@ -56,6 +60,13 @@ impl Shared {
 
     fn certified_key(&self) -> Arc<CertifiedKey> {
         self.current.load().credential.certified_key()
+    }
+
+    /// `now` (this machine's clock) on the mesh's clock.
+    pub(crate) fn mesh_time(&self, now: UnixTime) -> UnixTime {
+        let offset = self.clock_offset.load(Ordering::Relaxed);
+        let secs = now.as_secs().saturating_add_signed(offset.saturating_neg());
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
     }
 }
 
@@ -86,6 +97,7 @@ impl Identity {
                 trust_domain,
                 current: ArcSwap::from_pointee(state),
                 revoked: ArcSwap::from_pointee(RevokedSerials::default()),
+                clock_offset: AtomicI64::new(0),
             }),
         })
     }
@@ -109,6 +121,38 @@ impl Identity {
 
     pub fn id(&self) -> SpiffeId {
         self.shared.id.clone()
+    }
+
+    /// Sets how far this machine's clock runs ahead of the mesh's (negative: behind), as measured
+    /// against the control plane; peer certificates are checked, and expiry judged, on the mesh's clock.
+    pub fn set_clock_offset(&self, ahead: Duration, behind: Duration) {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        self.shared
+            .clock_offset
+            .store(secs(ahead).saturating_sub(secs(behind)), Ordering::Relaxed);
+    }
+
+    /// Seconds this machine's clock runs ahead of the mesh's (negative: behind).
+    pub fn clock_offset_secs(&self) -> i64 {
+        self.shared.clock_offset.load(Ordering::Relaxed)
+    }
+
+    /// When the current certificate expired, if it has (on the mesh's clock): a proxy must not use it
+    /// any more, since peers refuse it.
+    pub fn expired_at(&self) -> Option<SystemTime> {
+        let not_after = self.shared.current.load().credential.not_after();
+        (self.mesh_now() > not_after).then_some(not_after)
+    }
+
+    /// Now, on the mesh's clock.
+    pub fn mesh_now(&self) -> SystemTime {
+        let offset = self.clock_offset_secs();
+        let shift = Duration::from_secs(offset.unsigned_abs());
+        if offset >= 0 {
+            SystemTime::now() - shift
+        } else {
+            SystemTime::now() + shift
+        }
     }
 
     /// Replaces the list of revoked peer serials both verifiers refuse from the next handshake on.
@@ -160,7 +204,7 @@ impl Identity {
     /// clientAuth) with exactly one URI SAN, a SPIFFE ID in our trust domain; presents our current leaf.
     /// TLS 1.3, ALPN h2. Read the client's identity with [`peer_id`].
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.server_config_with(true)
+        self.server_config_with(true, Duration::ZERO)
     }
 
     /// As [`server_config`](Self::server_config), but a client certificate is optional: when one is
@@ -168,15 +212,25 @@ impl Identity {
     /// [`peer_id`] is `None`. For an endpoint that also serves callers without an identity yet (the
     /// control plane's certificate signing).
     pub fn server_config_optional_client(&self) -> Arc<ServerConfig> {
-        self.server_config_with(false)
+        self.server_config_with(false, Duration::ZERO)
     }
 
-    fn server_config_with(&self, mandatory: bool) -> Arc<ServerConfig> {
+    /// As [`server_config_optional_client`](Self::server_config_optional_client), but a client
+    /// certificate that expired at most `expired_grace` ago is still accepted (everything else about it
+    /// is checked as usual). For the control plane's API, so a proxy whose certificate expired while
+    /// the control plane was down can renew it; the caller decides what such a client may do (read its
+    /// expiry from the leaf).
+    pub fn server_config_with_expired_grace(&self, expired_grace: Duration) -> Arc<ServerConfig> {
+        self.server_config_with(false, expired_grace)
+    }
+
+    fn server_config_with(&self, mandatory: bool, expired_grace: Duration) -> Arc<ServerConfig> {
         let provider = x509::provider();
         let verifier = ClientVerifier {
             shared: self.shared.clone(),
             provider: provider.clone(),
             mandatory,
+            expired_grace,
         };
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])

@@ -66,6 +66,28 @@ pub(crate) fn verify_chain(
     now: UnixTime,
     provider: &CryptoProvider,
 ) -> Result<SpiffeId, VerifyError> {
+    verify_chain_with_grace(
+        end_entity,
+        intermediates,
+        bundle,
+        policy,
+        now,
+        provider,
+        Duration::ZERO,
+    )
+}
+
+/// As [`verify_chain`], accepting a chain that expired at most `grace` before `now` (the control plane
+/// lets a proxy renew a certificate that expired while it was unreachable).
+pub(crate) fn verify_chain_with_grace(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    policy: &Policy<'_>,
+    now: UnixTime,
+    provider: &CryptoProvider,
+    grace: Duration,
+) -> Result<SpiffeId, VerifyError> {
     // The chain first: nothing in an unauthenticated leaf is worth reading.
     check_path(
         end_entity,
@@ -74,6 +96,7 @@ pub(crate) fn verify_chain(
         policy.role,
         now,
         provider,
+        grace,
     )?;
     let leaf = x509::parse(end_entity, || "the leaf certificate".to_owned())
         .map_err(|e| VerifyError::Other(e.to_string()))?;
@@ -110,18 +133,31 @@ fn check_path(
     role: PeerRole,
     now: UnixTime,
     provider: &CryptoProvider,
+    grace: Duration,
 ) -> Result<(), VerifyError> {
     let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| from_webpki(e, role))?;
-    cert.verify_for_usage(
-        provider.signature_verification_algorithms.all,
-        bundle.anchors(),
-        intermediates,
-        now,
-        role.usage(),
-        None,
-        None,
-    )
-    .map(|_| ())
+    let at = |time: UnixTime| {
+        cert.verify_for_usage(
+            provider.signature_verification_algorithms.all,
+            bundle.anchors(),
+            intermediates,
+            time,
+            role.usage(),
+            None,
+            None,
+        )
+        .map(|_| ())
+    };
+    match at(now) {
+        // Within the grace, the chain is checked as at the moment it expired: every other check
+        // (signatures, usage, the rest of the chain's validity) still applies.
+        Err(webpki::Error::CertExpired { not_after, .. })
+            if now.as_secs().saturating_sub(not_after.as_secs()) <= grace.as_secs() =>
+        {
+            at(not_after)
+        }
+        other => other,
+    }
     .map_err(|e| from_webpki(e, role))
 }
 
@@ -228,6 +264,14 @@ impl Trust {
         }
     }
 
+    /// `now` on the mesh's clock, once this identity knows how far off ours is.
+    fn mesh_time(&self, now: UnixTime) -> UnixTime {
+        match self {
+            Trust::Live(shared) => shared.mesh_time(now),
+            Trust::Fixed { .. } => now,
+        }
+    }
+
     fn revoked(&self) -> Option<Arc<RevokedSerials>> {
         match self {
             Trust::Live(shared) => Some(shared.revoked()),
@@ -275,7 +319,7 @@ impl ServerCertVerifier for ServerVerifier {
             intermediates,
             &bundle,
             &policy,
-            now,
+            self.trust.mesh_time(now),
             &self.provider,
         )
         .map_err(to_rustls)?;
@@ -320,6 +364,8 @@ pub(crate) struct ClientVerifier {
     pub shared: Arc<Shared>,
     pub provider: Arc<CryptoProvider>,
     pub mandatory: bool,
+    /// How long after expiry a client certificate is still accepted (zero on the peer hop).
+    pub expired_grace: Duration,
 }
 
 impl fmt::Debug for ClientVerifier {
@@ -358,13 +404,14 @@ impl ClientCertVerifier for ClientVerifier {
             revoked: Some(&revoked),
         };
         let bundle = self.shared.bundle();
-        verify_chain(
+        verify_chain_with_grace(
             end_entity,
             intermediates,
             &bundle,
             &policy,
-            now,
+            self.shared.mesh_time(now),
             &self.provider,
+            self.expired_grace,
         )
         .map_err(to_rustls)?;
         Ok(ClientCertVerified::assertion())

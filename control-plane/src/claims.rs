@@ -3,7 +3,8 @@
 //!
 //! The claim is bound to the serial number of the certificate the token obtained, carried to each
 //! renewed certificate's serial, and persisted (`<state-dir>/claims.json`), so a restart keeps it.
-//! Bindings are dropped once their certificate has expired. A certificate with no binding (joined with
+//! Bindings are dropped once their certificate can no longer renew (a day after it expired,
+//! `EXPIRED_RENEWAL_GRACE`). A certificate with no binding (joined with
 //! a token without a claim, or issued offline by the operator) is limited only by its identity.
 
 use crate::persist::{self, StateError};
@@ -87,7 +88,9 @@ impl ClaimStore {
     pub fn bind(&mut self, serial: &str, claim: Claim) -> Result<(), StateError> {
         let now = now_secs();
         let mut next = self.by_serial.clone();
-        next.retain(|_, c| c.not_after > now);
+        // Kept while the certificate may still renew (expired within the renewal grace).
+        let grace = crate::proxy_api::EXPIRED_RENEWAL_GRACE.as_secs();
+        next.retain(|_, c| c.not_after.saturating_add(grace) > now);
         next.insert(serial.to_string(), claim);
         persist::write_json(&self.path, &next, 0o600)?;
         self.by_serial = next;

@@ -33,6 +33,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HELLO: usize = 16 << 10;
 /// Later messages: the largest is a stats report of `MAX_STATS_ENTRIES` entries (about 200 KiB).
 pub const MAX_STREAM_MESSAGE: usize = 1 << 20;
+/// How long after its expiry a proxy's certificate still authenticates a renewal (and nothing else):
+/// a proxy whose certificate expired while the control plane was down renews as soon as it is back,
+/// instead of needing a new join token. Its revocation records are kept as long (docs/security.md).
+pub const EXPIRED_RENEWAL_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Who is on the other end of one connection.
 struct Peer {
@@ -42,6 +46,9 @@ struct Peer {
     /// The client certificate's serial (lowercase hex): for revocation, and what a workload claim is
     /// bound to.
     serial: Option<String>,
+    /// The client certificate has expired (it is within [`EXPIRED_RENEWAL_GRACE`]): it may renew, and
+    /// do nothing else.
+    expired: bool,
 }
 
 pub async fn run(listener: TcpListener, cp: Arc<ControlPlane>) {
@@ -97,11 +104,13 @@ async fn connection(
     };
     let conn = tls.get_ref().1;
     let leaf = conn.peer_certificates().and_then(|c| c.first());
+    let cert_not_after = leaf.and_then(|leaf| not_after(leaf.as_ref()));
     let peer = Arc::new(Peer {
         addr,
         id: weft_certs::tls::peer_id(conn),
-        cert_not_after: leaf.and_then(|leaf| not_after(leaf.as_ref())),
+        cert_not_after,
         serial: leaf.and_then(|leaf| weft_certs::leaf_serial_hex(leaf.as_ref())),
+        expired: cert_not_after.is_some_and(|t| t < crate::tokens::now_secs()),
     });
     let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc_cp = cp.clone();
@@ -225,6 +234,15 @@ async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>, peer: &Peer) -> R
     match (req.method(), req.uri().path()) {
         (&Method::POST, PATH_CERTIFICATE) => certificate(req, cp, peer).await,
         (&Method::POST, PATH_STREAM) => match &peer.id {
+            Some(_) if peer.expired => {
+                cp.metrics.refused("cert_expired");
+                tracing::info!(peer = %peer.addr, "config stream refused: the client certificate has expired; it may only renew");
+                http_util::error(
+                    StatusCode::FORBIDDEN,
+                    "the client certificate has expired: renew it first (POST /v1/certificate)",
+                    vec![],
+                )
+            }
             Some(id) => config_stream(req, cp, peer, id.clone()).await,
             None => http_util::error(
                 StatusCode::FORBIDDEN,
@@ -242,6 +260,10 @@ async fn certificate(req: Request<Incoming>, cp: &ControlPlane, peer: &Peer) -> 
         Ok(b) => b,
         Err(resp) => return resp,
     };
+    if peer.expired {
+        tracing::info!(peer = %peer.addr, id = ?peer.id.as_ref().map(|i| i.to_string()), not_after = ?peer.cert_not_after,
+            "renewal with an expired certificate (within the grace for a control plane that was away)");
+    }
     let res = match (&peer.id, &body.token) {
         (Some(id), _) => cp.issuer.renew(id, peer.serial.as_deref(), &body.csr_pem),
         (None, Some(token)) => cp.issuer.join(token, &body.csr_pem),

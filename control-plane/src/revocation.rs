@@ -5,7 +5,9 @@
 //! denies its unexpired serials; the deny list goes to every proxy in its snapshot, to the control plane's
 //! own verifier (port 15010), and refuses renewals. An identity or workload stays revoked until lifted, so
 //! a new join or registration for it is refused too. Both lists are persisted in the state directory;
-//! records are dropped once their certificate has expired, since an expired leaf is refused anyway.
+//! records are dropped a day after their certificate expired (`EXPIRED_RENEWAL_GRACE`: until then an
+//! expired certificate may still ask to renew, and a revoked one must be refused). The deny list pushed
+//! to proxies holds only unexpired serials, since peers refuse an expired leaf anyway.
 
 use crate::persist::{self, StateError};
 use serde::{Deserialize, Serialize};
@@ -102,8 +104,13 @@ impl Revocations {
         }
     }
 
+    /// Drops the records of certificates past use: expired longer ago than a renewal may follow
+    /// expiry, so a revoked workload's expired certificate cannot renew either.
     fn prune(&mut self, now: u64) {
-        self.state.issued.retain(|i| i.not_after > now);
+        let grace = crate::proxy_api::EXPIRED_RENEWAL_GRACE.as_secs();
+        self.state
+            .issued
+            .retain(|i| i.not_after.saturating_add(grace) > now);
     }
 
     /// Records a newly signed leaf; `workload` is inherited from the certificate that renewed it.
@@ -342,5 +349,30 @@ mod tests {
         ));
         assert!(workload_target("nope").is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_expired_certificate_stays_denied_for_renewal_while_it_may_ask() {
+        let mut r = Revocations::open(None).unwrap();
+        r.record(
+            "aa".into(),
+            id("web"),
+            Some("default/web-1".into()),
+            now() - 600,
+        )
+        .unwrap();
+        let grace = crate::proxy_api::EXPIRED_RENEWAL_GRACE.as_secs();
+        r.record("bb".into(), id("web"), None, now() - grace - 1)
+            .unwrap();
+        // Recording prunes.
+        r.record("cc".into(), id("api"), None, now() + 3600)
+            .unwrap();
+        r.revoke(workload_target("default/web-1").unwrap()).unwrap();
+        // Refused if it asks to renew, but not pushed: peers refuse an expired leaf anyway.
+        assert!(r.is_denied("aa"));
+        assert_eq!(r.workload_of("aa").as_deref(), Some("default/web-1"));
+        assert!(r.denied_serials().is_empty());
+        // Past the grace the record goes.
+        assert!(r.workload_of("bb").is_none() && r.issued("bb").is_none());
     }
 }

@@ -119,7 +119,10 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     let registry_path = state.path("registry.json");
     let restored = restore_registry(&registry_path)?;
     // A client certificate is optional on this port: a proxy without one can only present a join token.
-    let proxy_tls = state.serving.server_config_optional_client();
+    // One that expired while the control plane was away may still renew (and do nothing else).
+    let proxy_tls = state
+        .serving
+        .server_config_with_expired_grace(crate::proxy_api::EXPIRED_RENEWAL_GRACE);
     let store = open_store(&state, opts, &dir_files)?;
     let hub = Hub::new(
         MeshResources::default(),

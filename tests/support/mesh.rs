@@ -26,6 +26,7 @@ pub struct MeshProxyBuilder {
     extra: String,
     dir: Option<TempDir>,
     fingerprint: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl MeshProxyBuilder {
@@ -46,7 +47,14 @@ impl MeshProxyBuilder {
             extra: String::new(),
             dir: None,
             fingerprint: None,
+            env: Vec::new(),
         }
+    }
+
+    /// An environment variable for the proxy process (e.g. libfaketime's, to skew its clock).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     pub fn label(mut self, k: &str, v: &str) -> Self {
@@ -167,7 +175,7 @@ impl MeshProxyBuilder {
             outbound: self.services.iter().map(|s| s.0).collect(),
             id,
             worker_threads: None,
-            env: Vec::new(),
+            env: self.env,
         })
     }
 

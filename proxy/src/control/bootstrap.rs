@@ -2,6 +2,7 @@
 //! a CSR sent to the control plane over TLS that pins the mesh CA. The key is made here and never sent.
 
 use super::cache::Cache;
+use super::clock::{ClockSkew, Skew};
 use super::conn::{self, ConnError};
 use super::Settings;
 use http::{Request, StatusCode};
@@ -19,8 +20,22 @@ pub enum BootstrapError {
     Refused { status: StatusCode, reason: String },
     #[error(transparent)]
     Unreachable(#[from] ConnError),
+    /// The certificate came back, but this machine's clock is too far from the control plane's for it
+    /// to work; it is not used. Fixing the clock fixes the next attempt.
+    #[error(transparent)]
+    ClockSkew(#[from] ClockSkew),
     #[error("{0}")]
     Other(String),
+}
+
+impl BootstrapError {
+    /// Whether the clock, rather than the network or the control plane, is to blame.
+    pub fn is_clock_skew(&self) -> bool {
+        matches!(
+            self,
+            BootstrapError::ClockSkew(_) | BootstrapError::Unreachable(ConnError::ClockSkew { .. })
+        )
+    }
 }
 
 /// Where the identity came from.
@@ -58,6 +73,9 @@ pub async fn identity(
             Ok(identity) => {
                 cache.clear_join_key();
                 return Ok((identity, Source::Joined));
+            }
+            Err(e) if e.is_clock_skew() && tokio::time::Instant::now() < deadline => {
+                tracing::error!(error = %e, "cannot join: this machine's clock is off; retrying");
             }
             Err(BootstrapError::Unreachable(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "waiting for the control plane");
@@ -122,25 +140,29 @@ async fn join(
 ) -> Result<Identity, BootstrapError> {
     let id = key.id();
     let tls = weft_certs::bootstrap_client_config(settings.pinned.clone(), &settings.server_id);
-    let (cred, bundle) = request(settings, tls, key, Some(token), cache).await?;
-    tracing::info!(%id, serial = %cred.serial_hex(), "joined the mesh: certificate issued by the control plane");
-    Identity::new(cred, bundle).map_err(|e| BootstrapError::Other(e.to_string()))
+    let (cred, bundle, skew) = request(settings, tls, key, Some(token), cache).await?;
+    tracing::info!(%id, serial = %cred.serial_hex(), clock_offset_s = skew.seconds(), "joined the mesh: certificate issued by the control plane");
+    let identity = Identity::new(cred, bundle).map_err(|e| BootstrapError::Other(e.to_string()))?;
+    identity.set_clock_offset(skew.ahead(), skew.behind());
+    Ok(identity)
 }
 
 /// Sends the CSR of `key` (with `token` on join; the TLS client certificate authenticates a renewal),
-/// caches and returns the issued credential.
+/// caches and returns the issued credential, with how far this machine's clock is from the control
+/// plane's. A credential that shows a skew beyond the leeway is neither cached nor returned.
 pub async fn request(
     settings: &Settings,
     tls: Arc<rustls::ClientConfig>,
     key: &KeyAndCsr,
     token: Option<&str>,
     cache: &Cache,
-) -> Result<(Credential, TrustBundle), BootstrapError> {
+) -> Result<(Credential, TrustBundle, Skew), BootstrapError> {
     let other = |e: &dyn std::fmt::Display| BootstrapError::Other(e.to_string());
     let body = CertificateRequest {
         csr_pem: key.csr_pem().to_string(),
         token: token.map(str::to_string),
     };
+    let sent_at = SystemTime::now();
     let mut send = conn::connect(settings.control.address, tls).await?;
     let req = Request::post(format!(
         "https://{}{PATH_CERTIFICATE}",
@@ -170,11 +192,13 @@ pub async fn request(
     }
     let cert: CertificateResponse = serde_json::from_slice(&bytes).map_err(|e| other(&e))?;
     let cred = Credential::from_pem(&cert.chain_pem, key.key_pem()).map_err(|e| other(&e))?;
+    let skew = Skew::of(&cred, sent_at, SystemTime::now());
+    skew.check()?;
     let bundle = TrustBundle::from_pem(&cert.bundle_pem).map_err(|e| other(&e))?;
     if let Err(e) = cache.save_credential(&cert.chain_pem, key.key_pem(), &cert.bundle_pem) {
         tracing::warn!(error = %e, "cannot cache the certificate; a restart will need the control plane");
     }
-    Ok((cred, bundle))
+    Ok((cred, bundle, skew))
 }
 
 #[cfg(test)]

@@ -21,6 +21,12 @@ pub enum ConnError {
     Tls { addr: SocketAddr, reason: String },
     #[error("HTTP/2 with the control plane at {addr} failed: {0}", addr = .1)]
     Http(hyper::Error, SocketAddr),
+    /// The control plane's certificate is outside its validity by this machine's clock.
+    #[error("TLS with the control plane at {addr} failed: {source}")]
+    ClockSkew {
+        addr: SocketAddr,
+        source: super::clock::ClockSkew,
+    },
 }
 
 /// Connects and returns a request sender; the connection runs in a background task until dropped.
@@ -40,10 +46,7 @@ pub async fn connect(
         addr,
         reason: "handshake timed out".into(),
     })?
-    .map_err(|e| ConnError::Tls {
-        addr,
-        reason: tls_reason(&e),
-    })?;
+    .map_err(|e| tls_error(addr, &e))?;
     let (send, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
@@ -89,14 +92,24 @@ async fn tcp_connect(addr: SocketAddr) -> Result<tokio::net::TcpStream, ConnErro
         })
 }
 
-fn tls_reason(e: &std::io::Error) -> String {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .map(|r| match weft_certs::verify_error(r) {
-            Some(v) => v.to_string(),
-            None => r.to_string(),
-        })
-        .unwrap_or_else(|| e.to_string())
+/// Why the handshake failed: the clock, when our verifier refused the control plane's certificate for
+/// its dates (its own renewal keeps it valid, so the dates point at this machine's clock).
+fn tls_error(addr: SocketAddr, e: &std::io::Error) -> ConnError {
+    let refusal = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let verify = refusal.and_then(weft_certs::verify_error);
+    if let Some(skew) = verify
+        .and_then(|v| super::clock::ClockSkew::of_verify_error(v, std::time::SystemTime::now()))
+    {
+        return ConnError::ClockSkew { addr, source: skew };
+    }
+    let reason = match (verify, refusal) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(r)) => r.to_string(),
+        (None, None) => e.to_string(),
+    };
+    ConnError::Tls { addr, reason }
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> ReqBody {

@@ -72,6 +72,9 @@ pub struct Metrics {
     config_updates: Family<UpdateLabels, Counter>,
     cert_expiry: Gauge,
     cert_renewals: Family<RenewalLabels, Counter>,
+    cert_expired: Gauge,
+    clock_skew: Gauge,
+    clock_skew_errors: Counter,
     connected: Gauge,
 }
 
@@ -97,6 +100,22 @@ impl Metrics {
             "cert_renewals",
             "Certificate renewals, by result (ok, failed, unusable)",
             m.cert_renewals.clone(),
+        );
+        registry.register(
+            "cert_expired",
+            "1 while the proxy's certificate has expired and it refuses mTLS to peers until it renews",
+            m.cert_expired.clone(),
+        );
+        registry.register(
+            "clock_skew_seconds",
+            "How far this machine's clock runs ahead of the control plane's (negative: behind), \
+             measured on the last certificate issued",
+            m.clock_skew.clone(),
+        );
+        registry.register(
+            "clock_skew_errors",
+            "Certificate requests that failed because this machine's clock is too far from the control plane's",
+            m.clock_skew_errors.clone(),
         );
         registry.register(
             "control_connected",
@@ -130,6 +149,18 @@ impl Metrics {
         self.cert_renewals
             .get_or_create(&RenewalLabels { result })
             .inc();
+    }
+
+    pub fn set_cert_expired(&self, expired: bool) {
+        self.cert_expired.set(i64::from(expired));
+    }
+
+    pub fn set_clock_skew(&self, seconds: i64) {
+        self.clock_skew.set(seconds);
+    }
+
+    pub fn clock_skew_error(&self) {
+        self.clock_skew_errors.inc();
     }
 
     /// Whether the config stream to the control plane is open.

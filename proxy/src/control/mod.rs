@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod clock;
 pub mod conn;
 pub mod metrics;
 pub mod probe;
@@ -110,10 +111,10 @@ async fn pinned_root(
 /// Serves the cached config (if any) until the control plane answers, then starts the background tasks:
 /// renewal, the config stream, the readiness probe.
 pub fn start(proxy: &Arc<Proxy>, settings: Settings) {
-    proxy
-        .metrics
-        .control
-        .set_cert_expiry(proxy.identity.credential().not_after());
+    let control = &proxy.metrics.control;
+    control.set_cert_expiry(proxy.identity.credential().not_after());
+    control.set_clock_skew(proxy.identity.clock_offset_secs());
+    control.set_cert_expired(proxy.identity.expired_at().is_some());
     match cache::Cache::new(&settings.control.state_dir).snapshot() {
         Ok(Some(s)) => {
             let version = s.version;

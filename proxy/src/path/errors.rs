@@ -27,6 +27,12 @@ pub enum ProxyError {
         expected: SpiffeId,
         reason: String,
     },
+    #[error(
+        "this proxy's certificate expired at {} and has not been renewed (is the control plane \
+         reachable?): it refuses mTLS to peers until it is renewed, and never sends the request in plaintext",
+        crate::control::clock::rfc3339(*.not_after)
+    )]
+    CertificateExpired { not_after: std::time::SystemTime },
     #[error("HTTP/2 handshake with peer {peer}: {source}")]
     PeerHandshake {
         peer: SocketAddr,
@@ -91,9 +97,12 @@ impl ProxyError {
             | AppConnectTimeout { .. }
             | RequestTimeout(_)
             | PerTryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            PeerConnect { .. } | AppConnect { .. } | NoEndpoint(_) | Overflow(_) | NoPolicyView => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            PeerConnect { .. }
+            | AppConnect { .. }
+            | NoEndpoint(_)
+            | Overflow(_)
+            | NoPolicyView
+            | CertificateExpired { .. } => StatusCode::SERVICE_UNAVAILABLE,
             PeerTls { .. } | PeerHandshake { .. } | PeerRequest { .. } | AppRequest { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -113,6 +122,7 @@ impl ProxyError {
             PeerConnectTimeout { .. } => Reason::PeerConnectTimeout,
             PeerConnect { .. } => Reason::PeerConnect,
             PeerTls { .. } => Reason::PeerTls,
+            CertificateExpired { .. } => Reason::CertExpired,
             PeerHandshake { .. } => Reason::PeerHandshake,
             PeerRequest { .. } => Reason::PeerRequest,
             PeerRefused { .. } => Reason::PeerRefused,

@@ -62,6 +62,20 @@ struct Peer {
 struct PooledConn {
     send: http2::SendRequest<Body>,
     streams: Arc<AtomicUsize>,
+    /// When the peer's leaf on this connection expires: no new request goes on it after that (a new
+    /// handshake sees the peer's current leaf); requests under way finish.
+    peer_not_after: Option<std::time::SystemTime>,
+}
+
+impl PooledConn {
+    /// Usable for a new request at `now` (the mesh's clock; X.509 times are whole seconds, and a leaf
+    /// is valid through its `notAfter` second).
+    fn usable(&self, now: std::time::SystemTime) -> bool {
+        !self.send.is_closed()
+            && self
+                .peer_not_after
+                .is_none_or(|t| now < t + Duration::from_secs(1))
+    }
 }
 
 /// A stream slot on one peer connection, released on drop (when the response body or tunnel ends).
@@ -231,8 +245,14 @@ impl PeerPool {
         peer: &Peer,
         connect_timeout: Option<Duration>,
     ) -> Result<(PooledConn, StreamSlot), ProxyError> {
+        // Fail closed: peers refuse an expired leaf, and open connections made with it must not carry
+        // new requests either. Nothing goes out in plaintext instead.
+        if let Some(not_after) = self.identity.expired_at() {
+            return Err(ProxyError::CertificateExpired { not_after });
+        }
         let mut conns = peer.conns.lock().await;
-        conns.retain(|c| !c.send.is_closed());
+        let now = self.identity.mesh_now();
+        conns.retain(|c| c.usable(now));
         let max = self.settings.max_streams_per_connection;
         for c in conns.iter() {
             if c.streams.fetch_add(1, Ordering::Relaxed) < max {
@@ -282,6 +302,7 @@ impl PeerPool {
         }
         tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
         let leaf = peer_leaf(tls.get_ref().1);
+        let peer_not_after = weft_certs::leaf_not_after(&leaf);
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
@@ -314,6 +335,7 @@ impl PeerPool {
         Ok(PooledConn {
             send,
             streams: Arc::new(AtomicUsize::new(0)),
+            peer_not_after,
         })
     }
 }

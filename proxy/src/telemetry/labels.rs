@@ -106,6 +106,8 @@ words! {
         PeerConnectTimeout => "peer_connect_timeout",
         PeerConnect => "peer_connect",
         PeerTls => "peer_tls",
+        /// This proxy's own certificate expired (and could not be renewed): it refuses mTLS to peers.
+        CertExpired => "cert_expired",
         PeerHandshake => "peer_handshake",
         PeerRequest => "peer_request",
         PeerRefused => "peer_refused",

@@ -383,6 +383,9 @@ mod tests {
         ("config_updates", "counter"),
         ("cert_expiry_timestamp_seconds", "gauge"),
         ("cert_renewals", "counter"),
+        ("cert_expired", "gauge"),
+        ("clock_skew_seconds", "gauge"),
+        ("clock_skew_errors", "counter"),
         ("control_connected", "gauge"),
         ("dns_queries", "counter"),
     ];

@@ -139,6 +139,11 @@ async fn tries(
     can_fall_back: bool,
     record: &mut Record,
 ) -> Tried {
+    // Our own expired certificate is not the endpoints' fault: refused before one is chosen, so
+    // none is judged (or ejected) for it. The pool refuses too, whatever path reaches it.
+    if let Some(not_after) = proxy.identity.expired_at() {
+        return Tried::Done(Err(ProxyError::CertificateExpired { not_after }));
+    }
     let _slot = match plan.state.request_slot().await {
         Ok(s) => s,
         Err(_) => return Tried::Done(Err(ProxyError::Overflow(plan.what.to_string()))),
@@ -325,6 +330,9 @@ pub async fn connect_tcp(
     proxy: &Arc<Proxy>,
     plan: &Plan,
 ) -> Result<(TcpStream, StreamSlot, Upstream), ProxyError> {
+    if let Some(not_after) = proxy.identity.expired_at() {
+        return Err(ProxyError::CertificateExpired { not_after });
+    }
     let policy = &plan.state.policy;
     let mut tried = Vec::new();
     let mut last = None;
