@@ -8,7 +8,7 @@
 use crate::bins::{bin, workspace_root};
 use crate::control::ControlProc;
 use crate::pki::TempDir;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -188,6 +188,26 @@ impl PodMesh {
             netns: ns,
             address: addr.to_string(),
         }
+    }
+
+    /// A TCP connection made from inside `pod`'s network namespace by the test itself (a socket stays
+    /// in the namespace it was made in): the pod's own rules intercept it as they would its app's.
+    pub fn connect_from(&self, pod: &PodHandle, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        use std::os::fd::AsRawFd as _;
+        let path = format!("/var/run/netns/{}", pod.netns);
+        // A thread of its own enters the namespace and ends there, so the test's threads never move.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path)?;
+                // SAFETY: setns on an open namespace file; it changes only this thread.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+        })
     }
 
     /// Starts a long-running process in `pod`'s namespace, killed when the mesh is dropped.

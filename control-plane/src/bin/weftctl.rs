@@ -117,6 +117,7 @@ fn pod_run(opts: &RemoteArgs, a: args::PodRunArgs) -> i32 {
         access_log_sample: a.access_log_sample,
         trace_collector: a.trace_collector,
         trace_format: a.trace_format.as_str(),
+        proxy_limits: a.proxy_limits,
         proxy_bin: a.proxy_bin,
         user: a.user,
         proxy_user: a.proxy_user,

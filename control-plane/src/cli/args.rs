@@ -184,6 +184,11 @@ pub struct PodRunArgs {
         requires = "trace_collector"
     )]
     pub trace_format: TraceFormat,
+    /// A sidecar limit KEY=VALUE (repeatable), written to its config's `limits:` section, e.g.
+    /// header_read_timeout=5s or max_connections=2000 (docs/proxy-config.md "Limits" names every key
+    /// and its default; the sidecar refuses an unknown key or a bad value and the pod does not start).
+    #[arg(long = "proxy-limit", value_name = "KEY=VALUE", value_parser = proxy_limit)]
+    pub proxy_limits: Vec<(String, String)>,
     /// The weft-proxy binary (default: beside weftctl, else on PATH); it must be executable by
     /// --proxy-user.
     #[arg(long)]
@@ -253,6 +258,23 @@ fn label(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
+}
+
+/// A `limits:` key and value: a field name and a plain scalar (a number, a duration), nothing that
+/// could add YAML of its own.
+fn proxy_limit(s: &str) -> Result<(String, String), String> {
+    let (k, v) = label(s)?;
+    let key_ok = k
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let value_ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
+    if !key_ok || !value_ok {
+        return Err(format!(
+            "expected KEY=VALUE with a field name of lowercase letters, digits and `_` and a value of \
+             letters, digits and `.` (e.g. header_read_timeout=5s), got {s:?}"
+        ));
+    }
+    Ok((k, v))
 }
 
 /// The commands that talk to the control plane.

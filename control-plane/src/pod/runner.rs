@@ -76,6 +76,8 @@ pub struct RunOptions {
     pub trace_collector: Option<String>,
     /// `zipkin` or `otlp`.
     pub trace_format: &'static str,
+    /// `limits:` of the sidecar's config, KEY=VALUE as given (checked by the sidecar).
+    pub proxy_limits: Vec<(String, String)>,
     pub proxy_bin: Option<PathBuf>,
     /// The app's user and group; `None`: one of its own, allocated from [`users::APP_UIDS`].
     pub user: Option<RunAs>,
@@ -467,6 +469,29 @@ fn write_sidecar_files(
         .as_ref()
         .map(|m| format!("\n  mtls_mode: {m}"))
         .unwrap_or_default();
+    let optional = optional_sections(o, dir);
+    let yaml = format!(
+        "# written by weftctl pod run\n\
+control:\n  address: {addr}\n  ca_fingerprint: {fp}\n  token_file: {token}\n  state_dir: {state}\n\
+workload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: {address}\n  ports: [{ports}]{readiness}\n\
+interception:\n  outbound: 0.0.0.0:15001\n  inbound: 0.0.0.0:15006\n  mark: 1337{mtls}\n\
+dns:\n  listen: 127.0.0.1:15053\n{optional}",
+        addr = info.proxy_address,
+        fp = json(&info.ca_fingerprint),
+        token = json(&token_path.display().to_string()),
+        state = json(&dir.join("proxy").display().to_string()),
+        name = o.name,
+        ns = o.namespace,
+        labels = labels.join(", "),
+        ports = ports.join(", "),
+    );
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, yaml).map_err(io("writing the sidecar's config"))?;
+    Ok(path)
+}
+
+/// The sidecar config's sections that only some pods have: access log, tracing, limits.
+fn optional_sections(o: &RunOptions, dir: &Path) -> String {
     let access_log = if o.access_log_sample > 0.0 {
         format!(
             "access_log:\n  path: {}\n  sample: {}\n",
@@ -487,24 +512,17 @@ fn write_sidecar_files(
             )
         })
         .unwrap_or_default();
-    let yaml = format!(
-        "# written by weftctl pod run\n\
-control:\n  address: {addr}\n  ca_fingerprint: {fp}\n  token_file: {token}\n  state_dir: {state}\n\
-workload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: {address}\n  ports: [{ports}]{readiness}\n\
-interception:\n  outbound: 0.0.0.0:15001\n  inbound: 0.0.0.0:15006\n  mark: 1337{mtls}\n\
-dns:\n  listen: 127.0.0.1:15053\n{access_log}{tracing}",
-        addr = info.proxy_address,
-        fp = json(&info.ca_fingerprint),
-        token = json(&token_path.display().to_string()),
-        state = json(&dir.join("proxy").display().to_string()),
-        name = o.name,
-        ns = o.namespace,
-        labels = labels.join(", "),
-        ports = ports.join(", "),
-    );
-    let path = dir.join("proxy.yaml");
-    std::fs::write(&path, yaml).map_err(io("writing the sidecar's config"))?;
-    Ok(path)
+    let limits: String = o
+        .proxy_limits
+        .iter()
+        .map(|(k, v)| format!("  {k}: {v}\n"))
+        .collect();
+    let limits = if limits.is_empty() {
+        limits
+    } else {
+        format!("limits:\n{limits}")
+    };
+    format!("{access_log}{tracing}{limits}")
 }
 
 /// A YAML-safe scalar (JSON strings are YAML).
