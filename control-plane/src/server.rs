@@ -72,6 +72,8 @@ pub struct ControlPlane {
     pub mesh_info: MeshInfo,
     /// Each connected proxy's latest request counts (`GET /v1/stats`).
     pub stats: crate::stats::StatsStore,
+    /// Applies being read and checked (off the store's lock): at most `MAX_READS` at once.
+    pub document_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl ControlPlane {
@@ -170,6 +172,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         config_dir: opts.config_dir.clone(),
         mesh_info,
         stats: Default::default(),
+        document_reads: Arc::new(tokio::sync::Semaphore::new(crate::resources_api::MAX_READS)),
     });
     cp.publish();
     cp.apply_revocations();
