@@ -67,17 +67,17 @@ pub async fn read_json<T: DeserializeOwned>(
     limit: usize,
     within: std::time::Duration,
 ) -> Result<T, Response<Body>> {
-    decode_json(&read_body(body, limit, within).await?)
+    decode_json(&read_body(body, limit, within).await?).map_err(|answer| *answer)
 }
 
 /// A JSON request body already read; the error is the answer to send (400).
-pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response<Body>> {
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response<Body>>> {
     serde_json::from_slice(bytes).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("malformed request: {e}"),
             vec![],
-        )
+        ))
     })
 }
 
@@ -103,11 +103,11 @@ pub async fn read_body(
             } else {
                 StatusCode::BAD_REQUEST
             };
-            return Err(error(
+            Err(error(
                 status,
                 format!("cannot read the request body (limit {limit} bytes): {e}"),
                 vec![],
-            ));
+            ))
         }
     }
 }

@@ -136,14 +136,14 @@ async fn read_documents(
         let names: Vec<String> = request.files.iter().map(|f| f.name.clone()).collect();
         match store::read_files(&request.files, Some(READ_DEADLINE)) {
             Ok(incoming) => Ok((names, incoming)),
-            Err(e) => Err(ReadFailure::Refused(names, e)),
+            Err(e) => Err(ReadFailure::Refused(names, Box::new(e))),
         }
     });
     // The task stops itself at the deadline between documents; this answers on time regardless.
     let failed = match tokio::time::timeout(READ_DEADLINE, task).await {
         Ok(Ok(Ok(read))) => return Ok(read),
-        Ok(Ok(Err(ReadFailure::Malformed(answer)))) => return Err(answer),
-        Ok(Ok(Err(ReadFailure::Refused(names, e)))) => (names, e),
+        Ok(Ok(Err(ReadFailure::Malformed(answer)))) => return Err(*answer),
+        Ok(Ok(Err(ReadFailure::Refused(names, e)))) => (names, *e),
         Err(_) => (Vec::new(), StoreError::Deadline(READ_DEADLINE)),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "reading an apply failed");
@@ -161,9 +161,9 @@ async fn read_documents(
 
 enum ReadFailure {
     /// The body is not an apply request: the 400 to send.
-    Malformed(Response<Body>),
+    Malformed(Box<Response<Body>>),
     /// The files' names, and why their documents were refused.
-    Refused(Vec<String>, StoreError),
+    Refused(Vec<String>, Box<StoreError>),
 }
 
 /// The answer when [`MAX_READS`] applies are being read already: at once, rather than queued.

@@ -13,7 +13,17 @@ fn service(i: usize) -> String {
 }
 
 fn case(name: &str, n: usize) -> String {
-    match name {
+    nesting(name, n)
+        .or_else(|| counts(name, n))
+        .unwrap_or_else(|| {
+            eprintln!("unknown case {name}; see the file's header");
+            std::process::exit(2)
+        })
+}
+
+/// Deep structures and aliases.
+fn nesting(name: &str, n: usize) -> Option<String> {
+    Some(match name {
         "flow_seq" => format!(
             "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: a}}\nspec: {}{}\n",
             "[".repeat(n),
@@ -75,6 +85,13 @@ fn case(name: &str, n: usize) -> String {
             }
             s
         }
+        _ => return None,
+    })
+}
+
+/// Many documents, keys, entries, bytes.
+fn counts(name: &str, n: usize) -> Option<String> {
+    Some(match name {
         "many_docs" => (0..n).map(service).collect::<Vec<_>>().join("---\n"),
         "many_bad_docs" => (0..n)
             .map(|i| service(i).replace("port: 80", "port: x"))
@@ -131,11 +148,8 @@ fn case(name: &str, n: usize) -> String {
         ),
         "simple_keys" => format!("{}\n", "a: ".repeat(n)),
         "flow_simple" => format!("[{}]\n", "a: b, ".repeat(n)),
-        other => {
-            eprintln!("unknown case {other}; see the file's header");
-            std::process::exit(2)
-        }
-    }
+        _ => return None,
+    })
 }
 
 fn main() {
