@@ -231,8 +231,10 @@ pub async fn get(
         return unknown_kind(kind);
     };
     let (ns, n) = (namespace.map(str::to_string), name.map(str::to_string));
-    let found = match on_store(cp, move |store| {
-        store
+    // From the last published state: a read never waits for a change being checked or saved.
+    let snapshot = cp.resources();
+    let found = match tokio::task::spawn_blocking(move || {
+        snapshot
             .get(kind, ns.as_deref(), n.as_deref())
             .into_iter()
             .map(|r| r.to_json())
@@ -241,7 +243,10 @@ pub async fn get(
     .await
     {
         Ok(found) => found,
-        Err(failed) => return failed,
+        Err(e) => {
+            tracing::error!(error = %e, "a read of the resources failed");
+            return http_util::error(StatusCode::INTERNAL_SERVER_ERROR, "the read failed", vec![]);
+        }
     };
     if name.is_some() && found.is_empty() {
         return http_util::error(

@@ -10,6 +10,7 @@ use crate::view::MeshResources;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use weft_api::operator::{Change, ChangeAction, SourceFile};
 use weft_api::resources::{self, Batch, BatchError, Kind, Parsed, Resource, ResourceKey};
@@ -35,8 +36,35 @@ pub struct Store {
     path: PathBuf,
     /// The mesh's trust domain, fixed by the CA; a MeshConfig naming another is refused.
     trust_domain: String,
-    resources: BTreeMap<ResourceKey, (Origin, Resource)>,
+    /// Shared with the [`Snapshot`]s handed out: a change builds a new map and swaps it in.
+    resources: Arc<BTreeMap<ResourceKey, (Origin, Resource)>>,
     revision: u64,
+}
+
+/// The resources in force at one moment, read without the store's lock (`get` never waits for a
+/// change being checked or saved).
+#[derive(Clone, Default)]
+pub struct Snapshot(Arc<BTreeMap<ResourceKey, (Origin, Resource)>>);
+
+impl Snapshot {
+    pub fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Vec<&Resource> {
+        select(&self.0, kind, namespace, name)
+    }
+}
+
+fn select<'a>(
+    resources: &'a BTreeMap<ResourceKey, (Origin, Resource)>,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Vec<&'a Resource> {
+    resources
+        .iter()
+        .filter(|(k, _)| k.kind == kind)
+        .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+        .filter(|(k, _)| name.is_none_or(|n| k.name == n))
+        .map(|(_, (_, r))| r)
+        .collect()
 }
 
 #[derive(Debug, Serialize, Deserialize, Default)]
@@ -81,7 +109,7 @@ impl Store {
         Ok(Store {
             path,
             trust_domain: trust_domain.to_string(),
-            resources,
+            resources: Arc::new(resources),
             revision: persisted.revision,
         })
     }
@@ -126,13 +154,12 @@ impl Store {
     }
 
     pub fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Vec<&Resource> {
-        self.resources
-            .iter()
-            .filter(|(k, _)| k.kind == kind)
-            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
-            .filter(|(k, _)| name.is_none_or(|n| k.name == n))
-            .map(|(_, (_, r))| r)
-            .collect()
+        select(&self.resources, kind, namespace, name)
+    }
+
+    /// The resources in force, to read after the lock is released.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(self.resources.clone())
     }
 
     /// Applies documents through the API (or checks them, with `dry_run`). Returns what changed.
@@ -152,7 +179,7 @@ impl Store {
         incoming: Vec<Parsed>,
         dry_run: bool,
     ) -> Result<Vec<Pending>, StoreError> {
-        let mut next = self.resources.clone();
+        let mut next = (*self.resources).clone();
         for d in &incoming {
             if let Some((Origin::Dir { file }, _)) = self.resources.get(&d.resource.key()) {
                 let e = d.error(
@@ -181,7 +208,7 @@ impl Store {
         if !self.resources.contains_key(key) {
             return Err(StoreError::NotFound(key.clone()));
         }
-        let mut next = self.resources.clone();
+        let mut next = (*self.resources).clone();
         next.remove(key);
         let changes = self.commit(next, &[], dry_run)?;
         Ok(render(
@@ -245,7 +272,7 @@ impl Store {
         let changes = diff_states(&self.resources, &next);
         let changed = changes.iter().any(|c| c.action != ChangeAction::Unchanged);
         if !dry_run && changed {
-            let previous = std::mem::replace(&mut self.resources, next);
+            let previous = std::mem::replace(&mut self.resources, Arc::new(next));
             self.revision += 1;
             if let Err(e) = self.save() {
                 self.resources = previous;
