@@ -604,3 +604,28 @@ fn request_counts_are_kept_only_as_their_reporter_can_have_carried_them() {
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
 }
+
+/// A certificate request's body is bounded (64 KiB, 413 beyond), and one just under the bound that
+/// holds no valid CSR is refused as soon as it is read: neither costs more than reading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_garbage_certificate_requests_are_refused_at_once() {
+    let cp = ControlProc::start("csr-bounds");
+    let token = cp.token("default", "big", 60);
+    let started = std::time::Instant::now();
+    let (status, body) = certificate(&cp, &"A".repeat(70 << 10), Some(&token), None).await;
+    assert_eq!(status, 413, "{body}");
+    let pem = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        "QUFBQUFB\n".repeat(6000)
+    );
+    let (status, body) = certificate(&cp, &pem, Some(&token), None).await;
+    assert!((400..500).contains(&status), "{status}: {body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A real request with the same token still joins.
+    let who = SpiffeId::parse("spiffe://mesh.test/ns/default/sa/big").unwrap();
+    join(&cp, &token, &who).await;
+}

@@ -12,6 +12,9 @@ use tokio::sync::mpsc;
 use weft_api::operator::SourceFile;
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A larger file is not read (the directory is refused, the last good state stays): twice the largest
+/// apply, far above any real resource file.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Reads every resource file in `dir`, sorted by name.
 pub fn read_all(dir: &Path) -> std::io::Result<Vec<SourceFile>> {
@@ -25,6 +28,16 @@ pub fn read_all(dir: &Path) -> std::io::Result<Vec<SourceFile>> {
     paths
         .into_iter()
         .map(|p| {
+            let len = std::fs::metadata(&p)?.len();
+            if len > MAX_FILE_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: {len} bytes; the limit is {MAX_FILE_BYTES} bytes per file",
+                        p.display()
+                    ),
+                ));
+            }
             Ok(SourceFile {
                 text: std::fs::read_to_string(&p)?,
                 name: p.display().to_string(),
@@ -55,7 +68,16 @@ pub fn watch(
             // Gather the rest of the burst (an editor's write + rename, a `cp` of several files).
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
-            on_change(read_all(&dir));
+            // Reading and checking the files takes a blocking-pool thread, not a runtime worker.
+            let d = dir.clone();
+            let run = tokio::task::spawn_blocking(move || {
+                on_change(read_all(&d));
+                on_change
+            });
+            match run.await {
+                Ok(f) => on_change = f,
+                Err(e) => return tracing::error!(error = %e, "config directory reload failed"),
+            }
         }
     });
     Ok(watcher)

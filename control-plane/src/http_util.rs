@@ -67,6 +67,26 @@ pub async fn read_json<T: DeserializeOwned>(
     limit: usize,
     within: std::time::Duration,
 ) -> Result<T, Response<Body>> {
+    decode_json(&read_body(body, limit, within).await?).map_err(|answer| *answer)
+}
+
+/// A JSON request body already read; the error is the answer to send (400).
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response<Body>>> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request: {e}"),
+            vec![],
+        ))
+    })
+}
+
+/// [`read_json`]'s reading half: the body's bytes, bounded in size and time.
+pub async fn read_body(
+    body: hyper::body::Incoming,
+    limit: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, Response<Body>> {
     let read = Limited::new(body, limit).collect();
     let Ok(read) = tokio::time::timeout(within, read).await else {
         return Err(error(
@@ -75,26 +95,19 @@ pub async fn read_json<T: DeserializeOwned>(
             vec![],
         ));
     };
-    let bytes = match read {
-        Ok(c) => c.to_bytes(),
+    match read {
+        Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
             let status = if e.is::<http_body_util::LengthLimitError>() {
                 StatusCode::PAYLOAD_TOO_LARGE
             } else {
                 StatusCode::BAD_REQUEST
             };
-            return Err(error(
+            Err(error(
                 status,
                 format!("cannot read the request body (limit {limit} bytes): {e}"),
                 vec![],
-            ));
+            ))
         }
-    };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("malformed request: {e}"),
-            vec![],
-        )
-    })
+    }
 }

@@ -38,6 +38,7 @@ pub struct Metrics {
     serving_rotations: Family<ResultLabels, Counter>,
     registrations_refused: Family<ReasonLabels, Counter>,
     stats_dropped: Family<ReasonLabels, Counter>,
+    resources_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -64,12 +65,19 @@ impl Metrics {
             serving_rotations: Family::default(),
             registrations_refused: Family::default(),
             stats_dropped: Family::default(),
+            resources_refused: Family::default(),
         };
         // Registration order is the order of `/metrics`.
         m.register_push(&mut registry);
         m.register_certificates(&mut registry);
         m.register_resources(&mut registry);
         m.register_proxy_api(&mut registry);
+        registry.register(
+            "resource_documents_refused",
+            "Applies and reloads refused before their documents were parsed or while they were read, \
+             by reason (depth, nodes, alias, document_bytes, documents, deadline, busy)",
+            m.resources_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -201,6 +209,12 @@ impl Metrics {
                 .inc_by(n);
         }
     }
+    /// A change refused by a limit on its documents, or for time, or for too many at once.
+    pub fn resource_refused(&self, reason: &'static str) {
+        self.resources_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
     pub fn apply(&self, result: &'static str) {
         self.applies.get_or_create(&ResultLabels { result }).inc();
     }
@@ -234,6 +248,7 @@ mod tests {
             "# HELP weft_control_serving_certificate_renewals Renewals of the proxy API's own certificate, by result (ok, failed).",
             "# HELP weft_control_registrations_refused Config streams refused at registration, by reason.",
             "# HELP weft_control_stats_entries_dropped Request-count entries from proxies that were not kept, by reason.",
+            "# HELP weft_control_resource_documents_refused Applies and reloads refused before their documents were parsed or while they were read, by reason (depth, nodes, alias, document_bytes, documents, deadline, busy).",
         ];
         let text = Metrics::new().encode();
         let help: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();

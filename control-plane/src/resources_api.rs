@@ -3,15 +3,21 @@
 
 use crate::http_util::{self, Body};
 use crate::server::ControlPlane;
-use crate::store::{Refused, Store, StoreError};
-use http::{Request, Response, StatusCode};
+use crate::store::{self, Refused, Store, StoreError};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 use weft_api::operator::{ApplyRequest, ApplyResponse, Change, ChangeAction};
-use weft_api::resources::{Kind, ResourceKey};
+use weft_api::resources::{Kind, Parsed, ResourceKey};
+use weft_api::yaml_limits::Limit;
 
 const MAX_APPLY: usize = 8 << 20;
+/// Applies (and reloads of the watched directory) being read and checked at once; one more is
+/// answered 503 at once rather than queued. Each holds a blocking-pool thread, never the store.
+pub const MAX_READS: usize = 4;
+/// Longest the reading and checking of one apply may take; past it nothing is applied (503).
+pub const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest a caller may ask to wait for a rollout.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -63,23 +69,43 @@ async fn on_store<T: Send + 'static>(
 
 pub async fn apply(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<Body> {
     let q = query(&req);
-    let body: ApplyRequest =
-        match http_util::read_json(req.into_body(), MAX_APPLY, cp.operator_body_timeout).await {
+    let body =
+        match http_util::read_body(req.into_body(), MAX_APPLY, cp.operator_body_timeout).await {
             Ok(b) => b,
             Err(r) => return r,
         };
-    let names: Vec<String> = body.files.iter().map(|f| f.name.clone()).collect();
+    let (names, incoming) = match read_documents(cp, body).await {
+        Ok(read) => read,
+        Err(refusal) => return refusal,
+    };
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let dry_run = q.dry_run;
     let result = match on_store(cp, move |store| {
         store
-            .apply(&body.files, dry_run)
+            .apply_read(incoming, dry_run)
             .map(|c| (c, store.revision()))
     })
     .await
     {
         Ok(r) => r,
         Err(failed) => return failed,
+    };
+    // The diffs are written after the lock is released, off the runtime's workers.
+    let result = match result {
+        Ok((pending, revision)) => {
+            match tokio::task::spawn_blocking(move || store::render(pending)).await {
+                Ok(changes) => Ok((changes, revision)),
+                Err(e) => {
+                    tracing::error!(error = %e, "writing an apply's diffs failed");
+                    return http_util::error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the change was applied but its diffs could not be written",
+                        vec![],
+                    );
+                }
+            }
+        }
+        Err(e) => Err(e),
     };
     match result {
         Ok((changes, revision)) => {
@@ -91,6 +117,68 @@ pub async fn apply(req: Request<Incoming>, cp: &Arc<ControlPlane>) -> Response<B
         }
         Err(e) => refused("apply", &names, e, cp),
     }
+}
+
+/// Decodes an apply's body and reads and checks its documents before the store's lock is taken: on
+/// the blocking pool, at most [`MAX_READS`] at once, within [`READ_DEADLINE`]. Returns the files'
+/// names and the documents; the error is the answer to send.
+async fn read_documents(
+    cp: &Arc<ControlPlane>,
+    body: bytes::Bytes,
+) -> Result<(Vec<String>, Vec<Parsed>), Response<Body>> {
+    let Ok(permit) = cp.document_reads.clone().try_acquire_owned() else {
+        return Err(busy(cp));
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let request: ApplyRequest =
+            http_util::decode_json(&body).map_err(ReadFailure::Malformed)?;
+        let names: Vec<String> = request.files.iter().map(|f| f.name.clone()).collect();
+        match store::read_files(&request.files, Some(READ_DEADLINE)) {
+            Ok(incoming) => Ok((names, incoming)),
+            Err(e) => Err(ReadFailure::Refused(names, Box::new(e))),
+        }
+    });
+    // The task stops itself at the deadline between documents; this answers on time regardless.
+    let failed = match tokio::time::timeout(READ_DEADLINE, task).await {
+        Ok(Ok(Ok(read))) => return Ok(read),
+        Ok(Ok(Err(ReadFailure::Malformed(answer)))) => return Err(*answer),
+        Ok(Ok(Err(ReadFailure::Refused(names, e)))) => (names, *e),
+        Err(_) => (Vec::new(), StoreError::Deadline(READ_DEADLINE)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reading an apply failed");
+            return Err(http_util::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "reading the documents failed; nothing was changed",
+                vec![],
+            ));
+        }
+    };
+    let (names, e) = failed;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    Err(refused("apply", &names, e, cp))
+}
+
+enum ReadFailure {
+    /// The body is not an apply request: the 400 to send.
+    Malformed(Box<Response<Body>>),
+    /// The files' names, and why their documents were refused.
+    Refused(Vec<String>, Box<StoreError>),
+}
+
+/// The answer when [`MAX_READS`] applies are being read already: at once, rather than queued.
+fn busy(cp: &ControlPlane) -> Response<Body> {
+    cp.metrics.apply("refused");
+    cp.metrics.resource_refused("busy");
+    tracing::warn!("apply refused: {MAX_READS} applies are being read already");
+    let mut r = http_util::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{MAX_READS} applies are being read already; retry shortly; nothing was changed"),
+        vec![],
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 pub async fn delete(
@@ -143,8 +231,10 @@ pub async fn get(
         return unknown_kind(kind);
     };
     let (ns, n) = (namespace.map(str::to_string), name.map(str::to_string));
-    let found = match on_store(cp, move |store| {
-        store
+    // From the last published state: a read never waits for a change being checked or saved.
+    let snapshot = cp.resources();
+    let found = match tokio::task::spawn_blocking(move || {
+        snapshot
             .get(kind, ns.as_deref(), n.as_deref())
             .into_iter()
             .map(|r| r.to_json())
@@ -153,7 +243,10 @@ pub async fn get(
     .await
     {
         Ok(found) => found,
-        Err(failed) => return failed,
+        Err(e) => {
+            tracing::error!(error = %e, "a read of the resources failed");
+            return http_util::error(StatusCode::INTERNAL_SERVER_ERROR, "the read failed", vec![]);
+        }
     };
     if name.is_some() && found.is_empty() {
         return http_util::error(
@@ -226,6 +319,28 @@ fn refused(what: &str, files: &[&str], e: StoreError, cp: &ControlPlane) -> Resp
             )
         }
         StoreError::State(e) => http_util::not_saved(what, &e),
+        StoreError::Limit(e) => {
+            cp.metrics.resource_refused(e.limit.as_str());
+            tracing::warn!(files = ?files, problem = %e, "{what} refused: over a limit");
+            let status = match e.limit {
+                Limit::DocumentBytes => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            http_util::error(
+                status,
+                format!("{what} refused: a document is over a limit; nothing was changed"),
+                vec![e.to_string()],
+            )
+        }
+        StoreError::Deadline(d) => {
+            cp.metrics.resource_refused("deadline");
+            tracing::warn!(files = ?files, "{what} refused: not read within {d:?}");
+            http_util::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what} refused: the documents were not read and checked within {d:?}; nothing was changed"),
+                vec![],
+            )
+        }
         e => http_util::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), vec![]),
     }
 }
@@ -245,7 +360,10 @@ pub fn watch_dir(
                 return tracing::warn!(dir = %shown, error = %e, "cannot read the config directory; keeping the last good state")
             }
         };
-        let result = cp.store().reload_dir(&files);
+        // Read and checked before the store's lock is taken, as an apply is.
+        let result = store::read_files(&files, Some(READ_DEADLINE))
+            .and_then(|incoming| cp.store().reload_read(incoming))
+            .map(store::render);
         match result {
             Ok(changes) if changes.is_empty() => {}
             Ok(changes) => {
@@ -258,6 +376,15 @@ pub fn watch_dir(
                 for p in problems {
                     tracing::error!(dir = %shown, problem = %p, "config directory refused; keeping the last good state");
                 }
+            }
+            Err(e @ (StoreError::Limit(_) | StoreError::Deadline(_))) => {
+                cp.metrics.apply("refused");
+                let reason = match &e {
+                    StoreError::Limit(l) => l.limit.as_str(),
+                    _ => "deadline",
+                };
+                cp.metrics.resource_refused(reason);
+                tracing::error!(dir = %shown, problem = %e, "config directory refused; keeping the last good state");
             }
             Err(e) => tracing::error!(dir = %shown, error = %e, "config directory not applied"),
         }

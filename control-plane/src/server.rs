@@ -75,6 +75,10 @@ pub struct ControlPlane {
     pub mesh_info: MeshInfo,
     /// Each connected proxy's latest request counts (`GET /v1/stats`).
     pub stats: crate::stats::StatsStore,
+    /// The resources in force as of the last publish, for reads that must not wait for the store.
+    resources: std::sync::RwLock<crate::store::Snapshot>,
+    /// Applies being read and checked (off the store's lock): at most `MAX_READS` at once.
+    pub document_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl ControlPlane {
@@ -82,12 +86,22 @@ impl ControlPlane {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands the resources in force to the push (and the certificate lifetime to the issuer).
+    /// The resources in force as of the last change, read without the store's lock.
+    pub fn resources(&self) -> crate::store::Snapshot {
+        self.resources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Hands the resources in force to the push (and the certificate lifetime to the issuer), and
+    /// to the readers of [`ControlPlane::resources`].
     pub fn publish(&self) {
-        let (resources, revision) = {
+        let (resources, revision, snapshot) = {
             let store = self.store();
-            (store.mesh_resources(), store.revision())
+            (store.mesh_resources(), store.revision(), store.snapshot())
         };
+        *self.resources.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
         let ttl = resources
             .mesh
             .certificate_ttl
@@ -177,6 +191,8 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         config_dir: opts.config_dir.clone(),
         mesh_info,
         stats: Default::default(),
+        resources: Default::default(),
+        document_reads: Arc::new(tokio::sync::Semaphore::new(crate::resources_api::MAX_READS)),
     });
     cp.publish();
     cp.apply_revocations();

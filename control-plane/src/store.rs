@@ -10,8 +10,11 @@ use crate::view::MeshResources;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 use weft_api::operator::{Change, ChangeAction, SourceFile};
-use weft_api::resources::{self, Kind, Parsed, Resource, ResourceKey};
+use weft_api::resources::{self, Batch, BatchError, Kind, Parsed, Resource, ResourceKey};
+use weft_api::yaml_limits::{LimitError, LIMITS};
 
 /// Where a resource came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +36,35 @@ pub struct Store {
     path: PathBuf,
     /// The mesh's trust domain, fixed by the CA; a MeshConfig naming another is refused.
     trust_domain: String,
-    resources: BTreeMap<ResourceKey, (Origin, Resource)>,
+    /// Shared with the [`Snapshot`]s handed out: a change builds a new map and swaps it in.
+    resources: Arc<BTreeMap<ResourceKey, (Origin, Resource)>>,
     revision: u64,
+}
+
+/// The resources in force at one moment, read without the store's lock (`get` never waits for a
+/// change being checked or saved).
+#[derive(Clone, Default)]
+pub struct Snapshot(Arc<BTreeMap<ResourceKey, (Origin, Resource)>>);
+
+impl Snapshot {
+    pub fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Vec<&Resource> {
+        select(&self.0, kind, namespace, name)
+    }
+}
+
+fn select<'a>(
+    resources: &'a BTreeMap<ResourceKey, (Origin, Resource)>,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Vec<&'a Resource> {
+    resources
+        .iter()
+        .filter(|(k, _)| k.kind == kind)
+        .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+        .filter(|(k, _)| name.is_none_or(|n| k.name == n))
+        .map(|(_, (_, r))| r)
+        .collect()
 }
 
 #[derive(Debug, Serialize, Deserialize, Default)]
@@ -52,6 +82,12 @@ pub struct Refused(pub Vec<String>);
 pub enum StoreError {
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// A document over a limit checked before parsing (depth, nodes, aliases, size, count).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// Reading and validating the documents took longer than this; nothing was applied.
+    #[error("the documents were not read and checked within {0:?}; nothing was applied")]
+    Deadline(Duration),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("{0} not found")]
@@ -73,7 +109,7 @@ impl Store {
         Ok(Store {
             path,
             trust_domain: trust_domain.to_string(),
-            resources,
+            resources: Arc::new(resources),
             revision: persisted.revision,
         })
     }
@@ -118,13 +154,12 @@ impl Store {
     }
 
     pub fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Vec<&Resource> {
-        self.resources
-            .iter()
-            .filter(|(k, _)| k.kind == kind)
-            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
-            .filter(|(k, _)| name.is_none_or(|n| k.name == n))
-            .map(|(_, (_, r))| r)
-            .collect()
+        select(&self.resources, kind, namespace, name)
+    }
+
+    /// The resources in force, to read after the lock is released.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(self.resources.clone())
     }
 
     /// Applies documents through the API (or checks them, with `dry_run`). Returns what changed.
@@ -133,8 +168,18 @@ impl Store {
         files: &[SourceFile],
         dry_run: bool,
     ) -> Result<Vec<Change>, StoreError> {
-        let incoming = parse_all(files)?;
-        let mut next = self.resources.clone();
+        let incoming = read_files(files, None)?;
+        self.apply_read(incoming, dry_run).map(render)
+    }
+
+    /// Applies documents already read and checked one by one ([`read_files`], done without the store's
+    /// lock): only the checks across documents and the swap happen here; [`render`] the answer after.
+    pub fn apply_read(
+        &mut self,
+        incoming: Vec<Parsed>,
+        dry_run: bool,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let mut next = (*self.resources).clone();
         for d in &incoming {
             if let Some((Origin::Dir { file }, _)) = self.resources.get(&d.resource.key()) {
                 let e = d.error(
@@ -150,9 +195,11 @@ impl Store {
         }
         let changes = self.commit(next, &incoming, dry_run)?;
         // The answer covers the documents sent, changed or not.
+        let sent: std::collections::BTreeSet<ResourceKey> =
+            incoming.iter().map(|d| d.resource.key()).collect();
         Ok(changes
             .into_iter()
-            .filter(|c| incoming.iter().any(|d| d.resource.key() == c.key))
+            .filter(|c| sent.contains(&c.key))
             .collect())
     }
 
@@ -161,18 +208,25 @@ impl Store {
         if !self.resources.contains_key(key) {
             return Err(StoreError::NotFound(key.clone()));
         }
-        let mut next = self.resources.clone();
+        let mut next = (*self.resources).clone();
         next.remove(key);
         let changes = self.commit(next, &[], dry_run)?;
-        Ok(changes
-            .into_iter()
-            .filter(|c| c.action == ChangeAction::Deleted)
-            .collect())
+        Ok(render(
+            changes
+                .into_iter()
+                .filter(|c| c.action == ChangeAction::Deleted)
+                .collect(),
+        ))
     }
 
     /// Replaces everything that came from the watched directory with `files` (all or nothing).
     pub fn reload_dir(&mut self, files: &[SourceFile]) -> Result<Vec<Change>, StoreError> {
-        let incoming = parse_all(files)?;
+        let incoming = read_files(files, None)?;
+        self.reload_read(incoming).map(render)
+    }
+
+    /// [`Store::reload_dir`] with documents already read by [`read_files`]; [`render`] the answer after.
+    pub fn reload_read(&mut self, incoming: Vec<Parsed>) -> Result<Vec<Pending>, StoreError> {
         let mut next: BTreeMap<_, _> = self
             .resources
             .iter()
@@ -211,14 +265,14 @@ impl Store {
         next: BTreeMap<ResourceKey, (Origin, Resource)>,
         incoming: &[Parsed],
         dry_run: bool,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<Pending>, StoreError> {
         check_duplicates(incoming)?;
         check_references(&next, incoming)?;
         self.check_trust_domain(incoming)?;
         let changes = diff_states(&self.resources, &next);
         let changed = changes.iter().any(|c| c.action != ChangeAction::Unchanged);
         if !dry_run && changed {
-            let previous = std::mem::replace(&mut self.resources, next);
+            let previous = std::mem::replace(&mut self.resources, Arc::new(next));
             self.revision += 1;
             if let Err(e) = self.save() {
                 self.resources = previous;
@@ -269,13 +323,21 @@ pub fn trust_domain_in(files: &[SourceFile]) -> Option<String> {
     })
 }
 
-fn parse_all(files: &[SourceFile]) -> Result<Vec<Parsed>, Refused> {
+/// Reads and validates every document of `files` on its own, under the limits of
+/// [`weft_api::yaml_limits::LIMITS`] and, when given, within a time: the part of a change that needs
+/// no store, so it runs before the store's lock is taken.
+pub fn read_files(
+    files: &[SourceFile],
+    within: Option<Duration>,
+) -> Result<Vec<Parsed>, StoreError> {
+    let mut batch = Batch::new(LIMITS, within);
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for f in files {
-        match resources::parse_documents(&f.name, &f.text) {
+        match batch.read(&f.name, &f.text) {
             Ok(docs) => {
                 for d in docs {
+                    batch.check_deadline().map_err(batch_error)?;
                     let errs = d.validate();
                     if errs.is_empty() {
                         out.push(d);
@@ -284,13 +346,22 @@ fn parse_all(files: &[SourceFile]) -> Result<Vec<Parsed>, Refused> {
                     }
                 }
             }
-            Err(errs) => problems.extend(errs.iter().map(|e| e.to_string())),
+            Err(BatchError::Invalid(errs)) => problems.extend(errs.iter().map(|e| e.to_string())),
+            Err(e) => return Err(batch_error(e)),
         }
     }
     if problems.is_empty() {
         Ok(out)
     } else {
-        Err(Refused(problems))
+        Err(Refused(problems).into())
+    }
+}
+
+fn batch_error(e: BatchError) -> StoreError {
+    match e {
+        BatchError::Limit(e) => StoreError::Limit(e),
+        BatchError::Deadline(d) => StoreError::Deadline(d),
+        BatchError::Invalid(errs) => Refused(errs.iter().map(|e| e.to_string()).collect()).into(),
     }
 }
 
@@ -324,11 +395,14 @@ fn check_references(
     next: &BTreeMap<ResourceKey, (Origin, Resource)>,
     incoming: &[Parsed],
 ) -> Result<(), Refused> {
-    let all: Vec<&Resource> = next.values().map(|(_, r)| r).collect();
+    // Maps, not searches: a large state (thousands of routes) is checked in linear time.
+    let by_key: BTreeMap<ResourceKey, &Parsed> =
+        incoming.iter().map(|d| (d.resource.key(), d)).collect();
+    let lookup = |k: &ResourceKey| next.get(k).map(|(_, r)| r);
     let mut problems = Vec::new();
     for (key, (origin, r)) in next {
-        for (field, reason) in resources::dangling_references(r, &all) {
-            let msg = match incoming.iter().find(|d| &d.resource.key() == key) {
+        for (field, reason) in resources::dangling_references_by(r, lookup) {
+            let msg = match by_key.get(key) {
                 Some(d) => d.error(&field, reason).to_string(),
                 None => {
                     let from = match origin {
@@ -354,10 +428,35 @@ fn check_references(
     }
 }
 
+/// What a change does to one resource, with the two versions its diff is made from.
+#[derive(Debug)]
+pub struct Pending {
+    pub key: ResourceKey,
+    pub action: ChangeAction,
+    before: Option<Resource>,
+    after: Option<Resource>,
+}
+
+/// A change's effects before their diffs are written: the diffs (YAML of every changed resource, a
+/// line diff each) are made by [`render`] after the store's lock is released.
+pub fn render(pending: Vec<Pending>) -> Vec<Change> {
+    pending
+        .into_iter()
+        .map(|p| Change {
+            diff: match p.action {
+                ChangeAction::Unchanged => String::new(),
+                _ => resources::diff(p.before.as_ref(), p.after.as_ref()),
+            },
+            key: p.key,
+            action: p.action,
+        })
+        .collect()
+}
+
 fn diff_states(
     old: &BTreeMap<ResourceKey, (Origin, Resource)>,
     new: &BTreeMap<ResourceKey, (Origin, Resource)>,
-) -> Vec<Change> {
+) -> Vec<Pending> {
     let mut changes = Vec::new();
     for (k, (_, r)) in new {
         let before = old.get(k).map(|(_, r)| r);
@@ -366,22 +465,21 @@ fn diff_states(
             Some(b) if b == r => ChangeAction::Unchanged,
             Some(_) => ChangeAction::Configured,
         };
-        changes.push(Change {
+        let changed = action != ChangeAction::Unchanged;
+        changes.push(Pending {
             key: k.clone(),
             action,
-            diff: if action == ChangeAction::Unchanged {
-                String::new()
-            } else {
-                resources::diff(before, Some(r))
-            },
+            before: before.filter(|_| changed).cloned(),
+            after: Some(r.clone()).filter(|_| changed),
         });
     }
     for (k, (_, r)) in old {
         if !new.contains_key(k) {
-            changes.push(Change {
+            changes.push(Pending {
                 key: k.clone(),
                 action: ChangeAction::Deleted,
-                diff: resources::diff(Some(r), None),
+                before: Some(r.clone()),
+                after: None,
             });
         }
     }

@@ -12,6 +12,7 @@ pub mod persist;
 pub mod resources;
 pub mod routing;
 pub mod yaml;
+pub mod yaml_limits;
 
 pub use duration::Duration;
 pub use outbound::{AppProtocol, OutboundListener, Target, Upstream};

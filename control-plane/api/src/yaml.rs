@@ -39,7 +39,9 @@ impl std::error::Error for YamlError {}
 
 /// Parses `text` (read from `file`) into `T`. Types with `deny_unknown_fields` and validating
 /// `Deserialize` impls (SPIFFE IDs, addresses, durations) get their errors located by the parser.
+/// The text is held to [`crate::yaml_limits::LIMITS`] before the parser sees it.
 pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlError> {
+    crate::yaml_limits::check_text(file, text, &crate::yaml_limits::LIMITS).map_err(|e| e.error)?;
     serde_yaml::from_str(text).map_err(|e| locate(file, &e))
 }
 
@@ -125,7 +127,8 @@ fn marker(line: &str) -> Option<Marker> {
     }
 }
 
-/// Parses one document of a multi-document file; errors carry the file's line and column.
+/// Parses one document of a multi-document file; errors carry the file's line and column. The
+/// caller holds the document to [`crate::yaml_limits`] first ([`crate::resources::Batch`] does).
 pub fn from_document<T: DeserializeOwned>(
     file: &str,
     doc: &YamlDocument<'_>,
@@ -233,6 +236,18 @@ mod tests {
     #[allow(dead_code)]
     struct Doc {
         items: Vec<Item>,
+    }
+
+    #[test]
+    fn limits_come_before_the_parser() {
+        let deep = format!("items: {}{}\n", "[".repeat(100), "]".repeat(100));
+        let e = from_str::<Doc>("p.yaml", &deep).unwrap_err();
+        assert_eq!(e.to_string(), "p.yaml:1:71: nesting deeper than 64 levels");
+        let e = from_str::<Doc>("p.yaml", "items: &a []\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("p.yaml:1:8: anchors and aliases"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -298,3 +298,20 @@ fn fields_not_written_as_blocks_resolve_to_what_is_written() {
         "{e}"
     );
 }
+
+#[test]
+fn a_config_over_the_yaml_limits_is_refused_before_parsing() {
+    let deep = format!("{GOOD}extra: {}1{}\n", "[".repeat(80), "]".repeat(80));
+    let line = GOOD.lines().count() + 1;
+    let (_d, p) = write(&deep);
+    let e = ProxyConfig::load(&p).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "proxy.yaml:{line}:71: nesting deeper than 64 levels"
+        )),
+        "{e}"
+    );
+    let (_d, p) = write(&format!("{GOOD}extra: *alias\n"));
+    let e = ProxyConfig::load(&p).unwrap_err().to_string();
+    assert!(e.contains("anchors and aliases"), "{e}");
+}

@@ -17,10 +17,10 @@ mod validate;
 
 pub use diff::diff;
 pub use locate::{DocSource, Position};
-pub use parse::{parse_documents, Parsed};
-pub use refs::dangling_references;
+pub use parse::{parse_documents, Batch, BatchError, Parsed};
+pub use refs::{dangling_references, dangling_references_by};
 pub use resource::ResourceJsonError;
 pub use set::{Origin, Referrer, RemoveError, ResourceSet, Stored};
 pub use types::*;
 pub use validate::names::{dns_label, label_key, label_value, REGEX_SIZE_LIMIT};
-pub use validate::{problems, Problem, MAX_CERTIFICATE_TTL};
+pub use validate::{problems, Problem, MAX_CERTIFICATE_TTL, MAX_LOCATED};

@@ -9,8 +9,10 @@ use super::locate::DocSource;
 use super::resource::kind_list;
 use super::types::{Document, Kind, Resource, API_VERSION};
 use crate::yaml::{self, YamlDocument, YamlError};
+use crate::yaml_limits::{self, Limits};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
+use std::time::{Duration, Instant};
 
 /// One document read from a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,22 +67,90 @@ struct Header {
 
 /// Reads every document of `text` (the contents of `file`). Documents are separated by `---`; empty
 /// ones are skipped. Either every document is good, or the answer is every error of every document.
+/// The text is held to [`yaml_limits::LIMITS`] first; a document over a limit is the only error.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Parsed>, Vec<YamlError>> {
-    let mut parsed = Vec::new();
-    let mut errors = Vec::new();
-    for doc in yaml::split_documents(text) {
-        if doc.is_empty() {
-            continue;
-        }
-        match parse_one(file, &doc) {
-            Ok(p) => parsed.push(p),
-            Err(mut e) => errors.append(&mut e),
+    Batch::new(yaml_limits::LIMITS, None)
+        .read(file, text)
+        .map_err(|e| match e {
+            BatchError::Limit(e) => vec![e.error],
+            BatchError::Invalid(errors) => errors,
+            BatchError::Deadline(d) => vec![YamlError {
+                file: file.to_string(),
+                line: None,
+                column: None,
+                field: String::new(),
+                reason: format!("not read within {d:?}"),
+            }],
+        })
+}
+
+/// Why a batch was not read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchError {
+    /// A document over one of the limits: nothing of it was parsed.
+    Limit(yaml_limits::LimitError),
+    /// The deadline passed between two documents.
+    Deadline(Duration),
+    /// Documents that do not parse: every error of every document.
+    Invalid(Vec<YamlError>),
+}
+
+/// The documents of one change (an apply, a reload of the watched directory), read file by file
+/// under one set of limits (the document count spans files) and, optionally, one deadline.
+pub struct Batch {
+    limits: Limits,
+    deadline: Option<(Instant, Duration)>,
+    documents: usize,
+}
+
+impl Batch {
+    /// `within`: the time the whole batch may take from now, checked between documents.
+    pub fn new(limits: Limits, within: Option<Duration>) -> Batch {
+        Batch {
+            limits,
+            deadline: within.map(|d| (Instant::now() + d, d)),
+            documents: 0,
         }
     }
-    if errors.is_empty() {
-        Ok(parsed)
-    } else {
-        Err(errors)
+
+    /// Reads one file of the batch: limits first, document by document, then the parser.
+    pub fn read(&mut self, file: &str, text: &str) -> Result<Vec<Parsed>, BatchError> {
+        let docs: Vec<_> = yaml::split_documents(text)
+            .into_iter()
+            .filter(|d| !d.is_empty())
+            .collect();
+        for doc in &docs {
+            self.documents += 1;
+            if self.documents > self.limits.max_documents {
+                let max = self.limits.max_documents;
+                return Err(BatchError::Limit(yaml_limits::too_many_documents(
+                    file, doc, max,
+                )));
+            }
+            yaml_limits::check_document(file, doc, &self.limits).map_err(BatchError::Limit)?;
+        }
+        let mut parsed = Vec::new();
+        let mut errors = Vec::new();
+        for doc in &docs {
+            self.check_deadline()?;
+            match parse_one(file, doc) {
+                Ok(p) => parsed.push(p),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(parsed)
+        } else {
+            Err(BatchError::Invalid(errors))
+        }
+    }
+
+    /// Fails once the batch's deadline has passed.
+    pub fn check_deadline(&self) -> Result<(), BatchError> {
+        match self.deadline {
+            Some((at, within)) if Instant::now() >= at => Err(BatchError::Deadline(within)),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -13,6 +13,9 @@ use super::types::{Labels, Metadata, Resource};
 use crate::yaml::YamlError;
 use names::Check;
 
+/// Problems located and listed per document; more are counted, not listed.
+pub const MAX_LOCATED: usize = 50;
+
 /// One rule a document breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -80,11 +83,22 @@ fn metadata(p: &mut Problems, m: &Metadata) {
 impl Parsed {
     /// Checks this document on its own (references to other documents are [`super::ResourceSet`]'s
     /// business); every error carries the line where its field is written.
+    ///
+    /// Locating a field walks the document, so only the first [`MAX_LOCATED`] problems are located
+    /// and listed; the rest are counted in one last error at the document's start. (Measured: a
+    /// document with 15,000 bad ports took 21 s when every problem was located.)
     pub fn validate(&self) -> Vec<YamlError> {
-        problems(&self.resource)
+        let problems = problems(&self.resource);
+        let more = problems.len().saturating_sub(MAX_LOCATED);
+        let mut errors: Vec<YamlError> = problems
             .into_iter()
+            .take(MAX_LOCATED)
             .map(|p| self.error(&p.field, p.reason))
-            .collect()
+            .collect();
+        if more > 0 {
+            errors.push(self.error("", format!("and {more} more problem(s) in this document")));
+        }
+        errors
     }
 }
 
