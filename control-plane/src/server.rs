@@ -120,25 +120,11 @@ pub struct Bound {
 }
 
 /// Opens (or creates) the state and binds both ports; nothing is served yet.
-pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
-    let dir_files = match &opts.config_dir {
-        Some(dir) => crate::config_dir::read_all(dir)
-            .with_context(|| format!("cannot read --config-dir {}", dir.display()))?,
-        None => Vec::new(),
-    };
-    let td = trust_domain(opts, &dir_files)?;
-    let state = StateDir::open_or_init(&opts.state_dir, td.as_ref(), opts.serving_ttl)?;
-    record_ca_fingerprint(&state);
-    let metrics = Arc::new(Metrics::new());
+/// The push hub, with the registry the state directory kept.
+fn new_hub(state: &StateDir, opts: &Options, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<Hub>> {
     let registry_path = state.path("registry.json");
     let restored = restore_registry(&registry_path)?;
-    // A client certificate is optional on this port: a proxy without one can only present a join token.
-    // One that expired while the control plane was away may still renew (and do nothing else).
-    let proxy_tls = state
-        .serving
-        .server_config_with_expired_grace(crate::proxy_api::EXPIRED_RENEWAL_GRACE);
-    let store = open_store(&state, opts, &dir_files)?;
-    let hub = Hub::new(
+    Ok(Hub::new(
         MeshResources::default(),
         0,
         state.bundle_pem.clone(),
@@ -152,7 +138,26 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
             vips_path: Some(state.path("vips.json")),
         },
         metrics.clone(),
-    );
+    ))
+}
+
+pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
+    let dir_files = match &opts.config_dir {
+        Some(dir) => crate::config_dir::read_all(dir)
+            .with_context(|| format!("cannot read --config-dir {}", dir.display()))?,
+        None => Vec::new(),
+    };
+    let td = trust_domain(opts, &dir_files)?;
+    let state = StateDir::open_or_init(&opts.state_dir, td.as_ref(), opts.serving_ttl)?;
+    record_ca_fingerprint(&state);
+    let metrics = Arc::new(Metrics::new());
+    // A client certificate is optional on this port: a proxy without one can only present a join token.
+    // One that expired while the control plane was away may still renew (and do nothing else).
+    let proxy_tls = state
+        .serving
+        .server_config_with_expired_grace(crate::proxy_api::EXPIRED_RENEWAL_GRACE);
+    let store = open_store(&state, opts, &dir_files)?;
+    let hub = new_hub(&state, opts, &metrics)?;
     let mesh_info = mesh_info(&state, opts);
     let (tokens, claims, revocations) = issuer_stores(&state, opts)?;
     let StateDir {
