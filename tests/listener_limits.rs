@@ -9,32 +9,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft::apps;
-use weft::net::{free_addr, http_get, wait_for_port};
+use weft::net::{closed_within, connect_tcp as connect, free_addr, http_get, wait_for_port};
 use weft::pki::{Pki, TempDir};
 use weft::proxy::{launch, Launch, ProxyBuilder, ProxyProc};
 
 const CAP: usize = 8;
-
-async fn connect(addr: SocketAddr) -> TcpStream {
-    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect")
-}
-
-/// Whether the proxy closed (or reset) the connection within `within`.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 256];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            // A response (e.g. 408) before the close: keep reading until EOF.
-            Ok(Ok(_)) => {}
-        }
-    }
-}
 
 /// `CAP` connections that never finish a request head: half send nothing, half stop mid-head.
 async fn hold_cap(addr: SocketAddr) -> Vec<TcpStream> {

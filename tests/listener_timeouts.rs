@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft::control::ControlProc;
-use weft::net::{free_addr, http_get};
+use weft::net::{closed_within, connect_tcp as connect, free_addr, http_get};
 use weft::pair::{Pair, PairOptions};
 use weft::pki::IdentityFiles;
 use weft::proxy::ProxyProc;
@@ -330,26 +330,6 @@ fn dns_question_tcp() -> Vec<u8> {
 }
 
 // === plumbing ===
-
-async fn connect(addr: SocketAddr) -> TcpStream {
-    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect")
-}
-
-/// Whether the server closed (or reset) the connection within `within`, reading past any answer.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 512];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
-}
 
 /// How long until a client connection's task ends (the server closed it), if within `LIMIT + SLACK`.
 async fn closed_after<E>(conn: tokio::task::JoinHandle<Result<(), E>>) -> Option<Duration> {

@@ -218,7 +218,7 @@ impl CertError {
 }
 
 /// RFC 3339 in UTC, whole seconds: X.509 times have no finer resolution.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
+pub fn rfc3339(t: SystemTime) -> String {
     let dt = time::OffsetDateTime::from(t);
     dt.replace_nanosecond(0)
         .ok()

@@ -27,7 +27,7 @@ pub use bundle::TrustBundle;
 pub use ca::{CertificateAuthority, Validity};
 pub use credential::Credential;
 pub use csr::{csr_key_sha256, KeyAndCsr};
-pub use error::{CertError, SpiffeIdError, VerifyError};
+pub use error::{rfc3339, CertError, SpiffeIdError, VerifyError};
 pub use revoked::{leaf_not_after, leaf_serial_hex, RevokedSerials};
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use tls::{bootstrap_client_config, peer_id, verify_error, Identity};

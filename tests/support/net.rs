@@ -89,3 +89,26 @@ fn parse_response(buf: &str) -> std::io::Result<(u16, String)> {
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// A loopback TCP connection, made within 2 s (panics otherwise: the listener under test is not there).
+pub async fn connect_tcp(addr: SocketAddr) -> tokio::net::TcpStream {
+    tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// Whether the server closed (or reset) the connection within `within`, reading past any answer
+/// (a 408, a TLS alert) until the close.
+pub async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}

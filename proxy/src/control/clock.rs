@@ -118,17 +118,7 @@ fn humanize(d: Duration) -> String {
     format!("{} s", d.as_secs())
 }
 
-/// RFC 3339 in UTC, whole seconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    dt.replace_nanosecond(0)
-        .ok()
-        .and_then(|dt| {
-            dt.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{dt}"))
-}
+pub use weft_certs::rfc3339;
 
 #[cfg(test)]
 mod tests {
