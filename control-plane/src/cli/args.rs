@@ -79,7 +79,8 @@ pub enum Command {
     /// Run apps in local pods (network namespaces with a sidecar); list and delete them.
     #[command(subcommand)]
     Pod(PodCommand),
-    /// Pod networks: a bridge in a network namespace of its own, which pods attach to.
+    /// Pod networks: a bridge in a network namespace of its own, which pods attach to, or several
+    /// simulated nodes (--nodes) routed to each other; partition and heal a node.
     #[command(subcommand)]
     Network(NetworkCommand),
 }
