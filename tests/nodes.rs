@@ -103,6 +103,9 @@ fn pods_on_three_nodes_call_each_other_through_the_mesh_with_their_own_addresses
             "{node} {range} not listed:\n{list}"
         );
     }
+    // The control plane runs on node 1 and tells pod runners so.
+    let info = mesh.control.api("GET", "/v1/mesh", None);
+    assert_eq!(info["proxyAddress"], "198.18.1.1:15010", "{info}");
     let [ratings, reviews_v2, frontend, client] = shop_on_three_nodes(&mut mesh);
     assert_in(&ratings, "198.18.1.");
     assert_in(&client, "198.18.2.");
