@@ -122,6 +122,7 @@ Examples:
   weftctl pod run --network demo --name reviews-v2 --service reviews --label version=v2 --port 9080 \\
       -- ./shop reviews --version v2
   weftctl pod run --network demo --name client -- sleep infinity
+  weftctl pod run --network lab --node node2 --name client -- sleep infinity   # a network with --nodes
 
 Inside the pod: the app's outgoing TCP goes through the sidecar (mTLS to mesh services and pods), mesh
 service names resolve (reviews, reviews.default, reviews.default.svc) through the sidecar's DNS responder, and
@@ -137,7 +138,8 @@ restarted (at most 3 times a minute); if it cannot be, the app gets SIGTERM and 
 
 #[derive(Debug, Clone, Args)]
 pub struct PodRunArgs {
-    /// The pod network (created if absent).
+    /// The pod network (created if absent, as one bridge; a network of several nodes is made by
+    /// `network create --nodes`).
     #[arg(long, default_value = "default")]
     pub network: String,
     /// The network's range when this creates it (default 198.18.0.0/16; gateway = first address).
