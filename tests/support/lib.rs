@@ -9,6 +9,7 @@ pub mod control_sim;
 pub mod fs_fault;
 pub mod mesh;
 pub mod net;
+pub mod nodes;
 pub mod pair;
 pub mod pki;
 pub mod pods;

@@ -64,13 +64,7 @@ pub struct PodHandle {
 impl PodMesh {
     /// A new network `tag`-unique for this process and its control plane.
     pub fn new(tag: &str) -> PodMesh {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let network = format!(
-            "{tag}{}x{}",
-            std::process::id() % 100_000,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
+        let network = unique_network(tag);
         let run_dir = TempDir::new(&format!("pods-{network}"));
         let out = Command::new(bin("weftctl"))
             .args(["network", "create", &network, "--run-dir"])
@@ -83,6 +77,11 @@ impl PodMesh {
             &format!("weft-{network}"),
             SocketAddr::from(([198, 18, 0, 1], 15010)),
         );
+        PodMesh::assemble(network, run_dir, control)
+    }
+
+    /// A mesh over a network made elsewhere (tests/support/nodes.rs), removed on drop like any.
+    pub(crate) fn assemble(network: String, run_dir: TempDir, control: ControlProc) -> PodMesh {
         PodMesh {
             network,
             run_dir,
@@ -360,6 +359,17 @@ impl PodMesh {
     pub fn namespaces(&self) -> Vec<String> {
         namespaces_with_prefix(&format!("weft-{}", self.network))
     }
+}
+
+/// `tag` plus this process's id and a counter: network names no other test uses.
+pub(crate) fn unique_network(tag: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{tag}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {

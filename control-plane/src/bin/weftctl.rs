@@ -105,6 +105,7 @@ fn pod_run(opts: &RemoteArgs, a: args::PodRunArgs) -> i32 {
     let o = RunOptions {
         network: a.network,
         cidr: a.cidr,
+        node: a.node,
         run_dir: a.run_dir,
         name: a.name,
         namespace: a.namespace,
@@ -138,14 +139,25 @@ fn network(cmd: NetworkCommand) -> anyhow::Result<String> {
         NetworkCommand::Create {
             name,
             cidr,
+            nodes,
             run_dir,
-        } => pod::network_create(&run_dir, &name, cidr),
+        } => pod::network_create(&run_dir, &name, cidr, nodes),
         NetworkCommand::Delete {
             name,
             force,
             run_dir,
         } => pod::network_delete(&run_dir, &name, force),
         NetworkCommand::List { run_dir } => Ok(pod::network_list(&run_dir)),
+        NetworkCommand::Partition {
+            name,
+            node,
+            run_dir,
+        } => pod::network_connect(&run_dir, &name, &node, false),
+        NetworkCommand::Heal {
+            name,
+            node,
+            run_dir,
+        } => pod::network_connect(&run_dir, &name, &node, true),
     }
     .map_err(anyhow::Error::msg)
 }

@@ -79,7 +79,8 @@ pub enum Command {
     /// Run apps in local pods (network namespaces with a sidecar); list and delete them.
     #[command(subcommand)]
     Pod(PodCommand),
-    /// Pod networks: a bridge in a network namespace of its own, which pods attach to.
+    /// Pod networks: a bridge in a network namespace of its own, which pods attach to, or several
+    /// simulated nodes (--nodes) routed to each other; partition and heal a node.
     #[command(subcommand)]
     Network(NetworkCommand),
 }
@@ -121,6 +122,7 @@ Examples:
   weftctl pod run --network demo --name reviews-v2 --service reviews --label version=v2 --port 9080 \\
       -- ./shop reviews --version v2
   weftctl pod run --network demo --name client -- sleep infinity
+  weftctl pod run --network lab --node node2 --name client -- sleep infinity   # a network with --nodes
 
 Inside the pod: the app's outgoing TCP goes through the sidecar (mTLS to mesh services and pods), mesh
 service names resolve (reviews, reviews.default, reviews.default.svc) through the sidecar's DNS responder, and
@@ -136,12 +138,17 @@ restarted (at most 3 times a minute); if it cannot be, the app gets SIGTERM and 
 
 #[derive(Debug, Clone, Args)]
 pub struct PodRunArgs {
-    /// The pod network (created if absent).
+    /// The pod network (created if absent, as one bridge; a network of several nodes is made by
+    /// `network create --nodes`).
     #[arg(long, default_value = "default")]
     pub network: String,
     /// The network's range when this creates it (default 198.18.0.0/16; gateway = first address).
     #[arg(long)]
     pub cidr: Option<crate::pod::network::PodCidr>,
+    /// The node to run the pod on, in a network created with --nodes (which then requires it): the
+    /// pod's address comes from that node's range and its gateway is that node's bridge.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
     #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
     /// Pod name (unique in the network).
@@ -223,14 +230,17 @@ fn fraction(s: &str) -> Result<f64, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
-    /// Create a pod network (idempotent).
-    #[command(
-        after_long_help = "Examples:\n  weftctl network create demo\n  weftctl network create lab --cidr 198.18.0.0/20\n\nThen run the control plane's proxy API in it:\n  weft-control --api-netns weft-demo --api-listen 198.18.0.1:15010"
-    )]
+    /// Create a pod network (idempotent): one bridge for every pod, or with --nodes several simulated
+    /// nodes, each a namespace with a pod bridge of its own, routed to each other over an underlay.
+    #[command(after_long_help = NETWORK_CREATE_EXAMPLES)]
     Create {
         name: String,
         #[arg(long, default_value = crate::pod::runner::DEFAULT_CIDR)]
         cidr: crate::pod::network::PodCidr,
+        /// Simulate N nodes (1-64): the range's first /24 is the underlay, node I (named nodeI, namespace
+        /// weft-NAME.nodeI) gets the I-th /24 after it. Pods then need `pod run --node`.
+        #[arg(long, value_name = "N")]
+        nodes: Option<u32>,
         #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
@@ -245,13 +255,46 @@ pub enum NetworkCommand {
         #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
-    /// The pod networks on this machine.
+    /// The pod networks on this machine, then the nodes (ranges, addresses, pods) of those that have
+    /// several.
     #[command(after_long_help = "Examples:\n  weftctl network list")]
     List {
         #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+    /// Cut a node off the other nodes (its port on the underlay goes down) to rehearse a fault; its
+    /// pods keep running and reach only each other. `heal` joins it again.
+    #[command(
+        after_long_help = "Examples:\n  weftctl network partition lab --node node3\n  weftctl network heal lab --node node3"
+    )]
+    Partition {
+        name: String,
+        #[arg(long, value_name = "NODE")]
+        node: String,
+        #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Join a partitioned node to the other nodes again.
+    #[command(after_long_help = "Examples:\n  weftctl network heal lab --node node3")]
+    Heal {
+        name: String,
+        #[arg(long, value_name = "NODE")]
+        node: String,
+        #[arg(long, env = "WEFT_RUN_DIR", default_value = crate::pod::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
 }
+
+const NETWORK_CREATE_EXAMPLES: &str = "\
+Examples:
+  weftctl network create demo
+  weftctl network create lab --cidr 198.18.0.0/20
+  weftctl network create lab --nodes 3
+
+Then run the control plane's proxy API in it:
+  weft-control --api-netns weft-demo --api-listen 198.18.0.1:15010
+or, with nodes, on one of them (every node and pod routes to every node's address):
+  weft-control --api-netns weft-lab.node1 --api-listen 198.18.1.1:15010";
 
 fn label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {

@@ -1,6 +1,7 @@
 //! Local pods: network namespaces with a sidecar, on one machine (see docs/pods.md).
 
 pub mod network;
+pub mod nodes;
 pub mod record;
 pub mod runner;
 pub mod sandbox;
@@ -17,7 +18,7 @@ pub const DEFAULT_RUN_DIR: &str = "/run/weft";
 /// `weftctl pod list`: one line per pod, in every network under `run_dir` (or just `network`).
 pub fn list(run_dir: &Path, network: Option<&str>) -> String {
     let mut out =
-        String::from("NAME\tNETWORK\tNAMESPACE\tADDRESS\tUSER\tLABELS\tRUNNER\tAGE\tSTATE\n");
+        String::from("NAME\tNETWORK\tNAMESPACE\tADDRESS\tUSER\tLABELS\tRUNNER\tAGE\tSTATE\tNODE\n");
     let now = record::now();
     for net in networks(run_dir, network) {
         for p in NetworkDir::new(run_dir, &net).pods() {
@@ -28,7 +29,7 @@ pub fn list(run_dir: &Path, network: Option<&str>) -> String {
                 "stale (runner gone; `weftctl pod delete` cleans up)"
             };
             out.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}s\t{state}\n",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}s\t{state}\t{}\n",
                 p.name,
                 p.network,
                 p.namespace,
@@ -39,6 +40,7 @@ pub fn list(run_dir: &Path, network: Option<&str>) -> String {
                 labels.join(","),
                 p.runner_pid,
                 now.saturating_sub(p.started),
+                p.node.as_deref().unwrap_or("-"),
             ));
         }
     }
@@ -102,9 +104,19 @@ pub fn delete(run_dir: &Path, network: Option<&str>, name: &str) -> Result<Strin
     Ok(format!("pod {name} removed (its runner was gone)\n"))
 }
 
-/// `weftctl network create`.
-pub fn network_create(run_dir: &Path, name: &str, cidr: PodCidr) -> Result<String, String> {
+/// `weftctl network create`: one bridge for every pod, or with `nodes` that many nodes (see
+/// [`nodes`]). Idempotent; a network that exists with another range or node count is refused.
+pub fn network_create(
+    run_dir: &Path,
+    name: &str,
+    cidr: PodCidr,
+    node_count: Option<u32>,
+) -> Result<String, String> {
     network::check_name("network", name).map_err(|e| e.to_string())?;
+    let planned = match node_count {
+        Some(n) => nodes::plan(name, cidr, n).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
     let dir = NetworkDir::new(run_dir, name);
     let _lock = dir
         .lock()
@@ -113,10 +125,30 @@ pub fn network_create(run_dir: &Path, name: &str, cidr: PodCidr) -> Result<Strin
         if existing != cidr {
             return Err(format!("network {name} already exists with {existing}"));
         }
+        let had = dir.nodes().len();
+        if had != planned.len() {
+            return Err(format!(
+                "network {name} already exists with {had} node(s), not {}",
+                planned.len()
+            ));
+        }
+    }
+    let ns = network::network_ns(name);
+    if !planned.is_empty() {
+        let existed = network::exists(name);
+        nodes::create(name, cidr, &planned).map_err(|e| e.to_string())?;
+        dir.set_cidr(cidr).map_err(|e| e.to_string())?;
+        dir.set_nodes(&planned).map_err(|e| e.to_string())?;
+        let verb = if existed { "exists" } else { "created" };
+        return Ok(format!(
+            "network {name} {verb}: underlay namespace {ns}, bridge {} on {}\n{}",
+            network::BRIDGE,
+            nodes::underlay_range(cidr),
+            node_table(name, &dir)
+        ));
     }
     let created = network::ensure_network(name, cidr).map_err(|e| e.to_string())?;
     dir.set_cidr(cidr).map_err(|e| e.to_string())?;
-    let ns = network::network_ns(name);
     Ok(if created {
         format!(
             "network {name} created: namespace {ns}, bridge {}, gateway {}/{}\n",
@@ -127,6 +159,55 @@ pub fn network_create(run_dir: &Path, name: &str, cidr: PodCidr) -> Result<Strin
     } else {
         format!("network {name} exists (namespace {ns})\n")
     })
+}
+
+/// `weftctl network partition|heal NAME --node NODE`.
+pub fn network_connect(
+    run_dir: &Path,
+    name: &str,
+    node: &str,
+    connected: bool,
+) -> Result<String, String> {
+    let dir = NetworkDir::new(run_dir, name);
+    let all = dir.nodes();
+    let Some(n) = all.iter().find(|n| n.name == node) else {
+        let names: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();
+        return Err(format!(
+            "network {name} has no node {node} (its nodes: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ));
+    };
+    nodes::set_connected(name, n, connected).map_err(|e| e.to_string())?;
+    Ok(if connected {
+        format!("node {node} of {name} rejoined the underlay\n")
+    } else {
+        format!("node {node} of {name} cut off the underlay: its pods reach only each other\n")
+    })
+}
+
+/// One line per node: its name, namespace, pod range, address, underlay address and pods.
+fn node_table(network: &str, dir: &NetworkDir) -> String {
+    let pods = dir.pods();
+    let mut out = String::from("NODE\tNETWORK\tNAMESPACE\tPOD-RANGE\tADDRESS\tUNDERLAY\tPODS\n");
+    for n in dir.nodes() {
+        let here = pods
+            .iter()
+            .filter(|p| p.node.as_deref() == Some(n.name.as_str()))
+            .count();
+        out.push_str(&format!(
+            "{}\t{network}\t{}\t{}\t{}\t{}\t{here}\n",
+            n.name,
+            n.namespace,
+            n.range,
+            n.address(),
+            n.underlay
+        ));
+    }
+    out
 }
 
 /// `weftctl network delete`: refused while pods run, unless `force` (then they are deleted first).
@@ -143,14 +224,16 @@ pub fn network_delete(run_dir: &Path, name: &str, force: bool) -> Result<String,
     for p in &pods {
         delete(run_dir, Some(name), &p.name)?;
     }
+    nodes::delete(&dir.nodes()).map_err(|e| e.to_string())?;
     network::delete_network(name).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&dir.dir);
     Ok(format!("network {name} deleted\n"))
 }
 
-/// `weftctl network list`.
+/// `weftctl network list`: the networks, then the nodes of those that have several.
 pub fn network_list(run_dir: &Path) -> String {
     let mut out = String::from("NETWORK\tNAMESPACE\tRANGE\tPODS\n");
+    let mut node_lines = String::new();
     for net in networks(run_dir, None) {
         let dir = NetworkDir::new(run_dir, &net);
         out.push_str(&format!(
@@ -161,6 +244,19 @@ pub fn network_list(run_dir: &Path) -> String {
                 .unwrap_or_else(|| "?".into()),
             dir.pods().len()
         ));
+        if !dir.nodes().is_empty() {
+            let table = node_table(&net, &dir);
+            let rows = table.split_once('\n').map(|(_, r)| r).unwrap_or_default();
+            if node_lines.is_empty() {
+                node_lines.push_str(table.lines().next().unwrap_or_default());
+                node_lines.push('\n');
+            }
+            node_lines.push_str(rows);
+        }
+    }
+    if !node_lines.is_empty() {
+        out.push('\n');
+        out.push_str(&node_lines);
     }
     out
 }

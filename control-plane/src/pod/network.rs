@@ -22,10 +22,16 @@ pub enum NetError {
     Ip { args: String, stderr: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
-/// An IPv4 pod range; the first host is the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An IPv4 pod range; the first host is the gateway. Stored on disk as its text (`198.18.1.0/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct PodCidr {
     pub base: Ipv4Addr,
     pub prefix: u8,
@@ -53,6 +59,19 @@ impl std::str::FromStr for PodCidr {
     }
 }
 
+impl TryFrom<String> for PodCidr {
+    type Error = NetError;
+    fn try_from(s: String) -> Result<PodCidr, NetError> {
+        s.parse()
+    }
+}
+
+impl From<PodCidr> for String {
+    fn from(c: PodCidr) -> String {
+        c.to_string()
+    }
+}
+
 impl std::fmt::Display for PodCidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.base, self.prefix)
@@ -74,6 +93,11 @@ impl PodCidr {
 
 pub fn network_ns(network: &str) -> String {
     format!("weft-{network}")
+}
+
+/// Whether the network's namespace is there.
+pub fn exists(network: &str) -> bool {
+    crate::netns::exists(&network_ns(network))
 }
 
 pub fn pod_ns(network: &str, pod: &str) -> String {
@@ -159,9 +183,15 @@ pub fn delete_network(network: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Builds a pod's namespace with `addr` on its `eth0`.
-pub fn create_pod(network: &str, pod: &str, cidr: PodCidr, addr: Ipv4Addr) -> Result<(), NetError> {
-    let net = network_ns(network);
+/// Builds a pod's namespace with `addr` on its `eth0`, attached to the bridge in namespace `net` (the
+/// network's own, or a node's) whose gateway is the first address of `cidr`.
+pub fn create_pod(
+    network: &str,
+    pod: &str,
+    net: &str,
+    cidr: PodCidr,
+    addr: Ipv4Addr,
+) -> Result<(), NetError> {
     let ns = pod_ns(network, pod);
     let veth = veth_name(&ns);
     ip(&["netns", "add", &ns])?;
@@ -169,9 +199,9 @@ pub fn create_pod(network: &str, pod: &str, cidr: PodCidr, addr: Ipv4Addr) -> Re
     let gw = cidr.gateway().to_string();
     let steps: [&[&str]; 7] = [
         &[
-            "-n", &net, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            "-n", net, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ],
-        &["-n", &net, "link", "set", &veth, "master", BRIDGE, "up"],
+        &["-n", net, "link", "set", &veth, "master", BRIDGE, "up"],
         &["-n", &ns, "link", "set", "lo", "up"],
         &["-n", &ns, "addr", "add", &cidr_addr, "dev", "eth0"],
         &["-n", &ns, "link", "set", "eth0", "up"],

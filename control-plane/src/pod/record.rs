@@ -1,5 +1,5 @@
 //! What the pod runners of one network share on disk: `<run-dir>/<network>/` holds a lock file, the
-//! network's range, and one directory per pod (`pods/<name>/`: `pod.json`, the sidecar's config, token,
+//! network's range, its nodes when it has several (`nodes.json`), and one directory per pod (`pods/<name>/`: `pod.json`, the sidecar's config, token,
 //! state and logs). Addresses are handed out under the lock, so runners started together never collide.
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::network::PodCidr;
+use super::nodes::Node;
 use super::sandbox::RunAs;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub struct PodRecord {
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
     pub address: Ipv4Addr,
+    /// The node the pod runs on, in a network of several nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// The `weftctl pod run` process that owns the pod.
     pub runner_pid: u32,
     #[serde(default)]
@@ -88,6 +92,24 @@ impl NetworkDir {
     pub fn set_cidr(&self, cidr: PodCidr) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         std::fs::write(self.dir.join("cidr"), format!("{cidr}\n"))
+    }
+
+    /// The network's nodes; empty for a single-node network.
+    pub fn nodes(&self) -> Vec<Node> {
+        std::fs::read(self.dir.join("nodes.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn set_nodes(&self, nodes: &[Node]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join("nodes.json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(nodes).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, self.dir.join("nodes.json"))
     }
 
     /// Every pod record (unreadable ones skipped).

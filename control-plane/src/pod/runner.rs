@@ -60,6 +60,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PodError {
 pub struct RunOptions {
     pub network: String,
     pub cidr: Option<PodCidr>,
+    /// The node to run on, in a network of several nodes (`weftctl network create --nodes`).
+    pub node: Option<String>,
     pub run_dir: PathBuf,
     pub name: String,
     pub namespace: String,
@@ -108,7 +110,8 @@ pub(super) struct Pod {
     name: String,
     netns: String,
     dir: PathBuf,
-    cidr: PodCidr,
+    /// The whole network's range (every node's pods): what interception treats as the mesh.
+    mesh_cidr: PodCidr,
     proxy_bin: PathBuf,
     proxy_user: RunAs,
     pub(super) sidecar: Option<Child>,
@@ -275,11 +278,11 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
     let _lock = dir
         .lock()
         .map_err(io(format!("locking {}", dir.dir.display())))?;
-    let cidr = network_range(o, &dir)?;
+    let place = placement(o, &dir)?;
     clear_stale(o, &dir)?;
     let address = dir
-        .free_address(cidr)
-        .ok_or_else(|| PodError::Invalid(format!("no free address left in {cidr}")))?;
+        .free_address(place.range)
+        .ok_or_else(|| PodError::Invalid(format!("no free address left in {}", place.range)))?;
     let (app_user, claim) = match o.user {
         Some(user) => (user, None),
         None => {
@@ -293,7 +296,7 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
         name: o.name.clone(),
         netns: netns.clone(),
         dir: dir.pod_dir(&o.name),
-        cidr,
+        mesh_cidr: place.mesh,
         proxy_bin: proxy_bin.to_path_buf(),
         proxy_user: o.proxy_user,
         sidecar: None,
@@ -310,6 +313,7 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
         service_account: o.service_account(),
         labels: o.labels(),
         address,
+        node: o.node.clone(),
         runner_pid: std::process::id(),
         sidecar_pid: None,
         app_pid: None,
@@ -319,8 +323,70 @@ fn create(o: &RunOptions, proxy_bin: &Path) -> Result<Pod, PodError> {
     };
     // The record first: it holds the address for the next runner even while the namespace is built.
     dir.write(&rec).map_err(io("writing the pod record"))?;
-    network::create_pod(&o.network, &o.name, cidr, address)?;
+    network::create_pod(&o.network, &o.name, &place.bridge_ns, place.range, address)?;
     Ok(pod)
+}
+
+/// Where a pod attaches: the bridge's namespace, the range its address comes from (gateway first),
+/// and the range of the whole network.
+struct Placement {
+    bridge_ns: String,
+    range: PodCidr,
+    mesh: PodCidr,
+}
+
+/// The network's own bridge, or with `--node` that node's (the network must have been created with
+/// nodes, and a network with nodes needs `--node`).
+fn placement(o: &RunOptions, dir: &NetworkDir) -> Result<Placement, PodError> {
+    let nodes = dir.nodes();
+    let Some(want) = &o.node else {
+        if let Some(first) = nodes.first() {
+            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(PodError::Invalid(format!(
+                "network {} has nodes ({}): give --node, e.g. --node {}",
+                o.network,
+                names.join(", "),
+                first.name
+            )));
+        }
+        let cidr = network_range(o, dir)?;
+        return Ok(Placement {
+            bridge_ns: network::network_ns(&o.network),
+            range: cidr,
+            mesh: cidr,
+        });
+    };
+    let mesh = dir.cidr().filter(|_| !nodes.is_empty()).ok_or_else(|| {
+        PodError::Invalid(format!(
+            "network {} has no nodes; create it with `weftctl network create {} --nodes N` first",
+            o.network, o.network
+        ))
+    })?;
+    if let Some(c) = o.cidr.filter(|c| *c != mesh) {
+        return Err(PodError::Invalid(format!(
+            "network {} already uses {mesh}, not {c}",
+            o.network
+        )));
+    }
+    let node = nodes.iter().find(|n| &n.name == want).ok_or_else(|| {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        PodError::Invalid(format!(
+            "network {} has no node {want} (its nodes: {})",
+            o.network,
+            names.join(", ")
+        ))
+    })?;
+    if !crate::netns::exists(&node.namespace) {
+        return Err(PodError::Invalid(format!(
+            "node {want}'s namespace {} is gone; `weftctl network delete {}` and create it again",
+            node.namespace, o.network
+        )));
+    }
+    Ok(Placement {
+        bridge_ns: node.namespace.clone(),
+        range: node.range,
+        mesh,
+    })
 }
 
 /// A uid of the pod's own, held until the runner ends.
@@ -544,7 +610,7 @@ fn init_interception(pod: &Pod) -> Result<(), PodError> {
         .arg(&pod.proxy_bin)
         .arg("init")
         .arg(format!("--proxy-uid={}", pod.proxy_user.uid))
-        .arg(format!("--mesh-cidrs={}", pod.cidr))
+        .arg(format!("--mesh-cidrs={}", pod.mesh_cidr))
         .output()
         .map_err(io("running weft-proxy init"))?;
     if !out.status.success() {
