@@ -168,15 +168,38 @@ pub fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("weft-persist-{}-{name}", std::process::id()));
+    /// A directory of the test's own, removed when the test ends: a process id alone is reused, and a
+    /// file left by an earlier run would be read as this run's.
+    struct Tmp(PathBuf);
+
+    impl Tmp {
+        fn file(&self) -> PathBuf {
+            self.0.join("state.json")
+        }
+    }
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmp(name: &str) -> Tmp {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "weft-persist-{}-{nanos}-{name}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
-        dir.join("state.json")
+        Tmp(dir)
     }
 
     #[test]
     fn round_trip_and_missing() {
-        let p = tmp("rt");
+        let dir = tmp("rt");
+        let p = dir.file();
         assert!(read_json::<Vec<u32>>(&p).unwrap().is_none());
         write_json(&p, &vec![1u32, 2, 3], 0o600).unwrap();
         assert_eq!(read_json::<Vec<u32>>(&p).unwrap(), Some(vec![1, 2, 3]));
@@ -184,7 +207,8 @@ mod tests {
 
     #[test]
     fn torn_and_corrupt_files_are_refused_with_the_path() {
-        let p = tmp("bad");
+        let dir = tmp("bad");
+        let p = dir.file();
         write_json(&p, &vec!["a".to_string(); 50], 0o600).unwrap();
         let full = std::fs::read(&p).unwrap();
         std::fs::write(&p, &full[..full.len() - 7]).unwrap();
