@@ -36,12 +36,12 @@ pub enum ProxyError {
     #[error("HTTP/2 handshake with peer {peer}: {source}")]
     PeerHandshake {
         peer: SocketAddr,
-        source: hyper::Error,
+        source: h2::Error,
     },
     #[error("request to peer {peer} failed: {source}")]
     PeerRequest {
         peer: SocketAddr,
-        source: hyper::Error,
+        source: h2::Error,
     },
     #[error("peer {peer} refused the stream with status {status}")]
     PeerRefused {

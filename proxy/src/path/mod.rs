@@ -16,5 +16,6 @@ pub mod listen;
 pub mod local_app;
 pub mod open_streams;
 pub mod outbound;
+pub mod peer_h2;
 pub mod pool;
 pub mod splice;

@@ -11,6 +11,7 @@ use crate::path::errors::{answer, ProxyError};
 use crate::path::h1_guard::{ConflictFlag, H1Guard};
 use crate::path::headers::{self, ORIG_PROTO};
 use crate::path::listen;
+use crate::path::pool::PeerUpgrade;
 use crate::path::splice::{splice, Splice};
 use crate::state::Proxy;
 use crate::telemetry::labels::{ConnProtocol, Direction, Listener, Reason};
@@ -419,16 +420,16 @@ async fn forward_upgrade(
     parts.extensions = http::Extensions::new();
     parts
         .extensions
-        .insert(hyper::ext::Protocol::from(proto.as_str()));
-    let mut resp =
+        .insert(h2::ext::Protocol::from(proto.as_str()));
+    let resp =
         built_in_box(|| dispatch::send(&ctx.proxy, &plan, parts, body::empty(), client, record))
             .await?;
-    if resp.status() != StatusCode::OK {
+    let upstream = match resp.extensions().get::<PeerUpgrade>().map(PeerUpgrade::take) {
+        Some(Some(up)) if resp.status() == StatusCode::OK => up,
         // The app refused the upgrade: its answer goes back as a plain response.
-        return Ok(resp);
-    }
-    let upstream = hyper::upgrade::on(&mut resp);
-    let (mut head, stream) = resp.into_parts();
+        _ => return Ok(resp),
+    };
+    let (mut head, _) = resp.into_parts();
     let mut out = Response::new(body::empty());
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = std::mem::take(&mut head.headers);
@@ -442,11 +443,11 @@ async fn forward_upgrade(
     let how = Splice::new(&ctx.proxy, Direction::Outbound, Listener::Outbound);
     let name = ctx.name.clone();
     ctx.proxy.tasks.spawn(async move {
-        // The stream's body holds its slot on the peer connection until the splice ends.
-        let _stream = stream;
-        match tokio::try_join!(downstream, upstream) {
-            Ok((d, u)) => {
-                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+        // The slot on the peer connection is held until the splice ends.
+        let (mut u, _slot) = upstream;
+        match downstream.await {
+            Ok(d) => {
+                let mut d = TokioIo::new(d);
                 let _ = splice(&mut d, &mut u, &metrics, how).await;
             }
             Err(e) => {

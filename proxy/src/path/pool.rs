@@ -4,16 +4,20 @@
 
 use crate::path::body::{self, Body, Guarded};
 use crate::path::errors::ProxyError;
+use crate::path::peer_h2::{self, ConnState, H2Settings, Pipe, RecvBody, Release, Tunnel};
 use crate::telemetry::metrics::{Direction, Metrics};
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{RecvStream, SendStream};
+use http_body::Body as _;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
@@ -60,7 +64,10 @@ struct Peer {
 
 #[derive(Clone)]
 struct PooledConn {
-    send: http2::SendRequest<Body>,
+    send: SendRequest<Bytes>,
+    state: Arc<ConnState>,
+    /// The last handle's drop wakes the connection's task, so it closes once its streams end.
+    _release: Arc<Release>,
     streams: Arc<AtomicUsize>,
     /// When the peer's leaf on this connection expires: no new request goes on it after that (a new
     /// handshake sees the peer's current leaf); requests under way finish.
@@ -71,7 +78,7 @@ impl PooledConn {
     /// Usable for a new request at `now` (the mesh's clock; X.509 times are whole seconds, and a leaf
     /// is valid through its `notAfter` second).
     fn usable(&self, now: std::time::SystemTime) -> bool {
-        !self.send.is_closed()
+        !self.state.is_closed()
             && self
                 .peer_not_after
                 .is_none_or(|t| now < t + Duration::from_secs(1))
@@ -135,79 +142,108 @@ impl PeerPool {
         self.send_with(up, req, None).await
     }
 
-    /// [`PeerPool::send`] with the destination's own connect timeout, when it sets one.
+    /// [`PeerPool::send`] with the destination's own connect timeout, when it sets one. An extended
+    /// CONNECT the peer accepts comes back with a [`PeerUpgrade`] holding the stream.
     pub async fn send_with(
         &self,
         up: &Upstream,
         req: Request<Body>,
         connect_timeout: Option<Duration>,
     ) -> Result<Response<Body>, ProxyError> {
-        let (resp, slot) = self.send_raw_with(up, req, connect_timeout).await?;
-        Ok(resp.map(|b| body::boxed(Guarded::new(b, slot))))
+        let Sent { resp, tx, slot } = self.send_raw(up, req, connect_timeout).await?;
+        let (mut head, rx) = resp.into_parts();
+        if let (Some(tx), StatusCode::OK) = (tx, head.status) {
+            let upgrade = PeerUpgrade(Arc::new(std::sync::Mutex::new(Some((
+                Tunnel::new(tx, rx),
+                slot,
+            )))));
+            head.extensions.insert(upgrade);
+            return Ok(Response::from_parts(head, body::empty()));
+        }
+        let body = RecvBody::new(rx, &head.headers);
+        Ok(Response::from_parts(
+            head,
+            body::boxed(Guarded::new(body, slot)),
+        ))
     }
 
-    /// Opens a CONNECT stream (or, with `protocol`, an extended CONNECT) and returns it as a byte stream.
+    /// Opens a CONNECT stream and returns it as a byte stream.
     pub async fn connect_tcp(
         &self,
         up: &Upstream,
         connect_timeout: Option<Duration>,
-    ) -> Result<(TokioIo<Upgraded>, StreamSlot), ProxyError> {
+    ) -> Result<(Tunnel, StreamSlot), ProxyError> {
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri(format!("{}:{}", up.peer.ip(), up.target_port))
             .body(body::empty())
             .map_err(|_| ProxyError::BadTunnelRequest("cannot build CONNECT request"))?;
-        let (resp, slot) = self.send_raw_with(up, req, connect_timeout).await?;
+        let Sent { resp, tx, slot } = self.send_raw(up, req, connect_timeout).await?;
         if resp.status() != StatusCode::OK {
             return Err(ProxyError::PeerRefused {
                 peer: up.peer,
                 status: resp.status(),
             });
         }
-        let upgraded =
-            hyper::upgrade::on(resp)
-                .await
-                .map_err(|source| ProxyError::PeerRequest {
-                    peer: up.peer,
-                    source,
-                })?;
-        Ok((TokioIo::new(upgraded), slot))
+        let tx = tx.ok_or(ProxyError::BadTunnelRequest("CONNECT stream without a sender"))?;
+        Ok((Tunnel::new(tx, resp.into_body()), slot))
     }
 
-    /// A request that never reached a connection that then closed is sent again on a fresh one.
-    pub async fn send_raw(
+    /// Opens a stream for `req` and waits for the response head. The request's body is sent while
+    /// waiting; what is left of it when the head arrives is sent on by a task of its own.
+    async fn send_raw(
         &self,
         up: &Upstream,
         req: Request<Body>,
-    ) -> Result<(Response<Incoming>, StreamSlot), ProxyError> {
-        self.send_raw_with(up, req, None).await
+        connect_timeout: Option<Duration>,
+    ) -> Result<Sent, ProxyError> {
+        let peer = self.peer(up);
+        let (parts, body) = req.into_parts();
+        let connect = parts.method == Method::CONNECT;
+        let eos = !connect && body.is_end_stream();
+        let (mut send, slot) = self.ready(&peer, connect_timeout).await?;
+        let failed = |source| ProxyError::PeerRequest {
+            peer: up.peer,
+            source,
+        };
+        let (fut, tx) = send
+            .send_request(Request::from_parts(parts, ()), eos)
+            .map_err(failed)?;
+        let (resp, tx) = if connect {
+            (fut.await.map_err(failed)?, Some(tx))
+        } else if eos {
+            (fut.await.map_err(failed)?, None)
+        } else {
+            let resp = send_body_while_waiting(fut, Pipe::new(body, tx), up.peer).await;
+            (resp.map_err(failed)?, None)
+        };
+        Ok(Sent { resp, tx, slot })
     }
 
-    async fn send_raw_with(
+    /// A connection ready for a new stream. One that turns out closed (the peer went away between
+    /// requests) is dropped and a fresh one tried once: nothing was sent on it.
+    async fn ready(
         &self,
-        up: &Upstream,
-        mut req: Request<Body>,
+        peer: &Peer,
         connect_timeout: Option<Duration>,
-    ) -> Result<(Response<Incoming>, StreamSlot), ProxyError> {
-        let peer = self.peer(up);
+    ) -> Result<(SendRequest<Bytes>, StreamSlot), ProxyError> {
         let mut retried = false;
         loop {
-            let (mut conn, slot) = self.checkout(&peer, connect_timeout).await?;
-            match conn.send.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, slot)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) if !retried => {
-                        tracing::debug!(peer = %up.peer, error = %e.into_error(), "peer connection closed before the request was sent; retrying on a new one");
-                        req = back;
-                        retried = true;
-                    }
-                    _ => {
-                        return Err(ProxyError::PeerRequest {
-                            peer: up.peer,
-                            source: e.into_error(),
-                        })
-                    }
-                },
+            let (conn, slot) = self.checkout(peer, connect_timeout).await?;
+            let mut send = conn.send;
+            match poll_fn(|cx| send.poll_ready(cx)).await {
+                Ok(()) => return Ok((send, slot)),
+                Err(e) if !retried => {
+                    conn.state.mark_closed();
+                    tracing::debug!(peer = %peer.key.addr, error = %e, "peer connection closed before the request was sent; retrying on a new one");
+                    retried = true;
+                }
+                Err(source) => {
+                    return Err(ProxyError::PeerRequest {
+                        peer: peer.key.addr,
+                        source,
+                    })
+                }
             }
         }
     }
@@ -303,41 +339,101 @@ impl PeerPool {
         tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
         let leaf = peer_leaf(tls.get_ref().1);
         let peer_not_after = weft_certs::leaf_not_after(&leaf);
-        let (send, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .keep_alive_interval(s.keepalive_interval)
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
+        let h2 = self.h2_settings();
+        let (send, conn) = peer_h2::handshake(tls, &h2)
             .await
             .map_err(|source| ProxyError::PeerHandshake { peer: addr, source })?;
         self.metrics.peer_connections_opened.inc();
         let identity = peer.key.identity.clone();
-        let (revocations, metrics, id) = (
+        let state = Arc::new(ConnState::default());
+        let (revocations, metrics, id, driven) = (
             self.revocations.subscribe(),
             self.metrics.clone(),
             self.identity.clone(),
+            state.clone(),
         );
         tokio::spawn(async move {
             tokio::select! {
-                r = conn => if let Err(e) = r {
+                r = peer_h2::drive(conn, driven.clone(), &h2) => if let Err(e) = r {
                     tracing::debug!(peer = %addr, %identity, error = %e, "peer connection ended with an error");
                 },
                 _ = until_revoked(&id, &leaf, revocations, &metrics) => {
                     tracing::warn!(peer = %addr, %identity, "peer connection closed: the peer's certificate is revoked");
                 }
             }
+            driven.mark_closed();
         });
         tracing::debug!(peer = %addr, identity = %peer.key.identity, "peer connection established");
         Ok(PooledConn {
             send,
+            _release: Arc::new(Release(state.clone())),
+            state,
             streams: Arc::new(AtomicUsize::new(0)),
             peer_not_after,
         })
     }
+
+    fn h2_settings(&self) -> H2Settings {
+        H2Settings {
+            stream_window: STREAM_WINDOW,
+            connection_window: CONNECTION_WINDOW,
+            max_frame: MAX_FRAME,
+            max_send_buffer: TLS_SEND_BUFFER,
+            keepalive_interval: self.settings.keepalive_interval,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
+        }
+    }
+}
+
+/// How long a keep-alive PING may go unanswered before the connection is taken for dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A response head from the peer, its stream, and (for CONNECT) the stream's sending half.
+struct Sent {
+    resp: Response<RecvStream>,
+    tx: Option<SendStream<Bytes>>,
+    slot: StreamSlot,
+}
+
+/// On the response to an extended CONNECT the peer accepted: the stream as a byte stream, with its slot
+/// on the connection (taken once, by whoever splices it).
+#[derive(Clone)]
+pub struct PeerUpgrade(Arc<std::sync::Mutex<Option<(Tunnel, StreamSlot)>>>);
+
+impl PeerUpgrade {
+    pub fn take(&self) -> Option<(Tunnel, StreamSlot)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Sends the request body while waiting for the response head; if the head comes first, the rest of
+/// the body goes on in a task of its own (a peer may answer before it has read everything).
+async fn send_body_while_waiting(
+    mut response: ResponseFuture,
+    mut pipe: Pipe,
+    peer: SocketAddr,
+) -> Result<Response<RecvStream>, h2::Error> {
+    let mut piped = false;
+    let resp = poll_fn(|cx| {
+        if !piped {
+            if let Poll::Ready(r) = Pin::new(&mut pipe).poll(cx) {
+                piped = true;
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "request body not sent whole");
+                }
+            }
+        }
+        Pin::new(&mut response).poll(cx)
+    })
+    .await?;
+    if !piped {
+        tokio::spawn(async move {
+            if let Err(e) = pipe.await {
+                tracing::debug!(%peer, error = %e, "request body not sent whole");
+            }
+        });
+    }
+    Ok(resp)
 }
 
 /// The peer's leaf certificate (DER) of an established connection (empty if it presented none).

@@ -21,7 +21,7 @@ use weft_api::resources::StaticResponse;
 use weft_api::Upstream;
 
 /// An opaque stream to a peer.
-pub type TcpStream = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+pub type TcpStream = crate::path::peer_h2::Tunnel;
 
 pub const RETRIES_HEADER: &str = "weft-proxy-retries";
 pub const FALLBACK_HEADER: &str = "weft-proxy-fallback";
