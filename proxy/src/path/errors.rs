@@ -34,15 +34,9 @@ pub enum ProxyError {
     )]
     CertificateExpired { not_after: std::time::SystemTime },
     #[error("HTTP/2 handshake with peer {peer}: {source}")]
-    PeerHandshake {
-        peer: SocketAddr,
-        source: h2::Error,
-    },
+    PeerHandshake { peer: SocketAddr, source: h2::Error },
     #[error("request to peer {peer} failed: {source}")]
-    PeerRequest {
-        peer: SocketAddr,
-        source: h2::Error,
-    },
+    PeerRequest { peer: SocketAddr, source: h2::Error },
     #[error("peer {peer} refused the stream with status {status}")]
     PeerRefused {
         peer: SocketAddr,

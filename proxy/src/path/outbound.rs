@@ -424,7 +424,11 @@ async fn forward_upgrade(
     let resp =
         built_in_box(|| dispatch::send(&ctx.proxy, &plan, parts, body::empty(), client, record))
             .await?;
-    let upstream = match resp.extensions().get::<PeerUpgrade>().map(PeerUpgrade::take) {
+    let upstream = match resp
+        .extensions()
+        .get::<PeerUpgrade>()
+        .map(PeerUpgrade::take)
+    {
         Some(Some(up)) if resp.status() == StatusCode::OK => up,
         // The app refused the upgrade: its answer goes back as a plain response.
         _ => return Ok(resp),

@@ -14,6 +14,7 @@
 
 use crate::path::body::{Body, BoxError};
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use h2::client::{Connection, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
@@ -63,12 +64,17 @@ where
         .await
 }
 
-/// Shared between a connection's task and its pool entry: whether it ended, and a wake-up for when the
-/// pool lets go of it.
+/// Shared between a connection's task, its keep-alive task and its pool entry. Plain flags and one
+/// waker: the connection's task checks them on every wake-up, where a `select!` over a `Notify` and a
+/// timer cost ~1,000 instructions per request (docs/performance.md, step 8).
 #[derive(Default)]
 pub struct ConnState {
     closed: AtomicBool,
-    released: tokio::sync::Notify,
+    /// Set by the keep-alive task when a PING went unanswered.
+    dead: AtomicBool,
+    /// Set when the peer's certificate turns up on the revocation list.
+    revoked: AtomicBool,
+    driver: AtomicWaker,
 }
 
 impl ConnState {
@@ -80,6 +86,13 @@ impl ConnState {
     pub fn mark_closed(&self) {
         self.closed.store(true, Ordering::Release);
     }
+
+    /// Closes the connection now, streams and all: its peer is no longer to be trusted.
+    pub fn revoke(&self) {
+        self.mark_closed();
+        self.revoked.store(true, Ordering::Release);
+        self.driver.wake();
+    }
 }
 
 /// Held by every handle to a connection; when the last one goes, the connection's task is woken so the
@@ -88,7 +101,7 @@ pub struct Release(pub Arc<ConnState>);
 
 impl Drop for Release {
     fn drop(&mut self) {
-        self.0.released.notify_one();
+        self.0.driver.wake();
     }
 }
 
@@ -99,10 +112,13 @@ pub enum ConnEnd {
     H2(#[from] h2::Error),
     #[error("no PING answer within {0:?}")]
     KeepaliveTimeout(Duration),
+    #[error("the peer's certificate is revoked")]
+    Revoked,
 }
 
-/// Drives the connection until it closes, sending a keep-alive PING every `keepalive_interval`; a PING
-/// unanswered for `keepalive_timeout` closes the connection (its streams fail and the pool reconnects).
+/// Drives the connection until it closes. A keep-alive task sends a PING every `keepalive_interval`;
+/// one unanswered for `keepalive_timeout` closes the connection (its streams fail and the pool
+/// reconnects).
 pub async fn drive<T>(
     mut conn: Connection<T, Bytes>,
     state: Arc<ConnState>,
@@ -111,36 +127,51 @@ pub async fn drive<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let pings = conn.ping_pong();
-    let keepalive = keepalive(pings, s.keepalive_interval, s.keepalive_timeout);
-    tokio::pin!(keepalive);
-    let end = loop {
-        tokio::select! {
-            r = &mut conn => break r.map_err(ConnEnd::from),
-            e = &mut keepalive => break Err(e),
-            // Polled again, the connection sees it has no handle left and closes once idle.
-            () = state.released.notified() => {}
+    if let Some(pings) = conn.ping_pong() {
+        tokio::spawn(keepalive(
+            pings,
+            state.clone(),
+            s.keepalive_interval,
+            s.keepalive_timeout,
+        ));
+    }
+    let end = std::future::poll_fn(|cx| {
+        state.driver.register(cx.waker());
+        if state.dead.load(Ordering::Acquire) {
+            return Poll::Ready(Err(ConnEnd::KeepaliveTimeout(s.keepalive_timeout)));
         }
-    };
+        if state.revoked.load(Ordering::Acquire) {
+            return Poll::Ready(Err(ConnEnd::Revoked));
+        }
+        // Polled again after the last handle went, the connection sees that and closes once idle.
+        Pin::new(&mut conn).poll(cx).map_err(ConnEnd::from)
+    })
+    .await;
     state.mark_closed();
     end
 }
 
-async fn keepalive(pings: Option<h2::PingPong>, every: Duration, patience: Duration) -> ConnEnd {
-    let Some(mut pings) = pings else {
-        return std::future::pending().await;
-    };
-    loop {
+async fn keepalive(
+    mut pings: h2::PingPong,
+    state: Arc<ConnState>,
+    every: Duration,
+    patience: Duration,
+) {
+    while !state.is_closed() {
         tokio::time::sleep(every).await;
+        // An error means the connection is gone: its own task reports why.
         if pings.send_ping(h2::Ping::opaque()).is_err() {
-            return std::future::pending().await;
+            return;
         }
         let pong = std::future::poll_fn(|cx| pings.poll_pong(cx));
         match tokio::time::timeout(patience, pong).await {
             Ok(Ok(_)) => {}
-            // The connection itself failed: its own future reports why.
-            Ok(Err(_)) => return std::future::pending().await,
-            Err(_) => return ConnEnd::KeepaliveTimeout(patience),
+            Ok(Err(_)) => return,
+            Err(_) => {
+                state.dead.store(true, Ordering::Release);
+                state.driver.wake();
+                return;
+            }
         }
     }
 }
@@ -200,7 +231,7 @@ impl HttpBody for RecvBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size.clone()
+        self.size
     }
 }
 
@@ -318,7 +349,8 @@ impl Tunnel {
 
 fn io_error(e: h2::Error) -> io::Error {
     if e.is_io() {
-        e.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"))
+        e.into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"))
     } else {
         io::Error::other(e)
     }

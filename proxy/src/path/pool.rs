@@ -4,13 +4,13 @@
 
 use crate::path::body::{self, Body, Guarded};
 use crate::path::errors::ProxyError;
-use crate::path::peer_h2::{self, ConnState, H2Settings, Pipe, RecvBody, Release, Tunnel};
+use crate::path::peer_h2::{self, ConnEnd, ConnState, H2Settings, Pipe, RecvBody, Release, Tunnel};
 use crate::telemetry::metrics::{Direction, Metrics};
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{RecvStream, SendStream};
-use http_body::Body as _;
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -185,7 +185,9 @@ impl PeerPool {
                 status: resp.status(),
             });
         }
-        let tx = tx.ok_or(ProxyError::BadTunnelRequest("CONNECT stream without a sender"))?;
+        let tx = tx.ok_or(ProxyError::BadTunnelRequest(
+            "CONNECT stream without a sender",
+        ))?;
         Ok((Tunnel::new(tx, resp.into_body()), slot))
     }
 
@@ -352,16 +354,24 @@ impl PeerPool {
             self.identity.clone(),
             state.clone(),
         );
+        // The revocation watch lives in a task of its own, so the connection's task polls nothing
+        // but the connection on each wake-up.
+        let revoked = state.clone();
+        let watch = tokio::spawn(async move {
+            until_revoked(&id, &leaf, revocations, &metrics).await;
+            revoked.revoke();
+        });
         tokio::spawn(async move {
-            tokio::select! {
-                r = peer_h2::drive(conn, driven.clone(), &h2) => if let Err(e) = r {
-                    tracing::debug!(peer = %addr, %identity, error = %e, "peer connection ended with an error");
-                },
-                _ = until_revoked(&id, &leaf, revocations, &metrics) => {
+            match peer_h2::drive(conn, driven, &h2).await {
+                Err(ConnEnd::Revoked) => {
                     tracing::warn!(peer = %addr, %identity, "peer connection closed: the peer's certificate is revoked");
                 }
+                Err(e) => {
+                    tracing::debug!(peer = %addr, %identity, error = %e, "peer connection ended with an error");
+                }
+                Ok(()) => {}
             }
-            driven.mark_closed();
+            watch.abort();
         });
         tracing::debug!(peer = %addr, identity = %peer.key.identity, "peer connection established");
         Ok(PooledConn {
