@@ -1,5 +1,6 @@
 //! Wiring: opens the state directory, builds the parts, binds both ports and runs until shutdown.
 
+use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
 use crate::hub::{Hub, HubSettings, Registered};
 use crate::issuer::Issuer;
 use crate::metrics::Metrics;
@@ -121,9 +122,13 @@ pub struct Bound {
 
 /// Opens (or creates) the state and binds both ports; nothing is served yet.
 /// The push hub, with the registry the state directory kept.
-fn new_hub(state: &StateDir, opts: &Options, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<Hub>> {
-    let registry_path = state.path("registry.json");
-    let restored = restore_registry(&registry_path)?;
+fn new_hub(
+    state: &StateDir,
+    backend: &SharedBackend,
+    opts: &Options,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<Hub>> {
+    let restored = restore_registry(backend)?;
     Ok(Hub::new(
         MeshResources::default(),
         0,
@@ -132,10 +137,9 @@ fn new_hub(state: &StateDir, opts: &Options, metrics: &Arc<Metrics>) -> anyhow::
         HubSettings {
             debounce: opts.debounce,
             grace_period: opts.grace_period,
-            registry_path: Some(registry_path),
+            store: Some(backend.clone()),
             trust_domain: state.trust_domain.clone(),
             vip_range: opts.vip_range,
-            vips_path: Some(state.path("vips.json")),
         },
         metrics.clone(),
     ))
@@ -156,10 +160,11 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     let proxy_tls = state
         .serving
         .server_config_with_expired_grace(crate::proxy_api::EXPIRED_RENEWAL_GRACE);
-    let store = open_store(&state, opts, &dir_files)?;
-    let hub = new_hub(&state, opts, &metrics)?;
+    let backend: SharedBackend = Arc::new(DirBackend::new(&opts.state_dir));
+    let store = open_store(&state, &backend, opts, &dir_files)?;
+    let hub = new_hub(&state, &backend, opts, &metrics)?;
     let mesh_info = mesh_info(&state, opts);
-    let (tokens, claims, revocations) = issuer_stores(&state, opts)?;
+    let (tokens, claims, revocations) = issuer_stores(&state, &backend, opts)?;
     let StateDir {
         ca,
         bundle_pem,
@@ -213,10 +218,11 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
 /// before anything is served, so no proxy ever sees a state without it).
 fn open_store(
     state: &StateDir,
+    backend: &SharedBackend,
     opts: &Options,
     dir_files: &[weft_api::operator::SourceFile],
 ) -> anyhow::Result<Store> {
-    let mut store = Store::open(state.path("resources.json"), state.trust_domain.as_str())?;
+    let mut store = Store::open_in(backend.clone(), state.trust_domain.as_str())?;
     if let Some(dir) = &opts.config_dir {
         if let Err(e) = store.reload_dir(dir_files) {
             anyhow::bail!("--config-dir {} refused: {e}", dir.display());
@@ -255,8 +261,10 @@ fn record_ca_fingerprint(state: &StateDir) {
     }
 }
 
-fn restore_registry(path: &std::path::Path) -> anyhow::Result<Vec<Registered>> {
-    let restored: Vec<Registered> = persist::read_json(path)?.unwrap_or_default();
+fn restore_registry(backend: &SharedBackend) -> anyhow::Result<Vec<Registered>> {
+    let restored: Vec<Registered> = backend::get_json(&**backend, Collection::Registry)?
+        .map(|(r, _)| r)
+        .unwrap_or_default();
     if !restored.is_empty() {
         tracing::info!(
             workloads = restored.len(),
@@ -269,12 +277,13 @@ fn restore_registry(path: &std::path::Path) -> anyhow::Result<Vec<Registered>> {
 /// What the issuer keeps: join tokens, workload claims and revocations.
 fn issuer_stores(
     state: &StateDir,
+    backend: &SharedBackend,
     opts: &Options,
 ) -> anyhow::Result<(TokenStore, crate::claims::ClaimStore, Revocations)> {
-    let mut tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
+    let mut tokens = TokenStore::open_in(backend.clone(), state.trust_domain.clone())?;
     tokens.set_max_ttl(opts.max_token_ttl);
-    let claims = crate::claims::ClaimStore::open(state.path("claims.json"))?;
-    let revocations = Revocations::open(Some(state.path("revocations.json")))?;
+    let claims = crate::claims::ClaimStore::open_in(backend.clone())?;
+    let revocations = Revocations::open_in(Some(backend.clone()))?;
     Ok((tokens, claims, revocations))
 }
 
