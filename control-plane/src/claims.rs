@@ -91,6 +91,14 @@ impl ClaimStore {
         Ok(ClaimStore { store, by_serial })
     }
 
+    /// Reads the claims again (another replica bound some).
+    pub fn reload(&mut self) -> Result<(), StateError> {
+        self.by_serial = backend::get_json(&*self.store, Collection::Claims)?
+            .map(|(c, _)| c)
+            .unwrap_or_default();
+        Ok(())
+    }
+
     /// Binds `claim` to the certificate `serial`, durably: an error means the certificate must not be
     /// handed out (it would carry no claim).
     pub fn bind(&mut self, serial: &str, claim: Claim) -> Result<(), StateError> {

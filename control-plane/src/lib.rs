@@ -6,6 +6,7 @@ pub mod ca_dir;
 pub mod claims;
 pub mod cli;
 pub mod config_dir;
+pub mod follow;
 pub mod http_util;
 pub mod hub;
 pub mod issuer;

@@ -108,6 +108,17 @@ impl Revocations {
         Ok(r)
     }
 
+    /// Reads the lists again (another replica changed them).
+    pub fn reload(&mut self) -> Result<(), StateError> {
+        if let Some(b) = &self.store {
+            self.state = backend::get_json(&**b, Collection::Revocations)?
+                .map(|(s, _)| s)
+                .unwrap_or_default();
+            self.prune(now());
+        }
+        Ok(())
+    }
+
     fn save(&self) -> Result<(), StateError> {
         match &self.store {
             Some(b) => backend::put_json(&**b, Collection::Revocations, &self.state).map(|_| ()),

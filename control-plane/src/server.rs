@@ -1,6 +1,7 @@
 //! Wiring: opens the state directory, builds the parts, binds both ports and runs until shutdown.
 
-use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
+use crate::backend::etcd::{EtcdBackend, EtcdOptions};
+use crate::backend::{self, dir::DirBackend, Backend as _, Collection, SharedBackend};
 use crate::hub::{Hub, HubSettings, Registered};
 use crate::issuer::Issuer;
 use crate::metrics::Metrics;
@@ -21,9 +22,20 @@ use tokio_util::task::TaskTracker;
 use weft_api::operator::MeshInfo;
 use weft_certs::TrustDomain;
 
+/// Where the state other than the CA and the control plane's own credentials lives.
+#[derive(Debug, Clone, Default)]
+pub enum StoreOptions {
+    /// The state directory (the default).
+    #[default]
+    Dir,
+    /// etcd v3, shared by replicas.
+    Etcd(EtcdOptions),
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub state_dir: PathBuf,
+    pub store: StoreOptions,
     pub trust_domain: Option<TrustDomain>,
     pub config_dir: Option<PathBuf>,
     pub api_listen: SocketAddr,
@@ -80,6 +92,8 @@ pub struct ControlPlane {
     resources: std::sync::RwLock<crate::store::Snapshot>,
     /// Applies being read and checked (off the store's lock): at most `MAX_READS` at once.
     pub document_reads: Arc<tokio::sync::Semaphore>,
+    /// Where the state lives; it announces what other replicas changed.
+    pub backend: SharedBackend,
 }
 
 impl ControlPlane {
@@ -160,7 +174,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     let proxy_tls = state
         .serving
         .server_config_with_expired_grace(crate::proxy_api::EXPIRED_RENEWAL_GRACE);
-    let backend: SharedBackend = Arc::new(DirBackend::new(&opts.state_dir));
+    let backend = open_backend(opts)?;
     let store = open_store(&state, &backend, opts, &dir_files)?;
     let hub = new_hub(&state, &backend, opts, &metrics)?;
     let mesh_info = mesh_info(&state, opts);
@@ -203,6 +217,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         stats: Default::default(),
         resources: Default::default(),
         document_reads: Arc::new(tokio::sync::Semaphore::new(crate::resources_api::MAX_READS)),
+        backend,
     });
     cp.publish();
     cp.apply_revocations();
@@ -211,6 +226,18 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         api,
         operator,
         metrics: metrics_listener,
+    })
+}
+
+/// The storage backend the options name (etcd must answer, or the replica does not start).
+fn open_backend(opts: &Options) -> anyhow::Result<SharedBackend> {
+    Ok(match &opts.store {
+        StoreOptions::Dir => Arc::new(DirBackend::new(&opts.state_dir)),
+        StoreOptions::Etcd(e) => {
+            let b = EtcdBackend::connect(e).context("cannot use the etcd store (--store)")?;
+            tracing::info!(store = %b.describe(), "state kept in etcd");
+            Arc::new(b)
+        }
     })
 }
 
@@ -365,6 +392,7 @@ impl Bound {
             None => None,
         };
         tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
+        tokio::spawn(crate::follow::run(cp.clone()));
         tokio::spawn(crate::serving::run(cp.clone()));
         tokio::spawn(proxy_api::run(api, cp.clone()));
         tokio::spawn(operator_api::run(operator, cp.clone()));

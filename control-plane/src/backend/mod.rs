@@ -1,7 +1,7 @@
 //! Where the control plane's state lives: every stateful component (resources, join tokens,
 //! revocations, certificate claims, service addresses, the workload registry) reads and writes through
 //! one [`Backend`], either the state directory ([`dir::DirBackend`], the default, no service needed) or
-//! etcd v3 (for replicas sharing one state).
+//! etcd v3 ([`etcd::EtcdBackend`], for replicas sharing one state).
 //!
 //! A record is addressed by a [`Collection`] and a key and holds bytes (the component's JSON) with a
 //! version. Writes state what they expect to find ([`Expect`]): absent, exactly the version read, or
@@ -13,13 +13,14 @@
 //! Sync, not async: the components are used under std mutexes from both async handlers and sync code,
 //! and their critical sections (check, then write) must not be split by an `.await`. The state
 //! directory backend blocks on fsync as it always did; the etcd backend runs its client on a runtime
-//! thread of its own and each call waits for its answer a bounded time, so a down etcd
+//! thread of its own and each call waits for its answer at most [`etcd::CALL_TIMEOUT`], so a down etcd
 //! costs a caller a bounded wait and an error naming etcd, never a hang.
 //!
 //! Changes made by others (another replica) are announced on [`Backend::subscribe`] by collection;
 //! the component reloads what it holds when the version it holds is no longer the stored one.
 
 pub mod dir;
+pub mod etcd;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
