@@ -4,6 +4,7 @@
 //! across both, a restart keeps everything, a stopped etcd is a 503 naming etcd while proxies keep
 //! their config, and applies work again once etcd is back).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft::control::ControlProc;
 use weft::etcd::EtcdProc;
@@ -323,4 +324,47 @@ fn two_replicas_on_one_etcd_share_resources_and_tokens_and_ride_out_an_etcd_outa
         .find(|t| t["maxUses"] == 1)
         .unwrap_or_else(|| panic!("{tokens}"));
     assert_eq!(spent["uses"], 1, "{tokens}");
+}
+
+fn file(name: &str, text: &str) -> weft_api::operator::SourceFile {
+    weft_api::operator::SourceFile {
+        name: name.to_string(),
+        text: text.to_string(),
+    }
+}
+
+fn route_to(service: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1\nkind: HTTPRoute\nmetadata:\n  name: to-{service}\n  namespace: default\nspec:\n  parentRefs:\n    - name: {service}\n  rules:\n    - backendRefs:\n        - name: {service}\n"
+    )
+}
+
+#[test]
+fn a_change_made_on_a_stale_read_is_made_again_on_the_new_state_never_lost() {
+    use weft_api::resources::Kind;
+    use weft_control::store::{Store, StoreError};
+    let Some(etcd) = EtcdProc::start("stale") else {
+        return;
+    };
+    let open = || Store::open_in(Arc::new(etcd_backend(&etcd, "/stale/")), "mesh.test").unwrap();
+    let (mut a, mut b) = (open(), open());
+    a.apply(&[file("a.yaml", &service("svc-a"))], false)
+        .unwrap();
+    // B has not seen A's write: its write conflicts, is made again on A's state, and keeps both.
+    b.apply(&[file("b.yaml", &service("svc-b"))], false)
+        .unwrap();
+    assert_eq!(b.revision(), 2);
+    a.load().unwrap();
+    for s in [&a, &b] {
+        assert_eq!(s.get(Kind::Service, None, None).len(), 2);
+    }
+    // A removes svc-a; B, still holding it, routes to it: made again on the new state, refused there.
+    a.delete(&a.get(Kind::Service, None, Some("svc-a"))[0].key(), false)
+        .unwrap();
+    let e = b
+        .apply(&[file("r.yaml", &route_to("svc-a"))], false)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("svc-a"), "{e}");
+    assert_eq!(b.get(Kind::Service, None, None).len(), 1);
 }

@@ -22,7 +22,7 @@ use weft_control::server::{self, Options, StoreOptions};
 /// 127.0.0.1:15014 operator API (weftctl; bearer token) plus /metrics, /ready, /live.
 ///
 /// Exit codes: 0 after SIGTERM/SIGINT and a clean shutdown; 1 on a runtime failure (e.g. a port in use);
-/// 2 for a bad command line or a damaged state directory.
+/// 2 for a bad command line, a damaged state directory or an etcd store (--store) that does not answer.
 #[derive(Parser)]
 #[command(name = "weft-control", version, about, long_about)]
 struct Cli {
