@@ -20,7 +20,9 @@ pub struct DirBackend {
     root: PathBuf,
     /// Collections kept at a path other than `root/<file>` (a component opened on one file).
     files: BTreeMap<Collection, PathBuf>,
-    /// Held across a check and its write, so a compare-and-swap is atomic within the process.
+    /// One per collection, held across a check and its write so a compare-and-swap is atomic within
+    /// the process; writes to different files never wait for each other's fsync.
+    writes: [Mutex<()>; Collection::ALL.len()],
     versions: Mutex<Versions>,
     changes: tokio::sync::broadcast::Sender<Collection>,
 }
@@ -56,6 +58,7 @@ impl DirBackend {
         DirBackend {
             root: root.into(),
             files: BTreeMap::new(),
+            writes: Default::default(),
             versions: Mutex::default(),
             changes: tokio::sync::broadcast::channel(1).0,
         }
@@ -78,6 +81,14 @@ impl DirBackend {
 
     fn versions(&self) -> std::sync::MutexGuard<'_, Versions> {
         self.versions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_lock(&self, collection: Collection) -> std::sync::MutexGuard<'_, ()> {
+        let i = Collection::ALL
+            .iter()
+            .position(|c| *c == collection)
+            .unwrap_or(0);
+        self.writes[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn entries(&self, collection: Collection) -> Result<Entries, StateError> {
@@ -103,16 +114,10 @@ impl DirBackend {
         }
     }
 
-    /// Checks `expect` against what is stored; the caller holds the versions' lock.
-    fn check(
-        &self,
-        v: &mut Versions,
-        collection: Collection,
-        key: &str,
-        expect: Expect,
-    ) -> Result<(), WriteError> {
+    /// Checks `expect` against what is stored; the caller holds the collection's write lock.
+    fn check(&self, collection: Collection, key: &str, expect: Expect) -> Result<(), WriteError> {
         let current = if self.exists(collection, key)? {
-            Some(v.seen(collection, key))
+            Some(self.versions().seen(collection, key))
         } else {
             None
         };
@@ -173,29 +178,29 @@ impl DirBackend {
 
 impl Backend for DirBackend {
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Record>, StateError> {
-        let mut v = self.versions();
+        let _w = self.write_lock(collection);
         Ok(self.read(collection, key)?.map(|value| Record {
             value,
-            version: v.seen(collection, key),
+            version: self.versions().seen(collection, key),
         }))
     }
 
     fn list(&self, collection: Collection) -> Result<Listing, StateError> {
-        let mut v = self.versions();
+        let _w = self.write_lock(collection);
         let mut records = BTreeMap::new();
         if collection.keyed() {
             for (key, value) in self.entries(collection)? {
-                let version = v.seen(collection, &key);
+                let version = self.versions().seen(collection, &key);
                 let value = persist::to_payload(&value);
                 records.insert(key, Record { value, version });
             }
         } else if let Some(value) = self.read(collection, WHOLE)? {
-            let version = v.seen(collection, WHOLE);
+            let version = self.versions().seen(collection, WHOLE);
             records.insert(WHOLE.to_string(), Record { value, version });
         }
         Ok(Listing {
             records,
-            revision: v.last,
+            revision: self.versions().last,
         })
     }
 
@@ -206,17 +211,19 @@ impl Backend for DirBackend {
         value: &[u8],
         expect: Expect,
     ) -> Result<u64, WriteError> {
-        let mut v = self.versions();
-        self.check(&mut v, collection, key, expect)?;
+        let _w = self.write_lock(collection);
+        self.check(collection, key, expect)?;
         self.write(collection, key, Some(value))?;
-        Ok(v.bump(collection, key))
+        Ok(self.versions().bump(collection, key))
     }
 
     fn delete(&self, collection: Collection, key: &str, expect: Expect) -> Result<(), WriteError> {
-        let mut v = self.versions();
-        self.check(&mut v, collection, key, expect)?;
+        let _w = self.write_lock(collection);
+        self.check(collection, key, expect)?;
         self.write(collection, key, None)?;
-        v.by_key.remove(&(collection, key.to_string()));
+        self.versions()
+            .by_key
+            .remove(&(collection, key.to_string()));
         Ok(())
     }
 
