@@ -26,7 +26,8 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root: pods are network namespaces with iptables rules"
 command -v cargo > /dev/null || die "cargo not found: install a Rust toolchain (https://rustup.rs) first"
 missing=()
-for tool in ip:iproute2 iptables:iptables curl:curl; do
+# protoc: the control plane's etcd client compiles etcd's protobuf API at build time.
+for tool in ip:iproute2 iptables:iptables curl:curl protoc:protobuf-compiler; do
     command -v "${tool%%:*}" > /dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then

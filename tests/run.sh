@@ -21,9 +21,10 @@ if command -v rustup > /dev/null; then
 fi
 # The pod tests build network namespaces, bridges and iptables rules; the telemetry tests run a real
 # Prometheus (and promtool) from Debian's `prometheus` package; the clock-skew tests skew a proxy's clock
-# with libfaketime (Debian's `faketime`).
+# with libfaketime (Debian's `faketime`); the control-plane store tests run a real etcd (Debian's
+# `etcd-server`); the etcd client's build compiles etcd's protobuf API with `protoc`.
 missing=()
-for tool in ip:iproute2 iptables:iptables curl:curl openssl:openssl prometheus:prometheus promtool:prometheus faketime:faketime; do
+for tool in ip:iproute2 iptables:iptables curl:curl openssl:openssl prometheus:prometheus promtool:prometheus faketime:faketime etcd:etcd-server protoc:protobuf-compiler; do
     command -v "${tool%%:*}" > /dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then

@@ -7,11 +7,13 @@
 //! `EXPIRED_RENEWAL_GRACE`). A certificate with no binding (joined with
 //! a token without a claim, or issued offline by the operator) is limited only by its identity.
 
-use crate::persist::{self, StateError};
+use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
+use crate::persist::StateError;
 use crate::tokens::now_secs;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use weft_api::control::Registration;
 use weft_api::resources::Labels;
 use weft_certs::SpiffeId;
@@ -72,15 +74,29 @@ pub fn check_workload_name(name: &str) -> Result<(), String> {
 }
 
 pub struct ClaimStore {
-    path: PathBuf,
+    store: SharedBackend,
     /// By certificate serial (lowercase hex).
     by_serial: BTreeMap<String, Claim>,
 }
 
 impl ClaimStore {
     pub fn open(path: PathBuf) -> Result<ClaimStore, StateError> {
-        let by_serial = persist::read_json(&path)?.unwrap_or_default();
-        Ok(ClaimStore { path, by_serial })
+        ClaimStore::open_in(Arc::new(DirBackend::file(Collection::Claims, path)))
+    }
+
+    pub fn open_in(store: SharedBackend) -> Result<ClaimStore, StateError> {
+        let by_serial = backend::get_json(&*store, Collection::Claims)?
+            .map(|(c, _)| c)
+            .unwrap_or_default();
+        Ok(ClaimStore { store, by_serial })
+    }
+
+    /// Reads the claims again (another replica bound some).
+    pub fn reload(&mut self) -> Result<(), StateError> {
+        self.by_serial = backend::get_json(&*self.store, Collection::Claims)?
+            .map(|(c, _)| c)
+            .unwrap_or_default();
+        Ok(())
     }
 
     /// Binds `claim` to the certificate `serial`, durably: an error means the certificate must not be
@@ -92,7 +108,7 @@ impl ClaimStore {
         let grace = crate::proxy_api::EXPIRED_RENEWAL_GRACE.as_secs();
         next.retain(|_, c| c.not_after.saturating_add(grace) > now);
         next.insert(serial.to_string(), claim);
-        persist::write_json(&self.path, &next, 0o600)?;
+        backend::put_json(&*self.store, Collection::Claims, &next)?;
         self.by_serial = next;
         Ok(())
     }

@@ -36,13 +36,13 @@ pub fn error(status: StatusCode, error: impl Into<String>, details: Vec<String>)
 }
 
 /// An operator request whose change could not be saved: logged, and answered 507 (no space), 503
-/// (read-only) or 500. Nothing was changed: the state in memory and on disk is the last saved one,
+/// (read-only, or the etcd store unreachable) or 500. Nothing was changed: the state in memory and on disk is the last saved one,
 /// and the same request succeeds once the state directory is writable again.
 pub fn not_saved(what: &str, e: &weft_api::persist::StateError) -> Response<Body> {
     use weft_api::persist::Storage;
     let status = match e.storage() {
         Storage::Full => StatusCode::INSUFFICIENT_STORAGE,
-        Storage::ReadOnly => StatusCode::SERVICE_UNAVAILABLE,
+        Storage::ReadOnly | Storage::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Storage::Other => StatusCode::INTERNAL_SERVER_ERROR,
     };
     tracing::error!(error = %e, "{what} not saved; nothing was changed, the last saved state stays in force");

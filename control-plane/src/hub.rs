@@ -157,12 +157,11 @@ pub struct HubSettings {
     pub debounce: Duration,
     /// How long a disconnected proxy stays registered, unless MeshConfig `proxyGracePeriod` says otherwise.
     pub grace_period: Duration,
-    /// Where the registry is persisted.
-    pub registry_path: Option<std::path::PathBuf>,
+    /// Where the registry and the service address table are kept (`None`: in memory only).
+    pub store: Option<crate::backend::SharedBackend>,
     pub trust_domain: weft_certs::TrustDomain,
-    /// Where service virtual IPs come from, and where their table is persisted.
+    /// Where service virtual IPs come from.
     pub vip_range: crate::vips::Ipv4Range,
-    pub vips_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +204,7 @@ impl Hub {
                 (key, entry)
             })
             .collect();
-        let mut vips = crate::vips::Vips::load(settings.vip_range, settings.vips_path.clone());
+        let mut vips = crate::vips::Vips::load_in(settings.vip_range, settings.store.clone());
         vips.sync(service_names(&resources));
         Arc::new(Hub {
             state: Mutex::new(State {
@@ -638,7 +637,7 @@ impl Hub {
     }
 
     fn persist_registry(&self) {
-        let Some(path) = &self.settings.registry_path else {
+        let Some(store) = &self.settings.store else {
             return;
         };
         let regs: Vec<Registered> = {
@@ -649,7 +648,9 @@ impl Hub {
             st.registry_dirty = false;
             st.proxies.values().map(|e| e.reg.clone()).collect()
         };
-        if let Err(e) = crate::persist::write_json(path, &regs, 0o600) {
+        if let Err(e) =
+            crate::backend::put_json(&**store, crate::backend::Collection::Registry, &regs)
+        {
             tracing::warn!(error = %e, "cannot persist the workload registry");
         }
     }

@@ -53,6 +53,7 @@ impl IssueError {
     pub fn status(&self) -> u16 {
         match self {
             IssueError::BadCsr(_) => 400,
+            IssueError::Token(TokenError::Store(_)) => 503,
             IssueError::Sign(_)
             | IssueError::Record(_)
             | IssueError::NotRecorded(_)
@@ -179,10 +180,15 @@ impl Issuer {
         let issued = self.issue_for_token(info, csr_pem);
         let mut tokens = self.tokens();
         match (issued, key) {
-            (Ok(cert), Some(key)) => tokens
-                .commit(&info.id, key)
-                .map(|_| cert)
-                .map_err(IssueError::NotRecorded),
+            (Ok(cert), Some(key)) => {
+                tokens
+                    .commit(&info.id, key)
+                    .map(|_| cert)
+                    .map_err(|e| match e {
+                        crate::tokens::CommitError::Token(t) => IssueError::Token(t),
+                        crate::tokens::CommitError::State(e) => IssueError::NotRecorded(e),
+                    })
+            }
             (Ok(_), None) => {
                 // Signing verified the CSR, so its key was readable: not reached.
                 tokens.release(&info.id);

@@ -1,10 +1,12 @@
 //! Weft control plane: the mesh CA and workload identity issuance, the resource store, the registry of
 //! connected proxies and the config push (`weft-control`), and the operator CLI (`weftctl`).
 
+pub mod backend;
 pub mod ca_dir;
 pub mod claims;
 pub mod cli;
 pub mod config_dir;
+pub mod follow;
 pub mod http_util;
 pub mod hub;
 pub mod issuer;

@@ -341,6 +341,7 @@ fn refused(what: &str, files: &[&str], e: StoreError, cp: &ControlPlane) -> Resp
                 vec![],
             )
         }
+        e @ StoreError::Busy(_) => http_util::error(StatusCode::CONFLICT, e.to_string(), vec![]),
         e => http_util::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), vec![]),
     }
 }

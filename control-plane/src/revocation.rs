@@ -9,9 +9,11 @@
 //! expired certificate may still ask to renew, and a revoked one must be refused). The deny list pushed
 //! to proxies holds only unexpired serials, since peers refuse an expired leaf anyway.
 
-use crate::persist::{self, StateError};
+use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
+use crate::persist::StateError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 use weft_api::operator::{Revocation, RevocationTarget, RevokedCertificate};
 use weft_certs::SpiffeId;
 
@@ -51,7 +53,7 @@ struct State {
 }
 
 pub struct Revocations {
-    path: Option<PathBuf>,
+    store: Option<SharedBackend>,
     state: State,
 }
 
@@ -88,18 +90,38 @@ impl Issued {
 impl Revocations {
     /// Opens the list persisted at `path` (a new one if absent; `None`: kept in memory only).
     pub fn open(path: Option<PathBuf>) -> Result<Revocations, StateError> {
-        let state = match &path {
-            Some(p) => persist::read_json(p)?.unwrap_or_default(),
+        Revocations::open_in(
+            path.map(|p| Arc::new(DirBackend::file(Collection::Revocations, p)) as SharedBackend),
+        )
+    }
+
+    /// [`Revocations::open`] on a storage backend (`None`: kept in memory only).
+    pub fn open_in(store: Option<SharedBackend>) -> Result<Revocations, StateError> {
+        let state = match &store {
+            Some(b) => backend::get_json(&**b, Collection::Revocations)?
+                .map(|(s, _)| s)
+                .unwrap_or_default(),
             None => State::default(),
         };
-        let mut r = Revocations { path, state };
+        let mut r = Revocations { store, state };
         r.prune(now());
         Ok(r)
     }
 
+    /// Reads the lists again (another replica changed them).
+    pub fn reload(&mut self) -> Result<(), StateError> {
+        if let Some(b) = &self.store {
+            self.state = backend::get_json(&**b, Collection::Revocations)?
+                .map(|(s, _)| s)
+                .unwrap_or_default();
+            self.prune(now());
+        }
+        Ok(())
+    }
+
     fn save(&self) -> Result<(), StateError> {
-        match &self.path {
-            Some(p) => persist::write_json(p, &self.state, 0o600),
+        match &self.store {
+            Some(b) => backend::put_json(&**b, Collection::Revocations, &self.state).map(|_| ()),
             None => Ok(()),
         }
     }

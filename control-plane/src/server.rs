@@ -1,5 +1,7 @@
 //! Wiring: opens the state directory, builds the parts, binds both ports and runs until shutdown.
 
+use crate::backend::etcd::{EtcdBackend, EtcdOptions};
+use crate::backend::{self, dir::DirBackend, Backend as _, Collection, SharedBackend};
 use crate::hub::{Hub, HubSettings, Registered};
 use crate::issuer::Issuer;
 use crate::metrics::Metrics;
@@ -20,9 +22,20 @@ use tokio_util::task::TaskTracker;
 use weft_api::operator::MeshInfo;
 use weft_certs::TrustDomain;
 
+/// Where the state other than the CA and the control plane's own credentials lives.
+#[derive(Debug, Clone, Default)]
+pub enum StoreOptions {
+    /// The state directory (the default).
+    #[default]
+    Dir,
+    /// etcd v3, shared by replicas.
+    Etcd(EtcdOptions),
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub state_dir: PathBuf,
+    pub store: StoreOptions,
     pub trust_domain: Option<TrustDomain>,
     pub config_dir: Option<PathBuf>,
     pub api_listen: SocketAddr,
@@ -79,6 +92,8 @@ pub struct ControlPlane {
     resources: std::sync::RwLock<crate::store::Snapshot>,
     /// Applies being read and checked (off the store's lock): at most `MAX_READS` at once.
     pub document_reads: Arc<tokio::sync::Semaphore>,
+    /// Where the state lives; it announces what other replicas changed.
+    pub backend: SharedBackend,
 }
 
 impl ControlPlane {
@@ -121,9 +136,13 @@ pub struct Bound {
 
 /// Opens (or creates) the state and binds both ports; nothing is served yet.
 /// The push hub, with the registry the state directory kept.
-fn new_hub(state: &StateDir, opts: &Options, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<Hub>> {
-    let registry_path = state.path("registry.json");
-    let restored = restore_registry(&registry_path)?;
+fn new_hub(
+    state: &StateDir,
+    backend: &SharedBackend,
+    opts: &Options,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<Hub>> {
+    let restored = restore_registry(backend)?;
     Ok(Hub::new(
         MeshResources::default(),
         0,
@@ -132,10 +151,9 @@ fn new_hub(state: &StateDir, opts: &Options, metrics: &Arc<Metrics>) -> anyhow::
         HubSettings {
             debounce: opts.debounce,
             grace_period: opts.grace_period,
-            registry_path: Some(registry_path),
+            store: Some(backend.clone()),
             trust_domain: state.trust_domain.clone(),
             vip_range: opts.vip_range,
-            vips_path: Some(state.path("vips.json")),
         },
         metrics.clone(),
     ))
@@ -156,10 +174,11 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     let proxy_tls = state
         .serving
         .server_config_with_expired_grace(crate::proxy_api::EXPIRED_RENEWAL_GRACE);
-    let store = open_store(&state, opts, &dir_files)?;
-    let hub = new_hub(&state, opts, &metrics)?;
+    let backend = open_backend(opts)?;
+    let store = open_store(&state, &backend, opts, &dir_files)?;
+    let hub = new_hub(&state, &backend, opts, &metrics)?;
     let mesh_info = mesh_info(&state, opts);
-    let (tokens, claims, revocations) = issuer_stores(&state, opts)?;
+    let (tokens, claims, revocations) = issuer_stores(&state, &backend, opts)?;
     let StateDir {
         ca,
         bundle_pem,
@@ -198,6 +217,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         stats: Default::default(),
         resources: Default::default(),
         document_reads: Arc::new(tokio::sync::Semaphore::new(crate::resources_api::MAX_READS)),
+        backend,
     });
     cp.publish();
     cp.apply_revocations();
@@ -209,14 +229,27 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     })
 }
 
+/// The storage backend the options name (etcd must answer, or the replica does not start).
+fn open_backend(opts: &Options) -> anyhow::Result<SharedBackend> {
+    Ok(match &opts.store {
+        StoreOptions::Dir => Arc::new(DirBackend::new(&opts.state_dir)),
+        StoreOptions::Etcd(e) => {
+            let b = EtcdBackend::connect(e).context("cannot use the etcd store (--store)")?;
+            tracing::info!(store = %b.describe(), "state kept in etcd");
+            Arc::new(b)
+        }
+    })
+}
+
 /// The resources in force: the saved ones, replaced by the watched directory's when there is one (read
 /// before anything is served, so no proxy ever sees a state without it).
 fn open_store(
     state: &StateDir,
+    backend: &SharedBackend,
     opts: &Options,
     dir_files: &[weft_api::operator::SourceFile],
 ) -> anyhow::Result<Store> {
-    let mut store = Store::open(state.path("resources.json"), state.trust_domain.as_str())?;
+    let mut store = Store::open_in(backend.clone(), state.trust_domain.as_str())?;
     if let Some(dir) = &opts.config_dir {
         if let Err(e) = store.reload_dir(dir_files) {
             anyhow::bail!("--config-dir {} refused: {e}", dir.display());
@@ -255,8 +288,10 @@ fn record_ca_fingerprint(state: &StateDir) {
     }
 }
 
-fn restore_registry(path: &std::path::Path) -> anyhow::Result<Vec<Registered>> {
-    let restored: Vec<Registered> = persist::read_json(path)?.unwrap_or_default();
+fn restore_registry(backend: &SharedBackend) -> anyhow::Result<Vec<Registered>> {
+    let restored: Vec<Registered> = backend::get_json(&**backend, Collection::Registry)?
+        .map(|(r, _)| r)
+        .unwrap_or_default();
     if !restored.is_empty() {
         tracing::info!(
             workloads = restored.len(),
@@ -269,12 +304,13 @@ fn restore_registry(path: &std::path::Path) -> anyhow::Result<Vec<Registered>> {
 /// What the issuer keeps: join tokens, workload claims and revocations.
 fn issuer_stores(
     state: &StateDir,
+    backend: &SharedBackend,
     opts: &Options,
 ) -> anyhow::Result<(TokenStore, crate::claims::ClaimStore, Revocations)> {
-    let mut tokens = TokenStore::open(state.path("tokens.json"), state.trust_domain.clone())?;
+    let mut tokens = TokenStore::open_in(backend.clone(), state.trust_domain.clone())?;
     tokens.set_max_ttl(opts.max_token_ttl);
-    let claims = crate::claims::ClaimStore::open(state.path("claims.json"))?;
-    let revocations = Revocations::open(Some(state.path("revocations.json")))?;
+    let claims = crate::claims::ClaimStore::open_in(backend.clone())?;
+    let revocations = Revocations::open_in(Some(backend.clone()))?;
     Ok((tokens, claims, revocations))
 }
 
@@ -356,6 +392,7 @@ impl Bound {
             None => None,
         };
         tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
+        tokio::spawn(crate::follow::run(cp.clone()));
         tokio::spawn(crate::serving::run(cp.clone()));
         tokio::spawn(proxy_api::run(api, cp.clone()));
         tokio::spawn(operator_api::run(operator, cp.clone()));

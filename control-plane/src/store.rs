@@ -5,6 +5,7 @@
 //! against the state it would produce; if any document is refused, nothing changes and every problem is
 //! reported with file, line and field.
 
+use crate::backend::{self, dir::DirBackend, Collection, Expect, SharedBackend, WriteError, WHOLE};
 use crate::persist::{self, StateError};
 use crate::view::MeshResources;
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,9 @@ struct Stored {
 }
 
 pub struct Store {
-    path: PathBuf,
+    backend: SharedBackend,
+    /// The version of the stored record this state was read from or written as (`None`: none stored).
+    version: Option<u64>,
     /// The mesh's trust domain, fixed by the CA; a MeshConfig naming another is refused.
     trust_domain: String,
     /// Shared with the [`Snapshot`]s handed out: a change builds a new map and swaps it in.
@@ -92,33 +95,77 @@ pub enum StoreError {
     State(#[from] StateError),
     #[error("{0} not found")]
     NotFound(ResourceKey),
+    /// Others kept changing the resources while this change was being made, more often than it is
+    /// retried; nothing was applied.
+    #[error("the resources kept changing through other replicas ({0} tries); nothing was applied, try again")]
+    Busy(u32),
+    /// Another replica wrote first: the change is made again from its state (never leaves
+    /// [`Store`]'s retry).
+    #[error("the resources changed through another replica meanwhile")]
+    Conflicted,
 }
+
+/// How often a change is made again from the new state when another replica wrote first.
+const CONFLICT_TRIES: u32 = 8;
 
 impl Store {
     /// Loads the API-applied resources from `path` (a damaged file is an error, never an empty start).
     pub fn open(path: PathBuf, trust_domain: &str) -> Result<Store, StoreError> {
-        let persisted: Persisted = persist::read_json(&path)?.unwrap_or_default();
-        let mut resources = BTreeMap::new();
+        Store::open_in(
+            std::sync::Arc::new(DirBackend::file(Collection::Resources, path)),
+            trust_domain,
+        )
+    }
+
+    /// Loads the API-applied resources from `backend` (a damaged record is an error, never an empty
+    /// start).
+    pub fn open_in(backend: SharedBackend, trust_domain: &str) -> Result<Store, StoreError> {
+        let mut store = Store {
+            backend,
+            version: None,
+            trust_domain: trust_domain.to_string(),
+            resources: Arc::default(),
+            revision: 0,
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// Reads the API-applied resources again if another replica changed them (those of the watched
+    /// directory are kept). Returns whether anything was read.
+    pub fn load(&mut self) -> Result<bool, StoreError> {
+        let stored = backend::get_json::<Persisted>(&*self.backend, Collection::Resources)?;
+        let version = stored.as_ref().map(|(_, v)| *v);
+        if version.is_some() && version == self.version {
+            return Ok(false);
+        }
+        let persisted = stored.map(|(p, _)| p).unwrap_or_default();
+        let mut resources: BTreeMap<_, _> = self
+            .resources
+            .iter()
+            .filter(|(_, (o, _))| *o != Origin::Api)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for s in persisted.resources {
-            let r = Resource::from_json(s.resource).map_err(|e| StateError::Corrupt {
-                path: path.clone(),
+            let r = Resource::from_json(s.resource).map_err(|e| StateError::CorruptRecord {
+                store: self.backend.describe(),
+                key: format!("{}/{WHOLE}", Collection::Resources.name()),
                 reason: format!("a stored resource does not parse: {e}"),
             })?;
             resources.insert(r.key(), (s.origin, r));
         }
-        Ok(Store {
-            path,
-            trust_domain: trust_domain.to_string(),
-            resources: Arc::new(resources),
-            revision: persisted.revision,
-        })
+        self.resources = Arc::new(resources);
+        self.revision = persisted.revision;
+        self.version = version;
+        Ok(true)
     }
 
     pub fn revision(&self) -> u64 {
         self.revision
     }
 
-    fn save(&self) -> Result<(), StateError> {
+    /// Writes the API-applied resources if the stored record is still the one this state came from.
+    fn save(&mut self) -> Result<(), WriteError> {
         let resources = self
             .resources
             .values()
@@ -128,14 +175,33 @@ impl Store {
                 resource: r.to_json(),
             })
             .collect();
-        persist::write_json(
-            &self.path,
-            &Persisted {
-                revision: self.revision,
-                resources,
-            },
-            0o600,
-        )
+        let payload = persist::to_payload(&Persisted {
+            revision: self.revision,
+            resources,
+        });
+        let expect = Expect::read(self.version);
+        let version = self
+            .backend
+            .put(Collection::Resources, WHOLE, &payload, expect)?;
+        self.version = Some(version);
+        Ok(())
+    }
+
+    /// Runs `change` on the state in force; when another replica wrote first, reads its state and
+    /// runs `change` again on that (so neither change is lost, and a refusal is about the new state).
+    fn retrying<T>(
+        &mut self,
+        mut change: impl FnMut(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        for _ in 0..CONFLICT_TRIES {
+            match change(self) {
+                Err(StoreError::Conflicted) => {
+                    self.load()?;
+                }
+                other => return other,
+            }
+        }
+        Err(StoreError::Busy(CONFLICT_TRIES))
     }
 
     /// The resources by kind, for the push.
@@ -179,8 +245,16 @@ impl Store {
         incoming: Vec<Parsed>,
         dry_run: bool,
     ) -> Result<Vec<Pending>, StoreError> {
+        self.retrying(|s| s.apply_once(&incoming, dry_run))
+    }
+
+    fn apply_once(
+        &mut self,
+        incoming: &[Parsed],
+        dry_run: bool,
+    ) -> Result<Vec<Pending>, StoreError> {
         let mut next = (*self.resources).clone();
-        for d in &incoming {
+        for d in incoming {
             if let Some((Origin::Dir { file }, _)) = self.resources.get(&d.resource.key()) {
                 let e = d.error(
                     "metadata.name",
@@ -193,7 +267,7 @@ impl Store {
             }
             next.insert(d.resource.key(), (Origin::Api, d.resource.clone()));
         }
-        let changes = self.commit(next, &incoming, dry_run)?;
+        let changes = self.commit(next, incoming, dry_run)?;
         // The answer covers the documents sent, changed or not.
         let sent: std::collections::BTreeSet<ResourceKey> =
             incoming.iter().map(|d| d.resource.key()).collect();
@@ -205,6 +279,10 @@ impl Store {
 
     /// Deletes one resource (refused if another still refers to it).
     pub fn delete(&mut self, key: &ResourceKey, dry_run: bool) -> Result<Vec<Change>, StoreError> {
+        self.retrying(|s| s.delete_once(key, dry_run))
+    }
+
+    fn delete_once(&mut self, key: &ResourceKey, dry_run: bool) -> Result<Vec<Change>, StoreError> {
         if !self.resources.contains_key(key) {
             return Err(StoreError::NotFound(key.clone()));
         }
@@ -227,6 +305,10 @@ impl Store {
 
     /// [`Store::reload_dir`] with documents already read by [`read_files`]; [`render`] the answer after.
     pub fn reload_read(&mut self, incoming: Vec<Parsed>) -> Result<Vec<Pending>, StoreError> {
+        self.retrying(|s| s.reload_once(&incoming))
+    }
+
+    fn reload_once(&mut self, incoming: &[Parsed]) -> Result<Vec<Pending>, StoreError> {
         let mut next: BTreeMap<_, _> = self
             .resources
             .iter()
@@ -234,7 +316,7 @@ impl Store {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut problems = Vec::new();
-        for d in &incoming {
+        for d in incoming {
             let key = d.resource.key();
             if let Some((Origin::Api, _)) = next.get(&key) {
                 let e = d.error(
@@ -252,7 +334,7 @@ impl Store {
         if !problems.is_empty() {
             return Err(Refused(problems).into());
         }
-        let changes = self.commit(next, &incoming, false)?;
+        let changes = self.commit(next, incoming, false)?;
         Ok(changes
             .into_iter()
             .filter(|c| c.action != ChangeAction::Unchanged)
@@ -277,7 +359,10 @@ impl Store {
             if let Err(e) = self.save() {
                 self.resources = previous;
                 self.revision -= 1;
-                return Err(e.into());
+                return Err(match e {
+                    WriteError::Conflict(_) => StoreError::Conflicted,
+                    WriteError::State(e) => e.into(),
+                });
             }
         }
         Ok(changes)

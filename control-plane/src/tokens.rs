@@ -16,6 +16,7 @@
 //! A token may carry a workload claim (a name and exact labels): the certificates it issues may register
 //! only that workload (see [`crate::claims`]). No token is ever made for the control plane's own identity.
 
+use crate::backend::{self, dir::DirBackend, Collection, Expect, SharedBackend, WriteError};
 use crate::persist::{self, StateError};
 use crate::state_dir::control_plane_id;
 use rand::RngCore as _;
@@ -42,6 +43,9 @@ struct Record {
     /// SHA-256 of the public key of each counted use of a limited token, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     spent_by: Vec<String>,
+    /// The stored version this record was read or written as (not persisted).
+    #[serde(skip)]
+    version: Option<u64>,
 }
 
 /// What a presented token allows.
@@ -90,6 +94,9 @@ pub enum TokenError {
     UsedUp { id: String, uses: u64 },
     #[error("join token {0} names the control plane's own identity, which is never issued")]
     ControlPlane(String),
+    /// The token could not be read from the store (etcd down): try again.
+    #[error("join tokens cannot be read now: {0}")]
+    Store(String),
 }
 
 impl TokenError {
@@ -103,11 +110,16 @@ impl TokenError {
             TokenError::Expired { .. } => "expired",
             TokenError::UsedUp { .. } => "used_up",
             TokenError::ControlPlane(_) => "control_plane_identity",
+            TokenError::Store(_) => "store_unavailable",
         }
     }
 }
 
 pub struct TokenStore {
+    /// One record per token id, so using a token is a compare-and-swap on that token alone.
+    backend: SharedBackend,
+    /// The file a test opened it on, to open it again.
+    #[cfg(test)]
     path: PathBuf,
     trust_domain: TrustDomain,
     records: BTreeMap<String, Record>,
@@ -123,13 +135,61 @@ pub fn now_secs() -> u64 {
 
 impl TokenStore {
     pub fn open(path: PathBuf, trust_domain: TrustDomain) -> Result<TokenStore, StateError> {
-        let records = persist::read_json(&path)?.unwrap_or_default();
-        Ok(TokenStore {
-            path,
+        let backend = std::sync::Arc::new(DirBackend::file(Collection::Tokens, path.clone()));
+        #[cfg(test)]
+        return TokenStore::open_in(backend, trust_domain).map(|s| TokenStore { path, ..s });
+        #[cfg(not(test))]
+        TokenStore::open_in(backend, trust_domain)
+    }
+
+    pub fn open_in(
+        backend: SharedBackend,
+        trust_domain: TrustDomain,
+    ) -> Result<TokenStore, StateError> {
+        let mut store = TokenStore {
+            backend,
+            #[cfg(test)]
+            path: PathBuf::new(),
             trust_domain,
-            records,
+            records: BTreeMap::new(),
             max_ttl_secs: DEFAULT_MAX_TTL.as_secs(),
-        })
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// Reads every token again (another replica created, used or revoked some); uses held here are
+    /// kept.
+    pub fn load(&mut self) -> Result<(), StateError> {
+        let listing = self.backend.list(Collection::Tokens)?;
+        let mut records = BTreeMap::new();
+        for (id, stored) in listing.records {
+            let mut rec: Record =
+                backend::parse(&*self.backend, Collection::Tokens, &id, &stored.value)?;
+            rec.version = Some(stored.version);
+            rec.reserved = self.records.get(&id).map_or(0, |r| r.reserved);
+            records.insert(id, rec);
+        }
+        self.records = records;
+        Ok(())
+    }
+
+    /// Reads token `id` again when others may have used it; `Ok(false)`: it is gone.
+    fn refresh(&mut self, id: &str) -> Result<bool, StateError> {
+        let Some(stored) = self.backend.get(Collection::Tokens, id)? else {
+            self.records.remove(id);
+            return Ok(false);
+        };
+        let held = self.records.get(id);
+        if held.is_some_and(|r| r.version == Some(stored.version)) {
+            return Ok(true);
+        }
+        let mut rec: Record =
+            backend::parse(&*self.backend, Collection::Tokens, id, &stored.value)?;
+        rec.version = Some(stored.version);
+        rec.reserved = held.map_or(0, |r| r.reserved);
+        self.records.insert(id.to_string(), rec);
+        Ok(true)
     }
 
     /// The longest TTL [`create`](Self::create) accepts.
@@ -137,8 +197,17 @@ impl TokenStore {
         self.max_ttl_secs = max.as_secs();
     }
 
-    fn save(&self) -> Result<(), StateError> {
-        persist::write_json(&self.path, &self.records, 0o600)
+    /// Writes token `id` if the stored one is still the version it was read as.
+    fn save(&mut self, id: &str) -> Result<(), WriteError> {
+        let Some(rec) = self.records.get_mut(id) else {
+            return Err(StateError::Gone(id.to_string()).into());
+        };
+        let payload = persist::to_payload(rec);
+        let version =
+            self.backend
+                .put(Collection::Tokens, id, &payload, Expect::read(rec.version))?;
+        rec.version = Some(version);
+        Ok(())
     }
 
     /// Creates a token as `req` asks. Returns the secret token (shown once) and its record.
@@ -185,11 +254,12 @@ impl TokenStore {
                 secret_sha256: digest(&secret),
                 reserved: 0,
                 spent_by: Vec::new(),
+                version: None,
             },
         );
-        if let Err(e) = self.save() {
+        if let Err(e) = self.save(&id) {
             self.records.remove(&id);
-            return Err(e.into());
+            return Err(e.into_state().into());
         }
         Ok((format!("{PREFIX}.{id}.{secret}"), info))
     }
@@ -204,6 +274,14 @@ impl TokenStore {
             return Err(TokenError::Malformed);
         };
         let cp_id = control_plane_id(&self.trust_domain);
+        // Another replica may have used or revoked it since it was read.
+        if self.backend.shared()
+            && !self
+                .refresh(id)
+                .map_err(|e| TokenError::Store(e.to_string()))?
+        {
+            return Err(TokenError::Unknown(id.to_string()));
+        }
         let rec = self
             .records
             .get_mut(id)
@@ -243,25 +321,57 @@ impl TokenStore {
     /// A certificate was issued with token `id` for the public key whose SHA-256 is `key`: counts the
     /// use (and, for a limited token, the key that spent it), durably. An error means the count could
     /// not be saved and the certificate must not be handed out.
-    pub fn commit(&mut self, id: &str, key: &str) -> Result<TokenInfo, StateError> {
+    pub fn commit(&mut self, id: &str, key: &str) -> Result<TokenInfo, CommitError> {
         let Some(rec) = self.records.get_mut(id) else {
-            return Err(StateError::Gone(id.to_string()));
+            return Err(StateError::Gone(id.to_string()).into());
         };
         rec.reserved = rec.reserved.saturating_sub(1);
+        // Another replica may count a use of the same token at once: the write is a compare-and-swap
+        // on this token, and a lost race counts again on the token as it now is.
+        for _ in 0..COMMIT_TRIES {
+            match self.count_use(id, key) {
+                Err(CommitError::State(StateError::Gone(_))) if self.backend.shared() => {
+                    self.refresh(id)?;
+                    let Some(rec) = self.records.get(id) else {
+                        return Err(TokenError::Unknown(id.to_string()).into());
+                    };
+                    if rec.info.max_uses.is_some_and(|max| rec.info.uses >= max) {
+                        return Err(TokenError::UsedUp {
+                            id: id.to_string(),
+                            uses: rec.info.uses,
+                        }
+                        .into());
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(StateError::Gone(id.to_string()).into())
+    }
+
+    /// Counts one use of token `id` by `key` and saves it; a lost compare-and-swap is
+    /// `StateError::Gone` with what is held unchanged.
+    fn count_use(&mut self, id: &str, key: &str) -> Result<TokenInfo, CommitError> {
+        let Some(rec) = self.records.get_mut(id) else {
+            return Err(StateError::Gone(id.to_string()).into());
+        };
         rec.info.uses += 1;
         let limited = rec.info.max_uses.is_some();
         if limited {
             rec.spent_by.push(key.to_string());
         }
         let info = rec.info.clone();
-        if let Err(e) = self.save() {
+        if let Err(e) = self.save(id) {
             if let Some(rec) = self.records.get_mut(id) {
                 rec.info.uses -= 1;
                 if limited {
                     rec.spent_by.pop();
                 }
             }
-            return Err(e);
+            return Err(match e {
+                WriteError::Conflict(_) => StateError::Gone(id.to_string()).into(),
+                WriteError::State(e) => e.into(),
+            });
         }
         Ok(info)
     }
@@ -274,19 +384,40 @@ impl TokenStore {
     }
 
     pub fn revoke(&mut self, id: &str) -> Result<TokenInfo, CreateError> {
+        if self.backend.shared() {
+            self.refresh(id)?;
+        }
         let rec = self
             .records
             .get_mut(id)
             .ok_or_else(|| CreateError::NotFound(id.to_string()))?;
         rec.info.revoked = true;
         let info = rec.info.clone();
-        self.save()?;
+        if let Err(e) = self.save(id) {
+            if let Some(rec) = self.records.get_mut(id) {
+                rec.info.revoked = false;
+            }
+            return Err(e.into_state().into());
+        }
         Ok(info)
     }
 
     pub fn list(&self) -> Vec<TokenInfo> {
         self.records.values().map(|r| r.info.clone()).collect()
     }
+}
+
+/// How often a use is counted again after another replica counted one first.
+const COMMIT_TRIES: u32 = 8;
+
+/// Why a use could not be counted: the certificate must not be handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Another replica spent the token's last use first.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,11 +5,13 @@
 //! go. A new service's first choice is a hash of its `namespace/name`, so deleting and re-creating a
 //! service usually gives it the same address back; collisions probe forward.
 
+use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// An IPv4 CIDR block. (Twenty lines do not justify a dependency.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,24 +67,34 @@ impl Ipv4Range {
 pub struct Vips {
     range: Ipv4Range,
     table: BTreeMap<String, Ipv4Addr>,
-    path: Option<PathBuf>,
+    store: Option<SharedBackend>,
 }
 
 impl Vips {
     /// Loads the persisted table (entries outside `range` are dropped: the range was changed).
     pub fn load(range: Ipv4Range, path: Option<PathBuf>) -> Vips {
-        let mut table: BTreeMap<String, Ipv4Addr> = match &path {
-            Some(p) => match weft_api::persist::read_json(p) {
-                Ok(t) => t.unwrap_or_default(),
+        let store = path.map(|p| Arc::new(DirBackend::file(Collection::Vips, p)) as SharedBackend);
+        Vips::load_in(range, store)
+    }
+
+    /// [`Vips::load`] from a storage backend (`None`: kept in memory only).
+    pub fn load_in(range: Ipv4Range, store: Option<SharedBackend>) -> Vips {
+        let mut table: BTreeMap<String, Ipv4Addr> = match &store {
+            Some(b) => match backend::get_json(&**b, Collection::Vips) {
+                Ok(t) => t.map(|(t, _)| t).unwrap_or_default(),
                 Err(e) => {
-                    tracing::warn!(path = %p.display(), error = %e, "service address table unreadable; addresses will be reassigned");
+                    tracing::warn!(store = %b.describe(), error = %e, "service address table unreadable; addresses will be reassigned");
                     BTreeMap::new()
                 }
             },
             None => BTreeMap::new(),
         };
         table.retain(|_, a| range.contains(*a));
-        Vips { range, table, path }
+        Vips {
+            range,
+            table,
+            store,
+        }
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
@@ -129,9 +141,9 @@ impl Vips {
     }
 
     fn persist(&self) {
-        if let Some(p) = &self.path {
-            if let Err(e) = weft_api::persist::write_json(p, &self.table, 0o644) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot persist the service address table");
+        if let Some(b) = &self.store {
+            if let Err(e) = backend::put_json(&**b, Collection::Vips, &self.table) {
+                tracing::warn!(store = %b.describe(), error = %e, "cannot persist the service address table");
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod bins;
 pub mod control;
 pub mod control_sim;
+pub mod etcd;
 pub mod fs_fault;
 pub mod mesh;
 pub mod net;

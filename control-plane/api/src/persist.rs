@@ -25,6 +25,16 @@ pub enum StateError {
     Corrupt { path: PathBuf, reason: String },
     #[error("record {0} is no longer there")]
     Gone(String),
+    /// The store is a service (etcd) that did not answer: nothing was read or written.
+    #[error("{store} is unavailable: {reason}")]
+    Unavailable { store: String, reason: String },
+    /// A record read from a store service is damaged (named by its key).
+    #[error("{key} in {store} is damaged: {reason}")]
+    CorruptRecord {
+        store: String,
+        key: String,
+        reason: String,
+    },
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix: temp file,
@@ -72,8 +82,10 @@ fn write_synced(tmp: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
 impl StateError {
     /// What kind of storage failure this is, for the answer an operator gets.
     pub fn storage(&self) -> Storage {
-        let StateError::Io { source, .. } = self else {
-            return Storage::Other;
+        let source = match self {
+            StateError::Io { source, .. } => source,
+            StateError::Unavailable { .. } => return Storage::Unavailable,
+            _ => return Storage::Other,
         };
         match source.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Storage::Full,
@@ -90,20 +102,45 @@ pub enum Storage {
     Full,
     /// The file system is read-only: 503; it passes when it is writable again.
     ReadOnly,
+    /// The store service (etcd) does not answer: 503; it passes when it is reachable again.
+    Unavailable,
     Other,
 }
 
 /// Serializes `value` into a checksummed state file.
 pub fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StateError> {
-    let payload = serde_json::to_vec_pretty(value).expect("state types always serialize");
-    let digest = hex::encode(Sha256::digest(&payload));
+    write_payload(path, &to_payload(value), mode)
+}
+
+/// The JSON payload [`write_json`] writes for `value` (what a storage backend holds as a record).
+pub fn to_payload<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).expect("state types always serialize")
+}
+
+/// Writes an already serialized JSON payload as a checksummed state file.
+pub fn write_payload(path: &Path, payload: &[u8], mode: u32) -> Result<(), StateError> {
+    let digest = hex::encode(Sha256::digest(payload));
     let mut out = format!("{MAGIC} len={} sha256={digest}\n", payload.len()).into_bytes();
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     write_atomic(path, &out, mode)
 }
 
 /// Reads a state file written by [`write_json`]. `Ok(None)` when it does not exist.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    let Some(payload) = read_payload(path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&payload)
+        .map(Some)
+        .map_err(|e| StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("its content does not parse: {e}"),
+        })
+}
+
+/// The checked JSON payload of a state file written by [`write_payload`]. `Ok(None)` when it does not
+/// exist.
+pub fn read_payload(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -120,9 +157,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
         reason,
     };
     let payload = check_envelope(&bytes).map_err(corrupt)?;
-    serde_json::from_slice(payload)
-        .map(Some)
-        .map_err(|e| corrupt(format!("its content does not parse: {e}")))
+    Ok(Some(payload.to_vec()))
 }
 
 /// Returns the payload if the header's length and digest match it.

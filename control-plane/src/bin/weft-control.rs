@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use weft_api::Duration;
 use weft_certs::TrustDomain;
-use weft_control::server::{self, Options};
+use weft_control::backend::etcd::EtcdOptions;
+use weft_control::server::{self, Options, StoreOptions};
 
 /// Weft control plane.
 ///
@@ -21,13 +22,37 @@ use weft_control::server::{self, Options};
 /// 127.0.0.1:15014 operator API (weftctl; bearer token) plus /metrics, /ready, /live.
 ///
 /// Exit codes: 0 after SIGTERM/SIGINT and a clean shutdown; 1 on a runtime failure (e.g. a port in use);
-/// 2 for a bad command line or a damaged state directory.
+/// 2 for a bad command line, a damaged state directory or an etcd store (--store) that does not answer.
 #[derive(Parser)]
 #[command(name = "weft-control", version, about, long_about)]
 struct Cli {
-    /// Where the CA, tokens, applied resources and the registry live.
+    /// Where the CA, tokens, applied resources and the registry live. With --store etcd://..., the
+    /// CA, the operator token and the serving credential stay here and the rest lives in etcd.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
+    /// Where resources, join tokens, revocations, claims, service addresses and the registry live:
+    /// `dir` (the state directory, no service needed) or `etcd://HOST:2379[,HOST:2379...]` (etcd v3,
+    /// shared by every replica; see docs/operations.md).
+    #[arg(long, default_value = "dir", value_name = "dir|etcd://HOST:PORT[,...]", value_parser = store_choice)]
+    store: StoreChoice,
+    /// CA bundle of the etcd members' certificates: connect to etcd with TLS.
+    #[arg(long, value_name = "FILE")]
+    etcd_cacert: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key).
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key for etcd (with --etcd-cert).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user to authenticate as (password from --etcd-password-file).
+    #[arg(long, value_name = "NAME")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password (one line).
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+    /// Prefix of every key Weft keeps in etcd (replicas of one mesh share it).
+    #[arg(long, default_value = "/weft/", value_name = "PREFIX")]
+    etcd_prefix: String,
     /// Trust domain of a new mesh (default: a MeshConfig trustDomain in --config-dir, else cluster.local);
     /// must match an existing state directory.
     #[arg(long)]
@@ -111,6 +136,37 @@ fn serving_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+#[derive(Clone)]
+enum StoreChoice {
+    Dir,
+    Etcd(Vec<String>),
+}
+
+fn store_choice(s: &str) -> Result<StoreChoice, String> {
+    if s == "dir" {
+        return Ok(StoreChoice::Dir);
+    }
+    weft_control::backend::etcd::parse_url(s)
+        .map(StoreChoice::Etcd)
+        .ok_or_else(|| format!("{s:?} is neither `dir` nor etcd://HOST:PORT[,HOST:PORT...]"))
+}
+
+/// The store the flags name.
+fn store_options(cli: &Cli) -> StoreOptions {
+    match &cli.store {
+        StoreChoice::Dir => StoreOptions::Dir,
+        StoreChoice::Etcd(endpoints) => StoreOptions::Etcd(EtcdOptions {
+            endpoints: endpoints.clone(),
+            cacert: cli.etcd_cacert.clone(),
+            cert: cli.etcd_cert.clone(),
+            key: cli.etcd_key.clone(),
+            user: cli.etcd_user.clone(),
+            password_file: cli.etcd_password_file.clone(),
+            prefix: cli.etcd_prefix.clone(),
+        }),
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -121,6 +177,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let opts = Options {
+        store: store_options(&cli),
         vip_range: cli.vip_range,
         api_netns: cli.api_netns,
         api_advertise: cli.api_advertise,
