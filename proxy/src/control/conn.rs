@@ -12,6 +12,11 @@ use std::time::Duration;
 pub type ReqBody = BoxBody<Bytes, Infallible>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A PING goes out after this long without a frame from the control plane...
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and an unanswered one ends the connection after this: a control plane that stops answering
+/// (stopped, or its host gone without a reset) is left within 10 s for the next address.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -19,6 +24,18 @@ pub enum ConnError {
     Connect { addr: SocketAddr, reason: String },
     #[error("TLS with the control plane at {addr} failed: {reason}")]
     Tls { addr: SocketAddr, reason: String },
+    /// A `HOST:PORT` entry of `control.address` that did not resolve this time.
+    #[error("cannot resolve the control plane {entry}: {reason}")]
+    Resolve { entry: String, reason: String },
+    /// The chain presented at `addr` does not hold the root `control.ca_fingerprint` pins.
+    #[error("the control plane at {addr} is not the pinned mesh: {source}")]
+    Pin {
+        addr: SocketAddr,
+        source: weft_certs::CertError,
+    },
+    /// No address of a list answered; each with its reason.
+    #[error("no control plane answered: {tried}")]
+    NoneAnswered { tried: String },
     #[error("HTTP/2 with the control plane at {addr} failed: {0}", addr = .1)]
     Http(hyper::Error, SocketAddr),
     /// The control plane's certificate is outside its validity by this machine's clock.
@@ -49,8 +66,8 @@ pub async fn connect(
     .map_err(|e| tls_error(addr, &e))?;
     let (send, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .handshake(TokioIo::new(tls))
         .await
