@@ -183,23 +183,30 @@ async fn killed_and_replaced(
     }
     let pair = Pair::start(&cp_a, control, hosts).await;
     for p in pair.proxies() {
-        assert!(p.wait_log(&format!("config stream open control={a}"), Duration::from_secs(10)));
+        assert!(p.wait_log(
+            &format!("config stream open control={a}"),
+            Duration::from_secs(10)
+        ));
     }
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(steady_load(pair.frontend.outbound[0], stop));
     tokio::time::sleep(Duration::from_millis(500)).await;
     cp_a.kill9();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cp_b = tokio::task::block_in_place(|| {
-        ControlProc::start_sharing(&format!("{tag}-b"), &cp_a, b)
-    });
+    let cp_b =
+        tokio::task::block_in_place(|| ControlProc::start_sharing(&format!("{tag}-b"), &cp_a, b));
     tokio::task::block_in_place(|| pair.assert_moved(a, b, Duration::from_secs(30)));
     tokio::task::block_in_place(|| assert_change_acked(&cp_b, &pair));
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop_tx.send(true).unwrap();
     let (ok, failed) = load.await.unwrap();
     assert!(ok > 100, "too little traffic to judge: {ok}");
-    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), ok);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok
+    );
     println!("{tag}: moved {a} -> {b} under {ok} requests, 0 failed");
 }
 
@@ -313,7 +320,10 @@ async fn a_join_goes_past_addresses_that_are_down_silent_or_not_the_control_plan
     let name = name_meeting_last("frontend", &list, cp.api);
     let control = format!(
         "[{}]",
-        list.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        list.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let started = Instant::now();
     let proxy = MeshProxyBuilder::new(&cp, &name, "default", "frontend")
@@ -337,11 +347,17 @@ async fn a_join_goes_past_addresses_that_are_down_silent_or_not_the_control_plan
         "the impostor was never tried"
     );
     assert_eq!(
-        impostor.handshakes.load(std::sync::atomic::Ordering::SeqCst),
+        impostor
+            .handshakes
+            .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
     let status = foreign.api("GET", "/v1/status", None);
-    assert_eq!(status["proxies"].as_array().map(Vec::len), Some(0), "{status:#}");
+    assert_eq!(
+        status["proxies"].as_array().map(Vec::len),
+        Some(0),
+        "{status:#}"
+    );
     cp.wait_status(Duration::from_secs(10), |s| {
         s["proxies"]
             .as_array()
@@ -361,7 +377,10 @@ async fn a_control_plane_that_stops_answering_is_left_within_ten_seconds() {
     cp_a.restart();
     let pair = Pair::start(&cp_a, &format!("[{a}, {b}]"), None).await;
     for p in pair.proxies() {
-        assert!(p.wait_log(&format!("config stream open control={a}"), Duration::from_secs(10)));
+        assert!(p.wait_log(
+            &format!("config stream open control={a}"),
+            Duration::from_secs(10)
+        ));
     }
     // Stopped, not killed: its connections stay open and answer nothing (no reset, no GOAWAY).
     let pid = cp_a.pid().expect("running") as libc::pid_t;
@@ -399,7 +418,12 @@ fn every_advertised_address_reaches_get_mesh() {
     let again = ControlProc::start_with(
         "fo-advertise-2",
         None,
-        &["--api-advertise", &a.to_string(), "--api-advertise", &c.to_string()],
+        &[
+            "--api-advertise",
+            &a.to_string(),
+            "--api-advertise",
+            &c.to_string(),
+        ],
     );
     let mesh = again.api("GET", "/v1/mesh", None);
     assert_eq!(

@@ -289,7 +289,11 @@ fn mesh_info(state: &StateDir, opts: &Options) -> MeshInfo {
             .map(|r| weft_certs::pin::fingerprint(r.as_ref()))
             .unwrap_or_default(),
         bundle_pem: state.bundle_pem.clone(),
-        proxy_address: opts.api_advertise.first().copied().unwrap_or(opts.api_listen),
+        proxy_address: opts
+            .api_advertise
+            .first()
+            .copied()
+            .unwrap_or(opts.api_listen),
         proxy_addresses: if opts.api_advertise.len() > 1 {
             opts.api_advertise.clone()
         } else {

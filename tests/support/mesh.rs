@@ -200,18 +200,21 @@ impl MeshProxyBuilder {
             ],
             None => Vec::new(),
         };
-        launch_wrapped(Launch {
-            name: self.name,
-            config,
-            dir,
-            tunnel: self.tunnel,
-            admin,
-            health,
-            outbound: self.services.iter().map(|s| s.0).collect(),
-            id,
-            worker_threads: None,
-            env: self.env,
-        }, &wrapper)
+        launch_wrapped(
+            Launch {
+                name: self.name,
+                config,
+                dir,
+                tunnel: self.tunnel,
+                admin,
+                health,
+                outbound: self.services.iter().map(|s| s.0).collect(),
+                id,
+                worker_threads: None,
+                env: self.env,
+            },
+            &wrapper,
+        )
     }
 
     /// Starts the proxy and waits until it is ready.

@@ -206,6 +206,9 @@ mod tests {
         assert_eq!(field, "control.address");
         assert!(reason.contains("no control plane"), "{reason}");
         let (field, reason) = list(&["10.0.0.2:1", "10.0.0.2:1"]).parse().unwrap_err();
-        assert_eq!((field.as_str(), reason.contains("twice")), ("control.address[1]", true));
+        assert_eq!(
+            (field.as_str(), reason.contains("twice")),
+            ("control.address[1]", true)
+        );
     }
 }

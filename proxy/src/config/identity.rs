@@ -1,9 +1,9 @@
 //! Where the proxy's identity comes from: certificate files (`identity:`, explicit mode) or a control
 //! plane (`control:`, which also needs the `workload` to register).
 
+use super::control_address::ControlAddresses;
 use super::{Invalid, ProxyConfig};
 use serde::{Deserialize, Serialize};
-use super::control_address::ControlAddresses;
 use std::path::PathBuf;
 
 /// Files that make up the proxy's identity. Relative paths are relative to the config file.

@@ -333,8 +333,14 @@ fn control_address_takes_one_a_list_or_names_and_refuses_naming_the_entry() {
             "[127.0.0.1:15010, nope]",
             "proxy.yaml:2:3: field `control.address[1]`: `nope` is not IP:PORT or HOST:PORT",
         ),
-        ("[]", "proxy.yaml:2:3: field `control.address`: names no control plane"),
-        ("127.0.0.1", "field `control.address`: `127.0.0.1` is not IP:PORT"),
+        (
+            "[]",
+            "proxy.yaml:2:3: field `control.address`: names no control plane",
+        ),
+        (
+            "127.0.0.1",
+            "field `control.address`: `127.0.0.1` is not IP:PORT",
+        ),
         ("{a: 1}", "expected IP:PORT, HOST:PORT or a list of them"),
     ] {
         let e = refusal(&CONTROL.replace("127.0.0.1:15010", address));

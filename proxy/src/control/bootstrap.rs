@@ -164,7 +164,7 @@ pub async fn request(
         token: token.map(str::to_string),
     };
     let sent_at = SystemTime::now();
-    let (mut send, addr) = settings.planes.connect(tls).await?;
+    let (conn::Conn { mut send, .. }, addr) = settings.planes.connect(tls).await?;
     let req = Request::post(format!("https://{addr}{PATH_CERTIFICATE}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(conn::full(
@@ -178,12 +178,7 @@ pub async fn request(
     };
     let resp = send.send_request(req).await.map_err(lost)?;
     let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(lost)?
-        .to_bytes();
+    let bytes = resp.into_body().collect().await.map_err(lost)?.to_bytes();
     if !status.is_success() {
         let reason = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|e| e.error)

@@ -18,7 +18,6 @@
 use super::conn::{self, ConnError};
 use super::metrics::Metrics;
 use crate::config::ControlAddress;
-use hyper::client::conn::http2::SendRequest;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,7 +73,7 @@ impl ControlPlanes {
     pub async fn connect(
         &self,
         tls: Arc<rustls::ClientConfig>,
-    ) -> Result<(SendRequest<conn::ReqBody>, SocketAddr), ConnError> {
+    ) -> Result<(conn::Conn, SocketAddr), ConnError> {
         self.first(|addr| conn::connect(addr, tls.clone())).await
     }
 
@@ -300,7 +299,13 @@ mod tests {
             "seed".into(),
         );
         let round = planes.round().await.unwrap();
-        assert!(round.contains(&SocketAddr::from(([127, 0, 0, 1], 15010))), "{round:?}");
-        assert!(round.contains(&SocketAddr::from(([10, 0, 0, 1], 15010))), "{round:?}");
+        assert!(
+            round.contains(&SocketAddr::from(([127, 0, 0, 1], 15010))),
+            "{round:?}"
+        );
+        assert!(
+            round.contains(&SocketAddr::from(([10, 0, 0, 1], 15010))),
+            "{round:?}"
+        );
     }
 }

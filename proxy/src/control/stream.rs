@@ -5,7 +5,7 @@
 //! that reach none. The proxy keeps serving with what it has meanwhile.
 
 use super::cache::Cache;
-use super::conn::ReqBody;
+use super::conn::{self, ReqBody};
 use super::metrics::ConfigUpdate;
 use super::Settings;
 use crate::state::Proxy;
@@ -44,7 +44,10 @@ pub async fn run(proxy: Arc<Proxy>, settings: Settings, mut ready: watch::Receiv
         if let Some(addr) = reached {
             // Lost: the next round starts at the address after this one.
             proxy.metrics.control.set_control_plane(addr, false);
-            let reason = result.as_ref().err().map_or("closed by the control plane", |e| e);
+            let reason = result
+                .as_ref()
+                .err()
+                .map_or("closed by the control plane", |e| e);
             settings.planes.left(addr, reason);
         }
         match result {
@@ -79,7 +82,7 @@ async fn session(
     reached: &mut Option<std::net::SocketAddr>,
 ) -> Result<(), String> {
     let tls = proxy.identity.client_config(&settings.server_id);
-    let (mut send, addr) = settings
+    let (conn::Conn { mut send, ended }, addr) = settings
         .planes
         .connect(tls)
         .await
@@ -97,7 +100,10 @@ async fn session(
     let req = Request::post(format!("https://{addr}{PATH_STREAM}"))
         .body(body)
         .map_err(|e| e.to_string())?;
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| conn::describe(&e))?;
     if !resp.status().is_success() {
         return Err(refusal(resp).await);
     }
@@ -110,7 +116,15 @@ async fn session(
         cache,
         out,
     };
-    stream.serve(resp.into_body(), ready, started).await
+    let result = stream.serve(resp.into_body(), ready, started).await;
+    match result {
+        // What the stream saw is often only "broken pipe"; the connection says why.
+        Err(e) => match ended.reason(Duration::from_millis(200)).await {
+            Some(why) if !e.contains(&why) => Err(format!("{e} ({why})")),
+            _ => Err(e),
+        },
+        ok => ok,
+    }
 }
 
 /// Why the control plane did not open the stream: its status and what it said.
@@ -188,7 +202,7 @@ impl Open<'_> {
             tokio::select! {
                 frame = body.frame() => match frame {
                     None => return decoder.finish().map_err(|e| e.to_string()),
-                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Err(e)) => return Err(conn::describe(&e)),
                     Some(Ok(f)) => {
                         if let Ok(data) = f.into_data() {
                             decoder.push(&data);
