@@ -46,9 +46,10 @@ struct Pair {
 }
 
 impl Pair {
-    async fn start(cp: &ControlProc, control: &str, hosts: Option<PathBuf>) -> Pair {
+    async fn start(cp: &ControlProc, control: &str, hosts: Option<PathBuf>, extra: &str) -> Pair {
         let app = http_app::serve_on_loopback("backend");
-        apply(cp, "mesh.yaml", &backend_service(app.addr().port()), 0);
+        let resources = format!("{}{extra}", backend_service(app.addr().port()));
+        apply(cp, "mesh.yaml", &resources, 0);
         let with = |b: MeshProxyBuilder| {
             let b = b.control_address(control);
             match &hosts {
@@ -166,14 +167,25 @@ fn assert_change_acked(cp: &ControlProc, pair: &Pair) {
     assert!(config.contains("/after-failover"), "{config}");
 }
 
+/// Leaves of 20 s: renewal (at 60-70% of that) must happen through the list during the test.
+const SHORT_LEAVES: &str = "---
+apiVersion: weft.dev/v1
+kind: MeshConfig
+metadata:
+  name: default
+spec:
+  certificateTtl: 20s
+";
+
 /// Control plane on `a`; the pair connected; kill -9 it and start one on `b` with the same state:
-/// the pair moves to `b` under a request loop that fails nothing, and a change through `b` is acked.
+/// the pair moves to `b` under a request loop that fails nothing, a change through `b` is acked, and
+/// (with `renews`: 20 s leaves) each proxy renews its certificate with `b`.
 async fn killed_and_replaced(
     tag: &str,
-    a: SocketAddr,
-    b: SocketAddr,
+    (a, b): (SocketAddr, SocketAddr),
     control: &str,
     hosts: Option<PathBuf>,
+    renews: bool,
 ) {
     let mut cp_a = ControlProc::start_with(&format!("{tag}-a"), None, &[]);
     if cp_a.api != a {
@@ -181,7 +193,8 @@ async fn killed_and_replaced(
         cp_a.api = a;
         cp_a.restart();
     }
-    let pair = Pair::start(&cp_a, control, hosts).await;
+    let extra = if renews { SHORT_LEAVES } else { "" };
+    let pair = Pair::start(&cp_a, control, hosts, extra).await;
     for p in pair.proxies() {
         assert!(p.wait_log(
             &format!("config stream open control={a}"),
@@ -197,6 +210,26 @@ async fn killed_and_replaced(
         tokio::task::block_in_place(|| ControlProc::start_sharing(&format!("{tag}-b"), &cp_a, b));
     tokio::task::block_in_place(|| pair.assert_moved(a, b, Duration::from_secs(30)));
     tokio::task::block_in_place(|| assert_change_acked(&cp_b, &pair));
+    if renews {
+        // Only `b` is up: a renewal that succeeds now went through the list to it.
+        let renewals =
+            |p: &ProxyProc| p.metric("weft_proxy_cert_renewals_total", &["result=\"ok\""]);
+        let before: Vec<f64> = pair.proxies().iter().map(|p| renewals(p)).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pair
+            .proxies()
+            .iter()
+            .zip(&before)
+            .any(|(p, b)| renewals(p) <= *b)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no renewal through {b}:\n{}",
+                pair.frontend.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop_tx.send(true).unwrap();
     let (ok, failed) = load.await.unwrap();
@@ -213,7 +246,7 @@ async fn killed_and_replaced(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_fails_over_to_the_next_control_plane_serving_throughout() {
     let (a, b) = (free_addr(), free_addr());
-    killed_and_replaced("fo-list", a, b, &format!("[{a}, {b}]"), None).await;
+    killed_and_replaced("fo-list", (a, b), &format!("[{a}, {b}]"), None, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +263,7 @@ async fn a_name_resolving_to_two_addresses_fails_over_the_same_way() {
     )
     .unwrap();
     let control = format!("control.failover.test:{port}");
-    killed_and_replaced("fo-name", a, b, &control, Some(hosts)).await;
+    killed_and_replaced("fo-name", (a, b), &control, Some(hosts), false).await;
 }
 
 /// A TCP listener that accepts and then says nothing (a peer that is there but never answers), and
@@ -375,7 +408,7 @@ async fn a_control_plane_that_stops_answering_is_left_within_ten_seconds() {
     cp_a.kill9();
     cp_a.api = a;
     cp_a.restart();
-    let pair = Pair::start(&cp_a, &format!("[{a}, {b}]"), None).await;
+    let pair = Pair::start(&cp_a, &format!("[{a}, {b}]"), None, "").await;
     for p in pair.proxies() {
         assert!(p.wait_log(
             &format!("config stream open control={a}"),
