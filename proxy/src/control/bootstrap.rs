@@ -148,9 +148,9 @@ async fn join(
 }
 
 /// Sends the CSR of `key` (with `token` on join; the TLS client certificate authenticates a renewal) to
-/// the first control plane of `settings.planes` that answers,
-/// caches and returns the issued credential, with how far this machine's clock is from the control
-/// plane's. A credential that shows a skew beyond the leeway is neither cached nor returned.
+/// the first control plane of `settings.planes` that answers, caches and returns the issued credential,
+/// with how far this machine's clock is from the control plane's. A credential that shows a skew beyond
+/// the leeway is neither cached nor returned.
 pub async fn request(
     settings: &Settings,
     tls: Arc<rustls::ClientConfig>,

@@ -59,11 +59,6 @@ impl ControlPlanes {
         let _ = self.metrics.set(metrics);
     }
 
-    /// The address in use, if any was reached.
-    pub fn current(&self) -> Option<SocketAddr> {
-        self.lock().current
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, InUse> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
