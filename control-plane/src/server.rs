@@ -46,8 +46,8 @@ pub struct Options {
     pub vip_range: crate::vips::Ipv4Range,
     /// Open the proxy API listener inside this network namespace (a pod network).
     pub api_netns: Option<String>,
-    /// The proxy API address proxies are told to use (default: `api_listen`).
-    pub api_advertise: Option<SocketAddr>,
+    /// The proxy API addresses proxies are told to use, every replica's (default: `api_listen`).
+    pub api_advertise: Vec<SocketAddr>,
     /// A second listener with only `/metrics`, `/live` and `/ready`, opened in `api_netns` if given.
     pub metrics_listen: Option<SocketAddr>,
     /// Lifetime of the control plane's own serving certificate; it is renewed at two thirds of it.
@@ -325,7 +325,16 @@ fn mesh_info(state: &StateDir, opts: &Options) -> MeshInfo {
             .map(|r| weft_certs::pin::fingerprint(r.as_ref()))
             .unwrap_or_default(),
         bundle_pem: state.bundle_pem.clone(),
-        proxy_address: opts.api_advertise.unwrap_or(opts.api_listen),
+        proxy_address: opts
+            .api_advertise
+            .first()
+            .copied()
+            .unwrap_or(opts.api_listen),
+        proxy_addresses: if opts.api_advertise.len() > 1 {
+            opts.api_advertise.clone()
+        } else {
+            Vec::new()
+        },
         services: Vec::new(),
     }
 }

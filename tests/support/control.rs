@@ -22,6 +22,8 @@ pub struct ControlProc {
     pub log_path: PathBuf,
     pub extra_args: Vec<String>,
     starts: usize,
+    /// Another control plane's state directory, used instead of one of its own.
+    shared_state: Option<PathBuf>,
 }
 
 impl ControlProc {
@@ -103,11 +105,31 @@ impl ControlProc {
             config_dir,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
+            shared_state: None,
         }
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.state.path().join("state")
+        match &self.shared_state {
+            Some(dir) => dir.clone(),
+            None => self.state.path().join("state"),
+        }
+    }
+
+    /// A control plane on `api` serving `other`'s state directory (the mesh's CA, tokens, resources
+    /// and registry): another replica's address taking over once `other` is gone. Its log and ports
+    /// are its own.
+    pub fn start_sharing(tag: &str, other: &ControlProc, api: SocketAddr) -> ControlProc {
+        let mut cp = ControlProc::unstarted(
+            TempDir::new(&format!("control-{tag}")),
+            other.config_dir.clone(),
+            &[],
+            api,
+        );
+        cp.extra_args = other.extra_args.clone();
+        cp.shared_state = Some(other.state_dir());
+        cp.spawn();
+        cp
     }
 
     fn spawn(&mut self) {

@@ -5,7 +5,7 @@
 use crate::control::ControlProc;
 use crate::net::free_addr;
 use crate::pki::TempDir;
-use crate::proxy::{launch, Launch, ProxyProc};
+use crate::proxy::{launch_wrapped, Launch, ProxyProc};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +27,10 @@ pub struct MeshProxyBuilder {
     dir: Option<TempDir>,
     fingerprint: Option<String>,
     env: Vec<(String, String)>,
+    /// `control.address` as written, instead of the control plane's address.
+    control_yaml: Option<String>,
+    /// A hosts file the proxy sees as /etc/hosts (a mount namespace of its own).
+    hosts: Option<PathBuf>,
 }
 
 impl MeshProxyBuilder {
@@ -48,6 +52,8 @@ impl MeshProxyBuilder {
             dir: None,
             fingerprint: None,
             env: Vec::new(),
+            control_yaml: None,
+            hosts: None,
         }
     }
 
@@ -101,6 +107,19 @@ impl MeshProxyBuilder {
         self
     }
 
+    /// `control.address` as written (a list, a name), instead of the control plane's address.
+    pub fn control_address(mut self, yaml: &str) -> Self {
+        self.control_yaml = Some(yaml.to_string());
+        self
+    }
+
+    /// Runs the proxy in a mount namespace of its own where `hosts` is /etc/hosts (as `ip netns exec`
+    /// does with /etc/netns/NAME/hosts), for names that resolve to addresses the test chooses.
+    pub fn hosts_file(mut self, hosts: PathBuf) -> Self {
+        self.hosts = Some(hosts);
+        self
+    }
+
     pub fn with_tunnel(mut self, addr: SocketAddr) -> Self {
         self.tunnel = addr;
         self
@@ -133,7 +152,10 @@ impl MeshProxyBuilder {
         let ports: Vec<String> = self.app_ports.iter().map(|p| p.to_string()).collect();
         let mut yaml = format!(
             "control:\n  address: {control}\n  {pin}\n  token_file: {token}\n  state_dir: {state}\nworkload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: 127.0.0.1\n  ports: [{ports}]\n",
-            control = self.control,
+            control = self
+                .control_yaml
+                .clone()
+                .unwrap_or_else(|| self.control.to_string()),
             pin = match &self.fingerprint {
                 Some(fp) => format!("ca_fingerprint: \"{fp}\""),
                 None => format!("ca_bundle: {}", self.bundle.display()),
@@ -165,18 +187,34 @@ impl MeshProxyBuilder {
         let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, &yaml).expect("write proxy config");
         let id = self.id();
-        launch(Launch {
-            name: self.name,
-            config,
-            dir,
-            tunnel: self.tunnel,
-            admin,
-            health,
-            outbound: self.services.iter().map(|s| s.0).collect(),
-            id,
-            worker_threads: None,
-            env: self.env,
-        })
+        let wrapper: Vec<String> = match &self.hosts {
+            Some(h) => vec![
+                "unshare".into(),
+                "--mount".into(),
+                "--propagation".into(),
+                "private".into(),
+                "sh".into(),
+                "-c".into(),
+                r#"mount --bind "$0" /etc/hosts && exec "$@""#.into(),
+                h.display().to_string(),
+            ],
+            None => Vec::new(),
+        };
+        launch_wrapped(
+            Launch {
+                name: self.name,
+                config,
+                dir,
+                tunnel: self.tunnel,
+                admin,
+                health,
+                outbound: self.services.iter().map(|s| s.0).collect(),
+                id,
+                worker_threads: None,
+                env: self.env,
+            },
+            &wrapper,
+        )
     }
 
     /// Starts the proxy and waits until it is ready.

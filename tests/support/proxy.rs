@@ -190,13 +190,26 @@ pub struct Launch {
 
 /// Starts `weft-proxy run` (without waiting for it to be ready); its log goes to `proxy.log` in the dir.
 pub fn launch(l: Launch) -> ProxyProc {
+    launch_wrapped(l, &[])
+}
+
+/// As `launch`, through `wrapper` (a command that ends by exec'ing its arguments, so the pid is the
+/// proxy's), e.g. `unshare -m` with a hosts file of the test's own.
+pub fn launch_wrapped(l: Launch, wrapper: &[String]) -> ProxyProc {
     let log_path = l.dir.path().join("proxy.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .expect("create log");
-    let mut cmd = Command::new(bin("weft-proxy"));
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin("weft-proxy"));
+            c
+        }
+        None => Command::new(bin("weft-proxy")),
+    };
     cmd.args(["run", "--config"]).arg(&l.config);
     if let Some(n) = l.worker_threads {
         cmd.arg("--worker-threads").arg(n.to_string());

@@ -236,8 +236,12 @@ pub struct MeshInfo {
     /// The root CA's fingerprint, for `control.ca_fingerprint` (format `sha256:AB:CD:...`).
     pub ca_fingerprint: String,
     pub bundle_pem: String,
-    /// Where proxies reach the proxy API.
+    /// Where proxies reach the proxy API (the first of `proxy_addresses` when there are several).
     pub proxy_address: std::net::SocketAddr,
+    /// Every replica's proxy API address, when `--api-advertise` names more than one (absent otherwise,
+    /// so one-address meshes answer as before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_addresses: Vec<std::net::SocketAddr>,
     #[serde(default)]
     pub services: Vec<ServiceAddress>,
 }

@@ -82,8 +82,11 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     /// The proxy API address given to pod runners (`GET /v1/mesh`), when it differs from --api-listen.
-    #[arg(long)]
-    api_advertise: Option<SocketAddr>,
+    /// With control-plane replicas, give every replica's address (repeat the flag, or a comma list):
+    /// `weftctl pod run` writes them all into the sidecar's `control.address`, and each sidecar
+    /// spreads over them and fails over between them.
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    api_advertise: Vec<SocketAddr>,
     /// IPv4 range that services' virtual IPs are allocated from (stable per service, persisted).
     #[arg(long, default_value = "198.19.0.0/16")]
     vip_range: weft_control::vips::Ipv4Range,

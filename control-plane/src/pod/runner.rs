@@ -542,7 +542,7 @@ control:\n  address: {addr}\n  ca_fingerprint: {fp}\n  token_file: {token}\n  st
 workload:\n  name: {name}\n  namespace: {ns}\n  service_account: {sa}\n  labels: {{{labels}}}\n  address: {address}\n  ports: [{ports}]{readiness}\n\
 interception:\n  outbound: 0.0.0.0:15001\n  inbound: 0.0.0.0:15006\n  mark: 1337{mtls}\n\
 dns:\n  listen: 127.0.0.1:15053\n{optional}",
-        addr = info.proxy_address,
+        addr = control_address(info),
         fp = json(&info.ca_fingerprint),
         token = json(&token_path.display().to_string()),
         state = json(&dir.join("proxy").display().to_string()),
@@ -554,6 +554,17 @@ dns:\n  listen: 127.0.0.1:15053\n{optional}",
     let path = dir.join("proxy.yaml");
     std::fs::write(&path, yaml).map_err(io("writing the sidecar's config"))?;
     Ok(path)
+}
+
+/// `control.address`: the one address, written as before, or every replica's as a list.
+fn control_address(info: &MeshInfo) -> String {
+    match info.proxy_addresses.as_slice() {
+        [] | [_] => info.proxy_address.to_string(),
+        many => {
+            let all: Vec<String> = many.iter().map(|a| json(&a.to_string())).collect();
+            format!("[{}]", all.join(", "))
+        }
+    }
 }
 
 /// The sidecar config's sections that only some pods have: access log, tracing, limits.
@@ -739,5 +750,24 @@ mod tests {
         assert!(h.contains("127.0.0.1\tlocalhost\n"));
         assert!(h.contains("198.18.0.2\tweb\n"));
         assert_eq!(h.lines().filter(|l| !l.starts_with('#')).count(), 2);
+    }
+
+    #[test]
+    fn the_sidecar_gets_every_advertised_control_plane() {
+        let one: std::net::SocketAddr = "198.18.0.1:15010".parse().unwrap();
+        let mut info = MeshInfo {
+            trust_domain: "t.local".into(),
+            ca_fingerprint: String::new(),
+            bundle_pem: String::new(),
+            proxy_address: one,
+            proxy_addresses: Vec::new(),
+            services: Vec::new(),
+        };
+        assert_eq!(control_address(&info), "198.18.0.1:15010");
+        info.proxy_addresses = vec![one, "198.18.1.1:15010".parse().unwrap()];
+        assert_eq!(
+            control_address(&info),
+            r#"["198.18.0.1:15010", "198.18.1.1:15010"]"#
+        );
     }
 }

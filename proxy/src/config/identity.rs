@@ -1,9 +1,9 @@
 //! Where the proxy's identity comes from: certificate files (`identity:`, explicit mode) or a control
 //! plane (`control:`, which also needs the `workload` to register).
 
+use super::control_address::ControlAddresses;
 use super::{Invalid, ProxyConfig};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Files that make up the proxy's identity. Relative paths are relative to the config file.
@@ -22,8 +22,10 @@ pub struct IdentityFiles {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
-    /// The control plane's proxy API (TLS).
-    pub address: SocketAddr,
+    /// The control plane's proxy API (TLS): `IP:PORT`, `HOST:PORT` (resolved at each connect attempt,
+    /// to any number of addresses) or a list of them, for control-plane replicas. The proxy spreads
+    /// its first pick, fails over to the next on loss, and checks the same identity on every one.
+    pub address: ControlAddresses,
     /// PEM bundle of the mesh CA: pins who the control plane may be. This, or `ca_fingerprint`.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
@@ -44,8 +46,11 @@ pub struct ControlConfig {
 }
 
 impl ControlConfig {
-    /// The mesh CA is pinned exactly one way, and a fingerprint reads as one.
+    /// Every address entry parses, the mesh CA is pinned exactly one way, and a fingerprint reads as one.
     pub(super) fn check(&self) -> Result<(), Invalid> {
+        self.address
+            .parse()
+            .map_err(|(field, reason)| Invalid::new(field, reason))?;
         match (&self.ca_bundle, &self.ca_fingerprint) {
             (Some(_), None) => Ok(()),
             (None, Some(fp)) => weft_certs::pin::parse_fingerprint(fp)

@@ -11,6 +11,7 @@
 
 mod access_log;
 mod admin;
+mod control_address;
 mod dns;
 mod identity;
 mod interception;
@@ -23,6 +24,7 @@ mod workload;
 
 pub use access_log::AccessLogConfig;
 pub use admin::AdminConfig;
+pub use control_address::{ControlAddress, ControlAddresses};
 pub use dns::DnsConfig;
 pub use identity::{ControlConfig, IdentityFiles};
 pub use interception::{InterceptionConfig, DEFAULT_MARK};

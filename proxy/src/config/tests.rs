@@ -315,3 +315,35 @@ fn a_config_over_the_yaml_limits_is_refused_before_parsing() {
     let e = ProxyConfig::load(&p).unwrap_err().to_string();
     assert!(e.contains("anchors and aliases"), "{e}");
 }
+
+#[test]
+fn control_address_takes_one_a_list_or_names_and_refuses_naming_the_entry() {
+    for (address, entries) in [
+        ("127.0.0.1:15010", 1),
+        ("[127.0.0.1:15010, 127.0.0.2:15010]", 2),
+        ("\n    - control.weft.test:15010\n    - 127.0.0.2:15010", 2),
+    ] {
+        let (_d, p) = write(&CONTROL.replace("127.0.0.1:15010", address));
+        let cfg = ProxyConfig::load(&p).unwrap();
+        let c = cfg.control.unwrap();
+        assert_eq!(c.address.parse().unwrap().len(), entries, "{address}");
+    }
+    for (address, want) in [
+        (
+            "[127.0.0.1:15010, nope]",
+            "proxy.yaml:2:3: field `control.address[1]`: `nope` is not IP:PORT or HOST:PORT",
+        ),
+        (
+            "[]",
+            "proxy.yaml:2:3: field `control.address`: names no control plane",
+        ),
+        (
+            "127.0.0.1",
+            "field `control.address`: `127.0.0.1` is not IP:PORT",
+        ),
+        ("{a: 1}", "expected IP:PORT, HOST:PORT or a list of them"),
+    ] {
+        let e = refusal(&CONTROL.replace("127.0.0.1:15010", address));
+        assert!(e.contains(want), "want {want}\n got {e}");
+    }
+}

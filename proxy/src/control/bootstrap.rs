@@ -147,9 +147,10 @@ async fn join(
     Ok(identity)
 }
 
-/// Sends the CSR of `key` (with `token` on join; the TLS client certificate authenticates a renewal),
-/// caches and returns the issued credential, with how far this machine's clock is from the control
-/// plane's. A credential that shows a skew beyond the leeway is neither cached nor returned.
+/// Sends the CSR of `key` (with `token` on join; the TLS client certificate authenticates a renewal) to
+/// the first control plane of `settings.planes` that answers, caches and returns the issued credential,
+/// with how far this machine's clock is from the control plane's. A credential that shows a skew beyond
+/// the leeway is neither cached nor returned.
 pub async fn request(
     settings: &Settings,
     tls: Arc<rustls::ClientConfig>,
@@ -163,27 +164,21 @@ pub async fn request(
         token: token.map(str::to_string),
     };
     let sent_at = SystemTime::now();
-    let mut send = conn::connect(settings.control.address, tls).await?;
-    let req = Request::post(format!(
-        "https://{}{PATH_CERTIFICATE}",
-        settings.control.address
-    ))
-    .header(http::header::CONTENT_TYPE, "application/json")
-    .body(conn::full(
-        serde_json::to_vec(&body).map_err(|e| other(&e))?,
-    ))
-    .map_err(|e| other(&e))?;
-    let resp = send
-        .send_request(req)
-        .await
-        .map_err(|e| BootstrapError::Unreachable(ConnError::Http(e, settings.control.address)))?;
+    let (conn::Conn { mut send, .. }, addr) = settings.planes.connect(tls).await?;
+    let req = Request::post(format!("https://{addr}{PATH_CERTIFICATE}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(conn::full(
+            serde_json::to_vec(&body).map_err(|e| other(&e))?,
+        ))
+        .map_err(|e| other(&e))?;
+    let lost = |e: hyper::Error| {
+        let e = ConnError::Http(e, addr);
+        settings.planes.left(addr, &e.to_string());
+        BootstrapError::Unreachable(e)
+    };
+    let resp = send.send_request(req).await.map_err(lost)?;
     let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| BootstrapError::Unreachable(ConnError::Http(e, settings.control.address)))?
-        .to_bytes();
+    let bytes = resp.into_body().collect().await.map_err(lost)?.to_bytes();
     if !status.is_success() {
         let reason = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|e| e.error)

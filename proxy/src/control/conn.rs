@@ -12,6 +12,11 @@ use std::time::Duration;
 pub type ReqBody = BoxBody<Bytes, Infallible>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A PING goes out after this long without a frame from the control plane...
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and an unanswered one ends the connection after this: a control plane that stops answering
+/// (stopped, or its host gone without a reset) is left within 10 s for the next address.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -19,7 +24,19 @@ pub enum ConnError {
     Connect { addr: SocketAddr, reason: String },
     #[error("TLS with the control plane at {addr} failed: {reason}")]
     Tls { addr: SocketAddr, reason: String },
-    #[error("HTTP/2 with the control plane at {addr} failed: {0}", addr = .1)]
+    /// A `HOST:PORT` entry of `control.address` that did not resolve this time.
+    #[error("cannot resolve the control plane {entry}: {reason}")]
+    Resolve { entry: String, reason: String },
+    /// The chain presented at `addr` does not hold the root `control.ca_fingerprint` pins.
+    #[error("the control plane at {addr} is not the pinned mesh: {source}")]
+    Pin {
+        addr: SocketAddr,
+        source: weft_certs::CertError,
+    },
+    /// No address of a list answered; each with its reason.
+    #[error("no control plane answered: {tried}")]
+    NoneAnswered { tried: String },
+    #[error("HTTP/2 with the control plane at {addr} failed: {why}", addr = .1, why = describe(.0))]
     Http(hyper::Error, SocketAddr),
     /// The control plane's certificate is outside its validity by this machine's clock.
     #[error("TLS with the control plane at {addr} failed: {source}")]
@@ -29,11 +46,28 @@ pub enum ConnError {
     },
 }
 
-/// Connects and returns a request sender; the connection runs in a background task until dropped.
-pub async fn connect(
-    addr: SocketAddr,
-    tls: Arc<rustls::ClientConfig>,
-) -> Result<http2::SendRequest<ReqBody>, ConnError> {
+/// An HTTP/2 connection to the control plane: requests go through `send`; the connection itself runs
+/// in a background task until `send` is dropped.
+pub struct Conn {
+    pub send: http2::SendRequest<ReqBody>,
+    pub ended: Ended,
+}
+
+/// How a connection ended, once it has. A stream on a dead connection only learns "broken pipe"; the
+/// connection knows the cause (keep-alive timed out, GOAWAY, reset).
+#[derive(Clone)]
+pub struct Ended(tokio::sync::watch::Receiver<Option<String>>);
+
+impl Ended {
+    /// Why the connection failed, if it did within `within`.
+    pub async fn reason(mut self, within: Duration) -> Option<String> {
+        let r = tokio::time::timeout(within, self.0.wait_for(Option::is_some)).await;
+        r.ok()?.ok()?.clone()
+    }
+}
+
+/// Connects; the connection runs in a background task until the sender is dropped.
+pub async fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<Conn, ConnError> {
     let tcp = tcp_connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
@@ -49,18 +83,23 @@ pub async fn connect(
     .map_err(|e| tls_error(addr, &e))?;
     let (send, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .handshake(TokioIo::new(tls))
         .await
         .map_err(|e| ConnError::Http(e, addr))?;
+    let (tx, rx) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "control-plane connection ended");
+            let _ = tx.send(Some(describe(&e)));
         }
     });
-    Ok(send)
+    Ok(Conn {
+        send,
+        ended: Ended(rx),
+    })
 }
 
 /// The certificate chain the control plane presents, from a handshake that is failed on purpose once
@@ -110,6 +149,22 @@ fn tls_error(addr: SocketAddr, e: &std::io::Error) -> ConnError {
         (None, None) => e.to_string(),
     };
     ConnError::Tls { addr, reason }
+}
+
+/// An error with its causes (`error reading a body from connection: keep-alive timed out`): hyper's
+/// own message rarely says what happened.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> ReqBody {

@@ -66,8 +66,15 @@ struct RenewalLabels {
     result: Renewal,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlaneLabels {
+    address: String,
+}
+
 #[derive(Clone, Default)]
 pub struct Metrics {
+    control_plane: Family<PlaneLabels, Gauge>,
+    failovers: Counter,
     config_version: Gauge,
     config_updates: Family<UpdateLabels, Counter>,
     cert_expiry: Gauge,
@@ -122,7 +129,30 @@ impl Metrics {
             "1 while the config stream to the control plane is open",
             m.connected.clone(),
         );
+        registry.register(
+            "control_plane",
+            "1 for the control-plane address the config stream is open to, 0 for those it was open to before",
+            m.control_plane.clone(),
+        );
+        registry.register(
+            "control_failovers",
+            "Moves from one control-plane address to another after the one in use was lost",
+            m.failovers.clone(),
+        );
         m
+    }
+
+    /// The config stream opened to (`true`) or closed on (`false`) `address`.
+    pub fn set_control_plane(&self, address: std::net::SocketAddr, open: bool) {
+        self.control_plane
+            .get_or_create(&PlaneLabels {
+                address: address.to_string(),
+            })
+            .set(i64::from(open));
+    }
+
+    pub fn failover(&self) {
+        self.failovers.inc();
     }
 
     pub fn set_config_version(&self, v: u64) {

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod clock;
 pub mod conn;
 pub mod metrics;
+pub mod planes;
 pub mod probe;
 pub mod renew;
 pub mod revoked;
@@ -13,6 +14,7 @@ pub mod stream;
 
 use crate::config::{ControlConfig, ProxyConfig, WorkloadConfig};
 use crate::state::Proxy;
+use planes::ControlPlanes;
 use std::sync::Arc;
 use std::time::Duration;
 use weft_certs::{SpiffeId, TrustBundle, TrustDomain};
@@ -21,6 +23,8 @@ use weft_certs::{SpiffeId, TrustBundle, TrustDomain};
 #[derive(Clone)]
 pub struct Settings {
     pub control: ControlConfig,
+    /// `control.address`, resolved at each attempt: the join, the stream and renewal connect through it.
+    pub planes: Arc<ControlPlanes>,
     pub workload: WorkloadConfig,
     pub trust_domain: TrustDomain,
     /// Who the control plane must be.
@@ -39,9 +43,20 @@ impl Settings {
         let (Some(control), Some(workload)) = (&cfg.control, &cfg.workload) else {
             return Ok(None);
         };
+        let entries = control
+            .address
+            .parse()
+            .map_err(|(field, reason)| anyhow::anyhow!("{field}: {reason}"))?;
+        // Who this workload is (identity and name): its own order of the control planes.
+        let seed = planes::seed(
+            &workload.namespace,
+            &workload.service_account,
+            &workload.name,
+        );
+        let planes = ControlPlanes::new(entries, seed);
         let pinned = match (&control.ca_bundle, &control.ca_fingerprint) {
             (Some(path), _) => TrustBundle::from_pem_file(path)?,
-            (None, Some(fp)) => pinned_root(control, fp, patience).await?,
+            (None, Some(fp)) => pinned_root(control, &planes, fp, patience).await?,
             (None, None) => anyhow::bail!("no ca_bundle or ca_fingerprint"),
         };
         let trust_domain = match (&control.server_identity, pinned.trust_domains().first()) {
@@ -57,6 +72,7 @@ impl Settings {
         };
         Ok(Some(Settings {
             control: control.clone(),
+            planes,
             workload: workload.clone(),
             trust_domain,
             server_id,
@@ -76,10 +92,11 @@ impl Settings {
     }
 }
 
-/// The root the fingerprint pins: from the cached bundle when it holds it, else from the control plane's
-/// chain (a probing handshake that sends nothing).
+/// The root the fingerprint pins: from the cached bundle when it holds it, else from the chain of the
+/// first control plane whose root matches (a probing handshake that sends nothing).
 async fn pinned_root(
     control: &ControlConfig,
+    planes: &ControlPlanes,
     fingerprint: &str,
     patience: Duration,
 ) -> anyhow::Result<TrustBundle> {
@@ -92,12 +109,18 @@ async fn pinned_root(
     let deadline = tokio::time::Instant::now() + patience;
     let mut attempt = 0;
     loop {
-        match conn::probe_chain(control.address).await {
-            Ok(chain) => {
-                let bundle = weft_certs::pin::bundle_from_chain(&chain, &pin)?;
-                tracing::info!(fingerprint, "mesh CA found by its fingerprint");
+        let probe = |addr| async move {
+            let chain = conn::probe_chain(addr).await?;
+            weft_certs::pin::bundle_from_chain(&chain, &pin)
+                .map_err(|source| conn::ConnError::Pin { addr, source })
+        };
+        match planes.first(probe).await {
+            Ok((bundle, addr)) => {
+                tracing::info!(fingerprint, control = %addr, "mesh CA found by its fingerprint");
                 return Ok(bundle);
             }
+            // The only control plane is not the pinned mesh: waiting will not change that.
+            Err(conn::ConnError::Pin { source, .. }) => return Err(source.into()),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "waiting for the control plane to read its CA")
             }
@@ -112,6 +135,7 @@ async fn pinned_root(
 /// renewal, the config stream, the readiness probe.
 pub fn start(proxy: &Arc<Proxy>, settings: Settings) {
     let control = &proxy.metrics.control;
+    settings.planes.attach_metrics(control.clone());
     control.set_cert_expiry(proxy.identity.credential().not_after());
     control.set_clock_skew(proxy.identity.clock_offset_secs());
     control.set_cert_expired(proxy.identity.expired_at().is_some());

@@ -1,6 +1,7 @@
 //! Certificate renewal: at about two thirds of the remaining lifetime (with jitter, so a fleet does not
 //! renew in step), authenticated by the current certificate, for the same identity. New handshakes use
-//! the new leaf; connections already open keep theirs.
+//! the new leaf; connections already open keep theirs. Renewal goes to the control plane in use, or
+//! the next of `control.address` that answers (`planes`), like the config stream.
 //!
 //! Times are on the mesh's clock (this machine's, corrected by the skew measured on the last
 //! certificate), and never count more than the lifetime the leaf was issued with, so a skewed clock

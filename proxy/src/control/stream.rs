@@ -1,7 +1,8 @@
 //! The config stream: registers the workload, applies snapshots (ACK) or refuses them with the reason
 //! (NACK, nothing changes), reports readiness and, once a second when they changed, the request counts
-//! per destination (`weftctl shift --to` watches them), and reconnects with capped backoff when the control plane
-//! goes away. The proxy keeps serving with what it has meanwhile.
+//! per destination (`weftctl shift --to` watches them), and reconnects when the control plane goes away:
+//! at once to the next address of `control.address` (see `planes`), with capped backoff between rounds
+//! that reach none. The proxy keeps serving with what it has meanwhile.
 
 use super::cache::Cache;
 use super::conn::{self, ReqBody};
@@ -34,10 +35,20 @@ pub async fn run(proxy: Arc<Proxy>, settings: Settings, mut ready: watch::Receiv
     let mut last_error = String::new();
     loop {
         let connected_at = std::time::Instant::now();
-        let result = session(&proxy, &settings, &cache, &mut ready, started).await;
+        let mut reached = None;
+        let result = session(&proxy, &settings, &cache, &mut ready, started, &mut reached).await;
         proxy.metrics.control.set_connected(false);
         if proxy.shutdown.is_cancelled() {
             return;
+        }
+        if let Some(addr) = reached {
+            // Lost: the next round starts at the address after this one.
+            proxy.metrics.control.set_control_plane(addr, false);
+            let reason = result
+                .as_ref()
+                .err()
+                .map_or("closed by the control plane", |e| e);
+            settings.planes.left(addr, reason);
         }
         match result {
             Ok(()) => tracing::info!("config stream closed by the control plane; reconnecting"),
@@ -50,6 +61,7 @@ pub async fn run(proxy: Arc<Proxy>, settings: Settings, mut ready: watch::Receiv
         if connected_at.elapsed() > Duration::from_secs(30) {
             attempt = 0;
         }
+        // Between rounds only: a round itself tries every address without a pause.
         let pause = super::backoff(attempt, RECONNECT_CAP);
         attempt = attempt.saturating_add(1);
         tokio::select! {
@@ -59,18 +71,23 @@ pub async fn run(proxy: Arc<Proxy>, settings: Settings, mut ready: watch::Receiv
     }
 }
 
-/// One connection's worth of stream; returns when it ends.
+/// One connection's worth of stream, to the first control plane of a round that answers (`reached`);
+/// returns when it ends.
 async fn session(
     proxy: &Arc<Proxy>,
     settings: &Settings,
     cache: &Cache,
     ready: &mut watch::Receiver<bool>,
     started: std::time::Instant,
+    reached: &mut Option<std::net::SocketAddr>,
 ) -> Result<(), String> {
     let tls = proxy.identity.client_config(&settings.server_id);
-    let mut send = conn::connect(settings.control.address, tls)
+    let (conn::Conn { mut send, ended }, addr) = settings
+        .planes
+        .connect(tls)
         .await
         .map_err(|e| e.to_string())?;
+    *reached = Some(addr);
     let (out, body) = Outgoing::new();
     let applied = proxy.mesh().version;
     let hello = FromProxy::Hello(Hello {
@@ -80,22 +97,34 @@ async fn session(
         applied_version: (applied > 0).then_some(applied),
     });
     out.send(&hello).await?;
-    let req = Request::post(format!("https://{}{PATH_STREAM}", settings.control.address))
+    let req = Request::post(format!("https://{addr}{PATH_STREAM}"))
         .body(body)
         .map_err(|e| e.to_string())?;
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| conn::describe(&e))?;
     if !resp.status().is_success() {
         return Err(refusal(resp).await);
     }
-    tracing::info!(control = %settings.control.address, "config stream open");
+    tracing::info!(control = %addr, "config stream open");
     proxy.metrics.control.set_connected(true);
+    proxy.metrics.control.set_control_plane(addr, true);
     let stream = Open {
         proxy,
         settings,
         cache,
         out,
     };
-    stream.serve(resp.into_body(), ready, started).await
+    let result = stream.serve(resp.into_body(), ready, started).await;
+    match result {
+        // What the stream saw is often only "broken pipe"; the connection says why.
+        Err(e) => match ended.reason(Duration::from_millis(200)).await {
+            Some(why) if !e.contains(&why) => Err(format!("{e} ({why})")),
+            _ => Err(e),
+        },
+        ok => ok,
+    }
 }
 
 /// Why the control plane did not open the stream: its status and what it said.
@@ -173,7 +202,7 @@ impl Open<'_> {
             tokio::select! {
                 frame = body.frame() => match frame {
                     None => return decoder.finish().map_err(|e| e.to_string()),
-                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Err(e)) => return Err(conn::describe(&e)),
                     Some(Ok(f)) => {
                         if let Ok(data) = f.into_data() {
                             decoder.push(&data);

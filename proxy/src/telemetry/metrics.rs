@@ -387,6 +387,8 @@ mod tests {
         ("clock_skew_seconds", "gauge"),
         ("clock_skew_errors", "counter"),
         ("control_connected", "gauge"),
+        ("control_plane", "gauge"),
+        ("control_failovers", "counter"),
         ("dns_queries", "counter"),
     ];
 
