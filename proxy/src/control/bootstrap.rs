@@ -164,18 +164,14 @@ pub async fn request(
         token: token.map(str::to_string),
     };
     let sent_at = SystemTime::now();
-    let (conn::Conn { mut send, .. }, addr) = settings.planes.connect(tls).await?;
+    let (conn::Conn { mut send, .. }, addr) = settings.planes.connect_for_request(tls).await?;
     let req = Request::post(format!("https://{addr}{PATH_CERTIFICATE}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(conn::full(
             serde_json::to_vec(&body).map_err(|e| other(&e))?,
         ))
         .map_err(|e| other(&e))?;
-    let lost = |e: hyper::Error| {
-        let e = ConnError::Http(e, addr);
-        settings.planes.left(addr, &e.to_string());
-        BootstrapError::Unreachable(e)
-    };
+    let lost = |e: hyper::Error| BootstrapError::Unreachable(ConnError::Http(e, addr));
     let resp = send.send_request(req).await.map_err(lost)?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.map_err(lost)?.to_bytes();

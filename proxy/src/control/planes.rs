@@ -72,9 +72,35 @@ impl ControlPlanes {
         self.first(|addr| conn::connect(addr, tls.clone())).await
     }
 
+    /// An HTTP/2 connection for one request (a join or a renewal): the same round, but the address in
+    /// use stays the config stream's to change. A renewal that finds the stream's control plane busy
+    /// or gone tries the next one without counting a failover; only losing the stream moves it.
+    pub async fn connect_for_request(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<(conn::Conn, SocketAddr), ConnError> {
+        self.try_round(|addr| conn::connect(addr, tls.clone()), false)
+            .await
+    }
+
     /// Runs `attempt` on each address of one round, in order, until one succeeds; that one becomes
     /// the address in use. With one address its error is returned as is.
-    pub async fn first<T, F, Fut>(&self, mut attempt: F) -> Result<(T, SocketAddr), ConnError>
+    pub async fn first<T, F, Fut>(&self, attempt: F) -> Result<(T, SocketAddr), ConnError>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: Future<Output = Result<T, ConnError>>,
+    {
+        self.try_round(attempt, true).await
+    }
+
+    /// One round of `attempt`s; with `track`, the one that answers becomes the address in use and
+    /// those that did not are marked left (without, the one that answers is adopted only when no
+    /// address is in use yet).
+    async fn try_round<T, F, Fut>(
+        &self,
+        mut attempt: F,
+        track: bool,
+    ) -> Result<(T, SocketAddr), ConnError>
     where
         F: FnMut(SocketAddr) -> Fut,
         Fut: Future<Output = Result<T, ConnError>>,
@@ -84,12 +110,17 @@ impl ControlPlanes {
         for addr in addrs {
             match attempt(addr).await {
                 Ok(t) => {
-                    self.connected(addr);
+                    // A join (no address in use yet) still picks where the stream starts.
+                    if track || self.lock().current.is_none() {
+                        self.connected(addr);
+                    }
                     return Ok((t, addr));
                 }
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "control plane did not answer; trying the next address");
-                    self.left(addr, &e.to_string());
+                    if track {
+                        self.left(addr, &e.to_string());
+                    }
                     errors.push(e);
                 }
             }
@@ -302,5 +333,38 @@ mod tests {
             round.contains(&SocketAddr::from(([10, 0, 0, 1], 15010))),
             "{round:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_moves_on_leaves_the_stream_where_it_is() {
+        let list = addrs(2);
+        let planes = ControlPlanes::new(
+            list.iter().copied().map(ControlAddress::Socket).collect(),
+            "spiffe://mesh.test/ns/default/sa/web web-1".into(),
+        );
+        let fresh = order(list, &planes.seed, None, false);
+        let answer = |up: SocketAddr| {
+            move |addr: SocketAddr| async move {
+                if addr == up {
+                    Ok(addr)
+                } else {
+                    Err(ConnError::Resolve {
+                        entry: addr.to_string(),
+                        reason: "down".into(),
+                    })
+                }
+            }
+        };
+        // A join with nothing in use yet picks where the stream starts.
+        let (_, joined) = planes.try_round(answer(fresh[1]), false).await.unwrap();
+        assert_eq!(planes.lock().current, Some(joined));
+        // A renewal that finds that one down moves on, but the stream's address stays.
+        let (_, renewed) = planes.try_round(answer(fresh[0]), false).await.unwrap();
+        assert_eq!(renewed, fresh[0]);
+        assert_eq!(planes.lock().current, Some(fresh[1]));
+        assert!(planes.lock().left.is_none());
+        // Only the stream moves it.
+        let (_, streamed) = planes.first(answer(fresh[0])).await.unwrap();
+        assert_eq!(planes.lock().current, Some(streamed));
     }
 }
