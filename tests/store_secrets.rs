@@ -2,7 +2,7 @@
 //! replicas started at once on an empty prefix end with one CA and one operator token, and a proxy
 //! that joined through one renews through the other; the CA key in etcd is sealed (no PEM, no key
 //! bytes); a replica with no key file, a wrong key, a key file open to others or of the wrong
-//! length refuses to start, naming the file.
+//! length refuses to start, naming the file (and one asking for another trust domain, naming it).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -249,8 +249,20 @@ fn the_ca_key_is_sealed_in_etcd_and_a_replica_without_the_right_key_refuses_to_s
 }
 
 /// Exit code non-zero, and the message names the flag or the file: no key file, another key, a key
-/// file open to others, one of the wrong length.
+/// file open to others, one of the wrong length; and the right key with another trust domain.
 fn assert_refusals(store: &str, dir: &Path, key_path: &Path) {
+    let right = key_path.to_str().unwrap();
+    let (code, err) = refused(
+        store,
+        &["--store-key-file", right, "--trust-domain", "other.test"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("trust domain other.test was asked for")
+            && err.contains("/sealed/secrets/ca is for mesh.test"),
+        "{err}"
+    );
+
     let (code, err) = refused(store, &[]);
     assert_ne!(code, 0);
     assert!(err.contains("--store-key-file"), "{err}");
