@@ -212,8 +212,16 @@ fn two_replicas_on_one_etcd_share_resources_and_tokens_and_ride_out_an_etcd_outa
     let Some(mut etcd) = EtcdProc::start("replicas") else {
         return;
     };
-    let store = etcd.url();
-    let args = ["--store", store.as_str(), "--etcd-prefix", "/mesh-a/"];
+    let (store, key) = (etcd.url(), etcd.key_file());
+    let key = key.to_str().unwrap();
+    let args = [
+        "--store",
+        store.as_str(),
+        "--etcd-prefix",
+        "/mesh-a/",
+        "--store-key-file",
+        key,
+    ];
     let mut a = ControlProc::start_with("etcd-a", None, &args);
     let mut b = ControlProc::start_replica("etcd-b", &a, &args);
 

@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 use weft_api::operator::MeshInfo;
 use weft_certs::TrustDomain;
 
-/// Where the state other than the CA and the control plane's own credentials lives.
+/// Where the state other than the control plane's own serving credential lives (on etcd, the CA and
+/// the operator token too).
 #[derive(Debug, Clone, Default)]
 pub enum StoreOptions {
     /// The state directory (the default).
@@ -36,6 +37,8 @@ pub enum StoreOptions {
 pub struct Options {
     pub state_dir: PathBuf,
     pub store: StoreOptions,
+    /// The key sealing the CA key in a shared store (`--store-key-file`); required with etcd.
+    pub store_key_file: Option<PathBuf>,
     pub trust_domain: Option<TrustDomain>,
     pub config_dir: Option<PathBuf>,
     pub api_listen: SocketAddr,
@@ -166,7 +169,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         None => Vec::new(),
     };
     let td = trust_domain(opts, &dir_files)?;
-    let state = StateDir::open_or_init(&opts.state_dir, td.as_ref(), opts.serving_ttl)?;
+    let (state, backend) = open_state(opts, td.as_ref())?;
     record_ca_fingerprint(&state);
     let metrics = Arc::new(Metrics::new());
     // A client certificate is optional on this port: a proxy without one can only present a join token.
@@ -174,7 +177,6 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     let proxy_tls = state
         .serving
         .server_config_with_expired_grace(crate::proxy_api::EXPIRED_RENEWAL_GRACE);
-    let backend = open_backend(opts)?;
     let store = open_store(&state, &backend, opts, &dir_files)?;
     let hub = new_hub(&state, &backend, opts, &metrics)?;
     let mesh_info = mesh_info(&state, opts);
@@ -229,16 +231,39 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     })
 }
 
-/// The storage backend the options name (etcd must answer, or the replica does not start).
-fn open_backend(opts: &Options) -> anyhow::Result<SharedBackend> {
-    Ok(match &opts.store {
-        StoreOptions::Dir => Arc::new(DirBackend::new(&opts.state_dir)),
+/// The state directory and the storage backend the options name. On etcd (which must answer, or the
+/// replica does not start) the CA and the operator token come from etcd, opened with the store key.
+fn open_state(
+    opts: &Options,
+    td: Option<&TrustDomain>,
+) -> anyhow::Result<(StateDir, SharedBackend)> {
+    match &opts.store {
+        StoreOptions::Dir => {
+            if let Some(f) = &opts.store_key_file {
+                anyhow::bail!(
+                    "--store-key-file {} is only for --store etcd://... (the state directory keeps the CA key in ca/ca.key)",
+                    f.display()
+                );
+            }
+            let state = StateDir::open_or_init(&opts.state_dir, td, opts.serving_ttl)?;
+            Ok((state, Arc::new(DirBackend::new(&opts.state_dir))))
+        }
         StoreOptions::Etcd(e) => {
+            let Some(file) = &opts.store_key_file else {
+                anyhow::bail!(
+                    "--store etcd://... needs --store-key-file FILE, the key that encrypts the mesh CA's key in etcd (make one with `weft-control store-key --out FILE` and give every replica a copy)"
+                );
+            };
+            // Checked before etcd is reached: a bad key file fails at once, naming the file.
+            let key = crate::store_key::StoreKey::read(file)?;
             let b = EtcdBackend::connect(e).context("cannot use the etcd store (--store)")?;
             tracing::info!(store = %b.describe(), "state kept in etcd");
-            Arc::new(b)
+            let shared =
+                crate::shared_ca::load_or_create(&b, &key, td, crate::state_dir::CA_VALIDITY)?;
+            let state = StateDir::open_shared(&opts.state_dir, shared, opts.serving_ttl)?;
+            Ok((state, Arc::new(b)))
         }
-    })
+    }
 }
 
 /// The resources in force: the saved ones, replaced by the watched directory's when there is one (read

@@ -10,6 +10,10 @@
 //! DIR/resources.json                  resources applied through the API
 //! DIR/registry.json                   registered workloads, kept across restarts
 //! ```
+//! With `--store etcd://...` the CA and the operator token live in etcd ([`crate::shared_ca`]); the
+//! directory then holds the serving credential and copies of `ca/ca.crt`, `ca/bundle.crt` and
+//! `operator.token` (for weftctl on the same machine), never `ca/ca.key`.
+//!
 //! JSON state files are checksummed (see [`crate::persist`]); a damaged one stops start-up with its path.
 //!
 //! Every start tightens the directory to 0700 (and `ca/` too) and the key and token files to 0600, so a
@@ -29,7 +33,7 @@ pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
         .expect("fixed, valid namespace and service account")
 }
 
-const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Default lifetime of the serving certificate; it is renewed at two thirds of it while running.
 pub const SERVING_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -73,13 +77,64 @@ impl StateDir {
             tracing::info!(trust_domain = %td, dir = %ca_dir.display(), "creating the mesh CA");
             CaDir::init(&ca_dir, &td, CA_VALIDITY, false)?
         };
-        let trust_domain = ca.ca.trust_domain().clone();
         let bundle_path = ca_dir.join("bundle.crt");
         let bundle_pem = std::fs::read_to_string(&bundle_path)
             .with_context(|| format!("cannot read {}", bundle_path.display()))?;
-        let bundle = TrustBundle::from_pem(&bundle_pem)
-            .with_context(|| format!("{} is damaged", bundle_path.display()))?;
         let operator_token = operator_token(&dir.join("operator.token"))?;
+        Self::finish(dir, ca, bundle_pem, operator_token, serving_ttl)
+    }
+
+    /// Opens `dir` for a replica whose CA and operator token live in a shared store (etcd): the
+    /// directory keeps its own serving credential, and copies of what is not secret or what weftctl
+    /// on this machine reads (`ca/ca.crt`, `ca/bundle.crt`, `operator.token`), rewritten from the
+    /// store at every start. The CA key is never written here.
+    pub fn open_shared(
+        dir: &Path,
+        shared: crate::shared_ca::SharedSecrets,
+        serving_ttl: Duration,
+    ) -> anyhow::Result<StateDir> {
+        let ca_dir = dir.join("ca");
+        std::fs::create_dir_all(&ca_dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        tighten(dir, 0o700)?;
+        if ca_dir.join("ca.key").exists() {
+            tracing::warn!(path = %ca_dir.join("ca.key").display(), "a CA key in the state directory is ignored: the mesh CA is the one stored in etcd");
+        }
+        persist::write_atomic(&ca_dir.join("ca.crt"), shared.chain_pem.as_bytes(), 0o644)?;
+        persist::write_atomic(
+            &ca_dir.join("bundle.crt"),
+            shared.bundle_pem.as_bytes(),
+            0o644,
+        )?;
+        persist::write_atomic(
+            &dir.join("operator.token"),
+            format!("{}\n", shared.operator_token).as_bytes(),
+            0o600,
+        )?;
+        let ca = CaDir {
+            dir: ca_dir,
+            ca: shared.ca,
+        };
+        Self::finish(
+            dir,
+            ca,
+            shared.bundle_pem,
+            shared.operator_token,
+            serving_ttl,
+        )
+    }
+
+    /// The serving credential (reused or issued from `ca`) and the rest, once the CA is known.
+    fn finish(
+        dir: &Path,
+        ca: CaDir,
+        bundle_pem: String,
+        operator_token: String,
+        serving_ttl: Duration,
+    ) -> anyhow::Result<StateDir> {
+        let trust_domain = ca.ca.trust_domain().clone();
+        let bundle = TrustBundle::from_pem(&bundle_pem)
+            .with_context(|| format!("{} is damaged", ca.dir.join("bundle.crt").display()))?;
         let (serving_chain_pem, serving_key_pem) = serving_credential(dir, &ca, serving_ttl)?;
         tighten_secrets(dir)?;
         let serving = Identity::new(
@@ -177,10 +232,16 @@ fn serving_credential(dir: &Path, ca: &CaDir, ttl: Duration) -> anyhow::Result<(
             .not_after()
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        if left > life / 3 && left <= ttl + Duration::from_secs(60) {
+        // A credential from another CA (a directory reused for another mesh) is replaced.
+        let same_ca = chain_pem.contains(ca.ca.root_pem().trim());
+        if same_ca && left > life / 3 && left <= ttl + Duration::from_secs(60) {
             return Ok((chain_pem, key_pem));
         }
-        tracing::info!("serving certificate is near its expiry (or longer-lived than asked); issuing a new one");
+        if same_ca {
+            tracing::info!("serving certificate is near its expiry (or longer-lived than asked); issuing a new one");
+        } else {
+            tracing::info!("serving certificate was issued by another CA; issuing a new one");
+        }
     }
     issue_serving(dir, &ca.ca, ttl)
 }

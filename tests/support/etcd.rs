@@ -44,6 +44,16 @@ impl EtcdProc {
         Some(e)
     }
 
+    /// A store key file (`--store-key-file`) for the replicas of a mesh on this etcd: made on first
+    /// use in the member's temporary directory, mode 0600, the same file for every replica.
+    pub fn key_file(&self) -> std::path::PathBuf {
+        let path = self.dir.path().join("store.key");
+        if !path.exists() {
+            weft_control::store_key::generate(&path).expect("write a store key");
+        }
+        path
+    }
+
     /// `etcd://HOST:PORT` for `weft-control --store`.
     pub fn url(&self) -> String {
         format!("etcd://{}", self.client)

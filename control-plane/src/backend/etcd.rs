@@ -3,6 +3,8 @@
 //! Keys, under the prefix (`--etcd-prefix`, default `/weft/`):
 //! - `<prefix><collection>/<key>`: a record's head, whose mod_revision is the record's version. Its
 //!   value is `v` followed by the record, or `c` followed by a manifest when the record is split;
+//! - `<prefix>secrets/<name>`: the mesh CA (its key sealed, see [`crate::shared_ca`]) and the operator
+//!   token, created once by the first replica;
 //! - `<prefix>chunks/<collection>/<key>/<nonce>/<index>`: the pieces of a record over [`CHUNK`]
 //!   bytes (etcd refuses a request over 1.5 MiB by default; a mesh of thousands of services is more).
 //!   A write puts the new pieces under a fresh nonce, then swaps the head; pieces of the head it
@@ -198,6 +200,41 @@ impl EtcdBackend {
 
     fn key(&self, collection: Collection, key: &str) -> String {
         format!("{}{}/{key}", self.prefix, collection.name())
+    }
+
+    /// The full etcd key of a value kept outside every collection, under `<prefix>secrets/` (the
+    /// shared CA and the operator token; the watch announces no collection for them).
+    pub fn secret_key(&self, name: &str) -> String {
+        format!("{}secrets/{name}", self.prefix)
+    }
+
+    /// The value stored under [`EtcdBackend::secret_key`] `name`, as stored.
+    pub fn get_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let key = self.secret_key(name);
+        let mut resp = self.call(move |mut c| async move { c.get(key, None).await })?;
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| kv.value().to_vec()))
+    }
+
+    /// Writes every `(name, value)` in one transaction if none of them exists yet; `false` (and
+    /// nothing written) when one does: another replica created them first.
+    pub fn create_secrets(&self, values: Vec<(&str, Vec<u8>)>) -> Result<bool, StateError> {
+        let (compares, puts): (Vec<Compare>, Vec<TxnOp>) = values
+            .into_iter()
+            .map(|(name, value)| {
+                let key = self.secret_key(name);
+                (
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                    TxnOp::put(key, value, None),
+                )
+            })
+            .unzip();
+        let txn = Txn::new().when(compares).and_then(puts);
+        let resp = self.call(move |mut c| async move { c.txn(txn).await })?;
+        Ok(resp.succeeded())
     }
 
     fn chunks(&self, collection: Collection, key: &str) -> String {

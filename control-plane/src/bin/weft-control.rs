@@ -16,18 +16,22 @@ use weft_control::server::{self, Options, StoreOptions};
 /// config it needs the moment anything changes.
 ///
 /// On first start it creates, in the state directory: the mesh CA, the operator credential
-/// (`operator.token`, for weftctl) and its own serving certificate; later starts reuse them.
+/// (`operator.token`, for weftctl) and its own serving certificate; later starts reuse them. With
+/// --store etcd://..., the first replica creates the mesh CA and the operator credential in etcd
+/// instead (the CA key encrypted with --store-key-file) and every replica uses them.
 ///
 /// Ports (defaults): 0.0.0.0:15010 proxy API (TLS: certificate signing, registration, config stream);
 /// 127.0.0.1:15014 operator API (weftctl; bearer token) plus /metrics, /ready, /live.
 ///
 /// Exit codes: 0 after SIGTERM/SIGINT and a clean shutdown; 1 on a runtime failure (e.g. a port in use);
-/// 2 for a bad command line, a damaged state directory or an etcd store (--store) that does not answer.
+/// 2 for a bad command line, a damaged state directory, an etcd store (--store) that does not answer,
+/// or a store key file (--store-key-file) that is missing, open to others or does not decrypt the CA.
 #[derive(Parser)]
 #[command(name = "weft-control", version, about, long_about)]
 struct Cli {
-    /// Where the CA, tokens, applied resources and the registry live. With --store etcd://..., the
-    /// CA, the operator token and the serving credential stay here and the rest lives in etcd.
+    /// Where the CA, tokens, applied resources and the registry live. With --store etcd://..., only
+    /// the serving credential lives here, with copies of the CA certificate, the trust bundle and
+    /// the operator token (for weftctl on this machine); the rest, the CA key included, is in etcd.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
     /// Where resources, join tokens, revocations, claims, service addresses and the registry live:
@@ -35,6 +39,12 @@ struct Cli {
     /// shared by every replica; see docs/operations.md).
     #[arg(long, default_value = "dir", value_name = "dir|etcd://HOST:PORT[,...]", value_parser = store_choice)]
     store: StoreChoice,
+    /// With --store etcd://...: the key that encrypts the mesh CA's key (and the operator token)
+    /// in etcd, required. 32 raw bytes or 64 hex digits, mode 0600 or 0400, owned by the user
+    /// weft-control runs as; every replica of the mesh is given the same file. Make one with
+    /// `weft-control store-key --out FILE`. It is never written to etcd.
+    #[arg(long, value_name = "FILE", env = "WEFT_STORE_KEY_FILE")]
+    store_key_file: Option<PathBuf>,
     /// CA bundle of the etcd members' certificates: connect to etcd with TLS.
     #[arg(long, value_name = "FILE")]
     etcd_cacert: Option<PathBuf>,
@@ -124,6 +134,20 @@ struct Cli {
     /// Log format on stderr (levels from WEFT_LOG, default info).
     #[arg(long, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Writes a new random key for --store-key-file to FILE (64 hex digits, mode 0600; an existing
+    /// file is never replaced) and exits. Copy it to every replica of the mesh, and keep it apart
+    /// from etcd's backups.
+    StoreKey {
+        /// Where to write the key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// 3s (renewal at two thirds leaves a second) to 365d.
@@ -178,9 +202,22 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::StoreKey { out }) = &cli.command {
+        return match weft_control::store_key::generate(out) {
+            Ok(()) => {
+                println!("wrote a new store key to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     init_logging(cli.log_format);
     let opts = Options {
         store: store_options(&cli),
+        store_key_file: cli.store_key_file.clone(),
         vip_range: cli.vip_range,
         api_netns: cli.api_netns,
         api_advertise: cli.api_advertise,
