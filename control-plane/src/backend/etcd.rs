@@ -171,14 +171,17 @@ impl EtcdBackend {
             changes: tokio::sync::broadcast::channel(256).0,
         };
         let probe = backend.key(Collection::Resources, "");
-        backend.call(move |mut c| async move {
+        let read = backend.call(move |mut c| async move {
             c.get(
                 probe,
                 Some(GetOptions::new().with_keys_only().with_limit(1)),
             )
             .await
         })?;
-        backend.start_watch();
+        // Watched from just after the revision this probe read, so a change made between connecting
+        // and the watch being open is still announced (components read their state after this).
+        let seen = read.header().map_or(0, |h| h.revision());
+        backend.start_watch(seen + 1);
         Ok(backend)
     }
 
@@ -380,12 +383,12 @@ impl EtcdBackend {
 
     /// Follows every change under the prefix and announces the collections it touched. After a lost
     /// connection every collection is announced (changes may have been missed meanwhile).
-    fn start_watch(&self) {
+    fn start_watch(&self, from: i64) {
         let client = self.client.clone();
         let prefix = self.prefix.clone();
         let changes = self.changes.clone();
         self.runtime().spawn(async move {
-            let mut from = 0i64;
+            let mut from = from;
             loop {
                 if let Err(e) = watch_once(client.clone(), &prefix, &changes, &mut from).await {
                     tracing::warn!(error = %e, "etcd watch lost; connecting again");
