@@ -17,11 +17,6 @@ use weft::net::free_addr;
 use weft::pki::TempDir;
 use weft::proxy::ProxyProc;
 
-fn apply(cp: &ControlProc, name: &str, text: &str, wait_ms: u64) -> serde_json::Value {
-    let body = serde_json::json!({ "files": [{ "name": name, "text": text }] }).to_string();
-    cp.api("POST", &format!("/v1/apply?wait={wait_ms}"), Some(&body))
-}
-
 const ROUTE: &str = "apiVersion: weft.dev/v1
 kind: HTTPRoute
 metadata:
@@ -49,7 +44,7 @@ impl Pair {
     async fn start(cp: &ControlProc, control: &str, hosts: Option<PathBuf>, extra: &str) -> Pair {
         let app = http_app::serve_on_loopback("backend");
         let resources = format!("{}{extra}", backend_service(app.addr().port()));
-        apply(cp, "mesh.yaml", &resources, 0);
+        cp.apply_file("mesh.yaml", &resources, 0);
         let with = |b: MeshProxyBuilder| {
             let b = b.control_address(control);
             match &hosts {
@@ -149,7 +144,7 @@ async fn steady_load(
 
 /// A route applied through `cp` with a wait is acknowledged by both proxies, which then serve it.
 fn assert_change_acked(cp: &ControlProc, pair: &Pair) {
-    let resp = apply(cp, "route.yaml", ROUTE, 15_000);
+    let resp = cp.apply_file("route.yaml", ROUTE, 15_000);
     let rollout = &resp["rollout"];
     assert_eq!(rollout["complete"], true, "{resp:#}");
     let acked: Vec<&str> = rollout["proxies"]

@@ -13,11 +13,6 @@ use weft::mesh::{backend_service, MeshProxyBuilder};
 use weft::pki::TempDir;
 use weft::proxy::ProxyProc;
 
-fn apply(cp: &ControlProc, name: &str, text: &str, wait_ms: u64) -> serde_json::Value {
-    let body = serde_json::json!({ "files": [{ "name": name, "text": text }] }).to_string();
-    cp.api("POST", &format!("/v1/apply?wait={wait_ms}"), Some(&body))
-}
-
 /// A control plane with the `backend` service, a backend proxy in front of an app, and a frontend proxy
 /// with a listener for the service.
 struct Mesh {
@@ -37,7 +32,7 @@ impl Mesh {
                 "---\napiVersion: weft.dev/v1\nkind: MeshConfig\nmetadata:\n  name: default\nspec:\n  certificateTtl: {ttl}\n"
             ));
         }
-        apply(&cp, "mesh.yaml", &resources, 0);
+        cp.apply_file("mesh.yaml", &resources, 0);
         let backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
             .token(&cp.token("default", "backend", 600))
             .app_port(backend_app.addr().port())
@@ -193,7 +188,7 @@ spec:
         - name: backend
           weight: 1
 ";
-    let resp = apply(&m.cp, "route.yaml", route, 10_000);
+    let resp = m.cp.apply_file("route.yaml", route, 10_000);
     let rollout = &resp["rollout"];
     assert_eq!(rollout["complete"], true, "{resp:#}");
     let acked: Vec<&str> = rollout["proxies"]
@@ -210,7 +205,7 @@ spec:
     let (_, config) = weft::net::http_get(m.frontend.admin, "/config").unwrap();
     assert!(config.contains("/v2"), "{config}");
     // The same document again changes nothing and pushes nothing.
-    let again = apply(&m.cp, "route.yaml", route, 10_000);
+    let again = m.cp.apply_file("route.yaml", route, 10_000);
     assert_eq!(again["changes"][0]["action"], "unchanged", "{again:#}");
     assert!(again["rollout"].is_null(), "{again:#}");
 }
@@ -236,7 +231,7 @@ spec:
       backendRefs:
         - name: backend
 ";
-    let resp = apply(&m.cp, "route.yaml", route, 10_000);
+    let resp = m.cp.apply_file("route.yaml", route, 10_000);
     assert_eq!(resp["rollout"]["complete"], true, "{resp:#}");
     let (echoes, head) = client::websocket_exchange(m.listener(), &["one", "two"])
         .await
@@ -372,12 +367,7 @@ async fn control_plane_killed_under_traffic_fails_no_request_and_proxies_resync(
 async fn a_proxy_restarted_while_the_control_plane_is_down_serves_from_its_cache() {
     let cp = ControlProc::start("e2e-cache");
     let backend_app = http_app::serve_on_loopback("backend");
-    apply(
-        &cp,
-        "mesh.yaml",
-        &backend_service(backend_app.addr().port()),
-        0,
-    );
+    cp.apply_file("mesh.yaml", &backend_service(backend_app.addr().port()), 0);
     let _backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
         .token(&cp.token("default", "backend", 600))
         .app_port(backend_app.addr().port())
@@ -477,12 +467,7 @@ fn weftctl(cp: &ControlProc, args: &[&str]) -> (Option<i32>, String, String) {
 async fn weftctl_names_a_proxy_that_refuses_a_change_and_that_proxy_keeps_its_config() {
     let cp = ControlProc::start("e2e-nack");
     let backend_app = http_app::serve_on_loopback("backend");
-    apply(
-        &cp,
-        "mesh.yaml",
-        &backend_service(backend_app.addr().port()),
-        0,
-    );
+    cp.apply_file("mesh.yaml", &backend_service(backend_app.addr().port()), 0);
     let _backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
         .token(&cp.token("default", "backend", 600))
         .app_port(backend_app.addr().port())
@@ -539,12 +524,7 @@ spec:
 async fn a_proxy_can_pin_the_mesh_ca_by_fingerprint() {
     let cp = ControlProc::start("e2e-pin");
     let backend_app = http_app::serve_on_loopback("backend");
-    apply(
-        &cp,
-        "mesh.yaml",
-        &backend_service(backend_app.addr().port()),
-        0,
-    );
+    cp.apply_file("mesh.yaml", &backend_service(backend_app.addr().port()), 0);
     let fingerprint = std::fs::read_to_string(cp.state_dir().join("ca/fingerprint"))
         .unwrap()
         .trim()
@@ -647,7 +627,7 @@ async fn a_proxy_whose_cache_directory_is_full_keeps_serving_and_caches_again_la
     let cp = ControlProc::start("e2e-cache-full");
     let backend_app = http_app::serve_on_loopback("backend");
     let port = backend_app.addr().port();
-    apply(&cp, "mesh.yaml", &backend_service(port), 0);
+    cp.apply_file("mesh.yaml", &backend_service(port), 0);
     let _backend = MeshProxyBuilder::new(&cp, "backend-1", "default", "backend")
         .token(&cp.token("default", "backend", 600))
         .app_port(port)
@@ -668,7 +648,7 @@ async fn a_proxy_whose_cache_directory_is_full_keeps_serving_and_caches_again_la
     let cached = std::fs::read(&snapshot).unwrap();
 
     fs.fill();
-    apply(&cp, "extra.yaml", &service_yaml("extra"), 5000);
+    cp.apply_file("extra.yaml", &service_yaml("extra"), 5000);
     wait_ok(listener).await;
     assert!(
         frontend.log().contains("cannot cache the config"),
@@ -679,7 +659,7 @@ async fn a_proxy_whose_cache_directory_is_full_keeps_serving_and_caches_again_la
     assert_eq!(fs.temp_files(), Vec::<std::path::PathBuf>::new());
 
     fs.free();
-    apply(&cp, "later.yaml", &service_yaml("later"), 5000);
+    cp.apply_file("later.yaml", &service_yaml("later"), 5000);
     let now = String::from_utf8(std::fs::read(&snapshot).unwrap()).unwrap();
     assert!(now.contains("later") && now.contains("extra"), "{now}");
     wait_ok(listener).await;

@@ -86,11 +86,6 @@ fn route_yaml(canary: u32) -> String {
     )
 }
 
-fn apply(cp: &ControlProc, name: &str, text: &str, wait_ms: u64) -> serde_json::Value {
-    let body = serde_json::json!({ "files": [{ "name": name, "text": text }] }).to_string();
-    cp.api("POST", &format!("/v1/apply?wait={wait_ms}"), Some(&body))
-}
-
 async fn run(n: usize, rounds: usize) -> Result {
     // Every simulated proxy connects from this one address: lift the per-client connection limit.
     let cp = ControlProc::start_with(
@@ -106,7 +101,7 @@ async fn run(n: usize, rounds: usize) -> Result {
     let cp = std::sync::Arc::new(cp);
     {
         let cp = cp.clone();
-        tokio::task::spawn_blocking(move || apply(&cp, "services.yaml", &services_yaml(), 0))
+        tokio::task::spawn_blocking(move || cp.apply_file("services.yaml", &services_yaml(), 0))
             .await
             .expect("apply services");
     }
@@ -152,7 +147,7 @@ async fn run(n: usize, rounds: usize) -> Result {
         let t0 = Instant::now();
         let text = route_yaml(10 + (round as u32 % 2) * 40);
         let cp2 = cp.clone();
-        let resp = tokio::task::spawn_blocking(move || apply(&cp2, "route.yaml", &text, 30_000))
+        let resp = tokio::task::spawn_blocking(move || cp2.apply_file("route.yaml", &text, 30_000))
             .await
             .expect("apply");
         let rollout_done = t0.elapsed();

@@ -236,6 +236,13 @@ impl ControlProc {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
     }
 
+    /// `POST /v1/apply` of one document file, waiting up to `wait_ms` for the proxies' acks; returns
+    /// the answer (with its `rollout`).
+    pub fn apply_file(&self, name: &str, text: &str, wait_ms: u64) -> serde_json::Value {
+        let body = serde_json::json!({ "files": [{ "name": name, "text": text }] }).to_string();
+        self.api("POST", &format!("/v1/apply?wait={wait_ms}"), Some(&body))
+    }
+
     /// A join token for `ns/sa`.
     pub fn token(&self, ns: &str, sa: &str, ttl_secs: u64) -> String {
         let body =
