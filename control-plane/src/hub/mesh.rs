@@ -99,20 +99,30 @@ impl Remote {
             .iter()
             .flat_map(|(replica, acks)| acks.proxies.iter().map(move |(k, a)| (replica, k, a)))
             .filter(move |(replica, key, a)| {
+                // Its proxy moved here, or to a third replica (the registry says which).
                 let here = local.get(*key).is_some_and(|e| e.conn.is_some());
-                let moved = !a.connected
-                    && self
-                        .workloads
-                        .get(*key)
-                        .is_some_and(|(w, _)| &w.replica != *replica);
+                let moved = self
+                    .workloads
+                    .get(*key)
+                    .is_some_and(|(w, _)| &w.replica != *replica);
                 a.pushed >= revision && !here && !moved
             })
     }
 
-    /// True once every other replica's push included `revision` and none of its proxies that
-    /// change went to is still pending.
+    /// Whether `replica` holds the stream of a connected proxy, as the registry says.
+    fn serves(&self, replica: &str) -> bool {
+        self.workloads
+            .values()
+            .any(|(w, _)| w.replica == replica && w.connected)
+    }
+
+    /// True once every other replica with connected proxies pushed `revision` and none of its
+    /// proxies that change went to is still pending. A replica that died stops counting once its
+    /// proxies are registered through another (or its lease expired).
     pub(super) fn settled(&self, revision: u64, local: &BTreeMap<ProxyKey, ProxyEntry>) -> bool {
-        self.acks.values().all(|a| a.covered >= revision)
+        self.acks
+            .iter()
+            .all(|(replica, a)| a.covered >= revision || !self.serves(replica))
             && self
                 .affected(revision, local)
                 .all(|(_, _, a)| !matches!(state(a, revision), RolloutState::Pending))
