@@ -448,8 +448,10 @@ impl Bound {
         };
         tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
         let presence = cp.hub.settings.presence.clone();
+        // Followed past the shutdown signal: proxies moving to other replicas are seen leaving.
+        let mesh_stop = CancellationToken::new();
         if let Some(p) = &presence {
-            tokio::spawn(cp.hub.clone().run_mesh(p.clone(), cp.shutdown.clone()));
+            tokio::spawn(cp.hub.clone().run_mesh(p.clone(), mesh_stop.clone()));
         }
         tokio::spawn(crate::follow::run(cp.clone()));
         tokio::spawn(crate::serving::run(cp.clone()));
@@ -463,8 +465,12 @@ impl Bound {
         tracing::info!("shutting down: closing proxy streams");
         cp.hub.close_all();
         if let Some(p) = presence {
-            // Its workloads leave the registry now, not a lease TTL later.
+            // Its proxies register through other replicas first (taking their keys over, so their
+            // endpoints never leave the views); the workloads left leave the registry now, not a
+            // lease TTL later.
+            cp.hub.wait_moved(SHUTDOWN_MOVE_WAIT).await;
             let _ = tokio::task::spawn_blocking(move || p.end()).await;
+            mesh_stop.cancel();
         }
         cp.tasks.close();
         if tokio::time::timeout(Duration::from_secs(5), cp.tasks.wait())
@@ -478,6 +484,9 @@ impl Bound {
         }
     }
 }
+
+/// How long a replica shutting down waits for its proxies to register through another replica.
+const SHUTDOWN_MOVE_WAIT: Duration = Duration::from_secs(2);
 
 /// Accepts connections until shutdown, at most `max_connections` at once (the rest are closed at once and
 /// logged), each handled by `handle` in a tracked task.
