@@ -10,6 +10,9 @@
 //!   A write puts the new pieces under a fresh nonce, then swaps the head; pieces of the head it
 //!   replaced are deleted after. A reader takes the pieces at the revision it read the head at, so it
 //!   never mixes two writes.
+//! - `<prefix>replicas/<id>`, `<prefix>registry/<ns>/<name>`, `<prefix>acks/<id>`,
+//!   `<prefix>vips/svc/...` and `<prefix>vips/addr/...`: each replica's session and what replicas share
+//!   key by key (see [`session`] and [`crate::presence`]).
 //!
 //! Every write is one transaction comparing the head's revision (create_revision 0 for "absent",
 //! mod_revision for "this version"): a write on a stale read fails as a [`Conflict`].
@@ -17,6 +20,9 @@
 //! The client runs on a runtime thread of its own; each call waits for its answer at most
 //! [`CALL_TIMEOUT`] and a call etcd does not answer is `StateError::Unavailable` naming etcd, which
 //! the operator API answers 503. Proxies are served from what the replica holds meanwhile.
+
+mod session;
+pub use session::{Follow, ReplicaSession, SESSION_TTL};
 
 use super::{Backend, Collection, Conflict, Expect, Listing, Record, WriteError};
 use crate::persist::StateError;
