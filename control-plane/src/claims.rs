@@ -7,7 +7,8 @@
 //! `EXPIRED_RENEWAL_GRACE`). A certificate with no binding (joined with
 //! a token without a claim, or issued offline by the operator) is limited only by its identity.
 
-use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
+use crate::backend::election::{LeaderGuard, LedError};
+use crate::backend::{self, dir::DirBackend, Collection, Expect, SharedBackend, WriteError, WHOLE};
 use crate::persist::StateError;
 use crate::tokens::now_secs;
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,37 @@ impl ClaimStore {
         backend::put_json(&*self.store, Collection::Claims, &next)?;
         self.by_serial = next;
         Ok(())
+    }
+
+    /// Drops from the store the bindings of certificates past renewal (the leader's sweep, guarded
+    /// by `guard`; otherwise they went only with the next bind); returns how many went.
+    pub fn sweep(&mut self, now: u64, guard: &LeaderGuard) -> Result<usize, LedError> {
+        let Some(rec) = self.store.get(Collection::Claims, WHOLE)? else {
+            return Ok(0);
+        };
+        let mut held: BTreeMap<String, Claim> =
+            backend::parse(&*self.store, Collection::Claims, WHOLE, &rec.value)?;
+        let before = held.len();
+        let grace = crate::proxy_api::EXPIRED_RENEWAL_GRACE.as_secs();
+        held.retain(|_, c| c.not_after.saturating_add(grace) > now);
+        let swept = before - held.len();
+        if swept > 0 {
+            let payload = weft_api::persist::to_payload(&held);
+            match self.store.put_led(
+                Collection::Claims,
+                WHOLE,
+                &payload,
+                Expect::Version(rec.version),
+                guard,
+            ) {
+                Ok(_) => {}
+                // Bound meanwhile: the next sweep prunes what is then stored.
+                Err(LedError::Write(WriteError::Conflict(_))) => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+        self.by_serial = held;
+        Ok(swept)
     }
 
     pub fn get(&self, serial: &str) -> Option<&Claim> {

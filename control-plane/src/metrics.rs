@@ -34,6 +34,8 @@ pub struct Metrics {
     applies: Family<ResultLabels, Counter>,
     revocations: Family<KindLabels, Counter>,
     revoked_serials: Gauge,
+    leader: Gauge,
+    swept: Family<KindLabels, Counter>,
     api_refused: Family<ReasonLabels, Counter>,
     serving_rotations: Family<ResultLabels, Counter>,
     registrations_refused: Family<ReasonLabels, Counter>,
@@ -61,6 +63,8 @@ impl Metrics {
             applies: Family::default(),
             revocations: Family::default(),
             revoked_serials: Gauge::default(),
+            leader: Gauge::default(),
+            swept: Family::default(),
             api_refused: Family::default(),
             serving_rotations: Family::default(),
             registrations_refused: Family::default(),
@@ -72,6 +76,16 @@ impl Metrics {
         m.register_certificates(&mut registry);
         m.register_resources(&mut registry);
         m.register_proxy_api(&mut registry);
+        registry.register(
+            "leader",
+            "1 while this replica is the elected leader (it runs the expiry sweep), else 0",
+            m.leader.clone(),
+        );
+        registry.register(
+            "expired_records_swept",
+            "Expired records the leader's sweep deleted, by kind (token, claim, issued)",
+            m.swept.clone(),
+        );
         registry.register(
             "resource_documents_refused",
             "Applies and reloads refused before their documents were parsed or while they were read, \
@@ -183,6 +197,14 @@ impl Metrics {
     }
     pub fn revocation(&self, kind: &'static str) {
         self.revocations.get_or_create(&KindLabels { kind }).inc();
+    }
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+    pub fn swept(&self, kind: &'static str, n: usize) {
+        self.swept
+            .get_or_create(&KindLabels { kind })
+            .inc_by(n as u64);
     }
     pub fn set_revoked_serials(&self, n: usize) {
         self.revoked_serials.set(n as i64);

@@ -9,7 +9,8 @@
 //! expired certificate may still ask to renew, and a revoked one must be refused). The deny list pushed
 //! to proxies holds only unexpired serials, since peers refuse an expired leaf anyway.
 
-use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
+use crate::backend::election::{LeaderGuard, LedError};
+use crate::backend::{self, dir::DirBackend, Collection, Expect, SharedBackend, WriteError, WHOLE};
 use crate::persist::StateError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -133,6 +134,43 @@ impl Revocations {
         self.state
             .issued
             .retain(|i| i.not_after.saturating_add(grace) > now);
+    }
+
+    /// Drops from the store the records of certificates past use (the leader's sweep, guarded by
+    /// `guard`; otherwise they went only with the next write); returns how many went.
+    pub fn sweep(&mut self, now: u64, guard: &LeaderGuard) -> Result<usize, LedError> {
+        let Some(b) = self.store.clone() else {
+            self.prune(now);
+            return Ok(0);
+        };
+        let Some(rec) = b.get(Collection::Revocations, WHOLE)? else {
+            return Ok(0);
+        };
+        let stored: State = backend::parse(&*b, Collection::Revocations, WHOLE, &rec.value)?;
+        let before = stored.issued.len();
+        let mut next = Revocations {
+            store: None,
+            state: stored,
+        };
+        next.prune(now);
+        let swept = before - next.state.issued.len();
+        if swept > 0 {
+            let payload = weft_api::persist::to_payload(&next.state);
+            match b.put_led(
+                Collection::Revocations,
+                WHOLE,
+                &payload,
+                Expect::Version(rec.version),
+                guard,
+            ) {
+                Ok(_) => {}
+                // Changed meanwhile: the next sweep prunes what is then stored.
+                Err(LedError::Write(WriteError::Conflict(_))) => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+        self.state = next.state;
+        Ok(swept)
     }
 
     /// Records a newly signed leaf; `workload` is inherited from the certificate that renewed it.

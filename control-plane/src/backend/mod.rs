@@ -20,6 +20,7 @@
 //! the component reloads what it holds when the version it holds is no longer the stored one.
 
 pub mod dir;
+pub mod election;
 pub mod etcd;
 
 use std::collections::BTreeMap;
@@ -178,6 +179,35 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Whether others (other replicas) may write too, so what is held must be re-read before a
     /// decision that must not be taken twice (a single-use token).
     fn shared(&self) -> bool;
+
+    /// Stands for leader (see [`election`]) as `id`, on a lease of `ttl`. The state directory has one
+    /// control plane, which always leads.
+    fn elect(&self, id: &str, _ttl: std::time::Duration) -> election::Election {
+        election::Election::sole(id)
+    }
+
+    /// [`Backend::put`], made only while `guard` still leads (etcd: in the same transaction).
+    fn put_led(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        _guard: &election::LeaderGuard,
+    ) -> Result<u64, election::LedError> {
+        Ok(self.put(collection, key, value, expect)?)
+    }
+
+    /// [`Backend::delete`], made only while `guard` still leads (etcd: in the same transaction).
+    fn delete_led(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Expect,
+        _guard: &election::LeaderGuard,
+    ) -> Result<(), election::LedError> {
+        Ok(self.delete(collection, key, expect)?)
+    }
 }
 
 pub type SharedBackend = Arc<dyn Backend>;
