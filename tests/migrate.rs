@@ -101,6 +101,8 @@ fn a_state_directory_mesh_moves_to_etcd_keeping_identities_routes_and_token_coun
         || config().contains("/migrated"),
     );
     let fingerprint = old.api("GET", "/v1/mesh", None)["caFingerprint"].clone();
+    let gone = r#"{"workload":{"namespace":"default","name":"gone-1"}}"#;
+    old.api("POST", "/v1/revocations", Some(gone));
     let state = old.state_dir();
 
     // Refused while the control plane serves the directory.
@@ -159,4 +161,13 @@ fn a_state_directory_mesh_moves_to_etcd_keeping_identities_routes_and_token_coun
         (Some(1), Some(3))
     );
     assert!(config().contains("/migrated"));
+
+    // The revocation moved too, and can be lifted there for good (across a restart).
+    let listed = replica.api("GET", "/v1/revocations", None);
+    assert!(listed.to_string().contains("gone-1"), "{listed}");
+    replica.api("POST", "/v1/revocations/remove", Some(gone));
+    let mut replica = replica;
+    replica.restart();
+    let listed = replica.api("GET", "/v1/revocations", None);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
 }

@@ -25,6 +25,9 @@ pub struct ReasonLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// The leader's families, after the others on `/metrics` ([`Metrics::encode_all`]): the first
+    /// registry's families keep their place.
+    leadership: Registry,
     connected: Gauge,
     push_cycle: Histogram,
     snapshots_sent: Counter,
@@ -54,6 +57,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("weft_control");
         let m = Metrics {
             registry: Registry::default(),
+            leadership: Registry::default(),
             connected: Gauge::default(),
             push_cycle: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             snapshots_sent: Counter::default(),
@@ -77,22 +81,27 @@ impl Metrics {
         m.register_resources(&mut registry);
         m.register_proxy_api(&mut registry);
         registry.register(
-            "leader",
-            "1 while this replica is the elected leader (it runs the expiry sweep), else 0",
-            m.leader.clone(),
-        );
-        registry.register(
-            "expired_records_swept",
-            "Expired records the leader's sweep deleted, by kind (token, claim, issued)",
-            m.swept.clone(),
-        );
-        registry.register(
             "resource_documents_refused",
             "Applies and reloads refused before their documents were parsed or while they were read, \
              by reason (depth, nodes, alias, document_bytes, documents, deadline, busy)",
             m.resources_refused.clone(),
         );
-        Metrics { registry, ..m }
+        let mut leadership = Registry::with_prefix("weft_control");
+        leadership.register(
+            "leader",
+            "1 while this replica is the elected leader (it runs the expiry sweep), else 0",
+            m.leader.clone(),
+        );
+        leadership.register(
+            "expired_records_swept",
+            "Expired records the leader's sweep deleted, by kind (token, claim, issued)",
+            m.swept.clone(),
+        );
+        Metrics {
+            registry,
+            leadership,
+            ..m
+        }
     }
 
     /// The config stream: connected proxies, push cycles, snapshots and their replies.
@@ -247,6 +256,17 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// Every family, the leader's last: what `/metrics` serves.
+    pub fn encode_all(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.leadership);
+        let _ = encode_eof(&mut out);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -275,5 +295,32 @@ mod tests {
         let text = Metrics::new().encode();
         let help: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
         assert_eq!(help, want);
+    }
+
+    #[test]
+    fn metrics_serves_every_family_with_the_leaders_last_and_one_eof() {
+        let m = Metrics::new();
+        m.set_leader(true);
+        m.swept("token", 2);
+        let text = m.encode_all();
+        let help: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
+        let first: Vec<String> = m
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("# HELP"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(help[..first.len()], first[..]);
+        assert!(
+            help[first.len()].starts_with("# HELP weft_control_leader "),
+            "{text}"
+        );
+        assert!(text.contains("\nweft_control_leader 1\n"), "{text}");
+        assert!(
+            text.contains("weft_control_expired_records_swept_total{kind=\"token\"} 2"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("# EOF\n"));
     }
 }

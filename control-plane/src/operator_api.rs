@@ -102,7 +102,7 @@ fn open_endpoint(req: &Request<Incoming>, cp: &ControlPlane) -> Option<Response<
         }
         "/ready" => http_util::text(StatusCode::OK, "ready\n"),
         "/metrics" => {
-            let mut r = Response::new(http_util::full(cp.metrics.encode()));
+            let mut r = Response::new(http_util::full(cp.metrics.encode_all()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

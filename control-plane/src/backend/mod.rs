@@ -34,9 +34,10 @@ pub enum Collection {
     Resources,
     /// Join tokens: one record per token id.
     Tokens,
-    /// Issued certificates and revocations: one record.
+    /// Issued certificates and revocations: one record in the state directory, one key per entry
+    /// on etcd.
     Revocations,
-    /// Workload claims by certificate serial: one record.
+    /// Workload claims: one record per certificate serial.
     Claims,
     /// Service virtual IPs: one record.
     Vips,
@@ -86,8 +87,11 @@ impl Collection {
     }
 
     /// Whether each key is a record of its own (else the collection is the one record [`WHOLE`]).
+    /// Claims are one per certificate serial (the state directory's `claims.json` was always that
+    /// map). Revocations are one record in the state directory and one key per entry on etcd (see
+    /// [`crate::revocation`]).
     pub fn keyed(self) -> bool {
-        self == Collection::Tokens
+        matches!(self, Collection::Tokens | Collection::Claims)
     }
 
     /// The file mode in the state directory: the address table is not secret.
