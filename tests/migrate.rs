@@ -73,12 +73,9 @@ fn metric_sum(cp: &ControlProc, prefix: &str) -> f64 {
         .sum()
 }
 
-#[test]
-fn a_state_directory_mesh_moves_to_etcd_keeping_identities_routes_and_token_counts() {
-    let Some(etcd) = EtcdProc::start("migrate") else {
-        return;
-    };
-    let mut old = ControlProc::start("migrate-dir");
+/// The mesh before the move: a route, a sidecar joined with a limited token (one use of three),
+/// and a revocation. Returns the sidecar and the token's id.
+fn old_mesh(old: &ControlProc) -> (weft::proxy::ProxyProc, String) {
     old.apply_file("svc.yaml", SERVICE, 0);
     old.apply_file("route.yaml", ROUTE, 0);
     let body = r#"{"namespace":"default","serviceAccount":"web","ttlSecs":600,"maxUses":3}"#;
@@ -86,23 +83,58 @@ fn a_state_directory_mesh_moves_to_etcd_keeping_identities_routes_and_token_coun
         .as_str()
         .unwrap()
         .to_string();
-    let token_id = token.split('.').nth(1).unwrap().to_string();
-    let proxy = MeshProxyBuilder::new(&old, "web-1", "default", "web")
+    let proxy = MeshProxyBuilder::new(old, "web-1", "default", "web")
         .token(&token)
         .start();
-    let config = || {
-        weft::net::http_get(proxy.admin, "/config")
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    };
     wait_for(
         "the route reaches the sidecar",
         Duration::from_secs(10),
-        || config().contains("/migrated"),
+        || proxy_config(&proxy).contains("/migrated"),
     );
+    old.api("POST", "/v1/revocations", Some(GONE));
+    (proxy, token.split('.').nth(1).unwrap().to_string())
+}
+
+const GONE: &str = r#"{"workload":{"namespace":"default","name":"gone-1"}}"#;
+
+fn proxy_config(proxy: &weft::proxy::ProxyProc) -> String {
+    weft::net::http_get(proxy.admin, "/config")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+/// What the replica on etcd must hold: the route, the token's count, the revocation (which can be
+/// lifted there for good, across a restart).
+fn check_moved(mut replica: ControlProc, token_id: &str) {
+    let routes = replica.api("GET", "/v1/resources/HTTPRoute", None);
+    assert!(routes.to_string().contains("to-api"), "{routes}");
+    let tokens = replica.api("GET", "/v1/tokens", None);
+    let t = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == token_id)
+        .unwrap_or_else(|| panic!("{tokens}"));
+    assert_eq!(
+        (t["uses"].as_u64(), t["maxUses"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let listed = replica.api("GET", "/v1/revocations", None);
+    assert!(listed.to_string().contains("gone-1"), "{listed}");
+    replica.api("POST", "/v1/revocations/remove", Some(GONE));
+    replica.restart();
+    let listed = replica.api("GET", "/v1/revocations", None);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}
+
+#[test]
+fn a_state_directory_mesh_moves_to_etcd_keeping_identities_routes_and_token_counts() {
+    let Some(etcd) = EtcdProc::start("migrate") else {
+        return;
+    };
+    let mut old = ControlProc::start("migrate-dir");
+    let (proxy, token_id) = old_mesh(&old);
     let fingerprint = old.api("GET", "/v1/mesh", None)["caFingerprint"].clone();
-    let gone = r#"{"workload":{"namespace":"default","name":"gone-1"}}"#;
-    old.api("POST", "/v1/revocations", Some(gone));
     let state = old.state_dir();
 
     // Refused while the control plane serves the directory.
@@ -147,27 +179,6 @@ fn a_state_directory_mesh_moves_to_etcd_keeping_identities_routes_and_token_coun
         "the sidecar joined again:\n{}",
         replica.log()
     );
-    let routes = replica.api("GET", "/v1/resources/HTTPRoute", None);
-    assert!(routes.to_string().contains("to-api"), "{routes}");
-    let tokens = replica.api("GET", "/v1/tokens", None);
-    let t = tokens
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == token_id.as_str())
-        .unwrap_or_else(|| panic!("{tokens}"));
-    assert_eq!(
-        (t["uses"].as_u64(), t["maxUses"].as_u64()),
-        (Some(1), Some(3))
-    );
-    assert!(config().contains("/migrated"));
-
-    // The revocation moved too, and can be lifted there for good (across a restart).
-    let listed = replica.api("GET", "/v1/revocations", None);
-    assert!(listed.to_string().contains("gone-1"), "{listed}");
-    replica.api("POST", "/v1/revocations/remove", Some(gone));
-    let mut replica = replica;
-    replica.restart();
-    let listed = replica.api("GET", "/v1/revocations", None);
-    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    assert!(proxy_config(&proxy).contains("/migrated"));
+    check_moved(replica, &token_id);
 }

@@ -34,15 +34,21 @@ pub struct StateLock {
 
 fn take(dir: &Path, op: i32, held_by: &'static str) -> Result<StateLock, LockError> {
     let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| LockError::Open {
-            path: path.clone(),
-            source,
-        })?;
+    let open_err = |source| LockError::Open {
+        path: path.clone(),
+        source,
+    };
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(open_err)?;
+    }
+    // Held open read-only: a file open for writing would keep the state directory's file system
+    // from being remounted read-only.
+    let file = std::fs::File::open(&path).map_err(open_err)?;
     // SAFETY: flock on an fd we own; LOCK_NB returns at once when it is held the other way.
     if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
         return Err(LockError::Held { path, held_by });
