@@ -43,6 +43,12 @@ impl ControlProc {
         Self::start_with(tag, None, args)
     }
 
+    /// A control plane with `args` on the proxy API address `api` (another control plane's, once
+    /// that one is gone: its proxies reconnect to it) and a state directory of its own.
+    pub fn start_at(tag: &str, args: &[&str], api: SocketAddr) -> ControlProc {
+        Self::start_full(tag, None, args, api)
+    }
+
     /// A control plane whose state directory is a tmpfs of `kib` KiB (see `fs_fault`); `None` when
     /// the test must skip.
     pub fn start_on_small_fs(tag: &str, kib: u64) -> Option<ControlProc> {

@@ -21,9 +21,11 @@
 //! [`CALL_TIMEOUT`] and a call etcd does not answer is `StateError::Unavailable` naming etcd, which
 //! the operator API answers 503. Proxies are served from what the replica holds meanwhile.
 
+mod campaign;
 mod session;
 pub use session::{Follow, ReplicaSession, SESSION_TTL};
 
+use super::election::{Election, LeaderGuard, LedError};
 use super::{Backend, Collection, Conflict, Expect, Listing, Record, WriteError};
 use crate::persist::StateError;
 use etcd_client::{
@@ -226,6 +228,56 @@ impl EtcdBackend {
             .into_iter()
             .next()
             .map(|kv| kv.value().to_vec()))
+    }
+
+    /// The value stored under [`EtcdBackend::secret_key`] `name` and its mod revision.
+    pub fn get_secret_at(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, StateError> {
+        let key = self.secret_key(name);
+        let mut resp = self.call(move |mut c| async move { c.get(key, None).await })?;
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    /// Replaces every `(name, value, revision)` in one transaction if each is still at the mod
+    /// revision it was read at; `false` (nothing written) when one changed meanwhile.
+    pub fn replace_secrets(&self, values: Vec<(&str, Vec<u8>, i64)>) -> Result<bool, StateError> {
+        let (compares, puts): (Vec<Compare>, Vec<TxnOp>) = values
+            .into_iter()
+            .map(|(name, value, revision)| {
+                let key = self.secret_key(name);
+                (
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
+                    TxnOp::put(key, value, None),
+                )
+            })
+            .unzip();
+        let txn = Txn::new().when(compares).and_then(puts);
+        let resp = self.call(move |mut c| async move { c.txn(txn).await })?;
+        Ok(resp.succeeded())
+    }
+
+    /// The first key under the prefix, if any: whether a mesh (or anything) is stored there.
+    pub fn first_key(&self) -> Result<Option<String>, StateError> {
+        let prefix = self.prefix.clone();
+        let mut resp = self.call(move |mut c| async move {
+            c.get(
+                prefix,
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(1),
+                ),
+            )
+            .await
+        })?;
+        Ok(resp
+            .take_kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()))
     }
 
     /// Writes every `(name, value)` in one transaction if none of them exists yet; `false` (and
@@ -506,12 +558,83 @@ impl Backend for EtcdBackend {
         value: &[u8],
         expect: Expect,
     ) -> Result<u64, WriteError> {
+        self.put_when(collection, key, value, expect, None)
+    }
+
+    fn delete(&self, collection: Collection, key: &str, expect: Expect) -> Result<(), WriteError> {
+        self.delete_when(collection, key, expect, None)
+    }
+
+    fn elect(&self, id: &str, ttl: Duration) -> Election {
+        self.start_election(id, ttl)
+    }
+
+    fn put_led(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        guard: &LeaderGuard,
+    ) -> Result<u64, LedError> {
+        let r = self.put_when(collection, key, value, expect, Some(guard));
+        self.led(r, guard)
+    }
+
+    fn delete_led(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Expect,
+        guard: &LeaderGuard,
+    ) -> Result<(), LedError> {
+        let r = self.delete_when(collection, key, expect, Some(guard));
+        self.led(r, guard)
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Collection> {
+        self.changes.subscribe()
+    }
+
+    fn describe(&self) -> String {
+        format!("etcd at {} (prefix {})", self.endpoints, self.prefix)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+impl EtcdBackend {
+    /// The compares of a write: the record's expectation, and the leader's guard when given.
+    fn compares(&self, head: &str, expect: Expect, guard: Option<&LeaderGuard>) -> Vec<Compare> {
+        let mut when = self.compare(head, expect);
+        if let Some(g) = guard {
+            when.push(Compare::create_revision(
+                g.key.clone(),
+                CompareOp::Equal,
+                g.revision,
+            ));
+        }
+        when
+    }
+
+    fn put_when(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        guard: Option<&LeaderGuard>,
+    ) -> Result<u64, WriteError> {
         let head = self.key(collection, key);
         let (head_value, nonce) = self.encode(collection, key, value)?;
-        let txn = Txn::new().when(self.compare(&head, expect)).and_then(vec![
-            TxnOp::get(head.clone(), None),
-            TxnOp::put(head, head_value, None),
-        ]);
+        let txn = Txn::new()
+            .when(self.compares(&head, expect, guard))
+            .and_then(vec![
+                TxnOp::get(head.clone(), None),
+                TxnOp::put(head, head_value, None),
+            ]);
         let resp = self.call(move |mut c| async move { c.txn(txn).await })?;
         if !resp.succeeded() {
             if nonce.is_some() {
@@ -532,12 +655,20 @@ impl Backend for EtcdBackend {
             .map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0)))
     }
 
-    fn delete(&self, collection: Collection, key: &str, expect: Expect) -> Result<(), WriteError> {
+    fn delete_when(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Expect,
+        guard: Option<&LeaderGuard>,
+    ) -> Result<(), WriteError> {
         let head = self.key(collection, key);
-        let txn = Txn::new().when(self.compare(&head, expect)).and_then(vec![
-            TxnOp::get(head.clone(), None),
-            TxnOp::delete(head, None),
-        ]);
+        let txn = Txn::new()
+            .when(self.compares(&head, expect, guard))
+            .and_then(vec![
+                TxnOp::get(head.clone(), None),
+                TxnOp::delete(head, None),
+            ]);
         let resp = self.call(move |mut c| async move { c.txn(txn).await })?;
         if !resp.succeeded() {
             return Err(Conflict {
@@ -553,16 +684,25 @@ impl Backend for EtcdBackend {
         Ok(())
     }
 
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Collection> {
-        self.changes.subscribe()
-    }
-
-    fn describe(&self) -> String {
-        format!("etcd at {} (prefix {})", self.endpoints, self.prefix)
-    }
-
-    fn shared(&self) -> bool {
-        true
+    /// A guarded write's result: a failed compare is `NotLeader` when the election key is no
+    /// longer the guard's (read again to tell it from a plain conflict).
+    fn led<T>(&self, r: Result<T, WriteError>, guard: &LeaderGuard) -> Result<T, LedError> {
+        match r {
+            Err(WriteError::Conflict(c)) => {
+                let key = guard.key.clone();
+                let mut resp = self.call(move |mut c| async move { c.get(key, None).await })?;
+                let held = resp
+                    .take_kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == guard.revision);
+                if held {
+                    Err(LedError::Write(c.into()))
+                } else {
+                    Err(LedError::NotLeader(guard.key.clone()))
+                }
+            }
+            other => Ok(other?),
+        }
     }
 }
 
