@@ -178,21 +178,29 @@ impl EtcdMember {
         self.child = Some(child);
     }
 
+    /// `GET PATH` on its client port, from inside its node: the whole answer, `None` when it
+    /// does not answer.
+    fn http_get(&self, path: &str) -> Option<String> {
+        let addr = etcd_client(self.index);
+        let mut s = connect_in(&self.netns, addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        Some(buf)
+    }
+
     /// Whether it answers `/health` with `true` (it is part of a quorum).
     pub fn healthy(&self) -> bool {
-        let Ok(mut s) = connect_in(&self.netns, etcd_client(self.index), Duration::from_secs(1))
-        else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-        let req = format!(
-            "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            etcd_client(self.index)
-        );
-        let mut buf = String::new();
-        s.write_all(req.as_bytes()).is_ok()
-            && s.read_to_string(&mut buf).is_ok()
-            && buf.contains("\"health\":\"true\"")
+        self.http_get("/health")
+            .is_some_and(|b| b.contains("\"health\":\"true\""))
+    }
+
+    /// Whether it is the cluster's raft leader (its `etcd_server_is_leader` metric).
+    pub fn is_leader(&self) -> bool {
+        self.http_get("/metrics")
+            .is_some_and(|b| b.lines().any(|l| l.trim() == "etcd_server_is_leader 1"))
     }
 
     /// Waits (bounded) until it reports healthy.
@@ -348,6 +356,11 @@ impl Replicas {
         self.etcd[i].kill9();
         self.etcd[i].spawn();
         self.etcd[i].wait_healthy(Duration::from_secs(30))
+    }
+
+    /// The member (0-based) that leads the etcd cluster now, if one does.
+    pub fn etcd_leader(&self) -> Option<usize> {
+        self.etcd.iter().position(EtcdMember::is_leader)
     }
 
     /// Kills every replica and every etcd member (SIGKILL); pods and their sidecars stay.

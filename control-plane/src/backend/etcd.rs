@@ -116,7 +116,10 @@ fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StateError> {
     let mut co = ConnectOptions::new()
         .with_connect_timeout(CALL_TIMEOUT)
         .with_timeout(CALL_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(10), CALL_TIMEOUT);
+        .with_keep_alive(Duration::from_secs(10), CALL_TIMEOUT)
+        // A member cut off from the others refuses at once (and ends a watch on it) rather than
+        // holding the call: the call and the watch go to another member.
+        .with_require_leader(true);
     if let Some(ca) = &opts.cacert {
         let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read_file(ca)?));
         if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
@@ -158,7 +161,7 @@ impl EtcdBackend {
             .map_err(|e| unavailable(&endpoints, format!("cannot start its client: {e}")))?;
         let co = connect_options(opts)?;
         let client = {
-            let urls = urls.clone();
+            let (urls, co) = (urls.clone(), co.clone());
             wait(&runtime, &endpoints, async move {
                 Client::connect(urls, Some(co)).await
             })?
@@ -182,6 +185,8 @@ impl EtcdBackend {
         // and the watch being open is still announced (components read their state after this).
         let seen = read.header().map_or(0, |h| h.revision());
         backend.start_watch(seen + 1);
+        let probe = backend.key(Collection::Resources, "");
+        super::members::watch_members(backend.runtime(), backend.client.clone(), urls, co, probe);
         Ok(backend)
     }
 

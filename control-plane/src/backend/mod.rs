@@ -21,6 +21,7 @@
 
 pub mod dir;
 pub mod etcd;
+mod members;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
