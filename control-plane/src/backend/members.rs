@@ -9,26 +9,39 @@
 //! the reason as before.
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// How often every member is checked.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long a member has to answer a check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Starts the checks on the client's runtime: `urls` are the members as the client was given them,
-/// `probe` a key to read (its value is not used).
-pub fn watch_members(
-    runtime: &tokio::runtime::Runtime,
-    balanced: Client,
-    urls: Vec<String>,
-    options: ConnectOptions,
-    probe: String,
-) {
-    if urls.len() < 2 {
-        return;
+/// The members as the client was given them, how to connect, a key to read (its value is not
+/// used), and what to tell when a member leaves the set (the watch may be on it).
+pub struct Members {
+    pub urls: Vec<String>,
+    pub options: ConnectOptions,
+    pub probe: String,
+    pub moved: Arc<Notify>,
+}
+
+impl Members {
+    /// Starts the checks on the client's runtime.
+    pub fn watch(self, runtime: &tokio::runtime::Runtime, balanced: Client) {
+        if self.urls.len() > 1 {
+            runtime.spawn(self.run(balanced));
+        }
     }
-    runtime.spawn(async move {
+
+    async fn run(self, balanced: Client) {
+        let Members {
+            urls,
+            options,
+            probe,
+            moved,
+        } = self;
         let options = options
             .with_require_leader(true)
             .with_timeout(CHECK_TIMEOUT)
@@ -46,10 +59,12 @@ pub fn watch_members(
             for i in 0..members.len() {
                 let ok = members[i].check(&options, &probe).await;
                 let others_in = members.iter().enumerate().any(|(j, m)| j != i && m.in_set);
-                members[i].update(&balanced, ok, others_in).await;
+                if members[i].update(&balanced, ok, others_in).await {
+                    moved.notify_one();
+                }
             }
         }
-    });
+    }
 }
 
 struct Member {
@@ -80,16 +95,19 @@ impl Member {
         )
     }
 
-    /// Takes the member out of the balanced set, or puts it back, when `ok` says otherwise.
-    async fn update(&mut self, balanced: &Client, ok: bool, others_in: bool) {
+    /// Takes the member out of the balanced set, or puts it back, when `ok` says otherwise; true
+    /// when it was taken out.
+    async fn update(&mut self, balanced: &Client, ok: bool, others_in: bool) -> bool {
         if self.in_set && !ok && others_in {
             if balanced.remove_endpoint(&self.url).await.is_ok() {
                 self.in_set = false;
                 tracing::warn!(member = %self.url, "etcd member not answering (or without a leader); calls go to the other members");
+                return true;
             }
         } else if !self.in_set && ok && balanced.add_endpoint(&self.url).await.is_ok() {
             self.in_set = true;
             tracing::info!(member = %self.url, "etcd member answering again; calls go to it too");
         }
+        false
     }
 }
