@@ -23,6 +23,8 @@ pub enum Reply {
     Ack,
     /// NACK every snapshot with this reason.
     Nack(String),
+    /// Answer nothing (a proxy that never gets to acknowledge).
+    Silent,
 }
 
 /// What the simulated proxy has seen. Only the newest snapshot is kept whole (a thousand simulated
@@ -195,13 +197,16 @@ async fn receive(
                     seen.last = Some((now, s));
                 }
                 let answer = match &reply {
-                    Reply::Ack => FromProxy::Ack { version },
-                    Reply::Nack(reason) => FromProxy::Nack {
+                    Reply::Ack => Some(FromProxy::Ack { version }),
+                    Reply::Nack(reason) => Some(FromProxy::Nack {
                         version,
                         reason: reason.clone(),
-                    },
+                    }),
+                    Reply::Silent => None,
                 };
-                let _ = tx.send(encode(&answer)).await;
+                if let Some(answer) = answer {
+                    let _ = tx.send(encode(&answer)).await;
+                }
                 changed.send_modify(|n| *n += 1);
                 continue;
             }
