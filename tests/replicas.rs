@@ -453,20 +453,10 @@ fn everything_restarted_keeps_the_state_and_pods_serve_throughout() {
         .iter()
         .map(|p| wait_connected(&s.r, p, restarted))
         .collect();
-    // Acked by every proxy connected to the replica it went through (by all, once acks are
-    // gathered from every replica).
-    let via = s.r.connected_to(&s.client.name)[0];
-    let on_via = s
-        .pods
-        .iter()
-        .filter(|p| s.r.connected_to(p) == [via])
-        .count();
-    let (acked, total, took) = shift(&mut s.r, via, 50, 50);
-    assert_eq!(
-        (acked, total),
-        (on_via as u64, on_via as u64),
-        "the shift after the restart"
-    );
+    // The sidecars may have come back to different replicas: the shift is acked by every proxy
+    // through any replica (each replica publishes where its proxies stand).
+    let (acked, total, took) = shift(&mut s.r, 0, 50, 50);
+    assert_eq!((acked, total), (3, 3), "the shift after the restart");
     std::thread::sleep(Duration::from_millis(500));
     let run = load.stop();
     assert_no_failures("ra", &run);
