@@ -124,7 +124,10 @@ fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StateError> {
     let mut co = ConnectOptions::new()
         .with_connect_timeout(CALL_TIMEOUT)
         .with_timeout(CALL_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(10), CALL_TIMEOUT);
+        .with_keep_alive(Duration::from_secs(10), CALL_TIMEOUT)
+        // A member cut off from the others refuses at once (and ends a watch on it) rather than
+        // holding the call: the call and the watch go to another member.
+        .with_require_leader(true);
     if let Some(ca) = &opts.cacert {
         let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read_file(ca)?));
         if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
@@ -166,7 +169,7 @@ impl EtcdBackend {
             .map_err(|e| unavailable(&endpoints, format!("cannot start its client: {e}")))?;
         let co = connect_options(opts)?;
         let client = {
-            let urls = urls.clone();
+            let (urls, co) = (urls.clone(), co.clone());
             wait(&runtime, &endpoints, async move {
                 Client::connect(urls, Some(co)).await
             })?
@@ -189,7 +192,16 @@ impl EtcdBackend {
         // Watched from just after the revision this probe read, so a change made between connecting
         // and the watch being open is still announced (components read their state after this).
         let seen = read.header().map_or(0, |h| h.revision());
-        backend.start_watch(seen + 1);
+        let moved = std::sync::Arc::new(tokio::sync::Notify::new());
+        backend.start_watch(seen + 1, moved.clone());
+        let probe = backend.key(Collection::Resources, "");
+        let members = super::members::Members {
+            urls,
+            options: co,
+            probe,
+            moved,
+        };
+        members.watch(backend.runtime(), backend.client.clone());
         Ok(backend)
     }
 
@@ -440,16 +452,24 @@ impl EtcdBackend {
     }
 
     /// Follows every change under the prefix and announces the collections it touched. After a lost
-    /// connection every collection is announced (changes may have been missed meanwhile).
-    fn start_watch(&self, from: i64) {
+    /// connection every collection is announced (changes may have been missed meanwhile). `moved`
+    /// restarts it when a member leaves the balanced set: the watch may be on that member, silent.
+    fn start_watch(&self, from: i64, moved: std::sync::Arc<tokio::sync::Notify>) {
         let client = self.client.clone();
         let prefix = self.prefix.clone();
         let changes = self.changes.clone();
         self.runtime().spawn(async move {
             let mut from = from;
             loop {
-                if let Err(e) = watch_once(client.clone(), &prefix, &changes, &mut from).await {
-                    tracing::warn!(error = %e, "etcd watch lost; connecting again");
+                tokio::select! {
+                    r = watch_once(client.clone(), &prefix, &changes, &mut from) => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "etcd watch lost; connecting again");
+                        }
+                    }
+                    () = moved.notified() => {
+                        tracing::info!("etcd watch started again on the members that answer");
+                    }
                 }
                 tokio::time::sleep(WATCH_RETRY).await;
                 for c in Collection::ALL {

@@ -22,6 +22,7 @@
 pub mod dir;
 pub mod election;
 pub mod etcd;
+mod members;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
