@@ -305,8 +305,8 @@ async fn round(fleet: &Fleet, sims: &[SimProxy], i: usize) -> Round {
 /// One process's figures.
 struct Proc {
     name: String,
-    /// Proxies connected to it (replicas only).
-    proxies: Option<usize>,
+    /// Proxies connected to it, and p50/p99 of their delivery times (replicas only).
+    proxies: Option<(usize, f64, f64)>,
     rss: f64,
     hwm: f64,
     cpu_per_change: f64,
@@ -333,6 +333,18 @@ fn pids(fleet: &Fleet) -> Vec<(String, Option<u32>)> {
     }
     out.push(("bench".into(), None));
     out
+}
+
+/// How many proxies replica `replica` served, and p50/p99 of their delivery times over every round.
+fn replica_deliveries(rounds: &[Round], picks: &[usize], replica: usize) -> (usize, f64, f64) {
+    let mut mine: Vec<f64> = rounds
+        .iter()
+        .flat_map(|r| r.deliver.iter().zip(picks))
+        .filter(|(_, &p)| p == replica)
+        .map(|(d, _)| *d)
+        .collect();
+    let n = picks.iter().filter(|&&p| p == replica).count();
+    (n, percentile(&mut mine, 0.50), percentile(&mut mine, 0.99))
 }
 
 fn cpu_all(pids: &[(String, Option<u32>)]) -> Vec<f64> {
@@ -384,7 +396,7 @@ async fn run(store: Store, replicas: usize, n: usize, rounds: usize) -> StoreRes
             let (rss, hwm) = memory_mib(pid.unwrap_or(std::process::id()));
             Proc {
                 name: name.clone(),
-                proxies: (i < replicas).then(|| picks.iter().filter(|&&p| p == i).count()),
+                proxies: (i < replicas).then(|| replica_deliveries(&done, &picks, i)),
                 rss,
                 hwm,
                 cpu_per_change: (cpu_after[i] - cpu_before[i]) / rounds as f64,
@@ -437,16 +449,34 @@ fn print_tables(results: &[StoreResult]) {
         );
     }
     println!(
-        "{:<6} {:<10} {:>8} {:>9} {:>9} {:>14} {:>14}",
-        "store", "process", "proxies", "RSS MiB", "HWM MiB", "CPU ms/change", "idle CPU ms/s"
+        "{:<6} {:<10} {:>8} {:>12} {:>12} {:>9} {:>9} {:>14} {:>14}",
+        "store",
+        "process",
+        "proxies",
+        "deliver p50",
+        "deliver p99",
+        "RSS MiB",
+        "HWM MiB",
+        "CPU ms/change",
+        "idle CPU ms/s"
     );
     for r in results {
         for p in &r.procs {
+            let (n, p50, p99) = match p.proxies {
+                Some((n, p50, p99)) => (
+                    n.to_string(),
+                    format!("{p50:.1} ms"),
+                    format!("{p99:.1} ms"),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
             println!(
-                "{:<6} {:<10} {:>8} {:>9.1} {:>9.1} {:>14.1} {:>14.1}",
+                "{:<6} {:<10} {:>8} {:>12} {:>12} {:>9.1} {:>9.1} {:>14.1} {:>14.1}",
                 r.store.name(),
                 p.name,
-                p.proxies.map_or("-".to_string(), |n| n.to_string()),
+                n,
+                p50,
+                p99,
                 p.rss,
                 p.hwm,
                 p.cpu_per_change,
