@@ -52,8 +52,12 @@ fn reload(cp: &ControlPlane, collection: Collection) {
             cp.apply_revocations();
             r
         }
-        // Each replica's address table and registry follow its own resources and proxies.
-        Collection::Vips | Collection::Registry => Ok(()),
+        Collection::Vips => {
+            cp.hub.reload_vips();
+            Ok(())
+        }
+        // The registry's keys are followed by the hub itself (one key per workload).
+        Collection::Registry => Ok(()),
     };
     if let Err(e) = result {
         tracing::warn!(collection = collection.name(), error = %e, "cannot read what another replica changed; keeping what is held");

@@ -22,6 +22,8 @@ use weft_certs::SpiffeId;
 /// `namespace/name` of a registered proxy.
 pub type ProxyKey = String;
 
+mod mesh;
+
 /// Where frames for one connected proxy wait to be written. Holds only the newest: a snapshot supersedes
 /// an unsent older one (both are relative to what the proxy acknowledged).
 #[derive(Default)]
@@ -76,11 +78,17 @@ struct ProxyEntry {
     disconnected_at: Option<Instant>,
     last_seen: Instant,
     cert_not_after: Option<u64>,
-    /// The full view each unacknowledged version carries, by version.
-    sent: VecDeque<(u64, SectionDigests)>,
+    /// The full view each unacknowledged version carries, by version, with the store revision
+    /// its cycle included.
+    sent: VecDeque<(u64, SectionDigests, u64)>,
     sent_version: u64,
     acked: Option<(u64, SectionDigests)>,
     last_nack: Option<Nack>,
+    /// Where it stands in store revisions (shared by every replica, unlike versions).
+    revisions: mesh::Revisions,
+    /// The version of its key in the mesh-wide registry, and what was last written there.
+    held: Option<u64>,
+    published: Option<crate::presence::RegistryEntry>,
 }
 
 impl ProxyEntry {
@@ -137,6 +145,8 @@ struct State {
     vips: crate::vips::Vips,
     /// Revoked leaf serials every proxy must refuse (sorted).
     revoked: Arc<Vec<String>>,
+    /// What other replicas share on etcd: their workloads and where their proxies stand.
+    remote: mesh::Remote,
 }
 
 pub struct Hub {
@@ -162,6 +172,9 @@ pub struct HubSettings {
     pub trust_domain: weft_certs::TrustDomain,
     /// Where service virtual IPs come from.
     pub vip_range: crate::vips::Ipv4Range,
+    /// This replica's session when replicas share etcd: the registry, service addresses and
+    /// rollouts are then the mesh's, not this replica's alone.
+    pub presence: Option<Arc<crate::presence::Presence>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,11 +213,17 @@ impl Hub {
                     sent_version: 0,
                     acked: None,
                     last_nack: None,
+                    revisions: Default::default(),
+                    held: None,
+                    published: None,
                 };
                 (key, entry)
             })
             .collect();
-        let mut vips = crate::vips::Vips::load_in(settings.vip_range, settings.store.clone());
+        let mut vips = match &settings.presence {
+            Some(p) => crate::vips::Vips::agreed(settings.vip_range, p.etcd.clone()),
+            None => crate::vips::Vips::load_in(settings.vip_range, settings.store.clone()),
+        };
         vips.sync(service_names(&resources));
         Arc::new(Hub {
             state: Mutex::new(State {
@@ -217,6 +236,7 @@ impl Hub {
                 cycles: VecDeque::new(),
                 registry_dirty: false,
                 revoked: Arc::new(Vec::new()),
+                remote: Default::default(),
             }),
             dirty: Notify::new(),
             progress: watch::channel(0).0,
@@ -273,17 +293,25 @@ impl Hub {
             if let Some((_, ob)) = &e.conn {
                 ob.close();
             }
-            removed.push(key.clone());
+            removed.push((key.clone(), e.held));
             false
         });
         if !removed.is_empty() {
             st.registry_dirty = true;
+            st.remote.release(removed.iter().cloned());
             self.metrics.set_connected(count_connected(&st));
             drop(st);
             self.bump_progress();
             self.mark_dirty();
         }
-        removed
+        removed.into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Reads the service address table again (another replica changed it) and pushes if it changed.
+    pub fn reload_vips(&self) {
+        if lock(&self.state).vips.reload() {
+            self.mark_dirty();
+        }
     }
 
     pub fn set_bundle(&self, bundle_pem: String) {
@@ -317,12 +345,14 @@ impl Hub {
         let td = &self.settings.trust_domain;
         let (resources, services, workloads) = {
             let st = lock(&self.state);
-            let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
+            let registered = st.registered();
             let services = view::services_view(&st.resources, &registered, td, &st.vips);
             let workloads: Vec<(String, SpiffeId)> = st
                 .proxies
                 .iter()
-                .map(|(k, e)| (k.clone(), e.reg.identity.clone()))
+                .map(|(k, e)| (k, &e.reg))
+                .chain(st.remote.workloads())
+                .map(|(k, reg)| (k.clone(), reg.identity.clone()))
                 .collect();
             (st.resources.clone(), services, workloads)
         };
@@ -341,7 +371,7 @@ impl Hub {
     ) -> bool {
         let (resources, revision, labels) = {
             let st = lock(&self.state);
-            let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
+            let registered = st.registered();
             let Some(found) =
                 view::endpoint_labels(&st.resources, &registered, ns, service, subset)
             else {
@@ -373,21 +403,15 @@ impl Hub {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::default());
         let now = Instant::now();
+        lock(&self.state).check_name(&key, &reg.identity)?;
+        // Through every replica: a compare-and-swap on the workload's key in etcd.
+        let (held, published) = self.claim_in_mesh(&key, &reg)?;
         let mut st = lock(&self.state);
-        if let Some(old) = st.proxies.get(&key) {
-            // Held while registered at all (connected, within the grace period, or restored from the
-            // persisted registry): a name is not free for another identity while its proxy is away.
-            if old.reg.identity != reg.identity {
-                return Err(RegisterError::NameTaken {
-                    key,
-                    holder: old.reg.identity.clone(),
-                    presented: reg.identity,
-                });
-            }
-            if let Some((_, ob)) = &old.conn {
-                ob.close();
-            }
+        st.check_name(&key, &reg.identity)?;
+        if let Some((_, ob)) = st.proxies.get(&key).and_then(|old| old.conn.as_ref()) {
+            ob.close();
         }
+        st.remote.forget(&key);
         st.proxies.insert(
             key,
             ProxyEntry {
@@ -400,6 +424,9 @@ impl Hub {
                 sent_version: 0,
                 acked: None,
                 last_nack: None,
+                revisions: Default::default(),
+                held,
+                published,
             },
         );
         st.registry_dirty = true;
@@ -423,6 +450,10 @@ impl Hub {
         }
         e.disconnected_at = Some(Instant::now());
         e.last_seen = Instant::now();
+        if self.settings.presence.is_some() {
+            // Other replicas show it disconnected.
+            st.registry_dirty = true;
+        }
         self.metrics.set_connected(count_connected(&st));
         drop(st);
         self.bump_progress();
@@ -447,15 +478,16 @@ impl Hub {
 
     pub fn ack(&self, key: &str, conn_id: u64, version: u64) {
         let known = self.with_live(key, conn_id, |e| {
-            while let Some((v, _)) = e.sent.front() {
+            while let Some((v, _, _)) = e.sent.front() {
                 if *v >= version {
                     break;
                 }
                 e.sent.pop_front();
             }
             match e.sent.front() {
-                Some((v, digests)) if *v == version => {
+                Some((v, digests, revision)) if *v == version => {
                     e.acked = Some((version, *digests));
+                    e.revisions.acked(*revision, e.sent.len() == 1);
                     e.sent.pop_front();
                     true
                 }
@@ -477,7 +509,10 @@ impl Hub {
     pub fn nack(&self, key: &str, conn_id: u64, version: u64, reason: String) {
         tracing::warn!(proxy = key, version, %reason, "proxy refused a snapshot (NACK)");
         let found = self.with_live(key, conn_id, |e| {
-            e.sent.retain(|(v, _)| *v != version);
+            if let Some((_, _, revision)) = e.sent.iter().find(|(v, _, _)| *v == version) {
+                e.revisions.nacked(*revision);
+            }
+            e.sent.retain(|(v, _, _)| *v != version);
             e.last_nack = Some(Nack { version, reason });
         });
         if found.is_some() {
@@ -537,7 +572,14 @@ impl Hub {
             let started = Instant::now();
             self.cycle();
             self.metrics.observe_cycle(started.elapsed());
-            self.persist_registry();
+            match self.settings.presence.clone() {
+                // etcd calls block: off the async workers.
+                Some(p) => {
+                    let hub = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || hub.publish_registry(&p)).await;
+                }
+                None => self.persist_registry(),
+            }
         }
     }
 
@@ -552,19 +594,21 @@ impl Hub {
                 .unwrap_or(self.settings.grace_period)
         };
         let mut st = lock(&self.state);
-        let before = st.proxies.len();
+        let mut removed = Vec::new();
         st.proxies.retain(|key, e| {
             let keep = e.disconnected_at.is_none_or(|t| t.elapsed() < grace);
             if !keep {
                 tracing::info!(proxy = %key, "workload removed: disconnected for longer than the grace period");
+                removed.push((key.clone(), e.held));
             }
             keep
         });
-        let removed = st.proxies.len() != before;
-        if removed {
-            st.registry_dirty = true;
+        if removed.is_empty() {
+            return false;
         }
-        removed
+        st.registry_dirty = true;
+        st.remote.release(removed);
+        true
     }
 
     fn next_version(&self) -> u64 {
@@ -583,7 +627,7 @@ impl Hub {
         let mut st = lock(&self.state);
         let version = self.next_version();
         let shared = {
-            let registered: Vec<&Registered> = st.proxies.values().map(|e| &e.reg).collect();
+            let registered = st.registered();
             let td = &self.settings.trust_domain;
             view::SharedSections::build(
                 &st.resources,
@@ -597,6 +641,7 @@ impl Hub {
         let mut policy_cache = view::PolicyCache::default();
         let resources = st.resources.clone();
         let mut pushed = Vec::new();
+        let revision = st.revision;
         for (key, e) in st.proxies.iter_mut() {
             let Some((_, outbox)) = &e.conn else {
                 continue;
@@ -606,19 +651,21 @@ impl Hub {
             let last_sent = e
                 .sent
                 .back()
-                .map(|(_, d)| d)
+                .map(|(_, d, _)| d)
                 .or(e.acked.as_ref().map(|(_, d)| d));
             if last_sent == Some(&digests) {
+                // What it holds (or is about to ack) is already what this revision wants.
+                e.revisions.unchanged(revision, e.sent.is_empty());
                 continue;
             }
             let base = e.acked.as_ref().map(|(_, d)| d);
             let frame = shared.frame(version, &policies, base);
             outbox.put(frame);
-            e.sent.push_back((version, digests));
+            e.sent.push_back((version, digests, revision));
+            e.revisions.pushed(revision, version);
             e.sent_version = version;
             pushed.push(key.clone());
         }
-        let revision = st.revision;
         st.covered = revision;
         if !pushed.is_empty() {
             tracing::info!(version, revision, proxies = pushed.len(), "pushed config");
@@ -695,11 +742,12 @@ impl Hub {
         let Some(cycle) = st.cycles.iter().find(|c| c.revision >= revision) else {
             return false;
         };
-        cycle.pushed.iter().all(|key| {
+        let local = cycle.pushed.iter().all(|key| {
             st.proxies
                 .get(key)
                 .is_none_or(|e| !matches!(e.rollout_state(cycle.version), RolloutState::Pending))
-        })
+        });
+        local && st.remote.settled(revision, &st.proxies)
     }
 
     /// Where the rollout of `revision` stands, and whether it is settled (no proxy still pending);
@@ -722,8 +770,10 @@ impl Hub {
                     proxy: key.clone(),
                     version: cycle.version,
                     state,
+                    replica: self.replica_id(),
                 }
             })
+            .chain(st.remote.rollout(revision, &st.proxies))
             .collect();
         let complete = proxies
             .iter()
@@ -745,6 +795,35 @@ fn service_names(res: &MeshResources) -> impl Iterator<Item = (&str, &str)> {
     res.services
         .iter()
         .map(|s| (s.metadata.namespace.as_str(), s.metadata.name.as_str()))
+}
+
+impl State {
+    /// Refuses `key` to `identity` while another identity holds it here or through another replica
+    /// (connected, within the grace period, or restored from the persisted registry): a name is not
+    /// free for another identity while its proxy is away.
+    fn check_name(&self, key: &str, identity: &SpiffeId) -> Result<(), RegisterError> {
+        let holder = match self.proxies.get(key) {
+            Some(old) => Some(&old.reg.identity),
+            None => self.remote.identity(key),
+        };
+        match holder {
+            Some(holder) if holder != identity => Err(RegisterError::NameTaken {
+                key: key.to_string(),
+                holder: holder.clone(),
+                presented: identity.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every registered workload: this replica's, then those held through other replicas.
+    fn registered(&self) -> Vec<&Registered> {
+        self.proxies
+            .values()
+            .map(|e| &e.reg)
+            .chain(self.remote.workloads().map(|(_, reg)| reg))
+            .collect()
+    }
 }
 
 fn count_connected(st: &State) -> usize {

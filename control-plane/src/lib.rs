@@ -16,6 +16,7 @@ pub mod operator_api;
 pub use weft_api::persist;
 pub mod netns;
 pub mod pod;
+pub mod presence;
 pub mod proxy_api;
 pub mod reach;
 pub mod resources_api;

@@ -305,7 +305,20 @@ async fn config_stream(
         cp.metrics.refused("revoked");
         return http_util::error(StatusCode::FORBIDDEN, e, vec![]);
     }
-    let (conn_id, outbox) = match cp.hub.connect(reg, peer.cert_not_after) {
+    let connected = match cp.hub.settings.presence {
+        // Taking the name through every replica is an etcd transaction: off the async workers.
+        Some(_) => {
+            let (hub, not_after) = (cp.hub.clone(), peer.cert_not_after);
+            match tokio::task::spawn_blocking(move || hub.connect(reg, not_after)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return http_util::error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), vec![])
+                }
+            }
+        }
+        None => cp.hub.connect(reg, peer.cert_not_after),
+    };
+    let (conn_id, outbox) = match connected {
         Ok(x) => x,
         Err(e) => {
             cp.metrics.registration_refused("name_taken");

@@ -142,10 +142,28 @@ pub struct Bound {
 fn new_hub(
     state: &StateDir,
     backend: &SharedBackend,
+    etcd: Option<Arc<EtcdBackend>>,
     opts: &Options,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Arc<Hub>> {
-    let restored = restore_registry(backend)?;
+    // On etcd the registry is the mesh's, one key per workload, followed once serving.
+    let presence = match etcd {
+        Some(etcd) => {
+            let advertised = if opts.api_advertise.is_empty() {
+                vec![opts.api_listen]
+            } else {
+                opts.api_advertise.clone()
+            };
+            let p = crate::presence::Presence::start(etcd, &advertised)
+                .context("cannot start this replica's session in etcd")?;
+            Some(Arc::new(p))
+        }
+        None => None,
+    };
+    let restored = match presence {
+        Some(_) => Vec::new(),
+        None => restore_registry(backend)?,
+    };
     Ok(Hub::new(
         MeshResources::default(),
         0,
@@ -157,6 +175,7 @@ fn new_hub(
             store: Some(backend.clone()),
             trust_domain: state.trust_domain.clone(),
             vip_range: opts.vip_range,
+            presence,
         },
         metrics.clone(),
     ))
@@ -169,7 +188,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         None => Vec::new(),
     };
     let td = trust_domain(opts, &dir_files)?;
-    let (state, backend) = open_state(opts, td.as_ref())?;
+    let (state, backend, etcd) = open_state(opts, td.as_ref())?;
     record_ca_fingerprint(&state);
     let metrics = Arc::new(Metrics::new());
     // A client certificate is optional on this port: a proxy without one can only present a join token.
@@ -178,7 +197,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         .serving
         .server_config_with_expired_grace(crate::proxy_api::EXPIRED_RENEWAL_GRACE);
     let store = open_store(&state, &backend, opts, &dir_files)?;
-    let hub = new_hub(&state, &backend, opts, &metrics)?;
+    let hub = new_hub(&state, &backend, etcd, opts, &metrics)?;
     let mesh_info = mesh_info(&state, opts);
     let (tokens, claims, revocations) = issuer_stores(&state, &backend, opts)?;
     let StateDir {
@@ -232,11 +251,12 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
 }
 
 /// The state directory and the storage backend the options name. On etcd (which must answer, or the
-/// replica does not start) the CA and the operator token come from etcd, opened with the store key.
+/// replica does not start) the CA and the operator token come from etcd, opened with the store key;
+/// the etcd backend is also returned as itself, for the replica's session.
 fn open_state(
     opts: &Options,
     td: Option<&TrustDomain>,
-) -> anyhow::Result<(StateDir, SharedBackend)> {
+) -> anyhow::Result<(StateDir, SharedBackend, Option<Arc<EtcdBackend>>)> {
     match &opts.store {
         StoreOptions::Dir => {
             if let Some(f) = &opts.store_key_file {
@@ -246,7 +266,7 @@ fn open_state(
                 );
             }
             let state = StateDir::open_or_init(&opts.state_dir, td, opts.serving_ttl)?;
-            Ok((state, Arc::new(DirBackend::new(&opts.state_dir))))
+            Ok((state, Arc::new(DirBackend::new(&opts.state_dir)), None))
         }
         StoreOptions::Etcd(e) => {
             let Some(file) = &opts.store_key_file else {
@@ -261,7 +281,8 @@ fn open_state(
             let shared =
                 crate::shared_ca::load_or_create(&b, &key, td, crate::state_dir::CA_VALIDITY)?;
             let state = StateDir::open_shared(&opts.state_dir, shared, opts.serving_ttl)?;
-            Ok((state, Arc::new(b)))
+            let b = Arc::new(b);
+            Ok((state, b.clone(), Some(b)))
         }
     }
 }
@@ -426,6 +447,10 @@ impl Bound {
             None => None,
         };
         tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
+        let presence = cp.hub.settings.presence.clone();
+        if let Some(p) = &presence {
+            tokio::spawn(cp.hub.clone().run_mesh(p.clone(), cp.shutdown.clone()));
+        }
         tokio::spawn(crate::follow::run(cp.clone()));
         tokio::spawn(crate::serving::run(cp.clone()));
         tokio::spawn(proxy_api::run(api, cp.clone()));
@@ -437,6 +462,10 @@ impl Bound {
         cp.shutdown.cancelled().await;
         tracing::info!("shutting down: closing proxy streams");
         cp.hub.close_all();
+        if let Some(p) = presence {
+            // Its workloads leave the registry now, not a lease TTL later.
+            let _ = tokio::task::spawn_blocking(move || p.end()).await;
+        }
         cp.tasks.close();
         if tokio::time::timeout(Duration::from_secs(5), cp.tasks.wait())
             .await

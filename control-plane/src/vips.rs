@@ -4,7 +4,14 @@
 //! the state directory), so clients that cache a resolved address keep working while endpoints come and
 //! go. A new service's first choice is a hash of its `namespace/name`, so deleting and re-creating a
 //! service usually gives it the same address back; collisions probe forward.
+//!
+//! Replicas sharing etcd agree on the table ([`Vips::agreed`]): a service's address is claimed in
+//! one transaction creating `<prefix>vips/svc/<namespace>/<name>` (its address) and
+//! `<prefix>vips/addr/<address>` (its service), both absent, so no service has two addresses and
+//! no address two services; a replica that loses the race adopts the winner's address or probes on.
+//! Every replica reads the table again when another changes it ([`Vips::reload`]).
 
+use crate::backend::etcd::EtcdBackend;
 use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -68,6 +75,8 @@ pub struct Vips {
     range: Ipv4Range,
     table: BTreeMap<String, Ipv4Addr>,
     store: Option<SharedBackend>,
+    /// The etcd the table is agreed in, and the services this replica last synced.
+    agreed: Option<(Arc<EtcdBackend>, BTreeSet<String>)>,
 }
 
 impl Vips {
@@ -94,7 +103,45 @@ impl Vips {
             range,
             table,
             store,
+            agreed: None,
         }
+    }
+
+    /// The table agreed with every replica on `etcd` (see the module doc).
+    pub fn agreed(range: Ipv4Range, etcd: Arc<EtcdBackend>) -> Vips {
+        let mut vips = Vips {
+            range,
+            table: BTreeMap::new(),
+            store: None,
+            agreed: Some((etcd, BTreeSet::new())),
+        };
+        vips.reload();
+        vips
+    }
+
+    /// Reads the agreed table again (another replica claimed or freed an address); true if it
+    /// changed. Nothing to do for a table of this replica's own.
+    pub fn reload(&mut self) -> bool {
+        let Some((etcd, _)) = &self.agreed else {
+            return false;
+        };
+        let listed = match etcd.list_keys(SVC) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the service address table from etcd; keeping what is held");
+                return false;
+            }
+        };
+        let table: BTreeMap<String, Ipv4Addr> = listed
+            .into_iter()
+            .filter_map(|(k, v, _)| {
+                let a: Ipv4Addr = std::str::from_utf8(&v).ok()?.parse().ok()?;
+                self.range.contains(a).then_some((k, a))
+            })
+            .collect();
+        let changed = table != self.table;
+        self.table = table;
+        changed
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
@@ -105,6 +152,9 @@ impl Vips {
     /// that are gone. Persists the table when it changed.
     pub fn sync<'a>(&mut self, services: impl IntoIterator<Item = (&'a str, &'a str)>) {
         let wanted: BTreeSet<String> = services.into_iter().map(|(n, s)| key(n, s)).collect();
+        if self.agreed.is_some() {
+            return self.sync_agreed(wanted);
+        }
         let before = self.table.len();
         self.table.retain(|k, _| wanted.contains(k));
         let mut changed = self.table.len() != before;
@@ -132,12 +182,82 @@ impl Vips {
 
     fn free_address(&self, key: &str, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         let n = self.range.hosts();
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let start = (h.finish() % u64::from(n)) as u32;
+        let start = first_choice(key, n);
         (0..n)
             .map(|i| self.range.host((start + i) % n))
             .find(|a| !used.contains(a))
+    }
+
+    /// [`Vips::sync`] through etcd: frees the addresses of services this replica saw go (not those
+    /// it never knew: another replica may be ahead), then claims one for each service without.
+    fn sync_agreed(&mut self, wanted: BTreeSet<String>) {
+        let Some((etcd, known)) = self.agreed.take() else {
+            return;
+        };
+        for gone in known.difference(&wanted) {
+            if let Some(a) = self.table.remove(gone) {
+                let subs = [format!("{SVC}{gone}"), format!("{ADDR}{a}")];
+                match etcd.delete_keys_if(&subs, a.to_string().as_bytes()) {
+                    Ok(_) => tracing::info!(service = %gone, vip = %a, "service address freed"),
+                    Err(e) => {
+                        tracing::warn!(service = %gone, error = %e, "cannot free the service address in etcd")
+                    }
+                }
+            }
+        }
+        for k in &wanted {
+            if !self.table.contains_key(k) {
+                if let Some(a) = self.claim(&etcd, k) {
+                    self.table.insert(k.clone(), a);
+                }
+            }
+        }
+        self.agreed = Some((etcd, wanted));
+    }
+
+    /// The address of service `k`: the one claimed already, else the first free one on its probe
+    /// sequence, claimed with a compare-and-swap.
+    fn claim(&self, etcd: &EtcdBackend, k: &str) -> Option<Ipv4Addr> {
+        let n = self.range.hosts();
+        let start = first_choice(k, n);
+        let value = |a: Ipv4Addr| a.to_string().into_bytes();
+        let held = |etcd: &EtcdBackend| -> Result<Option<Ipv4Addr>, crate::persist::StateError> {
+            Ok(etcd
+                .get_key(&format!("{SVC}{k}"))?
+                .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse().ok()))
+        };
+        let used: BTreeSet<Ipv4Addr> = self.table.values().copied().collect();
+        let outcome = (|| {
+            for i in 0..n {
+                if let Some(a) = held(etcd)? {
+                    return Ok(Some(a));
+                }
+                let a = self.range.host((start + i) % n);
+                if used.contains(&a) {
+                    continue;
+                }
+                let pair = vec![
+                    (format!("{SVC}{k}"), value(a)),
+                    (format!("{ADDR}{a}"), k.as_bytes().to_vec()),
+                ];
+                if etcd.create_keys(pair)? {
+                    tracing::info!(service = %k, vip = %a, "service address assigned");
+                    return Ok(Some(a));
+                }
+            }
+            Ok(None)
+        })();
+        match outcome {
+            Ok(Some(a)) => Some(a),
+            Ok(None) => {
+                tracing::error!(service = %k, range = %self.range, "no free service address left in the range");
+                None
+            }
+            Err::<_, crate::persist::StateError>(e) => {
+                tracing::warn!(service = %k, error = %e, "cannot claim a service address in etcd; trying again at the next change");
+                None
+            }
+        }
     }
 
     fn persist(&self) {
@@ -147,6 +267,17 @@ impl Vips {
             }
         }
     }
+}
+
+/// Where a service's address is kept on etcd, and whose an address is.
+const SVC: &str = "vips/svc/";
+const ADDR: &str = "vips/addr/";
+
+/// Where the probe sequence of `key` starts among `n` hosts.
+fn first_choice(key: &str, n: u32) -> u32 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % u64::from(n)) as u32
 }
 
 fn key(namespace: &str, name: &str) -> String {

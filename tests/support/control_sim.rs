@@ -23,6 +23,8 @@ pub enum Reply {
     Ack,
     /// NACK every snapshot with this reason.
     Nack(String),
+    /// Answer nothing (a proxy that never gets to acknowledge).
+    Silent,
 }
 
 /// What the simulated proxy has seen. Only the newest snapshot is kept whole (a thousand simulated
@@ -31,7 +33,8 @@ pub enum Reply {
 pub struct Seen {
     /// When each snapshot arrived, in order.
     pub arrivals: Vec<Instant>,
-    /// When the answer (ACK or NACK) to each snapshot was handed to the stream, in order.
+    /// When the answer (ACK or NACK) to each snapshot was handed to the stream, in order (none when
+    /// [`Reply::Silent`]).
     pub answered: Vec<Instant>,
     /// The newest snapshot.
     pub last: Option<(Instant, Snapshot)>,
@@ -187,14 +190,17 @@ impl Answers {
             seen.last = Some((now, s));
         }
         let answer = match &self.reply {
-            Reply::Ack => FromProxy::Ack { version },
-            Reply::Nack(reason) => FromProxy::Nack {
+            Reply::Ack => Some(FromProxy::Ack { version }),
+            Reply::Nack(reason) => Some(FromProxy::Nack {
                 version,
                 reason: reason.clone(),
-            },
+            }),
+            Reply::Silent => None,
         };
-        let _ = self.tx.send(encode(&answer)).await;
-        self.seen.lock().unwrap().answered.push(Instant::now());
+        if let Some(answer) = answer {
+            let _ = self.tx.send(encode(&answer)).await;
+            self.seen.lock().unwrap().answered.push(Instant::now());
+        }
         self.changed.send_modify(|n| *n += 1);
     }
 

@@ -87,6 +87,9 @@ pub struct ProxyRollout {
     pub version: u64,
     #[serde(flatten)]
     pub state: RolloutState,
+    /// The control-plane replica holding its config stream (replicas sharing etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

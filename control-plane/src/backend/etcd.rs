@@ -18,6 +18,9 @@
 //! [`CALL_TIMEOUT`] and a call etcd does not answer is `StateError::Unavailable` naming etcd, which
 //! the operator API answers 503. Proxies are served from what the replica holds meanwhile.
 
+mod session;
+pub use session::{Follow, ReplicaSession, SESSION_TTL};
+
 use super::{Backend, Collection, Conflict, Expect, Listing, Record, WriteError};
 use crate::persist::StateError;
 use etcd_client::{

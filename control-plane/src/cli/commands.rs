@@ -478,6 +478,7 @@ mod tests {
             proxy: format!("default/{name}"),
             version: 9,
             state,
+            replica: None,
         };
         let rollout = complete.map(|c| Rollout {
             revision: 5,

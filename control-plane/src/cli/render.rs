@@ -64,7 +64,11 @@ pub fn rollout(r: &Rollout) -> String {
         return "no proxy's configuration changed\n".into();
     }
     if r.complete {
-        return format!("acked by {acked}/{total} proxies in {} ms\n", r.waited_ms);
+        return format!(
+            "acked by {acked}/{total} proxies in {} ms{}\n",
+            r.waited_ms,
+            by_replica(r)
+        );
     }
     let mut out = format!(
         "NOT confirmed: acked by {acked}/{total} proxies after {} ms\n",
@@ -77,9 +81,35 @@ pub fn rollout(r: &Rollout) -> String {
             RolloutState::Pending => "pending (no answer yet)".into(),
             RolloutState::Disconnected => "disconnected".into(),
         };
-        let _ = writeln!(out, "  {}: {state}", p.proxy);
+        match &p.replica {
+            Some(replica) => {
+                let _ = writeln!(out, "  {} (replica {replica}): {state}", p.proxy);
+            }
+            None => {
+                let _ = writeln!(out, "  {}: {state}", p.proxy);
+            }
+        }
     }
     out
+}
+
+/// ` (replica r-1: 2, r-2: 1)`: how many proxies of each control-plane replica the rollout counted
+/// (replicas sharing etcd); empty when no replica is named.
+fn by_replica(r: &Rollout) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for p in &r.proxies {
+        if let Some(replica) = &p.replica {
+            *counts.entry(replica).or_default() += 1;
+        }
+    }
+    if counts.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(replica, n)| format!("replica {replica}: {n}"))
+        .collect();
+    format!(" ({})", parts.join(", "))
 }
 
 // === tables ===
@@ -422,6 +452,7 @@ mod tests {
             proxy: format!("default/{name}"),
             version: 7,
             state,
+            replica: None,
         }
     }
 
