@@ -37,7 +37,7 @@ pub fn registration(i: usize) -> Registration {
             ("app".to_string(), format!("svc-{svc}")),
             (
                 "version".to_string(),
-                if i % 2 == 0 { "v1" } else { "v2" }.to_string(),
+                if i.is_multiple_of(2) { "v1" } else { "v2" }.to_string(),
             ),
         ]
         .into(),
