@@ -6,12 +6,15 @@
 //! the per-proxy delivery time, the control plane's own rollout time (apply → last ACK), and the control
 //! plane's RSS and CPU.
 
+#[path = "push_common.rs"]
+mod push_common;
+
+use push_common::{
+    cpu_ms, memory_mib, percentile, registration, route_yaml, services_yaml, settle, SERVICES,
+};
 use std::time::{Duration, Instant};
 use weft::control::ControlProc;
 use weft::control_sim::{Reply, SimProxy};
-use weft_api::control::Registration;
-
-const SERVICES: usize = 100;
 
 fn main() {
     let sizes: Vec<usize> = std::env::var("PROXIES")
@@ -69,23 +72,6 @@ struct Result {
     cpu_ms_per_change: f64,
 }
 
-fn services_yaml() -> String {
-    let mut y = String::new();
-    for i in 0..SERVICES {
-        y.push_str(&format!(
-            "apiVersion: weft.dev/v1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  ports:\n    - port: 9080\n      protocol: http\n  selector:\n    app: svc-{i}\n---\n"
-        ));
-    }
-    y
-}
-
-fn route_yaml(canary: u32) -> String {
-    format!(
-        "apiVersion: weft.dev/v1\nkind: HTTPRoute\nmetadata:\n  name: svc-0\nspec:\n  parentRefs:\n    - name: svc-0\n  rules:\n    - backendRefs:\n        - name: svc-0\n          subset: v1\n          weight: {}\n        - name: svc-0\n          subset: v2\n          weight: {canary}\n",
-        100 - canary
-    )
-}
-
 async fn run(n: usize, rounds: usize) -> Result {
     // Every simulated proxy connects from this one address: lift the per-client connection limit.
     let cp = ControlProc::start_with(
@@ -114,32 +100,16 @@ async fn run(n: usize, rounds: usize) -> Result {
     for batch in (0..n).collect::<Vec<_>>().chunks(100) {
         let connects = batch.iter().map(|&i| {
             let svc = i % SERVICES;
-            let reg = Registration {
-                name: format!("svc-{svc}-{i}"),
-                labels: [
-                    ("app".to_string(), format!("svc-{svc}")),
-                    (
-                        "version".to_string(),
-                        if i % 2 == 0 { "v1" } else { "v2" }.to_string(),
-                    ),
-                ]
-                .into(),
-                address: format!("198.18.{}.{}", i / 250, 1 + i % 250)
-                    .parse()
-                    .expect("ip"),
-                tunnel_port: 15008,
-                ports: vec![9080],
-                ready: true,
-            };
+            let reg = registration(i);
             SimProxy::connect_with(cp.api, &identities[svc], &control_id, reg, Reply::Ack, true)
         });
         for sim in futures_util::future::join_all(connects).await {
             sims.push(sim.expect("connect a simulated proxy"));
         }
     }
-    settle(&sims).await;
+    settle(&sims, Duration::from_secs(120)).await;
     let pid = cp.pid().expect("control plane running");
-    let cpu_before = cpu_ms(pid);
+    let cpu_before = cpu_ms(Some(pid));
     let mut deliveries = Vec::new();
     let mut acked = Vec::new();
     for round in 0..rounds {
@@ -167,7 +137,7 @@ async fn run(n: usize, rounds: usize) -> Result {
         }
         acked.push(rollout_done.as_secs_f64() * 1000.0);
     }
-    let cpu = cpu_ms(pid) - cpu_before;
+    let cpu = cpu_ms(Some(pid)) - cpu_before;
     let (rss, hwm) = memory_mib(pid);
     drop(sims);
     Result {
@@ -179,56 +149,4 @@ async fn run(n: usize, rounds: usize) -> Result {
         hwm_mib: hwm,
         cpu_ms_per_change: cpu / rounds as f64,
     }
-}
-
-/// Waits until no proxy has received anything for half a second (the registrations' pushes are over).
-async fn settle(sims: &[SimProxy]) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last: usize = 0;
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
-        let total: usize = sims.iter().map(|s| s.snapshot_count()).sum();
-        let all = sims.iter().all(|s| s.snapshot_count() > 0);
-        if total != last || !all {
-            last = total;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() > Duration::from_millis(500) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("proxies never settled");
-}
-
-fn percentile(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v[i]
-}
-
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks * 1000.0 / hz
-}
-
-fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }

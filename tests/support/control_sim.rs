@@ -33,6 +33,9 @@ pub enum Reply {
 pub struct Seen {
     /// When each snapshot arrived, in order.
     pub arrivals: Vec<Instant>,
+    /// When the answer (ACK or NACK) to each snapshot was handed to the stream, in order (none when
+    /// [`Reply::Silent`]).
+    pub answered: Vec<Instant>,
     /// The newest snapshot.
     pub last: Option<(Instant, Snapshot)>,
     /// Why the stream ended, once it has.
@@ -69,9 +72,10 @@ impl SimProxy {
         Self::connect_with(api, identity, control_id, registration, reply, false).await
     }
 
-    /// As [`connect`](Self::connect); with `light`, snapshots are only read for their version (for
-    /// benchmarks with many simulated proxies in one process, where decoding every endpoint list of every
-    /// snapshot would measure this process rather than the control plane).
+    /// As [`connect`](Self::connect); with `light`, snapshots are only read for their version, from
+    /// the first bytes of each frame, and the rest is skipped as it arrives without being kept (for
+    /// benchmarks with many simulated proxies in one process, where buffering and scanning every
+    /// endpoint list of every snapshot would measure this process rather than the control plane).
     pub async fn connect_with(
         api: SocketAddr,
         identity: &Identity,
@@ -115,14 +119,17 @@ impl SimProxy {
         }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (changed_tx, changed) = watch::channel(0u64);
-        let task = tokio::spawn(receive(
-            resp.into_body(),
-            seen.clone(),
-            changed_tx,
-            tx.clone(),
+        let answers = Answers {
+            seen: seen.clone(),
+            changed: changed_tx,
+            tx: tx.clone(),
             reply,
-            light,
-        ));
+        };
+        let task = if light {
+            tokio::spawn(receive_light(resp.into_body(), answers))
+        } else {
+            tokio::spawn(receive(resp.into_body(), answers))
+        };
         Ok(SimProxy {
             seen,
             changed,
@@ -164,50 +171,52 @@ impl SimProxy {
     }
 }
 
-async fn receive(
-    mut body: hyper::body::Incoming,
+/// Where a simulated proxy records what it received, and how it answers.
+struct Answers {
     seen: Arc<Mutex<Seen>>,
     changed: watch::Sender<u64>,
     tx: mpsc::Sender<Bytes>,
     reply: Reply,
-    light: bool,
-) {
+}
+
+impl Answers {
+    /// Records the snapshot's arrival, answers it, and records when the answer was handed on.
+    async fn snapshot(&self, s: Snapshot) {
+        let version = s.version;
+        {
+            let now = Instant::now();
+            let mut seen = self.seen.lock().unwrap();
+            seen.arrivals.push(now);
+            seen.last = Some((now, s));
+        }
+        let answer = match &self.reply {
+            Reply::Ack => Some(FromProxy::Ack { version }),
+            Reply::Nack(reason) => Some(FromProxy::Nack {
+                version,
+                reason: reason.clone(),
+            }),
+            Reply::Silent => None,
+        };
+        if let Some(answer) = answer {
+            let _ = self.tx.send(encode(&answer)).await;
+            self.seen.lock().unwrap().answered.push(Instant::now());
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn ended(&self, reason: String) {
+        self.seen.lock().unwrap().ended = Some(reason);
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+async fn receive(mut body: hyper::body::Incoming, answers: Answers) {
     let mut decoder = FrameDecoder::default();
     let reason = loop {
-        let next = if light {
-            decoder.next::<VersionOnly>().map(|m| {
-                m.map(|v| {
-                    FromControl::Snapshot(Snapshot {
-                        version: v.version,
-                        ..empty()
-                    })
-                })
-            })
-        } else {
-            decoder.next::<FromControl>()
-        };
-        match next {
+        match decoder.next::<FromControl>() {
             Err(e) => break e.to_string(),
             Ok(Some(FromControl::Snapshot(s))) => {
-                let version = s.version;
-                {
-                    let now = Instant::now();
-                    let mut seen = seen.lock().unwrap();
-                    seen.arrivals.push(now);
-                    seen.last = Some((now, s));
-                }
-                let answer = match &reply {
-                    Reply::Ack => Some(FromProxy::Ack { version }),
-                    Reply::Nack(reason) => Some(FromProxy::Nack {
-                        version,
-                        reason: reason.clone(),
-                    }),
-                    Reply::Silent => None,
-                };
-                if let Some(answer) = answer {
-                    let _ = tx.send(encode(&answer)).await;
-                }
-                changed.send_modify(|n| *n += 1);
+                answers.snapshot(s).await;
                 continue;
             }
             Ok(None) => {}
@@ -222,14 +231,126 @@ async fn receive(
             }
         }
     };
-    seen.lock().unwrap().ended = Some(reason);
-    changed.send_modify(|n| *n += 1);
+    answers.ended(reason);
 }
 
-/// A snapshot read for its version only; serde skips the rest without building it.
-#[derive(serde::Deserialize)]
-struct VersionOnly {
-    version: u64,
+async fn receive_light(mut body: hyper::body::Incoming, answers: Answers) {
+    let mut frames = LightFrames::default();
+    let mut versions = Vec::new();
+    let reason = loop {
+        match body.frame().await {
+            None => break "stream ended".into(),
+            Some(Err(e)) => break e.to_string(),
+            Some(Ok(f)) => {
+                let Ok(d) = f.into_data() else { continue };
+                if let Err(e) = frames.push(&d, &mut versions) {
+                    break e;
+                }
+                for version in versions.drain(..) {
+                    answers.snapshot(Snapshot { version, ..empty() }).await;
+                }
+            }
+        }
+    };
+    answers.ended(reason);
+}
+
+/// How much of a frame is read to find its version: the control plane writes
+/// `{"type":"snapshot","version":N` first (29 bytes and at most 20 digits).
+const LIGHT_HEAD: usize = 64;
+
+/// Snapshot frames read for their version only: the length prefix and the frame's first bytes are
+/// kept, the rest is counted off as it arrives. A 10,000-proxy mesh's snapshot carries megabytes of
+/// endpoints; buffering one per simulated proxy would hold gigabytes in the benchmark itself.
+#[derive(Default)]
+struct LightFrames {
+    /// The length prefix and the first bytes of the frame being read, until its version is read.
+    head: Vec<u8>,
+    /// Bytes of the current frame still to skip once its version is read.
+    skip: usize,
+}
+
+impl LightFrames {
+    /// Feeds one chunk of the stream; the versions of frames whose head it completes go to `out`.
+    fn push(&mut self, mut chunk: &[u8], out: &mut Vec<u64>) -> Result<(), String> {
+        loop {
+            if self.skip > 0 {
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                let n = self.skip.min(chunk.len());
+                self.skip -= n;
+                chunk = &chunk[n..];
+                continue;
+            }
+            let len = self.frame_len();
+            let want = len.map_or(4, |len| 4 + len.min(LIGHT_HEAD));
+            let n = (want - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..n]);
+            chunk = &chunk[n..];
+            if self.head.len() < want {
+                return Ok(());
+            }
+            let Some(len) = len.or_else(|| self.frame_len().filter(|l| *l == 0)) else {
+                continue; // The length is known now: read the frame's head.
+            };
+            out.push(version_in(&self.head[4..])?);
+            self.skip = len - len.min(LIGHT_HEAD);
+            self.head.clear();
+        }
+    }
+
+    fn frame_len(&self) -> Option<usize> {
+        let prefix: [u8; 4] = self.head.get(..4)?.try_into().ok()?;
+        Some(u32::from_be_bytes(prefix) as usize)
+    }
+}
+
+/// The number after the first `"version":` of a frame's head.
+fn version_in(head: &[u8]) -> Result<u64, String> {
+    const KEY: &[u8] = b"\"version\":";
+    let at = head
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .ok_or_else(|| format!("no version in a frame's first {LIGHT_HEAD} bytes"))?;
+    let digits: Vec<u8> = head[at + KEY.len()..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| "a frame's version is not a number".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn light_frames_read_each_version_whatever_the_chunking() {
+        let frames: Vec<Bytes> = [1u64, 22, 333]
+            .iter()
+            .map(|&v| {
+                let s = Snapshot {
+                    version: v,
+                    trust_bundle_pem: Some("x".repeat(v as usize)),
+                    ..empty()
+                };
+                encode(&FromControl::Snapshot(s))
+            })
+            .collect();
+        let stream: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        for size in [1, 3, 7, 64, 1000] {
+            let (mut lf, mut out) = (LightFrames::default(), Vec::new());
+            for chunk in stream.chunks(size) {
+                lf.push(chunk, &mut out).unwrap();
+            }
+            assert_eq!(out, vec![1, 22, 333], "chunks of {size}");
+            assert!(lf.head.is_empty() && lf.skip == 0);
+        }
+    }
 }
 
 fn empty() -> Snapshot {

@@ -134,6 +134,11 @@ impl EtcdProc {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
+    /// The member's process id while it runs (for a benchmark reading its CPU and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Stops it (SIGKILL); its data stays for [`EtcdProc::restart`].
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
