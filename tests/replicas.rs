@@ -469,8 +469,23 @@ fn everything_restarted_keeps_the_state_and_pods_serve_throughout() {
 }
 
 /// What must survive a restart, as replica 0 answers it.
+/// The state every replica agrees on (bounded wait: a change made through one replica reaches the
+/// others through their etcd watch, a moment later).
 fn snapshot(r: &Replicas) -> serde_json::Value {
-    snapshot_of(r, 0)
+    let since = Instant::now();
+    loop {
+        let first = snapshot_of(r, 0);
+        if (1..3).all(|i| snapshot_of(r, i) == first) {
+            return first;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "the replicas do not agree: {first} / {} / {}",
+            snapshot_of(r, 1),
+            snapshot_of(r, 2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Replica `i`'s CA fingerprint, revision, services and join tokens (id and uses).

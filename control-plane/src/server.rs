@@ -265,18 +265,19 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
     })
 }
 
-/// The state directory and the storage backend the options name. On etcd (which must answer, or the
-/// replica does not start) the CA and the operator token come from etcd, opened with the store key;
-/// the etcd backend is also returned as itself, for the replica's session.
-fn open_state(
-    opts: &Options,
-    td: Option<&TrustDomain>,
-) -> anyhow::Result<(
+/// What [`open_state`] opens: the state directory, the backend, the etcd backend as itself (for the
+/// replica's session) and the state directory's lock (held while serving it).
+type OpenedState = (
     StateDir,
     SharedBackend,
     Option<Arc<EtcdBackend>>,
     Option<crate::state_lock::StateLock>,
-)> {
+);
+
+/// The state directory and the storage backend the options name. On etcd (which must answer, or the
+/// replica does not start) the CA and the operator token come from etcd, opened with the store key;
+/// the etcd backend is also returned as itself, for the replica's session.
+fn open_state(opts: &Options, td: Option<&TrustDomain>) -> anyhow::Result<OpenedState> {
     match &opts.store {
         StoreOptions::Dir => {
             if let Some(f) = &opts.store_key_file {
@@ -294,7 +295,12 @@ fn open_state(
                     None
                 }
             };
-            Ok((state, Arc::new(DirBackend::new(&opts.state_dir)), None, lock))
+            Ok((
+                state,
+                Arc::new(DirBackend::new(&opts.state_dir)),
+                None,
+                lock,
+            ))
         }
         StoreOptions::Etcd(e) => {
             let Some(file) = &opts.store_key_file else {
