@@ -490,3 +490,51 @@ fn apply_wait_through_one_replica_waits_for_the_proxies_of_every_replica_and_sho
         );
     });
 }
+
+#[test]
+fn a_replica_stopped_gracefully_takes_its_workloads_out_of_the_registry_without_waiting_for_its_lease(
+) {
+    let Some(etcd) = EtcdProc::start("stop") else {
+        return;
+    };
+    let (a, mut b) = replicas("stop", &etcd, &[]);
+    a.apply_file("reviews.yaml", &service("reviews"), 0);
+    runtime().block_on(async {
+        let reviews = join(&a, "reviews").await;
+        let client = join(&a, "client").await;
+        let on_b = sim(
+            &b,
+            &reviews,
+            registration("reviews-1", "198.18.0.2"),
+            Reply::Ack,
+        )
+        .await;
+        let mut on_a = sim(
+            &a,
+            &client,
+            registration("client-1", "198.18.0.4"),
+            Reply::Ack,
+        )
+        .await;
+        wait_endpoints(
+            &mut on_a,
+            "reviews",
+            &["reviews-1"],
+            Duration::from_secs(10),
+            &[&a, &b],
+        )
+        .await;
+        // Its proxy goes (disconnected, within the grace period), then the replica is stopped.
+        drop(on_b);
+        let stopped = Instant::now();
+        tokio::task::block_in_place(|| b.terminate());
+        let ttl = weft_control::backend::etcd::SESSION_TTL;
+        wait_endpoints(&mut on_a, "reviews", &[], ttl, &[&a]).await;
+        let took = stopped.elapsed();
+        // A lease left to expire takes at least two thirds of its TTL (renewed every third).
+        assert!(
+            took < ttl * 6 / 10,
+            "the stopped replica's workload left after {took:?}: its lease was not revoked"
+        );
+    });
+}

@@ -2,14 +2,15 @@
 //! labels) may register only that workload, with exactly those labels.
 //!
 //! The claim is bound to the serial number of the certificate the token obtained, carried to each
-//! renewed certificate's serial, and persisted (`<state-dir>/claims.json`), so a restart keeps it.
-//! Bindings are dropped once their certificate can no longer renew (a day after it expired,
+//! renewed certificate's serial, and persisted (`<state-dir>/claims.json`, one entry per serial; on
+//! etcd one key per serial, `<prefix>claims/<serial>`), so a restart keeps it. Bindings are dropped
+//! by the leader's sweep once their certificate can no longer renew (a day after it expired,
 //! `EXPIRED_RENEWAL_GRACE`). A certificate with no binding (joined with
 //! a token without a claim, or issued offline by the operator) is limited only by its identity.
 
-use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
+use crate::backend::election::{LeaderGuard, LedError};
+use crate::backend::{self, dir::DirBackend, Collection, Expect, SharedBackend, WriteError};
 use crate::persist::StateError;
-use crate::tokens::now_secs;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -85,32 +86,77 @@ impl ClaimStore {
     }
 
     pub fn open_in(store: SharedBackend) -> Result<ClaimStore, StateError> {
-        let by_serial = backend::get_json(&*store, Collection::Claims)?
-            .map(|(c, _)| c)
-            .unwrap_or_default();
+        let by_serial = read_all(&*store)?;
         Ok(ClaimStore { store, by_serial })
     }
 
     /// Reads the claims again (another replica bound some).
     pub fn reload(&mut self) -> Result<(), StateError> {
-        self.by_serial = backend::get_json(&*self.store, Collection::Claims)?
-            .map(|(c, _)| c)
-            .unwrap_or_default();
+        self.by_serial = read_all(&*self.store)?;
         Ok(())
     }
 
     /// Binds `claim` to the certificate `serial`, durably: an error means the certificate must not be
-    /// handed out (it would carry no claim).
+    /// handed out (it would carry no claim). Each serial is its own record, written only if absent,
+    /// so binds through several replicas at once all land.
     pub fn bind(&mut self, serial: &str, claim: Claim) -> Result<(), StateError> {
-        let now = now_secs();
-        let mut next = self.by_serial.clone();
-        // Kept while the certificate may still renew (expired within the renewal grace).
-        let grace = crate::proxy_api::EXPIRED_RENEWAL_GRACE.as_secs();
-        next.retain(|_, c| c.not_after.saturating_add(grace) > now);
-        next.insert(serial.to_string(), claim);
-        backend::put_json(&*self.store, Collection::Claims, &next)?;
-        self.by_serial = next;
+        let payload = weft_api::persist::to_payload(&claim);
+        match self
+            .store
+            .put(Collection::Claims, serial, &payload, Expect::Absent)
+        {
+            Ok(_) => {}
+            // A serial is issued once; the same binding made again (a retried write) is no change.
+            Err(WriteError::Conflict(_)) => {
+                let stored = self.store.get(Collection::Claims, serial)?;
+                let same = stored
+                    .map(|r| {
+                        backend::parse::<Claim>(&*self.store, Collection::Claims, serial, &r.value)
+                    })
+                    .transpose()?
+                    .is_some_and(|c| c == claim);
+                if !same {
+                    return Err(StateError::Gone(format!(
+                        "claims/{serial} (bound to another claim meanwhile)"
+                    )));
+                }
+            }
+            Err(WriteError::State(e)) => return Err(e),
+        }
+        self.by_serial.insert(serial.to_string(), claim);
         Ok(())
+    }
+
+    /// Deletes the bindings of certificates past renewal (a day after they expired) from the store:
+    /// the leader's sweep, each delete guarded by `guard`. Returns how many went.
+    pub fn sweep(&mut self, now: u64, guard: &LeaderGuard) -> Result<usize, LedError> {
+        let grace = crate::proxy_api::EXPIRED_RENEWAL_GRACE.as_secs();
+        let listing = self.store.list(Collection::Claims)?;
+        let mut swept = 0;
+        for (serial, rec) in listing.records {
+            let Ok(claim) =
+                backend::parse::<Claim>(&*self.store, Collection::Claims, &serial, &rec.value)
+            else {
+                continue;
+            };
+            if claim.not_after.saturating_add(grace) > now {
+                continue;
+            }
+            match self.store.delete_led(
+                Collection::Claims,
+                &serial,
+                Expect::Version(rec.version),
+                guard,
+            ) {
+                Ok(()) => {
+                    self.by_serial.remove(&serial);
+                    swept += 1;
+                }
+                Err(LedError::Write(WriteError::Conflict(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(swept)
     }
 
     pub fn get(&self, serial: &str) -> Option<&Claim> {
@@ -145,6 +191,45 @@ impl ClaimStore {
     }
 }
 
+/// Writes each claim of the one record (an older etcd store) as its own key, if absent, then
+/// removes the record. Left for the next read when etcd fails meanwhile.
+fn split_whole(store: &dyn crate::backend::Backend, all: &BTreeMap<String, Claim>, version: u64) {
+    let written = all.iter().all(|(serial, claim)| {
+        let payload = weft_api::persist::to_payload(claim);
+        matches!(
+            store.put(Collection::Claims, serial, &payload, Expect::Absent),
+            Ok(_) | Err(WriteError::Conflict(_))
+        )
+    });
+    if written {
+        let _ = store.delete(
+            Collection::Claims,
+            crate::backend::WHOLE,
+            Expect::Version(version),
+        );
+    }
+}
+
+/// Every claim stored, one record per serial.
+fn read_all(store: &dyn crate::backend::Backend) -> Result<BTreeMap<String, Claim>, StateError> {
+    let mut out = BTreeMap::new();
+    for (serial, rec) in store.list(Collection::Claims)?.records {
+        // An etcd store written when the claims were one record (`claims/all`): read as it is.
+        if serial == crate::backend::WHOLE {
+            if let Ok(all) = serde_json::from_slice::<BTreeMap<String, Claim>>(&rec.value) {
+                split_whole(store, &all, rec.version);
+                out.extend(all);
+                continue;
+            }
+        }
+        out.insert(
+            serial.clone(),
+            backend::parse(store, Collection::Claims, &serial, &rec.value)?,
+        );
+    }
+    Ok(out)
+}
+
 fn show(labels: &Labels) -> String {
     let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("{{{}}}", pairs.join(", "))
@@ -153,6 +238,7 @@ fn show(labels: &Labels) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::now_secs;
 
     fn reg(name: &str, labels: &[(&str, &str)]) -> Registration {
         Registration {

@@ -25,6 +25,9 @@ pub struct ReasonLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// The leader's families, after the others on `/metrics` ([`Metrics::encode_all`]): the first
+    /// registry's families keep their place.
+    leadership: Registry,
     connected: Gauge,
     push_cycle: Histogram,
     snapshots_sent: Counter,
@@ -34,6 +37,8 @@ pub struct Metrics {
     applies: Family<ResultLabels, Counter>,
     revocations: Family<KindLabels, Counter>,
     revoked_serials: Gauge,
+    leader: Gauge,
+    swept: Family<KindLabels, Counter>,
     api_refused: Family<ReasonLabels, Counter>,
     serving_rotations: Family<ResultLabels, Counter>,
     registrations_refused: Family<ReasonLabels, Counter>,
@@ -52,6 +57,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("weft_control");
         let m = Metrics {
             registry: Registry::default(),
+            leadership: Registry::default(),
             connected: Gauge::default(),
             push_cycle: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             snapshots_sent: Counter::default(),
@@ -61,6 +67,8 @@ impl Metrics {
             applies: Family::default(),
             revocations: Family::default(),
             revoked_serials: Gauge::default(),
+            leader: Gauge::default(),
+            swept: Family::default(),
             api_refused: Family::default(),
             serving_rotations: Family::default(),
             registrations_refused: Family::default(),
@@ -78,7 +86,22 @@ impl Metrics {
              by reason (depth, nodes, alias, document_bytes, documents, deadline, busy)",
             m.resources_refused.clone(),
         );
-        Metrics { registry, ..m }
+        let mut leadership = Registry::with_prefix("weft_control");
+        leadership.register(
+            "leader",
+            "1 while this replica is the elected leader (it runs the expiry sweep), else 0",
+            m.leader.clone(),
+        );
+        leadership.register(
+            "expired_records_swept",
+            "Expired records the leader's sweep deleted, by kind (token, claim, issued)",
+            m.swept.clone(),
+        );
+        Metrics {
+            registry,
+            leadership,
+            ..m
+        }
     }
 
     /// The config stream: connected proxies, push cycles, snapshots and their replies.
@@ -184,6 +207,14 @@ impl Metrics {
     pub fn revocation(&self, kind: &'static str) {
         self.revocations.get_or_create(&KindLabels { kind }).inc();
     }
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+    pub fn swept(&self, kind: &'static str, n: usize) {
+        self.swept
+            .get_or_create(&KindLabels { kind })
+            .inc_by(n as u64);
+    }
     pub fn set_revoked_serials(&self, n: usize) {
         self.revoked_serials.set(n as i64);
     }
@@ -225,6 +256,17 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// Every family, the leader's last: what `/metrics` serves.
+    pub fn encode_all(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.leadership);
+        let _ = encode_eof(&mut out);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -253,5 +295,32 @@ mod tests {
         let text = Metrics::new().encode();
         let help: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
         assert_eq!(help, want);
+    }
+
+    #[test]
+    fn metrics_serves_every_family_with_the_leaders_last_and_one_eof() {
+        let m = Metrics::new();
+        m.set_leader(true);
+        m.swept("token", 2);
+        let text = m.encode_all();
+        let help: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
+        let first: Vec<String> = m
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("# HELP"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(help[..first.len()], first[..]);
+        assert!(
+            help[first.len()].starts_with("# HELP weft_control_leader "),
+            "{text}"
+        );
+        assert!(text.contains("\nweft_control_leader 1\n"), "{text}");
+        assert!(
+            text.contains("weft_control_expired_records_swept_total{kind=\"token\"} 2"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -102,7 +102,7 @@ fn open_endpoint(req: &Request<Incoming>, cp: &ControlPlane) -> Option<Response<
         }
         "/ready" => http_util::text(StatusCode::OK, "ready\n"),
         "/metrics" => {
-            let mut r = Response::new(http_util::full(cp.metrics.encode()));
+            let mut r = Response::new(http_util::full(cp.metrics.encode_all()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -171,6 +171,18 @@ fn unauthorized(req: &Request<Incoming>, cp: &ControlPlane) -> Option<Response<B
     }
 }
 
+/// `GET /v1/mesh`: the mesh, and who leads (readers of [`weft_api::operator::MeshInfo`] ignore the
+/// extra fields).
+#[derive(serde::Serialize)]
+struct MeshAnswer {
+    #[serde(flatten)]
+    info: weft_api::operator::MeshInfo,
+    /// The replica id of the leader, when one is known (`null` during an election).
+    leader: Option<String>,
+    /// The replica id of the one that answered.
+    replica: String,
+}
+
 async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Response<Body> {
     let segments: Vec<&str> = path
         .trim_start_matches("/v1/")
@@ -182,7 +194,12 @@ async fn v1(req: Request<Incoming>, cp: &Arc<ControlPlane>, path: &str) -> Respo
         (Method::GET, ["mesh"]) => {
             let mut info = cp.mesh_info.clone();
             info.services = cp.hub.service_addresses();
-            http_util::json(StatusCode::OK, &info)
+            let answer = MeshAnswer {
+                info,
+                leader: cp.leadership.borrow().leader.clone(),
+                replica: cp.leader.replica_id.clone(),
+            };
+            http_util::json(StatusCode::OK, &answer)
         }
         (Method::GET, ["stats"]) => crate::stats::get(&cp.stats, req.uri().query()),
         (Method::POST, ["why"]) => why(req, cp).await,

@@ -4,12 +4,14 @@
 //! a renewal inherits the workload of the certificate that asked). Revoking a workload or an identity
 //! denies its unexpired serials; the deny list goes to every proxy in its snapshot, to the control plane's
 //! own verifier (port 15010), and refuses renewals. An identity or workload stays revoked until lifted, so
-//! a new join or registration for it is refused too. Both lists are persisted in the state directory;
-//! records are dropped a day after their certificate expired (`EXPIRED_RENEWAL_GRACE`: until then an
+//! a new join or registration for it is refused too. Both lists are persisted: one record in the state
+//! directory, one key per entry on etcd (`entries`); the leader's sweep drops records a day after
+//! their certificate expired (`EXPIRED_RENEWAL_GRACE`: until then an
 //! expired certificate may still ask to renew, and a revoked one must be refused). The deny list pushed
 //! to proxies holds only unexpired serials, since peers refuse an expired leaf anyway.
 
-use crate::backend::{self, dir::DirBackend, Collection, SharedBackend};
+use crate::backend::election::{LeaderGuard, LedError};
+use crate::backend::{self, dir::DirBackend, Collection, Expect, SharedBackend, WriteError, WHOLE};
 use crate::persist::StateError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -97,26 +99,43 @@ impl Revocations {
 
     /// [`Revocations::open`] on a storage backend (`None`: kept in memory only).
     pub fn open_in(store: Option<SharedBackend>) -> Result<Revocations, StateError> {
-        let state = match &store {
-            Some(b) => backend::get_json(&**b, Collection::Revocations)?
-                .map(|(s, _)| s)
-                .unwrap_or_default(),
-            None => State::default(),
+        let mut r = Revocations {
+            store,
+            state: State::default(),
         };
-        let mut r = Revocations { store, state };
-        r.prune(now());
+        r.reload()?;
         Ok(r)
     }
 
     /// Reads the lists again (another replica changed them).
     pub fn reload(&mut self) -> Result<(), StateError> {
         if let Some(b) = &self.store {
-            self.state = backend::get_json(&**b, Collection::Revocations)?
-                .map(|(s, _)| s)
-                .unwrap_or_default();
+            self.state = if b.shared() {
+                entries::read(&**b)?
+            } else {
+                backend::get_json(&**b, Collection::Revocations)?
+                    .map(|(s, _)| s)
+                    .unwrap_or_default()
+            };
             self.prune(now());
         }
         Ok(())
+    }
+
+    /// The store when it keeps one key per entry (etcd), else `None` (the whole record is saved).
+    fn keyed(&self) -> Option<&SharedBackend> {
+        self.store.as_ref().filter(|b| b.shared())
+    }
+
+    /// Saves the issued certificate `serial` (its own key on etcd, the whole lists otherwise).
+    fn save_issued(&self, serial: &str, expect: Expect) -> Result<(), StateError> {
+        match (self.keyed(), self.issued(serial)) {
+            (Some(b), Some(i)) => {
+                entries::put_issued(&**b, i, expect).map_err(WriteError::into_state)
+            }
+            (Some(_), None) => Ok(()),
+            (None, _) => self.save(),
+        }
     }
 
     fn save(&self) -> Result<(), StateError> {
@@ -135,6 +154,48 @@ impl Revocations {
             .retain(|i| i.not_after.saturating_add(grace) > now);
     }
 
+    /// Drops from the store the records of certificates past use (the leader's sweep, guarded by
+    /// `guard`; otherwise they went only with the next write); returns how many went.
+    pub fn sweep(&mut self, now: u64, guard: &LeaderGuard) -> Result<usize, LedError> {
+        let Some(b) = self.store.clone() else {
+            self.prune(now);
+            return Ok(0);
+        };
+        if b.shared() {
+            let swept = entries::sweep(&*b, now, guard)?;
+            self.prune(now);
+            return Ok(swept);
+        }
+        let Some(rec) = b.get(Collection::Revocations, WHOLE)? else {
+            return Ok(0);
+        };
+        let stored: State = backend::parse(&*b, Collection::Revocations, WHOLE, &rec.value)?;
+        let before = stored.issued.len();
+        let mut next = Revocations {
+            store: None,
+            state: stored,
+        };
+        next.prune(now);
+        let swept = before - next.state.issued.len();
+        if swept > 0 {
+            let payload = weft_api::persist::to_payload(&next.state);
+            match b.put_led(
+                Collection::Revocations,
+                WHOLE,
+                &payload,
+                Expect::Version(rec.version),
+                guard,
+            ) {
+                Ok(_) => {}
+                // Changed meanwhile: the next sweep prunes what is then stored.
+                Err(LedError::Write(WriteError::Conflict(_))) => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+        self.state = next.state;
+        Ok(swept)
+    }
+
     /// Records a newly signed leaf; `workload` is inherited from the certificate that renewed it.
     pub fn record(
         &mut self,
@@ -145,12 +206,17 @@ impl Revocations {
     ) -> Result<(), StateError> {
         self.prune(now());
         self.state.issued.push(Issued {
-            serial,
+            serial: serial.clone(),
             identity,
             workload,
             not_after,
         });
-        self.save()
+        let saved = self.save_issued(&serial, Expect::Absent);
+        if saved.is_err() && self.keyed().is_some() {
+            // Not stored as its own entry: not held either (the next reload would drop it).
+            self.state.issued.pop();
+        }
+        saved
     }
 
     /// The workload a serial was bound to, if any.
@@ -171,7 +237,7 @@ impl Revocations {
             return Ok(());
         }
         i.workload = Some(workload.to_string());
-        self.save()
+        self.save_issued(serial, Expect::Any)
     }
 
     /// The revocation in force that covers this identity or workload, if any.
@@ -218,10 +284,24 @@ impl Revocations {
         if self.state.revoked.iter().any(|r| r.target == target) {
             return Err(RevocationError::AlreadyRevoked(target));
         }
-        self.state.revoked.push(Revoked {
+        let revoked = Revoked {
             target: target.clone(),
             revoked_at: now(),
-        });
+        };
+        if let Some(b) = self.keyed() {
+            match entries::put_revoked(&**b, &revoked) {
+                Ok(()) => {}
+                // Revoked through another replica meanwhile.
+                Err(WriteError::Conflict(_)) => {
+                    self.reload()?;
+                    return Err(RevocationError::AlreadyRevoked(target));
+                }
+                Err(WriteError::State(e)) => return Err(e.into()),
+            }
+            self.state.revoked.push(revoked);
+            return Ok(self.view(self.state.revoked.last().expect("just pushed")));
+        }
+        self.state.revoked.push(revoked);
         if let Err(e) = self.save() {
             // Not in force unless it survives a restart: an operator must not believe it holds.
             self.state.revoked.pop();
@@ -236,7 +316,11 @@ impl Revocations {
         };
         let view = self.view(&self.state.revoked[pos]);
         let removed = self.state.revoked.remove(pos);
-        if let Err(e) = self.save() {
+        let saved = match self.keyed() {
+            Some(b) => entries::delete_revoked(&**b, target).map_err(WriteError::into_state),
+            None => self.save(),
+        };
+        if let Err(e) = saved {
             self.state.revoked.insert(pos, removed);
             return Err(e.into());
         }
@@ -267,6 +351,8 @@ impl Revocations {
         }
     }
 }
+
+mod entries;
 
 // === applying revocations ===
 

@@ -63,6 +63,8 @@ pub struct Options {
     pub operator_body_timeout: Duration,
     /// Connection cap and header-read timeout of the operator API and the metrics listener.
     pub operator_limits: crate::operator_api::Limits,
+    /// The replica's id, its election lease and the leader's expiry sweep.
+    pub leader: crate::leader::Settings,
 }
 
 /// What every handler shares.
@@ -97,6 +99,12 @@ pub struct ControlPlane {
     pub document_reads: Arc<tokio::sync::Semaphore>,
     /// Where the state lives; it announces what other replicas changed.
     pub backend: SharedBackend,
+    /// The replica's id, its election lease and the leader's expiry sweep.
+    pub leader: crate::leader::Settings,
+    /// Who leads, as this replica knows it (`GET /v1/mesh`).
+    pub leadership: tokio::sync::watch::Receiver<crate::backend::election::Leadership>,
+    /// Held while serving a state directory, so `weft-control migrate` refuses to copy it.
+    _state_lock: Option<crate::state_lock::StateLock>,
 }
 
 impl ControlPlane {
@@ -135,6 +143,7 @@ pub struct Bound {
     api: TcpListener,
     operator: TcpListener,
     metrics: Option<TcpListener>,
+    election: crate::backend::election::Election,
 }
 
 /// Opens (or creates) the state and binds both ports; nothing is served yet.
@@ -188,7 +197,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         None => Vec::new(),
     };
     let td = trust_domain(opts, &dir_files)?;
-    let (state, backend, etcd) = open_state(opts, td.as_ref())?;
+    let (state, backend, etcd, state_lock) = open_state(opts, td.as_ref())?;
     record_ca_fingerprint(&state);
     let metrics = Arc::new(Metrics::new());
     // A client certificate is optional on this port: a proxy without one can only present a join token.
@@ -217,6 +226,8 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         metrics.clone(),
     );
     let (api, operator, metrics_listener) = bind_listeners(opts).await?;
+    // Stood for once the ports are bound: a replica that cannot serve does not lead.
+    let election = backend.elect(&opts.leader.replica_id, opts.leader.lease_ttl);
     let cp = Arc::new(ControlPlane {
         hub,
         issuer,
@@ -239,6 +250,9 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         resources: Default::default(),
         document_reads: Arc::new(tokio::sync::Semaphore::new(crate::resources_api::MAX_READS)),
         backend,
+        leader: opts.leader.clone(),
+        leadership: election.subscribe(),
+        _state_lock: state_lock,
     });
     cp.publish();
     cp.apply_revocations();
@@ -247,6 +261,7 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
         api,
         operator,
         metrics: metrics_listener,
+        election,
     })
 }
 
@@ -256,7 +271,12 @@ pub async fn bind(opts: &Options) -> anyhow::Result<Bound> {
 fn open_state(
     opts: &Options,
     td: Option<&TrustDomain>,
-) -> anyhow::Result<(StateDir, SharedBackend, Option<Arc<EtcdBackend>>)> {
+) -> anyhow::Result<(
+    StateDir,
+    SharedBackend,
+    Option<Arc<EtcdBackend>>,
+    Option<crate::state_lock::StateLock>,
+)> {
     match &opts.store {
         StoreOptions::Dir => {
             if let Some(f) = &opts.store_key_file {
@@ -266,7 +286,15 @@ fn open_state(
                 );
             }
             let state = StateDir::open_or_init(&opts.state_dir, td, opts.serving_ttl)?;
-            Ok((state, Arc::new(DirBackend::new(&opts.state_dir)), None))
+            let lock = match crate::state_lock::serving(&opts.state_dir) {
+                Ok(l) => Some(l),
+                Err(e @ crate::state_lock::LockError::Held { .. }) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the state directory is not locked: `weft-control migrate` cannot tell it is in use");
+                    None
+                }
+            };
+            Ok((state, Arc::new(DirBackend::new(&opts.state_dir)), None, lock))
         }
         StoreOptions::Etcd(e) => {
             let Some(file) = &opts.store_key_file else {
@@ -282,7 +310,7 @@ fn open_state(
                 crate::shared_ca::load_or_create(&b, &key, td, crate::state_dir::CA_VALIDITY)?;
             let state = StateDir::open_shared(&opts.state_dir, shared, opts.serving_ttl)?;
             let b = Arc::new(b);
-            Ok((state, b.clone(), Some(b)))
+            Ok((state, b.clone(), Some(b), None))
         }
     }
 }
@@ -433,6 +461,7 @@ impl Bound {
             api,
             operator,
             metrics,
+            election,
         } = self;
         tracing::info!(addr = ?api.local_addr().ok(), trust_domain = %cp.issuer.trust_domain(), "proxy API listening (TLS, HTTP/2)");
         tracing::info!(addr = ?operator.local_addr().ok(), "operator API listening (HTTP)");
@@ -448,10 +477,13 @@ impl Bound {
         };
         tokio::spawn(cp.hub.clone().run(cp.shutdown.clone()));
         let presence = cp.hub.settings.presence.clone();
+        // Followed past the shutdown signal: proxies moving to other replicas are seen leaving.
+        let mesh_stop = CancellationToken::new();
         if let Some(p) = &presence {
-            tokio::spawn(cp.hub.clone().run_mesh(p.clone(), cp.shutdown.clone()));
+            tokio::spawn(cp.hub.clone().run_mesh(p.clone(), mesh_stop.clone()));
         }
         tokio::spawn(crate::follow::run(cp.clone()));
+        let leader = tokio::spawn(crate::leader::run(cp.clone(), election));
         tokio::spawn(crate::serving::run(cp.clone()));
         tokio::spawn(proxy_api::run(api, cp.clone()));
         tokio::spawn(operator_api::run(operator, cp.clone()));
@@ -460,11 +492,18 @@ impl Bound {
             tokio::spawn(operator_api::run_metrics(m, cp.clone()));
         }
         cp.shutdown.cancelled().await;
+        // The leadership goes first (it resigns on the same signal), so another replica takes over
+        // while this one closes its streams.
+        let _ = tokio::time::timeout(Duration::from_secs(5), leader).await;
         tracing::info!("shutting down: closing proxy streams");
         cp.hub.close_all();
         if let Some(p) = presence {
-            // Its workloads leave the registry now, not a lease TTL later.
+            // Its proxies register through other replicas first (taking their keys over, so their
+            // endpoints never leave the views); the workloads left leave the registry now, not a
+            // lease TTL later.
+            cp.hub.wait_moved(SHUTDOWN_MOVE_WAIT).await;
             let _ = tokio::task::spawn_blocking(move || p.end()).await;
+            mesh_stop.cancel();
         }
         cp.tasks.close();
         if tokio::time::timeout(Duration::from_secs(5), cp.tasks.wait())
@@ -478,6 +517,9 @@ impl Bound {
         }
     }
 }
+
+/// How long a replica shutting down waits for its proxies to register through another replica.
+const SHUTDOWN_MOVE_WAIT: Duration = Duration::from_secs(2);
 
 /// Accepts connections until shutdown, at most `max_connections` at once (the rest are closed at once and
 /// logged), each handled by `handle` in a tracked task.

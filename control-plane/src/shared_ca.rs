@@ -57,6 +57,10 @@ pub enum SharedCaError {
     Create(#[from] CertError),
     #[error("the CA and the operator token in etcd under {prefix} were only partly created; remove both keys to have them made again")]
     Partial { prefix: String },
+    #[error("no mesh CA is stored in etcd at {key}: nothing to re-seal (check --store and --etcd-prefix)")]
+    NoMesh { key: String },
+    #[error("the CA or the operator token in etcd under {prefix} changed while they were re-sealed; nothing was written, run the rotation again")]
+    Changed { prefix: String },
 }
 
 /// The mesh CA and operator token in etcd: read, or created when absent (trust domain `td`, else
@@ -75,30 +79,19 @@ pub fn load_or_create(
         .cloned()
         .unwrap_or_else(crate::state_dir::default_trust_domain);
     let ca = CertificateAuthority::new_root(&td, Validity::starting_now(validity))?;
-    let stored = StoredCa {
-        trust_domain: td.to_string(),
-        chain_pem: ca.full_chain_pem(),
-        bundle_pem: ca.root_pem(),
-        key: key.seal(CA, ca.key_pem().as_bytes()),
-    };
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let token = hex::encode(raw);
-    let created = etcd.create_secrets(vec![
-        (CA, serde_json::to_vec(&stored).expect("serializes")),
-        (
-            TOKEN,
-            serde_json::to_vec(&key.seal(TOKEN, token.as_bytes())).expect("serializes"),
-        ),
-    ])?;
+    let made = SharedSecrets {
+        chain_pem: ca.full_chain_pem(),
+        bundle_pem: ca.root_pem(),
+        ca,
+        operator_token: token,
+    };
+    let created = create(etcd, key, &td, &made)?;
     if created {
         tracing::info!(trust_domain = %td, at = %etcd.secret_key(CA), "created the mesh CA and the operator credential in etcd");
-        return Ok(SharedSecrets {
-            chain_pem: stored.chain_pem,
-            bundle_pem: stored.bundle_pem,
-            ca,
-            operator_token: token,
-        });
+        return Ok(made);
     }
     tracing::info!("another replica created the mesh CA first; using it");
     load(etcd, key, Some(&td))?.ok_or_else(|| SharedCaError::Partial {
@@ -106,8 +99,79 @@ pub fn load_or_create(
     })
 }
 
+/// Re-seals the stored CA key and operator token, opened with `old`, under `new`, in one
+/// compare-and-swap transaction on both (the store key rotation); the CA itself is unchanged.
+pub fn rotate(etcd: &EtcdBackend, old: &StoreKey, new: &StoreKey) -> Result<(), SharedCaError> {
+    let (ca_at, token_at) = (etcd.secret_key(CA), etcd.secret_key(TOKEN));
+    let (ca_raw, ca_rev) = etcd
+        .get_secret_at(CA)?
+        .ok_or_else(|| SharedCaError::NoMesh { key: ca_at.clone() })?;
+    let (token_raw, token_rev) = etcd.get_secret_at(TOKEN)?.ok_or(SharedCaError::Partial {
+        prefix: etcd.secret_key(""),
+    })?;
+    let damaged = |key: &str, reason: String| SharedCaError::Damaged {
+        key: key.to_string(),
+        reason,
+    };
+    let wrong_key = |what, at: &str| SharedCaError::WrongKey {
+        file: old.path().to_path_buf(),
+        what,
+        key: at.to_string(),
+    };
+    let mut stored: StoredCa =
+        serde_json::from_slice(&ca_raw).map_err(|e| damaged(&ca_at, e.to_string()))?;
+    let ca_key = old
+        .open(CA, &stored.key)
+        .map_err(|_| wrong_key("CA", &ca_at))?;
+    let sealed: Sealed =
+        serde_json::from_slice(&token_raw).map_err(|e| damaged(&token_at, e.to_string()))?;
+    let token = old
+        .open(TOKEN, &sealed)
+        .map_err(|_| wrong_key("operator token", &token_at))?;
+    stored.key = new.seal(CA, &ca_key);
+    let replaced = etcd.replace_secrets(vec![
+        (CA, serde_json::to_vec(&stored).expect("serializes"), ca_rev),
+        (
+            TOKEN,
+            serde_json::to_vec(&new.seal(TOKEN, &token)).expect("serializes"),
+            token_rev,
+        ),
+    ])?;
+    if !replaced {
+        return Err(SharedCaError::Changed {
+            prefix: etcd.secret_key(""),
+        });
+    }
+    tracing::info!(at = %ca_at, new = %new.path().display(), "the CA key and the operator token are sealed under the new store key");
+    Ok(())
+}
+
+/// Writes the mesh CA (its key sealed with `key`) and the operator token into etcd in one
+/// transaction, if neither is there yet; `false` (nothing written) when one is.
+pub fn create(
+    etcd: &EtcdBackend,
+    key: &StoreKey,
+    td: &TrustDomain,
+    secrets: &SharedSecrets,
+) -> Result<bool, StateError> {
+    let stored = StoredCa {
+        trust_domain: td.to_string(),
+        chain_pem: secrets.chain_pem.clone(),
+        bundle_pem: secrets.bundle_pem.clone(),
+        key: key.seal(CA, secrets.ca.key_pem().as_bytes()),
+    };
+    etcd.create_secrets(vec![
+        (CA, serde_json::to_vec(&stored).expect("serializes")),
+        (
+            TOKEN,
+            serde_json::to_vec(&key.seal(TOKEN, secrets.operator_token.as_bytes()))
+                .expect("serializes"),
+        ),
+    ])
+}
+
 /// The stored CA and token; `None` when neither is stored yet.
-fn load(
+pub fn load(
     etcd: &EtcdBackend,
     key: &StoreKey,
     td: Option<&TrustDomain>,

@@ -16,6 +16,7 @@
 //! A token may carry a workload claim (a name and exact labels): the certificates it issues may register
 //! only that workload (see [`crate::claims`]). No token is ever made for the control plane's own identity.
 
+use crate::backend::election::{LeaderGuard, LedError};
 use crate::backend::{self, dir::DirBackend, Collection, Expect, SharedBackend, WriteError};
 use crate::persist::{self, StateError};
 use crate::state_dir::control_plane_id;
@@ -404,6 +405,42 @@ impl TokenStore {
 
     pub fn list(&self) -> Vec<TokenInfo> {
         self.records.values().map(|r| r.info.clone()).collect()
+    }
+
+    /// Deletes the tokens that expired at least `retention_secs` before `now` (the leader's sweep,
+    /// each delete guarded by `guard`); returns how many went. One changed meanwhile is left for the
+    /// next sweep.
+    pub fn sweep(
+        &mut self,
+        now: u64,
+        retention_secs: u64,
+        guard: &LeaderGuard,
+    ) -> Result<usize, LedError> {
+        if self.backend.shared() {
+            self.load()?;
+        }
+        let due: Vec<(String, Option<u64>)> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.reserved == 0)
+            .filter(|(_, r)| r.info.expires_at.saturating_add(retention_secs) <= now)
+            .map(|(id, r)| (id.clone(), r.version))
+            .collect();
+        let mut swept = 0;
+        for (id, version) in due {
+            match self
+                .backend
+                .delete_led(Collection::Tokens, &id, Expect::read(version), guard)
+            {
+                Ok(()) => {
+                    self.records.remove(&id);
+                    swept += 1;
+                }
+                Err(LedError::Write(WriteError::Conflict(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(swept)
     }
 }
 

@@ -269,6 +269,25 @@ impl Vips {
     }
 }
 
+/// Writes a state directory's address table into `etcd` in the agreed layout (`weft-control
+/// migrate`), so every service keeps its address; returns how many were written.
+pub fn seed_agreed(
+    etcd: &EtcdBackend,
+    table: &BTreeMap<String, Ipv4Addr>,
+) -> Result<usize, crate::persist::StateError> {
+    let mut written = 0;
+    for (k, a) in table {
+        let pair = vec![
+            (format!("{SVC}{k}"), a.to_string().into_bytes()),
+            (format!("{ADDR}{a}"), k.as_bytes().to_vec()),
+        ];
+        if etcd.create_keys(pair)? {
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
 /// Where a service's address is kept on etcd, and whose an address is.
 const SVC: &str = "vips/svc/";
 const ADDR: &str = "vips/addr/";

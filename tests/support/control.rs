@@ -24,6 +24,9 @@ pub struct ControlProc {
     starts: usize,
     /// Another control plane's state directory, used instead of one of its own.
     shared_state: Option<PathBuf>,
+    /// The network namespace it runs in (`ip netns exec`), with the operator API listening there on
+    /// `operator_listen` and `operator` a forwarder to it (tests/support/replicas.rs).
+    netns: Option<(String, SocketAddr)>,
 }
 
 impl ControlProc {
@@ -41,6 +44,12 @@ impl ControlProc {
     /// the store in `args` holds).
     pub fn start_replica(tag: &str, _first: &ControlProc, args: &[&str]) -> ControlProc {
         Self::start_with(tag, None, args)
+    }
+
+    /// A control plane with `args` on the proxy API address `api` (another control plane's, once
+    /// that one is gone: its proxies reconnect to it) and a state directory of its own.
+    pub fn start_at(tag: &str, args: &[&str], api: SocketAddr) -> ControlProc {
+        Self::start_full(tag, None, args, api)
     }
 
     /// A control plane whose state directory is a tmpfs of `kib` KiB (see `fs_fault`); `None` when
@@ -95,6 +104,7 @@ impl ControlProc {
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
             shared_state: None,
+            netns: None,
         }
     }
 
@@ -121,6 +131,23 @@ impl ControlProc {
         cp
     }
 
+    /// A control plane running inside `netns` (a node of a pod network) with `args`: its proxy API
+    /// on `api` and its operator API on `operator_listen`, both in that namespace, reached by the test
+    /// through `operator` (a forwarder into the namespace).
+    pub fn start_in_node(
+        tag: &str,
+        netns: &str,
+        (api, operator_listen, operator): (SocketAddr, SocketAddr, SocketAddr),
+        args: &[&str],
+    ) -> ControlProc {
+        let mut cp =
+            ControlProc::unstarted(TempDir::new(&format!("control-{tag}")), None, args, api);
+        cp.operator = operator;
+        cp.netns = Some((netns.to_string(), operator_listen));
+        cp.spawn();
+        cp
+    }
+
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::OpenOptions::new()
@@ -128,14 +155,22 @@ impl ControlProc {
             .append(true)
             .open(&self.log_path)
             .expect("open control log");
-        let mut cmd = Command::new(bin("weft-control"));
+        let (mut cmd, operator_listen) = match &self.netns {
+            Some((netns, listen)) => {
+                // `ip netns exec` execs the binary in place: the child is weft-control itself.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(bin("weft-control"));
+                (c, *listen)
+            }
+            None => (Command::new(bin("weft-control")), self.operator),
+        };
         cmd.arg("--state-dir")
             .arg(self.state_dir())
             .args(["--trust-domain", "mesh.test"])
             .arg("--api-listen")
             .arg(self.api.to_string())
             .arg("--operator-listen")
-            .arg(self.operator.to_string())
+            .arg(operator_listen.to_string())
             .args(&self.extra_args);
         if let Some(d) = &self.config_dir {
             cmd.arg("--config-dir").arg(d);

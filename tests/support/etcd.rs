@@ -15,23 +15,32 @@ pub struct EtcdProc {
     dir: TempDir,
 }
 
-fn etcd_binary() -> Option<std::path::PathBuf> {
+pub(crate) fn etcd_binary() -> Option<std::path::PathBuf> {
     ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .into_iter()
         .map(std::path::PathBuf::from)
         .find(|p| p.exists())
 }
 
+/// Whether etcd is installed; when not, the test skips with a message, or fails under
+/// `WEFT_E2E_REQUIRE=1`.
+pub fn available(tag: &str) -> bool {
+    if etcd_binary().is_some() {
+        return true;
+    }
+    let msg = format!("{tag}: etcd is not installed (apt-get install etcd-server)");
+    if std::env::var("WEFT_E2E_REQUIRE").as_deref() == Ok("1") {
+        panic!("{msg} (WEFT_E2E_REQUIRE=1)");
+    }
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
 impl EtcdProc {
     /// A fresh member; `None` (the test skips) when etcd is not installed and `WEFT_E2E_REQUIRE`
     /// is not set.
     pub fn start(tag: &str) -> Option<EtcdProc> {
-        if etcd_binary().is_none() {
-            let msg = format!("{tag}: etcd is not installed (apt-get install etcd-server)");
-            if std::env::var("WEFT_E2E_REQUIRE").as_deref() == Ok("1") {
-                panic!("{msg} (WEFT_E2E_REQUIRE=1)");
-            }
-            eprintln!("SKIPPED {msg}");
+        if !available(tag) {
             return None;
         }
         let mut e = EtcdProc {

@@ -15,4 +15,5 @@ pub mod pair;
 pub mod pki;
 pub mod pods;
 pub mod proxy;
+pub mod replicas;
 pub mod tls_probe;

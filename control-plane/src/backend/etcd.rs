@@ -10,6 +10,9 @@
 //!   A write puts the new pieces under a fresh nonce, then swaps the head; pieces of the head it
 //!   replaced are deleted after. A reader takes the pieces at the revision it read the head at, so it
 //!   never mixes two writes.
+//! - `<prefix>replicas/<id>`, `<prefix>registry/<ns>/<name>`, `<prefix>acks/<id>`,
+//!   `<prefix>vips/svc/...` and `<prefix>vips/addr/...`: each replica's session and what replicas share
+//!   key by key (see [`session`] and [`crate::presence`]).
 //!
 //! Every write is one transaction comparing the head's revision (create_revision 0 for "absent",
 //! mod_revision for "this version"): a write on a stale read fails as a [`Conflict`].
@@ -18,9 +21,11 @@
 //! [`CALL_TIMEOUT`] and a call etcd does not answer is `StateError::Unavailable` naming etcd, which
 //! the operator API answers 503. Proxies are served from what the replica holds meanwhile.
 
+mod campaign;
 mod session;
 pub use session::{Follow, ReplicaSession, SESSION_TTL};
 
+use super::election::{Election, LeaderGuard, LedError};
 use super::{Backend, Collection, Conflict, Expect, Listing, Record, WriteError};
 use crate::persist::StateError;
 use etcd_client::{
@@ -119,7 +124,10 @@ fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StateError> {
     let mut co = ConnectOptions::new()
         .with_connect_timeout(CALL_TIMEOUT)
         .with_timeout(CALL_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(10), CALL_TIMEOUT);
+        .with_keep_alive(Duration::from_secs(10), CALL_TIMEOUT)
+        // A member cut off from the others refuses at once (and ends a watch on it) rather than
+        // holding the call: the call and the watch go to another member.
+        .with_require_leader(true);
     if let Some(ca) = &opts.cacert {
         let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read_file(ca)?));
         if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
@@ -161,7 +169,7 @@ impl EtcdBackend {
             .map_err(|e| unavailable(&endpoints, format!("cannot start its client: {e}")))?;
         let co = connect_options(opts)?;
         let client = {
-            let urls = urls.clone();
+            let (urls, co) = (urls.clone(), co.clone());
             wait(&runtime, &endpoints, async move {
                 Client::connect(urls, Some(co)).await
             })?
@@ -184,7 +192,16 @@ impl EtcdBackend {
         // Watched from just after the revision this probe read, so a change made between connecting
         // and the watch being open is still announced (components read their state after this).
         let seen = read.header().map_or(0, |h| h.revision());
-        backend.start_watch(seen + 1);
+        let moved = std::sync::Arc::new(tokio::sync::Notify::new());
+        backend.start_watch(seen + 1, moved.clone());
+        let probe = backend.key(Collection::Resources, "");
+        let members = super::members::Members {
+            urls,
+            options: co,
+            probe,
+            moved,
+        };
+        members.watch(backend.runtime(), backend.client.clone());
         Ok(backend)
     }
 
@@ -223,6 +240,56 @@ impl EtcdBackend {
             .into_iter()
             .next()
             .map(|kv| kv.value().to_vec()))
+    }
+
+    /// The value stored under [`EtcdBackend::secret_key`] `name` and its mod revision.
+    pub fn get_secret_at(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, StateError> {
+        let key = self.secret_key(name);
+        let mut resp = self.call(move |mut c| async move { c.get(key, None).await })?;
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    /// Replaces every `(name, value, revision)` in one transaction if each is still at the mod
+    /// revision it was read at; `false` (nothing written) when one changed meanwhile.
+    pub fn replace_secrets(&self, values: Vec<(&str, Vec<u8>, i64)>) -> Result<bool, StateError> {
+        let (compares, puts): (Vec<Compare>, Vec<TxnOp>) = values
+            .into_iter()
+            .map(|(name, value, revision)| {
+                let key = self.secret_key(name);
+                (
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
+                    TxnOp::put(key, value, None),
+                )
+            })
+            .unzip();
+        let txn = Txn::new().when(compares).and_then(puts);
+        let resp = self.call(move |mut c| async move { c.txn(txn).await })?;
+        Ok(resp.succeeded())
+    }
+
+    /// The first key under the prefix, if any: whether a mesh (or anything) is stored there.
+    pub fn first_key(&self) -> Result<Option<String>, StateError> {
+        let prefix = self.prefix.clone();
+        let mut resp = self.call(move |mut c| async move {
+            c.get(
+                prefix,
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(1),
+                ),
+            )
+            .await
+        })?;
+        Ok(resp
+            .take_kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()))
     }
 
     /// Writes every `(name, value)` in one transaction if none of them exists yet; `false` (and
@@ -385,16 +452,24 @@ impl EtcdBackend {
     }
 
     /// Follows every change under the prefix and announces the collections it touched. After a lost
-    /// connection every collection is announced (changes may have been missed meanwhile).
-    fn start_watch(&self, from: i64) {
+    /// connection every collection is announced (changes may have been missed meanwhile). `moved`
+    /// restarts it when a member leaves the balanced set: the watch may be on that member, silent.
+    fn start_watch(&self, from: i64, moved: std::sync::Arc<tokio::sync::Notify>) {
         let client = self.client.clone();
         let prefix = self.prefix.clone();
         let changes = self.changes.clone();
         self.runtime().spawn(async move {
             let mut from = from;
             loop {
-                if let Err(e) = watch_once(client.clone(), &prefix, &changes, &mut from).await {
-                    tracing::warn!(error = %e, "etcd watch lost; connecting again");
+                tokio::select! {
+                    r = watch_once(client.clone(), &prefix, &changes, &mut from) => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "etcd watch lost; connecting again");
+                        }
+                    }
+                    () = moved.notified() => {
+                        tracing::info!("etcd watch started again on the members that answer");
+                    }
                 }
                 tokio::time::sleep(WATCH_RETRY).await;
                 for c in Collection::ALL {
@@ -503,12 +578,83 @@ impl Backend for EtcdBackend {
         value: &[u8],
         expect: Expect,
     ) -> Result<u64, WriteError> {
+        self.put_when(collection, key, value, expect, None)
+    }
+
+    fn delete(&self, collection: Collection, key: &str, expect: Expect) -> Result<(), WriteError> {
+        self.delete_when(collection, key, expect, None)
+    }
+
+    fn elect(&self, id: &str, ttl: Duration) -> Election {
+        self.start_election(id, ttl)
+    }
+
+    fn put_led(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        guard: &LeaderGuard,
+    ) -> Result<u64, LedError> {
+        let r = self.put_when(collection, key, value, expect, Some(guard));
+        self.led(r, guard)
+    }
+
+    fn delete_led(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Expect,
+        guard: &LeaderGuard,
+    ) -> Result<(), LedError> {
+        let r = self.delete_when(collection, key, expect, Some(guard));
+        self.led(r, guard)
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Collection> {
+        self.changes.subscribe()
+    }
+
+    fn describe(&self) -> String {
+        format!("etcd at {} (prefix {})", self.endpoints, self.prefix)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+impl EtcdBackend {
+    /// The compares of a write: the record's expectation, and the leader's guard when given.
+    fn compares(&self, head: &str, expect: Expect, guard: Option<&LeaderGuard>) -> Vec<Compare> {
+        let mut when = self.compare(head, expect);
+        if let Some(g) = guard {
+            when.push(Compare::create_revision(
+                g.key.clone(),
+                CompareOp::Equal,
+                g.revision,
+            ));
+        }
+        when
+    }
+
+    fn put_when(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        guard: Option<&LeaderGuard>,
+    ) -> Result<u64, WriteError> {
         let head = self.key(collection, key);
         let (head_value, nonce) = self.encode(collection, key, value)?;
-        let txn = Txn::new().when(self.compare(&head, expect)).and_then(vec![
-            TxnOp::get(head.clone(), None),
-            TxnOp::put(head, head_value, None),
-        ]);
+        let txn = Txn::new()
+            .when(self.compares(&head, expect, guard))
+            .and_then(vec![
+                TxnOp::get(head.clone(), None),
+                TxnOp::put(head, head_value, None),
+            ]);
         let resp = self.call(move |mut c| async move { c.txn(txn).await })?;
         if !resp.succeeded() {
             if nonce.is_some() {
@@ -529,12 +675,20 @@ impl Backend for EtcdBackend {
             .map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0)))
     }
 
-    fn delete(&self, collection: Collection, key: &str, expect: Expect) -> Result<(), WriteError> {
+    fn delete_when(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Expect,
+        guard: Option<&LeaderGuard>,
+    ) -> Result<(), WriteError> {
         let head = self.key(collection, key);
-        let txn = Txn::new().when(self.compare(&head, expect)).and_then(vec![
-            TxnOp::get(head.clone(), None),
-            TxnOp::delete(head, None),
-        ]);
+        let txn = Txn::new()
+            .when(self.compares(&head, expect, guard))
+            .and_then(vec![
+                TxnOp::get(head.clone(), None),
+                TxnOp::delete(head, None),
+            ]);
         let resp = self.call(move |mut c| async move { c.txn(txn).await })?;
         if !resp.succeeded() {
             return Err(Conflict {
@@ -550,16 +704,25 @@ impl Backend for EtcdBackend {
         Ok(())
     }
 
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Collection> {
-        self.changes.subscribe()
-    }
-
-    fn describe(&self) -> String {
-        format!("etcd at {} (prefix {})", self.endpoints, self.prefix)
-    }
-
-    fn shared(&self) -> bool {
-        true
+    /// A guarded write's result: a failed compare is `NotLeader` when the election key is no
+    /// longer the guard's (read again to tell it from a plain conflict).
+    fn led<T>(&self, r: Result<T, WriteError>, guard: &LeaderGuard) -> Result<T, LedError> {
+        match r {
+            Err(WriteError::Conflict(c)) => {
+                let key = guard.key.clone();
+                let mut resp = self.call(move |mut c| async move { c.get(key, None).await })?;
+                let held = resp
+                    .take_kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == guard.revision);
+                if held {
+                    Err(LedError::Write(c.into()))
+                } else {
+                    Err(LedError::NotLeader(guard.key.clone()))
+                }
+            }
+            other => Ok(other?),
+        }
     }
 }
 

@@ -20,7 +20,9 @@
 //! the component reloads what it holds when the version it holds is no longer the stored one.
 
 pub mod dir;
+pub mod election;
 pub mod etcd;
+mod members;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,9 +35,10 @@ pub enum Collection {
     Resources,
     /// Join tokens: one record per token id.
     Tokens,
-    /// Issued certificates and revocations: one record.
+    /// Issued certificates and revocations: one record in the state directory, one key per entry
+    /// on etcd.
     Revocations,
-    /// Workload claims by certificate serial: one record.
+    /// Workload claims: one record per certificate serial.
     Claims,
     /// Service virtual IPs: one record.
     Vips,
@@ -85,8 +88,11 @@ impl Collection {
     }
 
     /// Whether each key is a record of its own (else the collection is the one record [`WHOLE`]).
+    /// Claims are one per certificate serial (the state directory's `claims.json` was always that
+    /// map). Revocations are one record in the state directory and one key per entry on etcd (see
+    /// [`crate::revocation`]).
     pub fn keyed(self) -> bool {
-        self == Collection::Tokens
+        matches!(self, Collection::Tokens | Collection::Claims)
     }
 
     /// The file mode in the state directory: the address table is not secret.
@@ -178,6 +184,35 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Whether others (other replicas) may write too, so what is held must be re-read before a
     /// decision that must not be taken twice (a single-use token).
     fn shared(&self) -> bool;
+
+    /// Stands for leader (see [`election`]) as `id`, on a lease of `ttl`. The state directory has one
+    /// control plane, which always leads.
+    fn elect(&self, id: &str, _ttl: std::time::Duration) -> election::Election {
+        election::Election::sole(id)
+    }
+
+    /// [`Backend::put`], made only while `guard` still leads (etcd: in the same transaction).
+    fn put_led(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        _guard: &election::LeaderGuard,
+    ) -> Result<u64, election::LedError> {
+        Ok(self.put(collection, key, value, expect)?)
+    }
+
+    /// [`Backend::delete`], made only while `guard` still leads (etcd: in the same transaction).
+    fn delete_led(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Expect,
+        _guard: &election::LeaderGuard,
+    ) -> Result<(), election::LedError> {
+        Ok(self.delete(collection, key, expect)?)
+    }
 }
 
 pub type SharedBackend = Arc<dyn Backend>;

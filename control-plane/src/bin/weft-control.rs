@@ -45,24 +45,8 @@ struct Cli {
     /// `weft-control store-key --out FILE`. It is never written to etcd.
     #[arg(long, value_name = "FILE", env = "WEFT_STORE_KEY_FILE")]
     store_key_file: Option<PathBuf>,
-    /// CA bundle of the etcd members' certificates: connect to etcd with TLS.
-    #[arg(long, value_name = "FILE")]
-    etcd_cacert: Option<PathBuf>,
-    /// Client certificate for etcd (with --etcd-key).
-    #[arg(long, value_name = "FILE", requires = "etcd_key")]
-    etcd_cert: Option<PathBuf>,
-    /// Client key for etcd (with --etcd-cert).
-    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
-    etcd_key: Option<PathBuf>,
-    /// etcd user to authenticate as (password from --etcd-password-file).
-    #[arg(long, value_name = "NAME")]
-    etcd_user: Option<String>,
-    /// File holding the etcd user's password (one line).
-    #[arg(long, value_name = "FILE", requires = "etcd_user")]
-    etcd_password_file: Option<PathBuf>,
-    /// Prefix of every key Weft keeps in etcd (replicas of one mesh share it).
-    #[arg(long, default_value = "/weft/", value_name = "PREFIX")]
-    etcd_prefix: String,
+    #[command(flatten)]
+    etcd: EtcdFlags,
     /// Trust domain of a new mesh (default: a MeshConfig trustDomain in --config-dir, else cluster.local);
     /// must match an existing state directory.
     #[arg(long)]
@@ -131,6 +115,23 @@ struct Cli {
     /// connection back); the request head has 10 s.
     #[arg(long, default_value = "30s")]
     operator_body_timeout: Duration,
+    /// This replica's id: the leader's id in `GET /v1/mesh` and in other replicas' logs (default
+    /// HOSTNAME/PID).
+    #[arg(long, value_name = "ID")]
+    replica_id: Option<String>,
+    /// With --store etcd://...: a leader that is killed is replaced within this (its etcd lease is
+    /// a second shorter, renewed every third of it); one stopped with SIGTERM at once. The state
+    /// directory's control plane always leads. 3s to 1h.
+    #[arg(long, default_value = "10s", value_parser = lease_ttl)]
+    leader_lease_ttl: Duration,
+    /// How often the leader deletes expired join tokens and prunes expired claims and
+    /// issued-certificate records from the store.
+    #[arg(long, default_value = "60s", value_parser = positive)]
+    sweep_interval: Duration,
+    /// How long an expired join token is kept (listed, and refused as expired rather than unknown)
+    /// before the leader's sweep deletes it.
+    #[arg(long, default_value = "1h")]
+    expired_token_retention: Duration,
     /// Log format on stderr (levels from WEFT_LOG, default info).
     #[arg(long, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
     log_format: LogFormat,
@@ -138,16 +139,177 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// How to reach etcd (the names are etcdctl's with `etcd-` in front).
+#[derive(clap::Args, Clone)]
+struct EtcdFlags {
+    /// CA bundle of the etcd members' certificates: connect to etcd with TLS.
+    #[arg(long, value_name = "FILE")]
+    etcd_cacert: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key).
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key for etcd (with --etcd-cert).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user to authenticate as (password from --etcd-password-file).
+    #[arg(long, value_name = "NAME")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password (one line).
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+    /// Prefix of every key Weft keeps in etcd (replicas of one mesh share it).
+    #[arg(long, default_value = "/weft/", value_name = "PREFIX")]
+    etcd_prefix: String,
+}
+
+impl EtcdFlags {
+    fn options(&self, endpoints: Vec<String>) -> EtcdOptions {
+        EtcdOptions {
+            endpoints,
+            cacert: self.etcd_cacert.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password_file: self.etcd_password_file.clone(),
+            prefix: self.etcd_prefix.clone(),
+        }
+    }
+}
+
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Writes a new random key for --store-key-file to FILE (64 hex digits, mode 0600; an existing
-    /// file is never replaced) and exits. Copy it to every replica of the mesh, and keep it apart
-    /// from etcd's backups.
+    /// `--out FILE` writes a new random key for --store-key-file to FILE (64 hex digits, mode 0600;
+    /// an existing file is never replaced) and exits. Copy it to every replica of the mesh, and keep
+    /// it apart from etcd's backups. `rotate` re-seals what is stored under a new key.
+    #[command(args_conflicts_with_subcommands = true)]
     StoreKey {
         /// Where to write the key.
         #[arg(long, value_name = "FILE")]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<StoreKeyAction>,
     },
+    /// Moves a mesh kept in a state directory into etcd, without reissuing any identity: resources
+    /// with their revision, join tokens with their use counts, issued certificates, revocations,
+    /// claims, service addresses and the registry, then the mesh CA (its key sealed with
+    /// --store-key-file) and the operator token. Stop the control plane on the state directory
+    /// first (it is refused while one runs); the target prefix must be empty. Then start the
+    /// replicas with --store on the same etcd, --etcd-prefix and --store-key-file. Exit codes: 0
+    /// done, 1 refused or failed (the reason names the file or the etcd key).
+    Migrate {
+        /// The state directory to move (the control plane's --state-dir).
+        #[arg(long, value_name = "DIR")]
+        from_state_dir: PathBuf,
+        /// Where to: etcd://HOST:2379[,HOST:2379...], with the --etcd-* flags below.
+        #[arg(long, value_name = "etcd://HOST:PORT[,...]", value_parser = etcd_url)]
+        to: EtcdUrl,
+        /// The key that seals the CA key in etcd (as --store-key-file of the replicas).
+        #[arg(long, value_name = "FILE", env = "WEFT_STORE_KEY_FILE")]
+        store_key_file: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdFlags,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum StoreKeyAction {
+    /// Re-seals the mesh CA's key and the operator token stored in etcd under a new store key, in
+    /// one compare-and-swap transaction (the CA itself is unchanged: no certificate is reissued).
+    /// Then give every replica the new file and restart them one at a time; a replica started with
+    /// the old key is refused, naming the file. Make the new key with `weft-control store-key --out
+    /// FILE`. Exit codes: 0 done, 1 refused or failed (the reason names the file or the etcd key).
+    Rotate {
+        /// The key the CA key is sealed under now (the replicas' current --store-key-file).
+        #[arg(long, value_name = "FILE")]
+        old: PathBuf,
+        /// The key to seal it under from now on.
+        #[arg(long, value_name = "FILE")]
+        new: PathBuf,
+        /// The mesh's etcd: etcd://HOST:2379[,HOST:2379...], with the --etcd-* flags below.
+        #[arg(long, value_name = "etcd://HOST:PORT[,...]", value_parser = etcd_url)]
+        store: EtcdUrl,
+        #[command(flatten)]
+        etcd: EtcdFlags,
+    },
+}
+
+/// `weft-control store-key --out FILE` or `weft-control store-key rotate ...`.
+fn store_key(out: Option<&PathBuf>, action: Option<&StoreKeyAction>) -> ExitCode {
+    let result = match (out, action) {
+        (Some(out), _) => weft_control::store_key::generate(out)
+            .map(|()| format!("wrote a new store key to {}", out.display()))
+            .map_err(anyhow::Error::from),
+        (
+            None,
+            Some(StoreKeyAction::Rotate {
+                old,
+                new,
+                store,
+                etcd,
+            }),
+        ) => rotate(old, new, &etcd.options(store.0.clone())),
+        (None, None) => Err(anyhow::anyhow!(
+            "store-key needs --out FILE (a new key) or `rotate` (see --help)"
+        )),
+    };
+    match result {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn rotate(
+    old: &std::path::Path,
+    new: &std::path::Path,
+    etcd: &EtcdOptions,
+) -> anyhow::Result<String> {
+    use weft_control::store_key::StoreKey;
+    let (old_key, new_key) = (StoreKey::read(old)?, StoreKey::read(new)?);
+    let backend = weft_control::backend::etcd::EtcdBackend::connect(etcd)?;
+    weft_control::shared_ca::rotate(&backend, &old_key, &new_key)?;
+    Ok(format!(
+        "the mesh CA key and the operator token in {} are now sealed with {}; give every replica that file (--store-key-file) and restart them one at a time",
+        weft_control::backend::Backend::describe(&backend),
+        new.display()
+    ))
+}
+
+/// The members an `etcd://` URL names.
+#[derive(Clone)]
+struct EtcdUrl(Vec<String>);
+
+fn etcd_url(s: &str) -> Result<EtcdUrl, String> {
+    weft_control::backend::etcd::parse_url(s)
+        .map(EtcdUrl)
+        .ok_or_else(|| format!("{s:?} is not etcd://HOST:PORT[,HOST:PORT...]"))
+}
+
+/// `weft-control migrate`.
+fn migrate(from: &std::path::Path, to: EtcdOptions, key: &std::path::Path) -> ExitCode {
+    match weft_control::migrate::migrate(from, &to, key) {
+        Ok(s) => {
+            let counts: Vec<String> = s.records.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+            println!(
+                "migrated {} to {} ({}); mesh CA fingerprint={}, its key sealed with {}",
+                from.display(),
+                s.store,
+                counts.join(", "),
+                s.ca_fingerprint,
+                key.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// 3s (renewal at two thirds leaves a second) to 365d.
@@ -159,6 +321,28 @@ fn serving_ttl(s: &str) -> Result<Duration, String> {
     );
     if !(min..=max).contains(&d.get()) {
         return Err(format!("{s} is outside 3s..365d"));
+    }
+    Ok(d)
+}
+
+/// 3s to 1h: etcd keeps a lease for whole seconds (at least 2), a second shorter than this.
+fn lease_ttl(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    let (min, max) = (
+        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(3600),
+    );
+    if !(min..=max).contains(&d.get()) {
+        return Err(format!("{s} is outside 3s..1h"));
+    }
+    Ok(d)
+}
+
+/// More than zero.
+fn positive(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.get().is_zero() {
+        return Err(format!("{s} must be more than 0"));
     }
     Ok(d)
 }
@@ -182,15 +366,7 @@ fn store_choice(s: &str) -> Result<StoreChoice, String> {
 fn store_options(cli: &Cli) -> StoreOptions {
     match &cli.store {
         StoreChoice::Dir => StoreOptions::Dir,
-        StoreChoice::Etcd(endpoints) => StoreOptions::Etcd(EtcdOptions {
-            endpoints: endpoints.clone(),
-            cacert: cli.etcd_cacert.clone(),
-            cert: cli.etcd_cert.clone(),
-            key: cli.etcd_key.clone(),
-            user: cli.etcd_user.clone(),
-            password_file: cli.etcd_password_file.clone(),
-            prefix: cli.etcd_prefix.clone(),
-        }),
+        StoreChoice::Etcd(endpoints) => StoreOptions::Etcd(cli.etcd.options(endpoints.clone())),
     }
 }
 
@@ -202,20 +378,37 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::StoreKey { out }) = &cli.command {
-        return match weft_control::store_key::generate(out) {
-            Ok(()) => {
-                println!("wrote a new store key to {}", out.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
-        };
+    if let Some(Command::StoreKey { out, action }) = &cli.command {
+        return store_key(out.as_ref(), action.as_ref());
+    }
+    if let Some(Command::Migrate {
+        from_state_dir,
+        to,
+        store_key_file,
+        etcd,
+    }) = &cli.command
+    {
+        return migrate(from_state_dir, etcd.options(to.0.clone()), store_key_file);
     }
     init_logging(cli.log_format);
-    let opts = Options {
+    let opts = options(cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(run(opts))
+}
+
+/// The server's options from the flags.
+fn options(cli: Cli) -> Options {
+    Options {
         store: store_options(&cli),
         store_key_file: cli.store_key_file.clone(),
         vip_range: cli.vip_range,
@@ -243,19 +436,16 @@ fn main() -> ExitCode {
             max_connections: cli.operator_max_connections as usize,
             header_timeout: cli.operator_header_timeout.get(),
         },
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            return ExitCode::from(1);
-        }
-    };
-    rt.block_on(run(opts))
+        leader: weft_control::leader::Settings {
+            replica_id: cli
+                .replica_id
+                .clone()
+                .unwrap_or_else(weft_control::leader::default_replica_id),
+            lease_ttl: cli.leader_lease_ttl.get(),
+            sweep_interval: cli.sweep_interval.get(),
+            token_retention: cli.expired_token_retention.get(),
+        },
+    }
 }
 
 async fn run(opts: Options) -> ExitCode {

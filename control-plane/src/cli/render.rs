@@ -524,6 +524,43 @@ mod tests {
     }
 
     #[test]
+    fn rollouts_across_replicas_name_each_proxys_replica() {
+        let on = |name: &str, replica: &str, state| ProxyRollout {
+            replica: Some(replica.into()),
+            ..proxy(name, state)
+        };
+        let all = rollout_of(
+            true,
+            vec![
+                on("a", "r-1", RolloutState::Acked),
+                on("b", "r-2", RolloutState::Acked),
+                on("c", "r-2", RolloutState::Acked),
+            ],
+        );
+        assert_eq!(
+            rollout(&all),
+            "acked by 3/3 proxies in 120 ms (replica r-1: 1, replica r-2: 2)\n"
+        );
+        let some = rollout_of(
+            false,
+            vec![
+                on("a", "r-1", RolloutState::Acked),
+                on(
+                    "b",
+                    "r-2",
+                    RolloutState::Nacked {
+                        reason: "bad".into(),
+                    },
+                ),
+            ],
+        );
+        assert_eq!(
+            rollout(&some),
+            "NOT confirmed: acked by 1/2 proxies after 120 ms\n  default/b (replica r-2): NACK: bad\n"
+        );
+    }
+
+    #[test]
     fn apply_puts_it_together() {
         let resp = ApplyResponse {
             dry_run: false,

@@ -370,6 +370,18 @@ impl Hub {
         }
     }
 
+    /// Waits (at most `within`) until every workload this replica holds in the registry was taken
+    /// over through another replica (its proxy moved there after this one closed its stream).
+    pub async fn wait_moved(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if lock(&self.state).proxies.values().all(|e| e.held.is_none()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every key must be written again (a new lease replaced one that expired).
     fn forget_held(&self) {
         let mut st = lock(&self.state);

@@ -116,14 +116,17 @@ impl AppClients {
         }
     }
 
-    /// The most recently used idle connection to `port` that is still open and ready.
+    /// The most recently used idle connection to `port` that is open and ready now. One that is not
+    /// ready is still sending an earlier request's body (the app answered before reading it all):
+    /// waiting for it would make this request wait on another client, so it is dropped instead, and
+    /// its task finishes that exchange and closes it.
     async fn idle_h1(&self, port: u16) -> Option<http1::SendRequest<Body>> {
         loop {
             let (mut conn, since) = {
                 let mut idle = self.h1.lock().unwrap_or_else(|p| p.into_inner());
                 idle.by_port.get_mut(&port)?.pop()?
             };
-            if since.elapsed() < IDLE_TIMEOUT && !conn.is_closed() && conn.ready().await.is_ok() {
+            if since.elapsed() < IDLE_TIMEOUT && !conn.is_closed() && ready_now(&mut conn).await {
                 return Some(conn);
             }
         }
@@ -236,6 +239,11 @@ impl AppClients {
         let _ = tcp.set_nodelay(true);
         Ok(TokioIo::new(tcp))
     }
+}
+
+/// Whether `conn` takes a request now, without waiting.
+async fn ready_now(conn: &mut http1::SendRequest<Body>) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(matches!(conn.poll_ready(cx), Poll::Ready(Ok(()))))).await
 }
 
 fn request_error(port: u16, e: hyper::Error) -> ProxyError {
@@ -494,6 +502,112 @@ mod tests {
         let resp = apps.send(AppHttp::Http1, get(port, 2)).await.unwrap();
         assert_eq!(read(resp).await, 2);
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    /// A request body sent in pieces from a channel, open until `tx` is dropped.
+    fn streamed(port: u16, path: &str) -> (Request<Body>, tokio::sync::mpsc::Sender<bytes::Bytes>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok::<_, BoxError>(Frame::data(chunk)), rx))
+        });
+        let uri = format!("http://127.0.0.1:{port}{path}");
+        let req = Request::post(uri)
+            .body(body::boxed(http_body_util::StreamBody::new(frames)))
+            .unwrap();
+        (req, tx)
+    }
+
+    /// An app that echoes request bodies as they arrive.
+    async fn echo_app() -> u16 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(req.into_body()))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_request_body_streams_to_the_app_while_its_response_streams_back() {
+        let port = echo_app().await;
+        let apps = clients();
+        let (req, tx) = streamed(port, "/echo");
+        let sending = tokio::spawn(async move {
+            for i in 0..64u8 {
+                tx.send(bytes::Bytes::from(vec![i; 8192])).await.unwrap();
+            }
+        });
+        let resp = apps.send(AppHttp::Http1, req).await.unwrap();
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        sending.await.unwrap();
+        assert_eq!(got.len(), 64 * 8192);
+        assert!(got
+            .chunks(8192)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|b| *b == i as u8)));
+        let resp = apps.send(AppHttp::Http1, get(port, 0)).await.unwrap();
+        assert_eq!(
+            read(resp).await,
+            0,
+            "the connection is reused after a streamed exchange"
+        );
+    }
+
+    /// An app that answers as soon as it has read a request's head, never reading its body.
+    async fn early_answer_app() -> (u16, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = tcp.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                            let _ = tcp.write_all(ok).await;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_a_body_is_not_handed_to_the_next_request() {
+        let (port, accepted) = early_answer_app().await;
+        let apps = clients();
+        let (req, tx) = streamed(port, "/upload");
+        tx.send(bytes::Bytes::from_static(b"part")).await.unwrap();
+        let resp = apps.send(AppHttp::Http1, req).await.unwrap();
+        assert_eq!(read(resp).await, 0);
+        // The first request's body is still open (its client is slow): the next one must not wait
+        // for it.
+        let next = tokio::time::timeout(
+            Duration::from_secs(5),
+            apps.send(AppHttp::Http1, get(port, 0)),
+        )
+        .await
+        .expect("the next request waited for another client's body");
+        assert_eq!(read(next.unwrap()).await, 0);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        drop(tx);
     }
 
     #[tokio::test]
