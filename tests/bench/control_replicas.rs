@@ -32,6 +32,8 @@ use weft_certs::{
 
 /// Proxies connecting at once (TLS handshakes in flight), as a fleet rolling out would.
 const CONNECTING: usize = 100;
+/// Connection attempts per proxy after the first (a refused or timed-out handshake is tried again).
+const CONNECT_TRIES: usize = 4;
 /// Open files this process needs besides one per simulated proxy.
 const SPARE_FILES: u64 = 1024;
 
@@ -235,8 +237,23 @@ async fn connect_fleet(fleet: &Fleet, picks: &[usize]) -> Vec<SimProxy> {
     let control_id = fleet.cps[0].control_id();
     let connects = picks.iter().enumerate().map(|(i, &pick)| {
         let (api, identity) = (fleet.cps[pick].api, &fleet.identities[i % SERVICES]);
-        let reg = registration(i);
-        SimProxy::connect_with(api, identity, &control_id, reg, Reply::Ack, true)
+        let control_id = &control_id;
+        async move {
+            // A sidecar whose handshake times out on a busy control plane tries again; so do these.
+            let mut tries = 0;
+            loop {
+                let reg = registration(i);
+                match SimProxy::connect_with(api, identity, control_id, reg, Reply::Ack, true).await
+                {
+                    Err(e) if tries < CONNECT_TRIES => {
+                        tries += 1;
+                        eprintln!("proxy {i}: connect failed ({e}); trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    done => break done,
+                }
+            }
+        }
     });
     let sims: Vec<anyhow::Result<SimProxy>> = futures_util::stream::iter(connects)
         .buffered(CONNECTING)

@@ -324,6 +324,18 @@ fn version_in(head: &[u8]) -> Result<u64, String> {
         .ok_or_else(|| "a frame's version is not a number".to_string())
 }
 
+fn empty() -> Snapshot {
+    Snapshot {
+        version: 0,
+        mesh: None,
+        services: None,
+        routes: None,
+        policies: None,
+        trust_bundle_pem: None,
+        revoked_serials: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,17 +362,5 @@ mod tests {
             assert_eq!(out, vec![1, 22, 333], "chunks of {size}");
             assert!(lf.head.is_empty() && lf.skip == 0);
         }
-    }
-}
-
-fn empty() -> Snapshot {
-    Snapshot {
-        version: 0,
-        mesh: None,
-        services: None,
-        routes: None,
-        policies: None,
-        trust_bundle_pem: None,
-        revoked_serials: None,
     }
 }
