@@ -151,8 +151,8 @@ impl SimProxy {
     }
 
     /// Keeps the services section of every snapshot from now on ([`Seen::services`]), for tests
-    /// that check each view the proxy held rather than the newest. Starts with the newest snapshot's section if it carried one (a new stream's first snapshot
-    /// carries every section).
+    /// that check each view the proxy held rather than the newest. Starts with the newest
+    /// snapshot's section if it carried one (a new stream's first snapshot carries every section).
     pub fn record_services(&self) {
         let mut seen = self.seen.lock().unwrap();
         let newest = seen.last.as_ref().and_then(|(_, s)| s.services.clone());
