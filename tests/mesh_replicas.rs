@@ -538,3 +538,89 @@ fn a_replica_stopped_gracefully_takes_its_workloads_out_of_the_registry_without_
         );
     });
 }
+
+/// The ready endpoints of `default/svc` in each services section `p` recorded.
+fn ready_in_each_view(p: &SimProxy, svc: &str) -> Vec<Vec<String>> {
+    let seen = p.seen.lock().unwrap();
+    let views = seen.services.as_deref().unwrap_or_default();
+    views
+        .iter()
+        .map(|services| {
+            let mut names: Vec<String> = services
+                .iter()
+                .filter(|s| s.name == svc && s.namespace == "default")
+                .flat_map(|s| s.endpoints.iter().filter(|e| e.ready))
+                .map(|e| e.workload.clone())
+                .collect();
+            names.sort();
+            names
+        })
+        .collect()
+}
+
+/// Sidecars spread over three replicas, one of them killed: its proxies register again through the
+/// other two (the client through one, an endpoint through the other). Every view the moved client is
+/// sent, and every view a proxy on the third replica is sent meanwhile, holds every ready endpoint of
+/// the mesh, until after the killed replica's lease expired: a workload moving is never missing, nor
+/// sent not ready.
+#[test]
+fn proxies_moving_off_a_killed_replica_never_see_an_endpoint_missing_or_not_ready() {
+    let Some(etcd) = EtcdProc::start("moving") else {
+        return;
+    };
+    let (mut a, b) = replicas("moving", &etcd, &[]);
+    let (store, key) = (etcd.url(), etcd.key_file());
+    let args = [
+        "--store",
+        store.as_str(),
+        "--etcd-prefix",
+        "/moving/",
+        "--store-key-file",
+        key.to_str().unwrap(),
+    ];
+    let c = ControlProc::start_replica("moving-c", &a, &args);
+    a.apply_file("reviews.yaml", &service("reviews"), 0);
+    runtime().block_on(async {
+        let reviews = join(&a, "reviews").await;
+        let client = join(&a, "client").await;
+        let reg = |name: &str, ip: &str| registration(name, ip);
+        let r1 = sim(&a, &reviews, reg("reviews-1", "198.18.0.2"), Reply::Ack).await;
+        let _r2 = sim(&b, &reviews, reg("reviews-2", "198.18.0.3"), Reply::Ack).await;
+        let _r3 = sim(&c, &reviews, reg("reviews-3", "198.18.0.4"), Reply::Ack).await;
+        let mut on_a = sim(&a, &client, reg("client-1", "198.18.0.5"), Reply::Ack).await;
+        let mut on_c = sim(&c, &client, reg("client-2", "198.18.0.6"), Reply::Ack).await;
+        let all = ["reviews-1", "reviews-2", "reviews-3"];
+        let logs = [&a, &b, &c];
+        let within = Duration::from_secs(10);
+        wait_endpoints(&mut on_a, "reviews", &all, within, &logs).await;
+        wait_endpoints(&mut on_c, "reviews", &all, within, &logs).await;
+        on_c.record_services();
+        a.kill9();
+        let killed = Instant::now();
+        drop((r1, on_a));
+        // Spread: the client moves to B, the endpoint to C.
+        let moved = sim(&b, &client, reg("client-1", "198.18.0.5"), Reply::Ack).await;
+        moved.record_services();
+        let _r1 = sim(&c, &reviews, reg("reviews-1", "198.18.0.2"), Reply::Ack).await;
+        // Past the killed replica's lease expiry, when its keys go.
+        let ttl = weft_control::backend::etcd::SESSION_TTL;
+        tokio::time::sleep((ttl + Duration::from_secs(3)).saturating_sub(killed.elapsed())).await;
+        for (who, p) in [
+            ("the moved client on B", &moved),
+            ("the client on C", &on_c),
+        ] {
+            let views = ready_in_each_view(p, "reviews");
+            assert!(!views.is_empty(), "{who} was sent no view");
+            for (i, v) in views.iter().enumerate() {
+                assert_eq!(
+                    v,
+                    &all,
+                    "{who}: view {i} of {} lacks a ready endpoint\n{}",
+                    views.len(),
+                    [&b, &c].map(|cp| cp.log()).join("\n----\n")
+                );
+            }
+            eprintln!("{who}: {} views, each with {all:?} ready", views.len());
+        }
+    });
+}

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use weft_api::control::{
-    encode, FrameDecoder, FromControl, FromProxy, Hello, Registration, Snapshot, PATH_STREAM,
-    PROTOCOL_VERSION,
+    encode, FrameDecoder, FromControl, FromProxy, Hello, Registration, ServiceView, Snapshot,
+    PATH_STREAM, PROTOCOL_VERSION,
 };
 use weft_certs::{Identity, SpiffeId};
 
@@ -40,6 +40,9 @@ pub struct Seen {
     pub last: Option<(Instant, Snapshot)>,
     /// Why the stream ended, once it has.
     pub ended: Option<String>,
+    /// Once [`SimProxy::record_services`] was called: the services section of every snapshot that
+    /// carried one since, in order (what the proxy held after each).
+    pub services: Option<Vec<Vec<ServiceView>>>,
 }
 
 pub struct SimProxy {
@@ -147,6 +150,15 @@ impl SimProxy {
         self.seen.lock().unwrap().arrivals.len()
     }
 
+    /// Keeps the services section of every snapshot from now on ([`Seen::services`]), for tests
+    /// that check each view the proxy held rather than the newest. Starts with the newest
+    /// snapshot's section if it carried one (a new stream's first snapshot carries every section).
+    pub fn record_services(&self) {
+        let mut seen = self.seen.lock().unwrap();
+        let newest = seen.last.as_ref().and_then(|(_, s)| s.services.clone());
+        seen.services = Some(newest.into_iter().collect());
+    }
+
     pub fn last(&self) -> Option<(Instant, Snapshot)> {
         self.seen.lock().unwrap().last.clone()
     }
@@ -187,6 +199,9 @@ impl Answers {
             let now = Instant::now();
             let mut seen = self.seen.lock().unwrap();
             seen.arrivals.push(now);
+            if let (Some(all), Some(services)) = (seen.services.as_mut(), s.services.as_ref()) {
+                all.push(services.clone());
+            }
             seen.last = Some((now, s));
         }
         let answer = match &self.reply {
