@@ -122,6 +122,23 @@ fn endpoints(p: &SimProxy, svc: &str) -> Vec<String> {
     names
 }
 
+/// `reviews-1` registered through `b` and a client (at `client_ip`) through `a`, once the client's
+/// view holds `reviews-1`: (the reviews identity, the client's, the proxy on `b`, the one on `a`).
+async fn reviews_on_b_seen_on_a(
+    a: &ControlProc,
+    b: &ControlProc,
+    client_ip: &str,
+) -> (Identity, Identity, SimProxy, SimProxy) {
+    let reviews = join(a, "reviews").await;
+    let client = join(a, "client").await;
+    let reg = registration("reviews-1", "198.18.0.2");
+    let on_b = sim(b, &reviews, reg, Reply::Ack).await;
+    let mut on_a = sim(a, &client, registration("client-1", client_ip), Reply::Ack).await;
+    let within = Duration::from_secs(10);
+    wait_endpoints(&mut on_a, "reviews", &["reviews-1"], within, &[a, b]).await;
+    (reviews, client, on_b, on_a)
+}
+
 /// Waits (bounded) until the proxy's newest view of `svc` has exactly `want` endpoints; the time it
 /// took.
 async fn wait_endpoints(
@@ -159,32 +176,9 @@ fn a_workload_registered_through_one_replica_is_an_endpoint_in_every_replicas_vi
     let (a, b) = replicas("registry", &etcd, &[]);
     a.apply_file("reviews.yaml", &service("reviews"), 0);
     runtime().block_on(async {
-        let reviews = join(&a, "reviews").await;
-        let client = join(&a, "client").await;
-        let intruder = join(&b, "intruder").await;
         // The workload registers through B; a proxy on A gets it as an endpoint.
-        let mut on_b = sim(
-            &b,
-            &reviews,
-            registration("reviews-1", "198.18.0.2"),
-            Reply::Ack,
-        )
-        .await;
-        let mut on_a = sim(
-            &a,
-            &client,
-            registration("client-1", "198.18.0.3"),
-            Reply::Ack,
-        )
-        .await;
-        wait_endpoints(
-            &mut on_a,
-            "reviews",
-            &["reviews-1"],
-            Duration::from_secs(10),
-            &[&a, &b],
-        )
-        .await;
+        let (reviews, client, mut on_b, _on_a) = reviews_on_b_seen_on_a(&a, &b, "198.18.0.3").await;
+        let intruder = join(&b, "intruder").await;
         // Another identity cannot take the name, through either replica.
         for cp in [&a, &b] {
             let err = SimProxy::connect(
@@ -500,30 +494,7 @@ fn a_replica_stopped_gracefully_takes_its_workloads_out_of_the_registry_without_
     let (a, mut b) = replicas("stop", &etcd, &[]);
     a.apply_file("reviews.yaml", &service("reviews"), 0);
     runtime().block_on(async {
-        let reviews = join(&a, "reviews").await;
-        let client = join(&a, "client").await;
-        let on_b = sim(
-            &b,
-            &reviews,
-            registration("reviews-1", "198.18.0.2"),
-            Reply::Ack,
-        )
-        .await;
-        let mut on_a = sim(
-            &a,
-            &client,
-            registration("client-1", "198.18.0.4"),
-            Reply::Ack,
-        )
-        .await;
-        wait_endpoints(
-            &mut on_a,
-            "reviews",
-            &["reviews-1"],
-            Duration::from_secs(10),
-            &[&a, &b],
-        )
-        .await;
+        let (_, _, on_b, mut on_a) = reviews_on_b_seen_on_a(&a, &b, "198.18.0.4").await;
         // Its proxy goes (disconnected, within the grace period), then the replica is stopped.
         drop(on_b);
         let stopped = Instant::now();
