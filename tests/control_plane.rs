@@ -412,3 +412,106 @@ fn a_full_or_read_only_state_directory_refuses_changes_loses_nothing_and_recover
     cp.restart();
     assert_eq!(service_names(&cp), ["alpha", "beta", "gamma"]);
 }
+
+/// Waits until neither observer has received anything for 300 ms (at most 15 s); their snapshot counts.
+async fn quiet(a: &SimProxy, b: &SimProxy) -> (usize, usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut counts = (a.snapshot_count(), b.snapshot_count());
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = (a.snapshot_count(), b.snapshot_count());
+        if now == counts || std::time::Instant::now() > deadline {
+            return now;
+        }
+        counts = now;
+    }
+}
+
+/// A proxy of protocol 2 is sent only the services that changed (and those removed); one of protocol
+/// 1 the whole list each time. Through a churn of registrations, readiness flips and disconnects,
+/// with pushes every few milliseconds overtaking unacknowledged ones, both hold exactly the same
+/// services whenever the mesh is quiet.
+#[test]
+fn services_go_as_changes_and_add_up_to_the_whole_list() {
+    use weft::control_sim::Options;
+    use weft_api::control::FromProxy;
+    let cp = ControlProc::start_with(
+        "changes",
+        None,
+        &["--debounce", "3ms", "--grace-period", "300ms"],
+    );
+    let names: Vec<String> = (0..6).map(|i| format!("svc-{i}")).collect();
+    for name in &names {
+        cp.api("POST", "/v1/apply", Some(&service_doc(name)));
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        let observer = cp.offline_identity("default", "observer", Duration::from_secs(600));
+        let ids: Vec<_> = names
+            .iter()
+            .map(|n| cp.offline_identity("default", n, Duration::from_secs(600)))
+            .collect();
+        let reg = |name: &str, ip: &str| registration(name, "observer", ip);
+        let changes = sim(&cp, &observer, reg("watch-2", "198.18.1.2"), Reply::Ack)
+            .await
+            .unwrap();
+        let whole = SimProxy::connect_with(
+            cp.api,
+            &observer,
+            &cp.control_id(),
+            reg("watch-1", "198.18.1.1"),
+            Reply::Ack,
+            Options {
+                protocol: 1,
+                ..Options::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut live: Vec<SimProxy> = Vec::new();
+        for round in 0..6u8 {
+            for i in 0..6u8 {
+                let k = (round as usize + i as usize * 5) % names.len();
+                let name = format!("{}-{round}-{i}", names[k]);
+                let ip = format!("198.18.{}.{}", 10 + round, 10 + i);
+                let r = registration(&name, &names[k], &ip);
+                live.push(sim(&cp, &ids[k], r, Reply::Ack).await.unwrap());
+                if i % 2 == 1 {
+                    let p = &live[live.len() - 2];
+                    p.send(&FromProxy::Ready { ready: i % 4 == 1 })
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(u64::from(i * 3 % 7))).await;
+            }
+            if round % 2 == 1 {
+                live.drain(..4); // Disconnected: gone once the grace period ends.
+            }
+            quiet(&changes, &whole).await;
+            let (held, expected) = (changes.held(), whole.held());
+            assert_eq!(
+                held, expected,
+                "round {round}: the changes do not add up to the whole list"
+            );
+            let endpoints: usize = expected.iter().map(|s| s.endpoints.len()).sum();
+            assert!(
+                endpoints > 0,
+                "round {round}: no endpoints at all: {expected:?}"
+            );
+            let (_, last) = changes.last().unwrap();
+            assert!(
+                last.services.is_none() && last.services_changed.is_some(),
+                "round {round}: {last:?}"
+            );
+            let (_, last) = whole.last().unwrap();
+            assert!(
+                last.services.is_some() && last.services_changed.is_none(),
+                "round {round}: {last:?}"
+            );
+        }
+        assert!(
+            changes.seen.lock().unwrap().ended.is_none()
+                && whole.seen.lock().unwrap().ended.is_none()
+        );
+    });
+}

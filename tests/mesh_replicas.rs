@@ -106,15 +106,11 @@ async fn sim(cp: &ControlProc, who: &Identity, reg: Registration, reply: Reply) 
         .unwrap_or_else(|e| panic!("{e}\n{}", cp.log()))
 }
 
-/// The endpoints (workload names) of `default/svc` in the proxy's newest snapshot.
+/// The endpoints (workload names) of `default/svc` in the services the proxy holds.
 fn endpoints(p: &SimProxy, svc: &str) -> Vec<String> {
-    let Some((_, snap)) = p.last() else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = snap
-        .services
+    let mut names: Vec<String> = p
+        .held()
         .iter()
-        .flatten()
         .filter(|s| s.name == svc && s.namespace == "default")
         .flat_map(|s| s.endpoints.iter().map(|e| e.workload.clone()))
         .collect();
@@ -232,10 +228,8 @@ fn a_workload_registered_through_one_replica_is_an_endpoint_in_every_replicas_vi
             &[&a, &b],
         )
         .await;
-        let (_, snap) = on_b2.last().unwrap();
-        let ep = snap
-            .services
-            .unwrap()
+        let ep = on_b2
+            .held()
             .into_iter()
             .find(|s| s.name == "reviews")
             .unwrap();

@@ -4,7 +4,8 @@
 //! single push task waits a short debounce, then computes each proxy's view as sections (mesh config,
 //! services with endpoints, routes, the policies for its workload, trust bundle, revoked serials). Each section is encoded
 //! once per cycle and compared by digest: a proxy whose view did not change is not sent anything; one whose
-//! view changed gets a snapshot with the sections that differ from what it last acknowledged.
+//! view changed gets a snapshot with the sections that differ from any view it may hold (the one it last
+//! acknowledged or one sent since), services as the ones that changed when it takes changes.
 //!
 //! Versions are cycle numbers seeded from the clock, so they keep increasing across restarts.
 
@@ -81,6 +82,11 @@ struct ProxyEntry {
     /// The full view each unacknowledged version carries, by version, with the store revision
     /// its cycle included.
     sent: VecDeque<(u64, SectionDigests, u64)>,
+    /// Older sent versions were dropped from `sent` (at [`SENT_KEPT`]): what the proxy holds is not
+    /// known until it acks one still there, so it gets whole snapshots meanwhile.
+    unsure: bool,
+    /// It speaks a protocol that takes services as changes.
+    takes_changes: bool,
     sent_version: u64,
     acked: Option<(u64, SectionDigests)>,
     last_nack: Option<Nack>,
@@ -91,7 +97,53 @@ struct ProxyEntry {
     published: Option<crate::presence::RegistryEntry>,
 }
 
+/// Unacknowledged snapshots remembered per proxy (a proxy that stopped acking does not grow this).
+const SENT_KEPT: usize = 16;
+
 impl ProxyEntry {
+    fn new(
+        reg: Registered,
+        conn: Option<(u64, Arc<Outbox>)>,
+        cert_not_after: Option<u64>,
+        protocol: u32,
+    ) -> ProxyEntry {
+        ProxyEntry {
+            reg,
+            conn,
+            disconnected_at: None,
+            last_seen: Instant::now(),
+            cert_not_after,
+            sent: VecDeque::new(),
+            unsure: false,
+            takes_changes: protocol >= weft_api::control::PROTOCOL_SERVICE_CHANGES,
+            sent_version: 0,
+            acked: None,
+            last_nack: None,
+            revisions: Default::default(),
+            held: None,
+            published: None,
+        }
+    }
+
+    /// The views it may hold when its next frame arrives: the acknowledged one or any sent since
+    /// (it applies them in order; a NACKed one is not among them). Empty when unknown.
+    fn may_hold(&self) -> Vec<&SectionDigests> {
+        match (&self.acked, self.unsure) {
+            (Some((_, acked)), false) => std::iter::once(acked)
+                .chain(self.sent.iter().map(|(_, d, _)| d))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn remember_sent(&mut self, version: u64, digests: SectionDigests, revision: u64) {
+        self.sent.push_back((version, digests, revision));
+        if self.sent.len() > SENT_KEPT {
+            self.sent.pop_front();
+            self.unsure = true;
+        }
+    }
+
     fn status(&self, key: &str, now: Instant) -> ProxyStatus {
         ProxyStatus {
             proxy: key.to_string(),
@@ -204,18 +256,8 @@ impl Hub {
             .map(|reg| {
                 let key = format!("{}/{}", reg.namespace, reg.registration.name);
                 let entry = ProxyEntry {
-                    reg,
-                    conn: None,
                     disconnected_at: Some(now),
-                    last_seen: now,
-                    cert_not_after: None,
-                    sent: VecDeque::new(),
-                    sent_version: 0,
-                    acked: None,
-                    last_nack: None,
-                    revisions: Default::default(),
-                    held: None,
-                    published: None,
+                    ..ProxyEntry::new(reg, None, None, 0)
                 };
                 (key, entry)
             })
@@ -398,11 +440,11 @@ impl Hub {
         &self,
         reg: Registered,
         cert_not_after: Option<u64>,
+        protocol: u32,
     ) -> Result<(u64, Arc<Outbox>), RegisterError> {
         let key = format!("{}/{}", reg.namespace, reg.registration.name);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::default());
-        let now = Instant::now();
         lock(&self.state).check_name(&key, &reg.identity)?;
         // Through every replica: a compare-and-swap on the workload's key in etcd.
         let (held, published) = self.claim_in_mesh(&key, &reg)?;
@@ -412,23 +454,13 @@ impl Hub {
             ob.close();
         }
         st.remote.forget(&key);
-        st.proxies.insert(
-            key,
-            ProxyEntry {
-                reg,
-                conn: Some((conn_id, outbox.clone())),
-                disconnected_at: None,
-                last_seen: now,
-                cert_not_after,
-                sent: VecDeque::new(),
-                sent_version: 0,
-                acked: None,
-                last_nack: None,
-                revisions: Default::default(),
-                held,
-                published,
-            },
-        );
+        let conn = Some((conn_id, outbox.clone()));
+        let entry = ProxyEntry {
+            held,
+            published,
+            ..ProxyEntry::new(reg, conn, cert_not_after, protocol)
+        };
+        st.proxies.insert(key, entry);
         st.registry_dirty = true;
         self.metrics.set_connected(count_connected(&st));
         drop(st);
@@ -486,7 +518,8 @@ impl Hub {
             }
             match e.sent.front() {
                 Some((v, digests, revision)) if *v == version => {
-                    e.acked = Some((version, *digests));
+                    e.acked = Some((version, digests.clone()));
+                    e.unsure = false;
                     e.revisions.acked(*revision, e.sent.len() == 1);
                     e.sent.pop_front();
                     true
@@ -500,7 +533,11 @@ impl Hub {
                 self.bump_progress();
             }
             Some(false) => {
-                tracing::warn!(proxy = key, version, "ack for a version that was not sent")
+                tracing::warn!(
+                    proxy = key,
+                    version,
+                    "ack for a version not sent or no longer kept"
+                )
             }
             None => {}
         }
@@ -639,6 +676,7 @@ impl Hub {
             )
         };
         let mut policy_cache = view::PolicyCache::default();
+        let mut changes = view::ChangeCache::default();
         let resources = st.resources.clone();
         let mut pushed = Vec::new();
         let revision = st.revision;
@@ -658,10 +696,10 @@ impl Hub {
                 e.revisions.unchanged(revision, e.sent.is_empty());
                 continue;
             }
-            let base = e.acked.as_ref().map(|(_, d)| d);
-            let frame = shared.frame(version, &policies, base);
+            let changes = e.takes_changes.then_some(&mut changes);
+            let frame = shared.frame(version, &policies, &e.may_hold(), changes);
             outbox.put(frame);
-            e.sent.push_back((version, digests, revision));
+            e.remember_sent(version, digests, revision);
             e.revisions.pushed(revision, version);
             e.sent_version = version;
             pushed.push(key.clone());

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weft_api::control::{
-    CertificateRequest, FrameDecoder, FromProxy, Hello, PATH_CERTIFICATE, PATH_STREAM,
-    PROTOCOL_VERSION,
+    CertificateRequest, FrameDecoder, FromProxy, Hello, MIN_PROTOCOL_VERSION, PATH_CERTIFICATE,
+    PATH_STREAM, PROTOCOL_VERSION,
 };
 use weft_certs::SpiffeId;
 
@@ -292,6 +292,7 @@ async fn config_stream(
         Err(reason) => return bad_stream(peer, reason),
     };
     decoder.set_limit(MAX_STREAM_MESSAGE);
+    let protocol = hello.protocol;
     let reg = match registration(hello, &id, peer.serial.as_deref(), cp) {
         Ok(r) => r,
         Err((reason, e)) => {
@@ -309,14 +310,14 @@ async fn config_stream(
         // Taking the name through every replica is an etcd transaction: off the async workers.
         Some(_) => {
             let (hub, not_after) = (cp.hub.clone(), peer.cert_not_after);
-            match tokio::task::spawn_blocking(move || hub.connect(reg, not_after)).await {
+            match tokio::task::spawn_blocking(move || hub.connect(reg, not_after, protocol)).await {
                 Ok(r) => r,
                 Err(e) => {
                     return http_util::error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), vec![])
                 }
             }
         }
-        None => cp.hub.connect(reg, peer.cert_not_after),
+        None => cp.hub.connect(reg, peer.cert_not_after, protocol),
     };
     let (conn_id, outbox) = match connected {
         Ok(x) => x,
@@ -413,11 +414,11 @@ fn registration(
     serial: Option<&str>,
     cp: &ControlPlane,
 ) -> Result<crate::hub::Registered, (&'static str, String)> {
-    if hello.protocol != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol) {
         return Err((
             "protocol",
             format!(
-                "protocol {} is not spoken here (this control plane speaks {PROTOCOL_VERSION})",
+                "protocol {} is not spoken here (this control plane speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
                 hello.protocol
             ),
         ));

@@ -4,14 +4,18 @@
 //! serials) are encoded
 //! once per push cycle; only the authorization policies depend on the workload, and those are cached per
 //! (namespace, labels). Snapshot frames are assembled from the pre-encoded JSON, so a cycle costs one
-//! encoding of each section however many proxies receive it.
+//! encoding of each section however many proxies receive it (frame.rs); services also go as changes
+//! to proxies that take them (service_changes.rs).
+
+mod frame;
+mod service_changes;
+
+pub use frame::{Frame, SectionDigests, SharedSections, WorkloadPolicies};
+pub use service_changes::ChangeCache;
 
 use crate::hub::Registered;
 use crate::vips::Vips;
-use bytes::{BufMut, Bytes, BytesMut};
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use weft_api::control::{Endpoint, ServiceView};
@@ -42,125 +46,6 @@ impl MeshResources {
     }
 }
 
-/// Digests of every section of one proxy's view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SectionDigests {
-    mesh: u64,
-    services: u64,
-    routes: u64,
-    policies: u64,
-    bundle: u64,
-    revoked: u64,
-}
-
-struct Section {
-    json: Bytes,
-    digest: u64,
-}
-
-impl Section {
-    fn encode<T: serde::Serialize>(value: &T) -> Section {
-        let json = Bytes::from(serde_json::to_vec(value).expect("views always serialize"));
-        let mut h = DefaultHasher::new();
-        json.hash(&mut h);
-        Section {
-            digest: h.finish(),
-            json,
-        }
-    }
-}
-
-/// The policies for one kind of workload, encoded.
-pub struct WorkloadPolicies(Section);
-
-pub struct SharedSections {
-    mesh: Section,
-    services: Section,
-    routes: Section,
-    bundle: Section,
-    revoked: Section,
-}
-
-impl SharedSections {
-    pub fn build(
-        res: &MeshResources,
-        registered: &[&Registered],
-        td: &TrustDomain,
-        bundle_pem: &str,
-        vips: &Vips,
-        revoked: &[String],
-    ) -> SharedSections {
-        SharedSections {
-            revoked: Section::encode(&revoked),
-            mesh: Section::encode(&res.mesh),
-            services: Section::encode(&services_view(res, registered, td, vips)),
-            routes: Section::encode(&res.routes),
-            bundle: Section::encode(&bundle_pem),
-        }
-    }
-
-    pub fn digests(&self, policies: &WorkloadPolicies) -> SectionDigests {
-        SectionDigests {
-            mesh: self.mesh.digest,
-            services: self.services.digest,
-            routes: self.routes.digest,
-            policies: policies.0.digest,
-            bundle: self.bundle.digest,
-            revoked: self.revoked.digest,
-        }
-    }
-
-    /// A snapshot frame carrying the sections that differ from `base` (all of them without one), as
-    /// pieces to write in order: the shared sections are not copied per proxy, only referenced.
-    pub fn frame(
-        &self,
-        version: u64,
-        policies: &WorkloadPolicies,
-        base: Option<&SectionDigests>,
-    ) -> Frame {
-        let mine = self.digests(policies);
-        let differs = |f: fn(&SectionDigests) -> u64| base.is_none_or(|b| f(b) != f(&mine));
-        let sections: [(&str, &Section, bool); 6] = [
-            ("mesh", &self.mesh, differs(|d| d.mesh)),
-            ("services", &self.services, differs(|d| d.services)),
-            ("routes", &self.routes, differs(|d| d.routes)),
-            ("policies", &policies.0, differs(|d| d.policies)),
-            ("trustBundlePem", &self.bundle, differs(|d| d.bundle)),
-            ("revokedSerials", &self.revoked, differs(|d| d.revoked)),
-        ];
-        let mut pieces = vec![Bytes::from(format!(
-            "{{\"type\":\"snapshot\",\"version\":{version}"
-        ))];
-        for (name, section, include) in sections {
-            if include {
-                pieces.push(Bytes::from(format!(",\"{name}\":")));
-                pieces.push(section.json.clone());
-            }
-        }
-        pieces.push(Bytes::from_static(b"}"));
-        let len: usize = pieces.iter().map(|p| p.len()).sum();
-        let mut prefix = BytesMut::with_capacity(4);
-        prefix.put_u32(len as u32);
-        pieces.insert(0, prefix.freeze());
-        Frame(pieces)
-    }
-}
-
-/// One length-prefixed frame in pieces; concatenated they are exactly what `weft_api::control::encode`
-/// would produce.
-#[derive(Debug, Clone)]
-pub struct Frame(pub Vec<Bytes>);
-
-impl Frame {
-    pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.0.iter().map(|p| p.len()).sum());
-        for p in &self.0 {
-            out.put_slice(p);
-        }
-        out.freeze()
-    }
-}
-
 /// Policies that apply to a workload: its namespace's policies whose selector matches its labels, and
 /// the root namespace's (mesh-wide) ones.
 #[derive(Default)]
@@ -175,7 +60,7 @@ impl PolicyCache {
             .entry(key)
             .or_insert_with(|| {
                 let applicable = applicable_policies(res, &reg.namespace, &reg.registration.labels);
-                Arc::new(WorkloadPolicies(Section::encode(&applicable)))
+                Arc::new(WorkloadPolicies(frame::Section::encode(&applicable)))
             })
             .clone()
     }
@@ -325,7 +210,7 @@ mod tests {
     fn no_vips() -> Vips {
         Vips::load("198.19.0.0/16".parse().unwrap(), None)
     }
-    use weft_api::control::{FrameDecoder, FromControl, Registration};
+    use weft_api::control::{FrameDecoder, FromControl, Registration, ServiceView};
     use weft_api::resources::{Kind, Metadata, ServicePort, API_VERSION};
 
     fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> Metadata {
@@ -430,7 +315,7 @@ mod tests {
         let res = resources();
         let shared = SharedSections::build(&res, &[&a], &td, "PEM", &no_vips(), &[]);
         let pol = PolicyCache::default().for_workload(&res, &a);
-        let full = shared.frame(7, &pol, None).to_bytes();
+        let full = shared.frame(7, &pol, &[], None).to_bytes();
         let mut d = FrameDecoder::default();
         d.push(&full);
         let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
@@ -443,7 +328,7 @@ mod tests {
         let base = shared.digests(&pol);
         let b = reg("default", "reviews-2", "reviews", "198.18.0.5");
         let shared2 = SharedSections::build(&res, &[&a, &b], &td, "PEM", &no_vips(), &[]);
-        let delta = shared2.frame(8, &pol, Some(&base)).to_bytes();
+        let delta = shared2.frame(8, &pol, &[&base], None).to_bytes();
         d.push(&delta);
         let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
         assert!(s.services.is_some());
@@ -454,9 +339,114 @@ mod tests {
         let base = shared2.digests(&pol);
         let revoked = ["0a1b".to_string()];
         let shared3 = SharedSections::build(&res, &[&a, &b], &td, "PEM", &no_vips(), &revoked);
-        d.push(&shared3.frame(9, &pol, Some(&base)).to_bytes());
+        d.push(&shared3.frame(9, &pol, &[&base], None).to_bytes());
         let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
         assert_eq!(s.revoked_serials, Some(vec!["0a1b".to_string()]));
         assert!(s.services.is_none() && s.trust_bundle_pem.is_none());
+    }
+
+    /// `resources()` with services `reviews`, `ratings` and `details`, each selecting its `app`.
+    fn three_services() -> MeshResources {
+        let mut res = resources();
+        for name in ["ratings", "details"] {
+            let mut svc = res.services[0].clone();
+            svc.metadata.name = name.into();
+            svc.spec.selector = meta("", "", &[("app", name)]).labels;
+            res.services.push(svc);
+        }
+        res
+    }
+
+    fn snapshot(frame: Frame) -> weft_api::control::Snapshot {
+        let mut d = FrameDecoder::default();
+        d.push(&frame.to_bytes());
+        let FromControl::Snapshot(s) = d.next::<FromControl>().unwrap().unwrap();
+        s
+    }
+
+    fn names(services: &Option<Vec<ServiceView>>) -> Vec<String> {
+        let all = services.iter().flatten();
+        all.map(|s| s.name.clone()).collect()
+    }
+
+    #[test]
+    fn services_go_as_the_ones_that_changed_to_a_proxy_that_takes_changes() {
+        let td = TrustDomain::new("t.local").unwrap();
+        let (res, pem, vips) = (three_services(), "PEM", no_vips());
+        let r1 = reg("default", "reviews-1", "reviews", "198.18.0.2");
+        let d1 = reg("default", "details-1", "details", "198.18.0.3");
+        let before = SharedSections::build(&res, &[&r1, &d1], &td, pem, &vips, &[]);
+        let pol = PolicyCache::default().for_workload(&res, &r1);
+        let held = before.digests(&pol);
+        let r2 = reg("default", "reviews-2", "reviews", "198.18.0.5");
+        let after = SharedSections::build(&res, &[&r1, &r2, &d1], &td, pem, &vips, &[]);
+        let mut cache = ChangeCache::default();
+        let s = snapshot(after.frame(8, &pol, &[&held], Some(&mut cache)));
+        assert_eq!(s.services, None, "the whole list was sent");
+        assert_eq!(names(&s.services_changed), ["reviews"]);
+        assert_eq!(s.services_changed.unwrap()[0].endpoints.len(), 3);
+        assert_eq!(s.services_removed, None);
+        assert!(s.mesh.is_none() && s.routes.is_none() && s.trust_bundle_pem.is_none());
+        // A proxy of protocol 1 gets the whole list.
+        let s = snapshot(after.frame(8, &pol, &[&held], None));
+        assert_eq!(names(&s.services), ["details", "ratings", "reviews"]);
+        assert_eq!(s.services_changed, None);
+        // A proxy whose view is unknown gets everything.
+        let s = snapshot(after.frame(8, &pol, &[], Some(&mut cache)));
+        assert_eq!(names(&s.services), ["details", "ratings", "reviews"]);
+        assert!(s.mesh.is_some() && s.routes.is_some() && s.policies.is_some());
+    }
+
+    #[test]
+    fn a_frame_covers_every_view_the_proxy_may_hold() {
+        let td = TrustDomain::new("t.local").unwrap();
+        let (mut res, pem, vips) = (three_services(), "PEM", no_vips());
+        let r1 = reg("default", "reviews-1", "reviews", "198.18.0.2");
+        let r2 = reg("default", "reviews-2", "reviews", "198.18.0.5");
+        let pol = PolicyCache::default().for_workload(&res, &r1);
+        let acked = SharedSections::build(&res, &[&r1], &td, pem, &vips, &[]).digests(&pol);
+        // Sent, not yet acknowledged: reviews-2 joined, and a revocation.
+        let revoked = ["0a".to_string()];
+        let sent = SharedSections::build(&res, &[&r1, &r2], &td, pem, &vips, &revoked);
+        let sent = sent.digests(&pol);
+        // Now reviews-2 and the revocation are gone again, and `details` is removed.
+        res.services.retain(|s| s.metadata.name != "details");
+        let now = SharedSections::build(&res, &[&r1], &td, pem, &vips, &[]);
+        let mut cache = ChangeCache::default();
+        let s = snapshot(now.frame(9, &pol, &[&acked, &sent], Some(&mut cache)));
+        // Equal to the acknowledged view, but not to the one sent since: both come again.
+        assert_eq!(names(&s.services_changed), ["reviews"]);
+        assert_eq!(s.revoked_serials, Some(vec![]));
+        let removed = s.services_removed.unwrap();
+        assert_eq!(
+            (removed[0].namespace.as_str(), removed[0].name.as_str()),
+            ("default", "details")
+        );
+        assert_eq!(removed.len(), 1);
+        // Against the acknowledged view alone, only the removal would be news.
+        let s = snapshot(now.frame(9, &pol, &[&acked], Some(&mut cache)));
+        assert_eq!(s.services_changed, None);
+        assert_eq!(s.revoked_serials, None);
+        assert_eq!(s.services_removed.map(|r| r.len()), Some(1));
+    }
+
+    #[test]
+    fn the_whole_list_goes_when_it_is_no_larger_than_the_changes() {
+        let td = TrustDomain::new("t.local").unwrap();
+        let (res, pem, vips) = (three_services(), "PEM", no_vips());
+        let pol =
+            PolicyCache::default().for_workload(&res, &reg("default", "x", "x", "198.18.0.9"));
+        let none = SharedSections::build(&res, &[], &td, pem, &vips, &[]).digests(&pol);
+        let regs = [
+            reg("default", "reviews-1", "reviews", "198.18.0.2"),
+            reg("default", "ratings-1", "ratings", "198.18.0.3"),
+            reg("default", "details-1", "details", "198.18.0.4"),
+        ];
+        let every: Vec<&Registered> = regs.iter().collect();
+        let all_changed = SharedSections::build(&res, &every, &td, pem, &vips, &[]);
+        let mut cache = ChangeCache::default();
+        let s = snapshot(all_changed.frame(3, &pol, &[&none], Some(&mut cache)));
+        assert_eq!(names(&s.services), ["details", "ratings", "reviews"]);
+        assert_eq!((s.services_changed, s.services_removed), (None, None));
     }
 }

@@ -101,7 +101,14 @@ async fn run(n: usize, rounds: usize) -> Result {
         let connects = batch.iter().map(|&i| {
             let svc = i % SERVICES;
             let reg = registration(i);
-            SimProxy::connect_with(cp.api, &identities[svc], &control_id, reg, Reply::Ack, true)
+            SimProxy::connect_with(
+                cp.api,
+                &identities[svc],
+                &control_id,
+                reg,
+                Reply::Ack,
+                push_common::sim_options(),
+            )
         });
         for sim in futures_util::future::join_all(connects).await {
             sims.push(sim.expect("connect a simulated proxy"));

@@ -243,7 +243,15 @@ async fn connect_fleet(fleet: &Fleet, picks: &[usize]) -> Vec<SimProxy> {
             let mut tries = 0;
             loop {
                 let reg = registration(i);
-                match SimProxy::connect_with(api, identity, control_id, reg, Reply::Ack, true).await
+                match SimProxy::connect_with(
+                    api,
+                    identity,
+                    control_id,
+                    reg,
+                    Reply::Ack,
+                    push_common::sim_options(),
+                )
+                .await
                 {
                     Err(e) if tries < CONNECT_TRIES => {
                         tries += 1;

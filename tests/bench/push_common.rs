@@ -3,8 +3,19 @@
 //! memory from /proc.
 
 use std::time::{Duration, Instant};
-use weft::control_sim::SimProxy;
+use weft::control_sim::{Options, SimProxy};
 use weft_api::control::Registration;
+
+/// How the simulated proxies connect: reading snapshots for their version only, speaking the
+/// protocol in env `PROTOCOL` (default the current one; `PROTOCOL=1` has every services change sent as
+/// the whole list, as before services went as changes).
+pub fn sim_options() -> Options {
+    let protocol = std::env::var("PROTOCOL").ok().and_then(|p| p.parse().ok());
+    Options {
+        light: true,
+        protocol: protocol.unwrap_or(Options::default().protocol),
+    }
+}
 
 /// Services in the mesh; simulated proxy `i` is a workload of service `i % SERVICES`.
 pub const SERVICES: usize = 100;

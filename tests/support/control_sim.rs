@@ -16,6 +16,25 @@ use weft_api::control::{
     PATH_STREAM, PROTOCOL_VERSION,
 };
 use weft_certs::{Identity, SpiffeId};
+use weft_proxy::traffic::mesh::merge_services;
+
+/// How a simulated proxy connects and reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Read snapshots only for their version (see [`SimProxy::connect_with`]).
+    pub light: bool,
+    /// The protocol its hello speaks (1: services always as whole lists).
+    pub protocol: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            light: false,
+            protocol: PROTOCOL_VERSION,
+        }
+    }
+}
 
 /// How the simulated proxy answers snapshots.
 #[derive(Debug, Clone)]
@@ -36,12 +55,14 @@ pub struct Seen {
     /// When the answer (ACK or NACK) to each snapshot was handed to the stream, in order (none when
     /// [`Reply::Silent`]).
     pub answered: Vec<Instant>,
-    /// The newest snapshot.
+    /// The newest snapshot, as it came (services possibly as changes).
     pub last: Option<(Instant, Snapshot)>,
+    /// The services the proxy holds: every snapshot merged as a proxy merges it.
+    pub held: Vec<ServiceView>,
     /// Why the stream ended, once it has.
     pub ended: Option<String>,
     /// Once [`SimProxy::record_services`] was called: the services section of every snapshot that
-    /// carried one since, in order (what the proxy held after each).
+    /// touched them since, in order (what the proxy held after each).
     pub services: Option<Vec<Vec<ServiceView>>>,
 }
 
@@ -72,7 +93,8 @@ impl SimProxy {
         registration: Registration,
         reply: Reply,
     ) -> anyhow::Result<SimProxy> {
-        Self::connect_with(api, identity, control_id, registration, reply, false).await
+        let options = Options::default();
+        Self::connect_with(api, identity, control_id, registration, reply, options).await
     }
 
     /// As [`connect`](Self::connect); with `light`, snapshots are only read for their version, from
@@ -85,7 +107,7 @@ impl SimProxy {
         control_id: &SpiffeId,
         registration: Registration,
         reply: Reply,
-        light: bool,
+        options: Options,
     ) -> anyhow::Result<SimProxy> {
         let tcp = tokio::net::TcpStream::connect(api).await?;
         let _ = tcp.set_nodelay(true);
@@ -105,7 +127,7 @@ impl SimProxy {
         )));
         let req = http::Request::post(format!("https://{api}{PATH_STREAM}")).body(body)?;
         let hello = FromProxy::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
+            protocol: options.protocol,
             proxy_version: "sim".into(),
             workload: registration,
             applied_version: None,
@@ -128,7 +150,7 @@ impl SimProxy {
             tx: tx.clone(),
             reply,
         };
-        let task = if light {
+        let task = if options.light {
             tokio::spawn(receive_light(resp.into_body(), answers))
         } else {
             tokio::spawn(receive(resp.into_body(), answers))
@@ -151,12 +173,17 @@ impl SimProxy {
     }
 
     /// Keeps the services section of every snapshot from now on ([`Seen::services`]), for tests
-    /// that check each view the proxy held rather than the newest. Starts with the newest
-    /// snapshot's section if it carried one (a new stream's first snapshot carries every section).
+    /// that check each view the proxy held rather than the newest. Starts with what it holds now,
+    /// once any snapshot arrived (a new stream's first snapshot carries every section).
     pub fn record_services(&self) {
         let mut seen = self.seen.lock().unwrap();
-        let newest = seen.last.as_ref().and_then(|(_, s)| s.services.clone());
-        seen.services = Some(newest.into_iter().collect());
+        let held = seen.last.is_some().then(|| seen.held.clone());
+        seen.services = Some(held.into_iter().collect());
+    }
+
+    /// The services it holds now.
+    pub fn held(&self) -> Vec<ServiceView> {
+        self.seen.lock().unwrap().held.clone()
     }
 
     pub fn last(&self) -> Option<(Instant, Snapshot)> {
@@ -199,8 +226,21 @@ impl Answers {
             let now = Instant::now();
             let mut seen = self.seen.lock().unwrap();
             seen.arrivals.push(now);
-            if let (Some(all), Some(services)) = (seen.services.as_mut(), s.services.as_ref()) {
-                all.push(services.clone());
+            let touches = s.services.is_some()
+                || s.services_changed.is_some()
+                || s.services_removed.is_some();
+            if touches {
+                let merged = merge_services(
+                    &seen.held,
+                    s.services.clone(),
+                    s.services_changed.clone(),
+                    s.services_removed.clone(),
+                );
+                seen.held = merged.unwrap_or_else(|e| panic!("snapshot {version}: {e}"));
+                let held = seen.held.clone();
+                if let Some(all) = seen.services.as_mut() {
+                    all.push(held);
+                }
             }
             seen.last = Some((now, s));
         }
@@ -340,15 +380,7 @@ fn version_in(head: &[u8]) -> Result<u64, String> {
 }
 
 fn empty() -> Snapshot {
-    Snapshot {
-        version: 0,
-        mesh: None,
-        services: None,
-        routes: None,
-        policies: None,
-        trust_bundle_pem: None,
-        revoked_serials: None,
-    }
+    Snapshot::default()
 }
 
 #[cfg(test)]

@@ -23,7 +23,12 @@ use weft_certs::SpiffeId;
 pub const PATH_CERTIFICATE: &str = "/v1/certificate";
 pub const PATH_STREAM: &str = "/v1/stream";
 /// Bumped on incompatible changes; a control plane refuses a `Hello` with a protocol it does not speak.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: snapshots may carry services as changes (`servicesChanged`, `servicesRemoved`).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest protocol a control plane still speaks (to a proxy of 1 it sends whole services lists).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// The first protocol whose proxies take `servicesChanged` / `servicesRemoved`.
+pub const PROTOCOL_SERVICE_CHANGES: u32 = 2;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 16 << 20;
 
@@ -162,16 +167,26 @@ pub enum FromControl {
     Snapshot(Snapshot),
 }
 
-/// A versioned view of the mesh for one proxy. Sections left out are unchanged from the last snapshot the
-/// proxy acknowledged; the first snapshot on a stream carries every section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A versioned view of the mesh for one proxy, applied on top of the one the proxy holds. A section (or
+/// service) is left out only when it is the same in the last snapshot the proxy acknowledged and in
+/// every later one sent to it, so whichever of those it holds, the result is the same; the first
+/// snapshot on a stream carries every section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Snapshot {
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshConfigSpec>,
+    /// Every service: replaces the proxy's list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<ServiceView>>,
+    /// Services that changed, each replacing (or adding) the one of its namespace and name; never in
+    /// the same snapshot as `services`. Sent only to proxies of protocol 2 and later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_changed: Option<Vec<ServiceView>>,
+    /// Services gone; one the proxy does not have is no error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_removed: Option<Vec<ServiceRef>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<Document<HttpRouteSpec>>>,
     /// The policies that apply to this proxy's workload.
@@ -183,6 +198,14 @@ pub struct Snapshot {
     /// to the bundle and have not expired. Sorted; the whole list each time it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_serials: Option<Vec<String>>,
+}
+
+/// Names one service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
 }
 
 /// A service as a proxy sees it: its ports and its endpoints.

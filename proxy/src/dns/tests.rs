@@ -634,12 +634,8 @@ async fn the_proxy_answers_from_the_mesh_view_it_holds_now() {
 
     let snapshot = weft_api::control::Snapshot {
         version: 1,
-        mesh: None,
         services: Some(mesh()),
-        routes: None,
-        policies: None,
-        trust_bundle_pem: None,
-        revoked_serials: None,
+        ..Default::default()
     };
     proxy.set_mesh(
         proxy

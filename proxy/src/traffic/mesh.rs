@@ -6,10 +6,10 @@ use crate::path::errors::ProxyError;
 use crate::traffic::authz::Authorizer;
 use crate::traffic::route::{Backend, Choice, RequestView, RouteTable, RulePolicy};
 use crate::traffic::service_name::ServiceName;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use weft_api::control::{Endpoint, ServiceView, Snapshot};
+use weft_api::control::{Endpoint, ServiceRef, ServiceView, Snapshot};
 use weft_api::resources::{
     AuthorizationPolicySpec, Document, HttpRouteSpec, MeshConfigSpec, PortProtocol, TrafficPolicy,
 };
@@ -35,6 +35,38 @@ pub struct MeshView {
     route_table: RouteTable,
     /// The policies, compiled.
     pub authorizer: Authorizer,
+}
+
+/// The services after a snapshot: its whole list, or `current` with its changes, in (namespace, name)
+/// order as the control plane sends them.
+pub fn merge_services(
+    current: &[ServiceView],
+    all: Option<Vec<ServiceView>>,
+    changed: Option<Vec<ServiceView>>,
+    removed: Option<Vec<ServiceRef>>,
+) -> Result<Vec<ServiceView>, String> {
+    if let Some(all) = all {
+        if changed.is_some() || removed.is_some() {
+            return Err(
+                "a snapshot carries services together with servicesChanged or servicesRemoved"
+                    .to_string(),
+            );
+        }
+        return Ok(all);
+    }
+    if changed.is_none() && removed.is_none() {
+        return Ok(current.to_vec());
+    }
+    let key = |s: &ServiceView| (s.namespace.clone(), s.name.clone());
+    let mut by_name: BTreeMap<(String, String), ServiceView> =
+        current.iter().map(|s| (key(s), s.clone())).collect();
+    for r in removed.unwrap_or_default() {
+        by_name.remove(&(r.namespace, r.name));
+    }
+    for s in changed.unwrap_or_default() {
+        by_name.insert(key(&s), s);
+    }
+    Ok(by_name.into_values().collect())
 }
 
 /// What an intercepted connection's original destination is, as far as the mesh knows.
@@ -64,7 +96,12 @@ impl MeshView {
         let mut v = MeshView {
             version: snapshot.version,
             mesh: snapshot.mesh.unwrap_or_else(|| self.mesh.clone()),
-            services: snapshot.services.unwrap_or_else(|| self.services.clone()),
+            services: merge_services(
+                &self.services,
+                snapshot.services,
+                snapshot.services_changed,
+                snapshot.services_removed,
+            )?,
             routes: snapshot.routes.unwrap_or_else(|| self.routes.clone()),
             policies: snapshot.policies.unwrap_or_else(|| self.policies.clone()),
             trust_bundle_pem: snapshot
@@ -98,6 +135,7 @@ impl MeshView {
             policies: Some(self.policies.clone()),
             trust_bundle_pem: self.trust_bundle_pem.clone(),
             revoked_serials: self.revoked_serials.clone(),
+            ..Snapshot::default()
         }
     }
 
@@ -327,5 +365,68 @@ fn upstream(e: &Endpoint, target_port: u16) -> Option<Upstream> {
             target_port,
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(ns: &str, name: &str, endpoints: usize) -> ServiceView {
+        let endpoint = |i: usize| Endpoint {
+            workload: format!("{name}-{i}"),
+            address: IpAddr::from([198, 18, 0, i as u8]),
+            tunnel_port: None,
+            identity: None,
+            labels: Default::default(),
+            ready: true,
+        };
+        ServiceView {
+            name: name.into(),
+            namespace: ns.into(),
+            ports: Vec::new(),
+            vip: None,
+            endpoints: (0..endpoints).map(endpoint).collect(),
+            traffic_policy: None,
+        }
+    }
+
+    fn named(ns: &str, name: &str) -> ServiceRef {
+        ServiceRef {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn changes_replace_add_and_remove_services_in_order() {
+        let current = [service("a", "ratings", 1), service("a", "reviews", 1)];
+        let merged = merge_services(
+            &current,
+            None,
+            Some(vec![service("a", "reviews", 3), service("a", "details", 2)]),
+            Some(vec![named("a", "ratings"), named("b", "never-had-it")]),
+        )
+        .unwrap();
+        let names: Vec<(&str, usize)> = merged
+            .iter()
+            .map(|s| (s.name.as_str(), s.endpoints.len()))
+            .collect();
+        assert_eq!(names, [("details", 2), ("reviews", 3)]);
+        // Nothing about services: ours stay; a whole list replaces ours.
+        assert_eq!(merge_services(&current, None, None, None).unwrap(), current);
+        let whole = vec![service("b", "x", 1)];
+        assert_eq!(
+            merge_services(&current, Some(whole.clone()), None, None).unwrap(),
+            whole
+        );
+    }
+
+    #[test]
+    fn a_whole_list_with_changes_is_refused() {
+        let e = merge_services(&[], Some(vec![]), Some(vec![]), None).unwrap_err();
+        assert!(e.contains("servicesChanged"), "{e}");
+        let e = merge_services(&[], Some(vec![]), None, Some(vec![])).unwrap_err();
+        assert!(e.contains("servicesRemoved"), "{e}");
     }
 }
