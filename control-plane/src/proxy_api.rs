@@ -391,12 +391,12 @@ impl ProxyStream {
     }
 }
 
-/// Each snapshot goes out as its pieces; the shared sections are written from one copy for all.
+/// Each snapshot goes out in chunks; the large shared sections are written from one copy for all.
 fn snapshots_body(outbox: Arc<crate::hub::Outbox>) -> Response<Body> {
     let frames = stream::unfold(outbox, |outbox| async move {
         let frame = outbox.next().await?;
         let pieces = frame
-            .0
+            .into_chunks()
             .into_iter()
             .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
         Some((stream::iter(pieces), outbox))

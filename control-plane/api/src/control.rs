@@ -262,6 +262,9 @@ pub fn encode<T: Serialize>(msg: &T) -> Bytes {
     out.freeze()
 }
 
+/// Buffer a decoder keeps between messages; a larger one is let go once it is empty.
+const KEPT_CAPACITY: usize = 16 << 10;
+
 /// Reassembles frames from body chunks of any size, refusing a frame over its limit as soon as the
 /// length prefix announces it (nothing of it is buffered first).
 #[derive(Debug)]
@@ -313,6 +316,10 @@ impl FrameDecoder {
         }
         self.buf.advance(4);
         let frame = self.buf.split_to(len);
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_CAPACITY {
+            // One large message must not cost a long-lived stream its size for as long as it lives.
+            self.buf = BytesMut::new();
+        }
         Ok(Some(serde_json::from_slice(&frame)?))
     }
 
@@ -407,5 +414,26 @@ mod tests {
         d.push(&encode(&FromProxy::Ack { version: 1 })[..6]);
         assert!(d.next::<FromProxy>().unwrap().is_none());
         assert!(matches!(d.finish(), Err(FrameError::Truncated(6))));
+    }
+
+    #[test]
+    fn a_large_message_does_not_keep_its_buffer() {
+        let big = FromProxy::Nack {
+            version: 1,
+            reason: "x".repeat(200 << 10),
+        };
+        let mut d = FrameDecoder::default();
+        d.push(&encode(&big));
+        assert_eq!(d.next::<FromProxy>().unwrap(), Some(big));
+        assert!(d.buf.capacity() <= KEPT_CAPACITY, "{}", d.buf.capacity());
+        // A partial message after it keeps what it needs.
+        let ack = encode(&FromProxy::Ack { version: 2 });
+        d.push(&ack[..3]);
+        assert!(d.next::<FromProxy>().unwrap().is_none());
+        d.push(&ack[3..]);
+        assert_eq!(
+            d.next::<FromProxy>().unwrap(),
+            Some(FromProxy::Ack { version: 2 })
+        );
     }
 }

@@ -161,6 +161,9 @@ fn push_section(pieces: &mut Vec<Bytes>, name: &str, section: &Section) {
     pieces.push(section.json.clone());
 }
 
+/// Pieces at least this large are written from their shared copy; smaller ones are copied together.
+const SHARED_FROM: usize = 4096;
+
 /// One length-prefixed frame in pieces; concatenated they are exactly what `weft_api::control::encode`
 /// would produce.
 #[derive(Debug, Clone)]
@@ -175,11 +178,72 @@ impl Frame {
         Frame(pieces)
     }
 
+    /// The frame as chunks to write: pieces of at least [`SHARED_FROM`] bytes as they are (the shared
+    /// sections, not copied per proxy), the small ones between them copied together. Each chunk
+    /// becomes an HTTP/2 DATA frame and a TLS record of its own: a comma or a field name alone
+    /// would cost each ~30 bytes of framing and a write of its own.
+    pub fn into_chunks(self) -> Vec<Bytes> {
+        let mut chunks = Vec::new();
+        let mut small = BytesMut::new();
+        for piece in self.0 {
+            if piece.len() < SHARED_FROM {
+                small.put_slice(&piece);
+                if small.len() < SHARED_FROM {
+                    continue;
+                }
+            }
+            if !small.is_empty() {
+                chunks.push(small.split().freeze());
+            }
+            if piece.len() >= SHARED_FROM {
+                chunks.push(piece);
+            }
+        }
+        if !small.is_empty() {
+            chunks.push(small.freeze());
+        }
+        chunks
+    }
+
     pub fn to_bytes(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.0.iter().map(|p| p.len()).sum());
         for p in &self.0 {
             out.put_slice(p);
         }
         out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_pieces_go_together_and_large_ones_from_their_shared_copy() {
+        let shared = Bytes::from(vec![b'x'; SHARED_FROM + 10]);
+        let pieces = ["abcd", "{\"type\":\"snapshot\"", ",\"services\":"]
+            .map(|p| Bytes::from_static(p.as_bytes()));
+        let mut frame: Vec<Bytes> = pieces.to_vec();
+        frame.extend([
+            shared.clone(),
+            Bytes::from_static(b","),
+            Bytes::from_static(b"}"),
+        ]);
+        let whole = Frame(frame.clone()).to_bytes();
+        let chunks = Frame(frame).into_chunks();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(&chunks[0][..], b"abcd{\"type\":\"snapshot\",\"services\":");
+        assert_eq!(
+            chunks[1].as_ptr(),
+            shared.as_ptr(),
+            "the shared section was copied"
+        );
+        assert_eq!(&chunks[2][..], b",}");
+        assert_eq!(chunks.concat(), whole.to_vec());
+        // Many small pieces are cut where they reach the size of a shared one.
+        let many = vec![Bytes::from(vec![b'y'; 1000]); 10];
+        let chunks = Frame(many).into_chunks();
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [5000, 5000]);
     }
 }

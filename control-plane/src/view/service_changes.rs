@@ -99,7 +99,10 @@ impl ChangeCache {
         target: &ServiceSections,
         held: &[&ServiceDigests],
     ) -> Option<Arc<[Bytes]>> {
-        let key: Vec<u64> = held.iter().map(|d| d.whole).collect();
+        // The changes cover the union of the views: their order and repeats do not matter.
+        let mut key: Vec<u64> = held.iter().map(|d| d.whole).collect();
+        key.sort_unstable();
+        key.dedup();
         self.by_held
             .entry(key)
             .or_insert_with(|| changes(target, held).map(Arc::from))
