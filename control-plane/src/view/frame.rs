@@ -162,7 +162,7 @@ fn push_section(pieces: &mut Vec<Bytes>, name: &str, section: &Section) {
 }
 
 /// Pieces at least this large are written from their shared copy; smaller ones are copied together.
-const SHARED_FROM: usize = 4096;
+const SHARED_FROM: usize = 512;
 
 /// One length-prefixed frame in pieces; concatenated they are exactly what `weft_api::control::encode`
 /// would produce.
@@ -241,9 +241,9 @@ mod tests {
         assert_eq!(&chunks[2][..], b",}");
         assert_eq!(chunks.concat(), whole.to_vec());
         // Many small pieces are cut where they reach the size of a shared one.
-        let many = vec![Bytes::from(vec![b'y'; 1000]); 10];
+        let many = vec![Bytes::from(vec![b'y'; 100]); 10];
         let chunks = Frame(many).into_chunks();
         let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, [5000, 5000]);
+        assert_eq!(sizes, [600, 400]);
     }
 }

@@ -24,8 +24,16 @@ pub struct ServiceDigests {
 
 struct ServicePiece {
     key: ServiceKey,
-    json: Bytes,
+    /// `,` and the service's JSON: after another service as it is, first in a list without the comma
+    /// (a slice, not a copy), so a frame's pieces are whole services shared by every proxy.
+    after_comma: Bytes,
     digest: u64,
+}
+
+impl ServicePiece {
+    fn json(&self) -> Bytes {
+        self.after_comma.slice(1..)
+    }
 }
 
 /// One cycle's services, each encoded once.
@@ -40,11 +48,12 @@ impl ServiceSections {
         let pieces: Vec<ServicePiece> = views
             .iter()
             .map(|v| {
-                let json = Bytes::from(serde_json::to_vec(v).expect("views always serialize"));
+                let mut after_comma = vec![b','];
+                serde_json::to_writer(&mut after_comma, v).expect("views always serialize");
                 ServicePiece {
                     key: (v.namespace.clone(), v.name.clone()),
-                    digest: digest(&json),
-                    json,
+                    digest: digest(&after_comma[1..]),
+                    after_comma: Bytes::from(after_comma),
                 }
             })
             .collect();
@@ -65,10 +74,11 @@ impl ServiceSections {
         let mut out = BytesMut::with_capacity(self.whole_len());
         out.put_u8(b'[');
         for (i, p) in self.pieces.iter().enumerate() {
-            if i > 0 {
-                out.put_u8(b',');
-            }
-            out.put_slice(&p.json);
+            out.put_slice(if i == 0 {
+                &p.after_comma[1..]
+            } else {
+                &p.after_comma
+            });
         }
         out.put_u8(b']');
         out.freeze()
@@ -80,8 +90,12 @@ impl ServiceSections {
 
     /// The whole list's length: every service, the commas between them, the brackets.
     fn whole_len(&self) -> usize {
-        let commas = self.pieces.len().saturating_sub(1);
-        self.pieces.iter().map(|p| p.json.len()).sum::<usize>() + commas + 2
+        let with_commas = self
+            .pieces
+            .iter()
+            .map(|p| p.after_comma.len())
+            .sum::<usize>();
+        with_commas.saturating_sub(1) + 2
     }
 }
 
@@ -123,12 +137,12 @@ fn changes(target: &ServiceSections, held: &[&ServiceDigests]) -> Option<Vec<Byt
         .collect();
     let mut pieces = Vec::with_capacity(changed.len() * 2 + 2);
     for (i, p) in changed.iter().enumerate() {
-        pieces.push(Bytes::from_static(if i == 0 {
-            b",\"servicesChanged\":["
+        if i == 0 {
+            pieces.push(Bytes::from_static(b",\"servicesChanged\":["));
+            pieces.push(p.json());
         } else {
-            b","
-        }));
-        pieces.push(p.json.clone());
+            pieces.push(p.after_comma.clone());
+        }
     }
     if !changed.is_empty() {
         pieces.push(Bytes::from_static(b"]"));
