@@ -386,14 +386,14 @@ impl Hub {
                 .iter()
                 .map(|(k, e)| {
                     let r = &e.revisions;
-                    let nack = r.nack.zip(e.last_nack.as_ref().map(|n| n.reason.clone()));
+                    let nack = r.nack.zip(e.last_nack.as_ref());
                     let ack = ProxyAck {
                         current: r.current,
                         pushed: r.pushed,
                         version: r.pushed_version,
-                        nack,
+                        nack: nack.map(|(revision, n)| (revision, n.reason.clone())),
                         connected: e.conn.is_some(),
-                        nack_version: e.last_nack.as_ref().map(|n| n.version),
+                        nack_version: nack.map(|(_, n)| n.version),
                     };
                     (k.clone(), ack)
                 })

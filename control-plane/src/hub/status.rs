@@ -82,7 +82,13 @@ fn elsewhere(
     let Some(a) = ack else {
         return row;
     };
-    let nacked_last = a.nack.as_ref().is_some_and(|(r, _)| *r >= a.pushed);
+    // Whether it refused the last push (a replica of an earlier release gives the NACK's revision
+    // only, which later pushes at the same revision share).
+    let nacked_last = match (&a.nack, a.nack_version) {
+        (Some(_), Some(v)) => v == a.version,
+        (Some((r, _)), None) => *r >= a.pushed,
+        (None, _) => false,
+    };
     row.sent_version = a.version;
     row.sent_revision = (a.version > 0).then_some(a.pushed);
     // The record says "acked nothing yet" as revision 0, so an ack of revision 0 (a mesh before its
@@ -292,6 +298,20 @@ mod tests {
             (rows[0].sent_revision, rows[0].acked_revision),
             (Some(41), Some(40))
         );
+    }
+
+    #[test]
+    fn another_replicas_proxy_that_refused_a_push_and_acked_the_next_shows_it_acked() {
+        let hub = hub();
+        // Both pushes at revision 41 (the second for an endpoint that changed, not a resource).
+        let mut recovered = ack(41, 10);
+        recovered.nack = Some((41, "bad regex".into()));
+        recovered.nack_version = Some(9);
+        published(&hub, "r-b", &[("b-1", recovered)]);
+        in_registry(&hub, "b-1", "r-b", true, 5);
+        let rows = rows(&hub, Some(ME));
+        assert_eq!(rows[0].acked_version, Some(10));
+        assert_eq!(rows[0].last_nack.as_ref().map(|n| n.version), Some(9));
     }
 
     #[test]
