@@ -2,8 +2,9 @@
 //! one is an endpoint in what every other pushes, its name is held through all of them (and taken
 //! over by its own identity moving), a killed replica's workloads leave within its lease TTL unless
 //! their proxies register again elsewhere, every replica answers the same service addresses (also
-//! when two services collide on their first choice), and `apply --wait` through one replica waits
-//! for the proxies of every replica and shows their NACKs. Real etcd, real `weft-control`
+//! when two services collide on their first choice), `apply --wait` through one replica waits
+//! for the proxies of every replica and shows their NACKs, and `weftctl status` through any replica
+//! lists every proxy of the mesh under the replica holding it. Real etcd, real `weft-control`
 //! replicas, the real proxy protocol (simulated proxies).
 
 use bytes::Bytes;
@@ -207,11 +208,18 @@ fn a_workload_registered_through_one_replica_is_an_endpoint_in_every_replicas_vi
             );
             let _ = tokio::time::timeout(Duration::from_millis(200), on_b.changed.changed()).await;
         }
+        // B no longer lists it as its own: once, under A (the replica holding it now).
+        let (id_a, id_b) = (replica_id(&a), replica_id(&b));
         let held_by_b = b.api("GET", "/v1/status", None);
         assert!(
-            !held_by_b.to_string().contains("reviews-1"),
-            "B still lists the moved workload: {held_by_b}"
+            !replicas_of(&held_by_b, "default/reviews-1").contains(&id_b),
+            "B still lists the moved workload as its own: {held_by_b}"
         );
+        tokio::task::block_in_place(|| {
+            b.wait_status(Duration::from_secs(10), |s| {
+                replicas_of(s, "default/reviews-1") == [id_a.as_str()]
+            })
+        });
         // B's view follows it: its address is the one registered through A.
         let mut on_b2 = sim(
             &b,
@@ -521,6 +529,221 @@ fn ready_in_each_view(p: &SimProxy, svc: &str) -> Vec<Vec<String>> {
             names
         })
         .collect()
+}
+
+/// The replica of each row of `proxy` in a `GET /v1/status` answer.
+fn replicas_of(status: &serde_json::Value, proxy: &str) -> Vec<String> {
+    status["proxies"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"))
+        .iter()
+        .filter(|p| p["proxy"] == proxy)
+        .map(|p| p["replica"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Every proxy in a `GET /v1/status` answer with its replica; a proxy listed twice fails the test.
+fn listed(status: &serde_json::Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for p in status["proxies"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"))
+    {
+        let proxy = p["proxy"].as_str().unwrap().to_string();
+        let replica = p["replica"].as_str().unwrap_or_default().to_string();
+        if let Some(first) = out.insert(proxy.clone(), replica) {
+            panic!("{proxy} listed twice (under {first} and again): {status:#}");
+        }
+    }
+    out
+}
+
+/// The row of `proxy` in a `GET /v1/status` answer.
+fn row<'a>(status: &'a serde_json::Value, proxy: &str) -> &'a serde_json::Value {
+    status["proxies"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["proxy"] == proxy))
+        .unwrap_or_else(|| panic!("no {proxy} in {status:#}"))
+}
+
+/// `weftctl ARGS` (the real binary) against `cp`: exit code, stdout, stderr.
+fn weftctl(cp: &ControlProc, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(weft::bins::bin("weftctl"))
+        .args(args)
+        .env("WEFT_SERVER", format!("http://{}", cp.operator))
+        .env("WEFT_TOKEN_FILE", cp.state_dir().join("operator.token"))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `proxy -> replica` for `default/NAME`s.
+fn under(rows: &[(&str, &String)]) -> BTreeMap<String, String> {
+    rows.iter()
+        .map(|(name, replica)| (format!("default/{name}"), replica.to_string()))
+        .collect()
+}
+
+/// The real `weftctl status` through `a` shows what `through_a` (its `GET /v1/status`) holds, with a
+/// REPLICA column and the count per replica; `-o json` through `b` lists `want`.
+fn weftctl_status_shows_every_replica(
+    a: &ControlProc,
+    b: &ControlProc,
+    through_a: &serde_json::Value,
+    want: &BTreeMap<String, String>,
+) {
+    let (code, out, err) = weftctl(a, &["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    let mut counts: BTreeMap<&String, (usize, usize)> = BTreeMap::new();
+    for replica in want.values() {
+        let (up, all) = counts.entry(replica).or_default();
+        (*up, *all) = (*up + 1, *all + 1);
+    }
+    let per_replica: Vec<String> = counts
+        .iter()
+        .map(|(r, (up, all))| format!("replica {r}: {up}/{all}"))
+        .collect();
+    let summary = format!(
+        "config revision {}: {n}/{n} proxies connected ({})\n",
+        through_a["revision"],
+        per_replica.join(", "),
+        n = want.len()
+    );
+    assert_eq!(err, summary);
+    eprintln!("weftctl status through A:\n{err}{out}");
+    let header = out.lines().next().unwrap_or_default();
+    assert!(header.starts_with("PROXY              REPLICA"), "{out}");
+    for (proxy, replica) in want {
+        let line = out.lines().find(|l| l.starts_with(proxy.as_str()));
+        assert!(line.is_some_and(|l| l.contains(replica.as_str())), "{out}");
+    }
+    let nack = format!("rev {}: route refers to nothing", through_a["revision"]);
+    assert!(out.contains(&nack), "{out}");
+    let (code, json, err) = weftctl(b, &["status", "-o", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(&listed(&json), want);
+}
+
+/// Proxies on A and on B (one of B's NACKing): `GET /v1/status` and `weftctl status` through either
+/// replica list all of them, once each, under the replica holding each, with the NACK and its
+/// reason, and one of B's that disconnects as disconnected; after B's kill -9, the proxy that
+/// registers again through A shows under A at once and the others leave with B's lease.
+#[test]
+fn status_through_either_replica_lists_every_proxy_of_the_mesh_under_the_replica_holding_it() {
+    let Some(etcd) = EtcdProc::start("status") else {
+        return;
+    };
+    let (a, mut b) = replicas("status", &etcd, &[]);
+    let (id_a, id_b) = (replica_id(&a), replica_id(&b));
+    a.apply_file("reviews.yaml", &service("reviews"), 0);
+    runtime().block_on(async {
+        let reviews = join(&a, "reviews").await;
+        let reg = |name: &str, ip: &str| registration(name, ip);
+        let _r1 = sim(&a, &reviews, reg("reviews-1", "198.18.0.2"), Reply::Ack).await;
+        let r2 = sim(&b, &reviews, reg("reviews-2", "198.18.0.3"), Reply::Ack).await;
+        let nack = Reply::Nack("route refers to nothing".into());
+        let r3 = sim(&b, &reviews, reg("reviews-3", "198.18.0.4"), nack).await;
+        let r4 = sim(&b, &reviews, reg("reviews-4", "198.18.0.5"), Reply::Ack).await;
+        let want = under(&[
+            ("reviews-1", &id_a),
+            ("reviews-2", &id_b),
+            ("reviews-3", &id_b),
+            ("reviews-4", &id_b),
+        ]);
+        // Once B published where its proxies stand: acked at the mesh's revision, and the NACK.
+        let settled = |s: &serde_json::Value| {
+            listed(s) == want
+                && row(s, "default/reviews-2")["ackedRevision"] == s["revision"]
+                && row(s, "default/reviews-3")["lastNack"].is_object()
+        };
+        let within = Duration::from_secs(10);
+        let through_a = tokio::task::block_in_place(|| a.wait_status(within, settled));
+        let through_b = tokio::task::block_in_place(|| b.wait_status(within, settled));
+        assert_eq!(through_a["replica"], id_a.as_str());
+        assert_eq!(through_b["replica"], id_b.as_str());
+        let r2_on_a = row(&through_a, "default/reviews-2");
+        assert_eq!(r2_on_a["connected"], true, "{through_a:#}");
+        assert_eq!(r2_on_a["address"], "198.18.0.3");
+        assert_eq!(r2_on_a["identity"], "spiffe://mesh.test/ns/default/sa/reviews");
+        assert!(r2_on_a["certNotAfter"].as_u64().is_some(), "{through_a:#}");
+        assert!(r2_on_a["sentVersion"].as_u64().is_some_and(|v| v > 0));
+        let nack = &row(&through_a, "default/reviews-3")["lastNack"];
+        assert_eq!(nack["reason"], "route refers to nothing", "{through_a:#}");
+        assert_eq!(nack["revision"], through_a["revision"], "{through_a:#}");
+        tokio::task::block_in_place(|| {
+            weftctl_status_shows_every_replica(&a, &b, &through_a, &want)
+        });
+
+        // A proxy on B disconnects: A shows it so (within the grace period), still under B.
+        drop(r4);
+        let left = tokio::task::block_in_place(|| {
+            a.wait_status(within, |s| row(s, "default/reviews-4")["connected"] == false)
+        });
+        let r4_on_a = row(&left, "default/reviews-4");
+        assert_eq!(r4_on_a["replica"], id_b.as_str(), "{left:#}");
+        assert!(r4_on_a["certNotAfter"].as_u64().is_some(), "{left:#}");
+        let seen = r4_on_a["lastSeenMs"].as_u64();
+        assert!(seen.is_some_and(|ms| ms < 10_000), "{left:#}");
+
+        // kill -9 B: reviews-2's proxy registers again through A, reviews-3's does not come back.
+        b.kill9();
+        let killed = Instant::now();
+        drop((r2, r3));
+        let _back = sim(&a, &reviews, reg("reviews-2", "198.18.0.3"), Reply::Ack).await;
+        let moved = tokio::task::block_in_place(|| {
+            a.wait_status(within, |s| replicas_of(s, "default/reviews-2") == [id_a.as_str()])
+        });
+        assert_eq!(replicas_of(&moved, "default/reviews-3"), [id_b.as_str()]);
+        let ttl = weft_control::backend::etcd::SESSION_TTL;
+        let only_a = under(&[("reviews-1", &id_a), ("reviews-2", &id_a)]);
+        tokio::task::block_in_place(|| {
+            a.wait_status(ttl + Duration::from_secs(8), |s| listed(s) == only_a)
+        });
+        let took = killed.elapsed();
+        assert!(
+            took >= ttl * 6 / 10,
+            "B's proxies left A's status after {took:?}, before its lease (TTL {ttl:?}) can have expired"
+        );
+        eprintln!("the killed replica's proxies left the status {took:?} after the kill (TTL {ttl:?})");
+    });
+}
+
+#[test]
+fn a_state_directory_control_planes_status_names_no_replica() {
+    let cp = ControlProc::start("status-dir");
+    cp.apply_file("reviews.yaml", &service("reviews"), 0);
+    runtime().block_on(async {
+        let reviews = join(&cp, "reviews").await;
+        let _p = sim(
+            &cp,
+            &reviews,
+            registration("reviews-1", "198.18.0.2"),
+            Reply::Ack,
+        )
+        .await;
+        let s = tokio::task::block_in_place(|| {
+            cp.wait_status(Duration::from_secs(10), |s| {
+                s["proxies"][0]["ackedVersion"].as_u64().is_some()
+            })
+        });
+        assert!(s.get("replica").is_none(), "{s:#}");
+        let fields: Vec<&String> = s["proxies"][0].as_object().unwrap().keys().collect();
+        for absent in ["replica", "sentRevision", "ackedRevision"] {
+            assert!(!fields.iter().any(|f| *f == absent), "{absent} in {s:#}");
+        }
+        let (code, out, err) = tokio::task::block_in_place(|| weftctl(&cp, &["status"]));
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            err,
+            format!("config revision {}: 1/1 proxies connected\n", s["revision"])
+        );
+        assert!(out.starts_with("PROXY              IDENTITY"), "{out}");
+    });
 }
 
 /// Sidecars spread over three replicas, one of them killed: its proxies register again through the

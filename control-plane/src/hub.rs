@@ -24,6 +24,7 @@ use weft_certs::SpiffeId;
 pub type ProxyKey = String;
 
 mod mesh;
+mod status;
 
 /// Where frames for one connected proxy wait to be written. Holds only the newest: a snapshot supersedes
 /// an unsent older one (both are relative to what the proxy acknowledged).
@@ -160,6 +161,10 @@ impl ProxyEntry {
                 Some(_) => 0,
                 None => now.duration_since(self.last_seen).as_millis() as u64,
             },
+            // Filled in by `status::of` when replicas share etcd.
+            replica: None,
+            sent_revision: None,
+            acked_revision: None,
         }
     }
 
@@ -447,7 +452,7 @@ impl Hub {
         let outbox = Arc::new(Outbox::default());
         lock(&self.state).check_name(&key, &reg.identity)?;
         // Through every replica: a compare-and-swap on the workload's key in etcd.
-        let (held, published) = self.claim_in_mesh(&key, &reg)?;
+        let (held, published) = self.claim_in_mesh(&key, &reg, cert_not_after)?;
         let mut st = lock(&self.state);
         st.check_name(&key, &reg.identity)?;
         if let Some((_, ob)) = st.proxies.get(&key).and_then(|old| old.conn.as_ref()) {
@@ -550,7 +555,11 @@ impl Hub {
                 e.revisions.nacked(*revision);
             }
             e.sent.retain(|(v, _, _)| *v != version);
-            e.last_nack = Some(Nack { version, reason });
+            e.last_nack = Some(Nack {
+                version,
+                reason,
+                revision: None,
+            });
         });
         if found.is_some() {
             self.metrics.ack("nack");
@@ -581,13 +590,11 @@ impl Hub {
         }
     }
 
+    /// Every proxy of the mesh: this replica's, and with replicas on etcd those other replicas hold.
     pub fn status(&self) -> Status {
+        let replica = self.replica_id();
         let st = lock(&self.state);
-        let now = Instant::now();
-        Status {
-            revision: st.revision,
-            proxies: st.proxies.iter().map(|(k, e)| e.status(k, now)).collect(),
-        }
+        status::of(&st, replica.as_deref(), Instant::now())
     }
 
     /// Runs push cycles until `stop` is cancelled.

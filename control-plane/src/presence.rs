@@ -7,7 +7,8 @@
 //!   a name held by another identity is refused; the same identity (a proxy failing over) takes it.
 //! - `<prefix>acks/<replica>`: [`ReplicaAcks`], where that replica's proxies stand in store
 //!   revisions (push versions are each replica's own), written at most every
-//!   [`ACKS_DEBOUNCE`]; the replica answering `apply --wait` merges them with its own rollout.
+//!   [`ACKS_DEBOUNCE`]; the replica answering `apply --wait` merges them with its own rollout,
+//!   and `GET /v1/status` lists the other replicas' proxies from them and the registry.
 //!
 //! With the state directory there is no [`Presence`] and the hub keeps `registry.json` as before.
 
@@ -31,6 +32,15 @@ pub struct RegistryEntry {
     /// The replica holding (or, disconnected, last holding) its config stream.
     pub replica: String,
     pub connected: bool,
+    // For `GET /v1/status` through the other replicas; absent from a replica of an earlier release.
+    // Here rather than in the rollout record: they change only when the entry is written anyway
+    // (connecting, disconnecting), and the rollout record is one key for all of a replica's proxies.
+    /// When its certificate expires (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_not_after: Option<u64>,
+    /// When its stream ended (Unix seconds, the holding replica's clock); absent while connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected_at: Option<u64>,
 }
 
 /// Where one proxy stands, in store revisions.
@@ -47,6 +57,10 @@ pub struct ProxyAck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nack: Option<(u64, String)>,
     pub connected: bool,
+    /// The version of its last NACK, for `GET /v1/status` through the other replicas (absent from a
+    /// replica of an earlier release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nack_version: Option<u64>,
 }
 
 /// Where one replica's proxies stand.
@@ -191,5 +205,101 @@ impl Presence {
                 tracing::warn!(error = %e, "cannot end the replica session; its keys expire with its lease")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The records as the previous release wrote and read them.
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct PreviousProxyAck {
+        current: u64,
+        pushed: u64,
+        version: u64,
+        #[serde(default)]
+        nack: Option<(u64, String)>,
+        connected: bool,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct PreviousRegistryEntry {
+        workload: Registered,
+        replica: String,
+        connected: bool,
+    }
+
+    #[test]
+    fn rollout_records_are_read_by_the_previous_release_and_read_from_it() {
+        let full = ProxyAck {
+            current: 40,
+            pushed: 41,
+            version: 9,
+            nack: Some((41, "bad regex".into())),
+            connected: false,
+            nack_version: Some(9),
+        };
+        let written = serde_json::to_string(&full).unwrap();
+        let previous: PreviousProxyAck = serde_json::from_str(&written).unwrap();
+        let want = PreviousProxyAck {
+            current: 40,
+            pushed: 41,
+            version: 9,
+            nack: Some((41, "bad regex".into())),
+            connected: false,
+        };
+        assert_eq!(previous, want);
+        let from_previous =
+            r#"{"current":40,"pushed":41,"version":9,"nack":[41,"bad regex"],"connected":false}"#;
+        let read: ProxyAck = serde_json::from_str(from_previous).unwrap();
+        let bare = ProxyAck {
+            nack_version: None,
+            ..full
+        };
+        assert_eq!(read, bare);
+        // Without the new fact, the record is written exactly as before.
+        assert_eq!(serde_json::to_string(&bare).unwrap(), from_previous);
+    }
+
+    #[test]
+    fn registry_entries_are_read_by_the_previous_release_and_read_from_it() {
+        let workload = Registered {
+            namespace: "default".into(),
+            identity: "spiffe://mesh.test/ns/default/sa/a".parse().unwrap(),
+            registration: serde_json::from_str(
+                r#"{"name":"a-1","labels":{},"address":"198.18.0.2","tunnelPort":15008,"ports":[],"ready":true}"#,
+            )
+            .unwrap(),
+        };
+        let full = RegistryEntry {
+            workload: workload.clone(),
+            replica: "r-b".into(),
+            connected: false,
+            cert_not_after: Some(1_900_000_000),
+            disconnected_at: Some(1_800_000_000),
+        };
+        let written = serde_json::to_string(&full).unwrap();
+        let previous: PreviousRegistryEntry = serde_json::from_str(&written).unwrap();
+        assert_eq!(
+            previous,
+            PreviousRegistryEntry {
+                workload: workload.clone(),
+                replica: "r-b".into(),
+                connected: false,
+            }
+        );
+        let bare = RegistryEntry {
+            cert_not_after: None,
+            disconnected_at: None,
+            ..full
+        };
+        let from_previous = serde_json::json!({
+            "workload": workload, "replica": "r-b", "connected": false
+        });
+        let read: RegistryEntry = serde_json::from_value(from_previous.clone()).unwrap();
+        assert_eq!(read, bare);
+        assert_eq!(serde_json::to_value(&bare).unwrap(), from_previous);
     }
 }

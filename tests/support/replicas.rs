@@ -429,15 +429,20 @@ impl Replicas {
         self.replica(i).api("GET", "/v1/status", None)
     }
 
-    /// The replicas (0-based) with `default/NAME` connected, by their `/v1/status`.
+    /// The replicas (0-based) with `default/NAME` connected, by their `/v1/status` (each lists the
+    /// whole mesh, every row under the replica holding it: only its own rows count).
     pub fn connected_to(&self, name: &str) -> Vec<usize> {
         let key = format!("default/{name}");
         (0..NODES)
             .filter(|i| self.alive(*i))
             .filter(|i| {
-                self.status(*i)["proxies"].as_array().is_some_and(|ps| {
-                    ps.iter()
-                        .any(|p| p["proxy"] == key.as_str() && p["connected"] == true)
+                let s = self.status(*i);
+                s["proxies"].as_array().is_some_and(|ps| {
+                    ps.iter().any(|p| {
+                        p["proxy"] == key.as_str()
+                            && p["connected"] == true
+                            && p["replica"] == s["replica"]
+                    })
                 })
             })
             .collect()

@@ -201,6 +201,9 @@ pub struct TokenInfo {
 pub struct Status {
     pub revision: u64,
     pub proxies: Vec<ProxyStatus>,
+    /// The replica that answered (replicas sharing etcd; absent with the state directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,7 +215,8 @@ pub struct ProxyStatus {
     pub address: std::net::IpAddr,
     pub connected: bool,
     pub ready: bool,
-    /// The last version sent to it, and the last it acked.
+    /// The last version sent to it, and the last it acked. Versions are the numbering of the replica
+    /// holding its stream (`replica`); compare proxies of several replicas by their revisions.
     pub sent_version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked_version: Option<u64>,
@@ -223,12 +227,26 @@ pub struct ProxyStatus {
     pub cert_not_after: Option<u64>,
     /// Milliseconds since the control plane last heard from it.
     pub last_seen_ms: u64,
+    /// The control-plane replica holding its config stream (replicas sharing etcd; absent with the
+    /// state directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// With replicas: the store revision of the last config sent to it...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_revision: Option<u64>,
+    /// ...and the highest revision whose config it holds (acked). Revisions are shared by every
+    /// replica, unlike versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_revision: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nack {
     pub version: u64,
     pub reason: String,
+    /// With replicas: the store revision of the config it refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 /// `GET /v1/mesh`: what a pod runner needs to start a sidecar, and the services' virtual IPs.

@@ -651,12 +651,18 @@ const STATUS_LONG: &str = "\
 Every proxy the control plane knows, connected or within its grace period: PROXY (namespace/name),
 IDENTITY, ADDRESS, READY (the app's readiness probe), CONNECTED, SENT and ACKED (the config version last
 sent to it and the last it acknowledged), LAST-NACK (version and reason), CERT-EXPIRES and SEEN (when the
-control plane last heard from it).";
+control plane last heard from it).
+
+With replicas on etcd, any replica lists every proxy of the mesh, once each: REPLICA names the replica
+holding its stream, and SENT-REV, ACKED-REV and LAST-NACK (rev N: reason) are store revisions, which every
+replica shares (versions are each replica's own numbering; -o json has both). The summary on stderr
+counts the connected proxies of each replica.";
 
 const STATUS_EXAMPLES: &str = "\
 Examples:
   weftctl status
-  weftctl status -o json | jq '.proxies[] | select(.lastNack)'";
+  weftctl status -o json | jq '.proxies[] | select(.lastNack)'
+  weftctl status -o json | jq '.proxies[] | select(.ackedRevision < $rev)' --argjson rev 12";
 
 #[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {

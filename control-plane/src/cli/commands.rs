@@ -410,12 +410,7 @@ pub async fn status(client: &Client, output: ListFormat, now: u64) -> Result<Rep
     if output == ListFormat::Json {
         return Ok(Reply::out(pretty(&status)));
     }
-    let connected = status.proxies.iter().filter(|p| p.connected).count();
-    let summary = format!(
-        "config revision {}: {connected}/{} proxies connected\n",
-        status.revision,
-        status.proxies.len()
-    );
+    let summary = render::status_summary(status.revision, &status.proxies);
     let stdout = if status.proxies.is_empty() {
         String::new()
     } else {
@@ -867,5 +862,45 @@ mod tests {
             "{}",
             e.report()
         );
+    }
+
+    #[tokio::test]
+    async fn status_across_replicas_counts_per_replica() {
+        let dir = temp("status-replicas");
+        let row = |name: &str, replica: &str, connected: bool| {
+            format!(
+                r#"{{"proxy":"default/{name}","identity":"spiffe://weft.local/ns/default/sa/a","address":"10.0.0.7","connected":{connected},"ready":true,"sentVersion":9,"ackedVersion":9,"lastSeenMs":0,"replica":"{replica}","sentRevision":12,"ackedRevision":12}}"#
+            )
+        };
+        let body = format!(
+            r#"{{"revision":12,"replica":"r-a","proxies":[{},{},{}]}}"#,
+            row("a-1", "r-a", true),
+            row("b-1", "r-b", true),
+            row("b-2", "r-b", false)
+        );
+        let peer = Peer::start(StatusCode::OK, body.clone()).await;
+        let reply = weftctl(&peer, &dir, &["status"], "").await.unwrap();
+        assert_eq!(
+            reply.stderr,
+            "config revision 12: 2/3 proxies connected (replica r-a: 1/1, replica r-b: 1/2)\n"
+        );
+        let lines: Vec<&str> = reply.stdout.lines().collect();
+        assert!(
+            lines[0].starts_with("PROXY        REPLICA  IDENTITY"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[3].starts_with("default/b-2  r-b      spiffe://"),
+            "{}",
+            lines[3]
+        );
+        let peer = Peer::start(StatusCode::OK, body).await;
+        let reply = weftctl(&peer, &dir, &["status", "-o", "json"], "")
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&reply.stdout).unwrap();
+        assert_eq!(v["proxies"][1]["replica"], "r-b");
+        assert_eq!(v["proxies"][1]["ackedRevision"], 12);
     }
 }

@@ -57,6 +57,20 @@ impl Revisions {
     pub(super) fn nacked(&mut self, revision: u64) {
         self.nack = Some(revision);
     }
+
+    /// The revision of the last push it was sent (meaningful once something was sent).
+    pub(super) fn sent(&self) -> u64 {
+        self.pushed
+    }
+
+    /// The highest revision whose view it holds (meaningful once it acked something).
+    pub(super) fn held(&self) -> u64 {
+        self.current
+    }
+
+    pub(super) fn nack(&self) -> Option<u64> {
+        self.nack
+    }
 }
 
 /// What other replicas share: the workloads they hold and where their proxies stand.
@@ -77,6 +91,17 @@ impl Remote {
 
     pub(super) fn workloads(&self) -> impl Iterator<Item = (&ProxyKey, &Registered)> {
         self.workloads.iter().map(|(k, (e, _))| (k, &e.workload))
+    }
+
+    /// The workloads other replicas hold, each with where its proxy stands as its replica last
+    /// published (`None` until it did).
+    pub(super) fn held_elsewhere(
+        &self,
+    ) -> impl Iterator<Item = (&ProxyKey, &RegistryEntry, Option<&ProxyAck>)> {
+        self.workloads.iter().map(|(k, (e, _))| {
+            let ack = self.acks.get(&e.replica).and_then(|a| a.proxies.get(k));
+            (k, e, ack)
+        })
     }
 
     /// `key` is held here now.
@@ -173,6 +198,7 @@ impl Hub {
         &self,
         key: &str,
         reg: &Registered,
+        cert_not_after: Option<u64>,
     ) -> Result<(Option<u64>, Option<RegistryEntry>), RegisterError> {
         let Some(p) = &self.settings.presence else {
             return Ok((None, None));
@@ -181,6 +207,8 @@ impl Hub {
             workload: reg.clone(),
             replica: p.replica().to_string(),
             connected: true,
+            cert_not_after,
+            disconnected_at: None,
         };
         match p.claim(key, &entry) {
             Ok(Claimed::Held(v)) => Ok((Some(v), Some(entry))),
@@ -216,6 +244,8 @@ impl Hub {
                         workload: e.reg.clone(),
                         replica: p.replica().to_string(),
                         connected: e.conn.is_some(),
+                        cert_not_after: e.cert_not_after,
+                        disconnected_at: disconnected_at(e),
                     };
                     let take_over = e.conn.is_some() && e.held.is_none();
                     (e.published.as_ref() != Some(&want))
@@ -277,7 +307,7 @@ impl Hub {
     }
 
     /// A change to the registry in etcd.
-    fn apply_registry(&self, me: &str, msg: Follow) {
+    pub(super) fn apply_registry(&self, me: &str, msg: Follow) {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         let changed = match msg {
@@ -319,7 +349,7 @@ impl Hub {
     }
 
     /// A change to other replicas' rollout state in etcd.
-    fn apply_acks(&self, me: &str, msg: Follow) {
+    pub(super) fn apply_acks(&self, me: &str, msg: Follow) {
         let parse = |v: &[u8]| serde_json::from_slice::<ReplicaAcks>(v).ok();
         {
             let mut st = lock(&self.state);
@@ -356,13 +386,14 @@ impl Hub {
                 .iter()
                 .map(|(k, e)| {
                     let r = &e.revisions;
-                    let nack = r.nack.zip(e.last_nack.as_ref().map(|n| n.reason.clone()));
+                    let nack = r.nack.zip(e.last_nack.as_ref());
                     let ack = ProxyAck {
                         current: r.current,
                         pushed: r.pushed,
                         version: r.pushed_version,
-                        nack,
+                        nack: nack.map(|(revision, n)| (revision, n.reason.clone())),
                         connected: e.conn.is_some(),
+                        nack_version: nack.map(|(_, n)| n.version),
                     };
                     (k.clone(), ack)
                 })
@@ -461,6 +492,21 @@ impl Hub {
             Err(_) => None,
         }
     }
+}
+
+/// When a disconnected proxy's stream ended, in Unix seconds for the other replicas (which cannot
+/// read this one's `Instant`s): as already written, else converted once, so that the entry is not
+/// written again for a converted value a second off.
+fn disconnected_at(e: &ProxyEntry) -> Option<u64> {
+    if e.conn.is_some() {
+        return None;
+    }
+    if let Some(written) = e.published.as_ref().and_then(|p| p.disconnected_at) {
+        return Some(written);
+    }
+    let at = e.disconnected_at?;
+    let then = std::time::SystemTime::now().checked_sub(at.elapsed())?;
+    Some(then.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())
 }
 
 /// Merges another replica's registry entry; true if the views change.
