@@ -202,7 +202,11 @@ mod tests {
     /// One proxy connected here, its config pushed and acked.
     fn connected_here(hub: &Hub, name: &str) {
         let (conn, _outbox) = hub
-            .connect(registered(name, "198.18.0.2"), Some(1_800_000_000))
+            .connect(
+                registered(name, "198.18.0.2"),
+                Some(1_800_000_000),
+                weft_api::control::PROTOCOL_VERSION,
+            )
             .unwrap();
         hub.cycle();
         let key = format!("default/{name}");
