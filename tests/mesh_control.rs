@@ -449,20 +449,6 @@ async fn rotation_of_ten_second_leaves_under_continuous_traffic_fails_no_request
     assert_eq!(failed, 0, "failed requests during rotation: {why:?}");
 }
 
-fn weftctl(cp: &ControlProc, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(weft::bins::bin("weftctl"))
-        .args(args)
-        .env("WEFT_SERVER", format!("http://{}", cp.operator))
-        .env("WEFT_TOKEN_FILE", cp.state_dir().join("operator.token"))
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weftctl_names_a_proxy_that_refuses_a_change_and_that_proxy_keeps_its_config() {
     let cp = ControlProc::start("e2e-nack");
@@ -496,10 +482,7 @@ spec:
     let file = dir.path().join("route.yaml");
     std::fs::write(&file, route).unwrap();
     let (code, out, err) = tokio::task::block_in_place(|| {
-        weftctl(
-            &cp,
-            &["apply", "-f", file.to_str().unwrap(), "--timeout", "10s"],
-        )
+        cp.weftctl(&["apply", "-f", file.to_str().unwrap(), "--timeout", "10s"])
     });
     assert_eq!(code, Some(3), "{out}\n{err}");
     assert!(out.contains("httproute default/backend created"), "{out}");
@@ -512,7 +495,7 @@ spec:
     let (_, config) = weft::net::http_get(frontend.admin, "/config").unwrap();
     assert!(!config.contains("[a-z]{300}"), "{config}");
     wait_ok(frontend.outbound[0]).await;
-    let (code, out, _) = tokio::task::block_in_place(|| weftctl(&cp, &["status"]));
+    let (code, out, _) = tokio::task::block_in_place(|| cp.weftctl(&["status"]));
     assert_eq!(code, Some(0));
     assert!(
         out.contains("default/frontend-1") && out.contains("regex"),

@@ -566,21 +566,6 @@ fn row<'a>(status: &'a serde_json::Value, proxy: &str) -> &'a serde_json::Value 
         .unwrap_or_else(|| panic!("no {proxy} in {status:#}"))
 }
 
-/// `weftctl ARGS` (the real binary) against `cp`: exit code, stdout, stderr.
-fn weftctl(cp: &ControlProc, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(weft::bins::bin("weftctl"))
-        .args(args)
-        .env("WEFT_SERVER", format!("http://{}", cp.operator))
-        .env("WEFT_TOKEN_FILE", cp.state_dir().join("operator.token"))
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `proxy -> replica` for `default/NAME`s.
 fn under(rows: &[(&str, &String)]) -> BTreeMap<String, String> {
     rows.iter()
@@ -596,7 +581,7 @@ fn weftctl_status_shows_every_replica(
     through_a: &serde_json::Value,
     want: &BTreeMap<String, String>,
 ) {
-    let (code, out, err) = weftctl(a, &["status"]);
+    let (code, out, err) = a.weftctl(&["status"]);
     assert_eq!(code, Some(0), "{err}");
     let mut counts: BTreeMap<&String, (usize, usize)> = BTreeMap::new();
     for replica in want.values() {
@@ -623,7 +608,7 @@ fn weftctl_status_shows_every_replica(
     }
     let nack = format!("rev {}: route refers to nothing", through_a["revision"]);
     assert!(out.contains(&nack), "{out}");
-    let (code, json, err) = weftctl(b, &["status", "-o", "json"]);
+    let (code, json, err) = b.weftctl(&["status", "-o", "json"]);
     assert_eq!(code, Some(0), "{err}");
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(&listed(&json), want);
@@ -736,7 +721,7 @@ fn a_state_directory_control_planes_status_names_no_replica() {
         for absent in ["replica", "sentRevision", "ackedRevision"] {
             assert!(!fields.iter().any(|f| *f == absent), "{absent} in {s:#}");
         }
-        let (code, out, err) = tokio::task::block_in_place(|| weftctl(&cp, &["status"]));
+        let (code, out, err) = tokio::task::block_in_place(|| cp.weftctl(&["status"]));
         assert_eq!(code, Some(0), "{err}");
         assert_eq!(
             err,

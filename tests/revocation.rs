@@ -29,20 +29,6 @@ fn apply(cp: &ControlProc, text: &str) {
     cp.api("POST", "/v1/apply?wait=0", Some(&body));
 }
 
-fn weftctl(cp: &ControlProc, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(weft::bins::bin("weftctl"))
-        .args(args)
-        .env("WEFT_SERVER", format!("http://{}", cp.operator))
-        .env("WEFT_TOKEN_FILE", cp.state_dir().join("operator.token"))
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 async fn get_ok(addr: SocketAddr) -> bool {
     matches!(
         client::http1(addr, Method::GET, "/info", &[], Bytes::new()).await,
@@ -163,7 +149,7 @@ async fn a_revoked_workload_is_refused_by_peers_within_a_push_and_cannot_renew()
     let before = renew(&cp, &stolen).await;
     assert!(matches!(before, Ok((200, _))), "renewal before: {before:?}");
 
-    let (code, out, err) = weftctl(&cp, &["revoke", "workload", "default/frontend-1"]);
+    let (code, out, err) = cp.weftctl(&["revoke", "workload", "default/frontend-1"]);
     assert_eq!(code, Some(0), "revoke: {out}{err}");
     assert!(out.contains("default/frontend-1"), "{out}");
     let revoked_at = Instant::now();
@@ -217,7 +203,7 @@ async fn a_revoked_workload_is_refused_by_peers_within_a_push_and_cannot_renew()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(cp.log().contains("revoked"), "{}", cp.log());
-    let (code, out, err) = weftctl(&cp, &["revoke", "list"]);
+    let (code, out, err) = cp.weftctl(&["revoke", "list"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("default/frontend-1"), "{out}");
 }
@@ -242,7 +228,7 @@ async fn a_client_drops_its_open_connection_to_a_revoked_server() {
         &[&frontend, &backend],
     )
     .await;
-    let (code, out, err) = weftctl(&cp, &["revoke", "workload", "default/backend-1"]);
+    let (code, out, err) = cp.weftctl(&["revoke", "workload", "default/backend-1"]);
     assert_eq!(code, Some(0), "revoke: {out}{err}");
     // The frontend's pooled connection to the backend is closed when the list arrives.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -264,14 +250,11 @@ async fn a_client_drops_its_open_connection_to_a_revoked_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_identity_cannot_join_until_unrevoked() {
     let cp = ControlProc::start("revoke-identity");
-    let (code, out, err) = weftctl(
-        &cp,
-        &[
-            "revoke",
-            "identity",
-            "spiffe://mesh.test/ns/default/sa/frontend",
-        ],
-    );
+    let (code, out, err) = cp.weftctl(&[
+        "revoke",
+        "identity",
+        "spiffe://mesh.test/ns/default/sa/frontend",
+    ]);
     assert_eq!(code, Some(0), "revoke: {out}{err}");
     // A join for the revoked identity is refused with the reason (the proxy stops: nothing to retry).
     let mut p = MeshProxyBuilder::new(&cp, "frontend-1", "default", "frontend")
@@ -288,19 +271,16 @@ async fn a_revoked_identity_cannot_join_until_unrevoked() {
     MeshProxyBuilder::new(&cp, "shop-1", "default", "shop")
         .token(&cp.token("default", "shop", 600))
         .start();
-    let (code, out, err) = weftctl(
-        &cp,
-        &[
-            "unrevoke",
-            "identity",
-            "--namespace",
-            "default",
-            "--service-account",
-            "frontend",
-        ],
-    );
+    let (code, out, err) = cp.weftctl(&[
+        "unrevoke",
+        "identity",
+        "--namespace",
+        "default",
+        "--service-account",
+        "frontend",
+    ]);
     assert_eq!(code, Some(0), "unrevoke: {out}{err}");
-    let (_, out, _) = weftctl(&cp, &["revoke", "list", "-o", "json"]);
+    let (_, out, _) = cp.weftctl(&["revoke", "list", "-o", "json"]);
     assert_eq!(out.trim(), "[]");
     MeshProxyBuilder::new(&cp, "frontend-1", "default", "frontend")
         .token(&cp.token("default", "frontend", 600))
@@ -497,7 +477,7 @@ async fn a_flood_of_idle_and_half_open_connections_does_not_stop_joins_or_renewa
         "no renewal under the flood:\n{}",
         backend.log()
     );
-    let (code, out, err) = weftctl(&cp, &["status"]);
+    let (code, out, err) = cp.weftctl(&["status"]);
     assert_eq!(code, Some(0), "status under the flood: {out}{err}");
     assert!(out.contains("default/backend-1"), "{out}");
     assert!(started.elapsed() < Duration::from_secs(30));

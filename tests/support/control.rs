@@ -278,6 +278,21 @@ impl ControlProc {
         self.api("POST", &format!("/v1/apply?wait={wait_ms}"), Some(&body))
     }
 
+    /// `weftctl ARGS` (the real binary) against this control plane: exit code, stdout, stderr.
+    pub fn weftctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = std::process::Command::new(crate::bins::bin("weftctl"))
+            .args(args)
+            .env("WEFT_SERVER", format!("http://{}", self.operator))
+            .env("WEFT_TOKEN_FILE", self.state_dir().join("operator.token"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// A join token for `ns/sa`.
     pub fn token(&self, ns: &str, sa: &str, ttl_secs: u64) -> String {
         let body =
