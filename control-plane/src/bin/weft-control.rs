@@ -9,6 +9,17 @@ use weft_certs::TrustDomain;
 use weft_control::backend::etcd::EtcdOptions;
 use weft_control::server::{self, Options, StoreOptions};
 
+/// jemalloc, as the proxy: what a registration storm allocated goes back to the system once freed
+/// (glibc's per-thread arenas kept it), docs/performance.md "The control plane at 10,000 proxies".
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its first allocation: two arenas for the two async workers and the
+/// blocking pool; freed pages go back after a second, without a "muzzy" stage.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// Weft control plane.
 ///
 /// Issues workload certificates from the mesh CA, keeps the resources (Service, Workload, HTTPRoute,

@@ -131,12 +131,12 @@ impl SharedSections {
         let service_changes = match (differs(1), changes) {
             (true, Some(cache)) if !may_hold.is_empty() => {
                 let held: Vec<&ServiceDigests> = may_hold.iter().map(|d| &*d.services).collect();
-                cache.pieces(&self.each_service, &held)
+                cache.part(&self.each_service, &held)
             }
             _ => None,
         };
         match service_changes {
-            Some(changed) => pieces.extend(changed.iter().cloned()),
+            Some(changed) => pieces.push(changed),
             None if differs(1) => push_section(&mut pieces, "services", &self.services),
             None => {}
         }
