@@ -232,37 +232,29 @@ fn first_picks(addrs: &[SocketAddr], n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// Connects simulated proxy `i` to replica `pick`; a sidecar whose handshake times out on a busy
+/// control plane tries again, and so does this.
+async fn connect_one(fleet: &Fleet, i: usize, pick: usize) -> anyhow::Result<SimProxy> {
+    let (api, identity) = (fleet.cps[pick].api, &fleet.identities[i % SERVICES]);
+    let control_id = fleet.cps[0].control_id();
+    let mut tries = 0;
+    loop {
+        let options = push_common::sim_options();
+        let reg = registration(i);
+        match SimProxy::connect_with(api, identity, &control_id, reg, Reply::Ack, options).await {
+            Err(e) if tries < CONNECT_TRIES => {
+                tries += 1;
+                eprintln!("proxy {i}: connect failed ({e}); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            done => break done,
+        }
+    }
+}
+
 /// Connects `n` simulated proxies, `CONNECTING` at a time, each to its first pick.
 async fn connect_fleet(fleet: &Fleet, picks: &[usize]) -> Vec<SimProxy> {
-    let control_id = fleet.cps[0].control_id();
-    let connects = picks.iter().enumerate().map(|(i, &pick)| {
-        let (api, identity) = (fleet.cps[pick].api, &fleet.identities[i % SERVICES]);
-        let control_id = &control_id;
-        async move {
-            // A sidecar whose handshake times out on a busy control plane tries again; so do these.
-            let mut tries = 0;
-            loop {
-                let reg = registration(i);
-                match SimProxy::connect_with(
-                    api,
-                    identity,
-                    control_id,
-                    reg,
-                    Reply::Ack,
-                    push_common::sim_options(),
-                )
-                .await
-                {
-                    Err(e) if tries < CONNECT_TRIES => {
-                        tries += 1;
-                        eprintln!("proxy {i}: connect failed ({e}); trying again");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    done => break done,
-                }
-            }
-        }
-    });
+    let connects = (picks.iter().enumerate()).map(|(i, &pick)| connect_one(fleet, i, pick));
     let sims: Vec<anyhow::Result<SimProxy>> = futures_util::stream::iter(connects)
         .buffered(CONNECTING)
         .collect()
@@ -270,6 +262,40 @@ async fn connect_fleet(fleet: &Fleet, picks: &[usize]) -> Vec<SimProxy> {
     sims.into_iter()
         .map(|s| s.expect("connect a simulated proxy"))
         .collect()
+}
+
+/// Proxies whose stream ended connect again to the same replica, as a sidecar does when its stream
+/// is lost; says how many and why (the simulated side's error, the replicas' `proxy disconnected`
+/// reasons). Returns how many reconnected.
+async fn reconnect_ended(fleet: &Fleet, picks: &[usize], sims: &mut [SimProxy]) -> usize {
+    let ended: Vec<(usize, String)> = (sims.iter().enumerate())
+        .filter_map(|(i, s)| Some((i, s.seen.lock().expect("lock").ended.clone()?)))
+        .collect();
+    if ended.is_empty() {
+        return 0;
+    }
+    let mut logged: std::collections::BTreeMap<String, usize> = Default::default();
+    for cp in &fleet.cps {
+        for line in cp
+            .log()
+            .lines()
+            .filter(|l| l.contains("proxy disconnected"))
+        {
+            let reason = line.split("reason=").nth(1).unwrap_or("?");
+            *logged.entry(reason.to_string()).or_default() += 1;
+        }
+    }
+    let first: Vec<&str> = ended.iter().take(3).map(|(_, e)| e.as_str()).collect();
+    eprintln!(
+        "{} streams ended (first: {first:?}); the replicas logged disconnects {logged:?}; \
+         connecting them again",
+        ended.len()
+    );
+    for (i, _) in &ended {
+        let sim = connect_one(fleet, *i, picks[*i]).await;
+        sims[*i] = sim.expect("connect a simulated proxy again");
+    }
+    ended.len()
 }
 
 /// What one round measured, in milliseconds from sending the change.
@@ -401,13 +427,16 @@ async fn run(store: Store, replicas: usize, n: usize, rounds: usize) -> StoreRes
     let addrs: Vec<SocketAddr> = fleet.cps.iter().map(|cp| cp.api).collect();
     let picks = first_picks(&addrs, n);
     let started = Instant::now();
-    let sims = connect_fleet(&fleet, &picks).await;
+    let mut sims = connect_fleet(&fleet, &picks).await;
     let connected = started.elapsed();
-    settle(
-        &sims,
-        Duration::from_secs(120) + Duration::from_millis(30) * n as u32,
-    )
-    .await;
+    let within = Duration::from_secs(120) + Duration::from_millis(30) * n as u32;
+    settle(&sims, within).await;
+    for _ in 0..3 {
+        if reconnect_ended(&fleet, &picks, &mut sims).await == 0 {
+            break;
+        }
+        settle(&sims, within).await;
+    }
     eprintln!(
         "{}: {n} proxies connected in {:.1} s, settled after {:.1} s",
         store.name(),
@@ -422,6 +451,9 @@ async fn run(store: Store, replicas: usize, n: usize, rounds: usize) -> StoreRes
     let cpu_before = cpu_all(&pids);
     let mut done = Vec::with_capacity(rounds);
     for i in 0..rounds {
+        if reconnect_ended(&fleet, &picks, &mut sims).await > 0 {
+            settle(&sims, within).await;
+        }
         done.push(round(&fleet, &sims, i).await);
         // Lets the last acks reach the replicas before the next change.
         tokio::time::sleep(Duration::from_millis(200)).await;
