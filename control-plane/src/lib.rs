@@ -23,6 +23,7 @@ pub mod proxy_api;
 pub mod reach;
 pub mod resources_api;
 pub mod revocation;
+pub mod rope;
 pub mod server;
 pub mod serving;
 pub mod shared_ca;

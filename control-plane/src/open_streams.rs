@@ -3,8 +3,8 @@
 //! its response body is dropped) and is closed with GOAWAY once none has been open for
 //! `--api-idle-timeout`. The proxy's `path::open_streams` does the same for its listeners.
 
-use crate::http_util::Body;
 use http::Response;
+use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,7 +37,10 @@ impl Drop for StreamOpen {
 impl StreamOpen {
     /// `resp` with a body that keeps the stream counted until it is dropped (the config stream's
     /// body lives as long as the stream).
-    pub fn until_body_ends(self, resp: Response<Body>) -> Response<Body> {
+    pub fn until_body_ends<D: bytes::Buf + Send + 'static>(
+        self,
+        resp: Response<BoxBody<D, std::convert::Infallible>>,
+    ) -> Response<BoxBody<D, std::convert::Infallible>> {
         resp.map(|b| {
             b.map_frame(move |f| {
                 let _open = &self;

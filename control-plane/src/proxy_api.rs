@@ -6,9 +6,11 @@
 
 use crate::http_util::{self, Body};
 use crate::open_streams::OpenStreams;
+use crate::rope::Rope;
 use crate::server::ControlPlane;
-use futures_util::{stream, StreamExt as _};
+use futures_util::stream;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -230,8 +232,15 @@ fn not_after(der: &[u8]) -> Option<u64> {
     u64::try_from(cert.validity().not_after.timestamp()).ok()
 }
 
-async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>, peer: &Peer) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
+/// The proxy API's bodies: a snapshot frame is one chunk of shared pieces ([`Rope`]).
+type ApiBody = BoxBody<Rope, std::convert::Infallible>;
+
+fn rope_body(resp: Response<Body>) -> Response<ApiBody> {
+    resp.map(|b| b.map_frame(|f| f.map_data(Rope::from)).boxed())
+}
+
+async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>, peer: &Peer) -> Response<ApiBody> {
+    let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, PATH_CERTIFICATE) => certificate(req, cp, peer).await,
         (&Method::POST, PATH_STREAM) => match &peer.id {
             Some(_) if peer.expired => {
@@ -243,7 +252,7 @@ async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>, peer: &Peer) -> R
                     vec![],
                 )
             }
-            Some(id) => config_stream(req, cp, peer, id.clone()).await,
+            Some(id) => return config_stream(req, cp, peer, id.clone()).await,
             None => http_util::error(
                 StatusCode::FORBIDDEN,
                 "the config stream requires a client certificate",
@@ -251,7 +260,8 @@ async fn route(req: Request<Incoming>, cp: &Arc<ControlPlane>, peer: &Peer) -> R
             ),
         },
         _ => http_util::error(StatusCode::NOT_FOUND, "no such endpoint", vec![]),
-    }
+    };
+    rope_body(resp)
 }
 
 async fn certificate(req: Request<Incoming>, cp: &ControlPlane, peer: &Peer) -> Response<Body> {
@@ -284,12 +294,25 @@ async fn config_stream(
     cp: &Arc<ControlPlane>,
     peer: &Peer,
     id: SpiffeId,
-) -> Response<Body> {
+) -> Response<ApiBody> {
+    match open_stream(req, cp, peer, id).await {
+        Ok(outbox) => snapshots_body(outbox),
+        Err(refused) => rope_body(refused),
+    }
+}
+
+/// Reads the hello, registers the proxy and starts reading its messages; its outbox, or the refusal.
+async fn open_stream(
+    req: Request<Incoming>,
+    cp: &Arc<ControlPlane>,
+    peer: &Peer,
+    id: SpiffeId,
+) -> Result<Arc<crate::hub::Outbox>, Response<Body>> {
     let mut body = req.into_body();
     let mut decoder = FrameDecoder::with_limit(MAX_HELLO);
     let hello = match read_hello(&mut body, &mut decoder).await {
         Ok(h) => h,
-        Err(reason) => return bad_stream(peer, reason),
+        Err(reason) => return Err(bad_stream(peer, reason)),
     };
     decoder.set_limit(MAX_STREAM_MESSAGE);
     let protocol = hello.protocol;
@@ -297,14 +320,14 @@ async fn config_stream(
         Ok(r) => r,
         Err((reason, e)) => {
             cp.metrics.registration_refused(reason);
-            return bad_stream(peer, e);
+            return Err(bad_stream(peer, e));
         }
     };
     let key = format!("{}/{}", reg.namespace, reg.registration.name);
     if let Err(e) = check_revocation(cp, peer, &id, &key) {
         tracing::warn!(peer = %peer.addr, proxy = %key, reason = %e, "config stream refused");
         cp.metrics.refused("revoked");
-        return http_util::error(StatusCode::FORBIDDEN, e, vec![]);
+        return Err(http_util::error(StatusCode::FORBIDDEN, e, vec![]));
     }
     let connected = match cp.hub.settings.presence {
         // Taking the name through every replica is an etcd transaction: off the async workers.
@@ -313,7 +336,8 @@ async fn config_stream(
             match tokio::task::spawn_blocking(move || hub.connect(reg, not_after, protocol)).await {
                 Ok(r) => r,
                 Err(e) => {
-                    return http_util::error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), vec![])
+                    let e = e.to_string();
+                    return Err(http_util::error(StatusCode::SERVICE_UNAVAILABLE, e, vec![]));
                 }
             }
         }
@@ -324,7 +348,11 @@ async fn config_stream(
         Err(e) => {
             cp.metrics.registration_refused("name_taken");
             tracing::warn!(peer = %peer.addr, error = %e, "config stream refused");
-            return http_util::error(StatusCode::CONFLICT, e.to_string(), vec![]);
+            return Err(http_util::error(
+                StatusCode::CONFLICT,
+                e.to_string(),
+                vec![],
+            ));
         }
     };
     tracing::info!(proxy = %key, %id, peer = %peer.addr, "proxy connected");
@@ -336,7 +364,7 @@ async fn config_stream(
     };
     cp.tasks
         .spawn(stream.read_until_closed(cp.clone(), body, decoder));
-    snapshots_body(outbox)
+    Ok(outbox)
 }
 
 /// The first message of a config stream, which must be a `hello`, within its time and size limits.
@@ -391,17 +419,14 @@ impl ProxyStream {
     }
 }
 
-/// Each snapshot goes out in chunks; the large shared sections are written from one copy for all.
-fn snapshots_body(outbox: Arc<crate::hub::Outbox>) -> Response<Body> {
+/// Each snapshot goes out as one body chunk of pieces; the large shared sections are written from one
+/// copy for all.
+fn snapshots_body(outbox: Arc<crate::hub::Outbox>) -> Response<ApiBody> {
     let frames = stream::unfold(outbox, |outbox| async move {
         let frame = outbox.next().await?;
-        let pieces = frame
-            .into_chunks()
-            .into_iter()
-            .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
-        Some((stream::iter(pieces), outbox))
-    })
-    .flatten();
+        let chunk = Frame::data(Rope::from(frame.into_chunks()));
+        Some((Ok::<_, std::convert::Infallible>(chunk), outbox))
+    });
     Response::new(BodyExt::boxed(StreamBody::new(frames)))
 }
 

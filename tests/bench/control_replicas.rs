@@ -336,11 +336,14 @@ async fn round(fleet: &Fleet, sims: &[SimProxy], i: usize) -> Round {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(30);
+    // A proxy whose stream ends meanwhile reconnects before the next change; this one leaves it out.
+    let waiting = |s: &SimProxy, b: usize| {
+        let seen = s.seen.lock().expect("lock");
+        seen.answered.len() <= b && seen.ended.is_none()
+    };
     loop {
-        let missing = sims
-            .iter()
-            .zip(&before)
-            .filter(|(s, &b)| s.seen.lock().expect("lock").answered.len() <= b)
+        let missing = (sims.iter().zip(&before))
+            .filter(|(s, &b)| waiting(s, b))
             .count();
         if missing == 0 {
             break;
@@ -358,10 +361,19 @@ async fn round(fleet: &Fleet, sims: &[SimProxy], i: usize) -> Round {
     }
     let ms = |at: Instant| at.duration_since(t0).as_secs_f64() * 1000.0;
     let (mut deliver, mut all_acked) = (Vec::with_capacity(sims.len()), 0f64);
+    let mut lost = 0;
     for (s, &b) in sims.iter().zip(&before) {
         let seen = s.seen.lock().expect("lock");
-        deliver.push(ms(seen.arrivals[b]));
-        all_acked = all_acked.max(ms(seen.answered[b]));
+        match (seen.arrivals.get(b), seen.answered.get(b)) {
+            (Some(&arrived), Some(&answered)) => {
+                deliver.push(ms(arrived));
+                all_acked = all_acked.max(ms(answered));
+            }
+            _ => lost += 1,
+        }
+    }
+    if lost > 0 {
+        eprintln!("change {i}: {lost} proxies' streams ended before they had it (left out)");
     }
     Round {
         deliver,

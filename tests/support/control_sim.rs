@@ -278,7 +278,7 @@ async fn receive(mut body: hyper::body::Incoming, answers: Answers) {
         }
         match body.frame().await {
             None => break "stream ended".into(),
-            Some(Err(e)) => break e.to_string(),
+            Some(Err(e)) => break format!("{e}: {:?}", std::error::Error::source(&e)),
             Some(Ok(f)) => {
                 if let Ok(d) = f.into_data() {
                     decoder.push(&d);
@@ -295,7 +295,7 @@ async fn receive_light(mut body: hyper::body::Incoming, answers: Answers) {
     let reason = loop {
         match body.frame().await {
             None => break "stream ended".into(),
-            Some(Err(e)) => break e.to_string(),
+            Some(Err(e)) => break format!("{e}: {:?}", std::error::Error::source(&e)),
             Some(Ok(f)) => {
                 let Ok(d) = f.into_data() else { continue };
                 if let Err(e) = frames.push(&d, &mut versions) {

@@ -131,12 +131,12 @@ impl SharedSections {
         let service_changes = match (differs(1), changes) {
             (true, Some(cache)) if !may_hold.is_empty() => {
                 let held: Vec<&ServiceDigests> = may_hold.iter().map(|d| &*d.services).collect();
-                cache.part(&self.each_service, &held)
+                cache.pieces(&self.each_service, &held)
             }
             _ => None,
         };
         match service_changes {
-            Some(changed) => pieces.push(changed),
+            Some(changed) => pieces.extend(changed.iter().cloned()),
             None if differs(1) => push_section(&mut pieces, "services", &self.services),
             None => {}
         }
@@ -179,9 +179,8 @@ impl Frame {
     }
 
     /// The frame as chunks to write: pieces of at least [`SHARED_FROM`] bytes as they are (the shared
-    /// sections, not copied per proxy), the small ones between them copied together. Each chunk
-    /// becomes an HTTP/2 DATA frame and a TLS record of its own: a comma or a field name alone
-    /// would cost each ~30 bytes of framing and a write of its own.
+    /// sections, not copied per proxy), the small ones between them copied together: written as
+    /// slices, a length prefix or a field name alone could become a TLS record of its own.
     pub fn into_chunks(self) -> Vec<Bytes> {
         let mut chunks = Vec::new();
         let mut small = BytesMut::new();
