@@ -98,7 +98,7 @@ mod tests {
     use super::*;
 
     fn rope() -> Rope {
-        Rope::from(["ab", "", "cde", "f"].map(|p| Bytes::from(p)).to_vec())
+        Rope::from(["ab", "", "cde", "f"].map(Bytes::from).to_vec())
     }
 
     #[test]
